@@ -1,0 +1,405 @@
+"""Typed, nested configuration.
+
+A run is described by one :class:`Config` (sections ``model``, ``prompts``, ``data``, ``train``, ``eval``).
+Sources are applied in order, each holding only *deltas* from what came before:
+
+1. the dataclass defaults below (= the paper's ConvNeXt-B recipe, preset ``dpseg-b``);
+2. a preset (``dpseg-b``, ``dpseg-l``, ``dpseg-tiny``, ``synthetic``), a YAML delta shipped in ``dpseg/presets``;
+3. a user YAML file (it may name its own ``preset:``);
+4. ``--set section.key=value`` overrides (values parsed as YAML, then type-checked).
+
+Unknown keys and wrongly typed values raise :class:`~dpseg.errors.ConfigError` naming the full key. The
+resolved config is written as a complete YAML next to every run's outputs (:func:`save_config`) and
+:func:`load_config` reads it back to an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from dpseg.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture and the CLIP towers it is built on (paper §3-4; notes §9 for guessed details)."""
+
+    # --- CLIP towers (open_clip) ---
+    clip_model: str = "convnext_base_w_320"  # OpenCLIP model name (its model config ships with open_clip)
+    clip_model_cfg: dict = field(default_factory=dict)  # inline OpenCLIP model config; overrides clip_model
+    # OpenCLIP pretrained tag, a local .pt/.bin/.safetensors file in OpenCLIP layout, or "" for random init.
+    clip_pretrained: str = "laion_aesthetic_s13b_b82k"
+    prompt_image_size: int = 320  # visual prompts (generated images, crops) are encoded at this size
+    # --- dual-prompt cost volume (§4.3-4.4) ---
+    prompt_type: Literal["text", "visual", "dual"] = "dual"
+    cost_embed_dim: int = 128
+    cost_embed_kernel: int = 7
+    # --- cost-volume-guided decoder (§4.5) ---
+    guidance: Literal["none", "upsampled", "visual"] = "visual"  # none | SED-style upsampled F_c | F_v^j
+    visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
+    decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
+    encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
+    cost_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # embedded F_v^j or upsampled F_c
+    attention_heads: int = 4
+    mlp_ratio: int = 4
+    class_pool_train: int = 2  # avg-pool of class-attention tokens while training (SED/CAT-Seg: 2)
+    class_pool_test: int = 1
+    detach_guidance: bool = True  # stage features reach the decoder without gradient (as SED)
+    # --- two-pass inference: semantic-guided prompt refinement (§4.6) ---
+    refine_min_area: float = 0.001  # a class is "detected" if it covers at least this fraction of the image
+    # --- memory ---
+    class_chunk: int = 0  # classes per decoder chunk at inference (0 = all at once); exact, see decoder.py
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class PromptsConfig:
+    """Text templates and the visual-prompt bank (paper §4.1-4.2, notes §9 #1-#4)."""
+
+    templates: str = "imagenet80"  # template set name or a text file with one template per line ("{}" = class)
+    num_templates: int = 0  # M: use the first M templates (0 = all)
+    bank: str = ""  # prompt bank directory (``dpseg prompts build``)
+    generator: str = "runwayml/stable-diffusion-v1-5"  # diffusers pipeline directory or hub id
+    scheduler: Literal["dpm++", "ddim", "euler", "default"] = "dpm++"
+    steps: int = 25
+    guidance_scale: float = 7.5
+    resolution: int = 512
+    seed: int = 0
+    images_per_class: int = 0  # 0 = one image per (class, template) as the paper; N > 0 shares N images
+    keep_images: bool = False
+    batch_size: int = 8
+
+
+@dataclass
+class DataConfig:
+    """Training data and augmentation (SED recipe, notes §5)."""
+
+    root: str = ""  # dataset root; "" = $DETECTRON2_DATASETS or ./datasets
+    train_dataset: str = "coco_stuff_171_train"
+    val_dataset: str = "coco_stuff_171_val"
+    crop_size: int = 768
+    resize_short: int = 768
+    resize_max: int = 2666
+    cat_max_ratio: float = 1.0
+    color_jitter: bool = True
+    flip: bool = True
+    num_workers: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper §5)."""
+
+    output_dir: str = "runs/dpseg"
+    iterations: int = 80000
+    batch_size: int = 4  # global batch, split over ranks
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    encoder_lr_mult: float = 0.01  # the paper's alpha = 0.01
+    grad_clip: float = 0.01  # full-model L2 norm, as SED (0 = off)
+    warmup_iters: int = 0
+    loss_ignore: Literal["negative", "mask"] = "negative"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    eval_every: int = 10000
+    eval_max_images: int = 0  # 0 = whole validation split
+
+
+@dataclass
+class EvalConfig:
+    """Test-time protocol (notes §6)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["a847", "pc459", "a150", "pc59", "voc20"])
+    protocol: Literal["whole", "slide"] = "whole"  # SED: whole image at input_size; CAT-Seg: sliding window
+    short_side: int = 640
+    input_size: int = 768
+    slide_window: int = 384
+    slide_overlap: float = 0.333
+    two_pass: bool = True  # report pass 1 and pass 2 (semantic-guided prompt refinement)
+    class_chunk: int = 128
+    batch_size: int = 1
+    max_images: int = 0  # 0 = all
+
+
+@dataclass
+class Config:
+    preset: str = "dpseg-b"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(obj: Any, delta: dict, prefix: str) -> None:
+    """Apply a nested dict of deltas to a dataclass instance in place, checking keys and types."""
+    if not isinstance(delta, dict):
+        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping, got {type(delta).__name__}")
+    types_ = _field_types(type(obj))
+    for name, value in delta.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in types_:
+            close = ", ".join(sorted(types_))
+            raise ConfigError(f"unknown config key '{key}' (valid keys here: {close})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, key)
+        else:
+            setattr(obj, name, _coerce(value, types_[name], key))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_delta(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{name}' (available: {', '.join(list_presets())})")
+    return _read_yaml(path)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b=c`` into ("a.b", yaml-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads "1e-4" as a string; accept plain float syntax too.
+    if isinstance(value, str):
+        try:
+            if any(c in value for c in ".eE") and value.strip().lower() not in ("nan", "inf"):
+                value = float(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur[p] = {}
+        cur = cur[p]
+    cur[parts[-1]] = value
+    return out
+
+
+def build_config(
+    preset: Optional[str] = None,
+    file: Optional[Union[str, Path]] = None,
+    overrides: Optional[list[str]] = None,
+    delta: Optional[dict] = None,
+) -> Config:
+    """Resolve defaults → preset → YAML file → dict delta → ``--set`` overrides into a checked Config."""
+    file_delta = _read_yaml(Path(file)) if file else {}
+    name = preset or file_delta.get("preset") or (delta or {}).get("preset") or "dpseg-b"
+    cfg = Config()
+    preset_delta = _preset_delta(name)
+    preset_delta.pop("preset", None)
+    _apply(cfg, preset_delta, "")
+    cfg.preset = name
+    for d in (file_delta, delta or {}):
+        d = dict(d)
+        d.pop("preset", None)
+        _apply(cfg, d, "")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key == "preset":
+            raise ConfigError("'preset' cannot be changed with --set; pass --preset or put it in the YAML file")
+        _apply(cfg, _nest(key, value), "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    m = cfg.model
+    for j in m.visual_scales:
+        if j not in (2, 3, 4):
+            raise ConfigError(f"config key 'model.visual_scales' holds {j}; allowed stages are 2, 3, 4")
+    for key in ("decoder_dims", "encoder_guidance_dims", "cost_guidance_dims"):
+        if len(getattr(m, key)) != 3:
+            raise ConfigError(f"config key 'model.{key}' needs 3 values (one per decoder stage)")
+    for key in ("cost_embed_dim", "attention_heads", "prompt_image_size", "class_pool_train", "class_pool_test"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"config key 'model.{key}' must be >= 1")
+    widths = [m.cost_embed_dim] + list(m.decoder_dims[:2])
+    for w in widths:
+        if w % m.attention_heads:
+            raise ConfigError(
+                f"config key 'model.attention_heads' ({m.attention_heads}) must divide every aggregated width {widths}"
+            )
+    if not 0 <= m.refine_min_area < 1:
+        raise ConfigError("config key 'model.refine_min_area' must be in [0, 1)")
+    if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
+        raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from a complete dict (as written by save_config), checking every key."""
+    cfg = Config()
+    _apply(cfg, data, "")
+    validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg: Config, path: Union[str, Path]) -> Path:
+    """Write the complete resolved config atomically (YAML if the suffix is .yaml/.yml, else JSON)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(cfg.to_dict(), indent=2) if path.suffix == ".json" else dump_config(cfg)
+    atomic_write_text(path, text)
+    return path
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """Read a resolved config written by :func:`save_config` (YAML or JSON)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        import json
+
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+    else:
+        data = _read_yaml(path)
+    return config_from_dict(data)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Write text so that readers see either the old file or the complete new one, never a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,320 @@
+"""CLIP towers on top of open_clip (paper §3 steps 2-7; DESIGN §2.1).
+
+* :class:`ImageTower` - an OpenCLIP ConvNeXt image tower that returns the four stage maps E_2..E_5
+  (strides 4/8/16/32) and the dense joint-space embedding E: the CLIP head applied at every stride-32
+  position. Identity (tested): ``head(LN(GAP(E_5)))`` is exactly open_clip's ``encode_image``; the dense
+  embedding is the same head applied per position *before* pooling, ``E[:, :, y, x] = head(LN(E_5[:, :, y, x]))``.
+  The trainable image encoder and the frozen visual-prompt encoder are two instances of this class.
+* :class:`TextTower` - the frozen CLIP text tower with template ensembling and synonym averaging.
+* :func:`create_clip` - builds the OpenCLIP model from a name or an inline config and loads its weights from
+  an OpenCLIP pretrained tag (hub / local cache), a local weight file in OpenCLIP layout, or nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import open_clip
+import timm
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+from timm.models import register_model
+from torch import Tensor, nn
+
+from dpseg.config import ModelConfig
+from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
+from dpseg.weights import load_strict, read_state_dict
+
+# ------------------------------------------------------------------------------------- tiny ConvNeXt trunks
+# Registered with timm so that an OpenCLIP model config can name them like any timm trunk.
+
+
+def _tiny_convnext(depths, dims, **kwargs):
+    from timm.models.convnext import _create_convnext
+
+    kwargs.pop("pretrained", None)
+    return _create_convnext("convnext_atto", pretrained=False, depths=depths, dims=dims, **kwargs)
+
+
+if "dpseg_convnext_pico" not in timm.list_models("dpseg_*"):
+
+    @register_model
+    def dpseg_convnext_pico(pretrained: bool = False, **kwargs):
+        """ConvNeXt with widths 16/32/64/128, one block per stage: the test tower."""
+        return _tiny_convnext((1, 1, 1, 1), (16, 32, 64, 128), **kwargs)
+
+    @register_model
+    def dpseg_convnext_nano(pretrained: bool = False, **kwargs):
+        """ConvNeXt with widths 32/64/128/256, depths 1/1/2/1: the synthetic-world tower."""
+        return _tiny_convnext((1, 1, 2, 1), (32, 64, 128, 256), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ model configs
+
+
+def clip_model_config(cfg: ModelConfig) -> dict:
+    """The OpenCLIP model config (embed_dim, vision_cfg, text_cfg) for ``cfg``."""
+    if cfg.clip_model_cfg:
+        mc = copy.deepcopy(cfg.clip_model_cfg)
+    else:
+        mc = open_clip.get_model_config(cfg.clip_model)
+        if mc is None:
+            raise ConfigError(
+                f"config key 'model.clip_model': '{cfg.clip_model}' is not an OpenCLIP model name "
+                "(try convnext_base_w_320 or convnext_large_d_320, or give model.clip_model_cfg)"
+            )
+        mc = copy.deepcopy(mc)
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in mc:
+            raise ConfigError(f"config key 'model.clip_model_cfg' lacks '{key}'")
+    if not mc["vision_cfg"].get("timm_model_name", "").startswith(("convnext", "dpseg_convnext")):
+        raise ConfigError(
+            f"model '{cfg.clip_model}' has no ConvNeXt image tower; DPSeg needs the stage pyramid of an OpenCLIP "
+            "ConvNeXt (convnext_base_w_320, convnext_large_d_320)"
+        )
+    mc["vision_cfg"]["timm_model_pretrained"] = False
+    return mc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained(model_name: str, source: str) -> Path:
+    """Turn ``model.clip_pretrained`` into a local weight file, downloading only if the hub is reachable."""
+    path = Path(source).expanduser()
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or os.sep in source:
+        if not path.is_file():
+            raise CheckpointError(f"CLIP weight file {path} does not exist (config key 'model.clip_pretrained')")
+        return path
+    cfg = open_clip.get_pretrained_cfg(model_name, source)
+    if not cfg or not cfg.get("hf_hub"):
+        tags = [t for m, t in open_clip.list_pretrained() if m == model_name]
+        raise ConfigError(
+            f"config key 'model.clip_pretrained': '{source}' is neither a file nor an OpenCLIP tag of {model_name} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    from huggingface_hub import hf_hub_download
+
+    repo, filename = os.path.split(cfg["hf_hub"])
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:  # the local cache first: works offline, never touches the network
+        try:
+            return Path(hf_hub_download(repo, name, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached
+            pass
+    if not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"OpenCLIP weights {model_name}/{source} are not in the local Hugging Face cache and the hub is "
+            f"unreachable; download {names[-1]} from https://huggingface.co/{repo} on a connected machine and "
+            f"pass it with --set model.clip_pretrained=/path/to/{names[-1]}"
+        )
+    last = None
+    for name in names:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except Exception as e:  # noqa: BLE001
+            last = e
+    raise WeightsUnavailableError(f"could not download OpenCLIP weights {model_name}/{source} from {repo}: {last}")
+
+
+def create_clip(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
+    """Build the OpenCLIP model of ``cfg``; load ``cfg.clip_pretrained`` strictly when asked and set."""
+    mc = clip_model_config(cfg)
+    model = open_clip.model.CLIP(mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=mc.get("quick_gelu", False))
+    if load_weights and cfg.clip_pretrained:
+        path = resolve_pretrained(cfg.clip_model, cfg.clip_pretrained)
+        state = read_state_dict(path, "CLIP weight")
+        state.pop("attn_mask", None)  # a non-persistent buffer in current open_clip, stored by some old files
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        load_strict(model, state, f"OpenCLIP model '{cfg.clip_model}'", str(path))
+    return model
+
+
+# ------------------------------------------------------------------------------------------- image tower
+
+
+@dataclass
+class ImageFeatures:
+    """Output of :class:`ImageTower`: stage maps E_2..E_5 and the dense joint-space embedding E."""
+
+    stages: list[Tensor]  # [(B, D_j, h_j, w_j) for j = 2, 3, 4, 5]
+    dense: Tensor  # (B, d, h_5, w_5)
+
+
+class ImageTower(nn.Module):
+    """ConvNeXt CLIP image tower that exposes its pyramid. Takes RGB in [0, 1]; normalises internally."""
+
+    def __init__(self, visual: nn.Module, mean: Sequence[float], std: Sequence[float], grad_checkpointing: bool = False):
+        super().__init__()
+        if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "stages"):
+            raise ConfigError("the OpenCLIP image tower is not a timm ConvNeXt (no trunk.stages)")
+        self.trunk = visual.trunk
+        self.head = visual.head
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.stage_dims = [self._stage_width(s) for s in self.trunk.stages]
+        self.embed_dim = self._embed_dim()
+        self.grad_checkpointing = grad_checkpointing
+
+    @staticmethod
+    def _stage_width(stage: nn.Module) -> int:
+        convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1].out_channels
+
+    def _embed_dim(self) -> int:
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        return linears[-1].out_features
+
+    def forward(self, images: Tensor) -> ImageFeatures:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean) / self.std
+        x = self.trunk.stem(x)
+        x = self.trunk.norm_pre(x) if hasattr(self.trunk, "norm_pre") else x
+        stages = []
+        for stage in self.trunk.stages:
+            if self.grad_checkpointing and self.training and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+            stages.append(x)
+        return ImageFeatures(stages=stages, dense=self.dense_head(stages[-1]))
+
+    def dense_head(self, e5: Tensor) -> Tensor:
+        """CLIP head at every position: (B, D_5, h, w) -> (B, d, h, w)."""
+        x = self.trunk.head.norm(e5)  # LayerNorm2d over channels, per position
+        x = self.head(x.permute(0, 2, 3, 1))  # (B, h, w, D_5) -> (B, h, w, d)
+        return x.permute(0, 3, 1, 2)  # (B, h, w, d) -> (B, d, h, w)
+
+    def pooled(self, feats: ImageFeatures) -> Tensor:
+        """Global CLIP embedding (open_clip's encode_image, unnormalised) from already computed stages: (B, d)."""
+        e5 = feats.stages[-1].mean(dim=(2, 3), keepdim=True)  # (B, D_5, 1, 1)
+        return self.dense_head(e5).flatten(1)  # (B, d, 1, 1) -> (B, d)
+
+    def encode_prompts(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Visual-prompt embeddings: global V (B, d), L2-normalised, and GAP'd stage features v_2..v_4 (B, D_j)."""
+        feats = self(images)
+        global_ = F.normalize(self.pooled(feats), dim=-1)
+        pooled_stages = [s.mean(dim=(2, 3)) for s in feats.stages[:3]]  # (B, D_j, h_j, w_j) -> (B, D_j)
+        return global_, pooled_stages
+
+
+# -------------------------------------------------------------------------------------------- text tower
+
+
+class TextTower(nn.Module):
+    """Frozen CLIP text tower: class names x templates -> (K, M, d) L2-normalised embeddings."""
+
+    def __init__(self, clip: nn.Module, tokenizer):
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.pool_type = clip.text_pool_type
+        self.eos_id = getattr(clip, "text_eos_id", None)
+        self.tokenizer = tokenizer
+        self.embed_dim = int(clip.text_projection.shape[1] if isinstance(clip.text_projection, Tensor) else clip.text_projection.out_features)
+
+    def encode_tokens(self, tokens: Tensor) -> Tensor:
+        """(N, L) token ids -> (N, d) unnormalised sentence embeddings (EOT pooling + projection)."""
+        x = self.token_embedding(tokens) + self.positional_embedding  # (N, L, width)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)  # (N, width)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection  # (N, width) @ (width, d) -> (N, d)
+
+    @torch.no_grad()
+    def encode_sentences(self, sentences: Sequence[str], batch_size: int = 256) -> Tensor:
+        """(N,) sentences -> (N, d) L2-normalised embeddings."""
+        device = self.token_embedding.weight.device
+        out = []
+        for i in range(0, len(sentences), batch_size):
+            tokens = self.tokenizer(list(sentences[i : i + batch_size])).to(device)
+            out.append(F.normalize(self.encode_tokens(tokens).float(), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim, device=device)
+
+    @torch.no_grad()
+    def encode(self, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Class names x templates -> T (K, M, d), L2-normalised.
+
+        A class name may list synonyms separated by commas ("sofa, couch"): every synonym is put in every
+        template, each sentence embedding is L2-normalised, the synonyms are averaged per template and the
+        mean is L2-normalised again (SED's convention; CAT-Seg uses the first synonym only).
+        """
+        if not class_names:
+            raise InputError("the class list is empty; give at least one class name")
+        if not templates or any("{}" not in t for t in templates):
+            raise InputError("every template must contain '{}' where the class name goes")
+        sentences, owner = [], []
+        for k, name in enumerate(class_names):
+            synonyms = split_synonyms(name)
+            for m, template in enumerate(templates):
+                for syn in synonyms:
+                    sentences.append(template.format(syn))
+                    owner.append(k * len(templates) + m)
+        emb = self.encode_sentences(sentences, batch_size)  # (N_sentences, d)
+        index = torch.tensor(owner, device=emb.device)
+        sums = torch.zeros(len(class_names) * len(templates), emb.shape[1], device=emb.device)
+        sums.index_add_(0, index, emb)  # sum the synonyms of each (class, template)
+        out = F.normalize(sums, dim=-1)  # the mean and the sum have the same direction
+        return out.view(len(class_names), len(templates), -1)  # (K*M, d) -> (K, M, d)
+
+
+def split_synonyms(name: str) -> list[str]:
+    """'sofa, couch ' -> ['sofa', 'couch']; raises InputError for an empty name."""
+    parts = [p.strip() for p in name.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise InputError(f"class name {name!r} is empty")
+    return parts
+
+
+# -------------------------------------------------------------------------------------------- factories
+
+
+def make_tokenizer(cfg: ModelConfig):
+    """The OpenCLIP BPE tokenizer (bundled vocabulary: no network) at the model's context length."""
+    mc = clip_model_config(cfg)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=mc["text_cfg"].get("context_length", 77))
+
+
+def build_towers(cfg: ModelConfig, load_weights: bool = True) -> tuple[ImageTower, ImageTower, TextTower]:
+    """(trainable image encoder, frozen visual-prompt encoder, frozen text tower) from one CLIP."""
+    clip = create_clip(cfg, load_weights=load_weights)
+    mean = open_clip.constants.OPENAI_DATASET_MEAN
+    std = open_clip.constants.OPENAI_DATASET_STD
+    image = ImageTower(clip.visual, mean, std, grad_checkpointing=cfg.grad_checkpointing)
+    prompt = make_frozen_copy(image)
+    text = TextTower(clip, make_tokenizer(cfg))
+    text.requires_grad_(False)
+    text.eval()
+    return image, prompt, text
+
+
+def make_frozen_copy(tower: ImageTower) -> ImageTower:
+    """The visual-prompt encoder: a separate copy with the same weights, frozen and in eval mode."""
+    frozen = copy.deepcopy(tower)
+    frozen.grad_checkpointing = False
+    frozen.requires_grad_(False)
+    frozen.eval()
+    return frozen

@@ -1,0 +1,1 @@
+"""Prompt sources: sentence templates, prompt banks (text + visual prompts), generators and exemplars."""

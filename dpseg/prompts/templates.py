@@ -1,0 +1,48 @@
+"""Sentence templates t_m("{class}") shared by the text prompts and the text-to-image generator.
+
+``imagenet80`` is the 80 CLIP ImageNet templates in OpenAI's order (SED's default, M = 80); the paper ablates
+M in {1, 10, 20, 40, 80} by taking the first M (``prompts.num_templates``). ``single`` is CAT-Seg's one
+template. A text file with one template per line (each containing "{}") is also accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from dpseg.errors import ConfigError
+
+TEMPLATE_SETS: dict[str, list[str]] = {
+    "imagenet80": [t("{}") for t in OPENAI_IMAGENET_TEMPLATES],
+    "single": ["A photo of a {} in the scene"],
+    "photo": ["a photo of a {}."],
+}
+
+
+def get_templates(name_or_file: str, num: int = 0) -> list[str]:
+    """The template list for a set name or a file, truncated to the first ``num`` (0 = all)."""
+    if name_or_file in TEMPLATE_SETS:
+        templates = list(TEMPLATE_SETS[name_or_file])
+    else:
+        path = Path(name_or_file)
+        if not path.is_file():
+            raise ConfigError(
+                f"config key 'prompts.templates': '{name_or_file}' is neither a template set "
+                f"({', '.join(TEMPLATE_SETS)}) nor a file"
+            )
+        templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not templates:
+            raise ConfigError(f"template file {path} holds no templates")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ConfigError(f"template {bad[0]!r} must contain '{{}}' exactly once (where the class name goes)")
+    if num < 0 or num > len(templates):
+        raise ConfigError(f"config key 'prompts.num_templates' is {num} but the set has {len(templates)} templates")
+    return templates[:num] if num else templates
+
+
+def templates_id(templates: list[str]) -> str:
+    """Content hash identifying a template list (order matters: template m feeds cost-volume channel m)."""
+    return hashlib.sha256("\n".join(templates).encode()).hexdigest()[:12]
