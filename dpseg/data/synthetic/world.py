@@ -1,0 +1,136 @@
+"""The synthetic open-vocabulary world: its attributes, classes, the fixed seen/unseen split and phrase parsing.
+
+A class is one combination of three attributes and is named by a short phrase, always in the order
+*colour pattern shape*: "red striped star", "blue solid circle". 5 colours x 3 patterns x 5 shapes = 75 classes.
+
+**Split (fixed, part of** :data:`WORLD_VERSION` **).** With colour index c, pattern index p and shape index s (the
+orders of :data:`COLOURS`, :data:`PATTERNS`, :data:`SHAPES`), a class is *unseen* iff
+
+    (c - s) mod 5 in {0, 1, 2}   and   p == (c + s) mod 3
+
+which holds for exactly one pattern of 15 of the 25 (colour, shape) pairs: 15 unseen classes, 60 seen. Unseen
+classes are new combinations of known attributes: every colour, pattern and shape value occurs in at least 12 seen
+classes, and every *pair* of attribute values that occurs in an unseen class also occurs in at least two seen
+classes (``tests/test_synthetic_world.py`` checks both), so only the triple is new. Unseen classes never occur in
+training images, training captions of the tiny CLIP, or the training vocabulary. :func:`unseen_classes` lists
+them; README/quickstart print the list.
+
+**Labels.** Objects are labelled with the index of their class in the vocabulary of the dataset they belong to
+(``classes.txt``). The background is *not* a class: it is the ignore label (-1 in memory, 255 on disk), as
+Pascal-Context-59 and VOC-20 do in the peers' protocol. The vocabulary thus only holds things with a name, the
+mIoU measures how well named objects are recognised and delineated, and the per-pixel BCE (ignore = negative)
+still teaches the model to give every class a low score on the background.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dpseg.errors import InputError
+
+# Bump when rendering, attributes or the split change: it keys every cached dataset, CLIP and prompt bank.
+WORLD_VERSION = 1
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 85, 225),
+    "yellow": (230, 205, 35),
+    "purple": (145, 50, 200),
+}
+PATTERNS: tuple[str, ...] = ("solid", "striped", "dotted")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+# The noun used in captions that name some attributes but no shape ("a red striped shape").
+GENERIC_NOUN = "shape"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectClass:
+    """One class of the world: indices into COLOURS, PATTERNS and SHAPES."""
+
+    colour: str
+    pattern: str
+    shape: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.pattern} {self.shape}"
+
+    @property
+    def indices(self) -> tuple[int, int, int]:
+        return list(COLOURS).index(self.colour), PATTERNS.index(self.pattern), SHAPES.index(self.shape)
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return COLOURS[self.colour]
+
+
+def is_unseen(c: int, p: int, s: int) -> bool:
+    """The split rule (see the module docstring)."""
+    return (c - s) % 5 in (0, 1, 2) and p == (c + s) % 3
+
+
+def all_classes() -> list[ObjectClass]:
+    """Every class, in the canonical order colour-major, then pattern, then shape."""
+    return [ObjectClass(c, p, s) for c in COLOURS for p in PATTERNS for s in SHAPES]
+
+
+def seen_classes() -> list[ObjectClass]:
+    """The 60 training classes, canonical order (= label values of the ``seen`` datasets)."""
+    return [k for k in all_classes() if not is_unseen(*k.indices)]
+
+
+def unseen_classes() -> list[ObjectClass]:
+    """The 15 held-out classes, canonical order (= label values of the ``unseen`` dataset)."""
+    return [k for k in all_classes() if is_unseen(*k.indices)]
+
+
+def vocabulary(name: str) -> list[ObjectClass]:
+    """The class list of an evaluation vocabulary: ``seen``, ``unseen`` or ``all`` (seen first, then unseen)."""
+    if name == "seen":
+        return seen_classes()
+    if name == "unseen":
+        return unseen_classes()
+    if name == "all":
+        return seen_classes() + unseen_classes()
+    raise InputError(f"unknown synthetic vocabulary '{name}' (choose seen, unseen or all)")
+
+
+_WORD = r"[a-z]+"
+_PHRASE = re.compile(r"\b(" + _WORD + r")\s+(" + _WORD + r")\s+(" + _WORD + r")\b")
+
+
+def parse_class(name: str) -> ObjectClass:
+    """'red striped star' -> ObjectClass; raises InputError naming the bad word and the valid values."""
+    words = name.strip().lower().split()
+    if len(words) != 3:
+        raise InputError(f"synthetic class {name!r} must be three words: colour pattern shape (e.g. 'red striped star')")
+    colour, pattern, shape = words
+    for word, valid, what in ((colour, COLOURS, "colour"), (pattern, PATTERNS, "pattern"), (shape, SHAPES, "shape")):
+        if word not in valid:
+            raise InputError(f"synthetic class {name!r}: '{word}' is not a {what} of the world ({', '.join(valid)})")
+    return ObjectClass(colour, pattern, shape)
+
+
+def find_class_in_text(text: str) -> ObjectClass:
+    """The one class phrase inside a templated sentence ("a bad photo of a red striped star." -> red striped star).
+
+    Exactly one run of three words colour-pattern-shape must occur; anything else raises InputError.
+    """
+    lowered = text.lower()
+    found = []
+    for i in range(len(lowered)):  # overlapping matches: scan from every word start
+        if i and lowered[i - 1].isalpha():
+            continue
+        m = _PHRASE.match(lowered, i)
+        if m and m.group(1) in COLOURS and m.group(2) in PATTERNS and m.group(3) in SHAPES:
+            found.append(ObjectClass(m.group(1), m.group(2), m.group(3)))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise InputError(
+            f"text {text!r} holds {what} class phrase(s) of the synthetic world; it needs exactly one "
+            f"'colour pattern shape' phrase (colours: {', '.join(COLOURS)}; patterns: {', '.join(PATTERNS)}; "
+            f"shapes: {', '.join(SHAPES)})"
+        )
+    return found[0]
