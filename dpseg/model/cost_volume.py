@@ -1,0 +1,104 @@
+"""Cost volumes (paper §4.3-4.5).
+
+* Dual-prompt cost volume F_c = cos(E, R) between the dense joint-space embedding E (stride 32) and the dual
+  prompts R, kept per template, then the per-class **cost embedding**: one conv over the M template channels
+  (weights shared across classes; CAT-Seg/SED: 7×7, M → 128).
+* Visual cost volume F_v^j = cos(E_j, v_j) between encoder stage j and the pooled stage-j features of the visual
+  prompts, embedded over M by a linear map (1×1 conv) into c_j channels. Because the cosine is bilinear in the
+  normalised vectors and the embedding is linear over M, the two fold into one product (exact):
+
+      sum_m W[c, m] <Ê(p), v̂_{k,m}> + b_c  =  <Ê(p), sum_m W[c, m] v̂_{k,m}> + b_c
+
+  so the (B, K, M, h_j, w_j) volume - 10 GB at K = 847, M = 80, j = 2 - is never materialised. The unfolded
+  reference is kept (``visual_cost_volume``) and the tests check both agree.
+* SED-style guidance (ablation "upsampled"): the raw F_c pushed through a ×2 transposed-conv cascade to each
+  decoder resolution; the slot the visual cost volumes replace.
+
+Layout: volumes are class-major, (B, K, M, h, w); the paper writes F_c ∈ R^{B×M×K×h×w}.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def cosine_cost_volume(features: Tensor, prompts: Tensor) -> Tensor:
+    """cos(features, prompts): (B, D, h, w) × (K, M, D) or (B, K, M, D) -> (B, K, M, h, w)."""
+    f = F.normalize(features, dim=1)
+    p = F.normalize(prompts, dim=-1)
+    if p.ndim == 3:
+        return torch.einsum("bdhw,kmd->bkmhw", f, p)  # (B, D, h, w) · (K, M, D) -> (B, K, M, h, w)
+    return torch.einsum("bdhw,bkmd->bkmhw", f, p)  # per-image prompts (B, K, M, D) -> (B, K, M, h, w)
+
+
+class CostEmbedding(nn.Module):
+    """Per-class conv over the M template similarities: (B, K, M, h, w) -> (B, K, C, h, w)."""
+
+    def __init__(self, num_templates: int, dim: int, kernel: int = 7):
+        super().__init__()
+        self.num_templates = num_templates
+        self.conv = nn.Conv2d(num_templates, dim, kernel, padding=kernel // 2)
+
+    def forward(self, volume: Tensor) -> Tensor:
+        B, K, M, h, w = volume.shape
+        x = self.conv(volume.reshape(B * K, M, h, w))  # classes folded into the batch: (B*K, M, h, w)
+        return x.view(B, K, -1, h, w)  # (B*K, C, h, w) -> (B, K, C, h, w)
+
+
+class VisualCostEmbedding(nn.Module):
+    """Embedded visual cost volume at one encoder stage, computed folded (see module doc)."""
+
+    def __init__(self, num_templates: int, dim: int):
+        super().__init__()
+        self.num_templates = num_templates
+        self.proj = nn.Linear(num_templates, dim)  # weight (c, M): the 1×1 conv over templates
+
+    def fold(self, stage_prompts: Tensor) -> Tensor:
+        """(…, K, M, D_j) pooled prompt features -> (…, K, c, D_j) template-mixed unit prompts."""
+        v = F.normalize(stage_prompts, dim=-1)
+        if v.shape[-2] == 1:  # one prompt for all templates (a refinement crop): the mix is a row sum
+            return self.proj.weight.sum(dim=1)[:, None] * v  # (c, 1) * (…, K, 1, D) -> (…, K, c, D)
+        return torch.einsum("cm,...kmd->...kcd", self.proj.weight, v)  # (c, M) · (…, K, M, D) -> (…, K, c, D)
+
+    def forward(self, stage_features: Tensor, stage_prompts: Tensor) -> Tensor:
+        """(B, D_j, h, w) encoder stage × (K or B×K, M, D_j) prompts -> (B, K, c, h, w)."""
+        f = F.normalize(stage_features, dim=1)
+        u = self.fold(stage_prompts)
+        if u.ndim == 3:
+            out = torch.einsum("bdhw,kcd->bkchw", f, u)  # (B, D, h, w) · (K, c, D) -> (B, K, c, h, w)
+        else:
+            out = torch.einsum("bdhw,bkcd->bkchw", f, u)  # per-image prompts (B, K, c, D)
+        return out + self.proj.bias.view(1, 1, -1, 1, 1)
+
+    def reference(self, stage_features: Tensor, stage_prompts: Tensor) -> Tensor:
+        """Unfolded F_v^j then the linear map over M: memory-hungry, for tests and ablations only."""
+        volume = visual_cost_volume(stage_features, stage_prompts, self.num_templates)  # (B, K, M, h, w)
+        return torch.einsum("bkmhw,cm->bkchw", volume, self.proj.weight) + self.proj.bias.view(1, 1, -1, 1, 1)
+
+
+def visual_cost_volume(stage_features: Tensor, stage_prompts: Tensor, num_templates: int) -> Tensor:
+    """F_v^j = cos(E_j, v_j) materialised: -> (B, K, M, h_j, w_j)."""
+    if stage_prompts.shape[-2] == 1 and num_templates > 1:
+        stage_prompts = stage_prompts.expand(*stage_prompts.shape[:-2], num_templates, stage_prompts.shape[-1])
+    return cosine_cost_volume(stage_features, stage_prompts)
+
+
+class UpsampledCostGuidance(nn.Module):
+    """SED's guidance: raw F_c (B, K, M, h5, w5) through ConvTranspose(×2)+ReLU steps, one output per stage."""
+
+    def __init__(self, num_templates: int, dims: list[int]):
+        super().__init__()
+        chans = [num_templates] + list(dims)
+        self.steps = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(chans[i], chans[i + 1], 2, stride=2), nn.ReLU()) for i in range(len(dims))
+        )
+
+    def forward(self, volume: Tensor, stage: int) -> Tensor:
+        """Guidance for decoder stage ``stage`` (0, 1, 2): (B, K, g_s, h5·2^(s+1), w5·2^(s+1))."""
+        B, K, M, h, w = volume.shape
+        x = volume.reshape(B * K, M, h, w)  # classes folded into the batch
+        for step in self.steps[: stage + 1]:
+            x = step(x)
+        return x.view(B, K, *x.shape[1:])  # (B*K, g, h', w') -> (B, K, g, h', w')

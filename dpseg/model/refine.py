@@ -1,0 +1,87 @@
+"""Semantic-guided prompt refinement: two-pass inference (paper §4.6; notes §9 #17-#20).
+
+Pass 1 predicts with the bank's visual prompts. For every class that covers at least ``min_area`` of an image
+in the pass-1 label map, the class's predicted region is cut out of the *input image* (bounding box of the mask,
+pixels outside the mask filled with the CLIP mean colour, padded to a square, resized to the prompt size),
+encoded by the frozen visual-prompt encoder, and replaces that class's visual prompts - global V for all M
+templates and the pooled stage features v_j. Undetected classes and all text prompts are unchanged. Pass 2
+re-runs only the cost volumes and the decoder: the image features of pass 1 are reused.
+Inference only; no training is involved.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dpseg.errors import InputError
+from dpseg.model.prompts import PromptSet
+
+
+def masked_square_crop(image: Tensor, mask: Tensor, size: int, fill: Tensor) -> Tensor:
+    """(3, H, W) image in [0, 1], (H, W) bool mask -> (3, size, size): bbox crop, outside-mask fill, square pad."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    fill = fill.view(3, 1, 1).to(image)
+    crop = torch.where(mask[y0:y1, x0:x1], image[:, y0:y1, x0:x1], fill)  # (3, h, w)
+    h, w = crop.shape[-2:]
+    side = max(h, w)
+    canvas = fill.expand(3, side, side).clone()
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[:, top : top + h, left : left + w] = crop
+    out = F.interpolate(canvas[None], size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
+    return out[0]
+
+
+def detected_classes(logits: Tensor, min_area: float) -> Tensor:
+    """(B, K, h, w) logits -> (B, K) bool: classes holding ≥ min_area of the argmax map (and ≥ 1 pixel)."""
+    B, K, h, w = logits.shape
+    labels = logits.argmax(dim=1).view(B, -1)  # (B, h*w)
+    counts = torch.zeros(B, K, device=logits.device).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float))
+    return (counts > 0) & (counts >= min_area * h * w)
+
+
+@torch.no_grad()
+def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
+                   min_area: Optional[float] = None) -> tuple[PromptSet, Tensor]:
+    """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
+    if not prompts.has_visual:
+        raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
+    min_area = model.refine_min_area if min_area is None else min_area
+    B, _, H, W = images.shape
+    detected = detected_classes(logits, min_area)  # (B, K)
+    labels = logits.argmax(dim=1, keepdim=True).float()  # (B, 1, h, w)
+    labels = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0].long()  # (B, H, W) at the input size
+    K, M = prompts.num_classes, prompts.num_templates
+
+    def per_image(t: Tensor) -> Tensor:
+        t = t if t.ndim == 4 else t.unsqueeze(0).expand(B, *t.shape)  # (K, M', D) -> (B, K, M', D)
+        return t.expand(B, K, M, t.shape[-1]).clone()  # one prompt per template so rows can be replaced
+
+    visual = per_image(prompts.visual)
+    stages = [per_image(v) for v in prompts.visual_stages]
+    pairs = detected.nonzero().tolist()
+    if pairs:
+        fill = model.prompt_encoder.mean.view(3)
+        crops = torch.stack([masked_square_crop(images[b], labels[b] == k, model.prompt_image_size, fill) for b, k in pairs])
+        v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
+        idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
+        idx_k = torch.tensor([k for _, k in pairs], device=images.device)
+        visual[idx_b, idx_k] = v_crop[:, None].to(visual.dtype)  # (N, 1, d) broadcast over the M templates
+        for t, s in zip(stages, stage_crops):
+            t[idx_b, idx_k] = s[:, None].to(t.dtype)
+    refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
+    return refined, detected
+
+
+def two_pass(model, images: Tensor, prompts: PromptSet, class_chunk: Optional[int] = None,
+             min_area: Optional[float] = None) -> dict:
+    """Inference I, refinement, Inference II. Returns logits of both passes, detected classes, refined prompts."""
+    feats = model.encode_image(images)
+    first = model.decode(feats, prompts, class_chunk)["logits"]
+    refined, detected = refine_prompts(model, images, first, prompts, min_area)
+    second = model.decode(feats, refined, class_chunk)["logits"]
+    return {"logits_pass1": first, "logits": second, "detected": detected, "prompts": refined}

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from dpseg.errors import InputError
+from dpseg.model.refine import detected_classes, masked_square_crop, refine_prompts, two_pass
+from helpers import random_prompts, tiny_model
+
+
+def test_detected_classes_threshold():
+    logits = torch.full((1, 3, 4, 5), -5.0)
+    logits[0, 0, :, :4] = 5  # 16 px
+    logits[0, 1, :, 4] = 5  # 4 px
+    # class 2 never wins
+    assert detected_classes(logits, 0.0).tolist() == [[True, True, False]]
+    assert detected_classes(logits, 0.5).tolist() == [[True, False, False]]
+
+
+def test_masked_square_crop():
+    image = torch.zeros(3, 10, 20)
+    image[:, 2:4, 5:11] = 1.0  # a 2×6 white bar
+    mask = image[0] > 0.5
+    fill = torch.tensor([0.25, 0.5, 0.75])
+    crop = masked_square_crop(image, mask, 6, fill)
+    assert crop.shape == (3, 6, 6)
+    # bbox 2×6 padded to 6×6: middle rows are the bar (white), top/bottom rows the fill colour
+    assert torch.allclose(crop[:, 2:4], torch.ones(3, 2, 6))
+    assert torch.allclose(crop[:, 0], fill.view(3, 1).expand(3, 6))
+    # pixels in the bbox but outside the mask get the fill, not the image
+    mask2 = mask.clone()
+    mask2[2, 5] = False
+    crop2 = masked_square_crop(image, mask2, 6, fill)
+    assert torch.allclose(crop2[:, 2, 0], fill)
+
+
+def test_refinement_changes_only_detected_classes():
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 5)
+    x = torch.rand(2, 3, 64, 64)
+    logits = torch.full((2, 5, 16, 16), -4.0)
+    logits[0, 1, :, :8] = 4  # image 0: classes 1 and 3 present
+    logits[0, 3, :, 8:] = 4
+    logits[1, 2] = 4  # image 1: only class 2
+    refined, detected = refine_prompts(model, x, logits, prompts, min_area=0.01)
+    assert detected.tolist() == [[False, True, False, True, False], [False, False, True, False, False]]
+    assert refined.visual.shape == (2, 5, model.num_templates, prompts.visual.shape[-1])
+    for b in range(2):
+        for k in range(5):
+            same = torch.equal(refined.visual[b, k], prompts.visual[k])
+            stages_same = all(torch.equal(r[b, k], p[k]) for r, p in zip(refined.visual_stages, prompts.visual_stages))
+            assert same == stages_same == (not detected[b, k].item()), (b, k)
+            if detected[b, k]:  # one crop embedding shared by all templates
+                assert torch.allclose(refined.visual[b, k], refined.visual[b, k, :1].expand_as(refined.visual[b, k]))
+    assert torch.equal(refined.text, prompts.text)
+    # the crop embedding is the encoder's embedding of the masked crop of *that* image
+    crop = masked_square_crop(x[1], torch.ones(64, 64, dtype=torch.bool), model.prompt_image_size, model.prompt_encoder.mean.view(3))
+    v, _ = model.encode_visual_prompts(crop[None])
+    assert torch.allclose(refined.visual[1, 2, 0], v[0], atol=1e-5)
+
+
+def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch):
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 4)
+    x = torch.rand(1, 3, 64, 64)
+    calls = []
+    original = model.image_encoder.forward
+    monkeypatch.setattr(model.image_encoder, "forward", lambda im: calls.append(1) or original(im))
+    with torch.no_grad():
+        out = two_pass(model, x, prompts)
+    assert len(calls) == 1  # pass 2 re-uses the image features
+    assert out["logits"].shape == out["logits_pass1"].shape == (1, 4, 16, 16)
+    assert out["detected"].any()
+    assert not torch.allclose(out["logits"], out["logits_pass1"])
+    import dpseg.model.refine as refine
+
+    monkeypatch.setattr(refine, "detected_classes", lambda logits, area: torch.zeros(logits.shape[:2], dtype=torch.bool))
+    with torch.no_grad():
+        none = two_pass(model, x, prompts)  # nothing detected: every prompt is kept, pass 2 == pass 1
+    assert torch.allclose(none["logits"], none["logits_pass1"], atol=1e-6)
+
+
+def test_refinement_needs_visual_prompts():
+    model, _ = tiny_model()
+    prompts = random_prompts(model, 2).text_only()
+    with pytest.raises(InputError, match="text-only"):
+        refine_prompts(model, torch.rand(1, 3, 64, 64), torch.zeros(1, 2, 16, 16), prompts)
