@@ -94,6 +94,7 @@ class DataConfig:
     cat_max_ratio: float = 1.0
     color_jitter: bool = True
     flip: bool = True
+    pad_value: int = 128  # image fill when a crop is padded up to crop_size (labels are padded with ignore)
     num_workers: int = 4
 
 
@@ -127,6 +128,7 @@ class EvalConfig:
     datasets: list[str] = field(default_factory=lambda: ["a847", "pc459", "a150", "pc59", "voc20"])
     protocol: Literal["whole", "slide"] = "whole"  # SED: whole image at input_size; CAT-Seg: sliding window
     short_side: int = 640
+    max_side: int = 2560  # cap on the long side after the short-side resize (detectron2 test mapper)
     input_size: int = 768
     slide_window: int = 384
     slide_overlap: float = 0.333
@@ -134,6 +136,7 @@ class EvalConfig:
     class_chunk: int = 128
     batch_size: int = 1
     max_images: int = 0  # 0 = all
+    num_workers: int = 2  # image-loading processes per rank
 
 
 @dataclass
