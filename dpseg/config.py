@@ -79,6 +79,9 @@ class PromptsConfig:
     images_per_class: int = 0  # 0 = one image per (class, template) as the paper; N > 0 shares N images
     keep_images: bool = False
     batch_size: int = 8
+    negative_prompt: str = ""  # generator negative prompt ("" = none, as the paper notes imply)
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # generator weights; auto = fp16 on CUDA, fp32 on CPU
+    safety_checker: bool = False  # SD's NSFW filter blacks out flagged images, which would poison the prompts
 
 
 @dataclass

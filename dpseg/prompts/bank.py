@@ -1,0 +1,313 @@
+"""Prompt banks: text and visual prompts of a vocabulary, cached on disk (DESIGN §2.2, paper §4.1-4.2).
+
+A bank is a directory::
+
+    BANK/manifest.json                 the key: encoder fingerprints, generator identity, templates, sizes
+    BANK/classes/<slug>-<hash>.safetensors   one per class: text T (M, d), visual V (M, d),
+                                       visual_stage{2,3,4} v_j (M, D_j), seeds; metadata: class name, source, ...
+    BANK/images/<slug>-<hash>/NNN.png  the generated images, when kept
+
+Every file is written atomically, so a build killed at any moment leaves only complete class files (plus, at
+worst, a hidden ``.*.tmp`` file that is ignored and later removed); building again skips finished classes.
+A bank is never silently used with other weights: :meth:`PromptBank.prompt_set` compares the fingerprints of the
+model's visual-prompt encoder and text tower with the manifest and raises :class:`BankError` on a mismatch.
+Class names are matched after whitespace normalisation of their synonyms ("bed " == "bed", "a,b" == "a, b").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from dpseg.config import atomic_write_text
+from dpseg.errors import BankError, InputError
+from dpseg.model.prompts import PromptSet
+from dpseg.model.towers import split_synonyms
+from dpseg.prompts.templates import templates_id
+from dpseg.weights import save_safetensors, state_fingerprint
+
+FORMAT, VERSION = "dpseg-prompt-bank", 1
+MANIFEST, CLASS_DIR, IMAGE_DIR = "manifest.json", "classes", "images"
+ENCODER_FIELDS = {"prompt_encoder": "visual-prompt encoder", "text_tower": "text tower"}
+SHAPE_FIELDS = ("templates_id", "prompt_image_size", "embed_dim", "stage_dims")
+GENERATION_FIELDS = ("generator", "seed", "images_per_class")
+STAGE_KEYS = ("visual_stage2", "visual_stage3", "visual_stage4")
+
+
+def canonical_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise InputError(f"class names must be strings, got {type(name).__name__}")
+    return ", ".join(split_synonyms(name))
+
+
+def check_class_list(class_names: Sequence[str], what: str = "the class list") -> list[str]:
+    """Canonical names of a non-empty, duplicate-free class list (raises InputError otherwise)."""
+    if isinstance(class_names, str):
+        raise InputError(f"{what} must be a list of names, not one string")
+    names = [canonical_name(n) for n in class_names]
+    if not names:
+        raise InputError(f"{what} is empty; give at least one class name")
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise InputError(f"{what} names {', '.join(repr(d) for d in dup[:5])} more than once; each class must appear once")
+    return names
+
+
+def class_stem(name: str) -> str:
+    """File-system-safe, collision-free file stem of a (canonical) class name."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:48] or "class"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+def short_list(items: Sequence[str], n: int = 8) -> str:
+    head = ", ".join(items[:n])
+    return head + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def make_key(prompt_encoder, text_tower, templates: Sequence[str], prompt_image_size: int) -> dict:
+    """The encoder/template part of a bank key, computed from the modules themselves."""
+    return {
+        "prompt_encoder": state_fingerprint(prompt_encoder),
+        "text_tower": state_fingerprint(text_tower),
+        "templates_id": templates_id(list(templates)),
+        "templates": list(templates),
+        "prompt_image_size": int(prompt_image_size),
+        "embed_dim": int(prompt_encoder.embed_dim),
+        "stage_dims": [int(d) for d in prompt_encoder.stage_dims[:3]],
+    }
+
+
+class PromptBank:
+    """A prompt-bank directory. Make one with :meth:`create`, read one with :meth:`open`."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root, self.manifest = Path(root), manifest
+
+    # ------------------------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, root, key: dict, generator: str = "", generator_spec: str = "", seed: int = 0, images_per_class: int = 0) -> "PromptBank":
+        """Open ``root`` if it holds a bank with this key (else BankError naming the difference) or start a new one."""
+        root = Path(root).expanduser()
+        gen = {"generator": generator, "generator_spec": generator_spec, "seed": int(seed), "images_per_class": int(images_per_class)}
+        if (root / MANIFEST).exists():
+            bank = cls.open(root)
+            bank.check_key(key)
+            if generator:
+                if bank.manifest["generator"]:
+                    bank.check_generation(generator, seed, images_per_class)
+                else:  # a bank so far made of exemplars only adopts the first generator used with it
+                    bank.manifest.update(gen)
+                    atomic_write_text(root / MANIFEST, json.dumps(bank.manifest, indent=2))
+            return bank
+        if root.exists() and not root.is_dir():
+            raise BankError(f"prompt bank path {root} is a file; pass a directory")
+        if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
+            raise BankError(f"{root} is not empty and holds no {MANIFEST}; choose a new or empty directory for the bank")
+        (root / CLASS_DIR).mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT, "version": VERSION, **key, **gen, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+        return cls(root, manifest)
+
+    @classmethod
+    def open(cls, root, wait: float = 0.0) -> "PromptBank":
+        """Read a bank's manifest; ``wait`` seconds for it to appear (other ranks wait for rank 0)."""
+        root = Path(root).expanduser()
+        path, deadline = root / MANIFEST, time.monotonic() + wait
+        while not path.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not path.is_file():
+            raise BankError(f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise BankError(f"cannot read {path}: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise BankError(f"{path} is not a dpseg prompt-bank manifest")
+        if manifest.get("version") != VERSION:
+            raise BankError(f"prompt bank {root} has format version {manifest.get('version')}; this dpseg reads version {VERSION}")
+        return cls(root, manifest)
+
+    # ------------------------------------------------------------------------------------------- checks
+    @property
+    def templates(self) -> list[str]:
+        return list(self.manifest["templates"])
+
+    def check_key(self, key: dict) -> None:
+        for field in list(ENCODER_FIELDS) + list(SHAPE_FIELDS):
+            if key[field] != self.manifest.get(field):
+                what = ENCODER_FIELDS.get(field, field)
+                raise BankError(
+                    f"prompt bank {self.root} was built for another {what} ({field} {self.manifest.get(field)} in the bank, "
+                    f"{key[field]} here); use the model/settings it was built with or build a new bank with another --out"
+                )
+
+    def check_generation(self, generator: str, seed: int, images_per_class: int) -> None:
+        if not self.manifest["generator"]:  # exemplars only so far: any generator may fill the rest
+            return
+        here = {"generator": generator, "seed": int(seed), "images_per_class": int(images_per_class)}
+        for field in GENERATION_FIELDS:
+            if here[field] != self.manifest.get(field):
+                raise BankError(
+                    f"prompt bank {self.root} was generated with {field} {self.manifest.get(field)!r}, not {here[field]!r}; "
+                    "resume with the same generator settings or build a new bank with another --out"
+                )
+
+    def check_encoders(self, prompt_encoder=None, text_tower=None) -> None:
+        """BankError if the given encoders' weights are not those the bank was built with."""
+        for field, module in (("prompt_encoder", prompt_encoder), ("text_tower", text_tower)):
+            if module is not None and state_fingerprint(module) != self.manifest[field]:
+                raise BankError(
+                    f"prompt bank {self.root} was built with another {ENCODER_FIELDS[field]} (fingerprint "
+                    f"{self.manifest[field]}, this model's is {state_fingerprint(module)}); rebuild the bank for this "
+                    "model (dpseg prompts build --checkpoint ... --out NEW_BANK) or load the model it was built for"
+                )
+
+    # ------------------------------------------------------------------------------------ class files
+    def class_path(self, name: str) -> Path:
+        return self.root / CLASS_DIR / f"{class_stem(canonical_name(name))}.safetensors"
+
+    def image_dir(self, name: str) -> Path:
+        return self.root / IMAGE_DIR / class_stem(canonical_name(name))
+
+    def _metadata(self, path: Path) -> Optional[dict]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return f.metadata() or {}
+        except Exception:  # noqa: BLE001 - absent, truncated or foreign file
+            return None
+
+    def _belongs(self, meta: Optional[dict], name: str) -> bool:
+        return bool(meta) and meta.get("class_name") == name and all(
+            meta.get(f) == str(self.manifest[f]) for f in ("prompt_encoder", "text_tower", "templates_id")
+        )
+
+    def has(self, name: str) -> bool:
+        name = canonical_name(name)
+        return self._belongs(self._metadata(self.class_path(name)), name)
+
+    def missing(self, class_names: Sequence[str]) -> list[str]:
+        """The classes (canonical names, in order) without a complete, valid class file."""
+        return [n for n in check_class_list(class_names) if not self.has(n)]
+
+    def classes(self) -> list[dict]:
+        """Metadata of every valid class file (class_name, source, ...), sorted by name."""
+        out = []
+        for path in sorted((self.root / CLASS_DIR).glob("[!.]*.safetensors")):
+            meta = self._metadata(path)
+            if meta and self._belongs(meta, meta.get("class_name", "")) and path == self.class_path(meta["class_name"]):
+                out.append(meta)
+        return sorted(out, key=lambda m: m["class_name"])
+
+    def write_class(self, name: str, text: Tensor, visual: Tensor, stages: Sequence[Tensor], source: str,
+                    seeds: Sequence[int], extra: Optional[dict] = None) -> Path:
+        """Atomically write one class's prompts (shapes checked against the manifest)."""
+        name, m = canonical_name(name), len(self.manifest["templates"])
+        dims = [self.manifest["embed_dim"], self.manifest["embed_dim"], *self.manifest["stage_dims"]]
+        tensors = {"text": text, "visual": visual, **dict(zip(STAGE_KEYS, stages))}
+        for (key, t), d in zip(tensors.items(), dims):
+            if tuple(t.shape) != (m, d):
+                raise InputError(f"prompt tensor '{key}' of class {name!r} has shape {tuple(t.shape)}, expected ({m}, {d})")
+        tensors = {k: t.detach().float().cpu() for k, t in tensors.items()}
+        tensors["seeds"] = torch.tensor(list(seeds), dtype=torch.int64)  # (N_images,)
+        meta = {"class_name": name, "source": source, "seed": self.manifest["seed"], "num_images": len(seeds),
+                **{f: self.manifest[f] for f in ("prompt_encoder", "text_tower", "templates_id")}, **(extra or {})}
+        return save_safetensors(tensors, self.class_path(name), metadata=meta)
+
+    def load_class(self, name: str) -> dict:
+        """{text, visual, visual_stages, seeds, meta} of one class; BankError if absent or invalid."""
+        from safetensors.torch import load_file
+
+        name, path = canonical_name(name), self.class_path(name)
+        meta = self._metadata(path)
+        if not self._belongs(meta, name):
+            raise BankError(f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it")
+        t = load_file(str(path))
+        return {"text": t["text"], "visual": t["visual"], "visual_stages": [t[k] for k in STAGE_KEYS], "seeds": t["seeds"], "meta": meta}
+
+    def clean_temp_files(self, older_than: float = 60.0) -> int:
+        """Remove hidden temp files left by killed writers (only old ones: a live writer's file is young)."""
+        now, removed = time.time(), 0
+        for path in list(self.root.rglob(".*.tmp")):
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+    # ------------------------------------------------------------------------------------- consumers
+    def prompt_set(self, class_names: Sequence[str], model=None, *, prompt_encoder=None, text_tower=None,
+                   device: Union[str, torch.device, None] = None) -> PromptSet:
+        """The prompts of ``class_names`` (in that order), after checking the bank against the model's encoders.
+
+        ``model``: anything with ``prompt_encoder`` and ``text_encoder`` attributes (a DPSeg); or pass the encoders.
+        """
+        if model is not None:
+            prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
+        if prompt_encoder is None and text_tower is None:
+            raise InputError("prompt_set needs model= (or prompt_encoder= / text_tower=) so the bank can be checked against it")
+        names = check_class_list(class_names)
+        self.check_encoders(prompt_encoder, text_tower)
+        missing = [n for n in names if not self.has(n)]
+        if missing:
+            raise BankError(
+                f"prompt bank {self.root} lacks {len(missing)} of the {len(names)} classes ({short_list(missing)}); add them with "
+                f"'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {self.manifest.get('generator_spec') or 'GENERATOR'}' "
+                "(classes already in the bank are skipped) or 'dpseg prompts add-exemplars'"
+            )
+        entries = [self.load_class(n) for n in names]
+        if device is None:
+            ref = prompt_encoder if prompt_encoder is not None else text_tower
+            device = next(ref.parameters()).device
+        stack = lambda key: torch.stack([e[key] for e in entries]).to(device)  # noqa: E731 - K x (M, dim) -> (K, M, dim)
+        stages = [torch.stack([e["visual_stages"][j] for e in entries]).to(device) for j in range(3)]  # [(K, M, D_j)]
+        return PromptSet(list(class_names), stack("text"), stack("visual"), stages)
+
+    def info(self) -> dict:
+        classes = self.classes()
+        sources: dict[str, int] = {}
+        for meta in classes:
+            sources[meta.get("source", "?")] = sources.get(meta.get("source", "?"), 0) + 1
+        files = [p for p in self.root.rglob("*") if p.is_file()]
+        return {
+            "path": str(self.root),
+            **{k: v for k, v in self.manifest.items() if k != "templates"},
+            "num_templates": len(self.manifest["templates"]),
+            "num_classes": len(classes),
+            "sources": sources,
+            "kept_images": sum(1 for p in files if p.suffix == ".png" and IMAGE_DIR in p.relative_to(self.root).parts[:1]),
+            "temp_files": sum(1 for p in files if p.name.startswith(".") and p.name.endswith(".tmp")),
+            "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 2),
+        }
+
+    def build(self, class_names, generator, prompt_encoder, text_tower, templates=None, **kwargs):
+        """Generate, encode and store every missing class; see :func:`dpseg.prompts.builder.build_bank`."""
+        from dpseg.prompts.builder import build_bank
+
+        return build_bank(self, class_names, generator, prompt_encoder, text_tower, templates, **kwargs)
+
+    def add_exemplars(self, images_by_class, prompt_encoder, text_tower, **kwargs) -> list[str]:
+        """Set visual prompts of classes from user images; see :func:`dpseg.prompts.builder.add_exemplars`."""
+        from dpseg.prompts.builder import add_exemplars
+
+        return add_exemplars(self, images_by_class, prompt_encoder, text_tower, **kwargs)
+
+
+def text_only_prompt_set(class_names: Sequence[str], text_tower, templates: Sequence[str]) -> PromptSet:
+    """Text prompts only (no bank): T (K, M, d) from the text tower, for text-only models and baselines."""
+    check_class_list(class_names)
+    return PromptSet(list(class_names), text_tower.encode(list(class_names), list(templates)))

@@ -1,0 +1,198 @@
+"""Build, extend and inspect prompt banks (text + visual prompts of a vocabulary).
+
+  dpseg prompts build --vocab ade150 --generator DIR_OR_HUB_ID --out banks/ade150 [--checkpoint CKPT | --preset ...]
+  torchrun --nproc_per_node 8 -m dpseg prompts build ...     (each rank builds its share of the classes)
+  dpseg prompts add-exemplars --bank banks/ade150 --folder my_exemplars/    (folder/<class name>/*.jpg)
+  dpseg prompts info banks/ade150 [--vocab ade150]
+
+A build can be interrupted at any time and resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from dpseg.errors import BankError, ConfigError, InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dpseg.cli import add_config_arguments
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="generate and encode the visual prompts (and text prompts) of a vocabulary")
+    b.add_argument("--vocab", required=True, help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file (.txt one per line, or .json list)")
+    b.add_argument("--out", required=True, help="bank directory (created, or resumed if it exists)")
+    b.add_argument("--generator", help="diffusers pipeline folder or hub id, or 'synthetic' (default: prompts.generator)")
+    b.add_argument("--images-per-class", type=int, help="share N images across the templates instead of one per template (a deviation)")
+    b.add_argument("--keep-images", action="store_true", default=None, help="also save the generated images as PNG")
+    b.add_argument("--batch-size", type=int, help="images per generator call (default: prompts.batch_size)")
+    _model_arguments(b, add_config_arguments)
+    e = sub.add_parser("add-exemplars", help="set classes' visual prompts from your own images (folder/<class name>/*.jpg)")
+    e.add_argument("--bank", required=True, help="bank directory (created if it does not exist)")
+    e.add_argument("--folder", required=True, help="folder with one sub-folder of images per class")
+    _model_arguments(e, add_config_arguments)
+    i = sub.add_parser("info", help="describe a bank (key, classes, sources, size)")
+    i.add_argument("bank", help="bank directory")
+    i.add_argument("--vocab", help="also report which classes of this vocabulary are missing")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
+    p.add_argument("--checkpoint", help="DPSeg checkpoint folder or hub id: use its encoders (else the CLIP of the config)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda:$LOCAL_RANK if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(p)
+
+
+def _dist() -> tuple[int, int, int]:
+    env = lambda k, d: int(os.environ.get(k, d))  # noqa: E731 - set by torchrun
+    return env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
+
+
+def _device(args) -> str:
+    import torch
+
+    if args.device:
+        return args.device
+    return f"cuda:{_dist()[2]}" if torch.cuda.is_available() else "cpu"
+
+
+def load_encoders(args, device: str):
+    """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
+    from dpseg.config import build_config
+    from dpseg.cli import config_from_args
+
+    if args.checkpoint:
+        try:
+            from dpseg.build import load_model
+        except ImportError:
+            raise BankError("--checkpoint needs dpseg.build, which this installation lacks; use --preset/--config") from None
+        model, ckpt_cfg = load_model(args.checkpoint)
+        cfg = build_config(delta=ckpt_cfg.to_dict(), overrides=args.overrides)
+        prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
+    else:
+        from dpseg.model.towers import build_towers
+
+        cfg = config_from_args(args)
+        if not cfg.model.clip_pretrained:
+            raise ConfigError(
+                "config key 'model.clip_pretrained' is empty, so the encoders would be random and the bank useless; "
+                "pass --checkpoint or set it to a CLIP tag or weight file (--set model.clip_pretrained=...)"
+            )
+        _, prompt_encoder, text_tower = build_towers(cfg.model, load_weights=True)
+    return cfg, prompt_encoder.to(device).eval(), text_tower.to(device).eval()
+
+
+def _build(args) -> int:
+    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.templates import get_templates
+    from dpseg.prompts.vocab import load_vocabulary
+
+    from dpseg.cli import config_from_args
+
+    rank, world, _ = _dist()
+    names = load_vocabulary(args.vocab)
+    if args.images_per_class is not None and args.images_per_class < 0:
+        raise InputError(f"--images-per-class must be >= 0, got {args.images_per_class}")
+    for key in ("images_per_class", "keep_images", "batch_size"):
+        if getattr(args, key) is not None:
+            args.overrides.append(f"prompts.{key}={getattr(args, key)}")
+    device = _device(args)
+    early = config_from_args(args).prompts
+    spec = args.generator or early.generator
+    generator = get_generator(spec, early, device=device)  # no weights -> fails here, before any heavy loading
+    cfg, prompt_encoder, text_tower = load_encoders(args, device)
+    p = cfg.prompts
+    if args.checkpoint:  # the checkpoint's own prompt settings (templates, sampler) apply
+        spec = args.generator or p.generator
+        generator = get_generator(spec, p, device=device)
+    templates = get_templates(p.templates, p.num_templates)
+    key = make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
+    if rank == 0:
+        bank = PromptBank.create(args.out, key, generator.identity, spec, p.seed, p.images_per_class)
+    else:
+        bank = PromptBank.open(args.out, wait=1800)
+        bank.check_key(key)
+        bank.check_generation(generator.identity, p.seed, p.images_per_class)
+    t0 = time.perf_counter()
+    report = bank.build(
+        names, generator, prompt_encoder, text_tower, templates, batch_size=p.batch_size,
+        keep_images=p.keep_images, rank=rank, world_size=world, progress=rank == 0 and not args.quiet,
+    )
+    dt = time.perf_counter() - t0
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    rate = f", {report.images / dt:.2f} img/s" if report.images and dt > 0 else ""
+    print(f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; {report.skipped} already in the bank")
+    missing = bank.missing(names)
+    if missing:
+        print(f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; other ranks are still building {len(missing)}")
+    else:
+        print(f"{who}bank {bank.root} is complete for {args.vocab} ({len(names)} classes x {len(templates)} templates)")
+    return 0
+
+
+def _add_exemplars(args) -> int:
+    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
+    from dpseg.prompts.exemplars import find_exemplars
+    from dpseg.prompts.templates import get_templates
+
+    found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
+    cfg, prompt_encoder, text_tower = load_encoders(args, _device(args))
+    if os.path.exists(os.path.join(os.path.expanduser(args.bank), MANIFEST)):
+        bank = PromptBank.open(args.bank)
+    else:
+        templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+        bank = PromptBank.create(args.bank, make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size))
+    done = bank.add_exemplars(found, prompt_encoder, text_tower, progress=not args.quiet)
+    n = sum(len(v) for v in found.values())
+    print(f"set visual prompts of {len(done)} classes from {n} exemplar images in bank {bank.root}")
+    return 0
+
+
+def _info(args) -> int:
+    from dpseg.prompts.bank import PromptBank
+    from dpseg.prompts.vocab import load_vocabulary
+
+    bank = PromptBank.open(args.bank)
+    info = bank.info()
+    if args.vocab:
+        names = load_vocabulary(args.vocab)
+        info["vocab"], info["missing"] = args.vocab, bank.missing(names)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [
+        ("bank", info["path"]), ("classes", f"{info['num_classes']} ({', '.join(f'{v} {k}' for k, v in info['sources'].items()) or 'none'})"),
+        ("templates", f"{info['num_templates']} (id {info['templates_id']})"),
+        ("visual-prompt encoder", info["prompt_encoder"]), ("text tower", info["text_tower"]),
+        ("generator", info["generator"] or "(none: exemplars only)"), ("generator source", info["generator_spec"] or "-"),
+        ("seed / images per class", f"{info['seed']} / {info['images_per_class'] or 'one per template'}"),
+        ("prompt image size", info["prompt_image_size"]), ("dims d / D2-D4", f"{info['embed_dim']} / {info['stage_dims']}"),
+        ("kept images", info["kept_images"]), ("size", f"{info['size_mb']} MB"), ("created", info.get("created", "?")),
+    ]
+    if info["temp_files"]:
+        rows.append(("stray temp files", f"{info['temp_files']} (from an interrupted write; ignored, removed by the next build)"))
+    if args.vocab:
+        from dpseg.prompts.bank import short_list
+
+        rows.append((f"missing of {args.vocab}", f"{len(info['missing'])}" + (f": {short_list(info['missing'])}" if info["missing"] else "")))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def run(args) -> int:
+    handlers = {"build": _build, "add-exemplars": _add_exemplars, "info": _info}
+    return handlers[args.action](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from dpseg.cli import main
+
+    sys.exit(main(["prompts", *sys.argv[1:]]))

@@ -1,0 +1,262 @@
+"""Text-to-image generators for visual prompts (paper §4.2, notes §9 #1, #2, #4).
+
+A generator is any object with ``identity: str`` (a stable string naming its weights and sampler settings; it is
+part of a prompt bank's key) and ``generate(texts, seeds) -> list[PIL.Image]`` (RGB, one image per text, image i
+depending only on ``texts[i]`` and ``seeds[i]``). :func:`get_generator` returns either the synthetic world's
+renderer (spec ``synthetic``) or a :class:`DiffusersGenerator` for a diffusers text-to-image pipeline directory or
+hub id (Stable Diffusion 1.5 by default; DPM-Solver++ 25 steps, CFG 7.5, 512², from ``PromptsConfig``).
+The generator's prompt is the templated sentence with the class's first synonym (notes §9 #4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import warnings
+from pathlib import Path
+from typing import Optional, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from dpseg.config import PromptsConfig
+from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
+from dpseg.model.towers import _hub_reachable, split_synonyms
+
+
+@runtime_checkable
+class Generator(Protocol):
+    identity: str
+
+    def generate(self, texts: list[str], seeds: list[int]) -> list[Image.Image]: ...
+
+
+def generator_prompt(template: str, class_name: str) -> str:
+    """The sentence a generator draws: the template filled with the first synonym ("sofa, couch" -> "sofa")."""
+    return template.format(split_synonyms(class_name)[0])
+
+
+def image_seed(base_seed: int, class_name: str, index: int) -> int:
+    """Seed of image ``index`` of a class: independent of class order, sharding and resumption."""
+    digest = hashlib.sha256(f"{base_seed}\x00{class_name}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+# The original SD-1.5 repository was withdrawn from the hub; its files live on under this id.
+HUB_ALIASES = {"runwayml/stable-diffusion-v1-5": ["stable-diffusion-v1-5/stable-diffusion-v1-5"]}
+SCHEDULERS = {  # PromptsConfig.scheduler -> (diffusers class, extra config)
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
+
+
+def resolve_pipeline_dir(spec: str) -> Path:
+    """A local diffusers pipeline directory for a directory or hub id; never waits on an unreachable network."""
+    path = Path(spec).expanduser()
+    if path.exists() or not _looks_like_hub_id(spec):
+        if not path.exists():
+            raise BankError(f"generator directory {path} does not exist; pass a diffusers pipeline folder, a hub id or 'synthetic'")
+        if not (path / "model_index.json").is_file():
+            raise BankError(f"generator {path} is not a diffusers pipeline directory (no model_index.json in it)")
+        return path
+    from huggingface_hub import snapshot_download
+
+    repos = [spec] + HUB_ALIASES.get(spec, [])
+    for repo in repos:  # the local cache first: works offline, never touches the network
+        try:
+            cached = Path(snapshot_download(repo, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached
+            continue
+        if (cached / "model_index.json").is_file():
+            return cached
+    if not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"generator weights '{spec}' are not in the local Hugging Face cache and the hub is unreachable; "
+            f"download the pipeline on a connected machine (huggingface-cli download {repos[-1]}) and pass its "
+            "folder with --generator /path/to/pipeline (the folder holding model_index.json), or use --generator synthetic"
+        )
+    from diffusers import DiffusionPipeline
+
+    last = None
+    for repo in repos:
+        try:
+            return Path(DiffusionPipeline.download(repo))
+        except Exception as e:  # noqa: BLE001
+            last = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise WeightsUnavailableError(f"could not download generator '{spec}' ({last}); pass a local pipeline folder with --generator")
+
+
+def directory_fingerprint(path: Path, sample: int = 1 << 20) -> str:
+    """Content hash of a pipeline folder: small files in full, large ones by size, first and last MiB."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(path).as_posix()}\x00{size}\x00".encode())
+        with open(p, "rb") as f:
+            if size <= 2 * sample:
+                h.update(f.read())
+            else:  # a safetensors header (names, shapes, offsets) sits at the start
+                h.update(f.read(sample))
+                f.seek(size - sample)
+                h.update(f.read(sample))
+    return h.hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """Silence diffusers/transformers loading chatter (progress bars, advisory warnings) while loading."""
+    import diffusers
+    import transformers
+
+    d_level, t_level = diffusers.logging.get_verbosity(), transformers.logging.get_verbosity()
+    d_bar, t_bar = diffusers.logging.is_progress_bar_enabled(), transformers.logging.is_progress_bar_enabled()
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.disable_progress_bar()
+    transformers.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # e.g. torch_dtype renamed dtype in new diffusers
+            yield
+    finally:
+        diffusers.logging.set_verbosity(d_level)
+        transformers.logging.set_verbosity(t_level)
+        if d_bar:
+            diffusers.logging.enable_progress_bar()
+        if t_bar:
+            transformers.logging.enable_progress_bar()
+
+
+class DiffusersGenerator:
+    """A diffusers text-to-image pipeline as a visual-prompt generator; the pipeline loads on first use."""
+
+    def __init__(self, path: Path, cfg: PromptsConfig, device: Optional[str] = None, source: str = ""):
+        self.path, self.cfg, self.source = Path(path), cfg, source or str(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        self.dtype = dtypes.get(cfg.dtype) or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        index = _read_json(self.path / "model_index.json")
+        self.pipeline_class = index.get("_class_name", "?")
+        self._has_safety_checker = "safety_checker" in index
+        self._check_settings(index)
+        self.identity = (
+            f"diffusers:{self.pipeline_class}@{directory_fingerprint(self.path)}|{cfg.scheduler}|steps={cfg.steps}"
+            f"|cfg={cfg.guidance_scale:g}|res={cfg.resolution}|{str(self.dtype).replace('torch.', '')}"
+            + (f"|neg={hashlib.sha256(cfg.negative_prompt.encode()).hexdigest()[:8]}" if cfg.negative_prompt else "")
+        )
+        self._pipe = None
+
+    def _check_settings(self, index: dict) -> None:
+        cfg = self.cfg
+        if cfg.steps < 1 or cfg.resolution < 8:
+            raise ConfigError("config keys 'prompts.steps' must be >= 1 and 'prompts.resolution' >= 8")
+        vae = _read_json(self.path / "vae" / "config.json")
+        factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        if cfg.resolution % factor:
+            raise ConfigError(f"config key 'prompts.resolution' ({cfg.resolution}) must be a multiple of {factor} for this pipeline")
+        if cfg.scheduler != "default" and "scheduler" in index:
+            import diffusers
+
+            current = _read_json(self.path / "scheduler" / "scheduler_config.json").get("_class_name", "")
+            allowed = [current] + list(getattr(getattr(diffusers, current, None), "_compatibles", []))
+            wanted = SCHEDULERS[cfg.scheduler][0]
+            if wanted not in allowed:
+                raise ConfigError(
+                    f"config key 'prompts.scheduler': {cfg.scheduler} ({wanted}) does not fit this pipeline's {current}; "
+                    "use --set prompts.scheduler=default"
+                )
+
+    @property
+    def pipeline(self):
+        if self._pipe is None:
+            self._pipe = self._load()
+        return self._pipe
+
+    def _load(self):
+        from diffusers import DiffusionPipeline
+
+        extra = {} if self.cfg.safety_checker or not self._has_safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            with _quiet_diffusers():
+                pipe = DiffusionPipeline.from_pretrained(str(self.path), torch_dtype=self.dtype, local_files_only=True, **extra)
+        except Exception as e:  # noqa: BLE001 - any failure here means an incomplete or foreign folder
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BankError(f"cannot load the diffusers pipeline in {self.path}: {reason[:200]}") from None
+        params = inspect.signature(pipe.__call__).parameters
+        required_image = "image" in params and params["image"].default is inspect.Parameter.empty
+        if "prompt" not in params or required_image:
+            raise BankError(f"{self.path} holds a {type(pipe).__name__}, not a text-to-image pipeline")
+        if self.cfg.scheduler != "default":
+            import diffusers
+
+            name, extra_cfg = SCHEDULERS[self.cfg.scheduler]
+            pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **extra_cfg)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, texts: list[str], seeds: list[int]) -> list[Image.Image]:
+        if len(texts) != len(seeds):
+            raise ValueError(f"{len(texts)} texts but {len(seeds)} seeds")
+        if not texts:
+            return []
+        kwargs = dict(
+            prompt=list(texts),
+            num_inference_steps=self.cfg.steps,
+            guidance_scale=self.cfg.guidance_scale,
+            height=self.cfg.resolution,
+            width=self.cfg.resolution,
+            # CPU generators: the initial latents are the same on every device and for every batch split
+            generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
+            output_type="pil",
+        )
+        if self.cfg.negative_prompt:
+            kwargs["negative_prompt"] = [self.cfg.negative_prompt] * len(texts)
+        try:
+            images = self.pipeline(**kwargs).images
+        except torch.cuda.OutOfMemoryError:
+            raise BankError(
+                f"out of GPU memory generating {len(texts)} images at {self.cfg.resolution}px; lower "
+                "--batch-size (finished classes are kept)"
+            ) from None
+        if len(images) != len(texts):
+            raise BankError(f"the pipeline in {self.path} returned {len(images)} images for {len(texts)} prompts")
+        return [im.convert("RGB") for im in images]
+
+
+def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -> Generator:
+    """``synthetic[:options]`` -> the synthetic world's renderer; anything else -> a diffusers pipeline."""
+    if not spec:
+        raise BankError("no generator given; pass --generator with a diffusers pipeline folder, a hub id or 'synthetic'")
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        try:
+            from dpseg.data.synthetic.generator import SyntheticGenerator
+        except ImportError:
+            raise BankError("the synthetic generator (dpseg.data.synthetic) is not available in this installation") from None
+        if hasattr(SyntheticGenerator, "from_spec"):
+            return SyntheticGenerator.from_spec(spec, cfg)
+        return SyntheticGenerator(resolution=cfg.resolution)
+    return DiffusersGenerator(resolve_pipeline_dir(spec), cfg, device=device, source=spec)
+
+
+def describe(generator: Generator) -> str:
+    return getattr(generator, "source", None) or type(generator).__name__
+
+
+__all__ = ["Generator", "DiffusersGenerator", "get_generator", "generator_prompt", "image_seed", "resolve_pipeline_dir"]
