@@ -114,8 +114,11 @@ class TrainConfig:
     grad_clip: float = 0.01  # full-model L2 norm, as SED (0 = off)
     warmup_iters: int = 0
     loss_ignore: Literal["negative", "mask"] = "negative"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # auto = bf16 autocast on a CUDA GPU that supports it, else fp32; fp16 = autocast + loss scaling (V100-class GPUs)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    device: str = "auto"  # auto = this rank's GPU if CUDA is available, else CPU; or cpu / cuda
+    tensorboard: bool = True  # also write TensorBoard events (the JSONL/CSV logs are always written)
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 5000

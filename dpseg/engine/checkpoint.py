@@ -1,0 +1,261 @@
+"""Training checkpoints: atomic directories, strict loading, RNG capture, pruning.
+
+Layout of a run's ``OUTPUT/checkpoints/step-00005000/``:
+
+* ``trainable.safetensors`` — the model's state minus the frozen towers (visual-prompt encoder, text tower),
+  which are rebuilt from the config and checked against the fingerprints stored in ``state.pt``;
+* ``state.pt`` — optimizer, loss scaler, step, data position, schedule, every rank's RNG states (python, numpy,
+  torch, CUDA), best evaluation so far, the resolved config; plain tensors and containers only, read back with
+  ``torch.load(weights_only=True)``;
+* ``config.yaml`` — the resolved config, readable without torch.
+
+A checkpoint is written into a hidden temporary directory and renamed into place, so a crash at any moment leaves
+either no checkpoint or a complete one; only complete ones are ever listed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpseg.config import Config, save_config
+from dpseg.engine.distributed import mix_seed
+from dpseg.errors import CheckpointError, ConfigError
+from dpseg.weights import read_state_dict, save_safetensors
+
+FROZEN_PREFIXES = ("prompt_encoder.", "text_encoder.")
+TRAINABLE, STATE, CONFIG = "trainable.safetensors", "state.pt", "config.yaml"
+FORMAT, VERSION = "dpseg-train-state", 1
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_root(output_dir: Union[str, os.PathLike]) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return bool(_NAME.match(path.name)) and (path / TRAINABLE).is_file() and (path / STATE).is_file()
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and is_checkpoint(p)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def find_checkpoint(path: Union[str, os.PathLike]) -> Optional[Path]:
+    """``path`` itself if it is a checkpoint, else the newest checkpoint of the run directory ``path`` (or None)."""
+    path = Path(path).expanduser()
+    if is_checkpoint(path):
+        return path
+    found = list_checkpoints(path)
+    return found[-1] if found else None
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into the non-frozen part of ``model``; CheckpointError naming any key or shape mismatch."""
+    expected = trainable_state(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                 for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
+        raise CheckpointError(f"{source} does not fit the model of this config ({'; '.join(parts)}); resume with the config the run was started with")
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all(k.startswith(FROZEN_PREFIXES) for k in result.missing_keys)
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict:
+    """This process's RNG states as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    out = {"python": random.getstate(), "torch": torch.get_rng_state(),
+           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ save/load
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: Config) -> Path:
+    """Write ``checkpoints/step-NNNNNNNN`` atomically and return it (an existing one of that step is replaced)."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        save_safetensors(trainable_state(model), tmp / TRAINABLE, metadata={"step": step})
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp / STATE)
+        save_config(cfg, tmp / CONFIG)
+        for name in (TRAINABLE, STATE, CONFIG):
+            _fsync(tmp / name)
+        if final.exists():  # re-written after resuming from an older checkpoint: swap, then drop the old one
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".old"))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(trainable state, training state) of a checkpoint directory, read without executing any pickled code."""
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path} is not a training checkpoint (expected a step-N directory with {TRAINABLE} and {STATE})")
+    weights = read_state_dict(path / TRAINABLE, "training checkpoint")
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or unsafe file
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"cannot read {path / STATE}: truncated, or not written by dpseg train ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path / STATE} is not a dpseg training state")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path / STATE} has format version {state.get('version')}; this dpseg reads version {VERSION}")
+    return weights, state
+
+
+def prune_checkpoints(output_dir, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (0 = keep all) and stale temporary directories."""
+    root = checkpoint_root(output_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".step-") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+                shutil.rmtree(p, ignore_errors=True)
+    if keep > 0:
+        for p in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed
+
+
+# -------------------------------------------------------------------------------------------- resuming
+
+
+def resume_target(output_dir, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint a run continues from (None = new run), or a one-line error.
+
+    ``resume``: None = new run, refused if ``output_dir`` already holds checkpoints; ``"auto"`` = the newest
+    checkpoint of ``output_dir`` if any; otherwise a run directory or a ``step-N`` checkpoint directory.
+    """
+    if resume is None:
+        found = list_checkpoints(output_dir)
+        if found:
+            raise ConfigError(
+                f"train.output_dir {output_dir} already holds checkpoints of a run (latest {found[-1].name}); pass --resume "
+                "to continue it, or choose another --set train.output_dir=..."
+            )
+        return None
+    if resume == "auto":
+        return find_checkpoint(output_dir)
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
+    found = find_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"--resume {path}: no complete checkpoint there (expected {path}/checkpoints/step-N or a step-N directory)")
+    return found
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) and prefix.count(".") < 1 else {key: v})
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs (output_dir excluded: runs may move)."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k != "train.output_dir"]
+
+
+def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, frozen: dict,
+                     rank: int, world_size: int) -> tuple[dict, list[str]]:
+    """Load checkpoint ``path`` into model, optimizer, loss scaler and this rank's RNG.
+
+    ``frozen`` holds the fingerprints of the frozen towers as built now; they must equal the saved ones. Returns
+    (the training state: step, consumed_samples, best, config, ...; notes for the log).
+    """
+    weights, state = load_checkpoint(path)
+    load_trainable(model, weights, str(path))
+    for name, fingerprint in frozen.items():
+        if state["frozen"].get(name) != fingerprint:
+            raise CheckpointError(
+                f"{path}: the frozen {name} differs from the one this run was trained with (model.clip_pretrained or the "
+                "CLIP weights file changed); resume with the original CLIP weights"
+            )
+    names = [g["name"] for g in optimizer.param_groups]
+    saved = [g.get("name") for g in state["optimizer"]["param_groups"]]
+    if names != saved:
+        raise CheckpointError(f"{path}: optimizer groups {saved} do not match this model's {names}; resume with the run's config")
+    current = [(g["lr_mult"], g["weight_decay"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for g, (mult, wd) in zip(optimizer.param_groups, current):  # settings given now win over saved ones
+        g["lr_mult"], g["weight_decay"] = mult, wd
+    if scaler.is_enabled() and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    notes = [f"resumed from {path} at step {state['step']}"]
+    rngs = state["rng"]
+    if len(rngs) == world_size:
+        restore_rng(rngs[rank])
+    else:  # data order and augmentation are position-seeded and stay exact; only e.g. drop path is reseeded
+        seed_all(mix_seed(0x7A1, rank, state["step"]))
+        notes.append(f"the run had {len(rngs)} processes and now has {world_size}: the data order is kept, the "
+                     "other random streams (drop path) are reseeded, so this continuation is not bit-exact")
+    return state, notes

@@ -1,0 +1,158 @@
+"""torchrun / DistributedDataParallel plumbing and the deterministic sharded sampler.
+
+``torchrun --nproc_per_node=G -m dpseg train CONFIG`` sets RANK / WORLD_SIZE / LOCAL_RANK; :func:`init_distributed`
+reads them and starts the process group (NCCL on GPUs, gloo on CPU). Without them everything runs in one process.
+
+Data order is a pure function of (seed, sample position): global batch ``s`` holds sample positions
+``[s * B, (s + 1) * B)``; position ``p`` is image ``perm_e[p mod N]`` of epoch ``e = p div N``, and rank ``r`` of
+``W`` takes the ``r``-th contiguous slice of ``B / W`` positions. So a run on W ranks sees exactly the images of a
+one-process run with the same global batch, and resuming at step ``s`` is starting at position ``s * B``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dpseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # this context started the process group, so it ends it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(request: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = this rank's GPU if CUDA is available, else CPU; or an explicit ``cpu`` / ``cuda`` / ``cuda:N``."""
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(request)
+    except RuntimeError:
+        raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {request!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device asks for CUDA but no GPU is visible; use --set train.device=cpu")
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device={request!r} is not supported; use auto, cpu or cuda")
+    return device
+
+
+def init_distributed(device_request: str = "auto", timeout_min: float = 30.0) -> DistContext:
+    """The process's place in the job; starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if dist.is_available() and dist.is_initialized():  # started by the caller (tests, notebooks)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return DistContext(rank, world, local, pick_device(device_request, local), owns_group=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=pick_device(device_request, 0))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_request, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_min))
+    return DistContext(rank, world, local, device, owns_group=True)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place on a copy); identity in one process."""
+    if not ctx.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(ctx: DistContext, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise ConfigError(
+            f"train.batch_size={global_batch} is the global batch and must be divisible by the number of processes "
+            f"({world_size}); use e.g. --set train.batch_size={max(1, global_batch // world_size) * world_size}"
+        )
+    return global_batch // world_size
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy SeedSequence), stable across platforms and processes."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+class ShardedInfiniteSampler(torch.utils.data.Sampler):
+    """Infinite stream of this rank's ``(index, position)`` keys, ``B / W`` per global batch (module docstring).
+
+    Epoch permutations are seeded by ``(seed, epoch)``; ``start`` is the first global sample position (resume).
+    """
+
+    def __init__(self, size: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, start: int = 0):
+        if size < 1:
+            raise ConfigError("the training dataset is empty")
+        self.size, self.global_batch, self.rank, self.world_size = size, global_batch, rank, world_size
+        self.local = local_batch_size(global_batch, world_size)
+        self.seed, self.start = seed, start
+        self._epoch, self._perm = -1, None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, 0x5A3E, epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=g)
+        return self._perm
+
+    def key(self, position: int) -> tuple[int, int]:
+        return int(self.permutation(position // self.size)[position % self.size]), position
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = self.start
+        while True:
+            first = base + self.rank * self.local
+            for p in range(first, first + self.local):
+                yield self.key(p)
+            base += self.global_batch
