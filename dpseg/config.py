@@ -143,6 +143,7 @@ class EvalConfig:
     batch_size: int = 1
     max_images: int = 0  # 0 = all
     num_workers: int = 2  # image-loading processes per rank
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
 
 
 @dataclass

@@ -1,0 +1,186 @@
+"""Evaluate a checkpoint on the zero-shot benchmarks and write mIoU tables (JSON + Markdown).
+
+  dpseg eval runs/dpseg-b/final --bank banks/dpseg-b --datasets a847,pc459,a150,pc59,voc20,voc20b
+  torchrun --nproc_per_node 4 -m dpseg eval CKPT --bank BANK          (images split over GPUs, same numbers)
+
+Prompts come from a prompt bank (--bank, default: the checkpoint's prompts.bank); --text-only uses text prompts
+alone and is only valid for text-only models. With eval.two_pass (default on) both passes are reported.
+Finished datasets are kept in OUTPUT/results.json and skipped on a rerun with the same settings (--force redoes
+them). Protocol options: --protocol, or --set eval.KEY=VALUE (see 'dpseg config --preset dpseg-b').
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from dpseg.errors import BankError, DataError, InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors) or hub id")
+    parser.add_argument("--datasets", help="comma-separated: a847,pc459,a150,pc59,voc20,voc20b,coco171 or custom PATH[:SPLIT] "
+                                           "(default: the config's eval.datasets)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--bank", help="prompt bank directory (dpseg prompts build)")
+    src.add_argument("--text-only", action="store_true", help="no visual prompts: text prompts only (text-only models)")
+    parser.add_argument("--root", help="datasets root (default: data.root, $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--output", help="results folder (default: CHECKPOINT/eval)")
+    parser.add_argument("--protocol", choices=["whole", "slide"], help="whole image (SED, default) or sliding window (CAT-Seg)")
+    parser.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None, help="report the refined second pass too")
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images of each dataset (quick checks)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
+    parser.add_argument("--force", action="store_true", help="recompute datasets already in the results file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                        help="override an eval setting, e.g. --set eval.class_chunk=64 (repeatable)")
+
+
+def _distributed(device_arg: str) -> tuple[int, torch.device]:
+    """Initialise torch.distributed under torchrun; returns (rank, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if world > 1 and cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, torch.device("cuda", local)
+    if device_arg == "auto":
+        return rank, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError:
+        raise InputError(f"--device {device_arg!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return rank, device
+
+
+def _eval_config(cfg, args):
+    from dpseg.config import build_config
+
+    for text in args.overrides:
+        if not text.strip().startswith("eval."):
+            raise InputError(f"--set {text}: only eval.* settings can change at evaluation (the model is fixed by the checkpoint)")
+    if args.max_images is not None and args.max_images < 0:
+        raise InputError("--max-images must be >= 0 (0 = all images)")
+    full = build_config(preset=cfg.preset, delta=cfg.to_dict(), overrides=args.overrides)
+    changes = {k: v for k, v in (("protocol", args.protocol), ("two_pass", args.two_pass), ("max_images", args.max_images))
+               if v is not None}
+    return dataclasses.replace(full.eval, **changes)
+
+
+def _build_datasets(names: list[str], root: str) -> dict:
+    from dpseg.data.catalog import build_dataset
+
+    out, errors = {}, []
+    for name in names:
+        try:
+            out[name] = build_dataset(name, root=root)  # custom folders: PATH (val split) or PATH:SPLIT
+        except (DataError, InputError) as e:
+            errors.append((name, str(e)))
+    if errors:
+        more = f" (also unavailable: {', '.join(n for n, _ in errors[1:])})" if len(errors) > 1 else ""
+        raise DataError(f"{errors[0][1]}{more}")
+    return out
+
+
+class _Prompts:
+    """Prompts per vocabulary from a bank, or text-only ones (explicitly requested)."""
+
+    def __init__(self, model, cfg, bank_dir: str, text_only: bool):
+        from dpseg.build import model_templates
+
+        self.model, self.templates, self.bank = model, model_templates(cfg), None
+        if text_only:
+            if model.needs_visual_prompts:
+                raise InputError(
+                    f"this model needs visual prompts (prompt_type={model.prompt_type}, visual cost volumes at "
+                    f"{list(model.visual_scales)}); pass --bank DIR instead of --text-only"
+                )
+            self.source = "text-only"
+        elif bank_dir:
+            from dpseg.prompts.bank import PromptBank
+
+            self.bank = PromptBank.open(bank_dir)
+            self.source = f"bank {Path(bank_dir).resolve()}"
+        else:
+            raise BankError("no prompt bank: pass --bank DIR (built with 'dpseg prompts build') or --text-only for a text-only model")
+
+    def __call__(self, vocabulary: list[str], device):
+        if self.bank is not None:
+            return self.bank.prompt_set(vocabulary, model=self.model, device=device)
+        from dpseg.prompts.bank import text_only_prompt_set
+
+        return text_only_prompt_set(vocabulary, self.model.text_encoder, self.templates).to(device)
+
+
+def _fingerprint(prompts) -> str:
+    from dpseg.weights import state_fingerprint
+
+    tensors = {"text": prompts.text}
+    if prompts.visual is not None:
+        tensors["visual"] = prompts.visual
+    for j, v in enumerate(prompts.visual_stages or [], start=2):
+        tensors[f"stage{j}"] = v
+    return state_fingerprint(tensors)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpseg.build import load_model
+    from dpseg.evaluation.evaluator import evaluate
+    from dpseg.evaluation.report import is_finished, load_results, markdown_table, save_results
+    from dpseg.weights import state_fingerprint
+
+    rank, device = _distributed(args.device)
+    model, cfg = load_model(args.checkpoint, device=device)
+    ecfg = _eval_config(cfg, args)
+    names = [n.strip() for n in (args.datasets.split(",") if args.datasets else ecfg.datasets) if n.strip()]
+    if not names:
+        raise InputError("no datasets to evaluate: pass --datasets a150,pc59,...")
+    datasets = _build_datasets(names, args.root if args.root is not None else cfg.data.root)
+    prompts_for = _Prompts(model, cfg, args.bank if args.bank is not None else cfg.prompts.bank, args.text_only)
+    if prompts_for.bank is None and ecfg.two_pass:
+        if args.two_pass:
+            raise InputError("--two-pass refines visual prompts, which text-only evaluation does not have")
+        ecfg = dataclasses.replace(ecfg, two_pass=False)
+    ckpt_dir = Path(args.checkpoint)
+    out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else Path(f"eval-{args.checkpoint.replace('/', '-')}"))
+    results = load_results(out_dir / "results.json", str(args.checkpoint))
+    results["checkpoint"] = str(args.checkpoint)  # another model is caught by the weight fingerprint in the settings
+    model_fp = state_fingerprint(model)
+    bf16 = device.type == "cuda" and ecfg.precision in ("auto", "bf16")
+    for name, ds in datasets.items():
+        prompts = prompts_for(ds.vocabulary, device)
+        settings = {"model": model_fp, "prompts": _fingerprint(prompts), "prompt_source": prompts_for.source,
+                    "protocol": ecfg.protocol, "short_side": ecfg.short_side, "max_side": ecfg.max_side,
+                    "input_size": ecfg.input_size, "two_pass": ecfg.two_pass, "max_images": ecfg.max_images,
+                    "precision": "bf16" if bf16 else "fp32", "images_in_dataset": len(ds),
+                    **({"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap} if ecfg.protocol == "slide" else {})}
+        if is_finished(results, name, settings, args.force, out_dir / "results.json"):
+            if rank == 0:
+                print(f"{name}: already in {out_dir / 'results.json'}, skipped (--force to redo)")
+            continue
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+            res = evaluate(model, prompts, ds, ecfg, device=device, progress=not args.no_progress and rank == 0)
+        results["datasets"][name] = {"settings": settings, "title": getattr(ds, "name", name), **res}
+        if rank == 0:
+            passes = ", ".join(f"{k} mIoU {res[k]['mIoU']:.2f}" for k in ("pass1", "pass2") if k in res and res[k]["mIoU"] is not None)
+            print(f"{name}: {passes} ({res['num_images']} images, {res['seconds']:.0f} s)")
+            save_results(results, out_dir)
+    if rank == 0:
+        json_path, md_path = save_results(results, out_dir)
+        print("\n" + markdown_table(results))
+        print(f"results: {json_path} and {md_path}")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return 0
