@@ -1,0 +1,167 @@
+"""The images users segment, in and out: any common file or in-memory image -> uint8 RGB; label maps -> PNG.
+
+Input rules (one place, shared by :class:`~dpseg.segmenter.Segmenter`, ``dpseg segment`` and ``dpseg demo``):
+
+* EXIF orientation is applied, so the label map matches the image as a viewer shows it;
+* grayscale, palette and CMYK become RGB; 16-bit images are scaled to 8 bits (65535 -> 255);
+* transparent pixels (RGBA, LA, palette with transparency) are composited onto the CLIP mean colour, the
+  colour the encoder's normalisation maps to zero, so see-through areas carry no signal of their own;
+* in-memory inputs: PIL images; numpy arrays (H, W) or (H, W, 3|4) as uint8, uint16 or float in [0, 1];
+  torch tensors (3, H, W) or (H, W) as uint8 or float in [0, 1] (the model's channel-first convention).
+
+Reading a file checks its size from the header before decoding, so an over-large image is refused without
+allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dpseg.errors import DataError, InputError
+from dpseg.prompts.exemplars import CLIP_MEAN, IMAGE_SUFFIXES, load_image
+
+DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's hard decompression-bomb limit (about 179 megapixels)
+MEAN_RGB = tuple(int(round(c * 255)) for c in CLIP_MEAN)
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width < 1 or height < 1:
+        raise InputError(f"{what} is empty ({width}x{height} pixels)")
+    if max_pixels and width * height > max_pixels:
+        raise DataError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.1f}; downscale it first or raise the limit (--max-pixels / max_pixels=)"
+        )
+
+
+def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """An image file -> uint8 (3, H, W) RGB, by the rules in the module doc (DataError if unreadable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not an image")
+    if not path.exists():
+        raise DataError(f"image {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise DataError(f"image {path} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels") from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure on a user file is a bad input, not a bug
+        raise DataError(f"cannot read image {path}: {_first_line(e)}") from None
+    check_pixels(width, height, max_pixels, f"image {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = load_image(path)  # EXIF orientation, 16-bit grayscale, RGB or RGBA
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data found while decoding
+        raise DataError(f"cannot decode image {path}: {_first_line(e)}") from None
+    return pil_to_tensor(image)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image of any mode -> uint8 (3, H, W) RGB (alpha composited onto the CLIP mean colour)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, MEAN_RGB + (255,)), rgba)
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    check_pixels(arr.shape[1], arr.shape[0], 0, "the image")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        raise InputError(f"an image array must have shape (H, W) or (H, W, 3|4), got {arr.shape}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+            raise InputError("a float image array must hold values in [0, 1]; convert it to uint8 first")
+        arr = (np.nan_to_num(arr) * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(f"an image array must be uint8, uint16 or float in [0, 1], got {arr.dtype}")
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def to_image_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Any supported input (module doc) -> uint8 (3, H, W) RGB on the CPU."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels)
+    if isinstance(image, Image.Image):
+        check_pixels(image.width, image.height, max_pixels, "the image")
+        return pil_to_tensor(image)
+    if isinstance(image, np.ndarray):
+        return pil_to_tensor(_array_to_pil(image))
+    if isinstance(image, torch.Tensor):
+        x = image.detach().cpu()
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        if x.ndim != 3 or x.shape[0] not in (1, 3):
+            raise InputError(f"an image tensor must have shape (3, H, W) or (H, W), got {tuple(image.shape)}")
+        if x.is_floating_point():
+            if x.numel() and (x.min() < 0 or x.max() > 1):
+                raise InputError("a float image tensor must hold values in [0, 1]")
+            x = (x * 255.0 + 0.5).to(torch.uint8)
+        elif x.dtype != torch.uint8:
+            raise InputError(f"an image tensor must be uint8 or float in [0, 1], got {x.dtype}")
+        check_pixels(x.shape[2], x.shape[1], max_pixels, "the image")
+        return x.expand(3, -1, -1).contiguous()
+    raise InputError(f"cannot segment a {type(image).__name__}; pass a file path, PIL image, numpy array or tensor")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """(H, W) class indices -> PNG-ready image: 8-bit when K <= 255 (255 stays free, the usual "ignore" value of
+    datasets), else 16-bit (mode I;16), so every label file of one vocabulary has the same depth."""
+    if num_classes > 65536:
+        raise InputError(f"label maps of {num_classes} classes cannot be stored as PNG (at most 65536)")
+    if labels.size and int(labels.max()) >= num_classes:
+        raise InputError(f"the label map holds index {int(labels.max())} but the vocabulary has {num_classes} classes")
+    if num_classes <= 255:
+        return Image.fromarray(labels.astype(np.uint8), "L")
+    return Image.fromarray(labels.astype(np.uint16))  # mode I;16
+
+
+def save_atomic(image: Image.Image, path: Union[str, os.PathLike], **save_kwargs) -> Path:
+    """Save a PIL image so that readers never see a partial file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+        image.save(tmp, format=fmt, **save_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

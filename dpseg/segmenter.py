@@ -1,0 +1,275 @@
+"""Segment your own images into the classes you name (DESIGN §5).
+
+    from dpseg import Segmenter
+    seg = Segmenter.from_pretrained("path/to/checkpoint")            # config.json + model.safetensors, or a hub id
+    seg.set_vocabulary(["cat", "sofa, couch", "lamp"], bank="banks/home")   # encoded once, cached per vocabulary
+    result = seg.segment("photo.jpg")                                 # or a list of paths / PIL / arrays / tensors
+    result.labels          # (H, W) class indices at the original resolution (EXIF orientation applied)
+    result.classes         # per class: pixels, area fraction, mean probability over its area
+
+Visual prompts come from a prompt bank (``bank=``; default: the checkpoint's ``prompts.bank`` if that folder
+exists), from your own exemplar images (``exemplars=DIR`` with ``DIR/<class name>/*.jpg``; with a bank too, the
+exemplars win for the classes they cover), or from nowhere (``text_only=True``). :attr:`Segmenter.prompt_source`
+says which, and the choice is logged. A model trained with visual prompts (``prompt_type`` dual/visual, or visual
+cost volumes) refuses a vocabulary without visual prompts unless you pass ``text_only=True``; it then runs
+*degraded*: V is replaced by T (so R = T) and the visual cost volumes see no prompt (zero stage features). With
+refinement on, pass 2 replaces the visual prompts of the classes found in pass 1 by crops of the image (the
+paper's own refinement), which recovers part of the loss.
+
+Inference is :mod:`dpseg.evaluation.inference` - the same protocol (``eval`` section of the checkpoint: whole or
+slide) and chunked argmax as ``dpseg eval``. Memory stays bounded on very large images: above ``max_full_pixels``
+the map is computed on a copy downscaled to that size and enlarged (nearest) - the model sees a 768 px view
+anyway; or ``tile=N`` cuts the image into N x N tiles at native resolution (overlap N/4, seams at the middle of
+each overlap), each run through the protocol: more detail for small objects in large photos.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dpseg.build import load_model, model_templates
+from dpseg.data.transforms import resize_label
+from dpseg.errors import InputError
+from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, window_starts
+from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
+from dpseg.prompts.bank import check_class_list
+from dpseg.segment_prompts import build_prompts, parse_class_list, source_key
+
+log = logging.getLogger("dpseg.segmenter")
+STATS_BAND = 1 << 22  # pixels per band when counting classes (bounded memory on huge maps)
+
+
+@dataclass
+class ClassScore:
+    index: int
+    name: str
+    pixels: int
+    area: float  # fraction of the image
+    mean_score: Optional[float]  # mean probability of the class over its pixels (None when absent)
+
+
+@dataclass
+class SegmentationResult:
+    """One image's segmentation. ``labels[y, x] = k`` means ``class_names[k]``."""
+
+    labels: np.ndarray  # (H, W) uint8 / int16 / int32 class indices at the original resolution
+    scores: np.ndarray  # (H, W) float32 probability of the winning class
+    class_names: list[str]
+    pixels: np.ndarray  # (K,) pixels per class
+    score_sums: np.ndarray  # (K,) sum of the winning probability over each class's pixels
+    prompt_source: str = ""
+    refined: bool = False
+    labels_pass1: Optional[np.ndarray] = None  # pass-1 map when refined
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.labels.shape)  # (H, W)
+
+    @property
+    def classes(self) -> list[ClassScore]:
+        """Every class of the vocabulary, in vocabulary order."""
+        total = max(1, self.labels.size)
+        return [ClassScore(k, n, int(p), int(p) / total, float(s / p) if p else None)
+                for k, (n, p, s) in enumerate(zip(self.class_names, self.pixels, self.score_sums))]
+
+    @property
+    def present(self) -> list[ClassScore]:
+        """The classes found in the image, largest first."""
+        return sorted((c for c in self.classes if c.pixels), key=lambda c: (-c.pixels, c.index))
+
+    def mask(self, name: str) -> np.ndarray:
+        """(H, W) bool mask of one class."""
+        return self.labels == self.class_names.index(name)
+
+    def to_dict(self) -> dict:
+        round_ = lambda x: None if x is None else round(x, 6)  # noqa: E731
+        return {"size": list(self.size), "refined": self.refined, "prompts": self.prompt_source, **self.meta,
+                "classes": [{"index": c.index, "name": c.name, "pixels": c.pixels, "area": round_(c.area),
+                             "mean_score": round_(c.mean_score)} for c in self.classes]}
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32768 else torch.int32
+
+
+def class_stats(labels: torch.Tensor, scores: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and summed scores per class, counted in bands of rows so that no int64 copy of a huge map is made."""
+    pixels = torch.zeros(num_classes, dtype=torch.float64)
+    sums = torch.zeros(num_classes, dtype=torch.float64)
+    rows = max(1, STATS_BAND // max(1, labels.shape[1]))
+    for y in range(0, labels.shape[0], rows):
+        lab = labels[y : y + rows].reshape(-1).long()
+        pixels += torch.bincount(lab, minlength=num_classes).double()
+        sums += torch.bincount(lab, weights=scores[y : y + rows].reshape(-1).double(), minlength=num_classes)
+    return pixels.long().numpy(), sums.numpy()
+
+
+def _numpy_labels(t: torch.Tensor) -> np.ndarray:
+    return t.numpy().view(np.uint16) if t.dtype == torch.int16 else t.numpy()  # indices are >= 0
+
+
+class Segmenter:
+    """A loaded checkpoint plus the current vocabulary's prompts (see the module doc)."""
+
+    def __init__(self, model, cfg, device: Union[str, torch.device, None] = None, bank: Optional[str] = None,
+                 cache_size: int = 8):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.templates = model_templates(cfg)
+        self.protocol = protocol_from_config(cfg.eval)
+        self.refine_default = bool(cfg.eval.two_pass)
+        configured = cfg.prompts.bank and Path(cfg.prompts.bank).expanduser().is_dir()
+        self.default_bank = bank if bank is not None else (cfg.prompts.bank if configured else None)
+        self.max_pixels = DEFAULT_MAX_PIXELS  # files above this are refused before decoding
+        self.max_full_pixels = 4096 * 4096  # above this, predict on a downscaled copy (bounded memory)
+        self.cache_size = cache_size
+        self.checkpoint: Optional[str] = None
+        self.class_names: Optional[list[str]] = None
+        self.prompts = None
+        self.prompt_source = "none (call set_vocabulary first)"
+        self.degraded = False
+        self._cache: OrderedDict = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], device: Union[str, torch.device, None] = None,
+                        bank: Optional[str] = None, **kwargs) -> "Segmenter":
+        """Load our checkpoint directory (config.json + model.safetensors) or a hub id (online, or cached)."""
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        model, cfg = load_model(source, device=device)
+        seg = cls(model, cfg, device, bank, **kwargs)
+        seg.checkpoint = str(source)
+        return seg
+
+    # ------------------------------------------------------------------------------------------ vocabulary
+    def set_vocabulary(self, classes: Union[str, Sequence[str]], bank: Optional[str] = None,
+                       exemplars: Optional[str] = None, text_only: bool = False) -> "Segmenter":
+        """Choose the classes (a list, or one string split as :func:`parse_class_list` says) and their prompts."""
+        names = parse_class_list(classes) if isinstance(classes, str) else check_class_list(list(classes))
+        if text_only and (bank is not None or exemplars is not None):
+            raise InputError("text_only=True cannot be combined with a bank or exemplars; choose one source")
+        if bank is None and not text_only:
+            bank = self.default_bank
+        if not text_only and bank is None and exemplars is None and self.model.needs_visual_prompts:
+            raise InputError(
+                f"this model was trained with visual prompts (prompt_type={self.model.prompt_type}"
+                f"{', visual cost volumes' if self.model.visual_scales else ''}); give a prompt bank (bank= / --bank), "
+                "exemplar images (exemplars= / --exemplars DIR/<class>/*.jpg), or accept a degraded text-only mode "
+                "(text_only=True / --text-only)"
+            )
+        key = source_key(names, bank, exemplars)
+        cached = key in self._cache
+        if cached:
+            self._cache.move_to_end(key)
+        else:
+            self._cache[key] = build_prompts(self.model, self.templates, names, bank, exemplars, self.device)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self.prompts, self.prompt_source, self.degraded = self._cache[key]
+        self.class_names = names
+        level = logging.WARNING if self.degraded else logging.INFO
+        log.log(level, "vocabulary of %d classes; prompts: %s%s", len(names), self.prompt_source, " (cached)" if cached else "")
+        return self
+
+    # ---------------------------------------------------------------------------------------- segmenting
+    def load(self, image: ImageInput) -> torch.Tensor:
+        """Any supported input -> uint8 (3, H, W) RGB (rules in :mod:`dpseg.image_io`)."""
+        return to_image_tensor(image, self.max_pixels)
+
+    def _refine(self, refine: Optional[bool]) -> bool:
+        uses = self.model.needs_visual_prompts and self.prompts.has_visual
+        if refine is None:
+            return self.refine_default and uses
+        if refine and not uses:
+            raise InputError("refinement replaces visual prompts, which this model does not use (text prompts only); "
+                             "use refine=False / --no-refine")
+        return bool(refine)
+
+    @torch.no_grad()
+    def segment(self, images: Union[ImageInput, Sequence[ImageInput]], refine: Optional[bool] = None,
+                tile: int = 0, batch_size: int = 1):
+        """One image -> :class:`SegmentationResult`; a list -> a list. ``refine=None`` follows the checkpoint's
+        ``eval.two_pass`` (when the prompts have visual prompts); ``tile`` see the module doc."""
+        if self.prompts is None:
+            raise InputError("no vocabulary: call set_vocabulary(classes, ...) before segment()")
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            raise InputError("no images given")
+        if tile and (tile < 32 or tile % 32):
+            raise InputError(f"tile must be a multiple of 32 (>= 32), got {tile}")
+        two = self._refine(refine)
+        forward = model_forward(self.model, self.prompts, two_pass=two, class_chunk=self.protocol.class_chunk)
+        results = []
+        for start in range(0, len(items), max(1, batch_size)):
+            loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]
+            for img, pred in zip(loaded, self._predict(forward, loaded, tile)):
+                results.append(self._result(pred, two))
+        return results[0] if single else results
+
+    def _predict(self, forward, images: list[torch.Tensor], tile: int) -> list[dict]:
+        """uint8 images -> per image {pass: (labels (H, W) compact dtype, scores (H, W) float32)}."""
+        K, dtype = len(self.class_names), label_dtype(len(self.class_names))
+        out: list = [None] * len(images)
+        plain = [i for i, im in enumerate(images) if not tile and im.shape[1] * im.shape[2] <= self.max_full_pixels]
+        if plain:
+            preds = predict(forward, [images[i] for i in plain], self.protocol, self.device, K)
+            for i, pred in zip(plain, preds):
+                out[i] = {key: (p.labels.to(dtype), p.scores.float()) for key, p in pred.items()}
+        for i, img in enumerate(images):
+            if out[i] is None:
+                out[i] = self._tiled(forward, img, tile) if tile else self._downscaled(forward, img)
+        return out
+
+    def _downscaled(self, forward, img: torch.Tensor) -> dict:
+        H, W = img.shape[-2:]
+        s = math.sqrt(self.max_full_pixels / (H * W))
+        size = (max(1, int(W * s)), max(1, int(H * s)))
+        small = Image.fromarray(img.permute(1, 2, 0).numpy()).resize(size, Image.BILINEAR, reducing_gap=3.0)
+        work = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+        pred = predict(forward, [work], self.protocol, self.device, len(self.class_names))[0]
+        dtype = label_dtype(len(self.class_names))
+        return {key: (resize_label(p.labels.to(dtype), (H, W)), resize_label(p.scores.float(), (H, W)))
+                for key, p in pred.items()}
+
+    def _tiled(self, forward, img: torch.Tensor, tile: int) -> dict:
+        H, W = img.shape[-2:]
+        stride = tile - tile // 4
+        spans = [_cores(window_starts(n, min(tile, n), stride), min(tile, n), n) for n in (H, W)]
+        maps: dict = {}
+        for y, y0, y1 in spans[0]:
+            for x, x0, x1 in spans[1]:
+                crop = img[:, y : y + tile, x : x + tile]
+                pred = predict(forward, [crop], self.protocol, self.device, len(self.class_names))[0]
+                for key, p in pred.items():
+                    if key not in maps:
+                        maps[key] = (torch.zeros(H, W, dtype=label_dtype(len(self.class_names))), torch.zeros(H, W))
+                    maps[key][0][y0:y1, x0:x1] = p.labels[y0 - y : y1 - y, x0 - x : x1 - x].to(maps[key][0].dtype)
+                    maps[key][1][y0:y1, x0:x1] = p.scores[y0 - y : y1 - y, x0 - x : x1 - x]
+        return maps
+
+    def _result(self, pred: dict, two: bool) -> SegmentationResult:
+        labels, scores = pred["pass2" if two else "pass1"]
+        pixels, sums = class_stats(labels, scores, len(self.class_names))
+        return SegmentationResult(
+            labels=_numpy_labels(labels), scores=scores.numpy(), class_names=list(self.class_names), pixels=pixels,
+            score_sums=sums, prompt_source=self.prompt_source, refined=two,
+            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None,
+            meta={"protocol": self.protocol.name, "degraded": self.degraded},
+        )
+
+
+def _cores(starts: list[int], tile: int, size: int) -> list[tuple[int, int, int]]:
+    """(start, core_begin, core_end) per tile: each pixel belongs to one tile, seams in the middle of overlaps."""
+    bounds = [0] + [(s1 + s0 + tile) // 2 for s0, s1 in zip(starts, starts[1:])] + [size]
+    return [(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
