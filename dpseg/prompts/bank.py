@@ -234,7 +234,7 @@ class PromptBank:
         meta = self._metadata(path)
         if not self._belongs(meta, name):
             raise BankError(f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it")
-        t = load_file(str(path))
+        t = {k: v.clone() for k, v in load_file(str(path)).items()}  # detach from the file's memory map
         return {"text": t["text"], "visual": t["visual"], "visual_stages": [t[k] for k in STAGE_KEYS], "seeds": t["seeds"], "meta": meta}
 
     def clean_temp_files(self, older_than: float = 60.0) -> int:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional, Protocol, runtime_checkable
@@ -161,6 +162,7 @@ class DiffusersGenerator:
             + (f"|neg={hashlib.sha256(cfg.negative_prompt.encode()).hexdigest()[:8]}" if cfg.negative_prompt else "")
         )
         self._pipe = None
+        self._lock = threading.Lock()  # a pipeline's scheduler holds per-call state: one call at a time
 
     def _check_settings(self, index: dict) -> None:
         cfg = self.cfg
@@ -229,7 +231,9 @@ class DiffusersGenerator:
         if self.cfg.negative_prompt:
             kwargs["negative_prompt"] = [self.cfg.negative_prompt] * len(texts)
         try:
-            images = self.pipeline(**kwargs).images
+            with self._lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # numpy-2 notices from inside schedulers
+                images = self.pipeline(**kwargs).images
         except torch.cuda.OutOfMemoryError:
             raise BankError(
                 f"out of GPU memory generating {len(texts)} images at {self.cfg.resolution}px; lower "
@@ -249,14 +253,16 @@ def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -
             from dpseg.data.synthetic.generator import SyntheticGenerator
         except ImportError:
             raise BankError("the synthetic generator (dpseg.data.synthetic) is not available in this installation") from None
-        if hasattr(SyntheticGenerator, "from_spec"):
-            return SyntheticGenerator.from_spec(spec, cfg)
-        return SyntheticGenerator(resolution=cfg.resolution)
+        size = cfg.resolution
+        if ":" in spec:  # synthetic:96 or synthetic:size=96
+            value = spec.split(":", 1)[1].removeprefix("size=")
+            if not value.isdigit():
+                raise BankError(f"generator spec '{spec}' must look like synthetic or synthetic:size=N")
+            size = int(value)
+        gen = SyntheticGenerator(size=size, device=device)
+        gen.source = spec
+        return gen
     return DiffusersGenerator(resolve_pipeline_dir(spec), cfg, device=device, source=spec)
-
-
-def describe(generator: Generator) -> str:
-    return getattr(generator, "source", None) or type(generator).__name__
 
 
 __all__ = ["Generator", "DiffusersGenerator", "get_generator", "generator_prompt", "image_seed", "resolve_pipeline_dir"]

@@ -1,0 +1,165 @@
+"""Using a bank: prompt sets checked against the model, missing classes, exemplar folders, text-only prompts."""
+
+import copy
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dpseg.errors import BankError, DataError, InputError
+from dpseg.model.towers import build_towers
+from dpseg.prompts.bank import PromptBank, make_key, text_only_prompt_set
+from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars
+from dpseg.prompts.templates import get_templates
+
+
+class NoiseGenerator:
+    """A fast stand-in generator: a seeded random image of a seeded random size per (text, seed)."""
+
+    identity = "noise-v1"
+
+    def generate(self, texts, seeds):
+        out = []
+        for text, seed in zip(texts, seeds):
+            rng = np.random.default_rng([seed, len(text)])
+            out.append(Image.fromarray(rng.integers(0, 256, (int(rng.integers(12, 40)), 24, 3), dtype=np.uint8)))
+        return out
+
+
+@pytest.fixture(scope="module")
+def towers(tiny_cfg_module):
+    torch.manual_seed(0)
+    _, prompt, text = build_towers(tiny_cfg_module.model)
+    return prompt, text, get_templates("imagenet80", 3), tiny_cfg_module.model.prompt_image_size
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg_module():
+    from dpseg.config import build_config
+
+    return build_config("dpseg-tiny")
+
+
+@pytest.fixture(scope="module")
+def pristine(towers, tmp_path_factory):
+    prompt, text, templates, size = towers
+    root = tmp_path_factory.mktemp("pristine") / "bank"
+    b = PromptBank.create(root, make_key(prompt, text, templates, size), NoiseGenerator.identity, "noise")
+    b.build(["cat", "dog", "sofa, couch"], NoiseGenerator(), prompt, text, progress=False)
+    return root
+
+
+@pytest.fixture
+def bank(pristine, tmp_path):
+    return PromptBank.open(shutil.copytree(pristine, tmp_path / "bank"))
+
+
+def _perturbed(module):
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    return other
+
+
+def test_prompt_set_with_a_model_object(bank, towers):
+    prompt, text, templates, _ = towers
+    model = SimpleNamespace(prompt_encoder=prompt, text_encoder=text)
+    ps = bank.prompt_set(["sofa,couch", "cat"], model)  # synonyms matched after whitespace normalisation
+    assert ps.class_names == ["sofa,couch", "cat"] and ps.has_visual and ps.visual.shape == (2, 3, 32)
+    assert torch.equal(ps.visual[1], bank.load_class("cat")["visual"])
+    assert torch.allclose(ps.text, text.encode(["sofa, couch", "cat"], templates), atol=1e-6)
+
+
+def test_mismatched_encoders_are_named(bank, towers):
+    prompt, text, _, _ = towers
+    with pytest.raises(BankError, match=r"built with another visual-prompt encoder \(fingerprint [0-9a-f]+, this model's is"):
+        bank.prompt_set(["cat"], SimpleNamespace(prompt_encoder=_perturbed(prompt), text_encoder=text))
+    with pytest.raises(BankError, match="built with another text tower"):
+        bank.prompt_set(["cat"], prompt_encoder=prompt, text_tower=_perturbed(text))
+    with pytest.raises(BankError, match="built with another visual-prompt encoder"):
+        bank.build(["cat", "cow"], NoiseGenerator(), _perturbed(prompt), text, progress=False)
+    with pytest.raises(BankError, match="another text tower"):
+        bank.add_exemplars({"cat": [Image.new("RGB", (8, 8))]}, prompt, _perturbed(text))
+
+
+def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
+    prompt, text, _, _ = towers
+    with pytest.raises(BankError, match=r"lacks 2 of the 3 classes \(cow, horse\); add them with 'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'"):
+        bank.prompt_set(["cat", "cow", "horse"], prompt_encoder=prompt, text_tower=text)
+    assert bank.missing(["cow", "dog", "horse "]) == ["cow", "horse"]
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [([], "class list is empty"), (["cat", "dog", "cat "], "names 'cat' more than once"), (["cat", " , "], "is empty"), ("cat", "not one string")],
+)
+def test_bad_class_lists(bank, towers, names, message):
+    prompt, text, _, _ = towers
+    with pytest.raises(InputError, match=message):
+        bank.prompt_set(names, prompt_encoder=prompt, text_tower=text)
+    with pytest.raises(InputError, match=message):
+        bank.build(names, NoiseGenerator(), prompt, text, progress=False)
+
+
+def test_prompt_set_needs_something_to_check_against(bank):
+    with pytest.raises(InputError, match="needs model= "):
+        bank.prompt_set(["cat"])
+
+
+def test_exemplar_folder_sets_averaged_visual_prompts(bank, towers, tmp_path):
+    prompt, text, templates, size = towers
+    rng = np.random.default_rng(0)
+    for name, n in (("cat", 3), ("giraffe", 2)):
+        (tmp_path / "ex" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "ex" / name / f"{i}.jpg")
+    dog_before = bank.load_class("dog")
+    found = find_exemplars(tmp_path / "ex")
+    assert bank.add_exemplars(found, prompt, text) == ["cat", "giraffe"]
+    v, stages = encode_prompt_images(prompt, [Image.open(p).convert("RGB") for p in found["cat"]], size)
+    cat = bank.load_class("cat")
+    assert cat["meta"]["source"] == "exemplar" and cat["seeds"].tolist() == [-1, -1, -1]
+    assert torch.allclose(cat["visual"], F.normalize(v.mean(0), dim=-1).expand(3, -1), atol=1e-5)  # same for every template
+    assert torch.allclose(cat["visual_stages"][1], stages[1].mean(0).expand(3, -1), atol=1e-5)
+    assert torch.allclose(cat["text"], text.encode(["cat"], templates)[0], atol=1e-6)
+    assert torch.equal(bank.load_class("dog")["visual"], dog_before["visual"])  # other classes untouched
+    ps = bank.prompt_set(["giraffe", "dog"], prompt_encoder=prompt, text_tower=text)  # a new class joined the bank
+    assert ps.visual.shape == (2, 3, 32)
+    assert bank.info()["sources"] == {"exemplar": 2, "generated": 2}
+    # rebuilding skips exemplar classes: user prompts are never overwritten by generated ones
+    assert bank.build(["cat", "dog", "giraffe"], NoiseGenerator(), prompt, text, progress=False).built == []
+
+
+def test_exemplar_errors(bank, towers, tmp_path):
+    prompt, text, _, _ = towers
+    (tmp_path / "ex" / "cat").mkdir(parents=True)
+    (tmp_path / "ex" / "cat" / "bad.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"cannot read image .*cat/bad\.jpg"):
+        bank.add_exemplars(find_exemplars(tmp_path / "ex"), prompt, text)
+    with pytest.raises(InputError, match="class 'cat' has no exemplar images"):
+        bank.add_exemplars({"cat": []}, prompt, text)
+    with pytest.raises(InputError, match="exemplar class list names 'cat' more than once"):
+        bank.add_exemplars({"cat": [Image.new("RGB", (8, 8))], "cat ": [Image.new("RGB", (8, 8))]}, prompt, text)
+    assert bank.load_class("cat")["meta"]["source"] == "generated"
+
+
+def test_exemplar_only_bank_adopts_a_generator_later(towers, tmp_path):
+    prompt, text, templates, size = towers
+    key = make_key(prompt, text, templates, size)
+    b = PromptBank.create(tmp_path / "ex-bank", key)
+    b.add_exemplars({"cat": [Image.new("RGB", (10, 10), (200, 10, 10))]}, prompt, text)
+    b = PromptBank.create(tmp_path / "ex-bank", key, NoiseGenerator.identity, "noise", 3, 0)
+    assert b.manifest["generator"] == "noise-v1" and PromptBank.open(b.root).manifest["seed"] == 3
+    assert b.build(["cat", "dog"], NoiseGenerator(), prompt, text, progress=False).built == ["dog"]
+
+
+def test_text_only_prompt_set(towers):
+    _, text, templates, _ = towers
+    ps = text_only_prompt_set(["cat", "sofa, couch"], text, templates)
+    assert ps.visual is None and torch.allclose(ps.text, text.encode(["cat", "sofa, couch"], templates))
+    with pytest.raises(InputError, match="more than once"):
+        text_only_prompt_set(["cat", "cat"], text, templates)

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dpseg.errors import DataError, InputError
+from dpseg.model.towers import build_towers
+from dpseg.prompts.exemplars import (
+    CLIP_MEAN, average_prompts, encode_prompt_images, find_exemplars, load_image, prepare_prompt_image,
+)
+
+MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+
+
+def test_keeps_aspect_and_pads_with_clip_mean():
+    red = Image.new("RGB", (20, 10), (255, 0, 0))  # W=20, H=10 -> 16 x 8 content, 4 rows of padding above/below
+    out = prepare_prompt_image(red, 16)
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32
+    assert torch.allclose(out[:, 4:12, :], torch.tensor([1.0, 0, 0]).view(3, 1, 1).expand(3, 8, 16), atol=1e-6)
+    assert torch.equal(out[:, :4], MEAN.expand(3, 4, 16)) and torch.equal(out[:, 12:], MEAN.expand(3, 4, 16))
+    tall = prepare_prompt_image(Image.new("RGB", (10, 40), (0, 0, 255)), 16)  # 4 x 16 content, centred
+    assert torch.equal(tall[:, :, :6], MEAN.expand(3, 16, 6)) and torch.allclose(tall[2, :, 6:10], torch.ones(16, 4))
+
+
+def test_pil_uint8_tensor_float_tensor_and_array_agree():
+    arr = np.random.default_rng(0).integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    ref = prepare_prompt_image(Image.fromarray(arr), 24)
+    chw = torch.from_numpy(arr).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    assert torch.equal(prepare_prompt_image(chw, 24), ref)
+    assert torch.allclose(prepare_prompt_image(chw.float() / 255, 24), ref, atol=1e-6)
+    assert torch.equal(prepare_prompt_image(arr, 24), ref)
+
+
+def test_mask_crops_to_bounding_box_and_fills_outside_with_mean():
+    img = torch.rand(3, 40, 40)
+    mask = torch.zeros(40, 40, dtype=torch.bool)
+    for r in range(10, 30):  # a diamond inside rows 10..29, cols 5..14: bbox 20 x 10, corners outside the mask
+        half = 5 - abs(r - 19.5) // 2
+        mask[r, int(10 - half) : int(10 + half)] = True
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    h, w = int(y1 - y0), int(x1 - x0)
+    out = prepare_prompt_image(img, max(h, w), mask=mask)  # longer side == size: no resampling, exact
+    expected = torch.where(mask, img, MEAN)[:, y0:y1, x0:x1]
+    left = (max(h, w) - w) // 2
+    assert torch.equal(out[:, :, left : left + w], expected)
+    assert not torch.equal(expected, img[:, y0:y1, x0:x1])  # the fill really happened
+    # an RGBA alpha channel is the same mask
+    rgba = np.concatenate([(img.permute(1, 2, 0) * 255).round().byte().numpy(), (mask.numpy() * 255).astype(np.uint8)[..., None]], -1)
+    via_alpha = prepare_prompt_image(Image.fromarray(rgba, "RGBA"), max(h, w))
+    via_mask = prepare_prompt_image(torch.from_numpy(rgba[..., :3]).permute(2, 0, 1), max(h, w), mask=mask.numpy())
+    assert torch.equal(via_alpha, via_mask)
+
+
+@pytest.mark.parametrize(
+    "image, mask, message",
+    [
+        (torch.rand(3, 8, 8), torch.zeros(8, 8), "mask (or alpha channel) of a visual prompt image is empty"),
+        (torch.rand(3, 8, 8), torch.ones(4, 4), "the mask must have the image's size (8, 8)"),
+        (torch.rand(2, 8, 8), None, "must have shape (3, H, W)"),
+        (torch.zeros(3, 8, 8, dtype=torch.int32), None, "must be uint8 or float"),
+        ("cat.jpg", None, "must be a PIL image, tensor or array"),
+    ],
+)
+def test_bad_prompt_images(image, mask, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prepare_prompt_image(image, 16, mask=mask)
+
+
+def test_load_image_modes_and_errors(tmp_path):
+    arr16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(arr16).save(tmp_path / "g16.png")
+    im = load_image(tmp_path / "g16.png")
+    assert im.mode == "RGB" and np.array(im)[..., 0].max() == round(63000 / 65535 * 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.new("RGB", (30, 10), (10, 200, 10)).save(tmp_path / "rot.jpg", exif=exif)
+    assert load_image(tmp_path / "rot.jpg").size == (10, 30)
+    Image.new("P", (4, 4)).save(tmp_path / "p.png", transparency=0)
+    assert load_image(tmp_path / "p.png").mode == "RGBA"
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
+        load_image(tmp_path / "broken.jpg")
+    with pytest.raises(DataError, match="cannot read image .*absent.png"):
+        load_image(tmp_path / "absent.png")
+
+
+def test_find_exemplars(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("b.jpg", "a.PNG", ".DS_Store", "notes.txt"):
+        (tmp_path / "cat" / name).write_bytes(b"x")
+    assert {k: [p.name for p in v] for k, v in find_exemplars(tmp_path).items()} == {"cat": ["a.PNG", "b.jpg"]}
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(DataError, match=r"exemplar class folder .*dog holds no images"):
+        find_exemplars(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        find_exemplars(tmp_path / "nope")
+    with pytest.raises(DataError, match="is not a directory"):
+        find_exemplars(tmp_path / "cat" / "b.jpg")
+    with pytest.raises(DataError, match="has no class sub-folders"):
+        find_exemplars(tmp_path / ".hidden")
+
+
+def test_encode_prompt_images_matches_tower_and_is_batch_independent(tiny_cfg):
+    _, prompt, _ = build_towers(tiny_cfg.model)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)) for i in range(5)]
+    v, stages = encode_prompt_images(prompt, images, 32, batch_size=2)
+    assert v.shape == (5, 32) and [s.shape for s in stages] == [(5, 16), (5, 32), (5, 64)]
+    assert torch.allclose(v.norm(dim=-1), torch.ones(5), atol=1e-5)
+    with torch.no_grad():
+        ref_v, ref_stages = prompt.encode_prompts(torch.stack([prepare_prompt_image(im, 32) for im in images]))
+    assert torch.allclose(v, ref_v, atol=1e-5) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stages, ref_stages))
+    mean_v, mean_stages = average_prompts(v, stages)
+    assert torch.allclose(mean_v, torch.nn.functional.normalize(v.mean(0), dim=-1), atol=1e-6)
+    assert torch.allclose(mean_stages[2], stages[2].mean(0))
+    with pytest.raises(InputError, match="no images to encode"):
+        encode_prompt_images(prompt, [], 32)
