@@ -69,7 +69,17 @@ class SegmentationResult:
     prompt_source: str = ""
     refined: bool = False
     labels_pass1: Optional[np.ndarray] = None  # pass-1 map when refined
+    min_score: float = 0.0
     meta: dict = field(default_factory=dict)
+
+    @property
+    def unlabelled_value(self) -> int:
+        """Label of pixels whose best probability is below ``min_score``: 255 (uint8), 65535 (uint16), -1 (int32)."""
+        return -1 if self.labels.dtype == np.int32 else int(np.iinfo(self.labels.dtype).max)
+
+    @property
+    def unlabelled_pixels(self) -> int:
+        return int(self.labels.size - self.pixels.sum())
 
     @property
     def size(self) -> tuple[int, int]:
@@ -94,12 +104,15 @@ class SegmentationResult:
     def to_dict(self) -> dict:
         round_ = lambda x: None if x is None else round(x, 6)  # noqa: E731
         return {"size": list(self.size), "refined": self.refined, "prompts": self.prompt_source, **self.meta,
+                "min_score": self.min_score, "unlabelled_pixels": self.unlabelled_pixels,
+                "unlabelled_value": self.unlabelled_value,
                 "classes": [{"index": c.index, "name": c.name, "pixels": c.pixels, "area": round_(c.area),
                              "mean_score": round_(c.mean_score)} for c in self.classes]}
 
 
 def label_dtype(num_classes: int) -> torch.dtype:
-    return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32768 else torch.int32
+    """uint8 up to 255 classes, int16 (returned as uint16) up to 32767, else int32: the top value / -1 is free."""
+    return torch.uint8 if num_classes <= 255 else torch.int16 if num_classes <= 32767 else torch.int32
 
 
 def class_stats(labels: torch.Tensor, scores: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,8 +122,10 @@ def class_stats(labels: torch.Tensor, scores: torch.Tensor, num_classes: int) ->
     rows = max(1, STATS_BAND // max(1, labels.shape[1]))
     for y in range(0, labels.shape[0], rows):
         lab = labels[y : y + rows].reshape(-1).long()
+        valid = (lab >= 0) & (lab < num_classes)  # unlabelled pixels (min_score) hold 255 / -1
+        lab, sc = lab[valid], scores[y : y + rows].reshape(-1)[valid].double()
         pixels += torch.bincount(lab, minlength=num_classes).double()
-        sums += torch.bincount(lab, weights=scores[y : y + rows].reshape(-1).double(), minlength=num_classes)
+        sums += torch.bincount(lab, weights=sc, minlength=num_classes)
     return pixels.long().numpy(), sums.numpy()
 
 
@@ -197,9 +212,12 @@ class Segmenter:
 
     @torch.no_grad()
     def segment(self, images: Union[ImageInput, Sequence[ImageInput]], refine: Optional[bool] = None,
-                tile: int = 0, batch_size: int = 1):
+                tile: int = 0, batch_size: int = 1, min_score: float = 0.0):
         """One image -> :class:`SegmentationResult`; a list -> a list. ``refine=None`` follows the checkpoint's
-        ``eval.two_pass`` (when the prompts have visual prompts); ``tile`` see the module doc."""
+        ``eval.two_pass`` (when the prompts have visual prompts); ``tile`` see the module doc; pixels whose best
+        class probability is below ``min_score`` are left unlabelled (``result.unlabelled_value``)."""
+        if not 0 <= min_score < 1:
+            raise InputError(f"min_score must be in [0, 1), got {min_score}")
         if self.prompts is None:
             raise InputError("no vocabulary: call set_vocabulary(classes, ...) before segment()")
         single = not isinstance(images, (list, tuple))
@@ -214,7 +232,7 @@ class Segmenter:
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]
             for img, pred in zip(loaded, self._predict(forward, loaded, tile)):
-                results.append(self._result(pred, two))
+                results.append(self._result(pred, two, min_score))
         return results[0] if single else results
 
     def _predict(self, forward, images: list[torch.Tensor], tile: int) -> list[dict]:
@@ -258,13 +276,15 @@ class Segmenter:
                     maps[key][1][y0:y1, x0:x1] = p.scores[y0 - y : y1 - y, x0 - x : x1 - x]
         return maps
 
-    def _result(self, pred: dict, two: bool) -> SegmentationResult:
+    def _result(self, pred: dict, two: bool, min_score: float) -> SegmentationResult:
         labels, scores = pred["pass2" if two else "pass1"]
+        if min_score > 0:
+            labels = labels.masked_fill(scores < min_score, 255 if labels.dtype == torch.uint8 else -1)
         pixels, sums = class_stats(labels, scores, len(self.class_names))
         return SegmentationResult(
             labels=_numpy_labels(labels), scores=scores.numpy(), class_names=list(self.class_names), pixels=pixels,
             score_sums=sums, prompt_source=self.prompt_source, refined=two,
-            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None,
+            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None, min_score=min_score,
             meta={"protocol": self.protocol.name, "degraded": self.degraded},
         )
 

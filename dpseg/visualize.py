@@ -35,13 +35,15 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colour image."""
-    return colours[labels.astype(np.int64, copy=False)]
+    """(H, W) class indices -> (H, W, 3) uint8 colour image (unlabelled values, outside [0, K), are black)."""
+    lab = labels.astype(np.int64, copy=False)
+    valid = (lab >= 0) & (lab < len(colours))
+    return np.where(valid[..., None], colours[np.where(valid, lab, 0)], 0).astype(np.uint8)
 
 
-def legend_entries(class_names: Sequence[str], pixels: Sequence[int]) -> list[tuple[int, str, float]]:
-    """(index, name, area fraction) of the classes present, largest first (ties by index)."""
-    total = max(1, int(sum(int(p) for p in pixels)))
+def legend_entries(class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None) -> list[tuple[int, str, float]]:
+    """(index, name, share of ``total`` pixels) of the classes present, largest first (ties by index)."""
+    total = max(1, int(total if total is not None else sum(int(p) for p in pixels)))
     present = [(k, class_names[k], int(p) / total) for k, p in enumerate(pixels) if int(p) > 0]
     return sorted(present, key=lambda e: (-e[2], e[0]))
 
@@ -71,6 +73,8 @@ def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
     """(H, W, 3) uint8 image and (H, W) labels -> the image tinted with class colours, borders darkened."""
     a = int(round(min(max(alpha, 0.0), 1.0) * 256))
     out = ((image.astype(np.uint16) * (256 - a) + colorize(labels, colours).astype(np.uint16) * a) >> 8).astype(np.uint8)
+    unlabelled = (labels < 0) | (labels >= len(colours))
+    out[unlabelled] = image[unlabelled]  # unlabelled pixels (below min_score) keep their colour
     if borders and labels.size:
         edge = np.zeros(labels.shape, dtype=bool)
         edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
@@ -80,12 +84,14 @@ def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
 
 
 def draw_legend(entries: Sequence[tuple[int, str, float]], colours: np.ndarray, font_size: int,
-                min_height: int = 0) -> Image.Image:
+                min_height: int = 0, unlabelled: float = 0.0) -> Image.Image:
     """A white panel listing swatch, class name and area share per entry (at most MAX_LEGEND_ROWS rows)."""
     font = _font(font_size)
     rows = [(colours[k], f"{name}  {100 * frac:.1f}%") for k, name, frac in entries[:MAX_LEGEND_ROWS]]
     if len(entries) > MAX_LEGEND_ROWS:
         rows.append((None, f"... and {len(entries) - MAX_LEGEND_ROWS} more classes"))
+    if unlabelled > 0:
+        rows.append((None, f"unlabelled  {100 * unlabelled:.1f}%"))
     if not rows:
         rows.append((None, "no class"))
     pad, line = max(4, font_size // 2), int(font_size * 1.5)
@@ -119,18 +125,19 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], p
     if not legend:
         return tinted
     font_size = int(min(40, max(12, round(max(tinted.size) / 45))))
-    panel = draw_legend(legend_entries(class_names, pixels), colours, font_size, tinted.height)
+    unlabelled = 1 - int(np.sum(pixels)) / max(1, labels.size)
+    panel = draw_legend(legend_entries(class_names, pixels, labels.size), colours, font_size, tinted.height, unlabelled)
     canvas = Image.new("RGB", (tinted.width + panel.width, max(tinted.height, panel.height)), "white")
     canvas.paste(tinted, (0, 0))
     canvas.paste(panel, (tinted.width, 0))
     return canvas
 
 
-def legend_html(class_names: Sequence[str], pixels: Sequence[int]) -> str:
+def legend_html(class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None) -> str:
     """The legend as HTML (swatch, name, area share), for the demo page."""
     colours = palette(len(class_names))
     items = []
-    for k, name, frac in legend_entries(class_names, pixels):
+    for k, name, frac in legend_entries(class_names, pixels, total):
         r, g, b = (int(c) for c in colours[k])
         items.append(
             f'<li class="dpseg-legend-item"><span style="display:inline-block;width:1em;height:1em;'

@@ -1,0 +1,186 @@
+"""Segment your own images into free-text classes.
+
+  dpseg segment photo.jpg shots/ "more/**/*.png" --classes "cat, sofa, lamp" --checkpoint CKPT --bank BANK --out out/
+
+Classes: with --classes, commas separate classes ("cat, sofa, lamp" = 3 classes) unless the string holds a ';',
+then ';' separates classes and commas join synonyms of one class ("sofa, couch; cat; floor lamp" = 3 classes).
+--classes-file: one class per line (commas join synonyms, '#' starts a comment line), a JSON list, or a shipped
+vocabulary name (ade150, ade847, coco, pc59, pc459, voc20).
+
+Per image IMAGE, OUT gets IMAGE.png (label map: pixel value k = class k in the order given; 8-bit PNG when there
+are at most 255 classes, 16-bit otherwise), IMAGE_overlay.jpg (colours + legend, long side at most 4096 px) and
+IMAGE.json (size, prompt source, unlabelled pixels, and per class: pixels, area share, mean probability); OUT/summary.json lists
+every input. A bad image is reported on one line and skipped. Exit status: 0 all images done, 1 some images
+failed, 2 nothing could run (bad class list, checkpoint, bank or options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from dpseg.errors import DPSegError, InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("images", nargs="+", help="image files, folders (their images, not sub-folders) and globs "
+                        "(quote them; '**' matches sub-folders)")
+    classes = parser.add_mutually_exclusive_group(required=True)
+    classes.add_argument("--classes", help='class names, e.g. "cat, sofa, lamp" or "sofa, couch; cat" (see below)')
+    classes.add_argument("--classes-file", help="class list file (one per line, or JSON) or a vocabulary name")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or hub id")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank if it exists)")
+    parser.add_argument("--exemplars", help="folder of your own prompt images, EXEMPLARS/<class name>/*.jpg "
+                        "(with --bank, the bank covers the other classes)")
+    parser.add_argument("--text-only", action="store_true", help="no visual prompts; DEGRADED for models trained "
+                        "with visual prompts (allowed only with this flag)")
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument("--refine", dest="refine", action="store_true", default=None,
+                        help="two-pass prompt refinement (default: the checkpoint's eval.two_pass)")
+    refine.add_argument("--no-refine", dest="refine", action="store_false", help="one pass only (faster)")
+    parser.add_argument("--tile", type=int, default=0, help="segment large images in N x N tiles at native "
+                        "resolution (multiple of 32, e.g. 1024): more detail on small objects")
+    parser.add_argument("--min-score", type=float, default=0.0, help="leave pixels unlabelled (255, or 65535 in "
+                        "16-bit maps) when their best class probability is below this (default 0: label every pixel)")
+    parser.add_argument("--protocol", choices=["whole", "slide"], help="override the checkpoint's eval.protocol")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--max-pixels", type=int, default=0, help="refuse images larger than this (default: 179 MP)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0-1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def expand_inputs(specs: list[str], out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders and globs -> (image paths in order without duplicates, [(input, error)])."""
+    from dpseg.image_io import is_image_file
+
+    files, errors, seen = [], [], set()
+    out_dir = out_dir.resolve()
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if is_image_file(p))
+            if not found:
+                errors.append((spec, "folder holds no image files (.jpg, .png, .webp, .bmp, .tif, .gif)"))
+        elif path.exists():
+            found = [path]
+        elif glob.has_magic(spec):
+            found = sorted(p for p in map(Path, glob.glob(os.path.expanduser(spec), recursive=True)) if is_image_file(p))
+            if not found:
+                errors.append((spec, "pattern matches no image files"))
+        else:
+            errors.append((spec, "no such file or folder"))
+            found = []
+        for p in found:
+            real = p.resolve()
+            if real in seen or out_dir in real.parents:  # never re-read our own outputs
+                continue
+            seen.add(real)
+            files.append(p)
+    return files, errors
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """File stems, made unique with -2, -3, ... when two inputs share a name."""
+    names, used = [], set()
+    for p in paths:
+        name, i = p.stem or "image", 2
+        while name in used:
+            name, i = f"{p.stem}-{i}", i + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float, extra: dict) -> dict:
+    from dpseg.config import atomic_write_text
+    from dpseg.image_io import label_image, save_atomic
+    from dpseg.visualize import overlay
+
+    K = len(result.class_names)
+    save_atomic(label_image(result.labels, K), out / f"{name}.png")
+    rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+    save_atomic(overlay(rgb, result.labels, result.class_names, result.pixels, alpha), out / f"{name}_overlay.jpg", quality=90)
+    info = {"image": str(path), "label_png": f"{name}.png", "label_bits": 8 if K <= 255 else 16,
+            "overlay": f"{name}_overlay.jpg", **extra, **result.to_dict()}
+    atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
+    return info
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpseg.segment_prompts import parse_class_list
+
+    if args.text_only and (args.bank or args.exemplars):
+        raise InputError("--text-only cannot be combined with --bank or --exemplars")
+    if not 0 <= args.min_score < 1:
+        raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
+    if not 0 <= args.alpha <= 1:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.classes is not None:
+        names = parse_class_list(args.classes)
+    else:
+        from dpseg.prompts.vocab import load_vocabulary
+
+        names = load_vocabulary(args.classes_file)
+    out = Path(args.out).expanduser()
+    files, failures = expand_inputs(args.images, out)
+    for spec, err in failures:
+        print(f"error: {spec}: {err}", file=sys.stderr)
+    if not files:
+        raise InputError(f"no images to segment in {' '.join(args.images)}")
+
+    import dataclasses
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from dpseg.segmenter import Segmenter
+
+    seg = Segmenter.from_pretrained(args.checkpoint, device=args.device)
+    if args.protocol:
+        seg.protocol = dataclasses.replace(seg.protocol, name=args.protocol)
+    if args.max_pixels:
+        seg.max_pixels = args.max_pixels
+    seg.set_vocabulary(names, bank=args.bank, exemplars=args.exemplars, text_only=args.text_only)
+    print(f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"checkpoint": str(args.checkpoint), "tile": args.tile}
+    done, start = [], time.perf_counter()
+    bar = tqdm(total=len(files), unit="img", desc="segment", disable=args.quiet, dynamic_ncols=True)
+    for path, name in zip(files, output_names(files)):
+        try:
+            image = seg.load(path)
+            result = seg.segment(image, refine=args.refine, tile=args.tile, min_score=args.min_score)
+            done.append(_write_outputs(result, image, path, name, out, args.alpha, extra))
+        except DPSegError as e:
+            failures.append((str(path), str(e)))
+            tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+        except (RuntimeError, MemoryError) as e:
+            if not _is_oom(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            failures.append((str(path), "out of memory"))
+            tqdm.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    from dpseg.config import atomic_write_text
+
+    summary = {"checkpoint": str(args.checkpoint), "classes": names, "prompts": seg.prompt_source,
+               "seconds": round(time.perf_counter() - start, 2), "images": done,
+               "failed": [{"input": s, "error": e} for s, e in failures]}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    print(f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
+          file=sys.stderr)
+    return 1 if failures else 0
