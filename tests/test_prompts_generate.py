@@ -4,11 +4,21 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from dpseg.config import build_config
 from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
 from dpseg.prompts.generate import DiffusersGenerator, generator_prompt, get_generator, image_seed, resolve_pipeline_dir
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

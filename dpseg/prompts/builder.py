@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dpseg.errors import BankError, InputError
-from dpseg.prompts.bank import PromptBank, check_class_list, short_list
+from dpseg.prompts.bank import PromptBank, check_class_list
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, load_image
 from dpseg.prompts.generate import generator_prompt, image_seed
 from dpseg.prompts.templates import templates_id
@@ -184,7 +184,3 @@ def add_exemplars(
         done.append(name)
     return done
 
-
-def describe_missing(bank: PromptBank, class_names: Sequence[str]) -> str:
-    missing = bank.missing(class_names)
-    return f"{len(missing)} missing: {short_list(missing)}" if missing else "complete"

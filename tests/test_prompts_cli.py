@@ -1,0 +1,166 @@
+"""`dpseg prompts build | add-exemplars | info` end to end, in process, with a tiny CLIP file and a tiny pipeline."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dpseg.cli import main
+from dpseg.config import build_config
+from dpseg.model.towers import build_towers, create_clip
+from dpseg.prompts.bank import PromptBank
+from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
+from dpseg.prompts.vocab import load_vocabulary
+from dpseg.weights import save_safetensors
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tiny = build_config("dpseg-tiny").model
+    weights = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        weights.append(save_safetensors(create_clip(tiny).state_dict(), root / f"clip{seed}.safetensors"))
+    (root / "vocab.txt").write_text("# my classes\ncat\n\nsofa, couch\ntraffic light\n")
+    return {"root": root, "clip": weights[0], "clip_other": weights[1], "pipe": make_tiny_pipeline(root / "sd"), "vocab": root / "vocab.txt"}
+
+
+def _build_args(files, out, vocab=None, clip=None, *extra):
+    return [
+        "prompts", "build", "--vocab", str(vocab or files["vocab"]), "--generator", str(files["pipe"]), "--out", str(out),
+        "--preset", "dpseg-tiny", "--set", f"model.clip_pretrained={clip or files['clip']}", "--set", "prompts.resolution=16",
+        "--set", "prompts.steps=2", "--set", "prompts.num_templates=2", "--quiet", "--device", "cpu", *extra,
+    ]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_build_resume_info_and_use_from_python(files, tmp_path, capsys):
+    out = tmp_path / "bank"
+    assert main(_build_args(files, out, None, None, "--keep-images")) == 0
+    stdout = capsys.readouterr().out
+    assert "built 3 classes (6 images)" in stdout and "is complete" in stdout
+    assert len(list((out / "images").rglob("*.png"))) == 6
+    assert main(_build_args(files, out)) == 0
+    assert "built 0 classes (0 images)" in capsys.readouterr().out
+    (tmp_path / "more.json").write_text(json.dumps(["cat", "zebra"]))
+    assert main(["prompts", "info", str(out), "--vocab", str(tmp_path / "more.json")]) == 0
+    text = capsys.readouterr().out
+    assert "3 (3 generated)" in text and "missing of" in text and ": zebra" in text and "kept images" in text
+    assert main(["prompts", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_classes"] == 3 and info["num_templates"] == 2 and info["generator"].startswith("diffusers:StableDiffusionPipeline@")
+    cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}"])
+    _, prompt, text_tower = build_towers(cfg.model)  # the same weights, loaded again: the fingerprints agree
+    ps = PromptBank.open(out).prompt_set(["traffic light", "cat"], prompt_encoder=prompt, text_tower=text_tower)
+    assert ps.visual.shape == (2, 2, 32)
+
+
+def test_ranks_from_torchrun_environment(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bank"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(_build_args(files, out)) == 0
+    assert "rank 0/2: built 2 classes" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")
+    assert main(_build_args(files, out)) == 0
+    text = capsys.readouterr().out
+    assert "rank 1/2: built 1 classes" in text and "is complete" in text
+
+
+def test_add_exemplars(files, tmp_path, capsys):
+    folder = tmp_path / "ex" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    bank = tmp_path / "bank"
+    args = ["--preset", "dpseg-tiny", "--set", f"model.clip_pretrained={files['clip']}", "--set", "prompts.num_templates=2", "--quiet"]
+    assert main(["prompts", "add-exemplars", "--bank", str(bank), "--folder", str(tmp_path / "ex"), *args]) == 0
+    assert "set visual prompts of 1 classes from 2 exemplar images" in capsys.readouterr().out
+    assert main(_build_args(files, bank)) == 0  # the exemplar-only bank takes generated prompts for the rest
+    assert "built 2 classes" in capsys.readouterr().out
+    assert PromptBank.open(bank).info()["sources"] == {"exemplar": 1, "generated": 2}
+
+
+def test_vocabulary_names_and_files(tmp_path):
+    assert len(load_vocabulary("voc20")) == 20 and "aeroplane" in load_vocabulary("voc20")
+    (tmp_path / "v.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    assert load_vocabulary(str(tmp_path / "v.json")) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty_vocab", "holds no class names"),
+        ("duplicate_vocab", r"names 'cat' more than once"),
+        ("bad_json_vocab", "must hold a JSON list of class-name strings"),
+        ("unknown_vocab", "neither a class-list file nor a vocabulary name"),
+        ("missing_generator", r"generator directory .*nowhere does not exist"),
+        ("offline_hub_id", r"not in the local Hugging Face cache and the hub is unreachable.*--generator /path/to/pipeline"),
+        ("random_encoders", "'model.clip_pretrained' is empty"),
+        ("negative_images", "--images-per-class must be >= 0"),
+        ("other_encoder", "was built for another visual-prompt encoder"),
+        ("missing_folder", r"exemplar folder .*nope does not exist"),
+        ("unreadable_exemplar", r"cannot read image .*broken\.jpg"),
+        ("not_a_bank", "is not a prompt bank"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys, monkeypatch, case, message):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    out, vocab = tmp_path / "bank", tmp_path / "v.txt"
+    build = lambda *extra, **kw: _build_args(files, out, kw.get("vocab", vocab), kw.get("clip"), *extra)  # noqa: E731
+    vocab.write_text("cat\ndog\n")
+    if case == "empty_vocab":
+        vocab.write_text("\n# nothing\n")
+        argv = build()
+    elif case == "duplicate_vocab":
+        vocab.write_text("cat\ndog\ncat \n")
+        argv = build()
+    elif case == "bad_json_vocab":
+        (tmp_path / "v.json").write_text('{"cat": 1}')
+        argv = build(vocab=tmp_path / "v.json")
+    elif case == "unknown_vocab":
+        argv = build(vocab="nosuchvocab")
+    elif case == "missing_generator":
+        argv = build("--generator", str(tmp_path / "nowhere"))
+    elif case == "offline_hub_id":  # also: the generator is checked before the (here missing) CLIP weights are read
+        argv = build("--generator", "runwayml/stable-diffusion-v1-5", clip=tmp_path / "absent.safetensors")
+    elif case == "random_encoders":
+        argv = build("--set", "model.clip_pretrained=")
+    elif case == "negative_images":
+        argv = build("--images-per-class", "-1")
+    elif case == "other_encoder":
+        assert main(build()) == 0
+        argv = build(clip=files["clip_other"])
+    elif case == "missing_folder":
+        argv = ["prompts", "add-exemplars", "--bank", str(out), "--folder", str(tmp_path / "nope"), "--preset", "dpseg-tiny"]
+    elif case == "unreadable_exemplar":
+        (tmp_path / "ex" / "cat").mkdir(parents=True)
+        (tmp_path / "ex" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+        argv = ["prompts", "add-exemplars", "--bank", str(out), "--folder", str(tmp_path / "ex"), "--preset", "dpseg-tiny",
+                "--set", f"model.clip_pretrained={files['clip']}", "--quiet"]
+    else:
+        argv = ["prompts", "info", str(tmp_path)]
+    capsys.readouterr()
+    err = _error(capsys, argv)
+    assert re.search(message, err), err
