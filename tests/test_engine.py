@@ -19,6 +19,16 @@ from dpseg.engine.optim import build_optimizer, lr_factor, param_groups, resolve
 from dpseg.errors import CheckpointError, ConfigError
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process spin against each other and
+    make a tiny step 10-50x slower; one thread also keeps every run in this file on the same kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def tiny():
     from dpseg.config import build_config

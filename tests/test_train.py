@@ -1,0 +1,212 @@
+"""`dpseg train` end to end on the tiny preset and a small custom dataset written here (CPU)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dpseg.build import build_model, load_model, model_templates
+from dpseg.cli import main
+from dpseg.config import build_config
+from dpseg.engine import TrainingError
+from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
+from dpseg.engine.train import train
+from dpseg.errors import BankError
+
+CLASSES = ("red square", "blue square", "green square")
+COLOURS = ((200, 30, 30), (30, 30, 200), (30, 200, 30))
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process spin against each other and
+    make a tiny step 10-50x slower; one thread also keeps every run in this file on the same kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def make_dataset(root, n_train=4, n_val=2, size=(72, 88), seed=0) -> Path:
+    """A custom-dataset folder: coloured squares on dark noise, labels 0..2, 255 (ignore) elsewhere."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    for split, n in (("train", n_train), ("val", n_val)):
+        for sub in ("images", "labels"):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = size
+            label = np.full((h, w), 255, np.uint8)
+            image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+            for k, colour in enumerate(COLOURS):
+                y, x = rng.integers(0, h - 24), rng.integers(0, w - 24)
+                label[y:y + 24, x:x + 24], image[y:y + 24, x:x + 24] = k, colour
+            Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
+            Image.fromarray(label).save(root / "labels" / split / f"{i:03d}.png")
+    return root
+
+
+def text_only(out, data, *overrides):
+    """The tiny preset as a text-only model (no prompt bank needed), fast settings."""
+    return build_config("dpseg-tiny", overrides=[
+        f"data.train_dataset={data}", f"data.val_dataset={data}:val", "model.prompt_type=text",
+        "model.guidance=upsampled", f"train.output_dir={out}", "train.tensorboard=false", "train.log_every=1",
+        "train.eval_every=0", "eval.num_workers=0", *overrides])
+
+
+def make_bank(cfg, root, names):
+    """A prompt bank for the model train() builds from ``cfg`` (same seed -> same frozen encoders)."""
+    from dpseg.prompts.bank import PromptBank, make_key
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg)
+    templates = model_templates(cfg)
+    key = make_key(model.prompt_encoder, model.text_encoder, templates, cfg.model.prompt_image_size)
+    bank = PromptBank.create(root, key, generator="test-noise", seed=0)
+    K, M, S = len(names), len(templates), cfg.model.prompt_image_size
+    text = model.encode_text_prompts(list(names), templates)  # (K, M, d)
+    visual, stages = model.encode_visual_prompts(torch.rand(K * M, 3, S, S, generator=torch.Generator().manual_seed(0)))
+    for k, name in enumerate(names):
+        bank.write_class(name, text[k], visual.view(K, M, -1)[k], [s.view(K, M, -1)[k] for s in stages],
+                         source="test", seeds=list(range(M)))
+    return root
+
+
+def records(out, kind="train"):
+    lines = (Path(out) / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_cli_trains_the_dual_prompt_model_end_to_end(tmp_path, capsys):
+    """The paper's model (dual prompts, visual cost volumes) from a prompt bank: logs, eval, checkpoints, export."""
+    data = make_dataset(tmp_path / "data")
+    cfg = build_config("dpseg-tiny")
+    bank = make_bank(cfg, tmp_path / "bank", CLASSES)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "dpseg-tiny", "--no-progress", "--set", f"data.train_dataset={data}",
+            "--set", f"data.val_dataset={data}:val", "--set", f"prompts.bank={bank}", "--set", f"train.output_dir={out}",
+            "--set", "train.iterations=4", "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=1",
+            "--set", "train.eval_every=2", "--set", "train.log_every=1", "--set", "eval.num_workers=0"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "cpu x 1 process(es)" in text and "2 per process x 1 = 2 (effective)" in text and "fp32" in text
+    assert "visual-prompt encoder (frozen copy)" in text and "bank " in text
+    assert [r["step"] for r in records(out)] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in records(out))
+    assert [r["step"] for r in records(out, "eval")] == [2, 4]
+    assert len((out / "log.csv").read_text().splitlines()) == 5
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000004"]  # pruned to the last one
+    assert not list((out / "checkpoints").glob(".*"))
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["step"] in (2, 4) and best["mIoU"] == max(r["mIoU"] for r in records(out, "eval"))
+    model, saved_cfg = load_model(out / "final")  # what `dpseg eval` and Segmenter load
+    assert saved_cfg.prompts.bank == str(bank) and saved_cfg.train.iterations == 4
+    final = dict(model.state_dict())
+    trained = load_checkpoint(list_checkpoints(out)[-1])[0]
+    assert all(torch.equal(final[k], v) for k, v in trained.items())
+
+    assert main(args) == 2  # a second fresh run into the same directory is refused
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(["train", "--no-progress", "--resume", str(out)]) == 0  # finished run: nothing left to do
+    assert records(out)[-1]["step"] == 4
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """Crash at step 3, resume from the step-2 checkpoint with 2 loader workers: bit-identical to no crash."""
+    data = make_dataset(tmp_path / "data", n_train=5)
+
+    def config(out, *extra):
+        cfg = text_only(out, data, "train.iterations=5", "train.checkpoint_every=2", "train.keep_checkpoints=0", *extra)
+        cfg.model.clip_model_cfg["vision_cfg"]["timm_drop_path"] = 0.2  # the global RNG must be restored too
+        return cfg
+
+    whole = train(config(tmp_path / "a"), progress=False)
+
+    def crash(step, _):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "b"), callback=crash, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-00000002"]
+    (tmp_path / "b" / "checkpoints" / ".step-00000004.x.tmp").mkdir()  # as if killed while writing
+    resumed = train(config(tmp_path / "b", "data.num_workers=2"), resume="auto", progress=False)
+
+    assert whole["step"] == resumed["step"] == 5
+    a, b = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])[1]["optimizer"]["state"]
+    opt_b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])[1]["optimizer"]["state"]
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
+    assert [r["loss"] for r in records(tmp_path / "a")] == [r["loss"] for r in records(tmp_path / "b")]
+    assert not list((tmp_path / "b" / "checkpoints").glob(".*"))
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path):
+    data = make_dataset(tmp_path / "data", n_train=2, size=(64, 64))
+    cfg = text_only(tmp_path / "run", data, "train.iterations=10", "train.lr=0.005", "data.color_jitter=false",
+                    "data.flip=false", "train.checkpoint_every=0")
+    train(cfg, progress=False)
+    losses = [r["loss"] for r in records(tmp_path / "run")]
+    assert len(losses) == 10 and np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # one batch, falling lr: every step helps
+
+
+def test_nan_guard_names_the_step(tmp_path, monkeypatch):
+    from dpseg.model.loss import SegmentationLoss
+
+    data = make_dataset(tmp_path / "data", n_train=2)
+    calls = []
+    real = SegmentationLoss.forward
+
+    def poisoned(self, logits, labels):
+        calls.append(1)
+        loss = real(self, logits, labels)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
+    cfg = text_only(tmp_path / "run", data, "train.iterations=4", "train.checkpoint_every=1")
+    with pytest.raises(TrainingError, match=r"non-finite training loss at step 2: loss nan.*step-00000001"):
+        train(cfg, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000001"]  # the bad step was not saved
+
+
+def test_out_of_memory_suggests_smaller_settings(tmp_path, monkeypatch):
+    from dpseg.model.dpseg import DPSeg
+
+    def oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(DPSeg, "forward", oom)
+    cfg = text_only(tmp_path / "run", make_dataset(tmp_path / "data", n_train=2), "train.iterations=2")
+    with pytest.raises(TrainingError, match=r"out of GPU memory at step 1 \(batch 2 per GPU, crop 64.*train.batch_size.*data.crop_size"):
+        train(cfg, progress=False)
+
+
+def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n_train=2, n_val=1)
+    base = ["train", "--preset", "dpseg-tiny", "--set", f"train.output_dir={tmp_path / 'run'}"]
+    assert main(base + ["--set", f"data.train_dataset={tmp_path / 'missing'}"]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+    assert main(base + ["--set", "data.train_dataset=coco_stuff_171_train", "--set", f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "images folder" in err and "dpseg prepare coco_stuff" in err
+    assert main(base + ["--set", f"data.train_dataset={data}", "--set", "data.crop_size=48"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert main(base + ["--resume", str(tmp_path / "nowhere"), "--set", f"data.train_dataset={data}"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+    with pytest.raises(BankError, match="needs visual prompts, but prompts.bank is empty"):
+        train(build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", "train.eval_every=0",
+                                                    f"train.output_dir={tmp_path / 'r1'}"]), progress=False)
+    cfg = build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", f"train.output_dir={tmp_path / 'r2'}",
+                                                "train.eval_every=0"])
+    cfg.prompts.bank = str(make_bank(cfg, tmp_path / "bank", CLASSES[:2]))
+    with pytest.raises(BankError, match=r"the training vocabulary of data:train: .*lacks 1 of the 3 classes \(green square\)"):
+        train(cfg, progress=False)
