@@ -100,6 +100,20 @@ def test_add_exemplars(files, tmp_path, capsys):
     assert PromptBank.open(bank).info()["sources"] == {"exemplar": 1, "generated": 2}
 
 
+def test_build_from_a_checkpoint_fits_the_checkpoint_and_the_clip_it_came_from(files, tmp_path, capsys):
+    from dpseg.build import build_model, load_model, save_model
+
+    cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}", "prompts.num_templates=2"])
+    save_model(build_model(cfg), cfg, tmp_path / "ckpt")
+    argv = _build_args(files, tmp_path / "bank")
+    argv[argv.index("--preset") : argv.index("--preset") + 2] = ["--checkpoint", str(tmp_path / "ckpt")]
+    assert main(argv) == 0 and "built 3 classes" in capsys.readouterr().out
+    model, _ = load_model(tmp_path / "ckpt")
+    assert PromptBank.open(tmp_path / "bank").prompt_set(["cat"], model=model).visual.shape == (1, 2, 32)
+    assert main(_build_args(files, tmp_path / "bank")) == 0  # the preset + the same CLIP file: same frozen encoders
+    assert "built 0 classes" in capsys.readouterr().out
+
+
 def test_vocabulary_names_and_files(tmp_path):
     assert len(load_vocabulary("voc20")) == 20 and "aeroplane" in load_vocabulary("voc20")
     (tmp_path / "v.json").write_text(json.dumps({"class_names": ["a", "b"]}))
@@ -164,3 +178,22 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys, monkeypatch, c
     capsys.readouterr()
     err = _error(capsys, argv)
     assert re.search(message, err), err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_build_the_same_bank_as_one(files, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    assert main(_build_args(files, tmp_path / "single")) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", "-m", "dpseg"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(torchrun + _build_args(files, tmp_path / "multi"), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rank 0/2: built 2 classes" in proc.stdout and "rank 1/2: built 1 classes" in proc.stdout
+    single, multi = PromptBank.open(tmp_path / "single"), PromptBank.open(tmp_path / "multi")
+    assert multi.missing(load_vocabulary(str(files["vocab"]))) == []
+    for name in load_vocabulary(str(files["vocab"])):
+        a, b = single.load_class(name), multi.load_class(name)
+        assert torch.equal(a["visual"], b["visual"]) and torch.equal(a["text"], b["text"]) and a["meta"] == b["meta"]

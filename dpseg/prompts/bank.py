@@ -114,9 +114,10 @@ class PromptBank:
             raise BankError(f"prompt bank path {root} is a file; pass a directory")
         if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
             raise BankError(f"{root} is not empty and holds no {MANIFEST}; choose a new or empty directory for the bank")
-        (root / CLASS_DIR).mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, **key, **gen, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))  # first: a kill leaves an empty dir or a bank
+        (root / CLASS_DIR).mkdir(exist_ok=True)
         return cls(root, manifest)
 
     @classmethod
