@@ -36,7 +36,7 @@ def render_object_image(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One prompt image of ``cls``: ((size, size, 3) uint8 image, (size, size) bool mask of the object pixels)."""
     canvas = background(rng, size, size)
-    copies, radius, margin = 1, (0.28, 0.40), 0.9
+    copies, radius, margin = 1, (0.28, 0.40), 1.15  # margin 1.15 r: the whole object is in view
     if "many" in modifiers:
         copies, radius = int(rng.integers(2, 4)), (0.15, 0.22)
     elif "small" in modifiers:

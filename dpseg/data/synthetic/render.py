@@ -51,7 +51,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A textured, weakly coloured background (H, W, 3) float32 in [0, 255]: never a saturated object colour."""
     grey = rng.uniform(70, 190)
-    tint = rng.uniform(-18, 18, 3)
+    tint = rng.uniform(-12, 12, 3)
     base = np.full((h, w, 3), grey, np.float32) + tint
     base += 28 * _smooth_noise(rng, h, w, int(rng.integers(3, 8)))[..., None]
     kind = rng.integers(0, 3)
@@ -190,3 +190,27 @@ def random_scene(
         if min(visible_fractions(masks)) >= min_visible:
             break
     return render_placements(placements, vocab, rng, size, size)
+
+
+def object_crops(scene: Scene, size: int = 64, margin: float = 0.15) -> list[tuple[np.ndarray, ObjectClass]]:
+    """Square crops around every visible object of a scene, resized to ``size`` (neighbours stay in view).
+
+    These are what the second inference pass crops from an image; used to train and test the tiny CLIP.
+    """
+    h, w = scene.label.shape
+    out = []
+    later = np.zeros((h, w), bool)
+    visible = []
+    for mask in reversed(scene.masks):  # topmost first: what is left of each mask after later objects
+        visible.append(mask & ~later)
+        later |= mask
+    for p, vis in zip(scene.placements, reversed(visible)):
+        ys, xs = np.nonzero(vis)
+        if len(xs) == 0:
+            continue
+        side = (1 + 2 * margin) * max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        cx, cy = (xs.max() + xs.min() + 1) / 2, (ys.max() + ys.min() + 1) / 2
+        box = (int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(cx + side / 2)), int(round(cy + side / 2)))
+        crop = Image.fromarray(scene.image).crop(box)  # outside the image is black, as for a crop at a border
+        out.append((np.asarray(crop.resize((size, size), Image.BILINEAR)), p.cls))
+    return out

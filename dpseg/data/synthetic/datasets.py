@@ -1,0 +1,174 @@
+"""The synthetic world on disk, as custom-dataset folders (no code needed to train or evaluate on them).
+
+``build_datasets(cache_dir, seed, size, num_train, num_val)`` writes (or reuses) one folder per evaluation
+vocabulary under ``cache_dir/synthetic-<key>/``::
+
+    world.json                         the key, the class lists and the counts (written last: marks completion)
+    seen/classes.txt                   the 60 seen classes; line i = label value i
+    seen/{images,labels}/train/*.png   training scenes: seen classes only
+    seen/{images,labels}/val/*.png     held-out scenes of seen classes             -> "seen" mIoU
+    unseen/classes.txt                 the 15 unseen classes
+    unseen/{images,labels}/val/*.png   scenes of unseen classes only               -> zero-shot "unseen" mIoU
+    all/classes.txt                    seen then unseen (75)
+    all/{images,labels}/val/*.png      scenes mixing both, scored with all 75 names -> generalised zero-shot
+
+Labels are uint8 PNGs, 255 = ignore (the background, see :mod:`~dpseg.data.synthetic.world`). Training must use
+``seen/`` only: its vocabulary never names an unseen class. Every image is rendered from its own seed
+(seed, split, index), so a folder's content does not depend on how many images the others hold. The folder is
+written under a temporary name and renamed into place; ``key`` (world version, seed, sizes, counts) names the
+folder, so a changed world or setting never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from dpseg.data.synthetic.render import IGNORE, random_scene
+from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
+from dpseg.errors import DataError, InputError
+
+IGNORE_ON_DISK = 255
+# (vocabulary folder, split, split id used in the per-image seed, vocabulary the scenes draw objects from)
+SPLITS: tuple[tuple[str, str, int], ...] = (("seen", "train", 0), ("seen", "val", 1), ("unseen", "val", 2), ("all", "val", 3))
+
+
+@dataclass(frozen=True)
+class WorldDatasets:
+    """Paths of the written dataset folders (each a custom-dataset root) and the cache key."""
+
+    root: Path
+    key: str
+
+    @property
+    def seen(self) -> Path:
+        return self.root / "seen"
+
+    @property
+    def unseen(self) -> Path:
+        return self.root / "unseen"
+
+    @property
+    def all(self) -> Path:
+        return self.root / "all"
+
+
+def dataset_key(seed: int, size: int, num_train: int, num_val: int) -> dict:
+    """Everything the pixels depend on."""
+    return {"world_version": WORLD_VERSION, "seed": seed, "size": size, "num_train": num_train, "num_val": num_val}
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def label_to_disk(label: np.ndarray) -> np.ndarray:
+    """(H, W) int labels with IGNORE -> uint8 with 255."""
+    if label.max(initial=0) >= IGNORE_ON_DISK:
+        raise InputError(f"label value {int(label.max())} does not fit a uint8 label PNG (max {IGNORE_ON_DISK - 1})")
+    return np.where(label == IGNORE, IGNORE_ON_DISK, label).astype(np.uint8)
+
+
+def read_classes(folder: Path) -> list[str]:
+    return [line.strip() for line in (Path(folder) / "classes.txt").read_text().splitlines() if line.strip()]
+
+
+def render_split(vocab: Sequence[ObjectClass], seed: int, split_id: int, count: int, size: int):
+    """Yield (stem, Scene) for every image of one split, each from its own seed."""
+    for i in range(count):
+        rng = np.random.default_rng([seed, split_id, i, WORLD_VERSION])
+        yield f"{i:05d}", random_scene(vocab, rng, size=size)
+
+
+def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
+    counts = {}
+    for folder in ("seen", "unseen", "all"):
+        (tmp / folder).mkdir(parents=True)
+        (tmp / folder / "classes.txt").write_text("".join(k.name + "\n" for k in vocabulary(folder)))
+    for folder, split, split_id in SPLITS:
+        count = key["num_train"] if split == "train" else key["num_val"]
+        log(f"rendering {count} {folder}/{split} scenes at {key['size']}px")
+        for sub in ("images", "labels"):
+            (tmp / folder / sub / split).mkdir(parents=True)
+        for stem, scene in render_split(vocabulary(folder), key["seed"], split_id, count, key["size"]):
+            Image.fromarray(scene.image).save(tmp / folder / "images" / split / f"{stem}.png")
+            Image.fromarray(label_to_disk(scene.label)).save(tmp / folder / "labels" / split / f"{stem}.png")
+        counts[f"{folder}/{split}"] = count
+    meta = {
+        "key": key,
+        "counts": counts,
+        "ignore_label": IGNORE_ON_DISK,
+        "background": "ignore (255): the background is not a class",
+        "seen_classes": [k.name for k in vocabulary("seen")],
+        "unseen_classes": [k.name for k in vocabulary("unseen")],
+    }
+    (tmp / "world.json").write_text(json.dumps(meta, indent=2))
+
+
+def _is_complete(root: Path, key: dict) -> bool:
+    try:
+        meta = json.loads((root / "world.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("key") != key:
+        return False
+    for name, count in meta.get("counts", {}).items():
+        folder, split = name.split("/")
+        for sub in ("images", "labels"):
+            d = root / folder / sub / split
+            if not d.is_dir() or sum(1 for _ in d.glob("*.png")) != count:
+                return False
+    return True
+
+
+def build_datasets(
+    cache_dir: str | os.PathLike,
+    seed: int = 0,
+    size: int = 128,
+    num_train: int = 2000,
+    num_val: int = 200,
+    log: Optional[Callable[[str], None]] = None,
+) -> WorldDatasets:
+    """Render the world's datasets into ``cache_dir`` (or reuse a complete copy with the same key)."""
+    if size < 32 or size % 32:
+        raise InputError(f"synthetic image size must be a multiple of 32 (the encoder stride), got {size}")
+    if num_train < 1 or num_val < 1:
+        raise InputError(f"synthetic dataset sizes must be >= 1, got num_train={num_train}, num_val={num_val}")
+    log = log or (lambda msg: None)
+    key = dataset_key(seed, size, num_train, num_val)
+    cache_dir = Path(cache_dir)
+    root = cache_dir / f"synthetic-{key_hash(key)}"
+    if _is_complete(root, key):
+        log(f"reusing synthetic datasets in {root}")
+        return WorldDatasets(root, key_hash(key))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{root.name}.tmp-"))
+    except OSError as e:
+        raise DataError(f"cannot write synthetic datasets to {cache_dir}: {e.strerror}; choose a writable directory") from None
+    try:
+        shutil.rmtree(tmp)
+        _write_all(tmp, key, log)
+        if root.exists():  # an incomplete or corrupted copy: move it aside before replacing it
+            stale = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{root.name}.stale-"))
+            os.replace(root, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process finished the same datasets first
+            if not _is_complete(root, key):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"wrote synthetic datasets to {root}")
+    return WorldDatasets(root, key_hash(key))

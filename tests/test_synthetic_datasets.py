@@ -1,0 +1,75 @@
+"""The synthetic world written as custom-dataset folders: layout, label values, the split, caching."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpseg.data.synthetic.datasets import build_datasets, read_classes
+from dpseg.data.synthetic.world import seen_classes, unseen_classes
+from dpseg.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_datasets(tmp_path_factory.mktemp("cache"), seed=1, size=64, num_train=6, num_val=3)
+
+
+def _labels(folder, split):
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted((folder / "labels" / split).glob("*.png"))}
+
+
+def test_layout_and_class_files(world):
+    assert read_classes(world.seen) == [k.name for k in seen_classes()]
+    assert read_classes(world.unseen) == [k.name for k in unseen_classes()]
+    assert read_classes(world.all) == [k.name for k in seen_classes() + unseen_classes()]
+    for folder, split, n in ((world.seen, "train", 6), (world.seen, "val", 3), (world.unseen, "val", 3), (world.all, "val", 3)):
+        images = sorted(p.name for p in (folder / "images" / split).glob("*.png"))
+        labels = sorted(p.name for p in (folder / "labels" / split).glob("*.png"))
+        assert images == labels and len(images) == n
+        img = Image.open(folder / "images" / split / images[0])
+        lab = Image.open(folder / "labels" / split / labels[0])
+        assert img.mode == "RGB" and img.size == (64, 64) and lab.mode == "L" and lab.size == (64, 64)
+    meta = json.loads((world.root / "world.json").read_text())
+    assert meta["ignore_label"] == 255 and meta["unseen_classes"] == [k.name for k in unseen_classes()]
+
+
+def test_label_values_and_no_unseen_class_in_training(world):
+    train = _labels(world.seen, "train")
+    values = set(np.unique(np.concatenate([v.ravel() for v in train.values()])).tolist())
+    assert 255 in values and values - {255} and max(values - {255}) < 60  # seen vocabulary indices only
+    unseen_names = {k.name for k in unseen_classes()}
+    assert not unseen_names & set(read_classes(world.seen))
+    for lab in _labels(world.unseen, "val").values():
+        assert set(np.unique(lab).tolist()) - {255} <= set(range(15))
+    mixed = np.concatenate([v.ravel() for v in _labels(world.all, "val").values()])
+    assert mixed[mixed != 255].max() < 75
+
+
+def test_cache_is_reused_and_keyed(world, tmp_path_factory):
+    cache = world.root.parent
+    stamp = (world.root / "world.json").stat().st_mtime_ns
+    again = build_datasets(cache, seed=1, size=64, num_train=6, num_val=3)
+    assert again == world and (world.root / "world.json").stat().st_mtime_ns == stamp
+    other = build_datasets(cache, seed=2, size=64, num_train=6, num_val=3)
+    assert other.root != world.root  # another key: never mixed with the first
+    a, b = _labels(world.seen, "train"), _labels(other.seen, "train")
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    # a damaged copy (a missing file) is detected and rebuilt identically
+    victim = sorted((other.seen / "labels" / "train").glob("*.png"))[0]
+    before = np.asarray(Image.open(victim))
+    victim.unlink()
+    rebuilt = build_datasets(cache, seed=2, size=64, num_train=6, num_val=3)
+    assert np.array_equal(np.asarray(Image.open(rebuilt.seen / "labels" / "train" / victim.name)), before)
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folders left behind
+    # the same seed renders the same first images whatever the split sizes
+    bigger = build_datasets(tmp_path_factory.mktemp("cache2"), seed=1, size=64, num_train=8, num_val=3)
+    assert np.array_equal(_labels(bigger.seen, "train")["00000"], a["00000"])
+
+
+def test_bad_settings(tmp_path):
+    with pytest.raises(InputError, match="multiple of 32"):
+        build_datasets(tmp_path, size=100)
+    with pytest.raises(InputError, match="must be >= 1"):
+        build_datasets(tmp_path, num_train=0)
