@@ -114,3 +114,14 @@ def test_cli_prepare_verify_and_list(tmp_path, capsys):
 def test_cli_errors(argv, msg, capsys, tmp_path):
     assert main(argv + ["--root", str(tmp_path)]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_pc459_full_list_conversion_is_named_as_the_known_gap(tmp_path, monkeypatch):
+    import dpseg.data.prepare.verify as verify
+
+    monkeypatch.setattr(verify, "id_table", lambda name: PC_IDS[:3])  # stand-in for the 5104-id list
+    for stem in PC_IDS[:3]:
+        put(tmp_path, get_entry("pc459"), stem, np.array([[0, 3]], np.uint16))
+    problems, _ = verify_entry(get_entry("pc459"), tmp_path, progress=False)
+    assert len(problems) == 1 and "3 labelled images, expected 5010 (every id of the 5104-id list" in problems[0]
+    assert "CAT-Seg issue #24" in problems[0]

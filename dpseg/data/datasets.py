@@ -19,7 +19,6 @@ from dpseg.data import IGNORE_INDEX
 from dpseg.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-Image.MAX_IMAGE_PIXELS = None  # benchmark images are trusted local files; some ADE20K-full images are large
 
 
 def image_to_rgb_array(img: Image.Image) -> np.ndarray:

@@ -64,15 +64,19 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
              max_images: Optional[int] = None, progress: bool = True, forward=None, desc: str = "") -> dict:
     """Evaluate on ``dataset`` with the protocol of ``eval_cfg`` (an EvalConfig).
 
-    ``prompts`` must hold ``dataset.vocabulary`` in order. ``forward`` replaces the model call (tests, or a
+    ``dataset`` yields items ``{"image", "label"}`` and has ``class_names`` (label order); ``prompts`` must hold
+    ``dataset.vocabulary`` (default: the class names) in order. ``forward`` replaces the model call (tests, or a
     custom runner); by default it is ``model(images, prompts)``, or the two-pass refinement when ``two_pass``.
     Returns ``{"pass1": metrics[, "pass2": metrics], "num_images": n, "seconds": t, "protocol": {...}}``.
     """
     two_pass = eval_cfg.two_pass if two_pass is None else two_pass
     protocol = protocol_from_config(eval_cfg)
-    vocab = list(dataset.vocabulary)
+    vocab = list(getattr(dataset, "vocabulary", dataset.class_names))
+    merge = getattr(dataset, "merge_predictions_from", None)
+    num_classes = len(dataset.class_names)
+    ds_name = getattr(dataset, "name", type(dataset).__name__)
     if prompts is not None and len(prompts.class_names) != len(vocab):
-        raise InputError(f"prompts hold {len(prompts.class_names)} classes but dataset '{dataset.name}' is prompted with {len(vocab)}")
+        raise InputError(f"prompts hold {len(prompts.class_names)} classes but dataset '{ds_name}' is prompted with {len(vocab)}")
     if forward is None:
         forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk)
     limit = eval_cfg.max_images if max_images is None else max_images
@@ -84,13 +88,13 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
         num_workers=eval_cfg.num_workers, collate_fn=_collate, persistent_workers=False,
     )
     # created up front so that every rank all-reduces the same matrices even if it got no images
-    evaluators = {key: SemSegEvaluator(dataset.num_classes, dataset.class_names, dataset.merge_predictions_from, "cpu")
+    evaluators = {key: SemSegEvaluator(num_classes, dataset.class_names, merge, "cpu")
                   for key in (("pass1", "pass2") if two_pass else ("pass1",))}
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(indices), desc=desc or dataset.name, unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(indices), desc=desc or ds_name, unit="img", dynamic_ncols=True)
     start = time.perf_counter()
     for batch in loader:
         preds = predict(forward, [it["image"] for it in batch], protocol, device, num_classes=len(vocab))
