@@ -87,6 +87,10 @@ def test_mismatched_encoders_are_named(bank, towers):
     prompt, text, _, _ = towers
     with pytest.raises(BankError, match=r"built with another visual-prompt encoder \(fingerprint [0-9a-f]+, this model's is"):
         bank.prompt_set(["cat"], SimpleNamespace(prompt_encoder=_perturbed(prompt), text_encoder=text))
+    for attr, value in (("num_templates", 80), ("prompt_image_size", 320)):
+        model = SimpleNamespace(prompt_encoder=prompt, text_encoder=text, **{attr: value})
+        with pytest.raises(BankError, match=f"has {attr} .* but the model uses {value}"):
+            bank.prompt_set(["cat"], model)
     with pytest.raises(BankError, match="built with another text tower"):
         bank.prompt_set(["cat"], prompt_encoder=prompt, text_tower=_perturbed(text))
     with pytest.raises(BankError, match="built with another visual-prompt encoder"):

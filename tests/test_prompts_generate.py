@@ -60,6 +60,9 @@ def test_identity_names_content_and_settings(pipe_dir, tmp_path):
     ident = get_generator(str(pipe_dir), _cfg()).identity
     copy = shutil.copytree(pipe_dir, tmp_path / "copy")
     assert get_generator(str(copy), _cfg()).identity == ident  # content, not path
+    (copy / "v1-5-pruned.ckpt").write_bytes(b"an original checkpoint next to the diffusers folders")
+    (copy / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant fetched later")
+    assert get_generator(str(copy), _cfg()).identity == ident  # files a plain load does not read do not count
     assert get_generator(str(copy), _cfg("prompts.steps=3")).identity != ident
     assert get_generator(str(copy), _cfg("prompts.guidance_scale=5.0")).identity != ident
     assert get_generator(str(copy), _cfg("prompts.negative_prompt=blurry")).identity != ident

@@ -263,6 +263,10 @@ class PromptBank:
             raise InputError("prompt_set needs model= (or prompt_encoder= / text_tower=) so the bank can be checked against it")
         names = check_class_list(class_names)
         self.check_encoders(prompt_encoder, text_tower)
+        wanted = {"num_templates": len(self.manifest["templates"]), "prompt_image_size": self.manifest["prompt_image_size"]}
+        for attr, have in wanted.items():  # a DPSeg knows its M and its prompt size: a bank for others would not fit
+            if getattr(model, attr, have) != have:
+                raise BankError(f"prompt bank {self.root} has {attr} {have} but the model uses {getattr(model, attr)}; build a bank with the model's settings")
         missing = [n for n in names if not self.has(n)]
         if missing:
             raise BankError(

@@ -116,7 +116,7 @@ def _build(args) -> int:
     if rank == 0:
         bank = PromptBank.create(args.out, key, generator.identity, spec, p.seed, p.images_per_class)
     else:
-        bank = PromptBank.open(args.out, wait=1800)
+        bank = PromptBank.open(args.out, wait=600)  # rank 0 writes the manifest
         bank.check_key(key)
         bank.check_generation(generator.identity, p.seed, p.images_per_class)
     t0 = time.perf_counter()

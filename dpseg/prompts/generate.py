@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -95,11 +96,23 @@ def resolve_pipeline_dir(spec: str) -> Path:
     raise WeightsUnavailableError(f"could not download generator '{spec}' ({last}); pass a local pipeline folder with --generator")
 
 
+def pipeline_files(path: Path) -> list[Path]:
+    """The files a plain ``from_pretrained`` of this folder reads: model_index.json and its components' folders,
+    without precision variants (``*.fp16.*``), non-PyTorch formats or stray root files (e.g. an original .ckpt),
+    so that downloading more variants into the same folder does not change the generator's identity."""
+    index = _read_json(path / "model_index.json")
+    parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None]
+    hidden = lambda p: any(s.startswith(".") for s in p.relative_to(path).parts)  # noqa: E731
+    roots = [path / c for c in parts if (path / c).is_dir()] if parts else [path]
+    files = [p for r in roots for p in r.rglob("*") if p.is_file() and not hidden(p)]
+    skip = re.compile(r"\.(fp16|fp32|bf16|ema|non_ema)\.|\.(ckpt|msgpack|onnx|onnx_data|h5|pb)$")
+    return sorted({path / "model_index.json", *(p for p in files if not skip.search(p.name))})
+
+
 def directory_fingerprint(path: Path, sample: int = 1 << 20) -> str:
-    """Content hash of a pipeline folder: small files in full, large ones by size, first and last MiB."""
+    """Content hash of a pipeline folder's used files: small ones in full, large ones by size, first and last MiB."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
-    for p in files:
+    for p in pipeline_files(path):
         size = p.stat().st_size
         h.update(f"{p.relative_to(path).as_posix()}\x00{size}\x00".encode())
         with open(p, "rb") as f:
