@@ -139,12 +139,17 @@ def is_image_file(path: Path) -> bool:
 
 
 def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """(H, W) class indices -> PNG-ready image: 8-bit when K <= 255 (255 stays free, the usual "ignore" value of
-    datasets), else 16-bit (mode I;16), so every label file of one vocabulary has the same depth."""
-    if num_classes > 65536:
-        raise InputError(f"label maps of {num_classes} classes cannot be stored as PNG (at most 65536)")
-    if labels.size and int(labels.max()) >= num_classes:
-        raise InputError(f"the label map holds index {int(labels.max())} but the vocabulary has {num_classes} classes")
+    """(H, W) class indices -> PNG-ready image: 8-bit when K <= 255, else 16-bit (mode I;16), so every label file
+    of one vocabulary has the same depth. Unlabelled pixels (255 / 65535 / -1 in memory) are written as 255 in 8-bit
+    files and 65535 in 16-bit files; 255 is also the usual "ignore" value of datasets."""
+    if num_classes > 65535:
+        raise InputError(f"label maps of {num_classes} classes cannot be stored as PNG (at most 65535)")
+    if labels.dtype == np.int32:
+        labels = np.where(labels < 0, 65535, labels)
+    free = 255 if num_classes <= 255 else 65535
+    bad = (labels >= num_classes) & (labels != free)
+    if bad.any():
+        raise InputError(f"the label map holds index {int(labels[bad].max())} but the vocabulary has {num_classes} classes")
     if num_classes <= 255:
         return Image.fromarray(labels.astype(np.uint8), "L")
     return Image.fromarray(labels.astype(np.uint16))  # mode I;16

@@ -1,0 +1,143 @@
+"""``dpseg demo``: loopback binding, the quickstart default, limits, driven over HTTP with gradio_client and
+end to end in headless Chromium (skipped only when Chromium or its driver is not installed)."""
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(downcasting|copy keyword).*")
+
+from dpseg import demo  # noqa: E402
+from dpseg.cli import main  # noqa: E402
+from dpseg.errors import CheckpointError, InputError  # noqa: E402
+from segment_helpers import artifacts, scene  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1000"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The demo app on a free loopback port (tiny checkpoint + bank), with tight limits to test them."""
+    a = artifacts()
+    seg, note = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    app = demo.build_app(seg, demo.Limits(max_upload_mb=1, max_megapixels=0.02, max_classes=5), note)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, show_error=True,
+               max_file_size="1mb", ssr_mode=False, quiet=True)
+    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=app, note=note, files=tmp_path_factory.mktemp("demo"))
+    app.close()
+
+
+def test_gradio_client_segments_and_reports_errors(server):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    Image.fromarray(scene()).save(server.files / "x.png")
+    client = Client(server.url, verbose=False)
+    overlay, legend, info = client.predict(handle_file(str(server.files / "x.png")), "cat; sofa, couch", True, 0.0,
+                                           api_name="/segment")
+    picture = Image.open(overlay)
+    assert picture.height >= 72 and picture.width > 96  # overlay + legend panel
+    assert "sofa, couch" in legend or "cat" in legend
+    assert "96x72 px, 2 classes, two passes" in info and "bank" in info
+    for classes, message in [("", "class list is empty"), ("a; b; c; d; e; f", "up to 5"), ("cat, cat", "more than once"),
+                             ("cat, giraffe", "lacks 1 of the 2 classes")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, api_name="/segment")
+    Image.fromarray(scene(200, 200)).save(server.files / "big.png")  # 0.04 MP > 0.02 MP
+    with pytest.raises(AppError, match="above the limit"):
+        client.predict(handle_file(str(server.files / "big.png")), "cat", False, 0.0, api_name="/segment")
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(server.files / "heavy.png")  # ~1.5 MB > 1 MB upload limit
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(server.files / "heavy.png")), "cat", False, 0.0, api_name="/segment")
+
+
+def test_chromium_loads_the_page_submits_an_image_and_shows_the_result(server):
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(f"Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    Image.fromarray(scene(seed=3)).save(server.files / "page.png")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(dir=server.files)}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-run"))
+        assert driver.title == "dpseg demo" and "segment an image" in driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-image input[type=file]").send_keys(str(server.files / "page.png"))
+        box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
+        box.clear()
+        box.send_keys("cat; sofa, couch")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-image img"))  # upload finished
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
+        wait.until(lambda d: "96x72 px" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
+        legend = driver.find_element(By.CSS_SELECTOR, "#dpseg-legend").text
+        assert "%" in legend and ("cat" in legend or "sofa, couch" in legend)
+        shown = driver.find_elements(By.CSS_SELECTOR, "#dpseg-overlay img")
+        assert shown and shown[0].get_property("naturalWidth") > 96  # a decoded image, legend panel included
+    finally:
+        driver.quit()
+
+
+def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
+    launched = []
+
+    class FakeApp:
+        def launch(self, **kwargs):
+            launched.append(kwargs)
+
+    monkeypatch.setattr(demo, "load_segmenter", lambda *a: (types.SimpleNamespace(), "note"))
+    monkeypatch.setattr(demo, "build_app", lambda *a: FakeApp())
+    assert main(["demo", "--checkpoint", "x"]) == 0
+    assert main(["demo", "--checkpoint", "x", "--share-on-lan", "--port", "9000", "--max-upload-mb", "3"]) == 0
+    assert [k["server_name"] for k in launched] == ["127.0.0.1", "0.0.0.0"]
+    assert launched[1]["server_port"] == 9000 and launched[1]["max_file_size"] == "3mb"
+    assert not any(k["share"] for k in launched)
+    assert "anyone who can reach port 9000" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", "x", "--max-megapixels", "0"]) == 2
+
+
+def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_path):
+    a = artifacts()
+    stub = types.ModuleType("dpseg.quickstart")
+    stub.default_artifacts = lambda: (a.ckpt, a.bank)  # the contract of dpseg.quickstart
+    monkeypatch.setitem(sys.modules, "dpseg.quickstart", stub)
+    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
+    monkeypatch.setitem(sys.modules, "dpseg.quickstart", None)  # not installed: the cache-folder fallback
+    monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
+        demo.load_segmenter(None, None, text_only=False)
+    shutil.copytree(a.ckpt, tmp_path / "quickstart" / "model")
+    shutil.copytree(a.bank, tmp_path / "quickstart" / "bank")
+    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    assert "dpseg quickstart" in note and Path(seg.default_bank) == tmp_path / "quickstart" / "bank"
+    with pytest.raises(InputError, match="--text-only"):
+        demo.load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
+    seg, note = demo.load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
+    assert "text prompts only" in note
