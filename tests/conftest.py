@@ -2,11 +2,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test tensors are tiny: one intra-op thread is fastest, and it keeps OpenMP threads from spinning against each
+# other when the suite (or its subprocesses: CLI runs, DDP ranks) share two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 @pytest.fixture
