@@ -96,6 +96,7 @@ def test_cli_trains_the_dual_prompt_model_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "cpu x 1 process(es)" in text and "2 per process x 1 = 2 (effective)" in text and "fp32" in text
     assert "visual-prompt encoder (frozen copy)" in text and "bank " in text
+    assert "step 4/4  loss" in text and "it/s  ETA" in text  # --no-progress: one line per log record
     assert [r["step"] for r in records(out)] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["lr"] > 0 for r in records(out))
     assert [r["step"] for r in records(out, "eval")] == [2, 4]
@@ -172,7 +173,7 @@ def test_nan_guard_names_the_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
     cfg = text_only(tmp_path / "run", data, "train.iterations=4", "train.checkpoint_every=1")
-    with pytest.raises(TrainingError, match=r"non-finite training loss at step 2: loss nan.*step-00000001"):
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 2: loss nan.*step-00000001"):
         train(cfg, progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000001"]  # the bad step was not saved
 

@@ -131,6 +131,7 @@ def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: C
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run directory
         save_safetensors(trainable_state(model), tmp / TRAINABLE, metadata={"step": step})
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp / STATE)
         save_config(cfg, tmp / CONFIG)

@@ -114,6 +114,11 @@ class TrainLogger:
                     self.tb.add_scalar(f"train/{key}", record[key], step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        else:  # no bar (--no-progress, batch jobs): one plain line per record
+            eta = (self.total - step) / it_per_s if it_per_s > 0 else float("nan")
+            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) and eta < 86400 else f"{eta / 3600:.1f} h"
+            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  grad norm {grad_norm:.3g}  "
+                  f"{it_per_s:.2f} it/s  ETA {eta_text}", flush=True)
 
     def eval(self, step: int, dataset: str, results: dict, best: Optional[dict] = None) -> None:
         if not self.enabled:

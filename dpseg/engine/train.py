@@ -86,7 +86,7 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
         else:
             seed_all(mix_seed(tc.seed, 0x7A1, ctx.rank))  # per-rank runtime randomness (drop path)
         if ctx.is_main:
-            _prepare_output(out, cfg, fresh=ckpt is None)
+            _prepare_output(out, cfg)
 
         net = model
         if ctx.distributed:
@@ -108,7 +108,7 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("train data", f"{train_set.name}: {len(train_set)} images, {len(train_set.class_names)} classes, crop {cfg.data.crop_size}"),
             ("prompts", f"bank {cfg.prompts.bank}" if cfg.prompts.bank else f"text tower, {train_prompts.num_templates} templates"),
             ("evaluation", f"{val_set.name} every {tc.eval_every} steps" if val_set else "off"),
-            ("output", f"{out} (checkpoint every {tc.checkpoint_every}, keep {tc.keep_checkpoints or 'all'})"),
+            ("output", f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})"),
         ]
         logger.message(setup_table(model, facts))
         for note in notes:
@@ -146,24 +146,24 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                loss_value = float(all_reduce_sum(ctx, loss.detach().float()) / ctx.world_size)  # global mean loss
+                norm = float(grad_norm)  # from the all-reduced gradients: the same on every rank
+                if not math.isfinite(loss_value) or (precision != "fp16" and not math.isfinite(norm)):
+                    last = list_checkpoints(out)
+                    raise TrainingError(
+                        f"non-finite loss or gradient at step {step + 1}: loss {loss_value}, gradient norm {norm}, lr {lr:.3g}; "
+                        f"the last good weights are in {last[-1] if last else '(no checkpoint yet)'}; lower train.lr, "
+                        "check the data, or use train.precision=fp32"
+                    )
+                scaler.step(optimizer)  # fp16: skipped by the scaler when the gradients overflowed
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             except torch.cuda.OutOfMemoryError:
                 raise TrainingError(
                     f"out of GPU memory at step {step + 1} (batch {local_batch} per GPU, crop {cfg.data.crop_size}, "
                     f"{len(train_set.class_names)} classes, {precision}); lower train.batch_size (global, now {tc.batch_size}) "
                     "or data.crop_size, or --set model.grad_checkpointing=true"
                 ) from None
-            loss_value = float(all_reduce_sum(ctx, loss.detach().float()) / ctx.world_size)  # global mean loss
-            norm = float(grad_norm)  # computed from the all-reduced gradients: the same on every rank
-            if not math.isfinite(loss_value) or (precision != "fp16" and not math.isfinite(norm)):
-                last = list_checkpoints(out)
-                raise TrainingError(
-                    f"non-finite training loss at step {step + 1}: loss {loss_value}, gradient norm {norm}, lr {lr:.3g}; "
-                    f"the last good weights are in {last[-1] if last else '(no checkpoint yet)'}; lower train.lr, "
-                    "check the data, or use train.precision=fp32"
-                )
-            scaler.step(optimizer)  # fp16: skipped by the scaler when the gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             step, consumed = step + 1, consumed + tc.batch_size
             logger.advance()
             window_loss, window_steps = window_loss + loss_value, window_steps + 1
@@ -217,7 +217,7 @@ def _on_main(ctx: DistContext, fn: Callable):
     return result[1]
 
 
-def _prepare_output(out: Path, cfg: Config, fresh: bool) -> None:
+def _prepare_output(out: Path, cfg: Config) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
