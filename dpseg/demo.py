@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from typing import Optional
 from dpseg.errors import CheckpointError, DPSegError, InputError
 
 QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it knows "
-                   "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos. Start the "
-                   "demo with `--checkpoint` to use a real model.")
+                   "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos. The background "
+                   "is not a class in that world, so pixels below probability 0.5 are left unlabelled. Start the demo "
+                   "with `--checkpoint` to use a real model.")
 
 
 @dataclass
@@ -67,6 +69,24 @@ def _example_classes(seg) -> str:
         return ""
 
 
+def quickstart_example(folder: Path) -> Optional[list]:
+    """[image path, classes] of a rendered synthetic scene (held-out classes first), for the quickstart page."""
+    try:
+        import numpy as np
+        from PIL import Image
+
+        from dpseg.data.synthetic.render import random_scene
+        from dpseg.data.synthetic.world import all_classes, unseen_classes
+
+        scene = random_scene(unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene.image).save(folder / "synthetic_scene.png")
+        return [str(folder / "synthetic_scene.png"), "; ".join(pl.cls.name for pl in scene.placements)]
+    except Exception as e:  # noqa: BLE001 - the example is a convenience; the demo works without it
+        print(f"warning: no example scene ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+
+
 def make_handler(seg, limits: Limits, text_only: bool = False):
     """The demo's function: (image file, classes text, refine, min score) -> (overlay, legend HTML, info)."""
     from dpseg.image_io import read_image
@@ -97,8 +117,9 @@ def make_handler(seg, limits: Limits, text_only: bool = False):
     return segment
 
 
-def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: bool = False):
-    """The gradio Blocks app around a Segmenter (not launched)."""
+def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: bool = False,
+              example: Optional[list] = None, min_score: float = 0.0):
+    """The gradio Blocks app around a Segmenter (not launched); ``example`` = [image path, classes]."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -122,14 +143,16 @@ def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: b
                 with gr.Row():
                     refine = gr.Checkbox(value=can_refine and seg.refine_default, interactive=can_refine,
                                          label="two-pass prompt refinement")
-                    min_score = gr.Slider(0.0, 0.95, value=0.0, step=0.05, label="leave pixels below this "
+                    threshold = gr.Slider(0.0, 0.95, value=min_score, step=0.05, label="leave pixels below this "
                                           "probability unlabelled")
                 run = gr.Button("Segment", variant="primary", elem_id="dpseg-run")
+                if example:
+                    gr.Examples([example], [image, classes], label="Example (click it, then Segment)")
             with gr.Column():
                 result = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="dpseg-overlay")
                 legend = gr.HTML(elem_id="dpseg-legend")
                 info = gr.Markdown(elem_id="dpseg-info")
-        inputs, outputs = [image, classes, refine, min_score], [result, legend, info]
+        inputs, outputs = [image, classes, refine, threshold], [result, legend, info]
         run.click(on_click, inputs, outputs, api_name="segment", concurrency_limit=1)
         classes.submit(on_click, inputs, outputs, api_name=False, concurrency_limit=1)
     app.queue(max_size=32)
@@ -153,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bool, device: Optional[str] = None):
-    """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank."""
+    """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank (the note says so)."""
     from dpseg.segmenter import Segmenter
 
     note = ""
@@ -181,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     host = "0.0.0.0" if args.share_on_lan and args.host == "127.0.0.1" else args.host
     seg, note = load_segmenter(args.checkpoint, args.bank, args.text_only, args.device)
     limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
-    app = build_app(seg, limits, note, args.text_only)
+    quickstart = args.checkpoint is None
+    example = quickstart_example(Path(tempfile.mkdtemp(prefix="dpseg-demo-"))) if quickstart else None
+    app = build_app(seg, limits, note, args.text_only, example, 0.5 if quickstart else 0.0)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)
     try:

@@ -129,6 +129,8 @@ def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_pa
     monkeypatch.setitem(sys.modules, "dpseg.quickstart", stub)
     seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
+    image, classes = demo.quickstart_example(tmp_path / "example")  # a rendered scene and the classes in it
+    assert Image.open(image).size == (192, 192) and len(classes.split("; ")) == 3
     monkeypatch.setitem(sys.modules, "dpseg.quickstart", None)  # not installed: the cache-folder fallback
     monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
