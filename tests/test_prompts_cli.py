@@ -103,10 +103,11 @@ def test_add_exemplars(files, tmp_path, capsys):
 def test_build_from_a_checkpoint_fits_the_checkpoint_and_the_clip_it_came_from(files, tmp_path, capsys):
     from dpseg.build import build_model, load_model, save_model
 
-    cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}", "prompts.num_templates=2"])
+    prompts = [f"prompts.generator={files['pipe']}", "prompts.num_templates=2", "prompts.resolution=16", "prompts.steps=2"]
+    cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}", *prompts])
     save_model(build_model(cfg), cfg, tmp_path / "ckpt")
-    argv = _build_args(files, tmp_path / "bank")
-    argv[argv.index("--preset") : argv.index("--preset") + 2] = ["--checkpoint", str(tmp_path / "ckpt")]
+    argv = ["prompts", "build", "--vocab", str(files["vocab"]), "--out", str(tmp_path / "bank"), "--quiet",
+            "--checkpoint", str(tmp_path / "ckpt")]  # generator, templates and sampler from the checkpoint's config
     assert main(argv) == 0 and "built 3 classes" in capsys.readouterr().out
     model, _ = load_model(tmp_path / "ckpt")
     assert PromptBank.open(tmp_path / "bank").prompt_set(["cat"], model=model).visual.shape == (1, 2, 32)

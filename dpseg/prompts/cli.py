@@ -88,12 +88,11 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
+    from dpseg.cli import config_from_args
     from dpseg.prompts.bank import PromptBank, make_key
     from dpseg.prompts.generate import get_generator
     from dpseg.prompts.templates import get_templates
     from dpseg.prompts.vocab import load_vocabulary
-
-    from dpseg.cli import config_from_args
 
     rank, world, _ = _dist()
     names = load_vocabulary(args.vocab)
@@ -103,14 +102,13 @@ def _build(args) -> int:
         if getattr(args, key) is not None:
             args.overrides.append(f"prompts.{key}={getattr(args, key)}")
     device = _device(args)
-    early = config_from_args(args).prompts
-    spec = args.generator or early.generator
-    generator = get_generator(spec, early, device=device)  # no weights -> fails here, before any heavy loading
+    if args.generator or not args.checkpoint:  # no weights -> fails here, before any heavy loading
+        early = config_from_args(args).prompts
+        get_generator(args.generator or early.generator, early, device=device)
     cfg, prompt_encoder, text_tower = load_encoders(args, device)
-    p = cfg.prompts
-    if args.checkpoint:  # the checkpoint's own prompt settings (templates, sampler) apply
-        spec = args.generator or p.generator
-        generator = get_generator(spec, p, device=device)
+    p = cfg.prompts  # with --checkpoint: its own prompt settings (templates, sampler), then --set
+    spec = args.generator or p.generator
+    generator = get_generator(spec, p, device=device)
     templates = get_templates(p.templates, p.num_templates)
     key = make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
     if rank == 0:
