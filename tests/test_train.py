@@ -123,7 +123,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=5)
 
     def config(out, *extra):
-        cfg = text_only(out, data, "train.iterations=5", "train.checkpoint_every=2", "train.keep_checkpoints=0", *extra)
+        cfg = text_only(out, data, "train.iterations=5", "train.checkpoint_every=2", "train.keep_checkpoints=0",
+                        "train.eval_every=2", *extra)
         cfg.model.clip_model_cfg["vision_cfg"]["timm_drop_path"] = 0.2  # the global RNG must be restored too
         return cfg
 
@@ -139,7 +140,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     (tmp_path / "b" / "checkpoints" / ".step-00000004.x.tmp").mkdir()  # as if killed while writing
     resumed = train(config(tmp_path / "b", "data.num_workers=2"), resume="auto", progress=False)
 
-    assert whole["step"] == resumed["step"] == 5
+    assert whole["step"] == resumed["step"] == 5 and whole["best"] == resumed["best"]
+    assert [r["mIoU"] for r in records(tmp_path / "a", "eval")] == [r["mIoU"] for r in records(tmp_path / "b", "eval")]
     a, b = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     opt_a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])[1]["optimizer"]["state"]
@@ -202,6 +204,8 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
     assert "multiple of 32" in capsys.readouterr().err
     assert main(base + ["--resume", str(tmp_path / "nowhere"), "--set", f"data.train_dataset={data}"]) == 2
     assert "no such run directory" in capsys.readouterr().err
+    assert main(base + ["--set", f"data.train_dataset={data}", "--set", f"data.val_dataset={tmp_path / 'noval'}"]) == 2
+    assert "validation set (data.val_dataset" in capsys.readouterr().err
 
     with pytest.raises(BankError, match="needs visual prompts, but prompts.bank is empty"):
         train(build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", "train.eval_every=0",
@@ -210,4 +214,7 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
                                                 "train.eval_every=0"])
     cfg.prompts.bank = str(make_bank(cfg, tmp_path / "bank", CLASSES[:2]))
     with pytest.raises(BankError, match=r"the training vocabulary of data:train: .*lacks 1 of the 3 classes \(green square\)"):
+        train(cfg, progress=False)
+    cfg.prompts.num_templates = 3  # a model for M = 3 cannot use a bank of M = 4 prompts
+    with pytest.raises(BankError, match=r"another template set \(4 templates\).*\(3 templates\)"):
         train(cfg, progress=False)

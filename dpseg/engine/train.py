@@ -1,4 +1,4 @@
-"""Train DPSeg: ``dpseg train CONFIG [--set k=v ...] [--resume [RUN_OR_CHECKPOINT]]`` (torchrun for several GPUs).
+"""Train DPSeg: dpseg train CONFIG [--set k=v ...] [--resume [RUN_OR_CHECKPOINT]] (torchrun for several GPUs).
 
 The whole loop is :func:`train`, top to bottom: data -> model -> prompts -> optimizer -> (resume) -> steps of
 {lr, batch, forward under autocast, BCE loss, backward, clip, NaN guard, AdamW} -> logs, evaluation with
@@ -35,7 +35,7 @@ from dpseg.engine.distributed import (DistContext, all_reduce_sum, barrier, broa
 from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import autocast, build_optimizer, lr_factor, make_scaler, resolve_precision, set_lr
 from dpseg.engine.vocabulary import vocabulary_prompts
-from dpseg.errors import CheckpointError, ConfigError, DPSegError
+from dpseg.errors import CheckpointError, ConfigError, DataError, DPSegError
 from dpseg.model.loss import SegmentationLoss
 from dpseg.weights import state_fingerprint
 
@@ -61,7 +61,13 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
 
         # ---- data first: a missing dataset must fail before minutes of model building
         train_set = build_train_dataset(cfg)
-        val_set = build_dataset(cfg.data.val_dataset, root=cfg.data.root, split="val") if tc.eval_every > 0 else None
+        val_set = None
+        if tc.eval_every > 0:
+            try:
+                val_set = build_dataset(cfg.data.val_dataset, root=cfg.data.root, split="val")
+            except DataError as e:
+                raise DataError(f"validation set (data.val_dataset, evaluated every train.eval_every={tc.eval_every} "
+                                f"steps): {e}; or --set train.eval_every=0 to train without evaluation") from None
 
         # ---- model, prompts (computed once, kept on the device), optimizer
         precision = resolve_precision(tc.precision, ctx.device)

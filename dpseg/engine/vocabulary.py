@@ -40,7 +40,7 @@ def vocabulary_prompts(cfg: Config, model, class_names: Sequence[str], device: t
         raise BankError(
             f"model.prompt_type={cfg.model.prompt_type} with model.guidance={cfg.model.guidance} needs visual prompts, "
             f"but prompts.bank is empty; build a bank for {what} ('dpseg prompts build --vocab ... --out BANK') and "
-            "--set prompts.bank=BANK, or train text-only (--set model.prompt_type=text model.guidance=upsampled)"
+            "--set prompts.bank=BANK, or train text-only (--set model.prompt_type=text --set model.guidance=upsampled)"
         )
     text = model.encode_text_prompts(list(class_names), templates).to(device)  # (K, M, d)
     return PromptSet(list(class_names), text)
