@@ -16,8 +16,6 @@ resolved config is written as a complete YAML next to every run's outputs (:func
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from dpseg.atomic import atomic_write_text  # noqa: F401 - re-exported for callers of dpseg.config
 from dpseg.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -397,19 +396,3 @@ def load_config(path: Union[str, Path]) -> Config:
     else:
         data = _read_yaml(path)
     return config_from_dict(data)
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write text so that readers see either the old file or the complete new one, never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
