@@ -179,6 +179,8 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
     """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank (the note says so)."""
     from dpseg.segmenter import Segmenter
 
+    if text_only and bank:
+        raise InputError("--text-only cannot be combined with --bank")
     note = ""
     if checkpoint is None:
         checkpoint, qs_bank = quickstart_artifacts()
@@ -186,8 +188,6 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
             bank = bank or (None if qs_bank is None else str(qs_bank))
         note = QUICKSTART_NOTE
     seg = Segmenter.from_pretrained(checkpoint, device=device, bank=bank)
-    if text_only and bank:
-        raise InputError("--text-only cannot be combined with --bank")
     if text_only:
         seg.default_bank = None
     elif seg.default_bank is None and seg.model.needs_visual_prompts:

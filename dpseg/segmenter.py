@@ -1,6 +1,6 @@
 """Segment your own images into the classes you name (DESIGN §5).
 
-    from dpseg import Segmenter
+    from dpseg.segmenter import Segmenter
     seg = Segmenter.from_pretrained("path/to/checkpoint")            # config.json + model.safetensors, or a hub id
     seg.set_vocabulary(["cat", "sofa, couch", "lamp"], bank="banks/home")   # encoded once, cached per vocabulary
     result = seg.segment("photo.jpg")                                 # or a list of paths / PIL / arrays / tensors
@@ -161,6 +161,8 @@ class Segmenter:
                         bank: Optional[str] = None, **kwargs) -> "Segmenter":
         """Load our checkpoint directory (config.json + model.safetensors) or a hub id (online, or cached)."""
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {device} was asked for but no CUDA GPU is available here; use device='cpu' / --device cpu")
         model, cfg = load_model(source, device=device)
         seg = cls(model, cfg, device, bank, **kwargs)
         seg.checkpoint = str(source)

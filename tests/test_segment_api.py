@@ -214,6 +214,9 @@ def test_bad_inputs_raise_one_line_errors(seg, tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         Segmenter.from_pretrained(tmp_path / "nothing", device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            Segmenter.from_pretrained(artifacts().ckpt, device="cuda")
     with pytest.raises(CheckpointError, match="hub|unreachable") as e:
         Segmenter.from_pretrained("someone/dpseg-b-not-cached", device="cpu")
     assert "\n" not in str(e.value)
