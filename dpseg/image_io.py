@@ -16,7 +16,6 @@ allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.M
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Union
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dpseg.atomic import atomic_target
 from dpseg.errors import DataError, InputError
 from dpseg.prompts.exemplars import CLIP_MEAN, IMAGE_SUFFIXES, load_image
 
@@ -156,17 +156,9 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
 
 
 def save_atomic(image: Image.Image, path: Union[str, os.PathLike], **save_kwargs) -> Path:
-    """Save a PIL image so that readers never see a partial file (temp file + rename)."""
+    """Save a PIL image so that readers never see a partial file (temp file + rename, normal permissions)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
+    with atomic_target(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -100,7 +100,7 @@ def output_names(paths: list[Path]) -> list[str]:
 
 
 def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float, extra: dict) -> dict:
-    from dpseg.config import atomic_write_text
+    from dpseg.atomic import atomic_write_text
     from dpseg.image_io import label_image, save_atomic
     from dpseg.visualize import overlay
 
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
         bar.update(1)
     bar.close()
-    from dpseg.config import atomic_write_text
+    from dpseg.atomic import atomic_write_text
 
     summary = {"checkpoint": str(args.checkpoint), "classes": names, "prompts": seg.prompt_source,
                "seconds": round(time.perf_counter() - start, 2), "images": done,

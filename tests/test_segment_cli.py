@@ -2,6 +2,7 @@
 overlay, JSON, summary), per-file errors with the batch going on, exit codes, class lists, checkpoint mismatch."""
 
 import json
+import os
 import shutil
 
 import cv2
@@ -74,6 +75,8 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
     Image.fromarray(scene(seed=3)).save(src / "sub" / "a.png")  # same stem as a.jpg
     (src / "notes.txt").write_text("not an image, ignored in folders")
     out = tmp_path / "out"
+    umask = os.umask(0)
+    os.umask(umask)
     rc, err = segment(capsys, src, str(src / "sub" / "*.png"), src / "a.jpg", "--classes", "cat, lamp, floor", "--out", out)
     assert rc == 0, err
     assert "prompts: bank" in err and "segmented 3 image(s)" in err
@@ -90,6 +93,8 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
         assert sum(c["area"] for c in info["classes"]) == pytest.approx(1.0, abs=1e-5)
         overlay = Image.open(out / f"{stem}_overlay.jpg")
         assert overlay.height >= h and overlay.width > w  # the legend panel sits on the right
+        for suffix in (".png", "_overlay.jpg", ".json"):  # a new file's usual mode, not mkstemp's private 0600
+            assert (out / f"{stem}{suffix}").stat().st_mode & 0o777 == 0o666 & ~umask
     rc, err = segment(capsys, out, "--classes", "cat, lamp", "--out", out)  # our own outputs are never inputs
     assert rc == 2 and "no images to segment" in err
 
