@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dpseg.errors import InputError
-from dpseg.model.refine import detected_classes, masked_square_crop, refine_prompts, two_pass
+from dpseg.model.refine import detected_classes, refine_prompts, two_pass
+from dpseg.prompts.exemplars import prepare_prompt_image
 from helpers import random_prompts, tiny_model
 
 
@@ -13,23 +14,6 @@ def test_detected_classes_threshold():
     # class 2 never wins
     assert detected_classes(logits, 0.0).tolist() == [[True, True, False]]
     assert detected_classes(logits, 0.5).tolist() == [[True, False, False]]
-
-
-def test_masked_square_crop():
-    image = torch.zeros(3, 10, 20)
-    image[:, 2:4, 5:11] = 1.0  # a 2×6 white bar
-    mask = image[0] > 0.5
-    fill = torch.tensor([0.25, 0.5, 0.75])
-    crop = masked_square_crop(image, mask, 6, fill)
-    assert crop.shape == (3, 6, 6)
-    # bbox 2×6 padded to 6×6: middle rows are the bar (white), top/bottom rows the fill colour
-    assert torch.allclose(crop[:, 2:4], torch.ones(3, 2, 6))
-    assert torch.allclose(crop[:, 0], fill.view(3, 1).expand(3, 6))
-    # pixels in the bbox but outside the mask get the fill, not the image
-    mask2 = mask.clone()
-    mask2[2, 5] = False
-    crop2 = masked_square_crop(image, mask2, 6, fill)
-    assert torch.allclose(crop2[:, 2, 0], fill)
 
 
 def test_refinement_changes_only_detected_classes():
@@ -53,7 +37,7 @@ def test_refinement_changes_only_detected_classes():
                 assert torch.allclose(refined.visual[b, k], refined.visual[b, k, :1].expand_as(refined.visual[b, k]))
     assert torch.equal(refined.text, prompts.text)
     # the crop embedding is the encoder's embedding of the masked crop of *that* image
-    crop = masked_square_crop(x[1], torch.ones(64, 64, dtype=torch.bool), model.prompt_image_size, model.prompt_encoder.mean.view(3))
+    crop = prepare_prompt_image(x[1], model.prompt_image_size, mask=torch.ones(64, 64, dtype=torch.bool))
     v, _ = model.encode_visual_prompts(crop[None])
     assert torch.allclose(refined.visual[1, 2, 0], v[0], atol=1e-5)
 

@@ -2,7 +2,8 @@
 
 Pass 1 predicts with the bank's visual prompts. For every class that covers at least ``min_area`` of an image
 in the pass-1 label map, the class's predicted region is cut out of the *input image* (bounding box of the mask,
-pixels outside the mask filled with the CLIP mean colour, padded to a square, resized to the prompt size),
+pixels outside the mask filled with the CLIP mean colour, resized and padded to a square: the one rule of
+``dpseg.prompts.exemplars.prepare_prompt_image`` that generated and exemplar prompts go through too),
 encoded by the frozen visual-prompt encoder, and replaces that class's visual prompts - global V for all M
 templates and the pooled stage features v_j. Undetected classes and all text prompts are unchanged. Pass 2
 re-runs only the cost volumes and the decoder: the image features of pass 1 are reused.
@@ -19,21 +20,7 @@ from torch import Tensor
 
 from dpseg.errors import InputError
 from dpseg.model.prompts import PromptSet
-
-
-def masked_square_crop(image: Tensor, mask: Tensor, size: int, fill: Tensor) -> Tensor:
-    """(3, H, W) image in [0, 1], (H, W) bool mask -> (3, size, size): bbox crop, outside-mask fill, square pad."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    fill = fill.view(3, 1, 1).to(image)
-    crop = torch.where(mask[y0:y1, x0:x1], image[:, y0:y1, x0:x1], fill)  # (3, h, w)
-    h, w = crop.shape[-2:]
-    side = max(h, w)
-    canvas = fill.expand(3, side, side).clone()
-    top, left = (side - h) // 2, (side - w) // 2
-    canvas[:, top : top + h, left : left + w] = crop
-    out = F.interpolate(canvas[None], size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
-    return out[0]
+from dpseg.prompts.exemplars import prepare_prompt_image
 
 
 def detected_classes(logits: Tensor, min_area: float) -> Tensor:
@@ -65,8 +52,8 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
     stages = [per_image(v) for v in prompts.visual_stages]
     pairs = detected.nonzero().tolist()
     if pairs:
-        fill = model.prompt_encoder.mean.view(3)
-        crops = torch.stack([masked_square_crop(images[b], labels[b] == k, model.prompt_image_size, fill) for b, k in pairs])
+        size = model.prompt_image_size
+        crops = torch.stack([prepare_prompt_image(images[b], size, mask=labels[b] == k) for b, k in pairs])
         v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
