@@ -156,9 +156,8 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
 
 
 def save_atomic(image: Image.Image, path: Union[str, os.PathLike], **save_kwargs) -> Path:
-    """Save a PIL image so that readers never see a partial file (temp file + rename, normal permissions)."""
+    """Save a PIL image so that readers never see a partial file (temp file + rename)."""
     path = Path(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG")
     with atomic_target(path) as tmp:
-        image.save(tmp, format=fmt, **save_kwargs)
+        image.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), "PNG"), **save_kwargs)
     return path

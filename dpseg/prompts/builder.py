@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dpseg.image_io import save_atomic
 from dpseg.errors import BankError, InputError
 from dpseg.prompts.bank import PromptBank, check_class_list
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, load_image
@@ -49,19 +49,6 @@ def template_assignment(num_templates: int, num_images: int) -> torch.Tensor:
     else:
         a = (torch.arange(num_images)[None, :] % num_templates == m[:, None]).float()  # (M, N)
     return a / a.sum(dim=1, keepdim=True)
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_images(images, expected: int, generator) -> list[Image.Image]:
@@ -135,7 +122,7 @@ def build_bank(
             report.generate_seconds += t1 - t0
             if keep_images:
                 for i, im in enumerate(images):
-                    _save_png(im, bank.image_dir(name) / f"{i:03d}.png")
+                    save_atomic(im, bank.image_dir(name) / f"{i:03d}.png")
             bank.write_class(name, text, visual, [a @ s for s in stages], "generated", seeds)  # [(M, N) @ (N, D_j)]
             report.built.append(name)
             report.images += len(images)
