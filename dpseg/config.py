@@ -57,6 +57,7 @@ class ModelConfig:
     detach_guidance: bool = True  # stage features reach the decoder without gradient (as SED)
     # --- two-pass inference: semantic-guided prompt refinement (§4.6) ---
     refine_min_area: float = 0.001  # a class is "detected" if it covers at least this fraction of the image
+    refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
     # --- memory ---
     class_chunk: int = 0  # classes per decoder chunk at inference (0 = all at once); exact, see decoder.py
     grad_checkpointing: bool = False

@@ -14,6 +14,9 @@ def test_detected_classes_threshold():
     # class 2 never wins
     assert detected_classes(logits, 0.0).tolist() == [[True, True, False]]
     assert detected_classes(logits, 0.5).tolist() == [[True, False, False]]
+    assert detected_classes(logits, 0.0, max_classes=1).tolist() == [[True, False, False]]  # the largest only
+    logits[0, 2, 0, 0] = 9  # class 2 takes one pixel from class 0
+    assert detected_classes(logits, 0.0, max_classes=2).tolist() == [[True, True, False]]
 
 
 def test_refinement_changes_only_detected_classes():
@@ -58,7 +61,7 @@ def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch
     assert not torch.allclose(out["logits"], out["logits_pass1"])
     import dpseg.model.refine as refine
 
-    monkeypatch.setattr(refine, "detected_classes", lambda logits, area: torch.zeros(logits.shape[:2], dtype=torch.bool))
+    monkeypatch.setattr(refine, "detected_classes", lambda logits, area, cap=0: torch.zeros(logits.shape[:2], dtype=torch.bool))
     with torch.no_grad():
         none = two_pass(model, x, prompts)  # nothing detected: every prompt is kept, pass 2 == pass 1
     assert torch.allclose(none["logits"], none["logits_pass1"], atol=1e-6)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from dpseg.config import ModelConfig
 from dpseg.errors import InputError
@@ -44,6 +45,7 @@ class DPSeg(nn.Module):
         self.detach_guidance = cfg.detach_guidance
         self.prompt_image_size = cfg.prompt_image_size
         self.refine_min_area = cfg.refine_min_area
+        self.refine_max_classes = cfg.refine_max_classes
         self.class_chunk = cfg.class_chunk
         D = image_encoder.stage_dims  # D_2, D_3, D_4, D_5
 
@@ -87,7 +89,8 @@ class DPSeg(nn.Module):
             )
         if not images.is_floating_point():
             raise InputError(f"images must be float RGB in [0, 1], got dtype {images.dtype}")
-        return self.image_encoder(images)
+        with record_function("dpseg.image_encoder"):
+            return self.image_encoder(images)
 
     @torch.no_grad()
     def encode_text_prompts(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
@@ -137,18 +140,22 @@ class DPSeg(nn.Module):
             raise InputError(f"per-image prompts are for {R.shape[0]} images but the batch has {dense.shape[0]}")
 
         def cost(s: slice) -> Tensor:
-            return self.cost_embedding(cosine_cost_volume(dense, _classes(R, s)))  # (B, k, C_0, h5, w5)
+            with record_function("dpseg.cost_volume"):
+                return self.cost_embedding(cosine_cost_volume(dense, _classes(R, s)))  # (B, k, C_0, h5, w5)
 
         def guidance(stage: int, s: slice) -> Optional[Tensor]:
             j = 4 - stage
             if self.upsampled_cost is not None:
-                return self.upsampled_cost(cosine_cost_volume(dense, _classes(R, s)), stage)
+                with record_function("dpseg.upsampled_cost"):
+                    return self.upsampled_cost(cosine_cost_volume(dense, _classes(R, s)), stage)
             if j in self.visual_scales:
-                v = _classes(prompts.visual_stages[j - 2], s).to(dense.dtype)
-                return self.visual_cost[str(j)](stages[j - 2], v)  # (B, k, c_j, h_j, w_j)
+                with record_function("dpseg.visual_cost_volume"):
+                    v = _classes(prompts.visual_stages[j - 2], s).to(dense.dtype)
+                    return self.visual_cost[str(j)](stages[j - 2], v)  # (B, k, c_j, h_j, w_j)
             return None
 
-        logits = self.decoder(cost, prompts.num_classes, [stages[2], stages[1], stages[0]], guidance, chunk)
+        with record_function("dpseg.decode"):
+            logits = self.decoder(cost, prompts.num_classes, [stages[2], stages[1], stages[0]], guidance, chunk)
         return {"logits": logits}
 
     def forward(self, images: Tensor, prompts: PromptSet, class_chunk: Optional[int] = None) -> dict:

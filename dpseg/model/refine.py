@@ -17,18 +17,24 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from dpseg.errors import InputError
 from dpseg.model.prompts import PromptSet
 from dpseg.prompts.exemplars import prepare_prompt_image
 
 
-def detected_classes(logits: Tensor, min_area: float) -> Tensor:
-    """(B, K, h, w) logits -> (B, K) bool: classes holding ≥ min_area of the argmax map (and ≥ 1 pixel)."""
+def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0) -> Tensor:
+    """(B, K, h, w) logits -> (B, K) bool: classes holding ≥ min_area of the argmax map (and ≥ 1 pixel);
+    with ``max_classes`` > 0 only the largest that many per image."""
     B, K, h, w = logits.shape
     labels = logits.argmax(dim=1).view(B, -1)  # (B, h*w)
     counts = torch.zeros(B, K, device=logits.device).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float))
-    return (counts > 0) & (counts >= min_area * h * w)
+    detected = (counts > 0) & (counts >= min_area * h * w)
+    if 0 < max_classes < K:
+        rank = counts.masked_fill(~detected, -1).argsort(dim=1, descending=True).argsort(dim=1)  # 0 = largest
+        detected &= rank < max_classes
+    return detected
 
 
 @torch.no_grad()
@@ -39,7 +45,7 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
         raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
     min_area = model.refine_min_area if min_area is None else min_area
     B, _, H, W = images.shape
-    detected = detected_classes(logits, min_area)  # (B, K)
+    detected = detected_classes(logits, min_area, model.refine_max_classes)  # (B, K)
     labels = logits.argmax(dim=1, keepdim=True).float()  # (B, 1, h, w)
     labels = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0].long()  # (B, H, W) at the input size
     K, M = prompts.num_classes, prompts.num_templates
@@ -52,9 +58,10 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
     stages = [per_image(v) for v in prompts.visual_stages]
     pairs = detected.nonzero().tolist()
     if pairs:
-        size = model.prompt_image_size
-        crops = torch.stack([prepare_prompt_image(images[b], size, mask=labels[b] == k) for b, k in pairs])
-        v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
+        with record_function("dpseg.refine_crops"):
+            size = model.prompt_image_size
+            crops = torch.stack([prepare_prompt_image(images[b], size, mask=labels[b] == k) for b, k in pairs])
+            v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
         visual[idx_b, idx_k] = v_crop[:, None].to(visual.dtype)  # (N, 1, d) broadcast over the M templates

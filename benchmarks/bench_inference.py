@@ -1,0 +1,201 @@
+"""Inference cost of DPSeg against its own SED mode and the bare encoder, per vocabulary size (one process each).
+
+    python benchmarks/bench_inference.py --preset dpseg-b --size 768 --classes 20 150 847          # CPU: ~30 min
+    python benchmarks/bench_inference.py --preset dpseg-b --classes 20 150 847 --device cuda --precision bf16
+
+Modes, all on the same random-weight model (speed does not depend on weight values), M templates from the preset:
+
+* ``encoder``  - the image encoder forward alone: the floor;
+* ``sed``      - SED mode: text-only prompts, SED's upsampled-F_c guidance, no visual cost volumes;
+* ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
+* ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features).
+
+Prompts are precomputed (a cached bank), so prompt encoding is not timed. For ``two_pass`` the number of refined
+classes is capped at ``--detected`` (largest first) because random weights do not produce a realistic label map;
+an ADE20K image holds about 8-10 classes. Each (mode, K) runs in a fresh subprocess: latency is the median of
+``--repeat`` timed calls after one warm-up call; peak memory is the process peak RSS on CPU (weights included)
+or ``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes from one extra profiled call
+(labels ``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of latency/memory against K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGES = ["dpseg.image_encoder", "dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost",
+          "dpseg.decode", "dpseg.refine_crops"]
+
+
+def _overrides(mode: str) -> list[str]:
+    if mode == "sed":
+        return ["model.prompt_type=text", "model.guidance=upsampled"]
+    return []
+
+
+def child(args) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from dpseg.build import build_model
+    from dpseg.config import build_config
+    from dpseg.model.prompts import PromptSet
+    from dpseg.model.refine import two_pass
+
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = build_config(args.preset, overrides=["model.clip_pretrained=", f"model.refine_max_classes={args.detected}"]
+                       + _overrides(args.mode) + args.set)
+    model = build_model(cfg, load_clip_weights=False).eval().to(device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    K, M = args.classes, model.num_templates
+    d, D = model.text_encoder.embed_dim, model.image_encoder.stage_dims
+    g = torch.Generator().manual_seed(0)
+    prompts = PromptSet([f"c{i}" for i in range(K)], torch.randn(K, M, d, generator=g), torch.randn(K, M, d, generator=g),
+                        [torch.randn(K, M, D[j], generator=g) for j in range(3)]).to(device)
+    if args.mode == "sed":
+        prompts = prompts.text_only()
+    x = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
+    chunk = args.chunk
+
+    def call():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if args.mode == "encoder":
+                return model.encode_image(x).dense
+            if args.mode == "two_pass":
+                out = two_pass(model, x, prompts, class_chunk=chunk)
+                call.detected = int(out["detected"].sum())
+                return out["logits"]
+            return model(x, prompts, class_chunk=chunk)["logits"]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    call()  # warm-up
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - t)
+    out = {"mode": args.mode, "classes": K, "templates": M, "size": args.size, "chunk": chunk,
+           "latency_s": statistics.median(times), "latencies_s": times}
+    if args.mode == "two_pass":
+        out["refined_classes"] = call.detected
+    if device.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        out["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.profile:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            call()
+            sync()
+        key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+        totals = {e.key: getattr(e, key) / 1e6 for e in prof.key_averages() if e.key in STAGES}
+        decode = totals.get("dpseg.decode", 0.0)
+        inner = sum(totals.get(k, 0.0) for k in ("dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost"))
+        out["breakdown_s"] = {
+            "encoder": totals.get("dpseg.image_encoder", 0.0),
+            "cost_volume": totals.get("dpseg.cost_volume", 0.0),
+            "visual_cost_volumes": totals.get("dpseg.visual_cost_volume", 0.0),
+            "upsampled_cost_guidance": totals.get("dpseg.upsampled_cost", 0.0),
+            "decoder": max(0.0, decode - inner),
+            "refinement_crops": totals.get("dpseg.refine_crops", 0.0),
+        }
+    return out
+
+
+def run_child(args, mode: str, k: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--classes", str(k), "--preset", args.preset,
+           "--size", str(args.size), "--device", args.device, "--precision", args.precision, "--repeat", str(args.repeat),
+           "--chunk", str(args.chunk), "--threads", str(args.threads), "--detected", str(args.detected)]
+    cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if args.profile else [])
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{mode} K={k} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        rows = sorted((r for r in results if r["mode"] == mode), key=lambda r: r["classes"])
+        ks = [r["classes"] for r in rows]
+        axes[0].plot(ks, [r["latency_s"] for r in rows], marker="o", label=mode)
+        axes[1].plot(ks, [r["peak_mem_gib"] for r in rows], marker="o", label=mode)
+    axes[0].set(xlabel="classes K", ylabel="latency per image (s)", title="latency")
+    axes[1].set(xlabel="classes K", ylabel="peak memory (GiB)", title="peak memory")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="dpseg-b")
+    p.add_argument("--size", type=int, default=768)
+    p.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
+    p.add_argument("--modes", nargs="+", default=["encoder", "sed", "pass1", "two_pass"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--detected", type=int, default=10, help="cap on refined classes per image (two_pass)")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--profile", action="store_true", help="add a per-stage breakdown (one extra call)")
+    p.add_argument("--out", default="benchmarks/results/inference")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.classes = args.classes[0]
+        print(json.dumps(child(args)))
+        return
+    results = []
+    for k in args.classes:
+        for mode in args.modes:
+            if mode == "encoder" and k != args.classes[0]:
+                continue  # the encoder does not depend on K
+            r = run_child(args, mode, k)
+            results.append(r)
+            extra = f"  refined {r['refined_classes']}" if "refined_classes" in r else ""
+            print(f"K={k:>4} {mode:<9} {r['latency_s']:8.2f} s  {r['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
+    import torch
+
+    env = {"device": args.device, "precision": args.precision, "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "preset": args.preset, "size": args.size,
+           "chunk": args.chunk, "detected_cap": args.detected}
+    if args.device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results}, indent=2))
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
