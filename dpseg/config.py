@@ -58,6 +58,9 @@ class ModelConfig:
     # --- two-pass inference: semantic-guided prompt refinement (§4.6) ---
     refine_min_area: float = 0.001  # a class is "detected" if it covers at least this fraction of the image
     refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
+    # pass 2 re-decodes all K classes (the paper) or only those present in the pass-1 label map ("present":
+    # the others keep their pass-1 logits; SED's category early rejection in spirit; much faster at large K)
+    refine_scope: Literal["all", "present"] = "all"
     # --- memory ---
     class_chunk: int = 0  # classes per decoder chunk at inference (0 = all at once); exact, see decoder.py
     grad_checkpointing: bool = False

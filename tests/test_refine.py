@@ -72,3 +72,48 @@ def test_refinement_needs_visual_prompts():
     prompts = random_prompts(model, 2).text_only()
     with pytest.raises(InputError, match="text-only"):
         refine_prompts(model, torch.rand(1, 3, 64, 64), torch.zeros(1, 2, 16, 16), prompts)
+
+
+def test_present_scope_redecodes_only_present_classes():
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 6)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = two_pass(model, x, prompts, scope="present")
+    first = fast["logits_pass1"]
+    present = torch.zeros(6, dtype=torch.bool)
+    present[first.argmax(dim=1).unique()] = True
+    assert torch.equal(fast["logits"][:, ~present], first[:, ~present])  # absent classes keep pass-1 logits
+    with torch.no_grad():
+        expected = model.decode(model.encode_image(x), fast["prompts"].select(present.nonzero().flatten().tolist()))["logits"]
+    assert torch.allclose(fast["logits"][:, present], expected, atol=1e-6)
+    with pytest.raises(InputError, match="scope"):
+        two_pass(model, x, prompts, scope="some")
+
+
+def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 3)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        full = two_pass(model, x, prompts, scope="all")
+        first = full["logits_pass1"]
+    # make every class win somewhere in pass 1 by patching decode's first call to return a striped map
+    stripes = torch.full_like(first, -5.0)
+    for k in range(3):
+        stripes[:, k, :, k::3] = 5.0
+    calls = []
+    original = model.decode
+
+    def decode(feats, p, chunk=None):
+        calls.append(1)
+        return {"logits": stripes} if len(calls) == 1 else original(feats, p, chunk)
+
+    monkeypatch.setattr(model, "decode", decode)
+    with torch.no_grad():
+        fast = two_pass(model, x, prompts, scope="present")
+        calls.clear()
+        full = two_pass(model, x, prompts, scope="all")
+    assert torch.allclose(fast["logits"], full["logits"], atol=1e-6)

@@ -46,6 +46,7 @@ class DPSeg(nn.Module):
         self.prompt_image_size = cfg.prompt_image_size
         self.refine_min_area = cfg.refine_min_area
         self.refine_max_classes = cfg.refine_max_classes
+        self.refine_scope = cfg.refine_scope
         self.class_chunk = cfg.class_chunk
         D = image_encoder.stage_dims  # D_2, D_3, D_4, D_5
 
