@@ -64,9 +64,12 @@ def test_refine_off_gives_pass1_and_list_input_gives_list(seg):
 def test_vocabulary_cache_switching_back_encodes_nothing(seg, monkeypatch):
     from dpseg.prompts.bank import PromptBank
 
-    calls = {"text": 0, "bank": 0}
+    calls = {"text": 0, "bank": 0, "image": 0}
     encode, load = seg.model.text_encoder.encode, PromptBank.load_class
+    encode_prompts = seg.model.prompt_encoder.encode_prompts
     monkeypatch.setattr(seg.model.text_encoder, "encode", lambda *a, **k: calls.__setitem__("text", calls["text"] + 1) or encode(*a, **k))
+    monkeypatch.setattr(seg.model.prompt_encoder, "encode_prompts",
+                        lambda *a, **k: calls.__setitem__("image", calls["image"] + 1) or encode_prompts(*a, **k))
     monkeypatch.setattr(PromptBank, "load_class", lambda self, n: calls.__setitem__("bank", calls["bank"] + 1) or load(self, n))
     seg.set_vocabulary(["lamp", "cat"])
     first = dict(calls)
@@ -76,6 +79,7 @@ def test_vocabulary_cache_switching_back_encodes_nothing(seg, monkeypatch):
     assert second["bank"] > first["bank"]
     seg.set_vocabulary(["lamp", "cat"])  # back to the first vocabulary
     assert calls == second and seg.class_names == ["lamp", "cat"] and seg.prompts.class_names == ["lamp", "cat"]
+    assert calls["text"] == 0 and calls["image"] == 0  # every prompt came from the bank: nothing was encoded
     seg.set_vocabulary(artifacts().classes)
 
 
