@@ -73,3 +73,16 @@ def test_bad_settings(tmp_path):
         build_datasets(tmp_path, size=100)
     with pytest.raises(InputError, match="must be >= 1"):
         build_datasets(tmp_path, num_train=0)
+
+
+def test_folders_load_as_custom_datasets(world):
+    """The datasets code reads the folders with no synthetic-specific code: labels in memory use -1 for ignore."""
+    from dpseg.data.catalog import build_dataset
+
+    train = build_dataset(f"{world.seen}:train")
+    assert len(train) == 6 and list(train.class_names) == [k.name for k in seen_classes()]
+    item = train[0]
+    on_disk = np.asarray(Image.open(world.seen / "labels" / "train" / f"{item['name']}.png")).astype(np.int64)
+    assert np.array_equal(item["label"].numpy(), np.where(on_disk == 255, -1, on_disk))
+    unseen = build_dataset(str(world.unseen), split="val")
+    assert list(unseen.class_names) == [k.name for k in unseen_classes()] and len(unseen) == 3

@@ -11,14 +11,13 @@ with the template as real generated prompts do: "many" draws several copies; "sm
 from __future__ import annotations
 
 import io
-import math
 import zlib
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from dpseg.data.synthetic.render import Placement, background, draw_object, finish
+from dpseg.data.synthetic.render import MAX_TILT, Placement, background, draw_object, finish
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, find_class_in_text
 from dpseg.errors import InputError
 
@@ -50,7 +49,7 @@ def render_object_image(
         r = size * rng.uniform(*radius)
         lo, hi = margin * r, size - margin * r
         cx, cy = rng.uniform(min(lo, size / 2), max(hi, size / 2), 2)
-        p = Placement(cls, float(cx), float(cy), float(r), float(rng.uniform(0, 2 * math.pi)))
+        p = Placement(cls, float(cx), float(cy), float(r), float(rng.uniform(-MAX_TILT, MAX_TILT)))
         union |= draw_object(canvas, p, rng)
     image = _degrade(finish(canvas, rng), modifiers, rng)
     return image, union

@@ -2,6 +2,8 @@
 
 A class is one combination of three attributes and is named by a short phrase, always in the order
 *colour pattern shape*: "red striped star", "blue solid circle". 5 colours x 3 patterns x 5 shapes = 75 classes.
+Objects stand upright (tilted by at most 14 degrees), patterns are drawn in a darker shade of the object colour,
+backgrounds are textured and weakly coloured (see :mod:`~dpseg.data.synthetic.render`).
 
 **Split (fixed, part of** :data:`WORLD_VERSION` **).** With colour index c, pattern index p and shape index s (the
 orders of :data:`COLOURS`, :data:`PATTERNS`, :data:`SHAPES`), a class is *unseen* iff
