@@ -1,0 +1,195 @@
+"""One DPSeg run of the quickstart experiment: train a variant on the seen classes, evaluate it zero-shot.
+
+Everything goes through the real code paths: :func:`dpseg.engine.train.train` (the training engine, with the
+custom-dataset folder ``seen`` and the prompt bank), :func:`dpseg.build.load_model` (the exported model) and
+:func:`dpseg.evaluation.evaluator.evaluate` (the evaluator, pass 1 and pass 2). Variants differ only in config
+switches (DESIGN §2.7): the prompts the cost volume is built from, and the decoder's guidance.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from dpseg.config import Config
+from dpseg.data.synthetic.datasets import WorldDatasets
+from dpseg.errors import DataError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    prompt_type: str  # text | visual | dual: what R = the cost volume's class embedding is made of
+    guidance: str  # visual (F_v^j, DPSeg) | upsampled (the initial cost volume, SED)
+    title: str
+
+    @property
+    def uses_bank(self) -> bool:
+        return self.prompt_type != "text" or self.guidance == "visual"
+
+    @property
+    def two_pass(self) -> bool:
+        return self.uses_bank  # refinement replaces visual prompts: a model without any has no pass 2
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
+        Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
+        Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
+        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, no visual cost volumes"),
+    )
+}
+
+
+def run_config(base: Config, variant: Variant, seed: int, datasets: WorldDatasets, bank: Path, out_root: Path) -> Config:
+    """The training config of one (variant, seed); its output folder is keyed by everything that shapes the run."""
+    cfg = copy.deepcopy(base)
+    cfg.model.prompt_type, cfg.model.guidance = variant.prompt_type, variant.guidance
+    cfg.prompts.bank = str(bank) if variant.uses_bank else ""
+    cfg.data.train_dataset = str(datasets.seen)
+    cfg.train.seed = seed
+    cfg.train.eval_every = 0
+    cfg.train.checkpoint_every = 0  # one checkpoint, at the end
+    cfg.train.keep_checkpoints = 1
+    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "eval"}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    cfg.train.output_dir = str(out_root / f"{variant.name}-seed{seed}-{key}")
+    return cfg
+
+
+def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
+    """Train (or reuse) the run of ``cfg``; returns its exported model folder."""
+    final = Path(cfg.train.output_dir) / "final"
+    if (final / "model.safetensors").is_file() and (final / "config.json").is_file():
+        saved = json.loads((final / "config.json").read_text())
+        saved.pop("dpseg", None)  # save_model's metadata
+        if saved == cfg.to_dict():
+            log(f"reusing {final}")
+            return final
+    from dpseg.engine.train import train
+
+    result = train(cfg, resume="auto", progress=False)
+    return Path(result["final"])
+
+
+def _prompts(cfg: Config, model, names: list[str]):
+    from dpseg.engine.vocabulary import vocabulary_prompts
+
+    return vocabulary_prompts(cfg, model, names, torch.device("cpu"), f"{len(names)} synthetic classes")
+
+
+def evaluate_model(model_dir: Path, datasets: WorldDatasets, splits: dict[str, Path], variant: Variant,
+                   max_images: int = 0) -> dict:
+    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, each split with its own vocabulary."""
+    from dpseg.build import load_model
+    from dpseg.data.catalog import build_dataset
+    from dpseg.evaluation.evaluator import evaluate
+
+    model, cfg = load_model(model_dir, device="cpu")
+    model.eval()
+    out = {}
+    for name, folder in splits.items():
+        dataset = build_dataset(str(folder), split="val")
+        prompts = _prompts(cfg, model, list(dataset.class_names))
+        res = evaluate(model, prompts, dataset, cfg.eval, device="cpu", two_pass=variant.two_pass,
+                       max_images=max_images or None, progress=False)
+        out[name] = {k: res[k] for k in ("pass1", "pass2") if k in res}
+    return out
+
+
+def chance_miou(folder: Path, max_images: int = 0) -> float:
+    """Expected mIoU (%) of a predictor that labels every pixel with a uniformly random class of the vocabulary.
+
+    With n_c ground-truth pixels of class c, N in all and K classes, its expected confusion row is n_c / K for
+    every class, so IoU_c = (n_c / K) / (n_c + N / K - n_c / K); the mean runs over classes present in the GT,
+    as the evaluator's does.
+    """
+    from dpseg.data.catalog import build_dataset
+
+    dataset = build_dataset(str(folder), split="val")
+    k = len(dataset.class_names)
+    counts = np.zeros(k)
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    for i in range(n):
+        label = dataset[i]["label"].numpy().ravel()
+        counts += np.bincount(label[label >= 0], minlength=k)[:k]
+    total = counts.sum()
+    if total == 0:
+        raise DataError(f"{folder} has no labelled pixels")
+    present = counts > 0
+    iou = (counts / k) / (counts + total / k - counts / k)
+    return float(100 * iou[present].mean())
+
+
+def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Callable[[str], None] = print) -> Path:
+    """A prompt bank of ``class_names`` made with the world's generator and ``cfg``'s CLIP (reused when complete)."""
+    from dpseg.model.towers import build_towers
+    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.templates import get_templates
+
+    _, prompt_encoder, text_tower = build_towers(cfg.model)
+    templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+    key = make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
+    generator = get_generator("synthetic", cfg.prompts)
+    tag = hashlib.sha256(json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = root / f"bank-{tag}"
+    bank = PromptBank.create(path, key, generator.identity, "synthetic", cfg.prompts.seed, cfg.prompts.images_per_class)
+    report = bank.build(class_names, generator, prompt_encoder, text_tower, templates, progress=False)
+    log(f"prompt bank {path}: {len(report.built)} classes built, {report.skipped} reused")
+    return path
+
+
+@torch.no_grad()
+def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
+    """mIoU (%) of the CLIP alone: argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training)."""
+    import torch.nn.functional as F
+
+    from dpseg.data.catalog import build_dataset
+    from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+    from dpseg.model.towers import build_towers
+    from dpseg.prompts.templates import get_templates
+
+    image_tower, _, text_tower = build_towers(cfg.model)
+    image_tower.eval()
+    dataset = build_dataset(str(folder), split="val")
+    templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+    text = F.normalize(text_tower.encode(list(dataset.class_names), templates).mean(1), dim=-1)  # (K, M, d) -> (K, d)
+    conf = ConfusionMatrix(len(dataset.class_names))
+    for i in range(len(dataset) if not max_images else min(max_images, len(dataset))):
+        item = dataset[i]
+        x = item["image"].float()[None] / 255  # (1, 3, H, W)
+        dense = F.normalize(image_tower(x).dense, dim=1)  # (1, d, h, w)
+        scores = torch.einsum("bdhw,kd->bkhw", dense, text)  # (1, K, h, w)
+        scores = F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        conf.update(scores.argmax(1)[0], item["label"])
+    return float(metrics_from_confusion(conf.mat)["mIoU"])
+
+
+def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
+    """Label maps of a few validation images through the evaluator's inference path: {"images", "labels", pass: [...]}."""
+    from dpseg.build import load_model
+    from dpseg.data.catalog import build_dataset
+    from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+
+    model, cfg = load_model(model_dir, device="cpu")
+    model.eval()
+    dataset = build_dataset(str(folder), split="val")
+    prompts = _prompts(cfg, model, list(dataset.class_names))
+    items = [dataset[i] for i in indices]
+    forward = model_forward(model, prompts, two_pass=two_pass)
+    preds = predict(forward, [it["image"] for it in items], protocol_from_config(cfg.eval), "cpu", num_classes=len(dataset.class_names))
+    out = {"images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
+           "labels": [it["label"].numpy() for it in items], "class_names": list(dataset.class_names)}
+    for key in preds[0]:
+        out[key] = [p[key].labels.cpu().numpy() for p in preds]
+    return out

@@ -1,0 +1,130 @@
+"""The quickstart's outputs: mean ± spread over seeds, a Markdown table, verdicts on the method's claims, a figure.
+
+Spread = the sample standard deviation over seeds. A comparison "A vs B" is called a difference only when the gap
+between the means exceeds the larger of the two spreads; otherwise it is reported as no difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PASSES = ("pass1", "pass2")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None], float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(runs: dict) -> dict:
+    """runs[variant][seed][split][pass]["mIoU"] -> summary[variant][split][pass] = {"mean", "std", "seeds"}."""
+    out: dict = {}
+    for variant, by_seed in runs.items():
+        for seed_result in by_seed.values():
+            for split, passes in seed_result.items():
+                for p, metrics in passes.items():
+                    out.setdefault(variant, {}).setdefault(split, {}).setdefault(p, []).append(metrics["mIoU"])
+    return {v: {s: {p: dict(zip(("mean", "std"), mean_std(x)), seeds=len(x)) for p, x in ps.items()}
+                for s, ps in splits.items()} for v, splits in out.items()}
+
+
+def _cell(entry: Optional[dict]) -> str:
+    if not entry or np.isnan(entry["mean"]):
+        return "-"
+    return f"{entry['mean']:.1f} ± {entry['std']:.1f}" if entry["seeds"] > 1 else f"{entry['mean']:.1f}"
+
+
+def markdown_table(summary: dict, titles: dict, chance: dict, clip_dense: dict) -> str:
+    """Rows = variants (+ CLIP-only and chance references), columns = split x pass, mIoU %."""
+    splits = list(chance)
+    head = "| model | " + " | ".join(f"{s} pass 1 | {s} pass 2" for s in splits) + " |"
+    lines = [head, "|---|" + "---|" * (2 * len(splits))]
+    for variant, by_split in summary.items():
+        cells = [_cell(by_split.get(s, {}).get(p)) for s in splits for p in PASSES]
+        lines.append(f"| {titles.get(variant, variant)} | " + " | ".join(cells) + " |")
+    lines.append("| CLIP dense cost volume only, no decoder (argmax of cos(E, T)) | "
+                 + " | ".join(f"{clip_dense[s]:.1f} | -" for s in splits) + " |")
+    lines.append("| chance (uniformly random class per pixel) | " + " | ".join(f"{chance[s]:.1f} | -" for s in splits) + " |")
+    return "\n".join(lines)
+
+
+def compare(summary: dict, a: tuple[str, str, str], b: tuple[str, str, str], what: str) -> Optional[str]:
+    """One verdict line for ``a`` (variant, split, pass) against ``b``; None if either is missing."""
+    try:
+        ea, eb = summary[a[0]][a[1]][a[2]], summary[b[0]][b[1]][b[2]]
+    except KeyError:
+        return None
+    gap, spread = ea["mean"] - eb["mean"], max(ea["std"], eb["std"])
+    if ea["seeds"] < 2 or eb["seeds"] < 2:
+        verdict = "single seed: no spread, no verdict"
+    elif abs(gap) <= spread:
+        verdict = "no difference (inside the spread)"
+    else:
+        verdict = "holds" if gap > 0 else "does NOT hold (reversed)"
+    return f"- {what}: {ea['mean']:.1f} vs {eb['mean']:.1f} (gap {gap:+.1f}, spread {spread:.1f}) -> {verdict}"
+
+
+def verdicts(summary: dict, chance: dict) -> list[str]:
+    """The method's claims, checked on the unseen classes (and pass 2 vs pass 1 on both splits)."""
+    lines = []
+    for split in ("unseen", "seen"):
+        for what, a, b in (
+            ("dual prompts >= text prompts", ("dual", split, "pass1"), ("text", split, "pass1")),
+            ("dual prompts >= visual prompts", ("dual", split, "pass1"), ("visual", split, "pass1")),
+            ("visual prompts >= text prompts", ("visual", split, "pass1"), ("text", split, "pass1")),
+            ("visual cost volumes help (dual)", ("dual", split, "pass1"), ("dual-upsampled", split, "pass1")),
+            ("pass 2 >= pass 1 (dual)", ("dual", split, "pass2"), ("dual", split, "pass1")),
+        ):
+            line = compare(summary, a, b, f"{split}: {what}")
+            if line:
+                lines.append(line)
+        best = summary.get("dual", {}).get(split, {}).get("pass1")
+        if best:
+            lines.append(f"- {split}: DPSeg (dual, pass 1) {best['mean']:.1f} vs chance {chance[split]:.1f} -> "
+                         + ("clearly above chance" if best["mean"] - best["std"] > 2 * chance[split] else "NOT clearly above chance"))
+    return lines
+
+
+def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], predictions: dict,
+           class_names: Sequence[str], title: str) -> Path:
+    """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions``.
+
+    Pixels that are background in the ground truth (not scored) are dimmed in the prediction columns.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dpseg.visualize import colorize, palette
+
+    colours = palette(len(class_names))
+    cols = ["image", "ground truth"] + list(predictions)
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.3 * len(images) + 0.8), squeeze=False)
+    for r, (img, lab) in enumerate(zip(images, labels)):
+        panels = [img, colorize(lab, colours)]
+        for preds in predictions.values():
+            shown = colorize(preds[r], colours).astype(float)
+            shown[lab < 0] *= 0.3
+            panels.append(shown.astype(np.uint8))
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+        present = sorted(set(np.unique(lab).tolist()) - {-1})
+        axes[r][1].set_xlabel("\n".join(class_names[k] for k in present), fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
