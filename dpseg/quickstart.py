@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 BUDGETS = {
     # the README numbers: about 10 minutes on 2 free CPU cores
-    "default": dict(num_train=1000, num_val=60, clip_steps=600, clip_pool=6000, iterations=300, seeds=3,
+    "default": dict(num_train=1000, num_val=60, clip_steps=600, clip_batch=128, clip_pool=6000, iterations=200, seeds=3,
                     variants=("text", "visual", "dual", "dual-upsampled"), zero_shot_per_class=10, examples=4),
     # a smoke run (tests, CI): every stage with tiny sizes, one seed, two variants
-    "fast": dict(num_train=96, num_val=12, clip_steps=80, clip_pool=640, iterations=30, seeds=1,
+    "fast": dict(num_train=96, num_val=12, clip_steps=160, clip_batch=64, clip_pool=1280, iterations=80, seeds=1,
                  variants=("text", "dual"), zero_shot_per_class=3, examples=2),
 }
 
@@ -37,6 +38,7 @@ class Budget:
     num_train: int
     num_val: int
     clip_steps: int
+    clip_batch: int
     clip_pool: int
     iterations: int
     seeds: int
@@ -53,7 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=".dpseg_cache/quickstart", help="datasets, CLIP, prompt bank and runs")
     parser.add_argument("--seeds", type=int, help="training seeds per variant (default 3; --fast: 1)")
     parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    # One thread: the tensors are small, and on a busy machine two threads spinning against each other were 10-20x
+    # slower than one here (CLIP pretraining 3.5 s/step vs 0.35 s/step); --jobs uses the other cores instead.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the main process (default 1; 0 = torch's default)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))")
     add_config_arguments(parser)
 
 
@@ -71,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
         if args.iterations < 1:
             raise InputError(f"--iterations must be >= 1, got {args.iterations}")
         budget = replace(budget, iterations=args.iterations)
+    if args.threads < 0 or args.jobs < 0:
+        raise InputError("--threads and --jobs must be >= 0 (0 = automatic)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.preset not in (None, "synthetic"):
         raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
-    results = quickstart(budget, Path(args.cache), Path(args.out), getattr(args, "config", None), args.overrides)
+    workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
+    results = quickstart(budget, Path(args.cache), Path(args.out), getattr(args, "config", None), args.overrides, workers)
     print(results["markdown"])
     return 0
 
@@ -87,7 +96,7 @@ def _log(t0: float):
     return log
 
 
-def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrides=()) -> dict:
+def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrides=(), workers: int = 1) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``."""
     from dpseg.config import atomic_write_text, build_config
     from dpseg.data.synthetic import experiment as ex
@@ -112,7 +121,7 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
     s = time.time()
     log(f"2/6 tiny CLIP: contrastive pretraining on seen-class objects ({budget.clip_steps} steps)")
     clip_cfg = build_config("synthetic", file=config_file, overrides=list(overrides))
-    clip = pretrained_clip(clip_cfg, cache, PretrainSettings(steps=budget.clip_steps, pool_size=budget.clip_pool), log=log)
+    clip = pretrained_clip(clip_cfg, cache, PretrainSettings(steps=budget.clip_steps, batch_size=budget.clip_batch, pool_size=budget.clip_pool), log=log)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
     zero_shot = evaluate_zero_shot(base, per_class=budget.zero_shot_per_class, kinds=("crops",))
@@ -125,17 +134,18 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
 
     s = time.time()
     splits = {"seen": ds.seen, "unseen": ds.unseen}
+    jobs = [(ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"), v, seed, splits, budget.num_val)
+            for v in budget.variants for seed in range(budget.seeds)]
+    log(f"4/6 training and evaluating {len(jobs)} runs ({len(budget.variants)} variants x {budget.seeds} seeds, "
+        f"{budget.iterations} steps each, {workers} at a time; training logs in each run's quickstart.log)")
     runs: dict = {}
     dirs: dict = {}
-    total = len(budget.variants) * budget.seeds
-    for v_name in budget.variants:
-        variant = ex.VARIANTS[v_name]
-        for seed in range(budget.seeds):
-            log(f"4/6 run {len(dirs) + 1}/{total}: {variant.title}, seed {seed} ({budget.iterations} steps)")
-            cfg = ex.run_config(base, variant, seed, ds, bank, cache / "runs")
-            model_dir = ex.trained_model_dir(cfg, log=log)
-            dirs[(v_name, seed)] = model_dir
-            runs.setdefault(v_name, {})[seed] = _cached_eval(model_dir, ds, splits, variant, budget.num_val, log)
+    for v_name, seed, model_dir, result, seconds, reused in _run_all(jobs, workers):
+        dirs[(v_name, seed)] = model_dir
+        runs.setdefault(v_name, {})[seed] = result
+        brief = ", ".join(f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items())
+        how = "reusing the trained run" if reused else f"{seconds:.0f}s"
+        log(f"    {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     stage("train_and_evaluate", s)
 
     s = time.time()
@@ -172,22 +182,48 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
     return results
 
 
-def _cached_eval(model_dir: Path, ds, splits: dict, variant, max_images: int, log) -> dict:
-    """Evaluation of one exported run, cached next to it (keyed by the splits, their size and the variant)."""
+def _run_one(job) -> tuple:
+    """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
+    import contextlib
+
     from dpseg.config import atomic_write_text
     from dpseg.data.synthetic import experiment as ex
 
-    key = {"datasets": str(ds.root), "splits": sorted(splits), "max_images": max_images, "variant": variant.name}
-    path = model_dir.parent / "quickstart_eval.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
+    cfg, v_name, seed, splits, max_images = job
+    start = time.time()
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reused = ex.is_trained(cfg)
+    with open(run_dir / "quickstart.log", "a") as f, contextlib.redirect_stdout(f):
+        model_dir = ex.trained_model_dir(cfg)
+        key = {"splits": {k: str(v) for k, v in splits.items()}, "max_images": max_images, "variant": v_name}
+        path = run_dir / "quickstart_eval.json"
+        cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("key") == key:
-            return cached["result"]
-    result = ex.evaluate_model(model_dir, ds, splits, variant, max_images)
-    atomic_write_text(path, json.dumps({"key": key, "result": result}))
-    brief = ", ".join(f"{k} {p} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items())
-    log(f"    mIoU: {brief}")
-    return result
+            result = cached["result"]
+        else:
+            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images)
+            atomic_write_text(path, json.dumps({"key": key, "result": result}))
+    return v_name, seed, model_dir, result, time.time() - start, reused
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: tiny tensors run faster than with threads fighting over cores
+
+
+def _run_all(jobs: list, workers: int):
+    """Yield each job's result in order; ``workers`` > 1 runs them in that many processes (one thread each)."""
+    if workers <= 1:
+        yield from map(_run_one, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        yield from pool.map(_run_one, jobs)
 
 
 def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:

@@ -66,15 +66,22 @@ def run_config(base: Config, variant: Variant, seed: int, datasets: WorldDataset
     return cfg
 
 
+def is_trained(cfg: Config) -> bool:
+    """Whether the run of ``cfg`` has exported its final model with exactly this config."""
+    final = Path(cfg.train.output_dir) / "final"
+    if not ((final / "model.safetensors").is_file() and (final / "config.json").is_file()):
+        return False
+    saved = json.loads((final / "config.json").read_text())
+    saved.pop("dpseg", None)  # save_model's metadata
+    return saved == cfg.to_dict()
+
+
 def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
     """Train (or reuse) the run of ``cfg``; returns its exported model folder."""
     final = Path(cfg.train.output_dir) / "final"
-    if (final / "model.safetensors").is_file() and (final / "config.json").is_file():
-        saved = json.loads((final / "config.json").read_text())
-        saved.pop("dpseg", None)  # save_model's metadata
-        if saved == cfg.to_dict():
-            log(f"reusing {final}")
-            return final
+    if is_trained(cfg):
+        log(f"reusing {final}")
+        return final
     from dpseg.engine.train import train
 
     result = train(cfg, resume="auto", progress=False)
@@ -87,8 +94,7 @@ def _prompts(cfg: Config, model, names: list[str]):
     return vocabulary_prompts(cfg, model, names, torch.device("cpu"), f"{len(names)} synthetic classes")
 
 
-def evaluate_model(model_dir: Path, datasets: WorldDatasets, splits: dict[str, Path], variant: Variant,
-                   max_images: int = 0) -> dict:
+def evaluate_model(model_dir: Path, splits: dict[str, Path], variant: Variant, max_images: int = 0) -> dict:
     """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, each split with its own vocabulary."""
     from dpseg.build import load_model
     from dpseg.data.catalog import build_dataset

@@ -100,12 +100,13 @@ def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     from dpseg.visualize import colorize, palette
 
     colours = palette(len(class_names))
     cols = ["image", "ground truth"] + list(predictions)
-    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.3 * len(images) + 0.8), squeeze=False)
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.9 * len(images) + 0.6), squeeze=False)
     for r, (img, lab) in enumerate(zip(images, labels)):
         panels = [img, colorize(lab, colours)]
         for preds in predictions.values():
@@ -119,7 +120,8 @@ def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
         present = sorted(set(np.unique(lab).tolist()) - {-1})
-        axes[r][1].set_xlabel("\n".join(class_names[k] for k in present), fontsize=6)
+        handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in present]
+        axes[r][1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
