@@ -218,3 +218,35 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
     cfg.prompts.num_templates = 3  # a model for M = 3 cannot use a bank of M = 4 prompts
     with pytest.raises(BankError, match=r"another template set \(4 templates\).*\(3 templates\)"):
         train(cfg, progress=False)
+
+
+def test_step_class_sampling_keeps_every_present_class():
+    from dpseg.engine.vocabulary import remap_labels, sample_step_classes
+
+    labels = torch.tensor([[[-1, 3, 3], [7, -1, 3]]])  # (1, 2, 3): classes 3 and 7 present
+    picked = sample_step_classes(labels, num_classes=10, limit=4, seed=0)
+    assert len(picked) == 4 and {3, 7} <= set(picked.tolist()) and picked.tolist() == sorted(picked.tolist())
+    assert torch.equal(picked, sample_step_classes(labels, 10, 4, seed=0))  # seeded
+    assert sample_step_classes(labels, 10, 1, seed=0).tolist() == [3, 7]  # present classes always stay
+    assert sample_step_classes(labels, 10, 0, seed=0) is None and sample_step_classes(labels, 10, 10, seed=0) is None
+    remapped = remap_labels(labels, picked, 10)
+    inverse = torch.where(remapped >= 0, picked[remapped.clamp(min=0)], torch.tensor(-1))
+    assert torch.equal(inverse, labels)  # index i of the subset is class picked[i]; ignore stays ignore
+    assert remap_labels(torch.tensor([[[5]]]), torch.tensor([3, 7]), 10).item() == -1  # not in the subset: ignore
+
+
+def test_classes_per_step_is_wired_into_the_training_step(tmp_path, monkeypatch):
+    import dpseg.engine.train as engine
+    from dpseg.model.loss import SegmentationLoss
+
+    seen = []
+    forward = SegmentationLoss.forward
+    monkeypatch.setattr(SegmentationLoss, "forward", lambda self, logits, labels: (
+        seen.append((logits.shape[1], set(labels.unique().tolist()))), forward(self, logits, labels))[1])
+    monkeypatch.setattr(engine, "sample_step_classes", lambda labels, k, limit, seed: torch.tensor([0, 2]) if limit else None)
+    data = make_dataset(tmp_path / "data", n_train=2, size=(64, 64))
+    train(text_only(tmp_path / "run", data, "train.iterations=2", "train.classes_per_step=2", "train.checkpoint_every=0"),
+          progress=False)
+    assert [k for k, _ in seen] == [2, 2] and all(v <= {-1, 0, 1} for _, v in seen)
+    with pytest.raises(Exception, match="train.classes_per_step"):
+        build_config("dpseg-tiny", overrides=["train.classes_per_step=-1"])

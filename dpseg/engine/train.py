@@ -34,7 +34,7 @@ from dpseg.engine.distributed import (DistContext, all_reduce_sum, barrier, broa
                                       init_distributed, local_batch_size, mix_seed, shutdown)
 from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import autocast, build_optimizer, lr_factor, make_scaler, resolve_precision, set_lr
-from dpseg.engine.vocabulary import vocabulary_prompts
+from dpseg.engine.vocabulary import remap_labels, sample_step_classes, vocabulary_prompts
 from dpseg.errors import CheckpointError, ConfigError, DataError, DPSegError
 from dpseg.model.loss import SegmentationLoss
 from dpseg.weights import state_fingerprint
@@ -108,6 +108,7 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("device", f"{ctx.device} x {ctx.world_size} process(es)"), ("precision", precision),
             ("batch", f"{local_batch} per process x {ctx.world_size} = {tc.batch_size} (effective)"),
             ("iterations", f"{tc.iterations}" + (f" (resuming at step {step} from {ckpt})" if ckpt else "")),
+            ("classes per step", f"present + random absent up to {tc.classes_per_step}" if tc.classes_per_step else "all"),
             ("optimizer", f"AdamW lr {tc.lr:g}, image encoder x{tc.encoder_lr_mult:g}, wd {tc.weight_decay:g} "
                           f"(0 on norm/bias/embedding), grad clip {tc.grad_clip:g}"),
             ("schedule", f"cosine to 0 over {tc.iterations} steps, warm-up {tc.warmup_iters}"),
@@ -145,9 +146,15 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             batch = next(loader)
             images = batch["image"].to(ctx.device, non_blocking=True).float().div_(255)  # (b, 3, S, S) in [0, 1]
             labels = batch["label"].to(ctx.device, non_blocking=True)  # (b, S, S), -1 = ignore
+            step_prompts = train_prompts
+            classes = sample_step_classes(labels, train_prompts.num_classes, tc.classes_per_step,
+                                          mix_seed(tc.seed, 0xC1A55, ctx.rank, step))  # seeded by step: resume-exact
+            if classes is not None:
+                step_prompts = train_prompts.select(classes.tolist())
+                labels = remap_labels(labels, classes, train_prompts.num_classes)
             try:
                 with autocast(precision, ctx.device):
-                    logits = net(images, train_prompts)["logits"]  # (b, K, S/4, S/4)
+                    logits = net(images, step_prompts)["logits"]  # (b, K_step, S/4, S/4)
                 loss = criterion(logits.float(), labels)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
