@@ -8,7 +8,9 @@ Modes, all on the same random-weight model (speed does not depend on weight valu
 * ``encoder``  - the image encoder forward alone: the floor;
 * ``sed``      - SED mode: text-only prompts, SED's upsampled-F_c guidance, no visual cost volumes;
 * ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
-* ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features).
+* ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features), the paper's
+  re-decoding of every class (``model.refine_scope=all``);
+* ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map (``refine_scope=present``).
 
 Prompts are precomputed (a cached bank), so prompt encoding is not timed. Random weights give a pass-1 label map
 in which almost every class wins a few pixels, unlike a trained model (an ADE20K image holds about 8-10 classes),
@@ -40,6 +42,8 @@ STAGES = ["dpseg.image_encoder", "dpseg.cost_volume", "dpseg.visual_cost_volume"
 def _overrides(mode: str) -> list[str]:
     if mode == "sed":
         return ["model.prompt_type=text", "model.guidance=upsampled"]
+    if mode == "two_pass_present":
+        return ["model.refine_scope=present"]
     return []
 
 
@@ -69,7 +73,7 @@ def child(args) -> dict:
         prompts = prompts.text_only()
     x = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     chunk = args.chunk
-    if args.mode == "two_pass":
+    if args.mode.startswith("two_pass"):
         decode = model.decode
 
         def realistic_first_pass(feats, p, class_chunk=None):
@@ -87,7 +91,7 @@ def child(args) -> dict:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if args.mode == "encoder":
                 return model.encode_image(x).dense
-            if args.mode == "two_pass":
+            if args.mode.startswith("two_pass"):
                 model.decode.first = True
                 out = two_pass(model, x, prompts, class_chunk=chunk)
                 call.detected = int(out["detected"].sum())
@@ -98,8 +102,9 @@ def child(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    call()  # warm-up
-    sync()
+    for _ in range(args.warmup):
+        call()
+        sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -110,7 +115,7 @@ def child(args) -> dict:
         times.append(time.perf_counter() - t)
     out = {"mode": args.mode, "classes": K, "templates": M, "size": args.size, "chunk": chunk,
            "latency_s": statistics.median(times), "latencies_s": times}
-    if args.mode == "two_pass":
+    if args.mode.startswith("two_pass"):
         out["refined_classes"] = call.detected
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -139,12 +144,38 @@ def child(args) -> dict:
 def run_child(args, mode: str, k: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--mode", mode, "--classes", str(k), "--preset", args.preset,
            "--size", str(args.size), "--device", args.device, "--precision", args.precision, "--repeat", str(args.repeat),
+           "--warmup", str(args.warmup if k < args.warmup_below else 0),
            "--chunk", str(args.chunk), "--threads", str(args.threads), "--detected", str(args.detected)]
-    cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if args.profile else [])
+    profile = args.profile and (not args.profile_classes or k in args.profile_classes)
+    cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if profile else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"{mode} K={k} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def targets(results: list[dict]) -> list[str]:
+    """The issue's targets as ratios taken in this run (where the needed rows were measured)."""
+    at = {(r["mode"], r["classes"]): r for r in results}
+    lines = ["", "targets (ratios in this run):"]
+    if ("pass1", 150) in at and ("sed", 150) in at:
+        ratio = at["pass1", 150]["latency_s"] / at["sed", 150]["latency_s"]
+        lines.append(f"  pass 1 / SED mode at K=150: {ratio:.2f}x (target <= 1.35)")
+    for k in sorted({k for _, k in at}):
+        for mode in ("two_pass", "two_pass_present"):
+            if (mode, k) in at and ("pass1", k) in at:
+                ratio = at[mode, k]["latency_s"] / at["pass1", k]["latency_s"]
+                lines.append(f"  {mode} / pass 1 at K={k}: {ratio:.2f}x (target <= 1.5)")
+    for mode in ("sed", "pass1"):
+        if (mode, 847) in at and (mode, 150) in at:
+            mem = at[mode, 847]["peak_mem_gib"] / at[mode, 150]["peak_mem_gib"]
+            lines.append(f"  {mode} peak memory K=847 / K=150: {mem:.2f}x (target <= 2)")
+        rows = sorted((r for (m, _), r in at.items() if m == mode), key=lambda r: r["classes"])
+        if len(rows) >= 3:  # linear in K: the per-class slope is the same between consecutive K
+            slopes = [(b["latency_s"] - a["latency_s"]) / (b["classes"] - a["classes"]) for a, b in zip(rows, rows[1:])]
+            lines.append(f"  {mode} latency per added class: " + ", ".join(f"{s * 1000:.0f} ms" for s in slopes)
+                         + " (linear in K: equal slopes)")
+    return lines
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -173,15 +204,21 @@ def main() -> None:
     p.add_argument("--preset", default="dpseg-b")
     p.add_argument("--size", type=int, default=768)
     p.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
-    p.add_argument("--modes", nargs="+", default=["encoder", "sed", "pass1", "two_pass"])
+    p.add_argument("--modes", nargs="+", default=["encoder", "sed", "pass1", "two_pass", "two_pass_present"],
+                   choices=["encoder", "sed", "pass1", "two_pass", "two_pass_present"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    p.add_argument("--warmup-below", type=int, default=500,
+                   help="warm up only for K below this (a call at K=847 on CPU takes minutes: its one-off costs are noise)")
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--detected", type=int, default=10, help="classes present in the pass-1 map (two_pass)")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--profile", action="store_true", help="add a per-stage breakdown (one extra call)")
+    p.add_argument("--profile-classes", type=int, nargs="*", default=[], help="profile only these K (default: every K)")
+    p.add_argument("--skip", nargs="*", default=[], metavar="MODE:K", help="settings not to run, e.g. two_pass:847")
     p.add_argument("--out", default="benchmarks/results/inference")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -193,12 +230,14 @@ def main() -> None:
     results = []
     for k in args.classes:
         for mode in args.modes:
-            if mode == "encoder" and k != args.classes[0]:
+            if (mode == "encoder" and k != args.classes[0]) or f"{mode}:{k}" in args.skip:
                 continue  # the encoder does not depend on K
             r = run_child(args, mode, k)
             results.append(r)
             extra = f"  refined {r['refined_classes']}" if "refined_classes" in r else ""
-            print(f"K={k:>4} {mode:<9} {r['latency_s']:8.2f} s  {r['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
+            print(f"K={k:>4} {mode:<16} {r['latency_s']:8.2f} s  {r['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
+    for line in targets(results):
+        print(line)
     import torch
 
     env = {"device": args.device, "precision": args.precision, "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
@@ -208,7 +247,7 @@ def main() -> None:
         env["gpu"] = torch.cuda.get_device_name()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results, "targets": targets(results)[2:]}, indent=2))
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

@@ -103,12 +103,13 @@ def main():
     p.add_argument("--repeat", type=int, default=3, help="encoding passes over the generated images")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default; 1 is fastest on a busy machine)")
     p.add_argument("--load-weights", action="store_true", help="load the preset's CLIP weights (speed does not need them)")
-    p.add_argument("--out", default="bench_prompt_bank.json")
+    p.add_argument("--out", default="benchmarks/results/prompt_bank.json")
     args = p.parse_args()
     result = run(args)
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 

@@ -33,7 +33,7 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", default="")
+    p.add_argument("--json", default="benchmarks/results/segment.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +71,7 @@ def main() -> int:
     for name, r in rows.items():
         print(f"  {name:<10} median {r['median_s'] * 1000:9.1f} ms   min {r['min_s'] * 1000:9.1f} ms")
     if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)
     return 0

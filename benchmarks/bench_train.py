@@ -16,6 +16,7 @@ import json
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -87,9 +88,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", default="benchmarks/results/train.json")
     args = p.parse_args()
     r = run(args)
     print(json.dumps(r))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
     print(f"{r['preset']} {r['device']} {r['precision']}: batch {r['batch']} x {r['crop']}², K={r['classes']}, M={r['templates']}: "
           f"{r['step_s']:.2f} s/step, peak {r['peak_mem_gib']:.2f} GiB")
 

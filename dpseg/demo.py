@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dpseg.errors import CheckpointError, DPSegError, InputError
+from dpseg.errors import DPSegError, InputError
 
 QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it knows "
                    "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos. The background "
@@ -37,24 +37,11 @@ class Limits:
 
 
 def quickstart_artifacts() -> tuple[Path, Optional[Path]]:
-    """(checkpoint dir, bank dir or None) of the quickstart model; CheckpointError if there is none yet.
+    """(checkpoint dir, bank dir or None) of the last quickstart (``$DPSEG_CACHE/quickstart``, else
+    ``.dpseg_cache/quickstart``); CheckpointError if there is none yet."""
+    from dpseg.quickstart import default_artifacts
 
-    Uses ``dpseg.quickstart.default_artifacts()`` when that exists; otherwise ``$DPSEG_CACHE/quickstart/{model,bank}``
-    (``DPSEG_CACHE`` defaults to ``~/.cache/dpseg``).
-    """
-    try:
-        from dpseg.quickstart import default_artifacts
-    except ImportError:
-        default_artifacts = None
-    if default_artifacts is not None:
-        ckpt, bank = default_artifacts()
-        return Path(ckpt), (Path(bank) if bank else None)
-    root = Path(os.environ.get("DPSEG_CACHE") or "~/.cache/dpseg").expanduser() / "quickstart"
-    ckpt, bank = root / "model", root / "bank"
-    if not (ckpt / "config.json").is_file():
-        raise CheckpointError(f"no --checkpoint given and no quickstart model in {ckpt}; run `dpseg quickstart` first "
-                              "or pass --checkpoint")
-    return ckpt, (bank if bank.is_dir() else None)
+    return default_artifacts()
 
 
 def _example_classes(seg) -> str:

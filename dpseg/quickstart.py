@@ -22,13 +22,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 BUDGETS = {
-    # the README numbers: about 10 minutes on 2 free CPU cores
-    "default": dict(num_train=1000, num_val=60, clip_steps=600, clip_batch=128, clip_pool=6000, iterations=200, seeds=3,
+    # the README numbers: about 10 minutes on 2 free CPU cores (measured: see README "Quickstart")
+    "default": dict(num_train=600, num_val=30, clip_steps=200, clip_batch=128, clip_pool=4000, iterations=260, seeds=2,
                     variants=("text", "visual", "dual", "dual-upsampled"), zero_shot_per_class=10, examples=4),
     # a smoke run (tests, CI): every stage with tiny sizes, one seed, two variants
-    "fast": dict(num_train=96, num_val=12, clip_steps=160, clip_batch=64, clip_pool=1280, iterations=80, seeds=1,
+    "fast": dict(num_train=64, num_val=8, clip_steps=100, clip_batch=64, clip_pool=1000, iterations=100, seeds=1,
                  variants=("text", "dual"), zero_shot_per_class=3, examples=2),
 }
 
@@ -52,12 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--fast", action="store_true", help="a one-minute smoke run (tiny sizes, one seed)")
     parser.add_argument("--out", default="runs/quickstart", help="where results.md/json and figure.png go")
-    parser.add_argument("--cache", default=".dpseg_cache/quickstart", help="datasets, CLIP, prompt bank and runs")
-    parser.add_argument("--seeds", type=int, help="training seeds per variant (default 3; --fast: 1)")
+    parser.add_argument("--cache", help="datasets, CLIP, prompt bank and runs (default: $DPSEG_CACHE/quickstart if "
+                        "DPSEG_CACHE is set, else .dpseg_cache/quickstart)")
+    parser.add_argument("--seeds", type=int, help="training seeds per variant (default 2; --fast: 1)")
     parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
-    # One thread: the tensors are small, and on a busy machine two threads spinning against each other were 10-20x
-    # slower than one here (CLIP pretraining 3.5 s/step vs 0.35 s/step); --jobs uses the other cores instead.
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the main process (default 1; 0 = torch's default)")
+    # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
+    # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
+    # spinning against each other (seen: 3.5 s vs 0.35 s per CLIP step).
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the main process (default 0 = torch's default)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))")
     add_config_arguments(parser)
@@ -84,9 +87,34 @@ def run(args: argparse.Namespace) -> int:
     if args.preset not in (None, "synthetic"):
         raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
-    results = quickstart(budget, Path(args.cache), Path(args.out), getattr(args, "config", None), args.overrides, workers)
+    results = quickstart(budget, Path(args.cache) if args.cache else default_cache(), Path(args.out), getattr(args, "config", None), args.overrides, workers)
     print(results["markdown"])
     return 0
+
+
+def default_cache() -> Path:
+    """The quickstart cache unless --cache says otherwise: ``$DPSEG_CACHE/quickstart``, else ``.dpseg_cache/quickstart``."""
+    root = os.environ.get("DPSEG_CACHE")
+    return Path(root).expanduser() / "quickstart" if root else Path(".dpseg_cache") / "quickstart"
+
+
+def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
+    """(model folder, prompt bank folder or None) of the last finished quickstart in ``cache`` (what ``dpseg demo`` shows)."""
+    from dpseg.errors import CheckpointError
+
+    cache = Path(cache) if cache is not None else default_cache()
+    pointer = cache / "latest.json"
+    if not pointer.is_file():
+        raise CheckpointError(f"no quickstart model in {cache} (no latest.json): run `dpseg quickstart` first "
+                              "(or set DPSEG_CACHE to where it ran), or pass --checkpoint")
+    try:
+        info = json.loads(pointer.read_text())
+        model, bank = Path(info["model"]), info.get("bank")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
+    if not (model / "config.json").is_file():
+        raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")
+    return model, (Path(bank) if bank else None)
 
 
 def _log(t0: float):
@@ -177,6 +205,11 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
                "verdicts": lines, "timings_s": timings, "clip_weights": str(clip), "prompt_bank": str(bank),
                "datasets": str(ds.root), "figure": str(figure), "markdown": markdown}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
+    demo_run = next((v for v in ("dual", *budget.variants) if (v, 0) in dirs), None)
+    if demo_run is not None:  # the model `dpseg demo` shows by default
+        uses_bank = ex.VARIANTS[demo_run].uses_bank
+        atomic_write_text(cache / "latest.json", json.dumps({"model": str(dirs[(demo_run, 0)].resolve()), "variant": demo_run,
+                                                             "bank": str(Path(bank).resolve()) if uses_bank else None}))
     atomic_write_text(out / "results.md", markdown)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}")
     return results

@@ -1,6 +1,7 @@
 """``dpseg demo``: loopback binding, the quickstart default, limits, driven over HTTP with gradio_client and
 end to end in headless Chromium (skipped only when Chromium or its driver is not installed)."""
 
+import json
 import os
 import shutil
 import socket
@@ -131,14 +132,21 @@ def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_pa
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
     image, classes = demo.quickstart_example(tmp_path / "example")  # a rendered scene and the classes in it
     assert Image.open(image).size == (192, 192) and len(classes.split("; ")) == 3
-    monkeypatch.setitem(sys.modules, "dpseg.quickstart", None)  # not installed: the cache-folder fallback
+    monkeypatch.undo()  # the real dpseg.quickstart: the last run's latest.json under $DPSEG_CACHE/quickstart
     monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
         demo.load_segmenter(None, None, text_only=False)
-    shutil.copytree(a.ckpt, tmp_path / "quickstart" / "model")
-    shutil.copytree(a.bank, tmp_path / "quickstart" / "bank")
+    cache = tmp_path / "quickstart"
+    cache.mkdir()
+    (cache / "latest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable.*rerun `dpseg quickstart`"):
+        demo.load_segmenter(None, None, text_only=False)
+    (cache / "latest.json").write_text(json.dumps({"model": str(tmp_path / "gone"), "bank": None}))
+    with pytest.raises(CheckpointError, match="is gone"):
+        demo.load_segmenter(None, None, text_only=False)
+    (cache / "latest.json").write_text(json.dumps({"model": str(a.ckpt), "bank": str(a.bank)}))
     seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
-    assert "dpseg quickstart" in note and Path(seg.default_bank) == tmp_path / "quickstart" / "bank"
+    assert "dpseg quickstart" in note and Path(seg.default_bank) == Path(a.bank)
     with pytest.raises(InputError, match="--text-only"):
         demo.load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
     seg, note = demo.load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")

@@ -5,7 +5,10 @@ import math
 
 import pytest
 
+from pathlib import Path
+
 from dpseg.cli import main
+from dpseg.quickstart import default_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,8 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
     best_seen = max(r["0"]["seen"]["pass1"]["mIoU"] for r in results["runs"].values())
     assert best_seen > chance["seen"], (best_seen, chance)
     assert results["tiny_clip_zero_shot"]["seen/crops"]["accuracy"] > 2 * results["tiny_clip_zero_shot"]["seen/crops"]["chance"]
+    model, bank = default_artifacts(root / "cache")  # what `dpseg demo` shows: the dual model, seed 0, with its bank
+    assert model.name == "final" and model.parent.name.startswith("dual-seed0-") and bank == Path(results["prompt_bank"]).resolve()
 
 
 @pytest.mark.slow
