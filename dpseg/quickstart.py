@@ -51,7 +51,7 @@ class Budget:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dpseg.cli import add_config_arguments
 
-    parser.add_argument("--fast", action="store_true", help="a one-minute smoke run (tiny sizes, one seed)")
+    parser.add_argument("--fast", action="store_true", help="a two-minute smoke run (tiny sizes, one seed)")
     parser.add_argument("--out", default="runs/quickstart", help="where results.md/json and figure.png go")
     parser.add_argument("--cache", help="datasets, CLIP, prompt bank and runs (default: $DPSEG_CACHE/quickstart if "
                         "DPSEG_CACHE is set, else .dpseg_cache/quickstart)")
