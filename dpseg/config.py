@@ -3,7 +3,7 @@
 A run is described by one :class:`Config` (sections ``model``, ``prompts``, ``data``, ``train``, ``eval``).
 Sources are applied in order, each holding only *deltas* from what came before:
 
-1. the dataclass defaults below (= the paper's ConvNeXt-B recipe, preset ``dpseg-b``);
+1. the dataclass defaults of :mod:`dpseg.config_schema` (= the paper's ConvNeXt-B recipe, preset ``dpseg-b``);
 2. a preset (``dpseg-b``, ``dpseg-l``, ``dpseg-tiny``, ``synthetic``), a YAML delta shipped in ``dpseg/presets``;
 3. a user YAML file (it may name its own ``preset:``);
 4. ``--set section.key=value`` overrides (values parsed as YAML, then type-checked).
@@ -18,152 +18,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from dpseg.atomic import atomic_write_text  # noqa: F401 - re-exported for callers of dpseg.config
+from dpseg.config_schema import (Config, DataConfig, EvalConfig, ModelConfig, PromptsConfig,  # noqa: F401 - re-exported
+                                 TrainConfig)
 from dpseg.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-@dataclass
-class ModelConfig:
-    """Network architecture and the CLIP towers it is built on (paper §3-4; notes §9 for guessed details)."""
-
-    # --- CLIP towers (open_clip) ---
-    clip_model: str = "convnext_base_w_320"  # OpenCLIP model name (its model config ships with open_clip)
-    clip_model_cfg: dict = field(default_factory=dict)  # inline OpenCLIP model config; overrides clip_model
-    # OpenCLIP pretrained tag, a local .pt/.bin/.safetensors file in OpenCLIP layout, or "" for random init.
-    clip_pretrained: str = "laion_aesthetic_s13b_b82k"
-    prompt_image_size: int = 320  # visual prompts (generated images, crops) are encoded at this size
-    # --- dual-prompt cost volume (§4.3-4.4) ---
-    prompt_type: Literal["text", "visual", "dual"] = "dual"
-    cost_embed_dim: int = 128
-    cost_embed_kernel: int = 7
-    # --- cost-volume-guided decoder (§4.5) ---
-    guidance: Literal["none", "upsampled", "visual"] = "visual"  # none | SED-style upsampled F_c | F_v^j
-    visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
-    decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
-    encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
-    cost_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # embedded F_v^j or upsampled F_c
-    attention_heads: int = 4
-    mlp_ratio: int = 4
-    class_pool_train: int = 2  # avg-pool of class-attention tokens while training (SED/CAT-Seg: 2)
-    class_pool_test: int = 1
-    detach_guidance: bool = True  # stage features reach the decoder without gradient (as SED)
-    # --- two-pass inference: semantic-guided prompt refinement (§4.6) ---
-    refine_min_area: float = 0.001  # a class is "detected" if it covers at least this fraction of the image
-    refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
-    # pass 2 re-decodes all K classes (the paper) or only those present in the pass-1 label map ("present":
-    # the others keep their pass-1 logits; SED's category early rejection in spirit; much faster at large K)
-    refine_scope: Literal["all", "present"] = "all"
-    # --- memory ---
-    class_chunk: int = 0  # classes per decoder chunk at inference (0 = all at once); exact, see decoder.py
-    grad_checkpointing: bool = False
-
-
-@dataclass
-class PromptsConfig:
-    """Text templates and the visual-prompt bank (paper §4.1-4.2, notes §9 #1-#4)."""
-
-    templates: str = "imagenet80"  # template set name or a text file with one template per line ("{}" = class)
-    num_templates: int = 0  # M: use the first M templates (0 = all)
-    bank: str = ""  # prompt bank directory (``dpseg prompts build``)
-    generator: str = "runwayml/stable-diffusion-v1-5"  # diffusers pipeline directory or hub id
-    scheduler: Literal["dpm++", "ddim", "euler", "default"] = "dpm++"
-    steps: int = 25
-    guidance_scale: float = 7.5
-    resolution: int = 512
-    seed: int = 0
-    images_per_class: int = 0  # 0 = one image per (class, template) as the paper; N > 0 shares N images
-    keep_images: bool = False
-    batch_size: int = 8
-    negative_prompt: str = ""  # generator negative prompt ("" = none, as the paper notes imply)
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # generator weights; auto = fp16 on CUDA, fp32 on CPU
-    safety_checker: bool = False  # SD's NSFW filter blacks out flagged images, which would poison the prompts
-
-
-@dataclass
-class DataConfig:
-    """Training data and augmentation (SED recipe, notes §5)."""
-
-    root: str = ""  # dataset root; "" = $DETECTRON2_DATASETS or ./datasets
-    train_dataset: str = "coco_stuff_171_train"
-    val_dataset: str = "coco_stuff_171_val"
-    crop_size: int = 768
-    resize_short: int = 768
-    resize_max: int = 2666
-    cat_max_ratio: float = 1.0
-    color_jitter: bool = True
-    flip: bool = True
-    pad_value: int = 128  # image fill when a crop is padded up to crop_size (labels are padded with ignore)
-    num_workers: int = 4
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation (paper §5)."""
-
-    output_dir: str = "runs/dpseg"
-    iterations: int = 80000
-    batch_size: int = 4  # global batch, split over ranks
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    encoder_lr_mult: float = 0.01  # the paper's alpha = 0.01
-    grad_clip: float = 0.01  # full-model L2 norm, as SED (0 = off)
-    warmup_iters: int = 0
-    loss_ignore: Literal["negative", "mask"] = "negative"
-    # 0 = every training class is decoded and scored at every step (the paper). N > 0 = only the classes present in
-    # the batch plus random absent ones up to N: the decoder's cost is linear in the classes, so a step is ~K/N
-    # times cheaper (the synthetic preset uses it to train on a CPU in minutes).
-    classes_per_step: int = 0
-    # auto = bf16 autocast on a CUDA GPU that supports it, else fp32; fp16 = autocast + loss scaling (V100-class GPUs)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    device: str = "auto"  # auto = this rank's GPU if CUDA is available, else CPU; or cpu / cuda
-    tensorboard: bool = True  # also write TensorBoard events (the JSONL/CSV logs are always written)
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
-    eval_every: int = 10000
-    eval_max_images: int = 0  # 0 = whole validation split
-
-
-@dataclass
-class EvalConfig:
-    """Test-time protocol (notes §6)."""
-
-    datasets: list[str] = field(default_factory=lambda: ["a847", "pc459", "a150", "pc59", "voc20"])
-    protocol: Literal["whole", "slide"] = "whole"  # SED: whole image at input_size; CAT-Seg: sliding window
-    short_side: int = 640
-    max_side: int = 2560  # cap on the long side after the short-side resize (detectron2 test mapper)
-    input_size: int = 768
-    slide_window: int = 384
-    slide_overlap: float = 0.333
-    two_pass: bool = True  # report pass 1 and pass 2 (semantic-guided prompt refinement)
-    class_chunk: int = 128
-    batch_size: int = 1
-    max_images: int = 0  # 0 = all
-    num_workers: int = 2  # image-loading processes per rank
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-
-
-@dataclass
-class Config:
-    preset: str = "dpseg-b"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: PromptsConfig = field(default_factory=PromptsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------- checking
