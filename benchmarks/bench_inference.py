@@ -236,7 +236,8 @@ def main() -> None:
             results.append(r)
             extra = f"  refined {r['refined_classes']}" if "refined_classes" in r else ""
             print(f"K={k:>4} {mode:<16} {r['latency_s']:8.2f} s  {r['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
-    for line in targets(results):
+    target_lines = targets(results)
+    for line in target_lines:
         print(line)
     import torch
 
@@ -247,7 +248,7 @@ def main() -> None:
         env["gpu"] = torch.cuda.get_device_name()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results, "targets": targets(results)[2:]}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results, "targets": target_lines[2:]}, indent=2))
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

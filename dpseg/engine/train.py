@@ -147,11 +147,12 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             images = batch["image"].to(ctx.device, non_blocking=True).float().div_(255)  # (b, 3, S, S) in [0, 1]
             labels = batch["label"].to(ctx.device, non_blocking=True)  # (b, S, S), -1 = ignore
             step_prompts = train_prompts
-            classes = sample_step_classes(labels, train_prompts.num_classes, tc.classes_per_step,
-                                          mix_seed(tc.seed, 0xC1A55, ctx.rank, step))  # seeded by step: resume-exact
-            if classes is not None:
-                step_prompts = train_prompts.select(classes.tolist())
-                labels = remap_labels(labels, classes, train_prompts.num_classes)
+            if tc.classes_per_step:
+                classes = sample_step_classes(labels, train_prompts.num_classes, tc.classes_per_step,
+                                              mix_seed(tc.seed, 0xC1A55, ctx.rank, step))  # seeded by step: resume-exact
+                if classes is not None:
+                    step_prompts = train_prompts.select(classes.tolist())
+                    labels = remap_labels(labels, classes, train_prompts.num_classes)
             try:
                 with autocast(precision, ctx.device):
                     logits = net(images, step_prompts)["logits"]  # (b, K_step, S/4, S/4)
