@@ -42,6 +42,7 @@ def run(args) -> dict:
     from dpseg.config import build_config
     from dpseg.model.towers import build_towers
     from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.builder import build_bank
     from dpseg.prompts.exemplars import encode_prompt_images
     from dpseg.prompts.generate import generator_prompt, get_generator, image_seed
     from dpseg.prompts.templates import get_templates
@@ -73,7 +74,7 @@ def run(args) -> dict:
     _, text_s = _timed(lambda: text.encode(names, templates), device)
 
     bank = PromptBank.create(tmp / "bank", make_key(prompt, text, templates, size), gen.identity, spec)
-    report, build_s = _timed(lambda: bank.build(names, gen, prompt, text, batch_size=bs, encode_batch_size=args.encode_batch_size, progress=False), device)
+    report, build_s = _timed(lambda: build_bank(bank, names, gen, prompt, text, batch_size=bs, encode_batch_size=args.encode_batch_size, progress=False), device)
     e2e = report.images / build_s
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

@@ -24,7 +24,8 @@ import torch
 def run(args) -> dict:
     from dpseg.build import build_model
     from dpseg.config import build_config
-    from dpseg.engine.optim import autocast, build_optimizer, make_scaler, resolve_precision
+    from dpseg.engine.optim import build_optimizer, make_scaler
+    from dpseg.evaluation.runtime import autocast, resolve_precision
     from dpseg.model.loss import SegmentationLoss
     from dpseg.model.prompts import PromptSet
 

@@ -1,5 +1,5 @@
 import sys
 
-from dpseg.cli import main
+from dpseg.commands import main
 
 sys.exit(main())

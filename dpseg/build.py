@@ -14,22 +14,18 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from torch import nn
 
 from dpseg import __version__
 from dpseg.config import Config, atomic_write_text, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from dpseg.model.dpseg import DPSeg
-from dpseg.model.towers import _hub_reachable, build_towers
-from dpseg.prompts.templates import get_templates
-from dpseg.weights import load_strict, read_state_dict, save_safetensors, state_fingerprint
+from dpseg.model.towers import build_towers
+from dpseg.prompts.templates import model_templates
+from dpseg.weights import hub_reachable, load_strict, read_state_dict, save_safetensors, state_fingerprint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def model_templates(cfg: Config) -> list[str]:
-    """The M templates the model is built for (``prompts.templates`` truncated to ``prompts.num_templates``)."""
-    return get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
 
 
 def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
@@ -65,7 +61,7 @@ def _resolve_checkpoint(source: str) -> Path:
         return Path(snapshot_download(source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WeightsUnavailableError(
             f"checkpoint {source} is neither a local directory nor in the Hugging Face cache, and the hub is "
             "unreachable; download it on a connected machine and pass the directory"
@@ -92,3 +88,37 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
     load_strict(model, read_state_dict(weights, "dpseg checkpoint"), "DPSeg model of this config", str(weights))
     model.eval()
     return (model.to(device) if device is not None else model), cfg
+
+
+# ------------------------------------------------------------------------------------------ parameter counts
+
+
+def component_counts(model) -> list[tuple[str, int, int]]:
+    """(component, total, trainable) rows for a DPSeg model, plus a total row."""
+    parts: list[tuple[str, nn.Module]] = [
+        ("image encoder (CLIP image tower, lr × encoder_lr_mult)", model.image_encoder),
+        ("visual-prompt encoder (frozen copy)", model.prompt_encoder),
+        ("text encoder (frozen CLIP text tower)", model.text_encoder),
+        ("cost embedding", model.cost_embedding),
+        ("visual cost embeddings", model.visual_cost),
+        ("decoder (aggregation, upsampling, fusion, head)", model.decoder),
+    ]
+    if model.upsampled_cost is not None:
+        parts.append(("upsampled-cost guidance (SED mode)", model.upsampled_cost))
+    rows = [(name, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad))
+            for name, m in parts]
+    total = sum(p.numel() for p in model.parameters())
+    assert total == sum(r[1] for r in rows), "a component is missing from the summary"
+    rows.append(("total", total, sum(p.numel() for p in model.parameters() if p.requires_grad)))
+    return rows
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n / 1e3:.2f}K" if n else "0"
+
+
+def format_counts(rows: list[tuple[str, int, int]]) -> str:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'component':<{width}}  {'total':>10}  {'trainable':>10}"]
+    lines += [f"{name:<{width}}  {_human(t):>10}  {_human(tr):>10}" for name, t, tr in rows]
+    return "\n".join(lines)

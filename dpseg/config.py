@@ -24,8 +24,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from dpseg.atomic import atomic_write_text  # noqa: F401 - re-exported for callers of dpseg.config
-from dpseg.config_schema import (Config, DataConfig, EvalConfig, ModelConfig, PromptsConfig,  # noqa: F401 - re-exported
-                                 TrainConfig)
+from dpseg.config_schema import Config, DataConfig, EvalConfig, ModelConfig, PromptsConfig, TrainConfig  # noqa: F401 - re-exported
 from dpseg.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"

@@ -22,12 +22,15 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image
+from open_clip.constants import OPENAI_DATASET_MEAN
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dpseg.atomic import atomic_target
 from dpseg.errors import DataError, InputError
-from dpseg.prompts.exemplars import CLIP_MEAN, IMAGE_SUFFIXES, load_image
 
+# The one list of image file suffixes dpseg reads (segment inputs, exemplars, dataset folders).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+CLIP_MEAN = tuple(float(c) for c in OPENAI_DATASET_MEAN)  # what the towers' normalisation maps to zero
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's hard decompression-bomb limit (about 179 megapixels)
 MEAN_RGB = tuple(int(round(c * 255)) for c in CLIP_MEAN)
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
@@ -48,8 +51,29 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
         )
 
 
-def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """An image file -> uint8 (3, H, W) RGB, by the rules in the module doc (DataError if unreadable)."""
+def load_image(path: Union[str, Path], exif: bool = True) -> Image.Image:
+    """Decode an image file as RGB (or RGBA when it has transparency); 16-bit and float grayscale are scaled to
+    8 bits. ``exif``: apply the EXIF orientation (what a viewer shows). Dataset images keep their stored pixel
+    array (``exif=False``) because their labels were drawn on it."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im) if exif else im
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS, exif: bool = True) -> torch.Tensor:
+    """An image file -> uint8 (3, H, W) RGB, by the rules in the module doc (DataError if unreadable). The one
+    image reader of dpseg: segment inputs, the demo, exemplars and dataset folders (``exif=False``) use it."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a directory, not an image")
@@ -68,7 +92,7 @@ def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = load_image(path)  # EXIF orientation, 16-bit grayscale, RGB or RGBA
+            image = load_image(path, exif)  # EXIF orientation, 16-bit grayscale, RGB or RGBA
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data found while decoding

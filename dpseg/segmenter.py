@@ -36,13 +36,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dpseg.build import load_model, model_templates
+from dpseg.build import load_model
 from dpseg.data.transforms import resize_label
 from dpseg.errors import InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, window_starts
+from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
-from dpseg.prompts.bank import check_class_list
-from dpseg.segment_prompts import build_prompts, parse_class_list, source_key
+from dpseg.prompts.resolve import resolve_prompts, source_key
+from dpseg.prompts.templates import model_templates
+from dpseg.vocab import check_class_list, parse_class_list
 
 log = logging.getLogger("dpseg.segmenter")
 STATS_BAND = 1 << 22  # pixels per band when counting classes (bounded memory on huge maps)
@@ -138,9 +140,11 @@ class Segmenter:
 
     def __init__(self, model, cfg, device: Union[str, torch.device, None] = None, bank: Optional[str] = None,
                  cache_size: int = 8):
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.cfg = cfg
+        # the checkpoint's eval.precision, resolved as `dpseg eval` resolves it: the same numbers on every surface
+        self.precision = resolve_precision(cfg.eval.precision, self.device, what="config key 'eval.precision'")
         self.templates = model_templates(cfg)
         self.protocol = protocol_from_config(cfg.eval)
         self.refine_default = bool(cfg.eval.two_pass)
@@ -160,9 +164,7 @@ class Segmenter:
     def from_pretrained(cls, source: Union[str, Path], device: Union[str, torch.device, None] = None,
                         bank: Optional[str] = None, **kwargs) -> "Segmenter":
         """Load our checkpoint directory (config.json + model.safetensors) or a hub id (online, or cached)."""
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device {device} was asked for but no CUDA GPU is available here; use device='cpu' / --device cpu")
+        device = resolve_device(device, what="device")
         model, cfg = load_model(source, device=device)
         seg = cls(model, cfg, device, bank, **kwargs)
         seg.checkpoint = str(source)
@@ -177,19 +179,14 @@ class Segmenter:
             raise InputError("text_only=True cannot be combined with a bank or exemplars; choose one source")
         if bank is None and not text_only:
             bank = self.default_bank
-        if not text_only and bank is None and exemplars is None and self.model.needs_visual_prompts:
-            raise InputError(
-                f"this model was trained with visual prompts (prompt_type={self.model.prompt_type}"
-                f"{', visual cost volumes' if self.model.visual_scales else ''}); give a prompt bank (bank= / --bank), "
-                "exemplar images (exemplars= / --exemplars DIR/<class>/*.jpg), or accept a degraded text-only mode "
-                "(text_only=True / --text-only)"
-            )
         key = source_key(names, bank, exemplars)
         cached = key in self._cache
         if cached:
             self._cache.move_to_end(key)
         else:
-            self._cache[key] = build_prompts(self.model, self.templates, names, bank, exemplars, self.device)
+            resolved = resolve_prompts(self.model, self.templates, names, bank=bank, exemplars=exemplars,
+                                       text_only=text_only, device=self.device)
+            self._cache[key] = (resolved.prompts, resolved.source, resolved.degraded)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self.prompts, self.prompt_source, self.degraded = self._cache[key]
@@ -233,7 +230,9 @@ class Segmenter:
         results = []
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]
-            for img, pred in zip(loaded, self._predict(forward, loaded, tile)):
+            with autocast(self.precision, self.device):
+                preds = self._predict(forward, loaded, tile)
+            for pred in preds:
                 results.append(self._result(pred, two, min_score))
         return results[0] if single else results
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from dpseg.build import build_model, model_templates
+from dpseg.build import build_model
 from dpseg.config import build_config
 from dpseg.model.prompts import PromptSet
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from helpers import tiny_model
 from PIL import Image
 
-from dpseg.build import model_templates, save_model
+from dpseg.build import save_model
 from dpseg.prompts.bank import PromptBank, make_key
-from helpers import tiny_model
+from dpseg.prompts.builder import add_exemplars
+from dpseg.prompts.templates import model_templates
 
 CLASSES = ["cat", "sofa, couch", "lamp", "floor"]
 
@@ -41,7 +43,7 @@ def artifacts() -> SimpleNamespace:
     bank = PromptBank.create(root / "bank", key)
     rng = np.random.default_rng(1)
     images = {n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) for _ in range(2)] for n in CLASSES}
-    bank.add_exemplars(images, model.prompt_encoder, model.text_encoder)
+    add_exemplars(bank, images, model.prompt_encoder, model.text_encoder)
     text_model, text_cfg = tiny_model("model.prompt_type=text", "model.guidance=none", seed=1)
     ckpt_text = save_model(text_model, text_cfg, root / "ckpt_text")
     # the same weights decoding all classes at once (the preset's 8-class chunks are slow on CPU at large K)

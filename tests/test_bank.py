@@ -15,6 +15,7 @@ from dpseg.config import build_config
 from dpseg.errors import BankError, InputError
 from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.builder import build_bank
 from dpseg.prompts.exemplars import encode_prompt_images
 from dpseg.prompts.generate import generator_prompt, get_generator, image_seed
 from dpseg.prompts.templates import get_templates
@@ -52,7 +53,7 @@ def _new_bank(env, path, images_per_class=0, seed=0):
 
 def _build(env, bank, classes=CLASSES, generator=None, **kw):
     _, prompt, text, gen, _ = env
-    return bank.build(classes, generator or gen, prompt, text, progress=False, **kw)
+    return build_bank(bank, classes, generator or gen, prompt, text, progress=False, **kw)
 
 
 def _contents(bank):
@@ -174,7 +175,7 @@ def test_images_per_class_shares_images_across_templates(env, tmp_path):
     v = fewer.load_class("cat")["visual"]  # 3 templates, 2 images: template 2 reuses image 0
     assert torch.allclose(v[2], v[0], atol=1e-6) and not torch.allclose(v[1], v[0], atol=1e-3)
     more = _new_bank(env, tmp_path / "four", images_per_class=4)
-    entry = more.build(["cat"], env[3], prompt, text, progress=False, keep_images=True) and more.load_class("cat")
+    entry = build_bank(more, ["cat"], env[3], prompt, text, progress=False, keep_images=True) and more.load_class("cat")
     imgs = [Image.open(p) for p in sorted(more.image_dir("cat").glob("*.png"))]
     enc, _ = encode_prompt_images(prompt, imgs, env[0].model.prompt_image_size)
     assert len(imgs) == 4 and torch.allclose(entry["visual"][0], F.normalize(enc[0] + enc[3], dim=-1), atol=1e-5)
@@ -197,9 +198,9 @@ def test_existing_bank_refuses_other_settings(env, tmp_path):
         PromptBank.create(tmp_path / "bank", key, gen.identity, "", 0, 2)
     bank = PromptBank.open(tmp_path / "bank")
     with pytest.raises(BankError, match="generated with generator"):
-        bank.build(["cat"], Interrupting(get_generator(str(gen.path), build_config("dpseg-tiny").prompts), 1), prompt, text)
+        build_bank(bank, ["cat"], Interrupting(get_generator(str(gen.path), build_config("dpseg-tiny").prompts), 1), prompt, text)
     with pytest.raises(BankError, match="built with other templates"):
-        bank.build(["cat"], gen, prompt, text, templates=templates[:1], progress=False)
+        build_bank(bank, ["cat"], gen, prompt, text, templates=templates[:1], progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(BankError, match="is not empty and holds no manifest.json"):

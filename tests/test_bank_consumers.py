@@ -13,6 +13,7 @@ from PIL import Image
 from dpseg.errors import BankError, DataError, InputError
 from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import PromptBank, make_key, text_only_prompt_set
+from dpseg.prompts.builder import add_exemplars, build_bank
 from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import get_templates
 
@@ -58,7 +59,7 @@ def pristine(towers, tmp_path_factory):
     prompt, text, templates, size = towers
     root = tmp_path_factory.mktemp("pristine") / "bank"
     b = PromptBank.create(root, make_key(prompt, text, templates, size), NoiseGenerator.identity, "noise")
-    b.build(["cat", "dog", "sofa, couch"], NoiseGenerator(), prompt, text, progress=False)
+    build_bank(b, ["cat", "dog", "sofa, couch"], NoiseGenerator(), prompt, text, progress=False)
     return root
 
 
@@ -94,9 +95,9 @@ def test_mismatched_encoders_are_named(bank, towers):
     with pytest.raises(BankError, match="built with another text tower"):
         bank.prompt_set(["cat"], prompt_encoder=prompt, text_tower=_perturbed(text))
     with pytest.raises(BankError, match="built with another visual-prompt encoder"):
-        bank.build(["cat", "cow"], NoiseGenerator(), _perturbed(prompt), text, progress=False)
+        build_bank(bank, ["cat", "cow"], NoiseGenerator(), _perturbed(prompt), text, progress=False)
     with pytest.raises(BankError, match="another text tower"):
-        bank.add_exemplars({"cat": [Image.new("RGB", (8, 8))]}, prompt, _perturbed(text))
+        add_exemplars(bank, {"cat": [Image.new("RGB", (8, 8))]}, prompt, _perturbed(text))
 
 
 def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
@@ -115,7 +116,7 @@ def test_bad_class_lists(bank, towers, names, message):
     with pytest.raises(InputError, match=message):
         bank.prompt_set(names, prompt_encoder=prompt, text_tower=text)
     with pytest.raises(InputError, match=message):
-        bank.build(names, NoiseGenerator(), prompt, text, progress=False)
+        build_bank(bank, names, NoiseGenerator(), prompt, text, progress=False)
 
 
 def test_prompt_set_needs_something_to_check_against(bank):
@@ -132,7 +133,7 @@ def test_exemplar_folder_sets_averaged_visual_prompts(bank, towers, tmp_path):
             Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "ex" / name / f"{i}.jpg")
     dog_before = bank.load_class("dog")
     found = find_exemplars(tmp_path / "ex")
-    assert bank.add_exemplars(found, prompt, text) == ["cat", "giraffe"]
+    assert add_exemplars(bank, found, prompt, text) == ["cat", "giraffe"]
     v, stages = encode_prompt_images(prompt, [Image.open(p).convert("RGB") for p in found["cat"]], size)
     cat = bank.load_class("cat")
     assert cat["meta"]["source"] == "exemplar" and cat["seeds"].tolist() == [-1, -1, -1]
@@ -144,7 +145,7 @@ def test_exemplar_folder_sets_averaged_visual_prompts(bank, towers, tmp_path):
     assert ps.visual.shape == (2, 3, 32)
     assert bank.info()["sources"] == {"exemplar": 2, "generated": 2}
     # rebuilding skips exemplar classes: user prompts are never overwritten by generated ones
-    assert bank.build(["cat", "dog", "giraffe"], NoiseGenerator(), prompt, text, progress=False).built == []
+    assert build_bank(bank, ["cat", "dog", "giraffe"], NoiseGenerator(), prompt, text, progress=False).built == []
 
 
 def test_exemplar_errors(bank, towers, tmp_path):
@@ -152,11 +153,11 @@ def test_exemplar_errors(bank, towers, tmp_path):
     (tmp_path / "ex" / "cat").mkdir(parents=True)
     (tmp_path / "ex" / "cat" / "bad.jpg").write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"cannot read image .*cat/bad\.jpg"):
-        bank.add_exemplars(find_exemplars(tmp_path / "ex"), prompt, text)
+        add_exemplars(bank, find_exemplars(tmp_path / "ex"), prompt, text)
     with pytest.raises(InputError, match="class 'cat' has no exemplar images"):
-        bank.add_exemplars({"cat": []}, prompt, text)
+        add_exemplars(bank, {"cat": []}, prompt, text)
     with pytest.raises(InputError, match="exemplar class list names 'cat' more than once"):
-        bank.add_exemplars({"cat": [Image.new("RGB", (8, 8))], "cat ": [Image.new("RGB", (8, 8))]}, prompt, text)
+        add_exemplars(bank, {"cat": [Image.new("RGB", (8, 8))], "cat ": [Image.new("RGB", (8, 8))]}, prompt, text)
     assert bank.load_class("cat")["meta"]["source"] == "generated"
 
 
@@ -164,10 +165,10 @@ def test_exemplar_only_bank_adopts_a_generator_later(towers, tmp_path):
     prompt, text, templates, size = towers
     key = make_key(prompt, text, templates, size)
     b = PromptBank.create(tmp_path / "ex-bank", key)
-    b.add_exemplars({"cat": [Image.new("RGB", (10, 10), (200, 10, 10))]}, prompt, text)
+    add_exemplars(b, {"cat": [Image.new("RGB", (10, 10), (200, 10, 10))]}, prompt, text)
     b = PromptBank.create(tmp_path / "ex-bank", key, NoiseGenerator.identity, "noise", 3, 0)
     assert b.manifest["generator"] == "noise-v1" and PromptBank.open(b.root).manifest["seed"] == 3
-    assert b.build(["cat", "dog"], NoiseGenerator(), prompt, text, progress=False).built == ["dog"]
+    assert build_bank(b, ["cat", "dog"], NoiseGenerator(), prompt, text, progress=False).built == ["dog"]
 
 
 def test_text_only_prompt_set(towers):

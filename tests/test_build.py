@@ -2,11 +2,10 @@ import json
 
 import pytest
 import torch
-
-from dpseg.build import load_model, save_model
-from dpseg.errors import CheckpointError
-from dpseg.summary import component_counts
 from helpers import random_prompts, tiny_model
+
+from dpseg.build import component_counts, load_model, save_model
+from dpseg.errors import CheckpointError
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dpseg.data import IGNORE_INDEX, build_dataset, describe_dataset, list_datasets, load_class_names
-from dpseg.data.catalog import ENTRIES, get_entry
-from dpseg.data.vocab import builtin_class_names
+from dpseg.data.catalog import ENTRIES, build_dataset, describe_dataset, get_entry, list_datasets
 from dpseg.errors import DataError, InputError
+from dpseg.vocab import IGNORE_INDEX, builtin_class_names
+from dpseg.vocab import read_class_list as load_class_names
 
 
 def make_custom(root, split="val", n=3, classes=("cat", "sofa, couch", "lamp"), bits=8, size=(6, 8)):

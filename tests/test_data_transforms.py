@@ -6,12 +6,18 @@ import pytest
 import torch
 
 from dpseg.config import DataConfig
-from dpseg.data import IGNORE_INDEX
 from dpseg.data.transforms import (
-    PadToSize, PhotometricJitterSSD, RandomCropCategoryArea, RandomHorizontalFlip, ResizeShortestEdge,
-    build_train_transform, resize_label, shortest_edge_size,
+    PadToSize,
+    PhotometricJitterSSD,
+    RandomCropCategoryArea,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+    build_train_transform,
+    resize_label,
+    shortest_edge_size,
 )
 from dpseg.errors import ConfigError
+from dpseg.vocab import IGNORE_INDEX
 
 
 def coded_item(h, w, ignore_band=True):

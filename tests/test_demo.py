@@ -17,10 +17,11 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*(downcasting|copy keyword).*")
 
-from dpseg import demo  # noqa: E402
-from dpseg.cli import main  # noqa: E402
-from dpseg.errors import CheckpointError, InputError  # noqa: E402
 from segment_helpers import artifacts, scene  # noqa: E402
+
+from dpseg import demo  # noqa: E402
+from dpseg.commands import main  # noqa: E402
+from dpseg.errors import CheckpointError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",

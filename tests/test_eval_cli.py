@@ -7,15 +7,15 @@ import pytest
 from PIL import Image
 
 from dpseg.build import save_model
-from dpseg.cli import main
+from dpseg.commands import main
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from helpers import random_prompts, tiny_model
 
-    from dpseg.build import model_templates
     from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.templates import model_templates
 
     base = tmp_path_factory.mktemp("eval")
     text_model, cfg = tiny_model("model.prompt_type=text", "model.guidance=none", "model.visual_scales=[]",

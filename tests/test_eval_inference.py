@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dpseg.config import EvalConfig
-from dpseg.data import build_dataset
+from dpseg.data.catalog import build_dataset
 from dpseg.errors import ConfigError, InputError
 from dpseg.evaluation import inference
 from dpseg.evaluation.evaluator import evaluate

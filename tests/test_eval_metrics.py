@@ -1,7 +1,5 @@
 """Confusion-matrix metrics against hand-computed cases and an independent numpy reference."""
 
-import math
-import os
 
 import numpy as np
 import pytest

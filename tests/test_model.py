@@ -1,11 +1,11 @@
 import pytest
 import torch
+from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
 from dpseg.model.cost_volume import VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.loss import SegmentationLoss
 from dpseg.model.prompts import PromptSet, dual_prompt
-from helpers import random_prompts, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpseg.data import build_dataset
+from dpseg.data.catalog import build_dataset
 from dpseg.data.prepare.ade20k import a847_size, prepare_a150, prepare_a847
 from dpseg.data.prepare.coco_stuff import prepare_coco_stuff
 from dpseg.errors import DataError

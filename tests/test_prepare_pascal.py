@@ -8,7 +8,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from dpseg.data import build_dataset
+from dpseg.data.catalog import build_dataset
 from dpseg.data.prepare.pascal import pc459_val_ids, prepare_pc59, prepare_pc459, prepare_voc
 from dpseg.errors import DataError
 

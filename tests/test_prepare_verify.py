@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpseg.cli import main
+from dpseg.commands import main
 from dpseg.data.catalog import get_entry
 from dpseg.data.prepare.pascal import pc459_val_ids
 from dpseg.data.prepare.verify import verify_entry

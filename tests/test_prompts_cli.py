@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dpseg.cli import main
+from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.model.towers import build_towers, create_clip
 from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
-from dpseg.prompts.vocab import load_vocabulary
+from dpseg.vocab import read_class_list as load_vocabulary
 from dpseg.weights import save_safetensors
 
 

@@ -4,9 +4,13 @@ import torch
 from PIL import Image
 
 from dpseg.errors import DataError, InputError
+from dpseg.image_io import CLIP_MEAN, load_image
+from dpseg.model.prompt_image import prepare_prompt_image
 from dpseg.model.towers import build_towers
 from dpseg.prompts.exemplars import (
-    CLIP_MEAN, average_prompts, encode_prompt_images, find_exemplars, load_image, prepare_prompt_image,
+    average_prompts,
+    encode_prompt_images,
+    find_exemplars,
 )
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
+from dpseg.model.prompt_image import prepare_prompt_image
 from dpseg.model.refine import detected_classes, refine_prompts, two_pass
-from dpseg.prompts.exemplars import prepare_prompt_image
-from helpers import random_prompts, tiny_model
 
 
 def test_detected_classes_threshold():

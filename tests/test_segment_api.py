@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from segment_helpers import artifacts, scene
 
 from dpseg.errors import CheckpointError, DataError, InputError
 from dpseg.evaluation.inference import model_forward, predict
-from dpseg.segment_prompts import parse_class_list
-from dpseg.segmenter import Segmenter, SegmentationResult
-from segment_helpers import artifacts, scene
+from dpseg.segmenter import SegmentationResult, Segmenter
+from dpseg.vocab import parse_class_list
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from segment_helpers import artifacts, scene
 
-from dpseg.cli import main
+from dpseg.commands import main
 from dpseg.image_io import MEAN_RGB
 from dpseg.segmenter import Segmenter
-from segment_helpers import artifacts, scene
 
 
 def segment(capsys, *args, bank=True, checkpoint=None):

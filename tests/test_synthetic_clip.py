@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from dpseg.config import build_config
-from dpseg.data.synthetic.clip_pretrain import (
+from dpseg.data.synthetic.world import seen_classes
+from dpseg.errors import InputError
+from dpseg.model.towers import create_clip
+from dpseg.quickstart.clip_pretrain import (
     PretrainSettings,
     caption_universe,
     multi_positive_loss,
     phrase_of,
     pretrained_clip,
 )
-from dpseg.data.synthetic.world import seen_classes
-from dpseg.data.synthetic.zeroshot import evaluate_zero_shot
-from dpseg.errors import InputError
-from dpseg.model.towers import create_clip
+from dpseg.quickstart.zeroshot import evaluate_zero_shot
 
 
 def test_caption_universe_names_only_seen_combinations():

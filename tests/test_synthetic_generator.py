@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.spatial import ConvexHull
+from test_synthetic_world import hue_name
 
 from dpseg.data.synthetic.generator import SyntheticGenerator, modifiers_of
 from dpseg.errors import InputError
-from test_synthetic_world import hue_name
 
 
 def shape_descriptors(mask: np.ndarray) -> tuple[float, float]:

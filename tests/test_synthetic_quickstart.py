@@ -2,12 +2,11 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from pathlib import Path
-
-from dpseg.cli import main
+from dpseg.commands import main
 from dpseg.quickstart import default_artifacts
 
 

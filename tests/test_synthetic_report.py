@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dpseg.data.synthetic.datasets import build_datasets
-from dpseg.data.synthetic.experiment import VARIANTS, chance_miou
-from dpseg.data.synthetic.report import compare, figure, markdown_table, summarize, verdicts
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+from dpseg.quickstart.experiment import VARIANTS, chance_miou
+from dpseg.quickstart.report import compare, figure, markdown_table, summarize, verdicts
 
 
 def test_chance_matches_random_predictions_through_the_metrics(tmp_path):

@@ -6,7 +6,14 @@ import itertools
 import numpy as np
 import pytest
 
-from dpseg.data.synthetic.render import IGNORE, Placement, random_scene, render_placements, shape_mask, visible_fractions
+from dpseg.data.synthetic.render import (
+    IGNORE,
+    Placement,
+    random_scene,
+    render_placements,
+    shape_mask,
+    visible_fractions,
+)
 from dpseg.data.synthetic.world import (
     COLOURS,
     PATTERNS,

@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dpseg.build import build_model, load_model, model_templates
-from dpseg.cli import main
+from dpseg.build import build_model, load_model
+from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.engine import TrainingError
 from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.errors import BankError
+from dpseg.prompts.templates import model_templates
 
 CLASSES = ("red square", "blue square", "green square")
 COLOURS = ((200, 30, 30), (30, 30, 200), (30, 200, 30))

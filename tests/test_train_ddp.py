@@ -18,11 +18,11 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import make_dataset, records, text_only
 
 from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.weights import state_fingerprint
-from test_train import make_dataset, records, text_only
 
 SETTINGS = ["train.iterations=3", "train.checkpoint_every=2", "train.batch_size=2", "data.num_workers=0"]
 

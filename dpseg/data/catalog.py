@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from dpseg.data.datasets import IMAGE_EXTS, SegmentationDataset, custom_folder, list_pairs
-from dpseg.data.vocab import builtin_class_names
+from dpseg.data.datasets import SegmentationDataset, custom_folder, list_pairs
 from dpseg.errors import DataError, InputError
+from dpseg.image_io import IMAGE_SUFFIXES
+from dpseg.vocab import builtin_class_names
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def _build_catalog(entry: CatalogEntry, root: Path, transform) -> SegmentationDa
         )
     if not label_dir.is_dir():
         raise DataError(f"dataset '{entry.name}' is not prepared: label folder {label_dir} is missing; run: {prepare_hint(entry, root)}")
-    pairs = list_pairs(image_dir, label_dir, (entry.label_ext,), IMAGE_EXTS)
+    pairs = list_pairs(image_dir, label_dir, (entry.label_ext,), IMAGE_SUFFIXES)
     if not pairs:
         raise DataError(f"dataset '{entry.name}' is not prepared: no {entry.label_ext} labels in {label_dir}; run: {prepare_hint(entry, root)}")
     vocab = builtin_class_names(entry.vocabulary) if entry.vocabulary else None

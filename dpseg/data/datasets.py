@@ -15,38 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dpseg.data import IGNORE_INDEX
+from dpseg import image_io
 from dpseg.errors import DataError
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def image_to_rgb_array(img: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> uint8 (H, W, 3). EXIF orientation is deliberately NOT applied: labels were
-    drawn on the stored pixel array, so rotating the image alone would misalign it with its label."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if img.mode == "F":
-        arr = np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)  # transparent pixels become white, not black garbage
-    return np.array(img.convert("RGB"))  # a writable copy (torch.from_numpy warns on read-only arrays)
+from dpseg.image_io import IMAGE_SUFFIXES
+from dpseg.vocab import IGNORE_INDEX, read_class_list
 
 
 def read_image(path: os.PathLike) -> torch.Tensor:
-    """uint8 RGB tensor (3, H, W)."""
-    try:
-        with Image.open(path) as img:
-            arr = image_to_rgb_array(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    """uint8 RGB tensor (3, H, W) of a dataset image. EXIF orientation is deliberately NOT applied: labels were
+    drawn on the stored pixel array, so rotating the image alone would misalign it with its label."""
+    return image_io.read_image(path, max_pixels=0, exif=False)
 
 
 def read_label_array(path: os.PathLike) -> np.ndarray:
@@ -171,20 +149,18 @@ def custom_folder(root: Path, split: str, transform=None) -> SegmentationDataset
 
     Labels: uint8 PNG with 255 = ignore, or 16-bit PNG with 65535 = ignore (use 16 bits for > 255 classes).
     """
-    from dpseg.data.vocab import load_class_names
-
     root = Path(root)
     classes = root / "classes.txt"
     if not classes.is_file():
         raise DataError(f"custom dataset {root} has no classes.txt (one class name per line, line i = label value i)")
-    names = load_class_names(classes)
+    names = read_class_list(classes)
     image_dir, label_dir = root / "images" / split, root / "labels" / split
     for d, what in ((image_dir, "images"), (label_dir, "labels")):
         if not d.is_dir():
             have = sorted(p.name for p in (root / what).iterdir() if p.is_dir()) if (root / what).is_dir() else []
             hint = f" (splits present: {', '.join(have)})" if have else f" (expected {root}/{what}/<split>/...)"
             raise DataError(f"custom dataset {root} has no {what} folder for split '{split}': {d} is missing{hint}")
-    pairs = list_pairs(image_dir, label_dir, (".png",), IMAGE_EXTS)
+    pairs = list_pairs(image_dir, label_dir, (".png",), IMAGE_SUFFIXES)
     if not pairs:
         raise DataError(f"custom dataset {root} split '{split}' has no label PNGs in {label_dir}")
     if len(names) > 255 and read_label_array(pairs[0][1]).dtype == np.uint8:

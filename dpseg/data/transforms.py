@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpseg.data import IGNORE_INDEX
 from dpseg.errors import ConfigError
+from dpseg.vocab import IGNORE_INDEX
 
 
 def _uniform(lo: float, hi: float, g: Optional[torch.Generator]) -> float:

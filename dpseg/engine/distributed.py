@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from dpseg.errors import ConfigError
+from dpseg.evaluation.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,7 @@ class DistContext:
 
 def pick_device(request: str, local_rank: int = 0) -> torch.device:
     """``auto`` = this rank's GPU if CUDA is available, else CPU; or an explicit ``cpu`` / ``cuda`` / ``cuda:N``."""
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(request)
-    except RuntimeError:
-        raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {request!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device asks for CUDA but no GPU is visible; use --set train.device=cpu")
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
-    elif device.type != "cpu":
-        raise ConfigError(f"train.device={request!r} is not supported; use auto, cpu or cuda")
-    return device
+    return resolve_device(request, local_rank, what="config key 'train.device'")
 
 
 def init_distributed(device_request: str = "auto", timeout_min: float = 30.0) -> DistContext:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dpseg.build import component_counts
 from dpseg.config import atomic_write_text
 
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s")
@@ -156,8 +157,6 @@ def format_table(title: str, rows: list[tuple[str, ...]], header: Optional[tuple
 
 def setup_table(model, facts: list[tuple[str, str]]) -> str:
     """Start-up report: run facts, then trainable / frozen parameters per model component."""
-    from dpseg.summary import component_counts
-
     counts = [(name, human_count(tr), human_count(total - tr)) for name, total, tr in component_counts(model)]
     return "\n\n".join([format_table("training run", facts),
                         format_table("parameters", counts, header=("component", "trainable", "frozen"))])

@@ -10,7 +10,6 @@ function of the step, so resuming needs no scheduler state beyond the step itsel
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -78,26 +77,6 @@ def lr_factor(step: int, total: int, warmup: int = 0) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = base_lr * g["lr_mult"]
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on a GPU that supports it, else fp32; checks explicit choices against the device."""
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if requested == "auto":
-        return "bf16" if bf16_ok else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use auto or fp32 on CPU")
-    if requested == "bf16" and device.type == "cuda" and not bf16_ok:
-        raise ConfigError("this GPU has no bfloat16 support; use --set train.precision=fp16 (with loss scaling) or fp32")
-    return requested
-
-
-def autocast(precision: str, device: torch.device):
-    """The forward pass's autocast context (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

@@ -13,7 +13,6 @@ A resumed run ends with the same weights as an uninterrupted one (bit-identical 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -23,20 +22,40 @@ from typing import Callable, Optional
 import torch
 
 from dpseg.build import build_model, save_model
-from dpseg.config import Config, atomic_write_text, build_config, load_config, save_config
+from dpseg.config import Config, atomic_write_text, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
-from dpseg.engine.checkpoint import (CONFIG, capture_rng, config_changes, find_checkpoint, list_checkpoints,
-                                     prune_checkpoints, restore_training, resume_target, save_checkpoint, seed_all,
-                                     trainable_state)
+from dpseg.engine.checkpoint import (
+    capture_rng,
+    config_changes,
+    list_checkpoints,
+    prune_checkpoints,
+    restore_training,
+    resume_target,
+    save_checkpoint,
+    seed_all,
+    trainable_state,
+)
 from dpseg.engine.data import build_train_dataset, build_train_loader
-from dpseg.engine.distributed import (DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects,
-                                      init_distributed, local_batch_size, mix_seed, shutdown)
+from dpseg.engine.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    local_batch_size,
+    mix_seed,
+    shutdown,
+)
 from dpseg.engine.logging import TrainLogger, setup_table
-from dpseg.engine.optim import autocast, build_optimizer, lr_factor, make_scaler, resolve_precision, set_lr
-from dpseg.engine.vocabulary import remap_labels, sample_step_classes, vocabulary_prompts
-from dpseg.errors import CheckpointError, ConfigError, DataError, DPSegError
+from dpseg.engine.optim import build_optimizer, lr_factor, make_scaler, set_lr
+from dpseg.engine.vocabulary import remap_labels, sample_step_classes
+from dpseg.errors import ConfigError, DataError, DPSegError
+from dpseg.evaluation.evaluator import evaluate
+from dpseg.evaluation.runtime import autocast, resolve_precision
 from dpseg.model.loss import SegmentationLoss
+from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.weights import state_fingerprint
 
 StepCallback = Callable[[int, dict], None]
@@ -242,8 +261,6 @@ def _prepare_output(out: Path, cfg: Config) -> None:
 
 def _evaluate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision: str) -> dict:
     """Pass-1 metrics on the validation set, spread over the ranks; leaves every RNG as it found it."""
-    from dpseg.evaluation.evaluator import evaluate
-
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     model.eval()
     try:
@@ -252,35 +269,3 @@ def _evaluate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision:
                             max_images=cfg.train.eval_max_images, progress=False)
     finally:
         model.train()
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dpseg.cli import add_config_arguments
-
-    add_config_arguments(parser, config_positional=True)
-    parser.add_argument(
-        "--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
-        help="continue a run: bare = the newest checkpoint of train.output_dir (a new run if there is none); "
-             "or a run directory / checkpoint directory (its saved config is used unless CONFIG or --preset is given)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from dpseg.cli import config_from_args
-
-    if args.resume not in (None, "auto") and not (args.config or args.preset):
-        ckpt = find_checkpoint(args.resume)
-        if ckpt is None:
-            raise CheckpointError(f"--resume {args.resume}: no complete checkpoint there (a run directory or a step-N directory)")
-        saved = load_config(ckpt / CONFIG)
-        cfg = build_config(delta=saved.to_dict(), overrides=args.overrides)
-        cfg.train.output_dir = str(ckpt.parent.parent)
-        resume = str(ckpt)
-    else:
-        cfg, resume = config_from_args(args), args.resume
-    train(cfg, resume=resume, progress=not args.no_progress)
-    return 0

@@ -1,49 +1,11 @@
-"""The prompts a dataset's vocabulary is trained / evaluated with, computed once and kept on the device.
+"""The classes a training step scores (``train.classes_per_step``) and labels in their index space.
 
-With ``prompts.bank`` set, T, V and v_j come from the prompt bank (checked against the model's frozen encoders and
-template set). Without a bank, a text-only model (``model.prompt_type=text`` and ``model.guidance`` other than
-``visual``) gets T from its own text tower with the model's templates; any model that needs visual prompts is an
-error that says how to build a bank.
+The prompts of a vocabulary come from :func:`dpseg.prompts.resolve.vocabulary_prompts`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-
-from dpseg.build import model_templates
-from dpseg.config import Config
-from dpseg.errors import BankError
-from dpseg.model.prompts import PromptSet
-from dpseg.prompts.templates import templates_id
-
-
-def vocabulary_prompts(cfg: Config, model, class_names: Sequence[str], device: torch.device, what: str) -> PromptSet:
-    """PromptSet for ``class_names`` (in label order) on ``device``; ``what`` names the vocabulary in errors."""
-    templates = model_templates(cfg)
-    if cfg.prompts.bank:
-        from dpseg.prompts.bank import PromptBank
-
-        bank = PromptBank.open(cfg.prompts.bank)
-        if bank.manifest.get("templates_id") != templates_id(templates):
-            raise BankError(
-                f"prompt bank {cfg.prompts.bank} was built with another template set ({len(bank.templates)} templates) than "
-                f"the model's prompts.templates={cfg.prompts.templates} / num_templates={cfg.prompts.num_templates} "
-                f"({len(templates)} templates); build the bank with the training config"
-            )
-        try:
-            return bank.prompt_set(list(class_names), model=model, device=device)
-        except BankError as e:
-            raise BankError(f"{what}: {e}") from None
-    if model.needs_visual_prompts:
-        raise BankError(
-            f"model.prompt_type={cfg.model.prompt_type} with model.guidance={cfg.model.guidance} needs visual prompts, "
-            f"but prompts.bank is empty; build a bank for {what} ('dpseg prompts build --vocab ... --out BANK') and "
-            "--set prompts.bank=BANK, or train text-only (--set model.prompt_type=text --set model.guidance=upsampled)"
-        )
-    text = model.encode_text_prompts(list(class_names), templates).to(device)  # (K, M, d)
-    return PromptSet(list(class_names), text)
 
 
 def sample_step_classes(labels: torch.Tensor, num_classes: int, limit: int, seed: int) -> torch.Tensor | None:

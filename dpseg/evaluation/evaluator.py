@@ -11,9 +11,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from dpseg.errors import InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
-from dpseg.errors import InputError
 
 
 class SemSegEvaluator:

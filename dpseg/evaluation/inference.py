@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dpseg.data.transforms import resize_image, shortest_edge_size
 from dpseg.errors import ConfigError, InputError
+from dpseg.model.refine import two_pass as two_pass_refinement
 
 MAX_CHUNK_ELEMS = 1 << 27  # 512 MiB of fp32 per full-resolution chunk
 ForwardFn = Callable[[torch.Tensor], dict]  # images (B, 3, H, W) in [0, 1] -> {pass: logits (B, K, H/4, W/4)}
@@ -66,9 +67,7 @@ def model_forward(model, prompts, two_pass: bool = False, class_chunk: int = 0, 
     def forward(images: torch.Tensor) -> dict:
         if not two_pass:
             return {"pass1": model(images, prompts, class_chunk=class_chunk)["logits"]}
-        fn = refine_fn
-        if fn is None:
-            from dpseg.model.refine import two_pass as fn
+        fn = two_pass_refinement if refine_fn is None else refine_fn
         out = fn(model, images, prompts, class_chunk=class_chunk)
         return {"pass1": out["logits_pass1"], "pass2": out["logits"]}
 

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dpseg.errors import InputError
-
-IGNORE_INDEX = -1
+from dpseg.vocab import IGNORE_INDEX
 
 
 class SegmentationLoss(nn.Module):

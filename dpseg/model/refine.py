@@ -3,7 +3,7 @@
 Pass 1 predicts with the bank's visual prompts. For every class that covers at least ``min_area`` of an image
 in the pass-1 label map, the class's predicted region is cut out of the *input image* (bounding box of the mask,
 pixels outside the mask filled with the CLIP mean colour, resized and padded to a square: the one rule of
-``dpseg.prompts.exemplars.prepare_prompt_image`` that generated and exemplar prompts go through too),
+``dpseg.model.prompt_image.prepare_prompt_image`` that generated and exemplar prompts go through too),
 encoded by the frozen visual-prompt encoder, and replaces that class's visual prompts - global V for all M
 templates and the pooled stage features v_j. Undetected classes and all text prompts are unchanged. Pass 2
 re-runs only the cost volumes and the decoder: the image features of pass 1 are reused.
@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
+from dpseg.model.prompt_image import prepare_prompt_image
 from dpseg.model.prompts import PromptSet
-from dpseg.prompts.exemplars import prepare_prompt_image
 
 
 def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0) -> Tensor:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import open_clip
 import timm
@@ -29,7 +28,8 @@ from torch import Tensor, nn
 
 from dpseg.config import ModelConfig
 from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
-from dpseg.weights import load_strict, read_state_dict
+from dpseg.vocab import split_synonyms
+from dpseg.weights import hub_reachable, load_strict, read_state_dict
 
 # ------------------------------------------------------------------------------------- tiny ConvNeXt trunks
 # Registered with timm so that an OpenCLIP model config can name them like any timm trunk.
@@ -82,17 +82,6 @@ def clip_model_config(cfg: ModelConfig) -> dict:
     return mc
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((endpoint, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def resolve_pretrained(model_name: str, source: str) -> Path:
     """Turn ``model.clip_pretrained`` into a local weight file, downloading only if the hub is reachable."""
     path = Path(source).expanduser()
@@ -116,7 +105,7 @@ def resolve_pretrained(model_name: str, source: str) -> Path:
             return Path(hf_hub_download(repo, name, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached
             pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WeightsUnavailableError(
             f"OpenCLIP weights {model_name}/{source} are not in the local Hugging Face cache and the hub is "
             f"unreachable; download {names[-1]} from https://huggingface.co/{repo} on a connected machine and "
@@ -278,15 +267,6 @@ class TextTower(nn.Module):
         sums.index_add_(0, index, emb)  # sum the synonyms of each (class, template)
         out = F.normalize(sums, dim=-1)  # the mean and the sum have the same direction
         return out.view(len(class_names), len(templates), -1)  # (K*M, d) -> (K, M, d)
-
-
-def split_synonyms(name: str) -> list[str]:
-    """'sofa, couch ' -> ['sofa', 'couch']; raises InputError for an empty name."""
-    parts = [p.strip() for p in name.split(",")]
-    parts = [p for p in parts if p]
-    if not parts:
-        raise InputError(f"class name {name!r} is empty")
-    return parts
 
 
 # -------------------------------------------------------------------------------------------- factories

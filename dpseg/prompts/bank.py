@@ -29,8 +29,8 @@ from torch import Tensor
 from dpseg.config import atomic_write_text
 from dpseg.errors import BankError, InputError
 from dpseg.model.prompts import PromptSet
-from dpseg.model.towers import split_synonyms
 from dpseg.prompts.templates import templates_id
+from dpseg.vocab import canonical_name, check_class_list
 from dpseg.weights import save_safetensors, state_fingerprint
 
 FORMAT, VERSION = "dpseg-prompt-bank", 1
@@ -39,29 +39,6 @@ ENCODER_FIELDS = {"prompt_encoder": "visual-prompt encoder", "text_tower": "text
 SHAPE_FIELDS = ("templates_id", "prompt_image_size", "embed_dim", "stage_dims")
 GENERATION_FIELDS = ("generator", "seed", "images_per_class")
 STAGE_KEYS = ("visual_stage2", "visual_stage3", "visual_stage4")
-
-
-def canonical_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise InputError(f"class names must be strings, got {type(name).__name__}")
-    return ", ".join(split_synonyms(name))
-
-
-def check_class_list(class_names: Sequence[str], what: str = "the class list") -> list[str]:
-    """Canonical names of a non-empty, duplicate-free class list (raises InputError otherwise)."""
-    if isinstance(class_names, str):
-        raise InputError(f"{what} must be a list of names, not one string")
-    names = [canonical_name(n) for n in class_names]
-    if not names:
-        raise InputError(f"{what} is empty; give at least one class name")
-    seen, dup = set(), []
-    for n in names:
-        if n in seen and n not in dup:
-            dup.append(n)
-        seen.add(n)
-    if dup:
-        raise InputError(f"{what} names {', '.join(repr(d) for d in dup[:5])} more than once; each class must appear once")
-    return names
 
 
 def class_stem(name: str) -> str:
@@ -298,18 +275,6 @@ class PromptBank:
             "temp_files": sum(1 for p in files if p.name.startswith(".") and p.name.endswith(".tmp")),
             "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 2),
         }
-
-    def build(self, class_names, generator, prompt_encoder, text_tower, templates=None, **kwargs):
-        """Generate, encode and store every missing class; see :func:`dpseg.prompts.builder.build_bank`."""
-        from dpseg.prompts.builder import build_bank
-
-        return build_bank(self, class_names, generator, prompt_encoder, text_tower, templates, **kwargs)
-
-    def add_exemplars(self, images_by_class, prompt_encoder, text_tower, **kwargs) -> list[str]:
-        """Set visual prompts of classes from user images; see :func:`dpseg.prompts.builder.add_exemplars`."""
-        from dpseg.prompts.builder import add_exemplars
-
-        return add_exemplars(self, images_by_class, prompt_encoder, text_tower, **kwargs)
 
 
 def text_only_prompt_set(class_names: Sequence[str], text_tower, templates: Sequence[str]) -> PromptSet:

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dpseg.image_io import save_atomic
 from dpseg.errors import BankError, InputError
-from dpseg.prompts.bank import PromptBank, check_class_list
-from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, load_image
+from dpseg.image_io import load_image, save_atomic
+from dpseg.prompts.bank import PromptBank
+from dpseg.prompts.exemplars import average_prompts, encode_prompt_images
 from dpseg.prompts.generate import generator_prompt, image_seed
 from dpseg.prompts.templates import templates_id
+from dpseg.vocab import check_class_list
 
 
 @dataclass

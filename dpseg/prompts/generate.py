@@ -18,14 +18,15 @@ import re
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
 from dpseg.config import PromptsConfig
 from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
-from dpseg.model.towers import _hub_reachable, split_synonyms
+from dpseg.vocab import split_synonyms
+from dpseg.weights import hub_reachable
 
 
 @runtime_checkable
@@ -79,7 +80,7 @@ def resolve_pipeline_dir(spec: str) -> Path:
             continue
         if (cached / "model_index.json").is_file():
             return cached
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WeightsUnavailableError(
             f"generator weights '{spec}' are not in the local Hugging Face cache and the hub is unreachable; "
             f"download the pipeline on a connected machine (huggingface-cli download {repos[-1]}) and pass its "
@@ -257,25 +258,28 @@ class DiffusersGenerator:
         return [im.convert("RGB") for im in images]
 
 
+# Generators named by a word rather than a diffusers folder or hub id: name -> factory(spec options, cfg, device).
+# Filled by the packages that own them (the synthetic world registers "synthetic" when it is imported), so this
+# module never imports what is above it.
+GeneratorFactory = Callable[[str, PromptsConfig, Optional[str]], Generator]
+NAMED_GENERATORS: dict[str, GeneratorFactory] = {}
+
+
+def register_generator(name: str, factory: GeneratorFactory) -> None:
+    """Make ``--generator NAME`` or ``NAME:options`` build a generator with ``factory(options, cfg, device)``."""
+    NAMED_GENERATORS[name] = factory
+
+
 def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -> Generator:
-    """``synthetic[:options]`` -> the synthetic world's renderer; anything else -> a diffusers pipeline."""
+    """A registered name (``synthetic[:options]``) -> its generator; anything else -> a diffusers pipeline."""
     if not spec:
         raise BankError("no generator given; pass --generator with a diffusers pipeline folder, a hub id or 'synthetic'")
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        try:
-            from dpseg.data.synthetic.generator import SyntheticGenerator
-        except ImportError:
-            raise BankError("the synthetic generator (dpseg.data.synthetic) is not available in this installation") from None
-        size = cfg.resolution
-        if ":" in spec:  # synthetic:96 or synthetic:size=96
-            value = spec.split(":", 1)[1].removeprefix("size=")
-            if not value.isdigit():
-                raise BankError(f"generator spec '{spec}' must look like synthetic or synthetic:size=N")
-            size = int(value)
-        gen = SyntheticGenerator(size=size, device=device)
+    name, _, options = spec.partition(":")
+    if name in NAMED_GENERATORS:
+        gen = NAMED_GENERATORS[name](options, cfg, device)
         gen.source = spec
         return gen
     return DiffusersGenerator(resolve_pipeline_dir(spec), cfg, device=device, source=spec)
 
 
-__all__ = ["Generator", "DiffusersGenerator", "get_generator", "generator_prompt", "image_seed", "resolve_pipeline_dir"]
+__all__ = ["Generator", "DiffusersGenerator", "get_generator", "register_generator", "generator_prompt", "image_seed", "resolve_pipeline_dir"]

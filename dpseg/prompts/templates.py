@@ -46,3 +46,8 @@ def get_templates(name_or_file: str, num: int = 0) -> list[str]:
 def templates_id(templates: list[str]) -> str:
     """Content hash identifying a template list (order matters: template m feeds cost-volume channel m)."""
     return hashlib.sha256("\n".join(templates).encode()).hexdigest()[:12]
+
+
+def model_templates(cfg) -> list[str]:
+    """The M templates a config's model is built for (``prompts.templates`` truncated to ``prompts.num_templates``)."""
+    return get_templates(cfg.prompts.templates, cfg.prompts.num_templates)

@@ -16,6 +16,8 @@ from typing import Union
 
 import torch
 
+from dpseg.prompts.generate import _quiet_diffusers
+
 
 def make_tiny_pipeline(out_dir: Union[str, Path], seed: int = 0, width: int = 16) -> Path:
     """Write a tiny StableDiffusionPipeline folder (model_index.json + components) to ``out_dir``; return it.
@@ -54,7 +56,6 @@ def make_tiny_pipeline(out_dir: Union[str, Path], seed: int = 0, width: int = 16
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    from dpseg.prompts.generate import _quiet_diffusers
 
     with _quiet_diffusers():
         pipe.save_pretrained(str(out_dir))

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from dpseg.data.catalog import CatalogEntry, get_entry, prepare_hint
-from dpseg.data.datasets import IMAGE_EXTS
 from dpseg.data.prepare.common import id_table
+from dpseg.image_io import IMAGE_SUFFIXES
 
 MAX_LISTED = 5  # example file names per problem
 
@@ -118,7 +118,7 @@ def verify_entry(entry: CatalogEntry, root: Path, workers: int = 1, progress: bo
         return [f"label folder {label_dir} is missing: not prepared (run: {fix})"], []
     labels = _stems(label_dir, (entry.label_ext,))
     other = {Path(p).name for p in _stems(label_dir, (".png", ".tif", ".tiff")).values()} - {Path(p).name for p in labels.values()}
-    images = _stems(image_dir, IMAGE_EXTS)
+    images = _stems(image_dir, IMAGE_SUFFIXES)
     problems, info = [], []
     if other:
         problems.append(f"{len(other)} label file(s) with the wrong extension (expected {entry.label_ext}): {_examples(other)}")

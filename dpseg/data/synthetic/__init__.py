@@ -2,9 +2,11 @@
 
 * :mod:`~dpseg.data.synthetic.world` - attributes, the 75 classes, the fixed seen/unseen split, phrase parsing.
 * :mod:`~dpseg.data.synthetic.render` - procedural scenes with exact pixel labels (background = ignore).
-* :mod:`~dpseg.data.synthetic.generator` - :class:`SyntheticGenerator`, the world's text-to-image generator.
+* :mod:`~dpseg.data.synthetic.generator` - :class:`SyntheticGenerator`, the world's text-to-image generator; importing
+  this package registers it as the prompt-bank generator named ``synthetic``.
 * :mod:`~dpseg.data.synthetic.datasets` - the scenes written as custom-dataset folders, cached and keyed.
-* :mod:`~dpseg.data.synthetic.clip_pretrain` - a tiny OpenCLIP pretrained contrastively on rendered objects.
-* :mod:`~dpseg.data.synthetic.zeroshot` - its zero-shot accuracy (``python -m dpseg.data.synthetic.zeroshot``).
-* :mod:`~dpseg.data.synthetic.experiment` / :mod:`~dpseg.data.synthetic.report` - one quickstart run; the outputs.
+
+The experiment that runs on the world (tiny CLIP pretraining, DPSeg variants, the report) is :mod:`dpseg.quickstart`.
 """
+
+from dpseg.data.synthetic import generator as _generator  # noqa: F401 - registers the "synthetic" generator

@@ -36,6 +36,7 @@ from PIL import Image
 from dpseg.data.synthetic.render import IGNORE, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
 from dpseg.errors import DataError, InputError
+from dpseg.vocab import read_class_list
 
 IGNORE_ON_DISK = 255
 # (vocabulary folder, split, split id used in the per-image seed, vocabulary the scenes draw objects from)
@@ -79,7 +80,7 @@ def label_to_disk(label: np.ndarray) -> np.ndarray:
 
 
 def read_classes(folder: Path) -> list[str]:
-    return [line.strip() for line in (Path(folder) / "classes.txt").read_text().splitlines() if line.strip()]
+    return read_class_list(Path(folder) / "classes.txt")
 
 
 def render_split(vocab: Sequence[ObjectClass], seed: int, split_id: int, count: int, size: int):

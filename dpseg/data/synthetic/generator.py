@@ -17,9 +17,11 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
+from dpseg.config import PromptsConfig
 from dpseg.data.synthetic.render import MAX_TILT, Placement, background, draw_object, finish
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, find_class_in_text
-from dpseg.errors import InputError
+from dpseg.errors import BankError, InputError
+from dpseg.prompts.generate import register_generator
 
 # Template words the generator reacts to (checked as whole-word substrings of the lower-cased sentence).
 FRAMING = ("many", "small", "large", "close-up", "cropped")
@@ -121,3 +123,16 @@ class SyntheticGenerator:
     def __repr__(self) -> str:
         return f"SyntheticGenerator(size={self.size})"
 
+
+def _from_spec(options: str, cfg: PromptsConfig, device: Optional[str] = None) -> SyntheticGenerator:
+    """``synthetic`` (size = prompts.resolution) or ``synthetic:96`` / ``synthetic:size=96``."""
+    size = cfg.resolution
+    if options:
+        value = options.removeprefix("size=")
+        if not value.isdigit():
+            raise BankError(f"generator spec 'synthetic:{options}' must look like synthetic or synthetic:size=N")
+        size = int(value)
+    return SyntheticGenerator(size=size, device=device)
+
+
+register_generator("synthetic", _from_spec)

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dpseg.data.synthetic.world import ObjectClass
+from dpseg.vocab import IGNORE_INDEX
 
-IGNORE = -1  # in-memory ignore label (255 on disk)
+IGNORE = IGNORE_INDEX  # in-memory ignore label (255 on disk)
 # Objects stand upright, tilted by at most this many radians (±14°): a triangle points up, a square is not a
 # diamond. Free rotation makes shape 5x slower to learn for the tiny CNNs (30% vs 90% shape accuracy after
 # 250 supervised steps), and the CPU budget is minutes.

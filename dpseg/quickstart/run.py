@@ -16,13 +16,21 @@ Every intermediate artefact is cached under ``--cache``, keyed by what produced 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+
+from dpseg.config import atomic_write_text, build_config
+from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.world import all_classes, unseen_classes
+from dpseg.quickstart import (
+    default_cache,  # noqa: F401 - part of the runner's interface
+    report,
+)
+from dpseg.quickstart import experiment as ex
+from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
+from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
 
 BUDGETS = {
     # the README numbers: about 10 minutes on 2 free CPU cores (measured: see README "Quickstart")
@@ -48,75 +56,6 @@ class Budget:
     examples: int
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dpseg.cli import add_config_arguments
-
-    parser.add_argument("--fast", action="store_true", help="a two-minute smoke run (tiny sizes, one seed)")
-    parser.add_argument("--out", default="runs/quickstart", help="where results.md/json and figure.png go")
-    parser.add_argument("--cache", help="datasets, CLIP, prompt bank and runs (default: $DPSEG_CACHE/quickstart if "
-                        "DPSEG_CACHE is set, else .dpseg_cache/quickstart)")
-    parser.add_argument("--seeds", type=int, help="training seeds per variant (default 2; --fast: 1)")
-    parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
-    # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
-    # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
-    # spinning against each other (seen: 3.5 s vs 0.35 s per CLIP step).
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the main process (default 0 = torch's default)")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))")
-    add_config_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from dpseg.errors import InputError
-
-    budget = Budget(**BUDGETS["fast" if args.fast else "default"])
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise InputError(f"--seeds must be >= 1, got {args.seeds}")
-        budget = replace(budget, seeds=args.seeds)
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise InputError(f"--iterations must be >= 1, got {args.iterations}")
-        budget = replace(budget, iterations=args.iterations)
-    if args.threads < 0 or args.jobs < 0:
-        raise InputError("--threads and --jobs must be >= 0 (0 = automatic)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.preset not in (None, "synthetic"):
-        raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
-    workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
-    results = quickstart(budget, Path(args.cache) if args.cache else default_cache(), Path(args.out), getattr(args, "config", None), args.overrides, workers)
-    print(results["markdown"])
-    return 0
-
-
-def default_cache() -> Path:
-    """The quickstart cache unless --cache says otherwise: ``$DPSEG_CACHE/quickstart``, else ``.dpseg_cache/quickstart``."""
-    root = os.environ.get("DPSEG_CACHE")
-    return Path(root).expanduser() / "quickstart" if root else Path(".dpseg_cache") / "quickstart"
-
-
-def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
-    """(model folder, prompt bank folder or None) of the last finished quickstart in ``cache`` (what ``dpseg demo`` shows)."""
-    from dpseg.errors import CheckpointError
-
-    cache = Path(cache) if cache is not None else default_cache()
-    pointer = cache / "latest.json"
-    if not pointer.is_file():
-        raise CheckpointError(f"no quickstart model in {cache} (no latest.json): run `dpseg quickstart` first "
-                              "(or set DPSEG_CACHE to where it ran), or pass --checkpoint")
-    try:
-        info = json.loads(pointer.read_text())
-        model, bank = Path(info["model"]), info.get("bank")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
-    if not (model / "config.json").is_file():
-        raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")
-    return model, (Path(bank) if bank else None)
-
-
 def _log(t0: float):
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
@@ -126,14 +65,6 @@ def _log(t0: float):
 
 def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrides=(), workers: int = 1) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``."""
-    from dpseg.config import atomic_write_text, build_config
-    from dpseg.data.synthetic import experiment as ex
-    from dpseg.data.synthetic import report
-    from dpseg.data.synthetic.clip_pretrain import PretrainSettings, pretrained_clip
-    from dpseg.data.synthetic.datasets import build_datasets
-    from dpseg.data.synthetic.world import all_classes, unseen_classes
-    from dpseg.data.synthetic.zeroshot import evaluate_zero_shot
-
     t0 = time.time()
     log = _log(t0)
     timings: dict = {}
@@ -219,8 +150,6 @@ def _run_one(job) -> tuple:
     """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
     import contextlib
 
-    from dpseg.config import atomic_write_text
-    from dpseg.data.synthetic import experiment as ex
 
     cfg, v_name, seed, splits, max_images = job
     start = time.time()
@@ -260,8 +189,6 @@ def _run_all(jobs: list, workers: int):
 
 
 def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
-    from dpseg.data.synthetic.zeroshot import format_report
-
     return "\n".join([
         "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world", "",
         f"Trained on the 60 seen classes; evaluated on held-out seen-class scenes and on scenes of the 15 **unseen** "

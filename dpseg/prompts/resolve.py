@@ -1,36 +1,35 @@
-"""The prompts of a user's vocabulary for :class:`~dpseg.segmenter.Segmenter`: class-list parsing, the cache key,
-and assembling a PromptSet from a bank, exemplar folders, or text alone (the rules are in the segmenter's doc).
+"""Vocabulary -> PromptSet: the one resolver used by training, ``dpseg eval``, :class:`~dpseg.segmenter.Segmenter`
+and the demo, so that every surface turns the same classes into the same prompts.
+
+Sources, in order of precedence per class: exemplar images (``exemplars=DIR`` with ``DIR/<class>/*.jpg``), a
+prompt bank (``bank=DIR``), or the text tower alone. Policies, the same everywhere:
+
+* a bank built with another template set than the model's is refused (:class:`BankError`) - its text prompts
+  would not be the ones the model was trained with, and a different M would not even fit;
+* a model that needs visual prompts (dual / visual prompts or visual cost volumes) with no bank or exemplars is
+  refused with the fix, unless ``text_only=True`` asks for the *degraded* mode: V is replaced by T (so R = T) and
+  the visual cost volumes get zero stage features; the result says it is degraded;
+* a text-only model only reads the text prompts of whatever source is given.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from dpseg.errors import InputError
+from dpseg.errors import BankError, InputError
+from dpseg.image_io import load_image
 from dpseg.model.prompts import PromptSet
-from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank, canonical_name, check_class_list, class_stem, short_list
-from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars, load_image
-from dpseg.prompts.templates import templates_id
+from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank, class_stem, short_list
+from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars
+from dpseg.prompts.templates import model_templates, templates_id
+from dpseg.vocab import canonical_name
 
 log = logging.getLogger("dpseg.segmenter")
-
-
-def parse_class_list(text: str) -> list[str]:
-    """Classes from one string. If it holds ';' or a line break, those separate classes and commas join
-    synonyms of one class ("sofa, couch; cat" = 2 classes); otherwise commas separate classes ("cat, sofa, lamp"
-    = 3 classes). Whitespace around names is ignored; empty items are skipped; duplicates are an error."""
-    if not isinstance(text, str):
-        raise InputError(f"the class list must be a string or a list of names, got {type(text).__name__}")
-    parts = re.split(r"[;\n]", text) if re.search(r"[;\n]", text) else text.split(",")
-    parts = [p.strip() for p in parts if p.strip()]
-    if not parts:
-        raise InputError('the class list is empty; name at least one class, e.g. "cat, sofa, lamp"')
-    return check_class_list(parts)
 
 
 def _stat(path: Path):
@@ -78,20 +77,37 @@ def _exemplar_prompts(model, names: Sequence[str], folder: str, num_templates: i
     return out
 
 
+@dataclass
+class ResolvedPrompts:
+    prompts: PromptSet
+    source: str  # one sentence naming where the prompts came from
+    degraded: bool  # a visual-prompt model running on text prompts only
+
+
 @torch.no_grad()
-def build_prompts(model, templates: Sequence[str], names: Sequence[str], bank: Optional[str], exemplars: Optional[str],
-                  device) -> tuple[PromptSet, str, bool]:
-    """(prompts on ``device``, a sentence naming their source, degraded?)."""
+def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, bank: Optional[str] = None,
+                    exemplars: Optional[str] = None, text_only: bool = False, device="cpu",
+                    what: str = "the vocabulary") -> ResolvedPrompts:
+    """The prompts of ``names`` (in label order) on ``device`` by the rules of the module doc."""
     names, M = list(names), len(templates)
+    if text_only and (bank is not None or exemplars is not None):
+        raise InputError("text-only prompts cannot be combined with a bank or exemplars; choose one source")
     uses_visual = model.needs_visual_prompts
     if bank is None and exemplars is None:
         text = model.encode_text_prompts(names, list(templates)).to(device)  # (K, M, d)
         if not uses_visual:
-            return PromptSet(names, text), "text (this model uses text prompts only)", False
+            return ResolvedPrompts(PromptSet(names, text), "text (this model uses text prompts only)", False)
+        if not text_only:
+            raise BankError(
+                f"{what}: this model needs visual prompts (prompt_type={model.prompt_type}"
+                f"{', visual cost volumes' if model.visual_scales else ''}); give a prompt bank ('dpseg prompts build "
+                "--vocab ... --out BANK', then bank=BANK / --bank BANK / --set prompts.bank=BANK), exemplar images "
+                "(DIR/<class>/*.jpg), or accept the degraded text-only mode (text_only=True / --text-only)"
+            )
         zeros = [torch.zeros(len(names), M, d, device=device) for d in model.prompt_encoder.stage_dims[:3]]
         source = (f"text only - DEGRADED: this model was trained with visual prompts (prompt_type={model.prompt_type}); "
                   "V is replaced by T and the visual cost volumes get no prompt; refinement helps the classes it finds")
-        return PromptSet(names, text, text.clone(), zeros), source, True  # V := T, v_j := 0 (module doc of segmenter)
+        return ResolvedPrompts(PromptSet(names, text, text.clone(), zeros), source, True)  # V := T, v_j := 0
 
     parts, rows = [], {}
     if exemplars is not None:
@@ -108,9 +124,14 @@ def build_prompts(model, templates: Sequence[str], names: Sequence[str], bank: O
     if rest:
         opened = PromptBank.open(bank)
         if opened.manifest.get("templates_id") != templates_id(list(templates)):
-            log.warning("prompt bank %s was built with other templates than this model's %d; results may suffer",
-                        bank, M)
-        ps = opened.prompt_set(rest, model=model, device=device)
+            raise BankError(
+                f"prompt bank {bank} was built with another template set ({len(opened.templates)} templates) than the "
+                f"model's ({M} templates); rebuild it with the model's templates ('dpseg prompts build --checkpoint CKPT')"
+            )
+        try:
+            ps = opened.prompt_set(rest, model=model, device=device)
+        except BankError as e:
+            raise BankError(f"{what}: {e}") from None
         for i, n in enumerate(rest):
             rows[n] = (ps.text[i], ps.visual[i], [s[i] for s in ps.visual_stages])
         parts.append(f"bank {bank} ({len(rest)} classes)")
@@ -120,4 +141,12 @@ def build_prompts(model, templates: Sequence[str], names: Sequence[str], bank: O
     source = " + ".join(parts)
     if not uses_visual:
         source += " (this model uses only their text prompts)"
-    return PromptSet(names, text.float(), visual.float(), [s.float() for s in stages]), source, False
+    prompts = PromptSet(names, text.float(), visual.float(), [s.float() for s in stages])
+    return ResolvedPrompts(prompts, source, False)
+
+
+def vocabulary_prompts(cfg, model, class_names: Sequence[str], device, what: str) -> PromptSet:
+    """The prompts a run's config gives a dataset vocabulary (training, validation, evaluation): the config's
+    ``prompts.bank`` if set, else the text tower for a text-only model."""
+    bank = cfg.prompts.bank or None
+    return resolve_prompts(model, model_templates(cfg), class_names, bank=bank, device=device, what=what).prompts

@@ -16,12 +16,21 @@ import os
 import sys
 import time
 
-from dpseg.errors import BankError, ConfigError, InputError
+import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
+from dpseg.build import load_model
+from dpseg.commands import add_config_arguments, config_from_args, main
+from dpseg.config import build_config
+from dpseg.errors import ConfigError, InputError
+from dpseg.model.towers import build_towers
+from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
+from dpseg.prompts.builder import add_exemplars, build_bank
+from dpseg.prompts.exemplars import find_exemplars
+from dpseg.prompts.generate import get_generator
+from dpseg.prompts.templates import get_templates
+from dpseg.vocab import read_class_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dpseg.cli import add_config_arguments
-
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="generate and encode the visual prompts (and text prompts) of a vocabulary")
     b.add_argument("--vocab", required=True, help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file (.txt one per line, or .json list)")
@@ -63,20 +72,11 @@ def _device(args) -> str:
 
 def load_encoders(args, device: str):
     """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
-    from dpseg.config import build_config
-    from dpseg.cli import config_from_args
-
     if args.checkpoint:
-        try:
-            from dpseg.build import load_model
-        except ImportError:
-            raise BankError("--checkpoint needs dpseg.build, which this installation lacks; use --preset/--config") from None
         model, ckpt_cfg = load_model(args.checkpoint)
         cfg = build_config(delta=ckpt_cfg.to_dict(), overrides=args.overrides)
         prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
     else:
-        from dpseg.model.towers import build_towers
-
         cfg = config_from_args(args)
         if not cfg.model.clip_pretrained:
             raise ConfigError(
@@ -88,14 +88,8 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
-    from dpseg.cli import config_from_args
-    from dpseg.prompts.bank import PromptBank, make_key
-    from dpseg.prompts.generate import get_generator
-    from dpseg.prompts.templates import get_templates
-    from dpseg.prompts.vocab import load_vocabulary
-
     rank, world, _ = _dist()
-    names = load_vocabulary(args.vocab)
+    names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
         raise InputError(f"--images-per-class must be >= 0, got {args.images_per_class}")
     for key in ("images_per_class", "keep_images", "batch_size"):
@@ -118,7 +112,7 @@ def _build(args) -> int:
         bank.check_key(key)
         bank.check_generation(generator.identity, p.seed, p.images_per_class)
     t0 = time.perf_counter()
-    report = bank.build(
+    report = build_bank(bank, 
         names, generator, prompt_encoder, text_tower, templates, batch_size=p.batch_size,
         keep_images=p.keep_images, rank=rank, world_size=world, progress=rank == 0 and not args.quiet,
     )
@@ -135,10 +129,6 @@ def _build(args) -> int:
 
 
 def _add_exemplars(args) -> int:
-    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
-    from dpseg.prompts.exemplars import find_exemplars
-    from dpseg.prompts.templates import get_templates
-
     found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
     cfg, prompt_encoder, text_tower = load_encoders(args, _device(args))
     if os.path.exists(os.path.join(os.path.expanduser(args.bank), MANIFEST)):
@@ -146,20 +136,17 @@ def _add_exemplars(args) -> int:
     else:
         templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
         bank = PromptBank.create(args.bank, make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size))
-    done = bank.add_exemplars(found, prompt_encoder, text_tower, progress=not args.quiet)
+    done = add_exemplars(bank, found, prompt_encoder, text_tower, progress=not args.quiet)
     n = sum(len(v) for v in found.values())
     print(f"set visual prompts of {len(done)} classes from {n} exemplar images in bank {bank.root}")
     return 0
 
 
 def _info(args) -> int:
-    from dpseg.prompts.bank import PromptBank
-    from dpseg.prompts.vocab import load_vocabulary
-
     bank = PromptBank.open(args.bank)
     info = bank.info()
     if args.vocab:
-        names = load_vocabulary(args.vocab)
+        names = read_class_list(args.vocab)
         info["vocab"], info["missing"] = args.vocab, bank.missing(names)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -176,8 +163,6 @@ def _info(args) -> int:
     if info["temp_files"]:
         rows.append(("stray temp files", f"{info['temp_files']} (from an interrupted write; ignored, removed by the next build)"))
     if args.vocab:
-        from dpseg.prompts.bank import short_list
-
         rows.append((f"missing of {args.vocab}", f"{len(info['missing'])}" + (f": {short_list(info['missing'])}" if info["missing"] else "")))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -191,6 +176,5 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from dpseg.cli import main
 
     sys.exit(main(["prompts", *sys.argv[1:]]))

@@ -24,7 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from dpseg.atomic import atomic_write_text
 from dpseg.errors import DPSegError, InputError
+from dpseg.image_io import is_image_file, label_image, save_atomic
+from dpseg.segmenter import Segmenter
+from dpseg.visualize import overlay
+from dpseg.vocab import parse_class_list, read_class_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand_inputs(specs: list[str], out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders and globs -> (image paths in order without duplicates, [(input, error)])."""
-    from dpseg.image_io import is_image_file
-
     files, errors, seen = [], [], set()
     out_dir = out_dir.resolve()
     for spec in specs:
@@ -100,10 +103,6 @@ def output_names(paths: list[Path]) -> list[str]:
 
 
 def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float, extra: dict) -> dict:
-    from dpseg.atomic import atomic_write_text
-    from dpseg.image_io import label_image, save_atomic
-    from dpseg.visualize import overlay
-
     K = len(result.class_names)
     save_atomic(label_image(result.labels, K), out / f"{name}.png")
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
@@ -119,8 +118,6 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dpseg.segment_prompts import parse_class_list
-
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
     if not 0 <= args.min_score < 1:
@@ -130,9 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if args.classes is not None:
         names = parse_class_list(args.classes)
     else:
-        from dpseg.prompts.vocab import load_vocabulary
-
-        names = load_vocabulary(args.classes_file)
+        names = read_class_list(args.classes_file)
     out = Path(args.out).expanduser()
     files, failures = expand_inputs(args.images, out)
     for spec, err in failures:
@@ -145,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from dpseg.segmenter import Segmenter
 
     seg = Segmenter.from_pretrained(args.checkpoint, device=args.device)
     if args.protocol:
@@ -175,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
         bar.update(1)
     bar.close()
-    from dpseg.atomic import atomic_write_text
 
     summary = {"checkpoint": str(args.checkpoint), "classes": names, "prompts": seg.prompt_source,
                "seconds": round(time.perf_counter() - start, 2), "images": done,

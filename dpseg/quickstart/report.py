@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dpseg.visualize import colorize, palette
+
 PASSES = ("pass1", "pass2")
 
 
@@ -102,7 +104,6 @@ def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from dpseg.visualize import colorize, palette
 
     colours = palette(len(class_names))
     cols = ["image", "ground truth"] + list(predictions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpseg.cli import add_config_arguments, config_from_args
+from dpseg.commands import add_config_arguments, config_from_args
 from dpseg.config import dump_config, list_presets, save_config
 
 

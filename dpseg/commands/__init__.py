@@ -13,19 +13,20 @@ import sys
 from typing import Optional, Sequence
 
 from dpseg import __version__
+from dpseg.config import build_config
 from dpseg.errors import DPSegError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("dpseg.quickstart", "run the whole method end to end on the built-in synthetic world (CPU, minutes)"),
-    "prepare": ("dpseg.data.prepare.cli", "convert an official dataset archive to the evaluation layout, or verify one"),
-    "prompts": ("dpseg.prompts.cli", "build, extend and inspect prompt banks (text + visual prompts)"),
-    "train": ("dpseg.engine.train", "train DPSeg (torchrun for several GPUs)"),
-    "eval": ("dpseg.evaluation.cli", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
-    "segment": ("dpseg.segment_cli", "segment your own images into free-text classes"),
-    "demo": ("dpseg.demo", "browser demo (gradio) on 127.0.0.1"),
-    "summary": ("dpseg.summary", "print the model's parameter counts per component"),
-    "config": ("dpseg.config_cli", "print the resolved config of a preset, YAML file and --set overrides"),
+    "quickstart": ("dpseg.commands.quickstart", "run the whole method end to end on the built-in synthetic world (CPU, minutes)"),
+    "prepare": ("dpseg.commands.prepare", "convert an official dataset archive to the evaluation layout, or verify one"),
+    "prompts": ("dpseg.commands.prompts", "build, extend and inspect prompt banks (text + visual prompts)"),
+    "train": ("dpseg.commands.train", "train DPSeg (torchrun for several GPUs)"),
+    "eval": ("dpseg.commands.evaluate", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
+    "segment": ("dpseg.commands.segment", "segment your own images into free-text classes"),
+    "demo": ("dpseg.commands.demo", "browser demo (gradio) on 127.0.0.1"),
+    "summary": ("dpseg.commands.summary", "print the model's parameter counts per component"),
+    "config": ("dpseg.commands.config", "print the resolved config of a preset, YAML file and --set overrides"),
 }
 
 
@@ -43,8 +44,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_positional: boo
 
 
 def config_from_args(args: argparse.Namespace):
-    from dpseg.config import build_config
-
     return build_config(preset=args.preset, file=getattr(args, "config", None), overrides=args.overrides)
 
 

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from dpseg.data.synthetic.render import random_scene
+from dpseg.data.synthetic.world import all_classes, unseen_classes
 from dpseg.errors import DPSegError, InputError
+from dpseg.image_io import read_image
+from dpseg.prompts.bank import PromptBank
+from dpseg.quickstart import default_artifacts
+from dpseg.segmenter import Segmenter
+from dpseg.visualize import legend_html, overlay
+from dpseg.vocab import parse_class_list
 
 QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it knows "
                    "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos. The background "
@@ -39,8 +47,6 @@ class Limits:
 def quickstart_artifacts() -> tuple[Path, Optional[Path]]:
     """(checkpoint dir, bank dir or None) of the last quickstart (``$DPSEG_CACHE/quickstart``, else
     ``.dpseg_cache/quickstart``); CheckpointError if there is none yet."""
-    from dpseg.quickstart import default_artifacts
-
     return default_artifacts()
 
 
@@ -49,8 +55,6 @@ def _example_classes(seg) -> str:
     if seg.default_bank is None:
         return ""
     try:
-        from dpseg.prompts.bank import PromptBank
-
         return "; ".join(m["class_name"] for m in PromptBank.open(seg.default_bank).classes()[:4])
     except DPSegError:
         return ""
@@ -62,8 +66,6 @@ def quickstart_example(folder: Path) -> Optional[list]:
         import numpy as np
         from PIL import Image
 
-        from dpseg.data.synthetic.render import random_scene
-        from dpseg.data.synthetic.world import all_classes, unseen_classes
 
         scene = random_scene(unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3))
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,10 +78,6 @@ def quickstart_example(folder: Path) -> Optional[list]:
 
 def make_handler(seg, limits: Limits, text_only: bool = False):
     """The demo's function: (image file, classes text, refine, min score) -> (overlay, legend HTML, info)."""
-    from dpseg.image_io import read_image
-    from dpseg.segment_prompts import parse_class_list
-    from dpseg.visualize import legend_html, overlay
-
     lock = threading.Lock()  # one Segmenter, one vocabulary at a time
 
     def segment(image_path: Optional[str], classes: str, refine: bool = True, min_score: float = 0.0):
@@ -164,8 +162,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bool, device: Optional[str] = None):
     """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank (the note says so)."""
-    from dpseg.segmenter import Segmenter
-
     if text_only and bank:
         raise InputError("--text-only cannot be combined with --bank")
     note = ""

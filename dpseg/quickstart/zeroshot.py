@@ -17,12 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpseg.config import Config
+from dpseg.config import Config, atomic_write_text, build_config
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.render import object_crops, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import get_templates
+from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 
 
 def test_images(classes: Sequence[ObjectClass], kind: str, per_class: int, size: int, seed: int):
@@ -123,15 +124,13 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m dpseg.data.synthetic.zeroshot [--cache DIR] [--steps N]: pretrain (or reuse) and score the tiny CLIP."""
+    """python -m dpseg.quickstart.zeroshot [--cache DIR] [--steps N]: pretrain (or reuse) and score the tiny CLIP."""
     import argparse
     import json
     import time
 
-    from dpseg.config import build_config
-    from dpseg.data.synthetic.clip_pretrain import PretrainSettings, pretrained_clip
 
-    parser = argparse.ArgumentParser(prog="python -m dpseg.data.synthetic.zeroshot", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dpseg.quickstart.zeroshot", description=main.__doc__)
     parser.add_argument("--cache", default=".dpseg_cache/synthetic", help="where the weight file is kept")
     parser.add_argument("--steps", type=int, default=PretrainSettings.steps)
     parser.add_argument("--seed", type=int, default=0)
@@ -153,8 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{key}: text-to-own-images cos {a['own_text_cos']:.3f}, best other class {a['best_other_text_cos']:.3f}, "
                   f"mean rank of own class {a['mean_rank']:.2f}")
     if args.json:
-        from dpseg.config import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(report, indent=2))
     return 0
 

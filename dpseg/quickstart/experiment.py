@@ -13,14 +13,26 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
 
+from dpseg.build import load_model
 from dpseg.config import Config
+from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
+from dpseg.engine.train import train
 from dpseg.errors import DataError
+from dpseg.evaluation.evaluator import evaluate
+from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+from dpseg.model.towers import build_towers
+from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.builder import build_bank
+from dpseg.prompts.generate import get_generator
+from dpseg.prompts.resolve import vocabulary_prompts
+from dpseg.prompts.templates import get_templates
 
 
 @dataclass(frozen=True)
@@ -82,24 +94,17 @@ def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
     if is_trained(cfg):
         log(f"reusing {final}")
         return final
-    from dpseg.engine.train import train
 
     result = train(cfg, resume="auto", progress=False)
     return Path(result["final"])
 
 
 def _prompts(cfg: Config, model, names: list[str]):
-    from dpseg.engine.vocabulary import vocabulary_prompts
-
     return vocabulary_prompts(cfg, model, names, torch.device("cpu"), f"{len(names)} synthetic classes")
 
 
 def evaluate_model(model_dir: Path, splits: dict[str, Path], variant: Variant, max_images: int = 0) -> dict:
     """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, each split with its own vocabulary."""
-    from dpseg.build import load_model
-    from dpseg.data.catalog import build_dataset
-    from dpseg.evaluation.evaluator import evaluate
-
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
     out = {}
@@ -119,8 +124,6 @@ def chance_miou(folder: Path, max_images: int = 0) -> float:
     every class, so IoU_c = (n_c / K) / (n_c + N / K - n_c / K); the mean runs over classes present in the GT,
     as the evaluator's does.
     """
-    from dpseg.data.catalog import build_dataset
-
     dataset = build_dataset(str(folder), split="val")
     k = len(dataset.class_names)
     counts = np.zeros(k)
@@ -138,11 +141,6 @@ def chance_miou(folder: Path, max_images: int = 0) -> float:
 
 def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Callable[[str], None] = print) -> Path:
     """A prompt bank of ``class_names`` made with the world's generator and ``cfg``'s CLIP (reused when complete)."""
-    from dpseg.model.towers import build_towers
-    from dpseg.prompts.bank import PromptBank, make_key
-    from dpseg.prompts.generate import get_generator
-    from dpseg.prompts.templates import get_templates
-
     _, prompt_encoder, text_tower = build_towers(cfg.model)
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
     key = make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
@@ -150,7 +148,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
     tag = hashlib.sha256(json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = root / f"bank-{tag}"
     bank = PromptBank.create(path, key, generator.identity, "synthetic", cfg.prompts.seed, cfg.prompts.images_per_class)
-    report = bank.build(class_names, generator, prompt_encoder, text_tower, templates, progress=False)
+    report = build_bank(bank, class_names, generator, prompt_encoder, text_tower, templates, progress=False)
     log(f"prompt bank {path}: {len(report.built)} classes built, {report.skipped} reused")
     return path
 
@@ -160,10 +158,6 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     """mIoU (%) of the CLIP alone: argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training)."""
     import torch.nn.functional as F
 
-    from dpseg.data.catalog import build_dataset
-    from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
-    from dpseg.model.towers import build_towers
-    from dpseg.prompts.templates import get_templates
 
     image_tower, _, text_tower = build_towers(cfg.model)
     image_tower.eval()
@@ -183,10 +177,6 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
 
 def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
     """Label maps of a few validation images through the evaluator's inference path: {"images", "labels", pass: [...]}."""
-    from dpseg.build import load_model
-    from dpseg.data.catalog import build_dataset
-    from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
-
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
     dataset = build_dataset(str(folder), split="val")

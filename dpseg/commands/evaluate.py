@@ -14,12 +14,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from dpseg.errors import BankError, DataError, InputError
+from dpseg.build import load_model
+from dpseg.config import build_config
+from dpseg.data.catalog import build_dataset
+from dpseg.errors import DataError, InputError
+from dpseg.evaluation.evaluator import evaluate
+from dpseg.evaluation.report import is_finished, load_results, markdown_table, save_results
+from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
+from dpseg.prompts.resolve import resolve_prompts
+from dpseg.prompts.templates import model_templates
+from dpseg.weights import state_fingerprint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,24 +58,14 @@ def _distributed(device_arg: str) -> tuple[int, torch.device]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if world > 1 and cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, torch.device("cuda", local)
-    if device_arg == "auto":
-        return rank, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device_arg)
-    except RuntimeError:
-        raise InputError(f"--device {device_arg!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
+    device = resolve_device(device_arg, local, what="--device")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return rank, device
 
 
 def _eval_config(cfg, args):
-    from dpseg.config import build_config
-
     for text in args.overrides:
         if not text.strip().startswith("eval."):
             raise InputError(f"--set {text}: only eval.* settings can change at evaluation (the model is fixed by the checkpoint)")
@@ -80,8 +78,6 @@ def _eval_config(cfg, args):
 
 
 def _build_datasets(names: list[str], root: str) -> dict:
-    from dpseg.data.catalog import build_dataset
-
     out, errors = {}, []
     for name in names:
         try:
@@ -95,38 +91,24 @@ def _build_datasets(names: list[str], root: str) -> dict:
 
 
 class _Prompts:
-    """Prompts per vocabulary from a bank, or text-only ones (explicitly requested)."""
+    """Prompts per vocabulary through the one resolver; evaluation never runs a visual-prompt model degraded."""
 
     def __init__(self, model, cfg, bank_dir: str, text_only: bool):
-        from dpseg.build import model_templates
-
-        self.model, self.templates, self.bank = model, model_templates(cfg), None
-        if text_only:
-            if model.needs_visual_prompts:
-                raise InputError(
-                    f"this model needs visual prompts (prompt_type={model.prompt_type}, visual cost volumes at "
-                    f"{list(model.visual_scales)}); pass --bank DIR instead of --text-only"
-                )
-            self.source = "text-only"
-        elif bank_dir:
-            from dpseg.prompts.bank import PromptBank
-
-            self.bank = PromptBank.open(bank_dir)
-            self.source = f"bank {Path(bank_dir).resolve()}"
-        else:
-            raise BankError("no prompt bank: pass --bank DIR (built with 'dpseg prompts build') or --text-only for a text-only model")
+        self.model, self.templates = model, model_templates(cfg)
+        self.bank = None if text_only or not bank_dir else bank_dir
+        if text_only and model.needs_visual_prompts:
+            raise InputError(
+                f"this model needs visual prompts (prompt_type={model.prompt_type}, visual cost volumes at "
+                f"{list(model.visual_scales)}); pass --bank DIR instead of --text-only"
+            )
+        self.source = f"bank {Path(self.bank).resolve()}" if self.bank else "text-only"
 
     def __call__(self, vocabulary: list[str], device):
-        if self.bank is not None:
-            return self.bank.prompt_set(vocabulary, model=self.model, device=device)
-        from dpseg.prompts.bank import text_only_prompt_set
-
-        return text_only_prompt_set(vocabulary, self.model.text_encoder, self.templates).to(device)
+        return resolve_prompts(self.model, self.templates, vocabulary, bank=self.bank, device=device,
+                               what="the evaluation vocabulary").prompts
 
 
 def _fingerprint(prompts) -> str:
-    from dpseg.weights import state_fingerprint
-
     tensors = {"text": prompts.text}
     if prompts.visual is not None:
         tensors["visual"] = prompts.visual
@@ -136,11 +118,6 @@ def _fingerprint(prompts) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dpseg.build import load_model
-    from dpseg.evaluation.evaluator import evaluate
-    from dpseg.evaluation.report import is_finished, load_results, markdown_table, save_results
-    from dpseg.weights import state_fingerprint
-
     rank, device = _distributed(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
     ecfg = _eval_config(cfg, args)
@@ -158,19 +135,19 @@ def run(args: argparse.Namespace) -> int:
     results = load_results(out_dir / "results.json", str(args.checkpoint))
     results["checkpoint"] = str(args.checkpoint)  # another model is caught by the weight fingerprint in the settings
     model_fp = state_fingerprint(model)
-    bf16 = device.type == "cuda" and ecfg.precision in ("auto", "bf16")
+    precision = resolve_precision(ecfg.precision, device, what="config key 'eval.precision'")
     for name, ds in datasets.items():
         prompts = prompts_for(ds.vocabulary, device)
         settings = {"model": model_fp, "prompts": _fingerprint(prompts), "prompt_source": prompts_for.source,
                     "protocol": ecfg.protocol, "short_side": ecfg.short_side, "max_side": ecfg.max_side,
                     "input_size": ecfg.input_size, "two_pass": ecfg.two_pass, "max_images": ecfg.max_images,
-                    "precision": "bf16" if bf16 else "fp32", "images_in_dataset": len(ds),
+                    "precision": precision, "images_in_dataset": len(ds),
                     **({"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap} if ecfg.protocol == "slide" else {})}
         if is_finished(results, name, settings, args.force, out_dir / "results.json"):
             if rank == 0:
                 print(f"{name}: already in {out_dir / 'results.json'}, skipped (--force to redo)")
             continue
-        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with autocast(precision, device):
             res = evaluate(model, prompts, ds, ecfg, device=device, progress=not args.no_progress and rank == 0)
         results["datasets"][name] = {"settings": settings, "title": getattr(ds, "name", name), **res}
         if rank == 0:

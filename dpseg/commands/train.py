@@ -1,0 +1,39 @@
+"""dpseg train CONFIG [--set k=v ...] [--resume [RUN_OR_CHECKPOINT]] (torchrun for several GPUs).
+
+The loop itself is :func:`dpseg.engine.train.train`; this module only parses the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dpseg.commands import add_config_arguments, config_from_args
+from dpseg.config import build_config, load_config
+from dpseg.engine.checkpoint import CONFIG, find_checkpoint
+from dpseg.engine.train import train
+from dpseg.errors import CheckpointError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, config_positional=True)
+    parser.add_argument(
+        "--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
+        help="continue a run: bare = the newest checkpoint of train.output_dir (a new run if there is none); "
+             "or a run directory / checkpoint directory (its saved config is used unless CONFIG or --preset is given)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume not in (None, "auto") and not (args.config or args.preset):
+        ckpt = find_checkpoint(args.resume)
+        if ckpt is None:
+            raise CheckpointError(f"--resume {args.resume}: no complete checkpoint there (a run directory or a step-N directory)")
+        saved = load_config(ckpt / CONFIG)
+        cfg = build_config(delta=saved.to_dict(), overrides=args.overrides)
+        cfg.train.output_dir = str(ckpt.parent.parent)
+        resume = str(ckpt)
+    else:
+        cfg, resume = config_from_args(args), args.resume
+    train(cfg, resume=resume, progress=not args.no_progress)
+    return 0

@@ -1,0 +1,43 @@
+"""The synthetic-world experiment behind ``dpseg quickstart`` (DESIGN §6): the whole method end to end on a CPU.
+
+* :mod:`~dpseg.quickstart.run` - the stages (datasets, tiny CLIP, prompt bank, DPSeg variants x seeds, report);
+* :mod:`~dpseg.quickstart.clip_pretrain` - a tiny OpenCLIP pretrained contrastively on rendered objects;
+* :mod:`~dpseg.quickstart.zeroshot` - its zero-shot accuracy;
+* :mod:`~dpseg.quickstart.experiment` - one training + evaluation run of a variant;
+* :mod:`~dpseg.quickstart.report` - mean ± spread, the table, verdicts and the figure.
+
+This module itself only knows where the last finished run left its model (:func:`default_artifacts`), which is
+what ``dpseg segment`` and ``dpseg demo`` use when no checkpoint is given; it stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from dpseg.errors import CheckpointError
+
+
+def default_cache() -> Path:
+    """The quickstart cache unless --cache says otherwise: ``$DPSEG_CACHE/quickstart``, else ``.dpseg_cache/quickstart``."""
+    root = os.environ.get("DPSEG_CACHE")
+    return Path(root).expanduser() / "quickstart" if root else Path(".dpseg_cache") / "quickstart"
+
+
+def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
+    """(model folder, prompt bank folder or None) of the last finished quickstart in ``cache`` (what ``dpseg demo`` shows)."""
+    cache = Path(cache) if cache is not None else default_cache()
+    pointer = cache / "latest.json"
+    if not pointer.is_file():
+        raise CheckpointError(f"no quickstart model in {cache} (no latest.json): run `dpseg quickstart` first "
+                              "(or set DPSEG_CACHE to where it ran), or pass --checkpoint")
+    try:
+        info = json.loads(pointer.read_text())
+        model, bank = Path(info["model"]), info.get("bank")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
+    if not (model / "config.json").is_file():
+        raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")
+    return model, (Path(bank) if bank else None)

@@ -1,0 +1,141 @@
+"""Class lists and label conventions: the one reader, the one canonical form of a class name, the ignore label.
+
+* :data:`IGNORE_INDEX` (-1) is the label of unlabelled pixels everywhere inside dpseg (datasets, transforms, the
+  loss, the synthetic world), whatever the value on disk (255, 65535, 459, ...); it is never a class index.
+* A class name may list synonyms separated by commas ("sofa, couch"); the text tower averages them.
+  :func:`canonical_name` strips each synonym, collapses runs of inner whitespace and joins them with ", ", so
+  "sofa ,couch " and "sofa,  couch" are the same class; two names whose canonical forms differ only in letter
+  case are also the same class (:func:`check_class_list` refuses such duplicates).
+* :func:`read_class_list` reads the shipped benchmark lists (package data, the peers' files byte for byte: label i
+  means the same class as in their numbers) and user files: a JSON list of strings, or text with one class per
+  line where line i names label value i. Blank lines are allowed only at the end (one in the middle would shift
+  every later label); there is no comment syntax.
+* :func:`parse_class_list` reads a class list typed as one string (CLI ``--classes``, the demo's text box).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence, Union
+
+from dpseg.errors import DataError, InputError
+
+IGNORE_INDEX = -1  # the label value of unlabelled pixels inside dpseg (never a class index)
+CLASS_NAME_DIR = Path(__file__).parent / "data" / "class_names"
+# builtin list -> expected length (a truncated or edited package file must not give silently wrong numbers)
+BUILTIN_LISTS = {"coco": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20, "voc20b": 59}
+
+
+# ------------------------------------------------------------------------------------------- class names
+
+
+def split_synonyms(name: str) -> list[str]:
+    """'sofa, couch ' -> ['sofa', 'couch'] (inner whitespace collapsed); InputError for an empty name."""
+    if not isinstance(name, str):
+        raise InputError(f"class names must be strings, got {type(name).__name__}")
+    parts = [" ".join(p.split()) for p in name.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise InputError(f"class name {name!r} is empty")
+    return parts
+
+
+def canonical_name(name: str) -> str:
+    """The one spelling of a class name: synonyms stripped, inner whitespace collapsed, joined with ', '."""
+    return ", ".join(split_synonyms(name))
+
+
+def check_class_list(class_names: Sequence[str], what: str = "the class list") -> list[str]:
+    """Canonical names of a non-empty class list without duplicates (case-insensitive); InputError otherwise."""
+    if isinstance(class_names, str):
+        raise InputError(f"{what} must be a list of names, not one string")
+    names = [canonical_name(n) for n in class_names]
+    if not names:
+        raise InputError(f"{what} is empty; give at least one class name")
+    first: dict[str, str] = {}
+    dup = []
+    for n in names:
+        key = n.casefold()
+        if key in first and first[key] not in dup:
+            dup.append(first[key] if first[key] == n else f"{first[key]}' / '{n}")
+        first.setdefault(key, n)
+    if dup:
+        raise InputError(f"{what} names {', '.join(repr(d) for d in dup[:5])} more than once (names are compared "
+                         "ignoring case and extra spaces); each class must appear once")
+    return names
+
+
+def parse_class_list(text: str) -> list[str]:
+    """Classes from one string. If it holds ';' or a line break, those separate classes and commas join
+    synonyms of one class ("sofa, couch; cat" = 2 classes); otherwise commas separate classes ("cat, sofa, lamp"
+    = 3 classes). Whitespace around names is ignored; empty items are skipped; duplicates are an error."""
+    if not isinstance(text, str):
+        raise InputError(f"the class list must be a string or a list of names, got {type(text).__name__}")
+    parts = re.split(r"[;\n]", text) if re.search(r"[;\n]", text) else text.split(",")
+    parts = [p.strip() for p in parts if p.strip()]
+    if not parts:
+        raise InputError('the class list is empty; name at least one class, e.g. "cat, sofa, lamp"')
+    return check_class_list(parts)
+
+
+# ----------------------------------------------------------------------------------------- class-list files
+
+
+def builtin_class_names(key: str) -> list[str]:
+    """One of the shipped lists (coco, ade150, ade847, pc59, pc459, voc20, voc20b), exactly as the peers ship it."""
+    if key not in BUILTIN_LISTS:
+        raise DataError(f"unknown class-name list '{key}' (shipped lists: {', '.join(BUILTIN_LISTS)})")
+    names = _read_json_list(CLASS_NAME_DIR / f"{key}.json")
+    if len(names) != BUILTIN_LISTS[key]:
+        raise DataError(f"package file class_names/{key}.json has {len(names)} names, expected {BUILTIN_LISTS[key]}; reinstall dpseg")
+    return names
+
+
+def read_class_list(source: Union[str, Path]) -> list[str]:
+    """A shipped list name, a ``.json`` file (a list of strings, or an object with a ``class_names`` / ``classes`` /
+    ``names`` list) or a text file with one class per line (rules in the module doc). Names are returned as written;
+    empty lists and duplicates are refused (DataError naming the file)."""
+    if isinstance(source, str) and source in BUILTIN_LISTS:
+        return builtin_class_names(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "not found"
+        raise DataError(f"class list {path} {what} (give a .json list, a .txt with one name per line, or one of: "
+                        f"{', '.join(BUILTIN_LISTS)})")
+    names = _read_json_list(path) if path.suffix.lower() == ".json" else _read_text_list(path)
+    if not names:
+        raise DataError(f"class list {path} holds no class names")
+    try:
+        check_class_list(names, f"class list {path}")
+    except InputError as e:
+        raise DataError(str(e)) from None
+    return names
+
+
+def _read_json_list(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"cannot read class list {path}: {e}") from None
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("class_names", "classes", "names") if k in data), None)
+    if not isinstance(data, list) or not all(isinstance(n, str) and n.strip() for n in data):
+        raise DataError(f"class list {path} must hold a JSON list of non-empty strings")
+    return data
+
+
+def _read_text_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read class list {path}: {e}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [ln.strip() for ln in lines]
+    for i, n in enumerate(names):
+        if not n:
+            raise DataError(f"class list {path} line {i + 1} is blank; line i names label value i, so a blank line "
+                            "would shift every later label (remove it)")
+    return names
