@@ -9,14 +9,14 @@ Modes, all on the same random-weight model (speed does not depend on weight valu
 * ``sed``      - SED mode: text-only prompts, SED's upsampled-F_c guidance, no visual cost volumes;
 * ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
 * ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features), the paper's
-  re-decoding of every class (``model.refine_scope=all``);
-* ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map (``refine_scope=present``).
+  re-decoding of every class (``eval.refine_scope=all``);
+* ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map (``eval.refine_scope=present``).
 
 Prompts are precomputed (a cached bank), so prompt encoding is not timed. Random weights give a pass-1 label map
 in which almost every class wins a few pixels, unlike a trained model (an ADE20K image holds about 8-10 classes),
 so for ``two_pass`` the real pass-1 logits are computed and then given a realistic layout: ``--detected`` classes
 each win one horizontal band of the image (a large bias added to their logits there). Refinement then crops and
-encodes those classes, and ``model.refine_scope=present`` re-decodes only them. Each (mode, K) runs in a fresh subprocess: latency is the median of
+encodes those classes, and ``eval.refine_scope=present`` re-decodes only them. Each (mode, K) runs in a fresh subprocess: latency is the median of
 ``--repeat`` timed calls after one warm-up call; peak memory is the process peak RSS on CPU (weights included)
 or ``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes from one extra profiled call
 (labels ``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of latency/memory against K.
@@ -42,8 +42,6 @@ STAGES = ["dpseg.image_encoder", "dpseg.cost_volume", "dpseg.visual_cost_volume"
 def _overrides(mode: str) -> list[str]:
     if mode == "sed":
         return ["model.prompt_type=text", "model.guidance=upsampled"]
-    if mode == "two_pass_present":
-        return ["model.refine_scope=present"]
     return []
 
 
@@ -54,7 +52,7 @@ def child(args) -> dict:
     from dpseg.build import build_model
     from dpseg.config import build_config
     from dpseg.model.prompts import PromptSet
-    from dpseg.model.refine import two_pass
+    from dpseg.model.refine import RefinePolicy, two_pass
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -76,7 +74,7 @@ def child(args) -> dict:
     if args.mode.startswith("two_pass"):
         decode = model.decode
 
-        def realistic_first_pass(feats, p, class_chunk=None):
+        def realistic_first_pass(feats, p, class_chunk=0):
             logits = decode(feats, p, class_chunk)["logits"]  # the real work is done and timed
             if realistic_first_pass.first:
                 realistic_first_pass.first = False
@@ -93,7 +91,8 @@ def child(args) -> dict:
                 return model.encode_image(x).dense
             if args.mode.startswith("two_pass"):
                 model.decode.first = True
-                out = two_pass(model, x, prompts, class_chunk=chunk)
+                scope = "present" if args.mode == "two_pass_present" else "all"
+                out = two_pass(model, x, prompts, RefinePolicy(scope=scope), class_chunk=chunk)
                 call.detected = int(out["detected"].sum())
                 return out["logits"]
             return model(x, prompts, class_chunk=chunk)["logits"]

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from dpseg import __version__
-from dpseg.config import Config, atomic_write_text, config_from_dict
+from dpseg.config import Config, ModelConfig, atomic_write_text, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from dpseg.model.aggregation import ClassAggregation, SpatialAggregation
+from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding
+from dpseg.model.decoder import ClassHead, CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dpseg import DPSeg
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import model_templates
@@ -29,12 +32,50 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
-    """DPSeg from a resolved config; CLIP weights from ``model.clip_pretrained`` unless told not to."""
-    image, prompt, text = build_towers(cfg.model, load_weights=load_clip_weights)
+    """DPSeg from a resolved config: every part is built here and handed to the network (which reads no config).
+    CLIP weights come from ``model.clip_pretrained`` unless told not to."""
+    m = cfg.model
+    image, prompt, text = build_towers(m, load_weights=load_clip_weights)
+    M = len(model_templates(cfg))
     try:
-        return DPSeg(cfg.model, image, prompt, text, num_templates=len(model_templates(cfg)))
+        return DPSeg(image, prompt, text, CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
+                     build_decoder(m, image.stage_dims), upsampled_cost=_upsampled_cost(m, M),
+                     visual_cost=_visual_costs(m, M), prompt_type=m.prompt_type,
+                     detach_guidance=m.detach_guidance, prompt_image_size=m.prompt_image_size)
     except ValueError as e:
         raise ConfigError(f"the model section of the config is inconsistent: {e}") from None
+
+
+def _visual_scales(m: ModelConfig) -> list[int]:
+    return sorted(m.visual_scales) if m.guidance in ("visual", "both") else []
+
+
+def _upsampled_cost(m: ModelConfig, num_templates: int) -> Optional[UpsampledCostGuidance]:
+    if m.guidance not in ("upsampled", "both"):
+        return None
+    return UpsampledCostGuidance(num_templates, m.cost_guidance_dims)
+
+
+def _visual_costs(m: ModelConfig, num_templates: int) -> dict[int, VisualCostEmbedding]:
+    """Encoder stage j -> the embedding of F_v^j (decoder stage 4 - j takes its guidance width)."""
+    return {j: VisualCostEmbedding(num_templates, m.cost_guidance_dims[4 - j]) for j in _visual_scales(m)}
+
+
+def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDecoder:
+    """The three decoder stages (widths cost_embed_dim -> decoder_dims) fusing E_4, E_3, E_2 and their guidance."""
+    widths = [m.cost_embed_dim] + list(m.decoder_dims)
+    encoder_dims = [stage_dims[2], stage_dims[1], stage_dims[0]]  # D_4, D_3, D_2 for decoder stages 0, 1, 2
+    scales = _visual_scales(m)
+    stages = []
+    for s in range(3):
+        guidance = (m.cost_guidance_dims[s] if m.guidance in ("upsampled", "both") else 0) + \
+                   (m.cost_guidance_dims[s] if 4 - s in scales else 0)
+        stages.append(DecoderStage(
+            SpatialAggregation(widths[s]),
+            ClassAggregation(widths[s], m.attention_heads, m.mlp_ratio, m.class_pool_train, m.class_pool_test),
+            widths[s], widths[s + 1], encoder_dims[s], m.encoder_guidance_dims[s], guidance,
+        ))
+    return CostVolumeGuidedDecoder(stages, ClassHead(widths[-1]))
 
 
 def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike]) -> Path:

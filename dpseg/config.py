@@ -226,18 +226,43 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'model.attention_heads' ({m.attention_heads}) must divide every aggregated width {widths}"
             )
-    if not 0 <= m.refine_min_area < 1:
-        raise ConfigError("config key 'model.refine_min_area' must be in [0, 1)")
+    e = cfg.eval
+    if not 0 <= e.refine_min_area < 1:
+        raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
+    if not 0 <= e.refine_min_score < 1:
+        raise ConfigError("config key 'eval.refine_min_score' must be in [0, 1)")
+    if e.refine_max_classes < 0 or e.class_chunk < 0:
+        raise ConfigError("config keys 'eval.refine_max_classes' and 'eval.class_chunk' must be >= 0")
     if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
         raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
     if cfg.train.classes_per_step < 0:
         raise ConfigError("config key 'train.classes_per_step' must be >= 0 (0 = every class at every step)")
 
 
+# Keys that moved between sections; configs written by older versions are read with them in their new place.
+MOVED_KEYS = {
+    ("model", "refine_min_area"): ("eval", "refine_min_area"),
+    ("model", "refine_max_classes"): ("eval", "refine_max_classes"),
+    ("model", "refine_scope"): ("eval", "refine_scope"),
+    ("model", "class_chunk"): None,  # inference memory: eval.class_chunk (the model's own copy was a duplicate)
+}
+
+
+def migrate(data: dict) -> dict:
+    """A config dict of an older dpseg version with moved keys put in their current place (a copy)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, key), target in MOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if target is not None:
+                data.setdefault(target[0], {}).setdefault(target[1], value)
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config from a complete dict (as written by save_config), checking every key."""
     cfg = Config()
-    _apply(cfg, data, "")
+    _apply(cfg, migrate(data), "")
     validate(cfg)
     return cfg
 

@@ -26,7 +26,9 @@ class ModelConfig:
     cost_embed_dim: int = 128
     cost_embed_kernel: int = 7
     # --- cost-volume-guided decoder (§4.5) ---
-    guidance: Literal["none", "upsampled", "visual"] = "visual"  # none | SED-style upsampled F_c | F_v^j
+    # what guides the decoder stages: nothing, SED's upsampled F_c, the visual cost volumes F_v^j (the paper: they
+    # take the upsampled F_c's place), or both side by side (the paper's Table 3 rows "F_c + F_v^j")
+    guidance: Literal["none", "upsampled", "visual", "both"] = "visual"
     visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
     decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
     encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
@@ -36,14 +38,7 @@ class ModelConfig:
     class_pool_train: int = 2  # avg-pool of class-attention tokens while training (SED/CAT-Seg: 2)
     class_pool_test: int = 1
     detach_guidance: bool = True  # stage features reach the decoder without gradient (as SED)
-    # --- two-pass inference: semantic-guided prompt refinement (§4.6) ---
-    refine_min_area: float = 0.001  # a class is "detected" if it covers at least this fraction of the image
-    refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
-    # pass 2 re-decodes all K classes (the paper) or only those present in the pass-1 label map ("present":
-    # the others keep their pass-1 logits; SED's category early rejection in spirit; much faster at large K)
-    refine_scope: Literal["all", "present"] = "all"
     # --- memory ---
-    class_chunk: int = 0  # classes per decoder chunk at inference (0 = all at once); exact, see decoder.py
     grad_checkpointing: bool = False
 
 
@@ -127,7 +122,14 @@ class EvalConfig:
     slide_window: int = 384
     slide_overlap: float = 0.333
     two_pass: bool = True  # report pass 1 and pass 2 (semantic-guided prompt refinement)
-    class_chunk: int = 128
+    # --- two-pass inference: semantic-guided prompt refinement (paper §4.6); policy, not architecture ---
+    refine_min_score: float = 0.0  # a pixel counts for its best class only if that class's probability >= this
+    refine_min_area: float = 0.001  # a class is "detected" if it holds at least this fraction of the pass-1 map
+    refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
+    # pass 2 re-decodes all K classes (the paper) or only those detected in pass 1 ("present": the others keep their
+    # pass-1 logits; much faster at large K)
+    refine_scope: Literal["all", "present"] = "all"
+    class_chunk: int = 128  # classes decoded at a time (0 = all at once): bounds memory, same result
     batch_size: int = 1
     max_images: int = 0  # 0 = all
     num_workers: int = 2  # image-loading processes per rank

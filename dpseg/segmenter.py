@@ -39,7 +39,7 @@ from PIL import Image
 from dpseg.build import load_model
 from dpseg.data.transforms import resize_label
 from dpseg.errors import InputError
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, window_starts
+from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
 from dpseg.prompts.resolve import resolve_prompts, source_key
@@ -147,6 +147,7 @@ class Segmenter:
         self.precision = resolve_precision(cfg.eval.precision, self.device, what="config key 'eval.precision'")
         self.templates = model_templates(cfg)
         self.protocol = protocol_from_config(cfg.eval)
+        self.refine_policy = refine_policy(cfg.eval)  # which classes pass 2 refines (eval.refine_*)
         self.refine_default = bool(cfg.eval.two_pass)
         configured = cfg.prompts.bank and Path(cfg.prompts.bank).expanduser().is_dir()
         self.default_bank = bank if bank is not None else (cfg.prompts.bank if configured else None)
@@ -226,7 +227,8 @@ class Segmenter:
         if tile and (tile < 32 or tile % 32):
             raise InputError(f"tile must be a multiple of 32 (>= 32), got {tile}")
         two = self._refine(refine)
-        forward = model_forward(self.model, self.prompts, two_pass=two, class_chunk=self.protocol.class_chunk)
+        forward = model_forward(self.model, self.prompts, two_pass=two, class_chunk=self.protocol.class_chunk,
+                                refine=self.refine_policy)
         results = []
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]

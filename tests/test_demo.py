@@ -19,8 +19,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 from segment_helpers import artifacts, scene  # noqa: E402
 
-from dpseg import demo  # noqa: E402
-from dpseg.commands import main  # noqa: E402
+from dpseg.commands import (
+    demo,  # noqa: E402
+    main,  # noqa: E402
+)
 from dpseg.errors import CheckpointError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"

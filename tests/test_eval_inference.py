@@ -138,7 +138,7 @@ def test_full_resolution_maps_are_built_in_bounded_chunks(monkeypatch):
 def test_two_pass_keys_and_chunk_are_forwarded():
     seen = {}
 
-    def fake_refine(model, images, prompts, class_chunk=None):
+    def fake_refine(model, images, prompts, policy, class_chunk=None):
         seen["chunk"] = class_chunk
         first = model(images, prompts)["logits"]
         return {"logits_pass1": first, "logits": -first}

@@ -4,7 +4,7 @@ from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
 from dpseg.model.prompt_image import prepare_prompt_image
-from dpseg.model.refine import detected_classes, refine_prompts, two_pass
+from dpseg.model.refine import RefinePolicy, detected_classes, refine_prompts, two_pass
 
 
 def test_detected_classes_threshold():
@@ -28,7 +28,7 @@ def test_refinement_changes_only_detected_classes():
     logits[0, 1, :, :8] = 4  # image 0: classes 1 and 3 present
     logits[0, 3, :, 8:] = 4
     logits[1, 2] = 4  # image 1: only class 2
-    refined, detected = refine_prompts(model, x, logits, prompts, min_area=0.01)
+    refined, detected = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01))
     assert detected.tolist() == [[False, True, False, True, False], [False, False, True, False, False]]
     assert refined.visual.shape == (2, 5, model.num_templates, prompts.visual.shape[-1])
     for b in range(2):
@@ -61,7 +61,7 @@ def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch
     assert not torch.allclose(out["logits"], out["logits_pass1"])
     import dpseg.model.refine as refine
 
-    monkeypatch.setattr(refine, "detected_classes", lambda logits, area, cap=0: torch.zeros(logits.shape[:2], dtype=torch.bool))
+    monkeypatch.setattr(refine, "detected_classes", lambda logits, area, cap=0, score=0.0: torch.zeros(logits.shape[:2], dtype=torch.bool))
     with torch.no_grad():
         none = two_pass(model, x, prompts)  # nothing detected: every prompt is kept, pass 2 == pass 1
     assert torch.allclose(none["logits"], none["logits_pass1"], atol=1e-6)
@@ -80,7 +80,7 @@ def test_present_scope_redecodes_only_present_classes():
     prompts = random_prompts(model, 6)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        fast = two_pass(model, x, prompts, scope="present")
+        fast = two_pass(model, x, prompts, RefinePolicy(scope="present"))
     first = fast["logits_pass1"]
     present = torch.zeros(6, dtype=torch.bool)
     present[first.argmax(dim=1).unique()] = True
@@ -89,7 +89,7 @@ def test_present_scope_redecodes_only_present_classes():
         expected = model.decode(model.encode_image(x), fast["prompts"].select(present.nonzero().flatten().tolist()))["logits"]
     assert torch.allclose(fast["logits"][:, present], expected, atol=1e-6)
     with pytest.raises(InputError, match="scope"):
-        two_pass(model, x, prompts, scope="some")
+        RefinePolicy(scope="some")
 
 
 def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
@@ -98,7 +98,7 @@ def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
     prompts = random_prompts(model, 3)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        full = two_pass(model, x, prompts, scope="all")
+        full = two_pass(model, x, prompts, RefinePolicy(scope="all"))
         first = full["logits_pass1"]
     # make every class win somewhere in pass 1 by patching decode's first call to return a striped map
     stripes = torch.full_like(first, -5.0)
@@ -107,13 +107,13 @@ def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
     calls = []
     original = model.decode
 
-    def decode(feats, p, chunk=None):
+    def decode(feats, p, chunk=0):
         calls.append(1)
         return {"logits": stripes} if len(calls) == 1 else original(feats, p, chunk)
 
     monkeypatch.setattr(model, "decode", decode)
     with torch.no_grad():
-        fast = two_pass(model, x, prompts, scope="present")
+        fast = two_pass(model, x, prompts, RefinePolicy(scope="present"))
         calls.clear()
-        full = two_pass(model, x, prompts, scope="all")
+        full = two_pass(model, x, prompts, RefinePolicy(scope="all"))
     assert torch.allclose(fast["logits"], full["logits"], atol=1e-6)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 
 from dpseg.errors import InputError
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 
 
@@ -78,7 +78,8 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
     if prompts is not None and len(prompts.class_names) != len(vocab):
         raise InputError(f"prompts hold {len(prompts.class_names)} classes but dataset '{ds_name}' is prompted with {len(vocab)}")
     if forward is None:
-        forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk)
+        forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk,
+                            refine=refine_policy(eval_cfg))
     limit = eval_cfg.max_images if max_images is None else max_images
     n = len(dataset) if not limit else min(limit, len(dataset))
     rank, world = _rank_world()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dpseg.data.transforms import resize_image, shortest_edge_size
 from dpseg.errors import ConfigError, InputError
+from dpseg.model.refine import RefinePolicy
 from dpseg.model.refine import two_pass as two_pass_refinement
 
 MAX_CHUNK_ELEMS = 1 << 27  # 512 MiB of fp32 per full-resolution chunk
@@ -61,14 +62,21 @@ def protocol_from_config(eval_cfg) -> Protocol:
                     eval_cfg.slide_window, eval_cfg.slide_overlap, eval_cfg.class_chunk)
 
 
-def model_forward(model, prompts, two_pass: bool = False, class_chunk: int = 0, refine_fn=None) -> ForwardFn:
+def refine_policy(eval_cfg) -> RefinePolicy:
+    """The two-pass refinement policy of the ``eval`` section."""
+    return RefinePolicy(eval_cfg.refine_min_score, eval_cfg.refine_min_area, eval_cfg.refine_max_classes,
+                        eval_cfg.refine_scope)
+
+
+def model_forward(model, prompts, two_pass: bool = False, class_chunk: int = 0,
+                  refine: RefinePolicy = RefinePolicy(), refine_fn=None) -> ForwardFn:
     """Wrap a DPSeg model as ``images -> {"pass1": logits[, "pass2": logits]}``."""
 
     def forward(images: torch.Tensor) -> dict:
         if not two_pass:
             return {"pass1": model(images, prompts, class_chunk=class_chunk)["logits"]}
         fn = two_pass_refinement if refine_fn is None else refine_fn
-        out = fn(model, images, prompts, class_chunk=class_chunk)
+        out = fn(model, images, prompts, refine, class_chunk=class_chunk)
         return {"pass1": out["logits_pass1"], "pass2": out["logits"]}
 
     return forward

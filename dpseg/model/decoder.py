@@ -1,31 +1,25 @@
-"""Cost-Volume-Guided Decoder (paper §4.5, notes §9 #8-#12).
+"""Cost-Volume-Guided Decoder (paper §4.5, notes §9 #8-#12): the parts of its three stages and its head.
 
-Three stages take the embedded cost volume from stride 32 to stride 4 (24 → 48 → 96 → 192 at 768²). Stage s:
+Each stage s takes class maps at stride 32 / 2^s (24 → 48 → 96 at 768²) one step up:
 
-1. spatial aggregation (hybrid dilated convs, per class) and class aggregation (attention across K) at the
-   input resolution;
+1. spatial aggregation per class map, then class aggregation across the K classes, at the input resolution;
 2. ×2 transposed-conv upsampling per class;
 3. fusion: concatenate a 3×3-conv projection of encoder stage E_j (j = 4, 3, 2; shared by all classes) and the
-   stage's *cost guidance* - the embedded visual cost volume F_v^j (DPSeg), SED's upsampled F_c, or nothing -
+   stage's *cost guidance* (the embedded visual cost volume F_v^j of DPSeg, SED's upsampled F_c, both, or nothing),
    then a DoubleConv (3×3 conv + GroupNorm + ReLU, twice).
 
-A 3×3 head then gives one logit per class at stride 4.
-
-Class chunking: every step except class aggregation is per class, so they run ``chunk`` classes at a time and
-only the class-aggregation input of each stage is held for all K; class aggregation itself is exact under
-chunking (see aggregation.py). The guidance for a chunk is produced on demand by ``guidance_fn(stage, slice)``.
+A 3×3 head then gives one logit per class at stride 4. The order in which these parts run - and the class
+chunking that bounds memory - reads top-down in :meth:`dpseg.model.dpseg.DPSeg.decode`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from dpseg.model.aggregation import ClassAggregation, SpatialAggregation, class_chunks, group_count
-
-GuidanceFn = Callable[[int, slice], Optional[Tensor]]  # (stage, class slice) -> (B, k, g, h, w) or None
+from dpseg.model.aggregation import group_count
 
 
 class DoubleConv(nn.Sequential):
@@ -37,15 +31,15 @@ class DoubleConv(nn.Sequential):
 
 
 class DecoderStage(nn.Module):
-    """Aggregate at resolution h×w, then upsample ×2 and fuse with E_j and the cost guidance."""
+    """Aggregate at resolution h×w (``spatial``, ``classes``), then upsample ×2 and fuse with E_j and the guidance."""
 
-    def __init__(self, cin: int, cout: int, encoder_dim: int, encoder_guidance: int, cost_guidance: int,
-                 heads: int, mlp_ratio: int, pool_train: int, pool_test: int):
+    def __init__(self, spatial: nn.Module, classes: nn.Module, cin: int, cout: int, encoder_dim: int,
+                 encoder_guidance: int, cost_guidance: int):
         super().__init__()
         if encoder_guidance >= cin:
             raise ValueError(f"encoder guidance width {encoder_guidance} must be below the stage width {cin}")
-        self.spatial = SpatialAggregation(cin)
-        self.classes = ClassAggregation(cin, heads, mlp_ratio, pool_train, pool_test)
+        self.spatial = spatial
+        self.classes = classes
         self.up = nn.ConvTranspose2d(cin, cin - encoder_guidance, 2, stride=2)
         self.encoder_proj = nn.Sequential(nn.Conv2d(encoder_dim, encoder_guidance, 3, padding=1), nn.ReLU())
         self.cost_guidance = cost_guidance
@@ -57,51 +51,31 @@ class DecoderStage(nn.Module):
         up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
         parts = [up, encoder_guidance.repeat_interleave(k, dim=0)]  # (B, g_e, 2h, 2w) -> (B*k, g_e, 2h, 2w)
         if self.cost_guidance:
-            if cost_guidance is None:
-                raise ValueError("this decoder stage was built with cost guidance but none was given")
+            if cost_guidance is None or cost_guidance.shape[2] != self.cost_guidance:
+                got = None if cost_guidance is None else cost_guidance.shape[2]
+                raise ValueError(f"this decoder stage was built for {self.cost_guidance} guidance channels, got {got}")
             parts.append(cost_guidance.reshape(B * k, *cost_guidance.shape[2:]))  # (B, k, g, 2h, 2w) -> (B*k, …)
         y = self.fuse(torch.cat(parts, dim=1))
         return y.view(B, k, *y.shape[1:])  # (B*k, C_out, 2h, 2w) -> (B, k, C_out, 2h, 2w)
 
 
-class CostVolumeGuidedDecoder(nn.Module):
-    def __init__(self, cost_dim: int, dims: list[int], encoder_dims: list[int], encoder_guidance: list[int],
-                 cost_guidance: list[int], heads: int = 4, mlp_ratio: int = 4, pool_train: int = 2, pool_test: int = 1):
-        """``encoder_dims`` are D_4, D_3, D_2 (the stages fused at decoder stages 0, 1, 2); a cost-guidance width
-        of 0 means no guidance at that stage."""
-        super().__init__()
-        widths = [cost_dim] + list(dims)
-        self.stages = nn.ModuleList(
-            DecoderStage(widths[s], widths[s + 1], encoder_dims[s], encoder_guidance[s], cost_guidance[s],
-                         heads, mlp_ratio, pool_train, pool_test)
-            for s in range(3)
-        )
-        self.head = nn.Conv2d(widths[-1], 1, 3, padding=1)
+class ClassHead(nn.Conv2d):
+    """3×3 conv to one logit per class map: (B, k, C, h, w) -> (B, k, h, w)."""
 
-    def forward(self, cost: Callable[[slice], Tensor], num_classes: int, encoder_stages: list[Tensor],
-                guidance_fn: GuidanceFn, chunk: int = 0) -> Tensor:
-        """Decode to logits (B, K, 4·h5·2, …) = (B, K, H/4, W/4).
+    def __init__(self, dim: int):
+        super().__init__(dim, 1, 3, padding=1)
 
-        ``cost(slice)`` returns the embedded cost volume of a class slice (B, k, C_0, h5, w5);
-        ``encoder_stages`` are E_4, E_3, E_2.
-        """
-        pieces = class_chunks(num_classes, chunk)
-        projected = [stage.encoder_proj(e) for stage, e in zip(self.stages, encoder_stages)]  # (B, g_e, h_j, w_j)
-        x = self._per_chunk(pieces, lambda s: self.stages[0].spatial(cost(s)))  # (B, K, C_0, h5, w5)
-        for i, stage in enumerate(self.stages):
-            x = stage.classes(x, chunk)
-            if i + 1 < len(self.stages):
-                nxt = self.stages[i + 1]
-                x = self._per_chunk(pieces, lambda s: nxt.spatial(stage.upsample_fuse(x[:, s], projected[i], guidance_fn(i, s))))
-            else:
-                x = self._per_chunk(pieces, lambda s: self._head(stage.upsample_fuse(x[:, s], projected[i], guidance_fn(i, s))))
-        return x
-
-    def _head(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         B, k, C, h, w = x.shape
-        return self.head(x.reshape(B * k, C, h, w)).view(B, k, h, w)  # (B*k, 1, h, w) -> (B, k, h, w)
+        return super().forward(x.reshape(B * k, C, h, w)).view(B, k, h, w)  # (B*k, 1, h, w) -> (B, k, h, w)
 
-    @staticmethod
-    def _per_chunk(pieces: list[slice], fn: Callable[[slice], Tensor]) -> Tensor:
-        outs = [fn(s) for s in pieces]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+class CostVolumeGuidedDecoder(nn.Module):
+    """Three :class:`DecoderStage` s and the :class:`ClassHead`, built by :func:`dpseg.build.build_model`."""
+
+    def __init__(self, stages: list[DecoderStage], head: ClassHead):
+        super().__init__()
+        if len(stages) != 3:
+            raise ValueError(f"the decoder has 3 stages (strides 32 -> 16 -> 8 -> 4), got {len(stages)}")
+        self.stages = nn.ModuleList(stages)
+        self.head = head

@@ -2,12 +2,13 @@
 
     images ─ image encoder (trainable, lr × 0.01) ─ E_2..E_5, dense E
     prompts (bank: T, V, v_j) ─ dual prompt R = norm(norm V + norm T) ─ F_c = cos(E, R) ─ cost embedding
-    decoder: 3 × [HD-conv + class attention → ×2 up → fuse(E_j, F_v^j = cos(E_j, v_j))] → head → logits @ 1/4
+    decoder: 3 × [spatial + class aggregation → ×2 up → fuse(E_j, F_v^j = cos(E_j, v_j))] → head → logits @ 1/4
 
-The text tower and the visual-prompt encoder (a frozen copy of the initial image tower) are held by the model so
-that prompts can be encoded consistently, but they never train. ``forward`` returns a dict and never a loss.
-Inference can be split: :meth:`encode_image` once, then :meth:`decode` with different prompts (the two-pass
-refinement re-uses the image features this way).
+Its parts are built and injected by :func:`dpseg.build.build_model` (this module never reads a config). The text
+tower and the visual-prompt encoder (a frozen copy of the initial image tower) are held so that prompts can be
+encoded consistently, but they never train. ``forward`` returns a dict and never a loss. Inference can be split:
+:meth:`encode_image` once, then :meth:`decode` with different prompts (the two-pass refinement re-uses the image
+features this way).
 """
 
 from __future__ import annotations
@@ -18,54 +19,51 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from dpseg.config import ModelConfig
 from dpseg.errors import InputError
+from dpseg.model.aggregation import class_chunks
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.decoder import CostVolumeGuidedDecoder
 from dpseg.model.prompts import PromptSet, dual_prompt
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
-
-def _classes(t: Tensor, s: slice) -> Tensor:
-    """Slice the class axis of a (…, K, M, D) prompt tensor."""
-    return t[..., s, :, :]
+PROMPT_TYPES = ("text", "visual", "dual")
 
 
 class DPSeg(nn.Module):
-    def __init__(self, cfg: ModelConfig, image_encoder: ImageTower, prompt_encoder: ImageTower,
-                 text_encoder: TextTower, num_templates: int):
+    def __init__(self, image_encoder: ImageTower, prompt_encoder: ImageTower, text_encoder: TextTower,
+                 cost_embedding: CostEmbedding, decoder: CostVolumeGuidedDecoder,
+                 upsampled_cost: Optional[UpsampledCostGuidance] = None,
+                 visual_cost: Optional[dict[int, VisualCostEmbedding]] = None, prompt_type: str = "dual",
+                 detach_guidance: bool = True, prompt_image_size: int = 320):
+        """``visual_cost`` maps encoder stage j (2, 3, 4) to its visual cost embedding; decoder stage s = 4 - j
+        gets F_v^j. ``upsampled_cost`` (SED's guidance) feeds every decoder stage."""
         super().__init__()
+        if prompt_type not in PROMPT_TYPES:
+            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.text_encoder = text_encoder
-        self.num_templates = num_templates
-        self.prompt_type = cfg.prompt_type
-        self.guidance = cfg.guidance
-        self.visual_scales = sorted(cfg.visual_scales) if cfg.guidance == "visual" else []
-        self.detach_guidance = cfg.detach_guidance
-        self.prompt_image_size = cfg.prompt_image_size
-        self.refine_min_area = cfg.refine_min_area
-        self.refine_max_classes = cfg.refine_max_classes
-        self.refine_scope = cfg.refine_scope
-        self.class_chunk = cfg.class_chunk
-        D = image_encoder.stage_dims  # D_2, D_3, D_4, D_5
+        self.cost_embedding = cost_embedding
+        self.visual_cost = nn.ModuleDict({str(j): m for j, m in sorted((visual_cost or {}).items())})
+        self.upsampled_cost = upsampled_cost
+        self.decoder = decoder
+        self.prompt_type = prompt_type
+        self.detach_guidance = detach_guidance
+        self.prompt_image_size = prompt_image_size
 
-        self.cost_embedding = CostEmbedding(num_templates, cfg.cost_embed_dim, cfg.cost_embed_kernel)
-        # decoder stage s fuses encoder stage j = 4 - s
-        cost_guidance = [self._guided(4 - s) * cfg.cost_guidance_dims[s] for s in range(3)]
-        self.visual_cost = nn.ModuleDict(
-            {str(j): VisualCostEmbedding(num_templates, cfg.cost_guidance_dims[4 - j]) for j in self.visual_scales}
-        )
-        self.upsampled_cost = (
-            UpsampledCostGuidance(num_templates, cfg.cost_guidance_dims) if cfg.guidance == "upsampled" else None
-        )
-        self.decoder = CostVolumeGuidedDecoder(
-            cfg.cost_embed_dim, cfg.decoder_dims, [D[2], D[1], D[0]], cfg.encoder_guidance_dims, cost_guidance,
-            cfg.attention_heads, cfg.mlp_ratio, cfg.class_pool_train, cfg.class_pool_test,
-        )
+    @property
+    def num_templates(self) -> int:
+        return self.cost_embedding.num_templates
 
-    def _guided(self, j: int) -> bool:
-        return self.guidance == "upsampled" or j in self.visual_scales
+    @property
+    def visual_scales(self) -> list[int]:
+        return [int(j) for j in self.visual_cost]
+
+    @property
+    def guidance(self) -> str:
+        """none | upsampled (SED) | visual (DPSeg) | both - what the decoder stages are guided by."""
+        kinds = (["upsampled"] if self.upsampled_cost is not None else []) + (["visual"] if self.visual_scales else [])
+        return "both" if len(kinds) == 2 else kinds[0] if kinds else "none"
 
     @property
     def needs_visual_prompts(self) -> bool:
@@ -130,36 +128,55 @@ class DPSeg(nn.Module):
                 if v.shape[-1] != self.image_encoder.stage_dims[j - 2]:
                     raise InputError(f"visual stage-{j} prompts have width {v.shape[-1]}, the encoder {self.image_encoder.stage_dims[j - 2]}")
 
-    def decode(self, feats: ImageFeatures, prompts: PromptSet, class_chunk: Optional[int] = None) -> dict:
-        """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}."""
+    def decode(self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0) -> dict:
+        """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}.
+
+        Every step except class aggregation is per class, so it runs ``class_chunk`` classes at a time (0 = all):
+        only the class-aggregation input of each stage is held for all K, and the result is the same (class
+        aggregation is exact under chunking, see aggregation.py).
+        """
         self.check_prompts(prompts)
-        chunk = self.class_chunk if class_chunk is None else class_chunk
-        dense = feats.dense
-        stages = [s.detach() if self.detach_guidance else s for s in feats.stages]
+        dense = feats.dense  # E: (B, d, h5, w5)
+        E = [s.detach() if self.detach_guidance else s for s in feats.stages]  # E_2..E_5
         R = dual_prompt(prompts.text, prompts.visual, self.prompt_type).to(dense.dtype)  # (…, K, M, d)
         if R.ndim == 4 and R.shape[0] != dense.shape[0]:
             raise InputError(f"per-image prompts are for {R.shape[0]} images but the batch has {dense.shape[0]}")
-
-        def cost(s: slice) -> Tensor:
-            with record_function("dpseg.cost_volume"):
-                return self.cost_embedding(cosine_cost_volume(dense, _classes(R, s)))  # (B, k, C_0, h5, w5)
-
-        def guidance(stage: int, s: slice) -> Optional[Tensor]:
-            j = 4 - stage
-            if self.upsampled_cost is not None:
-                with record_function("dpseg.upsampled_cost"):
-                    return self.upsampled_cost(cosine_cost_volume(dense, _classes(R, s)), stage)
-            if j in self.visual_scales:
-                with record_function("dpseg.visual_cost_volume"):
-                    v = _classes(prompts.visual_stages[j - 2], s).to(dense.dtype)
-                    return self.visual_cost[str(j)](stages[j - 2], v)  # (B, k, c_j, h_j, w_j)
-            return None
-
+        chunks = class_chunks(prompts.num_classes, class_chunk)
+        stages = self.decoder.stages
         with record_function("dpseg.decode"):
-            logits = self.decoder(cost, prompts.num_classes, [stages[2], stages[1], stages[0]], guidance, chunk)
-        return {"logits": logits}
+            projected = [stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
 
-    def forward(self, images: Tensor, prompts: PromptSet, class_chunk: Optional[int] = None) -> dict:
+            def first(c: slice) -> Tensor:  # dual-prompt cost volume -> cost embedding -> spatial aggregation
+                with record_function("dpseg.cost_volume"):
+                    F_c = cosine_cost_volume(dense, R[..., c, :, :])  # (B, k, M, h5, w5)
+                    return stages[0].spatial(self.cost_embedding(F_c))  # (B, k, C_0, h5, w5)
+
+            x = torch.cat([first(c) for c in chunks], dim=1)  # (B, K, C_0, h5, w5)
+            for s, stage in enumerate(stages):
+                x = stage.classes(x, class_chunk)  # attention across all K classes
+                after = stages[s + 1].spatial if s + 1 < len(stages) else self.decoder.head
+                x = torch.cat([after(stage.upsample_fuse(x[:, c], projected[s], self.stage_guidance(s, c, feats, E, R, prompts)))
+                               for c in chunks], dim=1)  # (B, K, C_{s+1}, 2h, 2w); after the head (B, K, H/4, W/4)
+        return {"logits": x}
+
+    def stage_guidance(self, s: int, c: slice, feats: ImageFeatures, E: list[Tensor], R: Tensor,
+                       prompts: PromptSet) -> Optional[Tensor]:
+        """Cost guidance of decoder stage ``s`` for the classes ``c``: (B, k, g_s, h_j, w_j) or None."""
+        parts = []
+        if self.upsampled_cost is not None:
+            with record_function("dpseg.upsampled_cost"):
+                F_c = cosine_cost_volume(feats.dense, R[..., c, :, :])  # (B, k, M, h5, w5)
+                parts.append(self.upsampled_cost(F_c, s))
+        j = 4 - s  # decoder stage s fuses encoder stage j
+        if str(j) in self.visual_cost:
+            with record_function("dpseg.visual_cost_volume"):
+                v = prompts.visual_stages[j - 2][..., c, :, :].to(E[j - 2].dtype)  # (…, k, M, D_j)
+                parts.append(self.visual_cost[str(j)](E[j - 2], v))  # (B, k, c_j, h_j, w_j)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # concatenated on the channel axis
+
+    def forward(self, images: Tensor, prompts: PromptSet, class_chunk: int = 0) -> dict:
         return self.decode(self.encode_image(images), prompts, class_chunk)
 
     # --------------------------------------------------------------------------------------- parameters

@@ -1,7 +1,7 @@
 """Semantic-guided prompt refinement: two-pass inference (paper §4.6; notes §9 #17-#20).
 
-Pass 1 predicts with the bank's visual prompts. For every class that covers at least ``min_area`` of an image
-in the pass-1 label map, the class's predicted region is cut out of the *input image* (bounding box of the mask,
+Pass 1 predicts with the bank's visual prompts. For every class whose confident pixels (argmax with probability
+at least ``min_score``) cover at least ``min_area`` of an image in the pass-1 label map (:class:`RefinePolicy`), the class's predicted region is cut out of the *input image* (bounding box of the mask,
 pixels outside the mask filled with the CLIP mean colour, resized and padded to a square: the one rule of
 ``dpseg.model.prompt_image.prepare_prompt_image`` that generated and exemplar prompts go through too),
 encoded by the frozen visual-prompt encoder, and replaces that class's visual prompts - global V for all M
@@ -12,7 +12,7 @@ Inference only; no training is involved.
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,36 @@ from dpseg.model.prompt_image import prepare_prompt_image
 from dpseg.model.prompts import PromptSet
 
 
-def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0) -> Tensor:
-    """(B, K, h, w) logits -> (B, K) bool: classes holding ≥ min_area of the argmax map (and ≥ 1 pixel);
-    with ``max_classes`` > 0 only the largest that many per image."""
+@dataclass(frozen=True)
+class RefinePolicy:
+    """Which pass-1 classes get refined, and how much is re-decoded (``eval.refine_*``; see the module doc)."""
+
+    min_score: float = 0.0  # a pixel votes for its best class only if that class's probability is >= this
+    min_area: float = 0.001  # a class is detected if its votes cover at least this fraction of the map
+    max_classes: int = 0  # at most this many detected classes per image, largest first (0 = all)
+    scope: str = "all"  # "all" re-decodes every class (the paper), "present" only the detected ones
+
+    def __post_init__(self):
+        if self.scope not in ("all", "present"):
+            raise InputError(f"refinement scope must be 'all' or 'present', got {self.scope!r}")
+        if not (0 <= self.min_score < 1 and 0 <= self.min_area < 1 and self.max_classes >= 0):
+            raise InputError("refinement needs 0 <= min_score < 1, 0 <= min_area < 1 and max_classes >= 0")
+
+
+def voting_labels(logits: Tensor, min_score: float) -> Tensor:
+    """(B, K, h, w) logits -> (B, h, w) argmax class of each pixel whose best probability is >= ``min_score``, else
+    -1: the pixels that count for a class's area and form its crop."""
+    best, labels = logits.max(dim=1)  # (B, h, w)
+    return labels.masked_fill(best.sigmoid() < min_score, -1)
+
+
+def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0, min_score: float = 0.0) -> Tensor:
+    """(B, K, h, w) logits -> (B, K) bool: classes whose voting pixels (:func:`voting_labels`) cover >= ``min_area``
+    of the map (and >= 1 pixel); with ``max_classes`` > 0 only the largest that many per image."""
     B, K, h, w = logits.shape
-    labels = logits.argmax(dim=1).view(B, -1)  # (B, h*w)
-    counts = torch.zeros(B, K, device=logits.device).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float))
+    labels = voting_labels(logits, min_score).view(B, -1)  # (B, h*w)
+    votes = (labels >= 0).float()
+    counts = torch.zeros(B, K, device=logits.device).scatter_add_(1, labels.clamp(min=0), votes)
     detected = (counts > 0) & (counts >= min_area * h * w)
     if 0 < max_classes < K:
         rank = counts.masked_fill(~detected, -1).argsort(dim=1, descending=True).argsort(dim=1)  # 0 = largest
@@ -39,14 +63,13 @@ def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0) -> T
 
 @torch.no_grad()
 def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
-                   min_area: Optional[float] = None) -> tuple[PromptSet, Tensor]:
+                   policy: RefinePolicy = RefinePolicy()) -> tuple[PromptSet, Tensor]:
     """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
     if not prompts.has_visual:
         raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
-    min_area = model.refine_min_area if min_area is None else min_area
     B, _, H, W = images.shape
-    detected = detected_classes(logits, min_area, model.refine_max_classes)  # (B, K)
-    labels = logits.argmax(dim=1, keepdim=True).float()  # (B, 1, h, w)
+    detected = detected_classes(logits, policy.min_area, policy.max_classes, policy.min_score)  # (B, K)
+    labels = voting_labels(logits, policy.min_score).unsqueeze(1).float()  # (B, 1, h, w), -1 = no vote
     labels = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0].long()  # (B, H, W) at the input size
     K, M = prompts.num_classes, prompts.num_templates
 
@@ -71,28 +94,23 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
     return refined, detected
 
 
-def two_pass(model, images: Tensor, prompts: PromptSet, class_chunk: Optional[int] = None,
-             min_area: Optional[float] = None, scope: Optional[str] = None) -> dict:
+def two_pass(model, images: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy(),
+             class_chunk: int = 0) -> dict:
     """Inference I, refinement, Inference II. Returns logits of both passes, detected classes, refined prompts.
 
-    ``scope`` (default ``model.refine_scope``): ``"all"`` re-decodes every class (the paper); ``"present"``
-    re-decodes only the classes that hold at least one pixel of a pass-1 label map in the batch and keeps the
-    pass-1 logits of the others. The decoder dominates the cost of a pass, so "all" makes pass 2 nearly as
-    expensive as pass 1, while "present" costs about (present classes / K) of a decoder pass.
+    ``policy.scope``: ``"all"`` re-decodes every class (the paper); ``"present"`` re-decodes only the classes
+    detected in some image of the batch and keeps the pass-1 logits of the others. The decoder dominates the cost
+    of a pass, so "all" makes pass 2 nearly as expensive as pass 1, while "present" costs about (detected / K) of
+    a decoder pass.
     """
-    scope = model.refine_scope if scope is None else scope
-    if scope not in ("all", "present"):
-        raise InputError(f"refinement scope must be 'all' or 'present', got {scope!r}")
     feats = model.encode_image(images)
     first = model.decode(feats, prompts, class_chunk)["logits"]
-    refined, detected = refine_prompts(model, images, first, prompts, min_area)
-    if scope == "all":
+    refined, detected = refine_prompts(model, images, first, prompts, policy)
+    if policy.scope == "all":
         second = model.decode(feats, refined, class_chunk)["logits"]
     else:
-        K = first.shape[1]
-        present = torch.zeros(K, dtype=torch.bool, device=first.device)
-        present[first.argmax(dim=1).unique()] = True
-        idx = present.nonzero().flatten()
+        idx = detected.any(dim=0).nonzero().flatten()
         second = first.clone()
-        second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk)["logits"]
+        if len(idx):
+            second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk)["logits"]
     return {"logits_pass1": first, "logits": second, "detected": detected, "prompts": refined}
