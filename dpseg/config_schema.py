@@ -13,7 +13,7 @@ from typing import Literal
 
 @dataclass
 class ModelConfig:
-    """Network architecture and the CLIP towers it is built on (paper §3-4; notes §9 for guessed details)."""
+    """Network architecture and the CLIP towers it is built on (docs/paper-choices.md for guessed details)."""
 
     # --- CLIP towers (open_clip) ---
     clip_model: str = "convnext_base_w_320"  # OpenCLIP model name (its model config ships with open_clip)
@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class PromptsConfig:
-    """Text templates and the visual-prompt bank (paper §4.1-4.2, notes §9 #1-#4)."""
+    """Text templates and the visual-prompt bank (docs/paper-choices.md #1-#4)."""
 
     templates: str = "imagenet80"  # template set name or a text file with one template per line ("{}" = class)
     num_templates: int = 0  # M: use the first M templates (0 = all)
@@ -65,7 +65,7 @@ class PromptsConfig:
 
 @dataclass
 class DataConfig:
-    """Training data and augmentation (SED recipe, notes §5)."""
+    """Training data and augmentation (SED recipe; docs/paper-choices.md, Training recipe)."""
 
     root: str = ""  # dataset root; "" = $DETECTRON2_DATASETS or ./datasets
     train_dataset: str = "coco_stuff_171_train"
@@ -82,7 +82,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (paper §5)."""
+    """Optimisation."""
 
     output_dir: str = "runs/dpseg"
     iterations: int = 80000
@@ -112,7 +112,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-time protocol (notes §6)."""
+    """Test-time protocol (docs/paper-choices.md, Evaluation protocol)."""
 
     datasets: list[str] = field(default_factory=lambda: ["a847", "pc459", "a150", "pc59", "voc20"])
     protocol: Literal["whole", "slide"] = "whole"  # SED: whole image at input_size; CAT-Seg: sliding window
@@ -122,7 +122,7 @@ class EvalConfig:
     slide_window: int = 384
     slide_overlap: float = 0.333
     two_pass: bool = True  # report pass 1 and pass 2 (semantic-guided prompt refinement)
-    # --- two-pass inference: semantic-guided prompt refinement (paper §4.6); policy, not architecture ---
+    # --- two-pass inference: semantic-guided prompt refinement; policy, not architecture ---
     refine_min_score: float = 0.0  # a pixel counts for its best class only if that class's probability >= this
     refine_min_area: float = 0.001  # a class is "detected" if it holds at least this fraction of the pass-1 map
     refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)

@@ -1,4 +1,4 @@
-"""Segment your own images into the classes you name (DESIGN §5).
+"""Segment your own images into the classes you name.
 
     from dpseg.segmenter import Segmenter
     seg = Segmenter.from_pretrained("path/to/checkpoint")            # config.json + model.safetensors, or a hub id

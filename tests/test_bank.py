@@ -22,14 +22,6 @@ from dpseg.prompts.templates import get_templates
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 CLASSES = ["cat", "sofa, couch", "traffic light", "bed "]
 

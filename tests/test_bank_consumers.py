@@ -18,14 +18,6 @@ from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import get_templates
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class NoiseGenerator:
     """A fast stand-in generator: a seeded random image of a seeded random size per (text, seed)."""

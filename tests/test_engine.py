@@ -30,15 +30,6 @@ from dpseg.errors import CheckpointError, ConfigError
 from dpseg.evaluation.runtime import resolve_precision
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process spin against each other and
-    make a tiny step 10-50x slower; one thread also keeps every run in this file on the same kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def tiny():
     from dpseg.config import build_config

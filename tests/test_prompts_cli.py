@@ -17,14 +17,6 @@ from dpseg.vocab import read_class_list as load_vocabulary
 from dpseg.weights import save_safetensors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

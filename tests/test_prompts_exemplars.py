@@ -14,14 +14,6 @@ from dpseg.prompts.exemplars import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 

@@ -12,14 +12,6 @@ from dpseg.prompts.generate import DiffusersGenerator, generator_prompt, get_gen
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy 2-core machine: one thread avoids OpenMP oversubscription stalls (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):

@@ -23,15 +23,6 @@ COLOURS = ((200, 30, 30), (30, 30, 200), (30, 200, 30))
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process spin against each other and
-    make a tiny step 10-50x slower; one thread also keeps every run in this file on the same kernels."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def make_dataset(root, n_train=4, n_val=2, size=(72, 88), seed=0) -> Path:
     """A custom-dataset folder: coloured squares on dark noise, labels 0..2, 255 (ignore) elsewhere."""
     root, rng = Path(root), np.random.default_rng(seed)

@@ -27,13 +27,6 @@ from dpseg.weights import state_fingerprint
 SETTINGS = ["train.iterations=3", "train.checkpoint_every=2", "train.batch_size=2", "data.num_workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_two_processes_keep_equal_replicas_and_match_one_process(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4)

@@ -1,6 +1,6 @@
 """AdamW with the peers' parameter groups, the cosine schedule, and mixed precision.
 
-Groups (SED / CAT-Seg, notes §5 and peers §1.12): the image encoder at ``lr × train.encoder_lr_mult``, everything
+Groups (SED / CAT-Seg; docs/paper-choices.md, Training recipe): the image encoder at ``lr × train.encoder_lr_mult``, everything
 else trainable at ``lr``; weight decay ``train.weight_decay`` except on parameters owned by normalisation or
 embedding modules (detectron2 ``WEIGHT_DECAY_NORM = 0``, embeddings 0) and on biases. Frozen towers are not in
 the optimizer. The schedule is detectron2's ``WarmupCosineLR``: ``0.5 (1 + cos(pi t / T))`` from the base lr to

@@ -1,4 +1,4 @@
-"""Cost aggregation inside each decoder stage (paper §4.5 steps 1-2; notes §9 #10-#12).
+"""Cost aggregation inside each decoder stage (docs/paper-choices.md #10-#12).
 
 * :class:`SpatialAggregation` - hybrid dilated convolution (3×3, dilations 1, 2, 4) applied to every class map
   independently with shared weights, GroupNorm + GELU, residual.

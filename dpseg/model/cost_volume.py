@@ -1,4 +1,4 @@
-"""Cost volumes (paper §4.3-4.5).
+"""Cost volumes.
 
 * Dual-prompt cost volume F_c = cos(E, R) between the dense joint-space embedding E (stride 32) and the dual
   prompts R, kept per template, then the per-class **cost embedding**: one conv over the M template channels

@@ -1,4 +1,4 @@
-"""Cost-Volume-Guided Decoder (paper §4.5, notes §9 #8-#12): the parts of its three stages and its head.
+"""Cost-Volume-Guided Decoder (docs/paper-choices.md #8-#12): the parts of its three stages and its head.
 
 Each stage s takes class maps at stride 32 / 2^s (24 → 48 → 96 at 768²) one step up:
 

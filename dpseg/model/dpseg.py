@@ -1,4 +1,4 @@
-"""DPSeg: the full network (paper Fig. 2; DESIGN §2).
+"""DPSeg: the full network (paper Fig. 2).
 
     images ─ image encoder (trainable, lr × 0.01) ─ E_2..E_5, dense E
     prompts (bank: T, V, v_j) ─ dual prompt R = norm(norm V + norm T) ─ F_c = cos(E, R) ─ cost embedding

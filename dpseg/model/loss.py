@@ -1,4 +1,4 @@
-"""Per-pixel binary cross-entropy over the K class maps (paper §4.7), the loss of CAT-Seg and SED.
+"""Per-pixel binary cross-entropy over the K class maps, the loss of CAT-Seg and SED.
 
 Logits at stride 4 are upsampled bilinearly to the label size; the target of class k is 1 where the label is k.
 Pixels with the ignore label (-1) are handled by ``ignore``:

@@ -1,7 +1,7 @@
 """The one rule that turns an image (and optionally a mask) into a visual-prompt image for the encoder.
 
 One preprocessing rule serves every visual-prompt source (generated images, user exemplars, the crops of the
-second inference pass, notes §9 #6 and #18): with a mask, pixels outside it become the CLIP mean colour and the
+second inference pass, docs/paper-choices.md #6 and #18): with a mask, pixels outside it become the CLIP mean colour and the
 image is cropped to the mask's bounding box; the result is resized keeping its aspect ratio so that its longer
 side is ``size`` and padded to a square with the CLIP mean colour. The mean colour is what the tower's own
 normalisation maps to zero, so the padding carries no signal of its own.

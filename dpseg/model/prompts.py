@@ -1,4 +1,4 @@
-"""Prompts for one vocabulary and the dual prompt R (paper §4.1-4.3).
+"""Prompts for one vocabulary and the dual prompt R.
 
 A :class:`PromptSet` holds, for K classes and M templates,
 
@@ -8,7 +8,7 @@ A :class:`PromptSet` holds, for K classes and M templates,
   from the frozen visual-prompt encoder (raw, not normalised: the visual cost volume takes a cosine).
 
 Any tensor may carry a leading batch dimension B (per-image prompts, as produced by refinement).
-The dual prompt is ``R = normalize((normalize(V) + normalize(T)) / 2)`` (notes §9 #5: both modalities are
+The dual prompt is ``R = normalize((normalize(V) + normalize(T)) / 2)`` (docs/paper-choices.md #5: both modalities are
 normalised before averaging so neither dominates by its norm; the final normalisation does not change a cosine).
 """
 

@@ -1,4 +1,4 @@
-"""Semantic-guided prompt refinement: two-pass inference (paper §4.6; notes §9 #17-#20).
+"""Semantic-guided prompt refinement: two-pass inference (docs/paper-choices.md #17-#20).
 
 Pass 1 predicts with the bank's visual prompts. For every class whose confident pixels (argmax with probability
 at least ``min_score``) cover at least ``min_area`` of an image in the pass-1 label map (:class:`RefinePolicy`), the class's predicted region is cut out of the *input image* (bounding box of the mask,

@@ -1,4 +1,4 @@
-"""CLIP towers on top of open_clip (paper §3 steps 2-7; DESIGN §2.1).
+"""CLIP towers on top of open_clip.
 
 * :class:`ImageTower` - an OpenCLIP ConvNeXt image tower that returns the four stage maps E_2..E_5
   (strides 4/8/16/32) and the dense joint-space embedding E: the CLIP head applied at every stride-32

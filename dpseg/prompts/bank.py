@@ -1,4 +1,4 @@
-"""Prompt banks: text and visual prompts of a vocabulary, cached on disk (DESIGN §2.2, paper §4.1-4.2).
+"""Prompt banks: text and visual prompts of a vocabulary, cached on disk.
 
 A bank is a directory::
 

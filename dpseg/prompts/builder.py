@@ -1,6 +1,6 @@
 """Filling a prompt bank: generated visual prompts (resumable, sharded) and user exemplar images.
 
-Generated prompts (paper §4.2, notes §9 #1-#4): for class k, image i is drawn from the templated sentence
+Generated prompts (docs/paper-choices.md #1-#4): for class k, image i is drawn from the templated sentence
 ``templates[i % M]`` with the class's first synonym and the seed ``image_seed(seed, k, i)``, so a class's images
 do not depend on which rank builds it, in which order, or whether the build was interrupted. With N = M images
 (the paper, ``images_per_class = 0``) template m gets image m. ``images_per_class = N`` is a documented deviation
@@ -144,7 +144,7 @@ def add_exemplars(
 ) -> list[str]:
     """Set the visual prompts of classes from user images (paths or images): the mean of their embeddings.
 
-    Every template of the class gets the same averaged V and v_j (as a refinement crop does, notes §9 #19);
+    Every template of the class gets the same averaged V and v_j (as a refinement crop does, docs/paper-choices.md #19);
     text prompts are (re)computed with the bank's templates. Classes are written one at a time, atomically,
     marked ``source=exemplar``; a class not yet in the bank is added.
     """

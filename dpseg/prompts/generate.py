@@ -1,11 +1,11 @@
-"""Text-to-image generators for visual prompts (paper §4.2, notes §9 #1, #2, #4).
+"""Text-to-image generators for visual prompts (docs/paper-choices.md #1, #2, #4).
 
 A generator is any object with ``identity: str`` (a stable string naming its weights and sampler settings; it is
 part of a prompt bank's key) and ``generate(texts, seeds) -> list[PIL.Image]`` (RGB, one image per text, image i
 depending only on ``texts[i]`` and ``seeds[i]``). :func:`get_generator` returns either the synthetic world's
 renderer (spec ``synthetic``) or a :class:`DiffusersGenerator` for a diffusers text-to-image pipeline directory or
 hub id (Stable Diffusion 1.5 by default; DPM-Solver++ 25 steps, CFG 7.5, 512², from ``PromptsConfig``).
-The generator's prompt is the templated sentence with the class's first synonym (notes §9 #4).
+The generator's prompt is the templated sentence with the class's first synonym (docs/paper-choices.md #4).
 """
 
 from __future__ import annotations

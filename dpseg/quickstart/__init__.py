@@ -1,4 +1,4 @@
-"""The synthetic-world experiment behind ``dpseg quickstart`` (DESIGN §6): the whole method end to end on a CPU.
+"""The synthetic-world experiment behind ``dpseg quickstart``: the whole method end to end on a CPU.
 
 * :mod:`~dpseg.quickstart.run` - the stages (datasets, tiny CLIP, prompt bank, DPSeg variants x seeds, report);
 * :mod:`~dpseg.quickstart.clip_pretrain` - a tiny OpenCLIP pretrained contrastively on rendered objects;

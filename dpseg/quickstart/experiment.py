@@ -3,7 +3,7 @@
 Everything goes through the real code paths: :func:`dpseg.engine.train.train` (the training engine, with the
 custom-dataset folder ``seen`` and the prompt bank), :func:`dpseg.build.load_model` (the exported model) and
 :func:`dpseg.evaluation.evaluator.evaluate` (the evaluator, pass 1 and pass 2). Variants differ only in config
-switches (DESIGN §2.7): the prompts the cost volume is built from, and the decoder's guidance.
+switches: the prompts the cost volume is built from, and the decoder's guidance.
 """
 
 from __future__ import annotations

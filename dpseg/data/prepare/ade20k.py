@@ -2,7 +2,7 @@
 
 A-150: the uint8 validation PNGs minus 1 (0 "other" wraps to 255 = ignore; classes become 0..149).
 
-A-847, exactly as the peers' script (checked on crafted inputs, see the reference notes §3.5):
+A-847, exactly as the peers' script (checked on crafted inputs, see docs/paper-choices.md, Dataset preparation details):
 * validation images = entries of ``index_ade20k.pkl`` whose file name reads ``ADE_val_*``;
 * class map from the ``_seg.png``: ``(R // 10) * 256 + G`` (ADE object ids), before any resize;
 * an image whose short side is > 512 is resized to short side 512, the long side rounded half-to-even:

@@ -1,4 +1,4 @@
-"""The built-in synthetic open-vocabulary world (DESIGN §6): what ``dpseg quickstart`` runs on. See README.md here.
+"""The built-in synthetic open-vocabulary world: what ``dpseg quickstart`` runs on. See README.md here.
 
 * :mod:`~dpseg.data.synthetic.world` - attributes, the 75 classes, the fixed seen/unseen split, phrase parsing.
 * :mod:`~dpseg.data.synthetic.render` - procedural scenes with exact pixel labels (background = ignore).
