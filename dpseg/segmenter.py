@@ -140,7 +140,7 @@ class Segmenter:
 
     def __init__(self, model, cfg, device: Union[str, torch.device, None] = None, bank: Optional[str] = None,
                  cache_size: int = 8):
-        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        self.device = resolve_device(device, what="device", error=InputError) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         # the checkpoint's eval.precision, resolved as `dpseg eval` resolves it: the same numbers on every surface
@@ -165,7 +165,7 @@ class Segmenter:
     def from_pretrained(cls, source: Union[str, Path], device: Union[str, torch.device, None] = None,
                         bank: Optional[str] = None, **kwargs) -> "Segmenter":
         """Load our checkpoint directory (config.json + model.safetensors) or a hub id (online, or cached)."""
-        device = resolve_device(device, what="device")
+        device = resolve_device(device, what="device", error=InputError)
         model, cfg = load_model(source, device=device)
         seg = cls(model, cfg, device, bank, **kwargs)
         seg.checkpoint = str(source)

@@ -9,7 +9,7 @@
 * :func:`read_class_list` reads the shipped benchmark lists (package data, the peers' files byte for byte: label i
   means the same class as in their numbers) and user files: a JSON list of strings, or text with one class per
   line where line i names label value i. Blank lines are allowed only at the end (one in the middle would shift
-  every later label); there is no comment syntax.
+  every later label); there is no comment syntax (a line starting with '#' is refused, not read as a class).
 * :func:`parse_class_list` reads a class list typed as one string (CLI ``--classes``, the demo's text box).
 """
 
@@ -138,4 +138,7 @@ def _read_text_list(path: Path) -> list[str]:
         if not n:
             raise DataError(f"class list {path} line {i + 1} is blank; line i names label value i, so a blank line "
                             "would shift every later label (remove it)")
+        if n.startswith("#"):
+            raise DataError(f"class list {path} line {i + 1} starts with '#': class lists have no comments (line i "
+                            "names label value i); remove the line")
     return names

@@ -21,8 +21,6 @@ from dpseg.prompts.generate import generator_prompt, get_generator, image_seed
 from dpseg.prompts.templates import get_templates
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 
-
-
 CLASSES = ["cat", "sofa, couch", "traffic light", "bed "]
 
 

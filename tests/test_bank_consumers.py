@@ -18,7 +18,6 @@ from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import get_templates
 
 
-
 class NoiseGenerator:
     """A fast stand-in generator: a seeded random image of a seeded random size per (text, seed)."""
 

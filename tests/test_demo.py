@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import types
 from pathlib import Path
@@ -128,9 +127,7 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
 
 def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_path):
     a = artifacts()
-    stub = types.ModuleType("dpseg.quickstart")
-    stub.default_artifacts = lambda: (a.ckpt, a.bank)  # the contract of dpseg.quickstart
-    monkeypatch.setitem(sys.modules, "dpseg.quickstart", stub)
+    monkeypatch.setattr(demo, "default_artifacts", lambda: (a.ckpt, a.bank))  # the contract of dpseg.quickstart
     seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
     image, classes = demo.quickstart_example(tmp_path / "example")  # a rendered scene and the classes in it

@@ -98,7 +98,7 @@ def test_precision_and_device_choices():
     with pytest.raises(ConfigError, match="train.device"):
         pick_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no GPU is visible"):
+        with pytest.raises(ConfigError, match="no CUDA GPU is available"):
             pick_device("cuda")
 
 

@@ -79,12 +79,11 @@ def test_bank_eval_reports_both_passes(setup, capsys):
     [
         (["--datasets", "a150", "--text-only", "--root", "{base}/nodata"], "dataset 'a150' (ADE20K-150 validation): images folder"),
         (["--datasets", "a150,pc459", "--text-only", "--root", "{base}/nodata"], "(also unavailable: pc459)"),
-        (["--datasets", "{base}/ds"], "no prompt bank: pass --bank DIR"),
         (["--datasets", "{base}/ds", "--text-only", "--two-pass"], "--two-pass refines visual prompts"),
         (["--datasets", "{base}/ds", "--text-only", "--set", "model.cost_embed_dim=8"], "only eval.* settings can change"),
         (["--datasets", "{base}/ds", "--text-only", "--set", "eval.protocol=tiles"], "config key 'eval.protocol' expects"),
         (["--datasets", "{base}/ds", "--text-only", "--max-images", "-1"], "--max-images must be >= 0"),
-        (["--datasets", "{base}/ds", "--text-only", "--device", "nonsense"], "is not a device"),
+        (["--datasets", "{base}/ds", "--text-only", "--device", "nonsense"], "--device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_eval_errors(setup, capsys, argv, msg):
@@ -96,3 +95,6 @@ def test_eval_errors(setup, capsys, argv, msg):
 def test_text_only_is_refused_for_a_dual_prompt_model(setup, capsys):
     assert run_eval(setup / "dual_ckpt", "--datasets", setup / "ds", "--text-only", "--output", setup / "o") == 2
     assert "this model needs visual prompts (prompt_type=dual" in capsys.readouterr().err
+    # no bank at all: the one resolver's policy, the same words as training and Segmenter
+    assert run_eval(setup / "dual_ckpt", "--datasets", setup / "ds", "--bank", "", "--output", setup / "o") == 2
+    assert "this model needs visual prompts" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from dpseg.vocab import read_class_list as load_vocabulary
 from dpseg.weights import save_safetensors
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -26,7 +25,7 @@ def files(tmp_path_factory):
     for seed in (0, 1):
         torch.manual_seed(seed)
         weights.append(save_safetensors(create_clip(tiny).state_dict(), root / f"clip{seed}.safetensors"))
-    (root / "vocab.txt").write_text("# my classes\ncat\n\nsofa, couch\ntraffic light\n")
+    (root / "vocab.txt").write_text("cat\nsofa, couch\ntraffic light\n\n")
     return {"root": root, "clip": weights[0], "clip_other": weights[1], "pipe": make_tiny_pipeline(root / "sd"), "vocab": root / "vocab.txt"}
 
 
@@ -117,9 +116,11 @@ def test_vocabulary_names_and_files(tmp_path):
     "case, message",
     [
         ("empty_vocab", "holds no class names"),
+        ("comment_vocab", "line 1 starts with '#'"),
+        ("blank_line_vocab", "line 2 is blank"),
         ("duplicate_vocab", r"names 'cat' more than once"),
-        ("bad_json_vocab", "must hold a JSON list of class-name strings"),
-        ("unknown_vocab", "neither a class-list file nor a vocabulary name"),
+        ("bad_json_vocab", "must hold a JSON list of non-empty strings"),
+        ("unknown_vocab", "class list nosuchvocab not found"),
         ("missing_generator", r"generator directory .*nowhere does not exist"),
         ("offline_hub_id", r"not in the local Hugging Face cache and the hub is unreachable.*--generator /path/to/pipeline"),
         ("random_encoders", "'model.clip_pretrained' is empty"),
@@ -138,7 +139,13 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys, monkeypatch, c
     build = lambda *extra, **kw: _build_args(files, out, kw.get("vocab", vocab), kw.get("clip"), *extra)  # noqa: E731
     vocab.write_text("cat\ndog\n")
     if case == "empty_vocab":
-        vocab.write_text("\n# nothing\n")
+        vocab.write_text("\n\n")
+        argv = build()
+    elif case == "comment_vocab":  # no comment syntax: a '#' line is refused, not read as a class called "# ..."
+        vocab.write_text("# my classes\ncat\n")
+        argv = build()
+    elif case == "blank_line_vocab":
+        vocab.write_text("cat\n\ndog\n")
         argv = build()
     elif case == "duplicate_vocab":
         vocab.write_text("cat\ndog\ncat \n")

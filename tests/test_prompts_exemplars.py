@@ -13,8 +13,6 @@ from dpseg.prompts.exemplars import (
     find_exemplars,
 )
 
-
-
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 
 

@@ -4,13 +4,11 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from dpseg.config import build_config
 from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
 from dpseg.prompts.generate import DiffusersGenerator, generator_prompt, get_generator, image_seed, resolve_pipeline_dir
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
-
 
 
 @pytest.fixture(scope="module")

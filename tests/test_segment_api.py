@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from segment_helpers import artifacts, scene
 
-from dpseg.errors import CheckpointError, DataError, InputError
+from dpseg.errors import BankError, CheckpointError, DataError, InputError
 from dpseg.evaluation.inference import model_forward, predict
 from dpseg.segmenter import SegmentationResult, Segmenter
 from dpseg.vocab import parse_class_list
@@ -102,7 +102,7 @@ def test_cache_notices_a_changed_bank_entry(seg, tmp_path):
 def test_visual_model_without_visual_prompts_needs_explicit_text_only(caplog):
     a = artifacts()
     s = Segmenter.from_pretrained(a.ckpt, device="cpu")  # no bank anywhere
-    with pytest.raises(InputError, match="text_only=True") as e:
+    with pytest.raises(BankError, match="text_only=True") as e:
         s.set_vocabulary(["cat", "lamp"])
     assert "\n" not in str(e.value)
     with caplog.at_level(logging.INFO, logger="dpseg.segmenter"):

@@ -129,15 +129,19 @@ def test_bad_class_lists_stop_before_any_work(capsys, tmp_path, classes, message
 
 def test_class_files_and_synonym_rules(capsys, tmp_path):
     Image.fromarray(scene()).save(tmp_path / "x.png")
-    (tmp_path / "classes.txt").write_text("# my classes\nsofa, couch\n\nfloor\n")
+    (tmp_path / "classes.txt").write_text("sofa,  couch \nfloor\n\n")  # trailing blank lines are fine
     rc, err = segment(capsys, tmp_path / "x.png", "--classes-file", tmp_path / "classes.txt", "--no-refine", "--out", tmp_path / "o1")
     assert rc == 0, err
     assert [c["name"] for c in json.loads((tmp_path / "o1" / "x.json").read_text())["classes"]] == ["sofa, couch", "floor"]
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "sofa, couch; floor", "--no-refine", "--out", tmp_path / "o2")
     assert rc == 0 and (tmp_path / "o1" / "x.png").read_bytes() == (tmp_path / "o2" / "x.png").read_bytes()
-    (tmp_path / "dup.txt").write_text("floor\nfloor\n")
+    (tmp_path / "dup.txt").write_text("floor\nFloor\n")  # the same class: case and spacing do not make a new one
     rc, err = segment(capsys, tmp_path / "x.png", "--classes-file", tmp_path / "dup.txt", "--out", tmp_path / "o3")
     assert rc == 2 and "more than once" in err
+    for text, message in (("floor\n\nsofa\n", "line 2 is blank"), ("# classes\nfloor\n", "line 1 starts with '#'")):
+        (tmp_path / "bad.txt").write_text(text)  # the one class-list rule: line i is label i, no comments
+        rc, err = segment(capsys, tmp_path / "x.png", "--classes-file", tmp_path / "bad.txt", "--out", tmp_path / "o4")
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_many_classes_give_16_bit_labels_and_text_only_is_explicit(capsys, tmp_path):

@@ -199,7 +199,7 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
     assert main(base + ["--set", f"data.train_dataset={data}", "--set", f"data.val_dataset={tmp_path / 'noval'}"]) == 2
     assert "validation set (data.val_dataset" in capsys.readouterr().err
 
-    with pytest.raises(BankError, match="needs visual prompts, but prompts.bank is empty"):
+    with pytest.raises(BankError, match="this model needs visual prompts.*give a prompt bank"):
         train(build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", "train.eval_every=0",
                                                     f"train.output_dir={tmp_path / 'r1'}"]), progress=False)
     cfg = build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", f"train.output_dir={tmp_path / 'r2'}",

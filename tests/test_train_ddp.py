@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from test_train import make_dataset, records, text_only
 

@@ -59,7 +59,7 @@ def _distributed(device_arg: str) -> tuple[int, torch.device]:
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
-    device = resolve_device(device_arg, local, what="--device")
+    device = resolve_device(device_arg, local, what="--device", error=InputError)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, device

@@ -14,26 +14,27 @@ from typing import Union
 
 import torch
 
-from dpseg.errors import ConfigError
+from dpseg.errors import ConfigError, DPSegError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_device(request: Union[str, torch.device, None] = "auto", local_rank: int = 0,
-                   what: str = "the device") -> torch.device:
-    """``request`` -> a usable torch.device (``what`` names the setting in errors, e.g. "config key 'train.device'")."""
+def resolve_device(request: Union[str, torch.device, None] = "auto", local_rank: int = 0, what: str = "the device",
+                   error: type[DPSegError] = ConfigError) -> torch.device:
+    """``request`` -> a usable torch.device (``what`` names the setting in errors, e.g. "config key 'train.device'";
+    ``error`` is the class raised: ConfigError for config keys, InputError for flags and arguments)."""
     if request is None or request == "auto":
         request = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(request)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"{what} must be auto, cpu, cuda or cuda:N, got {request!r}") from None
+        raise error(f"{what} must be auto, cpu, cuda or cuda:N, got {request!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{what} asks for CUDA ({request}) but no CUDA GPU is available here; use cpu")
+            raise error(f"{what} asks for CUDA ({request}) but no CUDA GPU is available here; use cpu")
         device = torch.device("cuda", local_rank if device.index is None else device.index)
     elif device.type != "cpu":
-        raise ConfigError(f"{what}={str(request)!r} is not supported; use auto, cpu or cuda")
+        raise error(f"{what}={str(request)!r} is not supported; use auto, cpu or cuda")
     return device
 
 
