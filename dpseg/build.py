@@ -58,7 +58,7 @@ def _upsampled_cost(m: ModelConfig, num_templates: int) -> Optional[UpsampledCos
 
 def _visual_costs(m: ModelConfig, num_templates: int) -> dict[int, VisualCostEmbedding]:
     """Encoder stage j -> the embedding of F_v^j (decoder stage 4 - j takes its guidance width)."""
-    return {j: VisualCostEmbedding(num_templates, m.cost_guidance_dims[4 - j]) for j in _visual_scales(m)}
+    return {j: VisualCostEmbedding(num_templates, m.cost_guidance_dims[4 - j], m.visual_cost_norm) for j in _visual_scales(m)}
 
 
 def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDecoder:

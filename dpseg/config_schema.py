@@ -30,6 +30,9 @@ class ModelConfig:
     # take the upsampled F_c's place), or both side by side (the paper's Table 3 rows "F_c + F_v^j")
     guidance: Literal["none", "upsampled", "visual", "both"] = "visual"
     visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
+    # standardise the embedded F_v^j before fusion: across the K classes per pixel ("class"), BatchNorm ("batch"),
+    # or not ("none"); raw stage-feature cosines barely vary across classes (docs/paper-choices.md #8)
+    visual_cost_norm: Literal["none", "class", "batch"] = "none"
     decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
     encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
     cost_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # embedded F_v^j or upsampled F_c

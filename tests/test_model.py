@@ -3,7 +3,7 @@ import torch
 from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
-from dpseg.model.cost_volume import VisualCostEmbedding, cosine_cost_volume
+from dpseg.model.cost_volume import VisualCostEmbedding, cosine_cost_volume, visual_cost_volume
 from dpseg.model.loss import SegmentationLoss
 from dpseg.model.prompts import PromptSet, dual_prompt
 
@@ -73,12 +73,16 @@ def test_prompt_types_differ_and_text_only_model_needs_no_bank():
     assert torch.allclose(R, torch.nn.functional.normalize(T + V, dim=-1), atol=1e-6)
 
 
-def test_chunked_equals_unchunked():
-    model, _ = tiny_model()
+@pytest.mark.parametrize("overrides", [[], ["model.visual_cost_norm=class"], ["model.visual_cost_norm=batch"],
+                                       ["model.guidance=both", "model.visual_cost_norm=class"]])
+def test_chunked_equals_unchunked(overrides):
+    model, _ = tiny_model(*overrides)
     prompts = random_prompts(model, 17)
     x = torch.rand(2, 3, 64, 96)
     for mode in (False, True):  # eval (no pooling) and train (2×2 pooled class attention)
         model.train(mode)
+        if mode and "model.visual_cost_norm=batch" in overrides:
+            continue  # BatchNorm's training statistics are over the batch's classes: chunking is an inference tool
         with torch.no_grad():
             full = model(x, prompts, class_chunk=0)["logits"]
             for chunk in (1, 4, 16):
@@ -108,6 +112,27 @@ def test_folded_visual_cost_equals_materialised(batched, M_prompt):
     prompts = torch.randn(*shape)
     assert torch.allclose(emb(feats, prompts), emb.reference(feats, prompts), atol=1e-5)
     assert emb(feats, prompts).shape == (2, 4, 3, 6, 7)
+
+
+def test_class_standardisation_turns_a_nearly_constant_visual_cost_into_a_usable_one():
+    """Raw stage-feature cosines vary across classes by ~0.1 % of their value (a common direction dominates the
+    features); standardised across classes, each pixel's channels have mean 0 and std 1 over the vocabulary."""
+    torch.manual_seed(0)
+    common = torch.randn(16)
+    feats = common.view(1, 16, 1, 1) * 10 + 0.3 * torch.randn(1, 16, 5, 6)
+    prompts = common * 10 + 0.3 * torch.randn(7, 3, 16)  # 7 classes, 3 templates, all near the common direction
+    raw = VisualCostEmbedding(3, 4)
+    cos = visual_cost_volume(feats, prompts, 3)
+    assert cos.std(dim=1).max() < 0.01 * cos.mean()  # nearly constant across classes
+    std = VisualCostEmbedding(3, 4, norm="class")
+    std.load_state_dict(raw.state_dict())
+    out = std(feats, prompts) - std.proj.bias.view(1, 1, -1, 1, 1)  # (B, K, c, h, w)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(1, 4, 5, 6), atol=1e-3)
+    assert torch.allclose(out.std(dim=1, unbiased=False), torch.ones(1, 4, 5, 6), atol=1e-2)
+    # the class ranking of every pixel survives standardisation, only the scale changes
+    assert torch.equal(out.argmax(dim=1), raw(feats, prompts).argmax(dim=1))
+    with pytest.raises(ValueError, match="norm"):
+        VisualCostEmbedding(3, 4, norm="layer")
 
 
 def test_cost_volume_is_cosine():

@@ -5,7 +5,7 @@ from PIL import Image
 
 from dpseg.errors import DataError, InputError
 from dpseg.image_io import CLIP_MEAN, load_image
-from dpseg.model.prompt_image import prepare_prompt_image
+from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image, prompt_frame
 from dpseg.model.towers import build_towers
 from dpseg.prompts.exemplars import (
     average_prompts,
@@ -35,25 +35,33 @@ def test_pil_uint8_tensor_float_tensor_and_array_agree():
     assert torch.equal(prepare_prompt_image(arr, 24), ref)
 
 
-def test_mask_crops_to_bounding_box_and_fills_outside_with_mean():
+def test_mask_frames_the_region_like_a_generated_image():
+    """The one rule: a masked region fills OBJECT_FILL of a square frame around it, its context kept (not masked)."""
+    img = torch.rand(3, 60, 80)
+    mask = torch.zeros(60, 80, dtype=torch.bool)
+    mask[20:34, 30:37] = True  # region 14 x 7 -> frame side round(14 / 0.7) = 20, centred on the region
+    out = prepare_prompt_image(img, 20, mask=mask)  # size == side: no resampling, exact
+    assert torch.equal(out, img[:, 17:37, 23:43])  # rows 27 - 10, cols 33 - 10 (context included, nothing masked)
+    assert prompt_frame((20, 34, 30, 37), (60, 80), OBJECT_FILL) == (17, 23, 20)
+    # near a border the frame moves inside the image; a frame larger than the image is padded with the mean colour
+    assert prompt_frame((0, 10, 75, 80), (60, 80), 0.5) == (0, 60, 20)
+    big = torch.zeros(30, 12, dtype=torch.bool)
+    big[5:25, 2:10] = True  # side 29 > width 12: centred, mean-colour bands left and right
+    framed = prepare_prompt_image(torch.rand(3, 30, 12), 29, mask=big)
+    assert torch.equal(framed[:, :, :9], MEAN.expand(3, 29, 9)) and torch.equal(framed[:, :, 21:], MEAN.expand(3, 29, 8))
+
+
+def test_alpha_marks_the_region_and_clears_transparent_pixels():
     img = torch.rand(3, 40, 40)
-    mask = torch.zeros(40, 40, dtype=torch.bool)
-    for r in range(10, 30):  # a diamond inside rows 10..29, cols 5..14: bbox 20 x 10, corners outside the mask
-        half = 5 - abs(r - 19.5) // 2
-        mask[r, int(10 - half) : int(10 + half)] = True
-    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    h, w = int(y1 - y0), int(x1 - x0)
-    out = prepare_prompt_image(img, max(h, w), mask=mask)  # longer side == size: no resampling, exact
-    expected = torch.where(mask, img, MEAN)[:, y0:y1, x0:x1]
-    left = (max(h, w) - w) // 2
-    assert torch.equal(out[:, :, left : left + w], expected)
-    assert not torch.equal(expected, img[:, y0:y1, x0:x1])  # the fill really happened
-    # an RGBA alpha channel is the same mask
-    rgba = np.concatenate([(img.permute(1, 2, 0) * 255).round().byte().numpy(), (mask.numpy() * 255).astype(np.uint8)[..., None]], -1)
-    via_alpha = prepare_prompt_image(Image.fromarray(rgba, "RGBA"), max(h, w))
-    via_mask = prepare_prompt_image(torch.from_numpy(rgba[..., :3]).permute(2, 0, 1), max(h, w), mask=mask.numpy())
-    assert torch.equal(via_alpha, via_mask)
+    alpha = torch.zeros(40, 40, dtype=torch.bool)
+    alpha[10:30, 15:25] = True
+    rgba = np.concatenate([(img.permute(1, 2, 0) * 255).round().byte().numpy(),
+                           (alpha.numpy() * 255).astype(np.uint8)[..., None]], -1)
+    via_alpha = prepare_prompt_image(Image.fromarray(rgba, "RGBA"), 29)  # region 20 x 10 -> side 29
+    top, left, side = prompt_frame((10, 30, 15, 25), (40, 40), OBJECT_FILL)
+    rgb = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255
+    expected = torch.where(alpha, rgb, MEAN)[:, top : top + side, left : left + side]
+    assert side == 29 and torch.allclose(via_alpha, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ Layout: volumes are class-major, (B, K, M, h, w); the paper writes F_c ∈ R^{B�
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,13 +49,31 @@ class CostEmbedding(nn.Module):
         return x.view(B, K, -1, h, w)  # (B*K, C, h, w) -> (B, K, C, h, w)
 
 
-class VisualCostEmbedding(nn.Module):
-    """Embedded visual cost volume at one encoder stage, computed folded (see module doc)."""
+VISUAL_COST_NORMS = ("none", "class", "batch")
 
-    def __init__(self, num_templates: int, dim: int):
+
+class VisualCostEmbedding(nn.Module):
+    """Embedded visual cost volume at one encoder stage, computed folded (see module doc).
+
+    Raw stage features share a large common direction, so cos(E_j, v_j) barely varies across classes (the spread
+    is a fraction of a percent of the value); the embedding can therefore standardise its c channels first
+    (``norm``, docs/paper-choices.md #8):
+
+    * ``"class"`` - per pixel and channel across the K classes of the vocabulary: (x - mean_k) / std_k. It keeps only
+      which classes a pixel resembles more than the others; the statistics come from all K classes (computed in a
+      first sweep under class chunking: :meth:`class_statistics`), so chunked and unchunked decoding agree;
+    * ``"batch"`` - BatchNorm over images, classes and pixels (running statistics at test time);
+    * ``"none"`` - the raw map plus the bias of the linear map.
+    """
+
+    def __init__(self, num_templates: int, dim: int, norm: str = "none", eps: float = 1e-8):
         super().__init__()
+        if norm not in VISUAL_COST_NORMS:
+            raise ValueError(f"visual cost norm must be one of {VISUAL_COST_NORMS}, got {norm!r}")
         self.num_templates = num_templates
+        self.norm, self.eps = norm, eps
         self.proj = nn.Linear(num_templates, dim)  # weight (c, M): the 1×1 conv over templates
+        self.batch_norm = nn.BatchNorm2d(dim) if norm == "batch" else None
 
     def fold(self, stage_prompts: Tensor) -> Tensor:
         """(…, K, M, D_j) pooled prompt features -> (…, K, c, D_j) template-mixed unit prompts."""
@@ -62,15 +82,47 @@ class VisualCostEmbedding(nn.Module):
             return self.proj.weight.sum(dim=1)[:, None] * v  # (c, 1) * (…, K, 1, D) -> (…, K, c, D)
         return torch.einsum("cm,...kmd->...kcd", self.proj.weight, v)  # (c, M) · (…, K, M, D) -> (…, K, c, D)
 
-    def forward(self, stage_features: Tensor, stage_prompts: Tensor) -> Tensor:
-        """(B, D_j, h, w) encoder stage × (K or B×K, M, D_j) prompts -> (B, K, c, h, w)."""
+    def mixed(self, stage_features: Tensor, stage_prompts: Tensor) -> Tensor:
+        """Σ_m W[c, m] cos(E_j, v_{k,m}) without bias: (B, D_j, h, w) × (K or B×K, M, D_j) -> (B, K, c, h, w)."""
         f = F.normalize(stage_features, dim=1)
         u = self.fold(stage_prompts)
         if u.ndim == 3:
-            out = torch.einsum("bdhw,kcd->bkchw", f, u)  # (B, D, h, w) · (K, c, D) -> (B, K, c, h, w)
-        else:
-            out = torch.einsum("bdhw,bkcd->bkchw", f, u)  # per-image prompts (B, K, c, D)
-        return out + self.proj.bias.view(1, 1, -1, 1, 1)
+            return torch.einsum("bdhw,kcd->bkchw", f, u)  # (B, D, h, w) · (K, c, D) -> (B, K, c, h, w)
+        return torch.einsum("bdhw,bkcd->bkchw", f, u)  # per-image prompts (B, K, c, D)
+
+    def class_statistics(self, stage_features: Tensor, stage_prompts: Tensor, chunks: list[slice]) -> tuple[Tensor, Tensor]:
+        """Mean and std over all K classes of the mixed map, chunk by chunk: 2 × (B, 1, c, h, w).
+
+        The classes differ by ~1e-3 of the common value, so the sums are taken around the first class's map (the
+        shifted-data formula): a plain E[x²] - E[x]² would cancel to float32 noise.
+        """
+        shift = total = squares = None
+        for c in chunks:
+            x = self.mixed(stage_features, stage_prompts[..., c, :, :])  # (B, k, c, h, w)
+            if shift is None:
+                shift = x[:, :1].detach()
+            d = x - shift
+            s1, s2 = d.sum(dim=1, keepdim=True), d.square().sum(dim=1, keepdim=True)
+            total, squares = (s1, s2) if total is None else (total + s1, squares + s2)
+        K = stage_prompts.shape[-3]
+        mean = total / K
+        return shift + mean, (squares / K - mean.square()).clamp(min=0).sqrt()
+
+    def forward(self, stage_features: Tensor, stage_prompts: Tensor,
+                statistics: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        """(B, D_j, h, w) encoder stage × (K or B×K, M, D_j) prompts -> (B, K, c, h, w). With ``norm="class"``,
+        ``statistics`` are :meth:`class_statistics` over the whole vocabulary (computed here when not given, which
+        is only right when ``stage_prompts`` hold every class)."""
+        out = self.mixed(stage_features, stage_prompts)
+        if self.norm == "class":
+            mean, std = statistics if statistics is not None else self.class_statistics(
+                stage_features, stage_prompts, [slice(0, stage_prompts.shape[-3])])
+            out = (out - mean) / (std + self.eps)
+        out = out + self.proj.bias.view(1, 1, -1, 1, 1)
+        if self.batch_norm is not None:
+            B, K, c, h, w = out.shape
+            out = self.batch_norm(out.reshape(B * K, c, h, w)).view(B, K, c, h, w)  # classes folded into the batch
+        return out
 
     def reference(self, stage_features: Tensor, stage_prompts: Tensor) -> Tensor:
         """Unfolded F_v^j then the linear map over M: memory-hungry, for tests and ablations only."""

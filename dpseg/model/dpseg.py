@@ -152,15 +152,17 @@ class DPSeg(nn.Module):
                     return stages[0].spatial(self.cost_embedding(F_c))  # (B, k, C_0, h5, w5)
 
             x = torch.cat([first(c) for c in chunks], dim=1)  # (B, K, C_0, h5, w5)
+            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype), chunks)
+                          for j, m in self.visual_cost.items() if m.norm == "class"}  # F_v^j over all K classes
             for s, stage in enumerate(stages):
                 x = stage.classes(x, class_chunk)  # attention across all K classes
                 after = stages[s + 1].spatial if s + 1 < len(stages) else self.decoder.head
-                x = torch.cat([after(stage.upsample_fuse(x[:, c], projected[s], self.stage_guidance(s, c, feats, E, R, prompts)))
+                x = torch.cat([after(stage.upsample_fuse(x[:, c], projected[s], self.stage_guidance(s, c, feats, E, R, prompts, statistics)))
                                for c in chunks], dim=1)  # (B, K, C_{s+1}, 2h, 2w); after the head (B, K, H/4, W/4)
         return {"logits": x}
 
     def stage_guidance(self, s: int, c: slice, feats: ImageFeatures, E: list[Tensor], R: Tensor,
-                       prompts: PromptSet) -> Optional[Tensor]:
+                       prompts: PromptSet, statistics: Optional[dict] = None) -> Optional[Tensor]:
         """Cost guidance of decoder stage ``s`` for the classes ``c``: (B, k, g_s, h_j, w_j) or None."""
         parts = []
         if self.upsampled_cost is not None:
@@ -171,7 +173,7 @@ class DPSeg(nn.Module):
         if str(j) in self.visual_cost:
             with record_function("dpseg.visual_cost_volume"):
                 v = prompts.visual_stages[j - 2][..., c, :, :].to(E[j - 2].dtype)  # (…, k, M, D_j)
-                parts.append(self.visual_cost[str(j)](E[j - 2], v))  # (B, k, c_j, h_j, w_j)
+                parts.append(self.visual_cost[str(j)](E[j - 2], v, (statistics or {}).get(str(j))))  # (B, k, c_j, h_j, w_j)
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # concatenated on the channel axis

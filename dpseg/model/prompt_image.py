@@ -1,10 +1,21 @@
-"""The one rule that turns an image (and optionally a mask) into a visual-prompt image for the encoder.
+"""The one rule that turns an image - a generated prompt image, a user's exemplar, or a region of the input image in
+the second inference pass - into the square visual-prompt image the encoder sees (docs/paper-choices.md #6, #18).
 
-One preprocessing rule serves every visual-prompt source (generated images, user exemplars, the crops of the
-second inference pass, docs/paper-choices.md #6 and #18): with a mask, pixels outside it become the CLIP mean colour and the
-image is cropped to the mask's bounding box; the result is resized keeping its aspect ratio so that its longer
-side is ``size`` and padded to a square with the CLIP mean colour. The mean colour is what the tower's own
-normalisation maps to zero, so the padding carries no signal of its own.
+A generated prompt image shows one object with its surroundings, filling most of a square frame. Every other
+prompt is framed the same way, so that the frozen prompt encoder always sees the kind of picture it is given
+for the bank:
+
+* the *region* is the whole image, or the bounding box of a mask (a class's predicted pixels in pass 2) or of an
+  alpha channel (a cut-out exemplar);
+* the frame is the square centred on the region whose side is the region's longer side divided by
+  :data:`OBJECT_FILL` (1 for the whole image: nothing is cut), moved inside the image where it fits;
+* the pixels keep their content - the object's context is not masked out, as in a generated image; only
+  transparent pixels (alpha) and frame areas beyond the image border take the CLIP mean colour, which the
+  tower's own normalisation maps to zero;
+* the frame is resized to ``size`` x ``size``.
+
+So a whole square image is only resized; a non-square one is padded to a square with the mean colour; a masked
+region becomes an object filling ~70 % of the frame, as the objects of generated prompt images do.
 """
 
 from __future__ import annotations
@@ -65,33 +76,60 @@ def _to_mask(mask: ImageLike, hw: tuple[int, int]) -> Tensor:
     return mask.float() > 0.5
 
 
-def prepare_prompt_image(image: ImageLike, size: int, mask: Optional[ImageLike] = None) -> Tensor:
+OBJECT_FILL = 0.7  # share of the frame's side a masked region spans (generated objects span ~0.55-0.8 of theirs)
+
+
+def prompt_frame(region: tuple[int, int, int, int], hw: tuple[int, int], fill: float) -> tuple[int, int, int]:
+    """(top, left, side) of the square frame around ``region`` = (y0, y1, x0, x1) in an image of size ``hw``."""
+    y0, y1, x0, x1 = region
+    H, W = hw
+    side = max(1, int(round(max(y1 - y0, x1 - x0) / fill)))
+    top, left = (y0 + y1 - side) // 2, (x0 + x1 - side) // 2
+
+    def inside(start: int, extent: int) -> int:  # shift the frame into the image along one axis where it fits
+        return min(max(start, 0), extent - side) if side <= extent else (extent - side) // 2
+
+    return inside(top, H), inside(left, W), side
+
+
+def prepare_prompt_image(image: ImageLike, size: int, mask: Optional[ImageLike] = None,
+                         fill: float = OBJECT_FILL) -> Tensor:
     """A visual-prompt image as float (3, size, size) in [0, 1] on the input's device (rule in the module doc).
 
-    ``image``: PIL image (an alpha channel acts as a mask), uint8 or float [0, 1] tensor (3, H, W), or an
-    (H, W, 3) uint8 array. ``mask``: (H, W) bool / 0-1 / 0-255, True = the object.
+    ``image``: PIL image (an alpha channel marks the object and its transparent pixels), uint8 or float [0, 1]
+    tensor (3, H, W), or an (H, W, 3) uint8 array. ``mask``: (H, W) bool / 0-1 / 0-255, True = the region.
     """
     if size < 1:
         raise InputError(f"prompt image size must be >= 1, got {size}")
+    if not 0 < fill <= 1:
+        raise InputError(f"the object fill of a prompt frame must be in (0, 1], got {fill}")
     x, alpha = _to_tensor(image)
-    keep = alpha
-    if mask is not None:
-        m = _to_mask(mask, x.shape[-2:]).to(x.device)
-        keep = m if keep is None else keep.to(x.device) & m
+    H, W = x.shape[-2:]
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
-    if keep is not None:
-        keep = keep.to(x.device)
-        if not keep.any():
+    if alpha is not None:
+        alpha = alpha.to(x.device)
+        x = torch.where(alpha, x, mean)  # transparent pixels carry nothing
+    region_mask = alpha
+    if mask is not None:
+        m = _to_mask(mask, (H, W)).to(x.device)
+        region_mask = m if region_mask is None else region_mask & m
+    if region_mask is None:
+        region, fill = (0, H, 0, W), 1.0
+    else:
+        if not region_mask.any():
             raise InputError("the mask (or alpha channel) of a visual prompt image is empty; nothing to crop")
-        rows, cols = keep.any(dim=1).nonzero().flatten(), keep.any(dim=0).nonzero().flatten()
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        x = torch.where(keep, x, mean)[:, y0:y1, x0:x1]  # (3, h_box, w_box)
-    h, w = x.shape[-2:]
-    scale = size / max(h, w)
-    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        rows, cols = region_mask.any(dim=1).nonzero().flatten(), region_mask.any(dim=0).nonzero().flatten()
+        region = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    top, left, side = prompt_frame(region, (H, W), fill)
+    # the part of the frame inside the image, resized into its place on a mean-colour canvas (exact borders)
+    ys, xs, ye, xe = max(top, 0), max(left, 0), min(top + side, H), min(left + side, W)
+    scale = size / side
+    oy, ox = int(round((ys - top) * scale)), int(round((xs - left) * scale))
+    nh = max(1, min(size - oy, int(round((ye - ys) * scale))))
+    nw = max(1, min(size - ox, int(round((xe - xs) * scale))))
+    content = x[:, ys:ye, xs:xe]
+    if (nh, nw) != tuple(content.shape[-2:]):
+        content = F.interpolate(content[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
     out = mean.expand(3, size, size).clone()
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[:, top : top + nh, left : left + nw] = x.clamp(0, 1)
+    out[:, oy : oy + nh, ox : ox + nw] = content.clamp(0, 1)
     return out

@@ -1,13 +1,13 @@
 """Semantic-guided prompt refinement: two-pass inference (docs/paper-choices.md #17-#20).
 
-Pass 1 predicts with the bank's visual prompts. For every class whose confident pixels (argmax with probability
-at least ``min_score``) cover at least ``min_area`` of an image in the pass-1 label map (:class:`RefinePolicy`), the class's predicted region is cut out of the *input image* (bounding box of the mask,
-pixels outside the mask filled with the CLIP mean colour, resized and padded to a square: the one rule of
-``dpseg.model.prompt_image.prepare_prompt_image`` that generated and exemplar prompts go through too),
-encoded by the frozen visual-prompt encoder, and replaces that class's visual prompts - global V for all M
-templates and the pooled stage features v_j. Undetected classes and all text prompts are unchanged. Pass 2
-re-runs only the cost volumes and the decoder: the image features of pass 1 are reused.
-Inference only; no training is involved.
+Pass 1 predicts with the bank's visual prompts. A class is *detected* in an image when its voting pixels - those
+where it is the argmax and its probability is at least ``min_score`` - cover at least ``min_area`` of the pass-1
+map (:class:`RefinePolicy`). Its voting pixels are framed in the *input image* by the one prompt-image rule of
+:func:`dpseg.model.prompt_image.prepare_prompt_image` (a square around them, the region filling 70 % of it, context
+kept - as the objects of generated prompt images are framed), encoded by the frozen visual-prompt encoder in one
+batch, and replace that class's visual prompts: global V for all M templates and the pooled stage features v_j.
+Undetected classes and all text prompts are unchanged. Pass 2 re-runs only the cost volumes and the decoder: the
+image features of pass 1 are reused. Inference only; no training is involved.
 """
 
 from __future__ import annotations
