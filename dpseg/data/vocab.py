@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Union
 
+from dpseg.classnames import describe_duplicates, duplicate_groups
 from dpseg.errors import DataError
 
 CLASS_NAME_DIR = Path(__file__).parent / "class_names"
@@ -42,9 +43,13 @@ def load_class_names(source: Union[str, Path]) -> list[str]:
     names = _read_json_list(path) if path.suffix.lower() == ".json" else _read_text_list(path)
     if not names:
         raise DataError(f"class-name file {path} holds no class names")
-    dup = sorted({n for n in names if names.count(n) > 1})
+    try:
+        dup = duplicate_groups(names)
+    except ValueError as e:  # a line of only commas
+        raise DataError(f"class-name file {path}: {e}; give every label value a name") from None
     if dup:
-        raise DataError(f"class-name file {path} lists {', '.join(repr(d) for d in dup[:5])} more than once; each class must appear once")
+        raise DataError(f"class-name file {path} lists {describe_duplicates(dup)} more than once; each class must "
+                        "appear once")
     return names
 
 

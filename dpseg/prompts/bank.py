@@ -11,7 +11,9 @@ Every file is written atomically, so a build killed at any moment leaves only co
 worst, a hidden ``.*.tmp`` file that is ignored and later removed); building again skips finished classes.
 A bank is never silently used with other weights: :meth:`PromptBank.prompt_set` compares the fingerprints of the
 model's visual-prompt encoder and text tower with the manifest and raises :class:`BankError` on a mismatch.
-Class names are matched after whitespace normalisation of their synonyms ("bed " == "bed", "a,b" == "a, b").
+Class names are matched after whitespace normalisation of their synonyms ("bed " == "bed", "a,b" == "a, b",
+"red  square" == "red square"); a class list naming one class twice, also in another case, is refused
+(:mod:`dpseg.classnames`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from dpseg import classnames
 from dpseg.config import atomic_write_text
 from dpseg.errors import BankError, InputError
 from dpseg.model.prompts import PromptSet
-from dpseg.model.towers import split_synonyms
 from dpseg.prompts.templates import templates_id
 from dpseg.weights import save_safetensors, state_fingerprint
 
@@ -42,25 +44,24 @@ STAGE_KEYS = ("visual_stage2", "visual_stage3", "visual_stage4")
 
 
 def canonical_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise InputError(f"class names must be strings, got {type(name).__name__}")
-    return ", ".join(split_synonyms(name))
+    """Whitespace-normalised synonyms ("sofa ,  couch " -> "sofa, couch"), see :mod:`dpseg.classnames`."""
+    try:
+        return classnames.canonical_name(name)
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
 
 
 def check_class_list(class_names: Sequence[str], what: str = "the class list") -> list[str]:
-    """Canonical names of a non-empty, duplicate-free class list (raises InputError otherwise)."""
+    """Canonical names of a non-empty class list naming each class once (case and spacing aside; InputError)."""
     if isinstance(class_names, str):
         raise InputError(f"{what} must be a list of names, not one string")
     names = [canonical_name(n) for n in class_names]
     if not names:
         raise InputError(f"{what} is empty; give at least one class name")
-    seen, dup = set(), []
-    for n in names:
-        if n in seen and n not in dup:
-            dup.append(n)
-        seen.add(n)
+    dup = classnames.duplicate_groups(list(class_names))
     if dup:
-        raise InputError(f"{what} names {', '.join(repr(d) for d in dup[:5])} more than once; each class must appear once")
+        raise InputError(f"{what} names {classnames.describe_duplicates(dup)} more than once; each class must appear "
+                         "once")
     return names
 
 

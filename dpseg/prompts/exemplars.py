@@ -19,6 +19,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from dpseg.classnames import describe_duplicates, duplicate_groups
 from dpseg.errors import DataError, InputError
 
 CLIP_MEAN = tuple(float(c) for c in OPENAI_DATASET_MEAN)
@@ -162,4 +163,11 @@ def find_exemplars(folder: Union[str, Path]) -> dict[str, list[Path]]:
         found[sub.name] = files
     if not found:
         raise DataError(f"exemplar folder {folder} has no class sub-folders; expected {folder}/<class name>/*.jpg")
+    try:
+        dup = duplicate_groups(list(found))
+    except ValueError as e:  # a folder named only by spaces and commas
+        raise DataError(f"exemplar folder {folder}: {e}; rename that sub-folder after its class") from None
+    if dup:
+        raise DataError(f"exemplar folder {folder} has sub-folders for {describe_duplicates(dup)} more than once; "
+                        "merge them into one folder per class")
     return found
