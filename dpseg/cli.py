@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dpseg.evaluation.cli", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
     "segment": ("dpseg.segment_cli", "segment your own images into free-text classes"),
     "demo": ("dpseg.demo", "browser demo (gradio) on 127.0.0.1"),
+    "check": ("dpseg.check_cli", "verify the content hashes of checkpoints, training runs and prompt banks"),
     "summary": ("dpseg.summary", "print the model's parameter counts per component"),
     "config": ("dpseg.config_cli", "print the resolved config of a preset, YAML file and --set overrides"),
 }

@@ -26,7 +26,7 @@ from dpseg.build import build_model, save_model
 from dpseg.config import Config, atomic_write_text, build_config, load_config, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
-from dpseg.engine.checkpoint import (CONFIG, capture_rng, config_changes, find_checkpoint, list_checkpoints,
+from dpseg.engine.checkpoint import (CONFIG, capture_rng, config_changes, list_checkpoints,
                                      prune_checkpoints, restore_training, resume_target, save_checkpoint, seed_all,
                                      trainable_state)
 from dpseg.engine.data import build_train_dataset, build_train_loader
@@ -35,7 +35,7 @@ from dpseg.engine.distributed import (DistContext, all_reduce_sum, barrier, broa
 from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import autocast, build_optimizer, lr_factor, make_scaler, resolve_precision, set_lr
 from dpseg.engine.vocabulary import remap_labels, sample_step_classes, vocabulary_prompts
-from dpseg.errors import CheckpointError, ConfigError, DataError, DPSegError
+from dpseg.errors import ConfigError, DataError, DPSegError
 from dpseg.model.loss import SegmentationLoss
 from dpseg.weights import state_fingerprint
 
@@ -56,7 +56,8 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
     try:
         torch.manual_seed(tc.seed)
         out = Path(tc.output_dir)
-        ckpt = _on_main(ctx, lambda: resume_target(out, resume))  # decided once, so every rank agrees
+        skipped: list[str] = []  # damaged checkpoints passed over (filled on rank 0, which logs)
+        ckpt = _on_main(ctx, lambda: resume_target(out, resume, skipped))  # decided once, so every rank agrees
         local_batch = local_batch_size(tc.batch_size, ctx.world_size)
 
         # ---- data first: a missing dataset must fail before minutes of model building
@@ -118,7 +119,7 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("output", f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})"),
         ]
         logger.message(setup_table(model, facts))
-        for note in notes:
+        for note in skipped + notes:
             logger.message(note)
 
         def checkpoint() -> None:
@@ -273,13 +274,11 @@ def run(args: argparse.Namespace) -> int:
     from dpseg.cli import config_from_args
 
     if args.resume not in (None, "auto") and not (args.config or args.preset):
-        ckpt = find_checkpoint(args.resume)
-        if ckpt is None:
-            raise CheckpointError(f"--resume {args.resume}: no complete checkpoint there (a run directory or a step-N directory)")
+        ckpt = resume_target(None, args.resume)  # the newest intact checkpoint; train() reports what it skipped
         saved = load_config(ckpt / CONFIG)
         cfg = build_config(delta=saved.to_dict(), overrides=args.overrides)
         cfg.train.output_dir = str(ckpt.parent.parent)
-        resume = str(ckpt)
+        resume = args.resume
     else:
         cfg, resume = config_from_args(args), args.resume
     train(cfg, resume=resume, progress=not args.no_progress)
