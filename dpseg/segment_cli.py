@@ -114,6 +114,47 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float
     return info
 
 
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder that exists or can be created (checked before any model is loaded)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is an existing file; give a folder (it is created if missing)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, so the folder cannot be created; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: no permission to write in {parent}; choose another --out")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every option checked before the model loads, so a typo costs nothing (exit status 2)."""
+    if args.text_only and (args.bank or args.exemplars):
+        raise InputError("--text-only cannot be combined with --bank or --exemplars")
+    if not 0 <= args.min_score < 1:
+        raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
+    if not 0 <= args.alpha <= 1:
+        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.tile and (args.tile < 32 or args.tile % 32):
+        raise InputError(f"--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got {args.tile}")
+    if args.max_pixels < 0:
+        raise InputError(f"--max-pixels must be positive (0 = the default 179 MP), got {args.max_pixels}")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise InputError(f"--device {args.device!r} is not a device; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise InputError(f"--device {args.device}: dpseg segment runs on cpu or cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise InputError(f"--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    check_out_dir(Path(args.out).expanduser())
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
 
@@ -121,12 +162,7 @@ def _is_oom(e: BaseException) -> bool:
 def run(args: argparse.Namespace) -> int:
     from dpseg.segment_prompts import parse_class_list
 
-    if args.text_only and (args.bank or args.exemplars):
-        raise InputError("--text-only cannot be combined with --bank or --exemplars")
-    if not 0 <= args.min_score < 1:
-        raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
-    if not 0 <= args.alpha <= 1:
-        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    check_options(args)
     if args.classes is not None:
         names = parse_class_list(args.classes)
     else:
