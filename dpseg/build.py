@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Union
 
@@ -90,8 +91,10 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
         cfg = config_from_dict(data)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path} is not a dpseg config this version can read: {e}") from None
-    model = build_model(cfg, load_clip_weights=False)
-    state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified
+    with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (hashlib releases the GIL)
+        pool.submit(safetensors_integrity, weights)
+        model = build_model(cfg, load_clip_weights=False)
+    state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
     load_strict(model, state, "DPSeg model of this config", str(weights))
     model.eval()
     return (model.to(device) if device is not None else model), cfg
