@@ -239,7 +239,7 @@ def newest_intact(run_dir, notes: list) -> Optional[Path]:
     """The newest checkpoint of ``run_dir`` that passes its integrity check (None if it has none); every damaged
     one skipped is described in ``notes``; CheckpointError if all are damaged."""
     found = list_checkpoints(run_dir)
-    skipped = []
+    skipped: list[str] = []
     for path in reversed(found):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -279,10 +279,10 @@ def resume_target(output_dir, resume: Optional[str], notes: Optional[list] = Non
             raise CheckpointError(f"--resume {path}: the checkpoint is damaged ({problem}); pass the run directory "
                                   f"{path.parent.parent} to continue from its newest intact checkpoint")
         return path
-    found = newest_intact(path, notes)
-    if found is None:
+    newest = newest_intact(path, notes)
+    if newest is None:
         raise CheckpointError(f"--resume {path}: no complete checkpoint there (expected {path}/checkpoints/step-N or a step-N directory)")
-    return found
+    return newest
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
