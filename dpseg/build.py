@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,10 +26,19 @@ from dpseg.model.decoder import ClassHead, CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dpseg import DPSeg
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import model_templates
-from dpseg.weights import hub_reachable, load_strict, read_state_dict, save_safetensors, state_fingerprint
+from dpseg.weights import (
+    hub_reachable,
+    load_strict,
+    read_state_dict,
+    safetensors_integrity,
+    save_safetensors,
+    state_fingerprint,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_FIX = ("restore it from a backup or export the model again (training writes OUTPUT/final and OUTPUT/best); "
+               "for a hub checkpoint, delete it from the Hugging Face cache and download it again")
 
 
 def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
@@ -125,8 +135,11 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
         cfg = config_from_dict(data)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path} is not a dpseg config this version can read: {e}") from None
-    model = build_model(cfg, load_clip_weights=False)
-    load_strict(model, read_state_dict(weights, "dpseg checkpoint"), "DPSeg model of this config", str(weights))
+    with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (hashlib releases the GIL)
+        pool.submit(safetensors_integrity, weights)
+        model = build_model(cfg, load_clip_weights=False)
+    state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
+    load_strict(model, state, "DPSeg model of this config", str(weights))
     model.eval()
     return (model.to(device) if device is not None else model), cfg
 
@@ -163,3 +176,21 @@ def format_counts(rows: list[tuple[str, int, int]]) -> str:
     lines = [f"{'component':<{width}}  {'total':>10}  {'trainable':>10}"]
     lines += [f"{name:<{width}}  {_human(t):>10}  {_human(tr):>10}" for name, t, tr in rows]
     return "\n".join(lines)
+
+
+def check_model_dir(directory: Union[str, os.PathLike]) -> list[tuple[str, str, str]]:
+    """Integrity of a checkpoint directory without building the model: [(file, ok|unverified|damaged, detail)]."""
+    directory = Path(directory)
+    rows = []
+    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    try:
+        config_from_dict({k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "dpseg"})
+        rows.append((str(cfg_path), "ok", "a config this version reads"))
+    except (OSError, ValueError, ConfigError) as e:
+        rows.append((str(cfg_path), "damaged", f"unreadable ({str(e).splitlines()[0][:160]})"))
+    if not weights.is_file():
+        rows.append((str(weights), "damaged", "missing"))
+    else:
+        status, detail = safetensors_integrity(weights)
+        rows.append((str(weights), status, detail if status != "damaged" else f"{detail}; {WEIGHTS_FIX}"))
+    return rows

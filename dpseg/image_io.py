@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -41,13 +41,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+LIMIT_HINT = "raise the limit (--max-pixels / max_pixels=)"
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str, limit_hint: str = LIMIT_HINT) -> None:
     if width < 1 or height < 1:
         raise InputError(f"{what} is empty ({width}x{height} pixels)")
     if max_pixels and width * height > max_pixels:
         raise DataError(
             f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
-            f"{max_pixels / 1e6:.1f}; downscale it first or raise the limit (--max-pixels / max_pixels=)"
+            f"{max_pixels / 1e6:.1f}; downscale it first or {limit_hint}"
         )
 
 
@@ -71,32 +74,41 @@ def load_image(path: Union[str, Path], exif: bool = True) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS, exif: bool = True) -> torch.Tensor:
+def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS, exif: bool = True, *,
+               label: Optional[str] = None, limit_hint: str = LIMIT_HINT) -> torch.Tensor:
     """An image file -> uint8 (3, H, W) RGB, by the rules in the module doc (DataError if unreadable). The one
-    image reader of dpseg: segment inputs, the demo, exemplars and dataset folders (``exif=False``) use it."""
+    image reader of dpseg: segment inputs, the demo, exemplars and dataset folders (``exif=False``) use it.
+
+    ``label`` names the file in messages (default ``image PATH``; the demo names the upload, not its server path);
+    ``limit_hint`` says how to raise ``max_pixels``."""
     path = Path(path)
+    label = label or f"image {path}"
     if path.is_dir():
         raise DataError(f"{path} is a directory, not an image")
     if not path.exists():
-        raise DataError(f"image {path} does not exist")
+        raise DataError(f"{label} does not exist")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:  # reads the header only
                 width, height = im.size
     except Image.DecompressionBombError:
-        raise DataError(f"image {path} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels") from None
+        raise DataError(f"{label} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels "
+                        "(a decompression bomb, or an image far too large to segment)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read {label}: not an image file this reader knows (JPEG, PNG, WebP, BMP, TIFF, GIF)") \
+            from None
     except Exception as e:  # noqa: BLE001 - any decoder failure on a user file is a bad input, not a bug
-        raise DataError(f"cannot read image {path}: {_first_line(e)}") from None
-    check_pixels(width, height, max_pixels, f"image {path}")
+        raise DataError(f"cannot read {label}: {_first_line(e).replace(str(path), '(file)')}") from None
+    check_pixels(width, height, max_pixels, label, limit_hint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = load_image(path, exif)  # EXIF orientation, 16-bit grayscale, RGB or RGBA
-    except DataError:
-        raise
+    except DataError as e:
+        raise DataError(str(e).replace(f"image {path}", label).replace(str(path), "(file)")) from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data found while decoding
-        raise DataError(f"cannot decode image {path}: {_first_line(e)}") from None
+        raise DataError(f"cannot decode {label}: {_first_line(e).replace(str(path), '(file)')}") from None
     return pil_to_tensor(image)
 
 

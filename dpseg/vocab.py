@@ -5,7 +5,9 @@
 * A class name may list synonyms separated by commas ("sofa, couch"); the text tower averages them.
   :func:`canonical_name` strips each synonym, collapses runs of inner whitespace and joins them with ", ", so
   "sofa ,couch " and "sofa,  couch" are the same class; two names whose canonical forms differ only in letter
-  case are also the same class (:func:`check_class_list` refuses such duplicates).
+  case are also the same class (:func:`class_key`). Every class-list reader - user lists, class files, dataset
+  ``classes.txt``, prompt banks, :class:`~dpseg.model.prompts.PromptSet`, exemplar folder names - refuses such
+  duplicates with :func:`check_class_list` / :func:`duplicate_groups`.
 * :func:`read_class_list` reads the shipped benchmark lists (package data, the peers' files byte for byte: label i
   means the same class as in their numbers) and user files: a JSON list of strings, or text with one class per
   line where line i names label value i. Blank lines are allowed only at the end (one in the middle would shift
@@ -32,7 +34,8 @@ BUILTIN_LISTS = {"coco": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459":
 
 
 def split_synonyms(name: str) -> list[str]:
-    """'sofa, couch ' -> ['sofa', 'couch'] (inner whitespace collapsed); InputError for an empty name."""
+    """'sofa,  couch ' -> ['sofa', 'couch'] (each synonym stripped, inner whitespace collapsed); InputError for a
+    non-string or an empty name."""
     if not isinstance(name, str):
         raise InputError(f"class names must be strings, got {type(name).__name__}")
     parts = [" ".join(p.split()) for p in name.split(",")]
@@ -43,27 +46,50 @@ def split_synonyms(name: str) -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """The one spelling of a class name: synonyms stripped, inner whitespace collapsed, joined with ', '."""
+    """The one spelling of a class name: synonyms stripped, inner whitespace collapsed, joined with ', '. It is the
+    name dpseg shows and stores (prompt-bank files are keyed by it)."""
     return ", ".join(split_synonyms(name))
 
 
+def class_key(name: str) -> str:
+    """The identity of a class: its canonical form, case-folded. Names with equal keys are one class - the CLIP
+    tokenizer would encode them identically anyway (it lower-cases and collapses whitespace), so accepting both
+    would only make two identical prompts compete. Synonym order still matters ("sofa, couch" is not "couch,
+    sofa": the first synonym is the one images are generated from)."""
+    return canonical_name(name).casefold()
+
+
+def duplicate_groups(names: Sequence[str]) -> list[list[str]]:
+    """Groups (in first-appearance order) of the given names that name the same class; [] if there are none."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(class_key(name), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def describe_duplicates(groups: list[list[str]], n: int = 5) -> str:
+    """"'cat'" for a plain repeat; "'red solid square' (written 'red solid square', 'Red  solid square': names that
+    differ only in case or spacing are one class)" when the spellings differ; the first ``n`` groups."""
+    parts = []
+    for g in groups[:n]:
+        # case and spaces inside a synonym are worth a remark; spaces around commas and at the ends are not
+        written = list(dict.fromkeys(", ".join(p.strip() for p in x.split(",") if p.strip()) for x in g))
+        note = "" if len(written) == 1 else (f" (written {', '.join(repr(x) for x in written)}: names that differ "
+                                             "only in case or spacing are one class)")
+        parts.append(f"{canonical_name(g[0])!r}{note}")
+    return ", ".join(parts) + (f" (and {len(groups) - n} more)" if len(groups) > n else "")
+
+
 def check_class_list(class_names: Sequence[str], what: str = "the class list") -> list[str]:
-    """Canonical names of a non-empty class list without duplicates (case-insensitive); InputError otherwise."""
+    """Canonical names of a non-empty class list naming each class once (case and spacing aside; InputError)."""
     if isinstance(class_names, str):
         raise InputError(f"{what} must be a list of names, not one string")
     names = [canonical_name(n) for n in class_names]
     if not names:
         raise InputError(f"{what} is empty; give at least one class name")
-    first: dict[str, str] = {}
-    dup = []
-    for n in names:
-        key = n.casefold()
-        if key in first and first[key] not in dup:
-            dup.append(first[key] if first[key] == n else f"{first[key]}' / '{n}")
-        first.setdefault(key, n)
+    dup = duplicate_groups(list(class_names))
     if dup:
-        raise InputError(f"{what} names {', '.join(repr(d) for d in dup[:5])} more than once (names are compared "
-                         "ignoring case and extra spaces); each class must appear once")
+        raise InputError(f"{what} names {describe_duplicates(dup)} more than once; each class must appear once")
     return names
 
 

@@ -4,11 +4,20 @@ Formats: ``.safetensors`` (preferred, what dpseg writes), and ``.pt``/``.pth``/`
 with ``weights_only=True`` (never arbitrary code). Containers ``{"state_dict": ...}`` / ``{"model": ...}`` and
 DistributedDataParallel ``module.`` prefixes are unwrapped. Loading is strict: anything missing, unexpected or
 of the wrong shape is reported by name in a :class:`~dpseg.errors.CheckpointError`.
+
+Content hashes: every safetensors file dpseg writes (checkpoints, training checkpoints, prompt-bank class files)
+carries ``dpseg_sha256`` in its metadata, the SHA-256 of the file's header (tensor table and metadata, this field
+left out, as canonical JSON) followed by its tensor data. Loading recomputes it, so a flipped bit anywhere in the
+file is an error naming the file instead of silently different weights. Files written before hashes existed (no
+``dpseg_sha256``) still load, with a note that they cannot be checked.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -22,10 +31,111 @@ from dpseg.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+HASH_KEY = "dpseg_sha256"
+_PLACEHOLDER = "0" * 64  # reserved in the header at write time, replaced in place by the digest (same length)
+_CHUNK = 1 << 23
+log = logging.getLogger("dpseg")
 
 
-def read_state_dict(path: PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Read a flat name → tensor mapping from a weight file, with one-line errors for bad files."""
+# ------------------------------------------------------------------------------------------ content hashes
+
+
+def _read_header(f, size: int) -> tuple[dict, int]:
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(raw, "little")
+    if n > size - 8 or n > 100_000_000:
+        raise ValueError("its header length points beyond the end of the file")
+    header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return header, 8 + n
+
+
+def _sha256_stream(f, h) -> str:
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    while True:
+        n = f.readinto(buffer)
+        if not n:
+            return h.hexdigest()
+        h.update(view[:n])
+
+
+@functools.lru_cache(maxsize=4096)
+def _digests(path: str, stamp: tuple) -> tuple[Optional[str], str]:
+    """(stored digest or None, computed digest) of a safetensors file; ``stamp`` keys the cache on the file's state."""
+    with open(path, "rb") as f:
+        header, start = _read_header(f, stamp[1])
+        declared = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if declared != stamp[1] - start:
+            raise ValueError(f"truncated or padded: {stamp[1] - start} bytes of tensor data, the header declares "
+                             f"{declared}")
+        meta = dict(header.get("__metadata__") or {})
+        stored = meta.pop(HASH_KEY, None)
+        table = {**header, "__metadata__": meta}
+        h = hashlib.sha256(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+        return stored, _sha256_stream(f, h)
+
+
+def _stamp(path: PathLike) -> tuple:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def safetensors_integrity(path: PathLike) -> tuple[str, str]:
+    """("ok", digest) | ("unverified", why) | ("damaged", why) for a safetensors file (see the module doc)."""
+    try:
+        stored, actual = _digests(str(Path(path).resolve()), _stamp(path))
+    except OSError as e:
+        return "damaged", f"cannot be read ({e.strerror or e})"
+    except (ValueError, KeyError, TypeError, IndexError) as e:  # JSON errors too: a flipped bit in the header
+        return "damaged", f"not a valid safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+    if stored is None:
+        return "unverified", "no content hash (written by an older dpseg), so it cannot be checked for corruption"
+    if stored != actual:
+        return "damaged", (f"its content does not match the SHA-256 stored when it was written "
+                           f"(stored {stored[:12]}…, now {actual[:12]}…): the file was corrupted or modified")
+    return "ok", actual
+
+
+def safetensors_metadata(path: PathLike) -> dict:
+    """The ``__metadata__`` of a safetensors file (ValueError/OSError if it cannot be read)."""
+    with open(path, "rb") as f:
+        header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
+    return dict(header.get("__metadata__") or {})
+
+
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a whole file (streamed; cached per file state within a process)."""
+    return _file_sha256(str(Path(path).resolve()), _stamp(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, stamp: tuple) -> str:
+    with open(path, "rb") as f:
+        return _sha256_stream(f, hashlib.sha256())
+
+
+_noted: set = set()
+
+
+def note_unverified(path: PathLike, what: str) -> None:
+    """Say once per file that it has no content hash (it still loads)."""
+    key = str(Path(path).resolve())
+    if key not in _noted:
+        _noted.add(key)
+        log.warning("note: %s %s has no content hash (written by an older dpseg): it loads, but corruption in it "
+                    "cannot be detected", what, path)
+
+
+def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> dict[str, torch.Tensor]:
+    """Read a flat name → tensor mapping from a weight file, with one-line errors for bad files.
+
+    ``fix``: for dpseg's own files (a content hash is expected), what to do when the hash does not match; a file
+    without a hash then gets a note. Other files (e.g. CLIP weights) are checked only if they carry a hash.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} file {path} does not exist")
@@ -47,6 +157,12 @@ def read_state_dict(path: PathLike, what: str = "checkpoint") -> dict[str, torch
         raise CheckpointError(
             f"cannot read {what} file {path}: it is truncated or not a valid {path.suffix} file ({reason[:160]})"
         ) from None
+    if path.suffix == ".safetensors":  # after parsing: a truncated file keeps its own message
+        status, detail = safetensors_integrity(path)
+        if status == "damaged":
+            raise CheckpointError(f"{what} file {path} is damaged: {detail}; {fix or 're-download or re-save it'}")
+        if status == "unverified" and fix:
+            note_unverified(path, what)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -90,15 +206,31 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: PathLike, metadata: Optional[dict] = None) -> Path:
-    """Atomically write a state dict as safetensors (shared storage is copied, tensors made contiguous)."""
+    """Atomically write a state dict as safetensors with its content hash (shared storage is copied, tensors made
+    contiguous)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items() if k != HASH_KEY}
     with atomic_target(path) as tmp:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file(tensors, tmp, metadata={**meta, HASH_KEY: _PLACEHOLDER})
+        _write_digest(tmp)
     return path
+
+
+def _write_digest(path: str) -> None:
+    """Replace the placeholder digest in the header by the file's digest (same length: nothing else moves)."""
+    _, digest = _digests(str(Path(path).resolve()), _stamp(path))
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n)
+        slot = f'"{HASH_KEY}":"{_PLACEHOLDER}"'.encode()
+        at = header.find(slot)
+        assert at >= 0 and header.find(slot, at + 1) < 0, "the digest slot must appear once in the header"
+        f.seek(8 + at + len(slot) - len(_PLACEHOLDER) - 1)
+        f.write(digest.encode())
 
 
 def state_fingerprint(module_or_state: Union[nn.Module, Mapping[str, torch.Tensor]]) -> str:

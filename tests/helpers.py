@@ -23,3 +23,32 @@ def random_prompts(model, num_classes, seed=0, templates=None, names=None):
     images = torch.rand(num_classes * M, 3, model.prompt_image_size, model.prompt_image_size, generator=g)
     V, stages = model.encode_visual_prompts(images)
     return PromptSet(names, T, V.view(num_classes, M, -1), [s.view(num_classes, M, -1) for s in stages])
+
+
+def flip_tensor_bit(path, name=None):
+    """Flip one bit in the middle of a tensor's data: the file keeps its size and stays a valid safetensors file."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    name = name or max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0])
+    start, end = header[name]["data_offsets"]
+    data[8 + n + (start + end) // 2] ^= 0x20
+    path.write_bytes(data)
+    assert len(load_file(path)) == len(header) - ("__metadata__" in header)  # still a readable safetensors file
+    return name
+
+
+def strip_content_hash(path):
+    """Re-write a safetensors file as dpseg wrote it before content hashes (same tensors, no dpseg_sha256)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = {k: v for k, v in (f.metadata() or {}).items() if k != "dpseg_sha256"}
+    save_file({k: v.clone() for k, v in load_file(str(path)).items()}, str(path), metadata=meta)

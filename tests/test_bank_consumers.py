@@ -1,6 +1,7 @@
 """Using a bank: prompt sets checked against the model, missing classes, exemplar folders, text-only prompts."""
 
 import copy
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import flip_tensor_bit, strip_content_hash
 from PIL import Image
 
 from dpseg.errors import BankError, DataError, InputError
@@ -100,7 +102,11 @@ def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
 
 @pytest.mark.parametrize(
     "names, message",
-    [([], "class list is empty"), (["cat", "dog", "cat "], "names 'cat' more than once"), (["cat", " , "], "is empty"), ("cat", "not one string")],
+    [([], "class list is empty"), (["cat", "dog", "cat "], "names 'cat' more than once"), (["cat", " , "], "is empty"), ("cat", "not one string"),
+     (["red solid square", "red  solid square"], r"names 'red solid square' \(written 'red solid square', 'red  solid square': "
+                                                 r"names that differ only in case or spacing are one class\) more than once"),
+     (["cat", "Cat"], r"names 'cat' \(written 'cat', 'Cat'.*more than once"),
+     (["sofa, couch", "Sofa,couch "], "names 'sofa, couch'.* more than once")],
 )
 def test_bad_class_lists(bank, towers, names, message):
     prompt, text, _, _ = towers
@@ -168,3 +174,40 @@ def test_text_only_prompt_set(towers):
     assert ps.visual is None and torch.allclose(ps.text, text.encode(["cat", "sofa, couch"], templates))
     with pytest.raises(InputError, match="more than once"):
         text_only_prompt_set(["cat", "cat"], text, templates)
+
+
+def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine, capsys):
+    prompt, text, _, _ = towers
+    flip_tensor_bit(bank.class_path("dog"))
+    with pytest.raises(BankError, match=r"the file of class 'dog' \(classes/dog-\w+\.safetensors\) is damaged: its content "
+                                        r"does not match the SHA-256.*'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST "
+                                        r"--generator noise'"):
+        bank.prompt_set(["cat", "dog"], prompt_encoder=prompt, text_tower=text)
+    report = bank.verify()
+    assert [f for f, _ in report["damaged"]] == [bank.class_path("dog").name] and len(report["ok"]) == 2
+    from dpseg.commands import main
+
+    assert main(["prompts", "info", str(bank.root)]) == 0
+    assert re.search(r"integrity +2 class file\(s\) verified \(SHA-256\); 1 DAMAGED \(dog-", capsys.readouterr().out)
+    assert main(["check", str(bank.root)]) == 2
+    assert "DAMAGED" in capsys.readouterr().out
+    rebuilt = bank.build(["cat", "dog"], NoiseGenerator(), prompt, text, progress=False)
+    assert rebuilt.repaired == ["dog"] and rebuilt.built == ["dog"] and rebuilt.skipped == 1
+    same = PromptBank.open(pristine).load_class("dog")  # seeded per (class, image): rebuilt bit for bit
+    assert torch.equal(bank.load_class("dog")["visual"], same["visual"])
+    assert main(["check", str(bank.root)]) == 0
+    assert "3 file(s), 3 ok" in capsys.readouterr().out
+
+
+def test_bank_written_before_hashes_loads_with_a_note(bank, towers, caplog, capsys):
+    prompt, text, _, _ = towers
+    for path in (bank.root / "classes").glob("*.safetensors"):
+        strip_content_hash(path)
+    with caplog.at_level("WARNING", logger="dpseg"):
+        prompts = bank.prompt_set(["cat", "sofa,  couch"], prompt_encoder=prompt, text_tower=text)
+    assert prompts.class_names == ["cat", "sofa,  couch"] and "class files have no content hash" in caplog.text
+    assert len(bank.verify()["unverified"]) == 3
+    from dpseg.commands import main
+
+    assert main(["prompts", "info", str(bank.root)]) == 0
+    assert "3 without a content hash (written by an older dpseg" in capsys.readouterr().out

@@ -95,6 +95,13 @@ def test_load_class_names_files(tmp_path):
     (tmp_path / "b.txt").write_text("x\nx\n")
     with pytest.raises(DataError, match="more than once"):
         load_class_names(tmp_path / "b.txt")
+    (tmp_path / "d.txt").write_text("red solid square\nblue square\nRed  solid square\n")  # one class, two labels
+    with pytest.raises(DataError, match=r"d.txt lists 'red solid square' \(written 'red solid square', 'Red  solid "
+                                        r"square': names that differ only in case or spacing are one class\) more than once"):
+        load_class_names(tmp_path / "d.txt")
+    (tmp_path / "e.json").write_text('["x", " , "]')
+    with pytest.raises(DataError, match=r"e.json: class name ' , ' is empty"):
+        load_class_names(tmp_path / "e.json")
     (tmp_path / "c.json").write_text('{"x": 1}')
     with pytest.raises(DataError, match="JSON list of non-empty strings"):
         load_class_names(tmp_path / "c.json")

@@ -22,7 +22,7 @@ from dpseg.commands import (
     demo,  # noqa: E402
     main,  # noqa: E402
 )
-from dpseg.errors import CheckpointError, InputError  # noqa: E402
+from dpseg.errors import CheckpointError, DPSegError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
@@ -96,7 +96,7 @@ def test_chromium_loads_the_page_submits_an_image_and_shows_the_result(server):
         box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
         box.clear()
         box.send_keys("cat; sofa, couch")
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-image img"))  # upload finished
+        wait.until(lambda d: "page" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)  # upload listed (name, size)
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "96x72 px" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
         legend = driver.find_element(By.CSS_SELECTOR, "#dpseg-legend").text
@@ -151,3 +151,47 @@ def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_pa
         demo.load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
     seg, note = demo.load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
     assert "text prompts only" in note
+
+
+def bad_uploads(folder) -> dict:
+    """Uploads that must be refused with a message naming the upload (issue 17 #5): name -> expected message."""
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "fake.png").write_text("a text file named like an image")
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x40")
+    Image.new("1", (15000, 15000)).save(folder / "bomb.png")  # 225 MP in 27 kB: a decompression bomb
+    Image.fromarray(scene(200, 200)).save(folder / "big.png")  # 0.04 MP > the test limit of 0.02 MP
+    return {
+        "notes.txt": "cannot read the uploaded file notes.txt: not an image file this reader knows",
+        "fake.png": "cannot read the uploaded file fake.png: not an image file this reader knows",
+        "cut.png": "cannot read the uploaded file cut.png",
+        "bomb.png": "the uploaded file bomb.png exceeds Pillow's safety limit of 179 megapixels",
+        "big.png": "the uploaded file big.png is 200x200 = 0.0 megapixels, above the limit of 0.0; downscale it first "
+                   "or start the demo with a larger --max-megapixels",
+    }
+
+
+def test_uploads_go_through_dpsegs_reader_and_limits(tmp_path):
+    a = artifacts()
+    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    handler = demo.make_handler(seg, demo.Limits(max_megapixels=0.02))
+    for name, message in bad_uploads(tmp_path).items():
+        with pytest.raises(DPSegError) as err:
+            handler(str(tmp_path / name), "cat")
+        text = str(err.value)
+        assert message in text and "\n" not in text, name
+        assert str(tmp_path) not in text and "--max-pixels" not in text, text  # no server path, no segment-only flag
+
+
+def test_bad_uploads_get_a_message_on_the_page_and_no_server_traceback(server, capfd):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server.url, verbose=False)
+    folder = server.files / "bad"
+    folder.mkdir()
+    for name, message in bad_uploads(folder).items():
+        with pytest.raises(AppError) as err:
+            client.predict(handle_file(str(folder / name)), "cat", False, 0.0, api_name="/segment")
+        assert message in str(err.value) and "/tmp/" not in str(err.value), (name, str(err.value))
+    output = capfd.readouterr()
+    assert "Traceback" not in output.err + output.out

@@ -174,6 +174,13 @@ def test_checkpoints_are_atomic_listed_loaded_and_pruned(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004", "step-00000006", "step-00000010"]
 
 
+def _strip_hashes(path):
+    """Re-write a checkpoint's trainable.safetensors the way dpseg did before content hashes."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(path / "trainable.safetensors"), path / "trainable.safetensors", metadata={"step": "1"})
+
+
 def test_checkpoint_loading_rejects_bad_files(tiny, tmp_path):
     model, cfg = tiny
     path = save_checkpoint(tmp_path, 1, model, _state(1), cfg)
@@ -182,6 +189,9 @@ def test_checkpoint_loading_rejects_bad_files(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="missing keys"):
         load_trainable(model, weights, str(path))
     torch.save({"format": "dpseg-train-state", "version": 1, "evil": _Items()}, path / "state.pt")
+    with pytest.raises(CheckpointError, match="state.pt its content does not match"):  # the stored hash catches it
+        load_checkpoint(path)
+    _strip_hashes(path)  # as an older checkpoint (or an attacker who also rewrote the hash)
     with pytest.raises(CheckpointError, match="cannot read"):  # weights_only refuses arbitrary objects
         load_checkpoint(path)
     (path / "state.pt").write_bytes(b"PK\x03\x04 truncated")

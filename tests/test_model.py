@@ -214,8 +214,10 @@ def test_bad_inputs(model):
         model(torch.rand(1, 3, 64, 64), PromptSet(prompts.class_names, prompts.text[:, :2]))
     with pytest.raises(InputError, match="needs visual prompts"):
         model(torch.rand(1, 3, 64, 64), prompts.text_only())
-    with pytest.raises(InputError, match="duplicate class names: a"):
+    with pytest.raises(InputError, match="duplicate class names: 'a'"):
         PromptSet(["a", "b", "a"], prompts.text)
+    with pytest.raises(InputError, match=r"duplicate class names: 'a b' \(written 'a b', 'A  b'"):
+        PromptSet(["a b", "c", "A  b"], prompts.text)  # one class in another case and spacing (issue 17)
     with pytest.raises(InputError, match="at least one class"):
         PromptSet([], prompts.text[:0])
     with pytest.raises(InputError, match="shape"):

@@ -1,12 +1,15 @@
 """COCO-Stuff, ADE20K-150 and ADE20K-847 converters on tiny inputs in the official raw formats."""
 
+import os
 import pickle
+import subprocess
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from dpseg.commands import main
 from dpseg.data.catalog import build_dataset
 from dpseg.data.prepare.ade20k import a847_size, prepare_a150, prepare_a847
 from dpseg.data.prepare.coco_stuff import prepare_coco_stuff
@@ -148,3 +151,104 @@ def test_cv2_nearest_is_not_pil_nearest():
     via_cv2 = cv2.resize(ids, (4, 3), interpolation=cv2.INTER_NEAREST)
     via_pil = np.asarray(Image.fromarray(ids).resize((4, 3), Image.NEAREST))
     assert not (via_cv2 == via_pil).all()
+
+
+# ------------------------------------------------------------------------ issue 17: trust the inputs less
+
+
+class _RunsCode:
+    """What a tampered index would hold: unpickling it calls ``fn(arg)``."""
+
+    def __init__(self, fn, arg):
+        self.fn, self.arg = fn, arg
+
+    def __reduce__(self):
+        return self.fn, (self.arg,)
+
+
+def official_like_index():
+    """The value types of the official index_ade20k.pkl (ADE20K starter notebook): arrays of names, count
+    matrices, lists of strings (some numpy strings), numpy scalars and the 'description' dict."""
+    names = np.array(["ADE_train_00000001.jpg", "ADE_val_00000001.jpg"])
+    return {"filename": names, "folder": np.array(["ADE20K_2021_17_01/images/ADE/training/a",
+                                                   "ADE20K_2021_17_01/images/ADE/validation/b"], dtype=object),
+            "scene": np.array(["/street", "/kitchen"], dtype=object), "objectnames": np.array(["wall", "car, auto"]),
+            "objectPresence": np.array([[1.0, 0.0], [2.0, 3.0]]), "objectIsPart": np.zeros((2, 2), np.uint8),
+            "objectcounts": np.array([1, 5]), "proportionClassIsPart": np.array([0.0, 0.25], np.float32),
+            "wordnet_found": np.array([True, False]), "wordnet_frequency": np.array([np.float64(2.0), 1.0]),
+            "wordnet_synset": [np.str_("wall.n.01"), "car.n.01"], "wordnet_gloss": ["a vertical structure", ""],
+            "wordnet_level1": [np.int64(3), np.float32(0.5)], "description": {"filename": "array of file names"}}
+
+
+@pytest.mark.parametrize("protocol, numpy1", [(2, False), (3, False), (4, False), (5, False), (2, True), (3, True)])
+def test_ade_index_reader_admits_what_the_official_index_holds(tmp_path, protocol, numpy1):
+    from dpseg.data.prepare.ade20k import load_ade_index
+
+    index = official_like_index()
+    data = pickle.dumps(index, protocol=protocol)
+    if numpy1:  # the 2021 file was written by numpy 1.x, whose module is numpy.core (text GLOBAL opcodes here)
+        data = data.replace(b"numpy._core.", b"numpy.core.")
+        assert b"numpy.core.multiarray" in data
+    (tmp_path / "index_ade20k.pkl").write_bytes(data)
+    loaded = load_ade_index(tmp_path / "index_ade20k.pkl")
+    assert loaded.keys() == index.keys()
+    for key, value in index.items():
+        if isinstance(value, np.ndarray):
+            assert loaded[key].dtype == value.dtype and (loaded[key] == value).all(), key
+        else:
+            assert loaded[key] == value, key
+
+
+@pytest.mark.parametrize("payload, name", [
+    (lambda marker: _RunsCode(os.system, f"touch {marker}"), "posix.system"),
+    (lambda marker: _RunsCode(exec, f"open({str(marker)!r}, 'w')"), "builtins.exec"),
+    (lambda marker: _RunsCode(subprocess.call, ["touch", str(marker)]), "subprocess.call"),
+])
+def test_tampered_ade_index_runs_no_code(tmp_path, capsys, payload, name):
+    src, _ = make_ade_full(tmp_path, [(40, 50, False)])
+    marker = tmp_path / "pwned"
+    index = {"filename": np.array(["ADE_val_00000001.jpg"]), "folder": [payload(marker)]}  # hidden inside a list
+    (src / "index_ade20k.pkl").write_bytes(pickle.dumps(index, protocol=4))
+    with pytest.raises(DataError, match=rf"index_ade20k.pkl refers to global '{name}', which the official ADE20K index "
+                                        "never holds; refusing to load it"):
+        prepare_a847(src, tmp_path / "root", progress=False)
+    assert not marker.exists()
+    assert main(["prepare", "a847", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists() and len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"folder,filename\nADE_val_1.jpg\n", "is truncated or not a pickle file"),
+    (pickle.dumps({"folder": np.array(["a"]), "filename": np.array(["b"])})[:40], "is truncated or not a pickle file"),
+    (b"", "is truncated or not a pickle file"),
+    (pickle.dumps(["not", "a", "dict"]), "holds a list, not the ADE20K index dict"),
+])
+def test_ade_index_that_is_not_the_index_is_a_one_line_error(tmp_path, content, message):
+    src, _ = make_ade_full(tmp_path, [(40, 50, False)])
+    (src / "index_ade20k.pkl").write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        prepare_a847(src, tmp_path / "root", progress=False)
+    assert "index_ade20k.pkl" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_splits_with_nothing_to_convert_are_errors(tmp_path, capsys):
+    """'0 written' and exit 0 was the old answer to an empty download (issue 17 #4)."""
+    src = tmp_path / "ADEChallengeData2016"
+    (src / "annotations/validation").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"a150 validation: nothing to convert; expected the label PNGs \(ADE_val_\*.png\) "
+                                        r"of ADEChallengeData2016.zip in .*annotations/validation"):
+        prepare_a150(src, tmp_path / "root", progress=False)
+    assert main(["prepare", "a150", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to convert" in err and len(err.strip().splitlines()) == 1
+    full, _ = make_ade_full(tmp_path, [(40, 50, False)])
+    index = {"folder": np.array(["ADE20K_2021_17_01/images/ADE/training/x"]), "filename": np.array(["ADE_train_1.jpg"])}
+    (full / "index_ade20k.pkl").write_bytes(pickle.dumps(index))
+    with pytest.raises(DataError, match=r"a847 validation: nothing to convert; .*index_ade20k.pkl lists no ADE_val_\* images"):
+        prepare_a847(full, tmp_path / "root", progress=False)
+    coco = tmp_path / "coco"
+    (coco / "annotations" / "val2017").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"coco-stuff val2017: nothing to convert; expected the stuffthingmaps PNGs of "
+                                        r"val2017 in .*annotations/val2017"):
+        prepare_coco_stuff(coco, tmp_path / "root", progress=False)

@@ -8,6 +8,7 @@ import scipy.io
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from dpseg.commands import main
 from dpseg.data.catalog import build_dataset
 from dpseg.data.prepare.pascal import pc459_val_ids, prepare_pc59, prepare_pc459, prepare_voc
 from dpseg.errors import DataError
@@ -122,3 +123,28 @@ def test_voc_writes_pas20_and_pas20b_with_different_file_sets(tmp_path, capsys):
     (src / "SegmentationClassAug" / f"{ids[2]}.png").unlink()
     with pytest.raises(DataError, match="1 of the 3 val labels are missing"):
         prepare_voc(src, root, progress=False)
+
+
+def test_splits_with_nothing_to_convert_are_errors(tmp_path, capsys):
+    """'0 written' and exit 0 was the old answer to an empty download (issue 17 #4)."""
+    src = tmp_path / "VOC2010"
+    (src / "trainval").mkdir(parents=True)  # unpacked nothing (or the wrong archive) into trainval/
+    (src / "trainval" / "2008_000002.txt").write_text("not a .mat")
+    with pytest.raises(DataError, match=rf"pc459 val: nothing to convert; none of the 5104 listed val ids has a .mat file in "
+                                        rf".*trainval \(expected e.g. .*trainval/{PC_IDS[0]}.mat\); unpack trainval.tar.gz"):
+        prepare_pc459(src, tmp_path / "root", progress=False)
+    assert main(["prepare", "pc459", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to convert" in err and len(err.strip().splitlines()) == 1
+    (src / "trainval_merged.json").write_text(json.dumps({
+        "images": [{"image_id": 1, "file_name": "a.jpg", "height": 2, "width": 2, "phase": "train"}],
+        "annos_segmentation": []}))
+    with pytest.raises(DataError, match=r"pc59 val: nothing to convert; expected images of phase 'val' in "
+                                        r".*trainval_merged.json"):
+        prepare_pc59(src, tmp_path / "root", progress=False)
+    voc = tmp_path / "VOC2012"
+    (voc / "ImageSets/Segmentation").mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n")
+    (voc / "SegmentationClassAug").mkdir()
+    with pytest.raises(DataError, match=r"voc val: nothing to convert; .*val.txt lists no image ids"):
+        prepare_voc(voc, tmp_path / "root", progress=False)

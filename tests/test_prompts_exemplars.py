@@ -114,6 +114,17 @@ def test_find_exemplars(tmp_path):
         find_exemplars(tmp_path / ".hidden")
 
 
+@pytest.mark.parametrize("other", ["Cat", "cat  ,  Kitty", "CAT,kitty "])
+def test_exemplar_folders_naming_one_class_twice_are_refused(tmp_path, other):
+    """Before issue 17 the segmenter kept one of the two folders and silently dropped the other."""
+    for name in ("cat, kitty" if "kitty" in other.lower() else "cat", other):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"has sub-folders for '(?i:cat).*names that differ only in case or spacing are one "
+                                        r"class\) more than once; merge them"):
+        find_exemplars(tmp_path)
+
+
 def test_encode_prompt_images_matches_tower_and_is_batch_independent(tiny_cfg):
     _, prompt, _ = build_towers(tiny_cfg.model)
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)) for i in range(5)]

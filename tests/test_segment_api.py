@@ -151,9 +151,18 @@ def test_class_string_rules():
     assert parse_class_list(" sofa ,couch; cat ;") == ["sofa, couch", "cat"]
     assert parse_class_list("sofa, couch\nfloor lamp\n") == ["sofa, couch", "floor lamp"]
     for bad, msg in [("", "empty"), (" ; ,", "empty"), ("cat, lamp, cat", "'cat' more than once"),
-                     ("sofa, couch; couch ,sofa ; sofa,couch", "'sofa, couch' more than once")]:
+                     ("sofa, couch; couch ,sofa ; sofa,couch", "'sofa, couch' more than once"),
+                     ("red solid square, red  solid square", "'red solid square' .*differ only in case or spacing"),
+                     ("Cat; dog; cat", r"'Cat' \(written 'Cat', 'cat'")]:
         with pytest.raises(InputError, match=msg):
             parse_class_list(bad)
+
+
+def test_one_class_in_two_spellings_is_refused_by_set_vocabulary(seg):
+    with pytest.raises(InputError, match=r"names 'lamp' \(written 'lamp', 'LAMP'.* more than once"):
+        seg.set_vocabulary(["lamp", "floor", "LAMP"])
+    with pytest.raises(InputError, match="'floor lamp' .*differ only in case or spacing"):
+        seg.set_vocabulary("floor lamp; floor  lamp")
 
 
 def test_tiles_cover_the_image_and_each_core_matches_its_tile(seg):

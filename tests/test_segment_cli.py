@@ -119,6 +119,9 @@ def test_bad_files_are_reported_and_the_batch_goes_on(capsys, tmp_path):
 @pytest.mark.parametrize("classes, message", [
     ("", "the class list is empty"), (" ; ", "the class list is empty"),
     ("cat, lamp, cat", "'cat' more than once"), ("sofa, couch; cat; sofa ,couch", "'sofa, couch' more than once"),
+    ("red solid square, red  solid square", "'red solid square' (written 'red solid square', 'red  solid square': "
+                                            "names that differ only in case or spacing are one class) more than once"),
+    ("cat; Cat", "'cat' (written 'cat', 'Cat'"),
 ])
 def test_bad_class_lists_stop_before_any_work(capsys, tmp_path, classes, message):
     Image.fromarray(scene()).save(tmp_path / "x.png")
@@ -167,7 +170,7 @@ def test_tiles_and_min_score_from_the_command_line(capsys, tmp_path):
     label = np.asarray(Image.open(tmp_path / "o" / "big.png"))
     assert label.shape == (100, 120) and (label == 255).sum() == info["unlabelled_pixels"]
     rc, err = segment(capsys, tmp_path / "big.png", "--classes", "cat", "--tile", "100", "--out", tmp_path / "o")
-    assert rc == 1 and "multiple of 32" in err
+    assert rc == 2 and "multiple of 32" in err  # an option error: checked up front, nothing ran (issue 17)
 
 
 def test_mismatched_checkpoint_and_bank_are_one_line_errors(capsys, tmp_path):
@@ -187,3 +190,29 @@ def test_mismatched_checkpoint_and_bank_are_one_line_errors(capsys, tmp_path):
     assert rc == 2 and "built with another" in err and len(err.strip().splitlines()) == 1
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat, giraffe", "--out", tmp_path / "o")
     assert rc == 2 and "lacks 1 of the 2 classes (giraffe)" in err
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["--out", t / "x.png"], "--out {t}/x.png is an existing file; give a folder"),
+    (lambda t: ["--out", t / "x.png" / "sub"], "--out {t}/x.png/sub: {t}/x.png is a file, so the folder cannot be created"),
+    (lambda t: ["--out", t / "o", "--tile", "100"], "--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got 100"),
+    (lambda t: ["--out", t / "o", "--tile", "16"], "--tile must be 0 (off) or a multiple of 32"),
+    (lambda t: ["--out", t / "o", "--tile", "-64"], "--tile must be 0 (off) or a multiple of 32"),
+    (lambda t: ["--out", t / "o", "--max-pixels", "-5"], "--max-pixels must be positive"),
+    (lambda t: ["--out", t / "o", "--device", "gpu0"], "--device 'gpu0' is not a device; use cpu, cuda or cuda:N"),
+    (lambda t: ["--out", t / "o", "--device", "meta"], "--device meta: dpseg segment runs on cpu or cuda"),
+])
+def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatch, make_args, message):
+    """Issue 17 #5/#7: a bad --out or --tile used to surface after the model had loaded (a traceback, or exit 1 per
+    image); now exit 2 with one line, and no model is loaded."""
+    from dpseg.segmenter import Segmenter
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", never)
+    Image.fromarray(scene()).save(tmp_path / "x.png")
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat, lamp", *make_args(tmp_path))
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message.format(t=tmp_path)}"), err
+    assert not (tmp_path / "o").exists()

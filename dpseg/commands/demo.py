@@ -7,6 +7,11 @@
 The server listens on 127.0.0.1 only (this machine); --share-on-lan listens on every interface so that other
 machines of your network can use it (no login: anyone who can reach the port can). No public share link is ever
 made. Uploads above --max-upload-mb and images above --max-megapixels are refused with a message.
+
+An upload is taken as a file, not as an image: gradio never decodes it. It goes through the reader of
+``dpseg segment`` (:func:`dpseg.image_io.read_image`), which checks the size from the header before decoding,
+so a text file, a truncated image or a decompression bomb gets a one-line message on the page that names the
+upload (never the server's temporary path) and the demo's own limit.
 """
 
 from __future__ import annotations
@@ -86,7 +91,9 @@ def make_handler(seg, limits: Limits, text_only: bool = False):
         names = parse_class_list(classes or "")
         if len(names) > limits.max_classes:
             raise InputError(f"{len(names)} classes given; the demo accepts up to {limits.max_classes}")
-        image = read_image(image_path, int(limits.max_megapixels * 1e6))
+        image = read_image(image_path, int(limits.max_megapixels * 1e6),  # the upload's name, not its server path
+                           label=f"the uploaded file {Path(image_path).name}",
+                           limit_hint="start the demo with a larger --max-megapixels")
         start = time.perf_counter()
         with lock:
             seg.set_vocabulary(names, text_only=text_only)
@@ -121,8 +128,8 @@ def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: b
         gr.Markdown("## DPSeg: segment an image into the classes you name\n" + model_note, elem_id="dpseg-note")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
-                                 elem_id="dpseg-image")
+                image = gr.File(label="Image (JPEG, PNG, WebP, BMP, TIFF, GIF)", type="filepath", file_count="single",
+                                elem_id="dpseg-image")  # a file, not gr.Image: dpseg's reader decodes it (module doc)
                 classes = gr.Textbox(label="Classes (commas between classes; or ';' between classes and commas "
                                      "between synonyms)", value=_example_classes(seg), elem_id="dpseg-classes")
                 with gr.Row():

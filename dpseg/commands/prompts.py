@@ -120,6 +120,9 @@ def _build(args) -> int:
     who = f"rank {rank}/{world}: " if world > 1 else ""
     rate = f", {report.images / dt:.2f} img/s" if report.images and dt > 0 else ""
     print(f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; {report.skipped} already in the bank")
+    if report.repaired:
+        print(f"{who}rebuilt {len(report.repaired)} damaged class file(s) (content hash mismatch): "
+              f"{short_list(report.repaired)}")
     missing = bank.missing(names)
     if missing:
         print(f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; other ranks are still building {len(missing)}")
@@ -160,6 +163,7 @@ def _info(args) -> int:
         ("prompt image size", info["prompt_image_size"]), ("dims d / D2-D4", f"{info['embed_dim']} / {info['stage_dims']}"),
         ("kept images", info["kept_images"]), ("size", f"{info['size_mb']} MB"), ("created", info.get("created", "?")),
     ]
+    rows.append(("integrity", _integrity_line(info["integrity"], bank)))
     if info["temp_files"]:
         rows.append(("stray temp files", f"{info['temp_files']} (from an interrupted write; ignored, removed by the next build)"))
     if args.vocab:
@@ -168,6 +172,18 @@ def _info(args) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _integrity_line(integrity: dict, bank) -> str:
+    ok, old, bad = len(integrity["ok"]), len(integrity["unverified"]), integrity["damaged"]
+    parts = [f"{ok} class file(s) verified (SHA-256)"]
+    if old:
+        parts.append(f"{old} without a content hash (written by an older dpseg; cannot be checked)")
+    if bad:
+        why = bad[0][1]
+        parts.append(f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
+                     f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files")
+    return "; ".join(parts)
 
 
 def run(args) -> int:

@@ -17,6 +17,7 @@ failed, 2 nothing could run (bad class list, checkpoint, bank or options).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -24,8 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from dpseg.atomic import atomic_write_text
 from dpseg.errors import DPSegError, InputError
+from dpseg.evaluation.runtime import resolve_device
 from dpseg.image_io import is_image_file, label_image, save_atomic
 from dpseg.segmenter import Segmenter
 from dpseg.visualize import overlay
@@ -113,17 +118,42 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float
     return info
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder that exists or can be created (checked before any model is loaded)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is an existing file; give a folder (it is created if missing)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, so the folder cannot be created; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: no permission to write in {parent}; choose another --out")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_options(args: argparse.Namespace) -> None:
+    """Every option checked before the model loads, so a typo costs nothing (exit status 2)."""
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
     if not 0 <= args.min_score < 1:
         raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
     if not 0 <= args.alpha <= 1:
         raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.tile and (args.tile < 32 or args.tile % 32):
+        raise InputError(f"--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got {args.tile}")
+    if args.max_pixels < 0:
+        raise InputError(f"--max-pixels must be positive (0 = the default 179 MP), got {args.max_pixels}")
+    if args.device is not None:
+        resolve_device(args.device, what="--device", error=InputError)  # the resolver eval and the demo use too
+    check_out_dir(Path(args.out).expanduser())
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+
+
+def run(args: argparse.Namespace) -> int:
+    check_options(args)
     if args.classes is not None:
         names = parse_class_list(args.classes)
     else:
@@ -134,12 +164,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {spec}: {err}", file=sys.stderr)
     if not files:
         raise InputError(f"no images to segment in {' '.join(args.images)}")
-
-    import dataclasses
-
-    import torch
-    from tqdm.auto import tqdm
-
 
     seg = Segmenter.from_pretrained(args.checkpoint, device=args.device)
     if args.protocol:

@@ -9,9 +9,8 @@ import argparse
 
 from dpseg.commands import add_config_arguments, config_from_args
 from dpseg.config import build_config, load_config
-from dpseg.engine.checkpoint import CONFIG, find_checkpoint
+from dpseg.engine.checkpoint import CONFIG, resume_target
 from dpseg.engine.train import train
-from dpseg.errors import CheckpointError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.resume not in (None, "auto") and not (args.config or args.preset):
-        ckpt = find_checkpoint(args.resume)
-        if ckpt is None:
-            raise CheckpointError(f"--resume {args.resume}: no complete checkpoint there (a run directory or a step-N directory)")
+        ckpt = resume_target(None, args.resume)  # the newest intact checkpoint; train() reports what it skipped
         saved = load_config(ckpt / CONFIG)
         cfg = build_config(delta=saved.to_dict(), overrides=args.overrides)
         cfg.train.output_dir = str(ckpt.parent.parent)
-        resume = str(ckpt)
+        resume = args.resume
     else:
         cfg, resume = config_from_args(args), args.resume
     train(cfg, resume=resume, progress=not args.no_progress)

@@ -10,7 +10,11 @@ Layout of a run's ``OUTPUT/checkpoints/step-00005000/``:
 * ``config.yaml`` — the resolved config, readable without torch.
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a crash at any moment leaves
-either no checkpoint or a complete one; only complete ones are ever listed.
+either no checkpoint or a complete one; only complete ones are ever listed. ``trainable.safetensors`` is written
+last and carries the content hashes: its own (see :mod:`dpseg.weights`) and the SHA-256 of ``state.pt``, so a
+flipped bit in either is found before anything is restored. Resuming from a run directory skips damaged
+checkpoints and continues from the newest intact one, saying which it skipped and why. Checkpoints written before
+hashes existed are checked as far as possible (``state.pt``'s zip CRCs) and load with a note.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import random
 import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -30,11 +35,21 @@ from torch import nn
 from dpseg.config import Config, save_config
 from dpseg.engine.distributed import mix_seed
 from dpseg.errors import CheckpointError, ConfigError
-from dpseg.weights import read_state_dict, save_safetensors
+from dpseg.weights import (
+    file_sha256,
+    note_unverified,
+    read_state_dict,
+    safetensors_integrity,
+    safetensors_metadata,
+    save_safetensors,
+)
 
 FROZEN_PREFIXES = ("prompt_encoder.", "text_encoder.")
 TRAINABLE, STATE, CONFIG = "trainable.safetensors", "state.pt", "config.yaml"
 FORMAT, VERSION = "dpseg-train-state", 1
+STATE_HASH = "state_sha256"  # in trainable.safetensors' metadata
+FIX = ("resume from the run directory (dpseg train --resume RUN_DIR continues from the newest intact checkpoint) "
+       "or delete this checkpoint directory")
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -132,9 +147,10 @@ def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: C
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run directory
-        save_safetensors(trainable_state(model), tmp / TRAINABLE, metadata={"step": step})
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp / STATE)
         save_config(cfg, tmp / CONFIG)
+        meta = {"step": step, STATE_HASH: file_sha256(tmp / STATE)}  # trainable last: it holds the hashes
+        save_safetensors(trainable_state(model), tmp / TRAINABLE, metadata=meta)
         for name in (TRAINABLE, STATE, CONFIG):
             _fsync(tmp / name)
         if final.exists():  # re-written after resuming from an older checkpoint: swap, then drop the old one
@@ -151,11 +167,50 @@ def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: C
     return final
 
 
+def checkpoint_integrity(path: Path) -> list[tuple[str, str, str]]:
+    """[(file, ok|unverified|damaged, detail)] for the weights and the training state of a checkpoint directory."""
+    path = Path(path)
+    status, detail = safetensors_integrity(path / TRAINABLE)
+    rows = [(str(path / TRAINABLE), status, detail)]
+    stored = safetensors_metadata(path / TRAINABLE).get(STATE_HASH) if status == "ok" else None
+    try:
+        if stored is not None:
+            actual = file_sha256(path / STATE)
+            rows.append((str(path / STATE), "ok", actual) if actual == stored else (str(path / STATE), "damaged", (
+                f"its content does not match the SHA-256 stored when it was written (stored {stored[:12]}…, "
+                f"now {actual[:12]}…): the file was corrupted or modified")))
+        else:  # older checkpoint (or weights already damaged): the zip CRCs still catch flipped bits and truncation
+            with zipfile.ZipFile(path / STATE) as z:
+                bad = z.testzip()
+            rows.append((str(path / STATE), "damaged", f"member {bad} fails its CRC check") if bad else
+                        (str(path / STATE), "unverified", "no content hash (written by an older dpseg); zip CRCs pass"))
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        rows.append((str(path / STATE), "damaged", f"truncated or unreadable ({reason})"))
+    return rows
+
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """None if the checkpoint is intact (or old and unverifiable), else a one-line reason."""
+    return _problem(checkpoint_integrity(path))
+
+
+def _problem(rows: list[tuple[str, str, str]]) -> Optional[str]:
+    return "; ".join(f"{Path(f).name} {detail}" for f, status, detail in rows if status == "damaged") or None
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(trainable state, training state) of a checkpoint directory, read without executing any pickled code."""
+    """(trainable state, training state) of a checkpoint directory, read without executing any pickled code,
+    after checking the content hashes."""
     if not is_checkpoint(path):
         raise CheckpointError(f"{path} is not a training checkpoint (expected a step-N directory with {TRAINABLE} and {STATE})")
-    weights = read_state_dict(path / TRAINABLE, "training checkpoint")
+    rows = checkpoint_integrity(path)
+    problem = _problem(rows)
+    if problem:
+        raise CheckpointError(f"training checkpoint {path} is damaged: {problem}; {FIX}")
+    if any(status == "unverified" for _, status, _ in rows):
+        note_unverified(path, "training checkpoint")
+    weights = read_state_dict(path / TRAINABLE, "training checkpoint", fix=FIX)
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or unsafe file
@@ -186,12 +241,31 @@ def prune_checkpoints(output_dir, keep: int) -> list[Path]:
 # -------------------------------------------------------------------------------------------- resuming
 
 
-def resume_target(output_dir, resume: Optional[str]) -> Optional[Path]:
+def newest_intact(run_dir, notes: list) -> Optional[Path]:
+    """The newest checkpoint of ``run_dir`` that passes its integrity check (None if it has none); every damaged
+    one skipped is described in ``notes``; CheckpointError if all are damaged."""
+    found = list_checkpoints(run_dir)
+    skipped: list[str] = []
+    for path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            notes.extend(skipped)
+            return path
+        skipped.append(f"skipped damaged checkpoint {path}: {problem}")
+    if found:
+        raise CheckpointError(f"every checkpoint of {run_dir} is damaged (newest: {skipped[0].split(': ', 1)[1]}); "
+                              "restore them from a backup, or start a new run with another train.output_dir")
+    return None
+
+
+def resume_target(output_dir, resume: Optional[str], notes: Optional[list] = None) -> Optional[Path]:
     """The checkpoint a run continues from (None = new run), or a one-line error.
 
     ``resume``: None = new run, refused if ``output_dir`` already holds checkpoints; ``"auto"`` = the newest
-    checkpoint of ``output_dir`` if any; otherwise a run directory or a ``step-N`` checkpoint directory.
+    intact checkpoint of ``output_dir`` if any; otherwise a run directory (its newest intact checkpoint) or a
+    ``step-N`` checkpoint directory (which must be intact). Skipped damaged checkpoints are described in ``notes``.
     """
+    notes = [] if notes is None else notes
     if resume is None:
         found = list_checkpoints(output_dir)
         if found:
@@ -201,14 +275,20 @@ def resume_target(output_dir, resume: Optional[str]) -> Optional[Path]:
             )
         return None
     if resume == "auto":
-        return find_checkpoint(output_dir)
+        return newest_intact(output_dir, notes)
     path = Path(resume).expanduser()
     if not path.exists():
         raise CheckpointError(f"--resume {path}: no such run directory or checkpoint")
-    found = find_checkpoint(path)
-    if found is None:
+    if is_checkpoint(path):
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"--resume {path}: the checkpoint is damaged ({problem}); pass the run directory "
+                                  f"{path.parent.parent} to continue from its newest intact checkpoint")
+        return path
+    newest = newest_intact(path, notes)
+    if newest is None:
         raise CheckpointError(f"--resume {path}: no complete checkpoint there (expected {path}/checkpoints/step-N or a step-N directory)")
-    return found
+    return newest
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -75,7 +75,8 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
     try:
         torch.manual_seed(tc.seed)
         out = Path(tc.output_dir)
-        ckpt = _on_main(ctx, lambda: resume_target(out, resume))  # decided once, so every rank agrees
+        skipped: list[str] = []  # damaged checkpoints passed over (filled on rank 0, which logs)
+        ckpt = _on_main(ctx, lambda: resume_target(out, resume, skipped))  # decided once, so every rank agrees
         local_batch = local_batch_size(tc.batch_size, ctx.world_size)
 
         # ---- data first: a missing dataset must fail before minutes of model building
@@ -137,7 +138,7 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("output", f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})"),
         ]
         logger.message(setup_table(model, facts))
-        for note in notes:
+        for note in skipped + notes:
             logger.message(note)
 
         def checkpoint() -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dpseg.errors import InputError
+from dpseg.vocab import describe_duplicates, duplicate_groups
 
 
 @dataclass
@@ -35,9 +36,12 @@ class PromptSet:
         k = len(self.class_names)
         if k == 0:
             raise InputError("a prompt set needs at least one class")
-        if len(set(self.class_names)) != k:
-            dup = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
-            raise InputError(f"duplicate class names: {', '.join(dup)}; each class must appear once")
+        try:
+            dup = duplicate_groups(self.class_names)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"bad class name in a prompt set: {e}") from None
+        if dup:  # names differing only in case or spacing are one class (dpseg.vocab.class_key)
+            raise InputError(f"duplicate class names: {describe_duplicates(dup)}; each class must appear once")
         for name, t in self._tensors():
             if t.ndim not in (3, 4) or t.shape[-3] != k:
                 raise InputError(f"prompt tensor '{name}' has shape {tuple(t.shape)}; expected (K={k}, M, dim) or (B, K, M, dim)")

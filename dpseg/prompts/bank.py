@@ -11,13 +11,17 @@ Every file is written atomically, so a build killed at any moment leaves only co
 worst, a hidden ``.*.tmp`` file that is ignored and later removed); building again skips finished classes.
 A bank is never silently used with other weights: :meth:`PromptBank.prompt_set` compares the fingerprints of the
 model's visual-prompt encoder and text tower with the manifest and raises :class:`BankError` on a mismatch.
-Class names are matched after whitespace normalisation of their synonyms ("bed " == "bed", "a,b" == "a, b").
+Class names are matched after whitespace normalisation of their synonyms ("bed " == "bed", "a,b" == "a, b",
+"red  square" == "red square"); a class list naming one class twice, also in another case, is refused
+(:func:`dpseg.vocab.class_key`). Every class file carries a content hash (:mod:`dpseg.weights`), checked when it is
+loaded and by :meth:`PromptBank.verify` (``dpseg prompts info``, ``dpseg check``); a build rebuilds damaged files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -31,9 +35,11 @@ from dpseg.errors import BankError, InputError
 from dpseg.model.prompts import PromptSet
 from dpseg.prompts.templates import templates_id
 from dpseg.vocab import canonical_name, check_class_list
-from dpseg.weights import save_safetensors, state_fingerprint
+from dpseg.weights import safetensors_integrity, save_safetensors, state_fingerprint
 
 FORMAT, VERSION = "dpseg-prompt-bank", 1
+log = logging.getLogger("dpseg")
+_NOTED: set = set()  # banks already noted as unhashed (once per process)
 MANIFEST, CLASS_DIR, IMAGE_DIR = "manifest.json", "classes", "images"
 ENCODER_FIELDS = {"prompt_encoder": "visual-prompt encoder", "text_tower": "text tower"}
 SHAPE_FIELDS = ("templates_id", "prompt_image_size", "embed_dim", "stage_dims")
@@ -204,14 +210,35 @@ class PromptBank:
                 **{f: self.manifest[f] for f in ("prompt_encoder", "text_tower", "templates_id")}, **(extra or {})}
         return save_safetensors(tensors, self.class_path(name), metadata=meta)
 
+    def damaged(self, name: str) -> Optional[str]:
+        """Why the class file of ``name`` fails its content-hash check (None if intact, absent or unhashed)."""
+        path = self.class_path(name)
+        if not path.is_file():
+            return None
+        status, detail = safetensors_integrity(path)
+        if status == "unverified" and str(self.root) not in _NOTED:
+            _NOTED.add(str(self.root))
+            log.warning("note: prompt bank %s was written by an older dpseg: its class files have no content hash, so "
+                        "corruption in them cannot be detected", self.root)
+        return detail if status == "damaged" else None
+
+    def repair_hint(self) -> str:
+        gen = self.manifest.get("generator_spec") or "GENERATOR"
+        return (f"rebuild it with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {gen}' "
+                "(it rebuilds damaged class files), or for an exemplar class 'dpseg prompts add-exemplars'")
+
     def load_class(self, name: str) -> dict:
-        """{text, visual, visual_stages, seeds, meta} of one class; BankError if absent or invalid."""
+        """{text, visual, visual_stages, seeds, meta} of one class; BankError if absent, invalid or damaged."""
         from safetensors.torch import load_file
 
         name, path = canonical_name(name), self.class_path(name)
         meta = self._metadata(path)
         if not self._belongs(meta, name):
             raise BankError(f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it")
+        problem = self.damaged(name)
+        if problem:
+            raise BankError(f"prompt bank {self.root}: the file of class {name!r} ({CLASS_DIR}/{path.name}) is "
+                            f"damaged: {problem}; {self.repair_hint()}")
         t = {k: v.clone() for k, v in load_file(str(path)).items()}  # detach from the file's memory map
         return {"text": t["text"], "visual": t["visual"], "visual_stages": [t[k] for k in STAGE_KEYS], "seeds": t["seeds"], "meta": meta}
 
@@ -259,6 +286,14 @@ class PromptBank:
         stages = [torch.stack([e["visual_stages"][j] for e in entries]).to(device) for j in range(3)]  # [(K, M, D_j)]
         return PromptSet(list(class_names), stack("text"), stack("visual"), stages)
 
+    def verify(self) -> dict:
+        """Content-hash check of every class file: {"ok": [files], "unverified": [files], "damaged": [(file, why)]}."""
+        out: dict = {"ok": [], "unverified": [], "damaged": []}
+        for path in sorted((self.root / CLASS_DIR).glob("[!.]*.safetensors")):
+            status, detail = safetensors_integrity(path)
+            out[status].append((path.name, detail) if status == "damaged" else path.name)
+        return out
+
     def info(self) -> dict:
         classes = self.classes()
         sources: dict[str, int] = {}
@@ -274,6 +309,7 @@ class PromptBank:
             "kept_images": sum(1 for p in files if p.suffix == ".png" and IMAGE_DIR in p.relative_to(self.root).parts[:1]),
             "temp_files": sum(1 for p in files if p.name.startswith(".") and p.name.endswith(".tmp")),
             "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 2),
+            "integrity": self.verify(),
         }
 
 

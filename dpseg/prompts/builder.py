@@ -37,6 +37,7 @@ from dpseg.vocab import check_class_list
 class BuildReport:
     built: list[str] = field(default_factory=list)  # classes written by this call
     skipped: int = 0  # classes of this rank's share that were already in the bank
+    repaired: list[str] = field(default_factory=list)  # classes whose file failed its content-hash check: rebuilt
     images: int = 0
     generate_seconds: float = 0.0
     encode_seconds: float = 0.0  # visual-prompt encoder + text tower
@@ -90,8 +91,9 @@ def build_bank(
     bank.check_generation(generator.identity, bank.manifest["seed"], bank.manifest["images_per_class"])
     bank.clean_temp_files()
     share = [n for i, n in enumerate(names) if i % world_size == rank]
-    todo = [n for n in share if not bank.has(n)]
-    report = BuildReport(skipped=len(share) - len(todo))
+    damaged = [n for n in share if bank.has(n) and bank.damaged(n)]
+    todo = [n for n in share if not bank.has(n) or n in damaged]
+    report = BuildReport(skipped=len(share) - len(todo), repaired=damaged)
     m = len(templates)
     n_img = bank.manifest["images_per_class"] or m
     assign = template_assignment(m, n_img)  # (M, N)

@@ -16,6 +16,7 @@ from torch import Tensor
 from dpseg.errors import DataError, InputError
 from dpseg.image_io import IMAGE_SUFFIXES
 from dpseg.model.prompt_image import ImageLike, prepare_prompt_image
+from dpseg.vocab import describe_duplicates, duplicate_groups
 
 
 @torch.no_grad()
@@ -62,4 +63,11 @@ def find_exemplars(folder: Union[str, Path]) -> dict[str, list[Path]]:
         found[sub.name] = files
     if not found:
         raise DataError(f"exemplar folder {folder} has no class sub-folders; expected {folder}/<class name>/*.jpg")
+    try:
+        dup = duplicate_groups(list(found))
+    except ValueError as e:  # a folder named only by spaces and commas
+        raise DataError(f"exemplar folder {folder}: {e}; rename that sub-folder after its class") from None
+    if dup:
+        raise DataError(f"exemplar folder {folder} has sub-folders for {describe_duplicates(dup)} more than once; "
+                        "merge them into one folder per class")
     return found

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpseg.data.prepare.common import Job, finish, id_table, link_folder, lookup_table, run_jobs, save_array
+from dpseg.data.prepare.common import (
+    Job,
+    finish,
+    id_table,
+    link_folder,
+    lookup_table,
+    require_inputs,
+    run_jobs,
+    save_array,
+)
 from dpseg.errors import DataError
 
 SPLITS = ("train2017", "val2017")
@@ -53,6 +62,7 @@ def prepare_coco_stuff(src: Path, root: Path, workers: int = 1, force: bool = Fa
         ann_dir, out_dir = src / "annotations" / split, out_root / "annotations_detectron2" / split
         jobs = [Job((out_dir / p.name,), convert_coco_label, (p, out_dir / p.name, lut))
                 for p in sorted(ann_dir.glob("*.png"))]
+        require_inputs(jobs, f"coco-stuff {split}", f"expected the stuffthingmaps PNGs of {split} in {ann_dir}")
         stats[f"coco-stuff {split}"] = run_jobs(jobs, f"coco-stuff {split}", workers, force, progress)
         notes.append(link_folder(src / "images" / split, out_root / "images" / split))
     finish(stats, notes)

@@ -101,6 +101,13 @@ class RunStats:
         return f"{what}: " + ", ".join(parts)
 
 
+def require_inputs(jobs: Sequence, what: str, expected: str) -> None:
+    """A split with nothing to convert is an error (never "0 written" and success); ``expected`` says what was
+    looked for where."""
+    if not jobs:
+        raise DataError(f"{what}: nothing to convert; {expected}")
+
+
 def _run_one(job: Job) -> tuple[str, Optional[str]]:
     try:
         return (job.fn(*job.args) or "written"), None

@@ -22,7 +22,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpseg.data.prepare.common import Job, finish, id_table, link_folder, lookup_table, run_jobs, save_array
+from dpseg.data.prepare.common import (
+    Job,
+    finish,
+    id_table,
+    link_folder,
+    lookup_table,
+    require_inputs,
+    run_jobs,
+    save_array,
+)
 from dpseg.errors import DataError
 
 
@@ -71,6 +80,7 @@ def prepare_pc59(src: Path, root: Path, workers: int = 1, force: bool = False, p
         cats = [int(a["category_id"]) for a in annos[k]]
         jobs.append(Job((dst,), convert_pc59, (dst, int(info["height"]), int(info["width"]), segs, cats)))
     del data
+    require_inputs(jobs, "pc59 val", f"expected images of phase 'val' in {json_path} (Detail-API trainval_merged.json)")
     stats = run_jobs(jobs, "pc59 val", workers, force, progress)
     finish({"pc59 val": stats}, [link_folder(src / "JPEGImages", out_root / "JPEGImages")])
 
@@ -106,6 +116,8 @@ def prepare_pc459(src: Path, root: Path, workers: int = 1, force: bool = False, 
     present = [i for i in ids if (mat_dir / f"{i}.mat").is_file()]
     notes.append(f"pc459: {len(present)} of the {len(ids)} listed val ids have a .mat file (the official archive gives 5010)")
     jobs = [Job((out_dir / f"{i}.tif",), convert_pc459, (mat_dir / f"{i}.mat", out_dir / f"{i}.tif")) for i in present]
+    require_inputs(jobs, "pc459 val", f"none of the {len(ids)} listed val ids has a .mat file in {mat_dir} (expected "
+                   f"e.g. {mat_dir / (ids[0] + '.mat')}); unpack trainval.tar.gz (PASCAL-Context 459 labels) there")
     stats = run_jobs(jobs, "pc459 val", workers, force, progress)
     notes.append(link_folder(src / "JPEGImages", out_root / "JPEGImages"))
     finish({"pc459 val": stats}, notes)
@@ -142,6 +154,8 @@ def prepare_voc(src: Path, root: Path, workers: int = 1, force: bool = False, pr
         label_dir = src / "SegmentationClass"
         notes.append("note: SegmentationClassAug not found; using SegmentationClass (same class ids for the val images)")
     ids = list_file.read_text().split()
+    if not ids:
+        raise DataError(f"voc val: nothing to convert; {list_file} lists no image ids (expected the 1449 val ids)")
     missing = [i for i in ids if not (label_dir / f"{i}.png").is_file()]
     if missing:
         raise DataError(f"{len(missing)} of the {len(ids)} val labels are missing from {label_dir} (e.g. {missing[0]}.png)")
