@@ -84,7 +84,10 @@ def check_class_list(class_names: Sequence[str], what: str = "the class list") -
     """Canonical names of a non-empty class list naming each class once (case and spacing aside; InputError)."""
     if isinstance(class_names, str):
         raise InputError(f"{what} must be a list of names, not one string")
-    names = [canonical_name(n) for n in class_names]
+    try:
+        names = [canonical_name(n) for n in class_names]
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
     if not names:
         raise InputError(f"{what} is empty; give at least one class name")
     dup = duplicate_groups(list(class_names))

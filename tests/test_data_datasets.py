@@ -96,7 +96,7 @@ def test_load_class_names_files(tmp_path):
     with pytest.raises(DataError, match="more than once"):
         load_class_names(tmp_path / "b.txt")
     (tmp_path / "d.txt").write_text("red solid square\nblue square\nRed  solid square\n")  # one class, two labels
-    with pytest.raises(DataError, match=r"d.txt lists 'red solid square' \(written 'red solid square', 'Red  solid "
+    with pytest.raises(DataError, match=r"d.txt names 'red solid square' \(written 'red solid square', 'Red  solid "
                                         r"square': names that differ only in case or spacing are one class\) more than once"):
         load_class_names(tmp_path / "d.txt")
     (tmp_path / "e.json").write_text('["x", " , "]')

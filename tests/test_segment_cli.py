@@ -199,8 +199,8 @@ def test_mismatched_checkpoint_and_bank_are_one_line_errors(capsys, tmp_path):
     (lambda t: ["--out", t / "o", "--tile", "16"], "--tile must be 0 (off) or a multiple of 32"),
     (lambda t: ["--out", t / "o", "--tile", "-64"], "--tile must be 0 (off) or a multiple of 32"),
     (lambda t: ["--out", t / "o", "--max-pixels", "-5"], "--max-pixels must be positive"),
-    (lambda t: ["--out", t / "o", "--device", "gpu0"], "--device 'gpu0' is not a device; use cpu, cuda or cuda:N"),
-    (lambda t: ["--out", t / "o", "--device", "meta"], "--device meta: dpseg segment runs on cpu or cuda"),
+    (lambda t: ["--out", t / "o", "--device", "gpu0"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+    (lambda t: ["--out", t / "o", "--device", "meta"], "--device='meta' is not supported; use auto, cpu or cuda"),
 ])
 def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatch, make_args, message):
     """Issue 17 #5/#7: a bad --out or --tile used to surface after the model had loaded (a traceback, or exit 1 per
