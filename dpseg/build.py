@@ -240,6 +240,18 @@ def checkpoint_files(source: Union[str, os.PathLike]) -> tuple[Path, Path]:
     return cfg_path, weights
 
 
+def plan_init(own: dict, state: dict, source: str = "", preset: str = "?") -> InitReport:
+    """Which tensors of a model's state dict ``own`` would come from ``state`` (names and shapes only)."""
+    trainable = [k for k in own if not k.startswith(FROZEN_TOWERS)]
+    return InitReport(
+        source=source, preset=preset,
+        loaded=[k for k in trainable if k in state and tuple(state[k].shape) == tuple(own[k].shape)],
+        fresh=[k for k in trainable if k not in state],
+        mismatched=[f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                    for k in trainable if k in state and tuple(state[k].shape) != tuple(own[k].shape)],
+        unused=[k for k in state if k not in own], frozen=[k for k in own if k.startswith(FROZEN_TOWERS)])
+
+
 def init_from_checkpoint(model: DPSeg, source: Union[str, os.PathLike]) -> InitReport:
     """Copy every trainable tensor of ``model`` whose name and shape match into it from the checkpoint ``source``
     (e.g. SED converted by ``dpseg convert sed``); the others keep their values. The frozen towers are left alone:
@@ -250,15 +262,7 @@ def init_from_checkpoint(model: DPSeg, source: Union[str, os.PathLike]) -> InitR
     except ValueError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
     state = read_state_dict(weights, "dpseg checkpoint")
-    own = model.state_dict()
-    trainable = [k for k in own if not k.startswith(FROZEN_TOWERS)]
-    same = [k for k in trainable if k in state and state[k].shape == own[k].shape]
-    report = InitReport(
-        source=str(source), preset=preset, loaded=same,
-        fresh=[k for k in trainable if k not in state],
-        mismatched=[f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                    for k in trainable if k in state and state[k].shape != own[k].shape],
-        unused=[k for k in state if k not in own], frozen=[k for k in own if k.startswith(FROZEN_TOWERS)])
-    result = model.load_state_dict({k: state[k] for k in same}, strict=False)
+    report = plan_init(model.state_dict(), state, str(source), preset)
+    result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     assert not result.unexpected_keys
     return report
