@@ -231,3 +231,29 @@ def test_converted_checkpoint_segments_a_photo_text_only(converted, tmp_path, ca
     assert info["prompts"].startswith("text") and not info["refined"] and info["size"] == [72, 96]
     assert [c["name"] for c in info["classes"]] == ["person", "sky", "tree"]
     assert "3 classes; prompts: text" in capsys.readouterr().err
+
+
+def test_sed_decoder_is_exact_under_class_chunking(fixture, converted):
+    model, cfg, _ = converted
+    prompts = sed_prompts(model, cfg, fixture["meta"]["cer_class_names"][:7])
+    x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(0))
+    try:
+        for mode in (False, True):  # test pooling 1 and training pooling 2 (floor: 3x2 of the 6x4 map at stride 16)
+            model.train(mode)
+            with torch.no_grad():
+                full = model(x, prompts)
+                for chunk in (1, 3):
+                    part = model(x, prompts, class_chunk=chunk)
+                    assert torch.allclose(part["logits"], full["logits"], atol=1e-5)
+                    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(part["aux"], full["aux"]))
+    finally:
+        model.eval()
+
+
+def test_sed_switches_are_checked():
+    with pytest.raises(ConfigError, match="spatial_kernel' must be odd"):
+        build_config("sed-b", overrides=["model.spatial_kernel=8"])
+    with pytest.raises(ConfigError, match="class_aggregation' expects 'dpseg' | 'sed'"):
+        build_config("sed-b", overrides=["model.class_aggregation=cat"])
+    with pytest.raises(ConfigError, match="spatial_aggregation' expects 'hdconv' | 'convnext'"):
+        build_config("sed-b", overrides=["model.spatial_aggregation=swin"])
