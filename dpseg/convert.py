@@ -78,13 +78,15 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
     except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or holding objects weights_only refuses
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(
-            f"cannot read SED checkpoint {path} with torch.load(weights_only=True) ({reason}); dpseg never runs pickled "
-            "code: if you trust the file, re-save its weights alone (torch.save({'model': ckpt['model']}, 'sed.pth'))"
+            f"cannot read SED checkpoint {path} with torch.load(weights_only=True) ({reason}); dpseg never runs "
+            "pickled code: if you trust the file, re-save its weights alone "
+            "(torch.save({'model': ckpt['model']}, 'sed.pth'))"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"SED checkpoint {path} holds no state dict of tensors (expected {{'model': state_dict}})")
+        raise CheckpointError(f"SED checkpoint {path} holds no state dict of tensors "
+                              "(expected {'model': state_dict})")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -122,8 +124,8 @@ def sed_state_for(cfg: Config, state: dict[str, torch.Tensor], source: str) -> t
     unexpected = [k for k in state if k not in wanted and k not in IGNORED]
     mismatched = [f"{v} (file {tuple(state[v].shape)}, {cfg.preset} {tuple(expected[k].shape)})"
                   for k, v in names.items() if v in state and state[v].shape != expected[k].shape]
-    problems = [f"{what}: {_short(keys, n)}" for what, keys, n in
-                (("missing keys", missing, 6), ("unexpected keys", unexpected, 6), ("shape mismatch", mismatched, 3)) if keys]
+    found = (("missing keys", missing, 6), ("unexpected keys", unexpected, 6), ("shape mismatch", mismatched, 3))
+    problems = [f"{what}: {_short(keys, n)}" for what, keys, n in found if keys]
     if problems:
         raise CheckpointError(f"{source} does not fit SED of preset {cfg.preset}: " + "; ".join(problems))
     return model, {k: state[v].to(expected[k].dtype) for k, v in names.items()}
@@ -147,7 +149,8 @@ def convert_sed(source: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
     if (out / WEIGHTS_NAME).exists() and not overwrite:
-        raise CheckpointError(f"{out} already holds a checkpoint ({WEIGHTS_NAME}); choose another folder or pass --force")
+        raise CheckpointError(f"{out} already holds a checkpoint ({WEIGHTS_NAME}); choose another folder or pass "
+                              "--force")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"output {out} is a file; pass a folder for the converted checkpoint")
     state = read_sed_checkpoint(source)

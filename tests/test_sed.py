@@ -33,8 +33,8 @@ def write_sed_checkpoint(path: Path, state: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return {"state": load_file(FIXTURE / "sed_tiny_state.safetensors"), "io": load_file(FIXTURE / "sed_tiny_io.safetensors"),
-            "meta": json.loads((FIXTURE / "meta.json").read_text())}
+    return {"state": load_file(FIXTURE / "sed_tiny_state.safetensors"),
+            "io": load_file(FIXTURE / "sed_tiny_io.safetensors"), "meta": json.loads((FIXTURE / "meta.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_sed_postprocessing_equals_the_protocols(fixture, converted):
 def test_training_pooling_of_the_class_attention_equals_seds(fixture, converted):
     model, cfg, _ = converted
     io = fixture["io"]
-    x = torch.nn.functional.interpolate(io["input.image_uint8"][None].float() / 255, size=(160, 160), mode="bilinear")
+    x = torch.nn.functional.interpolate(io["input.image_uint8"][None].float() / 255, (160, 160), mode="bilinear")
     for stage in model.decoder.stages:
         stage.classes.pool_test = 2  # SED's POOLING_SIZES [2, 2]: floor pooling, align_corners unpooling at 5, 10, 20 px
     try:
@@ -220,7 +220,6 @@ def test_converter_names_every_problem(fixture, tmp_path):
 
 def test_converted_checkpoint_segments_a_photo_text_only(converted, tmp_path, capsys):
     from PIL import Image
-
     from segment_helpers import scene
 
     _, _, root = converted
@@ -257,3 +256,17 @@ def test_sed_switches_are_checked():
         build_config("sed-b", overrides=["model.class_aggregation=cat"])
     with pytest.raises(ConfigError, match="spatial_aggregation' expects 'hdconv' | 'convnext'"):
         build_config("sed-b", overrides=["model.spatial_aggregation=swin"])
+
+
+def test_demo_runs_the_converted_checkpoint_without_a_bank(converted, tmp_path):
+    from PIL import Image
+    from segment_helpers import scene
+
+    from dpseg.commands import demo
+
+    _, _, root = converted
+    seg, note = demo.load_segmenter(str(root / "ckpt"), None, text_only=False, device="cpu")
+    assert "text prompts only" in note
+    Image.fromarray(scene()).save(tmp_path / "photo.png")
+    picture, legend, info = demo.make_handler(seg, demo.Limits())(str(tmp_path / "photo.png"), "person, sky, tree")
+    assert picture.width > 96 and "one pass" in info and "text (this model uses text prompts only)" in info

@@ -151,7 +151,8 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             if ctx.is_main:
                 atomic_write_text(out / "init_from.json", json.dumps(init.to_dict(), indent=2))
         elif tc.init_from:
-            notes.append(f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds its weights")
+            notes.append(f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds "
+                         "its weights")
         for note in notes:
             logger.message(note)
 

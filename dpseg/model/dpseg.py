@@ -168,7 +168,8 @@ class DPSeg(nn.Module):
         aux: list[Tensor] = []
         with record_function("dpseg.decode"):
             projected = [stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
-            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, class_chunk))
+            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype),
+                                                class_chunks(K, class_chunk))
                           for j, m in self.visual_cost.items() if m.norm == "class"}  # F_v^j over all K classes
 
             def stage_input(s: int, x: Optional[Tensor], c: slice) -> Tensor:
@@ -176,7 +177,8 @@ class DPSeg(nn.Module):
                 ids = c if alive is None else alive[c]  # vocabulary indices of these rows
                 if s == 0:  # dual-prompt cost volume -> cost embedding
                     with record_function("dpseg.cost_volume"):
-                        return self.cost_embedding(cosine_cost_volume(dense, R[..., ids, :, :]))  # (B, k, M, h5, w5) -> (B, k, C_0, h5, w5)
+                        F_c = cosine_cost_volume(dense, R[..., ids, :, :])  # (B, k, M, h5, w5)
+                        return self.cost_embedding(F_c)  # (B, k, C_0, h5, w5)
                 guidance = self.stage_guidance(s - 1, ids, feats, E, R, prompts, statistics)
                 return stages[s - 1].upsample_fuse(x[:, c], projected[s - 1], guidance)  # (B, k, C_s, 2h, 2w)
 
@@ -195,10 +197,11 @@ class DPSeg(nn.Module):
                 if early_rejection_topk:
                     keep = kept_classes(torch.cat(scores, dim=1), early_rejection_topk)  # (K_alive,) bool
                     alive = (torch.arange(K, device=keep.device) if alive is None else alive)[keep]
-                    x = torch.cat([stage.spatial(x[:, keep][:, c]) for c in class_chunks(len(alive), class_chunk)], dim=1)
+                    x = x[:, keep]
+                    x = torch.cat([stage.spatial(x[:, c]) for c in class_chunks(len(alive), class_chunk)], dim=1)
                 x = stage.classes(x, class_chunk)  # attention across all (alive) classes
             chunks = class_chunks(K if alive is None else len(alive), class_chunk)
-            logits = torch.cat([self.decoder.head(stage_input(3, x, c)) for c in chunks], dim=1)  # (B, K_alive, H/4, W/4)
+            logits = torch.cat([self.decoder.head(stage_input(3, x, c)) for c in chunks], dim=1)  # (B, K_alive, H/4, …)
         out = {"logits": self._in_vocabulary(logits, alive, K)}
         if aux_heads is not None:
             out["aux"] = aux
