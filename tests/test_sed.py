@@ -134,6 +134,9 @@ def test_early_rejection_equals_sed_fast(fixture, converted, k):
         assert torch.equal(now[before], io[f"cer_top{k}.keep_stage{s}"].bool())
         before = now
     assert (probs == 0).flatten(2).all(-1).sum() > 0  # the fixture does reject classes
+    with torch.no_grad():  # a batch keeps the classes any of its images keeps: two copies keep the same ones
+        twice = model(x.repeat(2, 1, 1, 1), prompts, early_rejection_topk=k)["logits"]
+    assert torch.allclose(twice, out["logits"].repeat(2, 1, 1, 1), atol=1e-5)
     protocol = Protocol("whole", 96, 2560, 160, class_chunk=3)
     forward = model_forward(model, prompts, early_rejection_topk=k)
     with torch.no_grad():

@@ -254,5 +254,5 @@ def kept_classes(scores: Tensor, k: int) -> Tensor:
     the k highest at one pixel of one image at least."""
     best = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (B, k, h, w)
     keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-    keep[best.flatten()] = True
+    keep[best.flatten()] = True  # (B*k*h*w,) class indices
     return keep
