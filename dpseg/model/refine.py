@@ -103,14 +103,15 @@ def two_pass(model, images: Tensor, prompts: PromptSet, policy: RefinePolicy = R
     of a pass, so "all" makes pass 2 nearly as expensive as pass 1, while "present" costs about (detected / K) of
     a decoder pass. ``early_rejection_topk`` (SED's category early rejection) applies to both passes.
     """
+    extra = {"early_rejection_topk": early_rejection_topk} if early_rejection_topk else {}
     feats = model.encode_image(images)
-    first = model.decode(feats, prompts, class_chunk, early_rejection_topk)["logits"]
+    first = model.decode(feats, prompts, class_chunk, **extra)["logits"]
     refined, detected = refine_prompts(model, images, first, prompts, policy)
     if policy.scope == "all":
-        second = model.decode(feats, refined, class_chunk, early_rejection_topk)["logits"]
+        second = model.decode(feats, refined, class_chunk, **extra)["logits"]
     else:
         idx = detected.any(dim=0).nonzero().flatten()
         second = first.clone()
         if len(idx):
-            second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk, early_rejection_topk)["logits"]
+            second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk, **extra)["logits"]
     return {"logits_pass1": first, "logits": second, "detected": detected, "prompts": refined}
