@@ -1,12 +1,18 @@
-"""Inference cost of DPSeg against its own SED mode and the bare encoder, per vocabulary size (one process each).
+"""Inference cost of DPSeg against SED and the bare encoder, per vocabulary size (one process each).
 
     python benchmarks/bench_inference.py --preset dpseg-b --size 768 --classes 20 150 847          # CPU: ~30 min
     python benchmarks/bench_inference.py --preset dpseg-b --classes 20 150 847 --device cuda --precision bf16
 
-Modes, all on the same random-weight model (speed does not depend on weight values), M templates from the preset:
+Modes, on random-weight models (speed does not depend on weight values), M templates from the preset:
 
 * ``encoder``  - the image encoder forward alone: the floor;
-* ``sed``      - SED mode: text-only prompts, SED's upsampled-F_c guidance, no visual cost volumes;
+* ``sed``      - SED itself: preset ``sed-b`` (``sed-l`` for ``--preset dpseg-l``; for other presets the same
+  switches: text prompts, upsampled-F_c guidance, ConvNeXt spatial block, SED's class attention, auxiliary heads),
+  the architecture whose released checkpoints ``dpseg convert sed`` imports;
+* ``sed_fast`` - the same with SED's category early rejection at top-8 (``eval.early_rejection_topk=8``; which
+  classes survive depends on the weights, so with random weights this only shows the mechanism's cost);
+* ``text_upsampled`` - DPSeg's own SED-like ablation: text-only prompts, upsampled-F_c guidance, DPSeg's decoder
+  blocks (the ``sed`` mode of earlier versions of this script);
 * ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
 * ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features), the paper's
   re-decoding of every class (``eval.refine_scope=all``);
@@ -39,10 +45,17 @@ STAGES = ["dpseg.image_encoder", "dpseg.cost_volume", "dpseg.visual_cost_volume"
           "dpseg.decode", "dpseg.refine_crops"]
 
 
-def _overrides(mode: str) -> list[str]:
-    if mode == "sed":
-        return ["model.prompt_type=text", "model.guidance=upsampled"]
-    return []
+SED_PRESETS = {"dpseg-b": "sed-b", "dpseg-l": "sed-l"}
+SED_SWITCHES = ["model.prompt_type=text", "model.guidance=upsampled", "model.spatial_aggregation=convnext",
+                "model.class_aggregation=sed", "model.aux_heads=true"]
+
+
+def _preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
+    if mode in ("sed", "sed_fast"):
+        return (SED_PRESETS[preset], []) if preset in SED_PRESETS else (preset, list(SED_SWITCHES))
+    if mode == "text_upsampled":
+        return preset, ["model.prompt_type=text", "model.guidance=upsampled"]
+    return preset, []
 
 
 def child(args) -> dict:
@@ -58,8 +71,8 @@ def child(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = build_config(args.preset, overrides=["model.clip_pretrained="]
-                       + _overrides(args.mode) + args.set)
+    preset, overrides = _preset_and_overrides(args.preset, args.mode)
+    cfg = build_config(preset, overrides=["model.clip_pretrained="] + overrides + args.set)
     model = build_model(cfg, load_clip_weights=False).eval().to(device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     K, M = args.classes, model.num_templates
@@ -67,8 +80,9 @@ def child(args) -> dict:
     g = torch.Generator().manual_seed(0)
     prompts = PromptSet([f"c{i}" for i in range(K)], torch.randn(K, M, d, generator=g), torch.randn(K, M, d, generator=g),
                         [torch.randn(K, M, D[j], generator=g) for j in range(3)]).to(device)
-    if args.mode == "sed":
+    if args.mode in ("sed", "sed_fast", "text_upsampled"):
         prompts = prompts.text_only()
+    reject = 8 if args.mode == "sed_fast" else 0
     x = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
     chunk = args.chunk
     if args.mode.startswith("two_pass"):
@@ -95,7 +109,7 @@ def child(args) -> dict:
                 out = two_pass(model, x, prompts, RefinePolicy(scope=scope), class_chunk=chunk)
                 call.detected = int(out["detected"].sum())
                 return out["logits"]
-            return model(x, prompts, class_chunk=chunk)["logits"]
+            return model(x, prompts, class_chunk=chunk, early_rejection_topk=reject)["logits"]
 
     def sync():
         if device.type == "cuda":
@@ -112,7 +126,7 @@ def child(args) -> dict:
         call()
         sync()
         times.append(time.perf_counter() - t)
-    out = {"mode": args.mode, "classes": K, "templates": M, "size": args.size, "chunk": chunk,
+    out = {"mode": args.mode, "preset": preset, "classes": K, "templates": M, "size": args.size, "chunk": chunk,
            "latency_s": statistics.median(times), "latencies_s": times}
     if args.mode.startswith("two_pass"):
         out["refined_classes"] = call.detected
@@ -159,7 +173,7 @@ def targets(results: list[dict]) -> list[str]:
     lines = ["", "targets (ratios in this run):"]
     if ("pass1", 150) in at and ("sed", 150) in at:
         ratio = at["pass1", 150]["latency_s"] / at["sed", 150]["latency_s"]
-        lines.append(f"  pass 1 / SED mode at K=150: {ratio:.2f}x (target <= 1.35)")
+        lines.append(f"  pass 1 / SED at K=150: {ratio:.2f}x (target <= 1.35)")
     for k in sorted({k for _, k in at}):
         for mode in ("two_pass", "two_pass_present"):
             if (mode, k) in at and ("pass1", k) in at:
@@ -204,7 +218,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=768)
     p.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
     p.add_argument("--modes", nargs="+", default=["encoder", "sed", "pass1", "two_pass", "two_pass_present"],
-                   choices=["encoder", "sed", "pass1", "two_pass", "two_pass_present"])
+                   choices=["encoder", "sed", "sed_fast", "text_upsampled", "pass1", "two_pass", "two_pass_present"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeat", type=int, default=1)

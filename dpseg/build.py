@@ -2,15 +2,18 @@
 ``model.safetensors``, Hugging Face style) with strict loading.
 
 A saved model is self-contained: it holds the trained image encoder, the decoder, *and* the frozen text tower and
-visual-prompt encoder, so loading it never needs the original CLIP weights (``model.clip_pretrained`` is kept in
-the config as provenance only).
+visual-prompt encoder (a model that uses no visual prompts has none), so loading it never needs the original CLIP
+weights (``model.clip_pretrained`` is kept in the config as provenance only). :func:`init_from_checkpoint` starts a
+new model from another checkpoint's matching weights (``train.init_from``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,7 +23,7 @@ from torch import nn
 from dpseg import __version__
 from dpseg.config import Config, ModelConfig, atomic_write_text, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
-from dpseg.model.aggregation import ClassAggregation, SpatialAggregation
+from dpseg.model.aggregation import ClassAggregation, ConvNeXtAggregation, SEDClassAggregation, SpatialAggregation
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding
 from dpseg.model.decoder import ClassHead, CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dpseg import DPSeg
@@ -45,7 +48,7 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
     """DPSeg from a resolved config: every part is built here and handed to the network (which reads no config).
     CLIP weights come from ``model.clip_pretrained`` unless told not to."""
     m = cfg.model
-    image, prompt, text = build_towers(m, load_weights=load_clip_weights)
+    image, prompt, text = build_towers(m, load_weights=load_clip_weights, prompt_encoder=uses_visual_prompts(m))
     M = len(model_templates(cfg))
     try:
         return DPSeg(image, prompt, text, CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
@@ -58,6 +61,11 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
 
 def _visual_scales(m: ModelConfig) -> list[int]:
     return sorted(m.visual_scales) if m.guidance in ("visual", "both") else []
+
+
+def uses_visual_prompts(m: ModelConfig) -> bool:
+    """Whether the model reads visual prompts (and so holds a visual-prompt encoder)."""
+    return m.prompt_type != "text" or bool(_visual_scales(m))
 
 
 def _upsampled_cost(m: ModelConfig, num_templates: int) -> Optional[UpsampledCostGuidance]:
@@ -80,19 +88,24 @@ def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDeco
     for s in range(3):
         guidance = (m.cost_guidance_dims[s] if m.guidance in ("upsampled", "both") else 0) + \
                    (m.cost_guidance_dims[s] if 4 - s in scales else 0)
+        spatial = (SpatialAggregation(widths[s]) if m.spatial_aggregation == "hdconv"
+                   else ConvNeXtAggregation(widths[s], m.spatial_kernel, m.mlp_ratio))
+        classes = ClassAggregation if m.class_aggregation == "dpseg" else SEDClassAggregation
         stages.append(DecoderStage(
-            SpatialAggregation(widths[s]),
-            ClassAggregation(widths[s], m.attention_heads, m.mlp_ratio, m.class_pool_train, m.class_pool_test),
+            spatial, classes(widths[s], m.attention_heads, m.mlp_ratio, m.class_pool_train, m.class_pool_test),
             widths[s], widths[s + 1], encoder_dims[s], m.encoder_guidance_dims[s], guidance,
         ))
-    return CostVolumeGuidedDecoder(stages, ClassHead(widths[-1]))
+    head = ClassHead(widths[-1])
+    aux_heads = [ClassHead(w) for w in widths[:3]] if m.aux_heads else None  # on the maps entering stages 0, 1, 2
+    return CostVolumeGuidedDecoder(stages, head, aux_heads)
 
 
-def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
+def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike], metadata: Optional[dict] = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory`` (``metadata``: extra provenance)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"dpseg_version": __version__, "prompt_encoder": state_fingerprint(model.prompt_encoder)}
+    prompt_encoder = "none" if model.prompt_encoder is None else state_fingerprint(model.prompt_encoder)
+    meta = {"dpseg_version": __version__, "prompt_encoder": prompt_encoder, **(metadata or {})}
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
     atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": meta, **cfg.to_dict()}, indent=2))
     return directory
@@ -122,10 +135,7 @@ def _resolve_checkpoint(source: str) -> Path:
 
 def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> tuple[DPSeg, Config]:
     """Load our checkpoint directory (or hub id) strictly; returns (model in eval mode, its config)."""
-    directory = _resolve_checkpoint(str(source))
-    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not cfg_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"checkpoint directory {directory} must hold {CONFIG_NAME} and {WEIGHTS_NAME}")
+    cfg_path, weights = checkpoint_files(source)
     try:
         data = json.loads(cfg_path.read_text())
     except ValueError as e:
@@ -139,6 +149,8 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
         pool.submit(safetensors_integrity, weights)
         model = build_model(cfg, load_clip_weights=False)
     state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
+    if model.prompt_encoder is None:  # text-only models saved before they dropped the (unused) visual-prompt encoder
+        state = {k: v for k, v in state.items() if not k.startswith("prompt_encoder.")}
     load_strict(model, state, "DPSeg model of this config", str(weights))
     model.eval()
     return (model.to(device) if device is not None else model), cfg
@@ -151,7 +163,7 @@ def component_counts(model) -> list[tuple[str, int, int]]:
     """(component, total, trainable) rows for a DPSeg model, plus a total row."""
     parts: list[tuple[str, nn.Module]] = [
         ("image encoder (CLIP image tower, lr × encoder_lr_mult)", model.image_encoder),
-        ("visual-prompt encoder (frozen copy)", model.prompt_encoder),
+        *([("visual-prompt encoder (frozen copy)", model.prompt_encoder)] if model.prompt_encoder is not None else []),
         ("text encoder (frozen CLIP text tower)", model.text_encoder),
         ("cost embedding", model.cost_embedding),
         ("visual cost embeddings", model.visual_cost),
@@ -194,3 +206,93 @@ def check_model_dir(directory: Union[str, os.PathLike]) -> list[tuple[str, str, 
         status, detail = safetensors_integrity(weights)
         rows.append((str(weights), status, detail if status != "damaged" else f"{detail}; {WEIGHTS_FIX}"))
     return rows
+
+
+# -------------------------------------------------------------------------------- starting from another model
+
+FROZEN_TOWERS = ("prompt_encoder.", "text_encoder.")
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_checkpoint` did, tensor by tensor (state-dict names)."""
+
+    source: str
+    preset: str
+    loaded: list[str]  # trainable tensors taken from the checkpoint (name and shape match)
+    fresh: list[str]  # trainable tensors the checkpoint lacks: they keep their fresh initialisation
+    mismatched: list[str]  # "name (checkpoint shape, model shape)": same name, other shape; kept fresh
+    unused: list[str]  # in the checkpoint but not in this model
+    frozen: list[str]  # the frozen towers: never taken from the checkpoint (they come from model.clip_pretrained)
+
+    def lines(self, model: nn.Module) -> list[str]:
+        """One line per category: how many tensors and values, and the modules they belong to."""
+        state = model.state_dict()
+        values = lambda names: sum(state[n.split(" (")[0]].numel() for n in names if n.split(" (")[0] in state)  # noqa: E731
+        rows = [("loaded", self.loaded), ("fresh (not in the checkpoint)", self.fresh),
+                ("fresh (shape mismatch)", self.mismatched), ("frozen, from model.clip_pretrained", self.frozen),
+                ("in the checkpoint, unused", self.unused)]
+        out = [f"init from {self.source} (preset {self.preset}):"]
+        for title, names in rows:
+            if names:
+                size = f", {_human(values(names))} values" if title != "in the checkpoint, unused" else ""
+                out.append(f"  {title}: {len(names)} tensors{size}: {module_groups(names)}")
+        out += [f"    {m}" for m in self.mismatched]
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _module_of(name: str) -> str:
+    parts = name.split(" (")[0].split(".")
+    if parts[0] in ("image_encoder", "text_encoder", "prompt_encoder"):
+        return parts[0]
+    if parts[:2] == ["decoder", "stages"]:
+        return ".".join(parts[:4])  # decoder.stages.s.<part>
+    return ".".join(parts[:2])
+
+
+def module_groups(names: list[str]) -> str:
+    """'image_encoder (344), decoder.stages.0.classes (10), ...': tensor names counted by the module they belong to."""
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[_module_of(n)] = counts.get(_module_of(n), 0) + 1
+    return ", ".join(f"{m} ({c})" for m, c in counts.items())
+
+
+def checkpoint_files(source: Union[str, os.PathLike]) -> tuple[Path, Path]:
+    """(config.json, model.safetensors) of a checkpoint directory or hub id; CheckpointError if incomplete."""
+    directory = _resolve_checkpoint(str(source))
+    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"checkpoint directory {directory} must hold {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return cfg_path, weights
+
+
+def plan_init(own: dict, state: dict, source: str = "", preset: str = "?") -> InitReport:
+    """Which tensors of a model's state dict ``own`` would come from ``state`` (names and shapes only)."""
+    trainable = [k for k in own if not k.startswith(FROZEN_TOWERS)]
+    return InitReport(
+        source=source, preset=preset,
+        loaded=[k for k in trainable if k in state and tuple(state[k].shape) == tuple(own[k].shape)],
+        fresh=[k for k in trainable if k not in state],
+        mismatched=[f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                    for k in trainable if k in state and tuple(state[k].shape) != tuple(own[k].shape)],
+        unused=[k for k in state if k not in own], frozen=[k for k in own if k.startswith(FROZEN_TOWERS)])
+
+
+def init_from_checkpoint(model: DPSeg, source: Union[str, os.PathLike]) -> InitReport:
+    """Copy every trainable tensor of ``model`` whose name and shape match into it from the checkpoint ``source``
+    (e.g. SED converted by ``dpseg convert sed``); the others keep their values. The frozen towers are left alone:
+    they define the prompts (and the keys of prompt banks) and come from ``model.clip_pretrained``."""
+    cfg_path, weights = checkpoint_files(source)
+    try:
+        preset = str(json.loads(cfg_path.read_text()).get("preset", "?"))
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    state = read_state_dict(weights, "dpseg checkpoint")
+    report = plan_init(model.state_dict(), state, str(source), preset)
+    result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    assert not result.unexpected_keys
+    return report

@@ -41,6 +41,16 @@ class ModelConfig:
     class_pool_train: int = 2  # avg-pool of class-attention tokens while training (SED/CAT-Seg: 2)
     class_pool_test: int = 1
     detach_guidance: bool = True  # stage features reach the decoder without gradient (as SED)
+    # --- decoder variants: DPSeg's own blocks, or SED's (presets sed-b / sed-l run SED's released checkpoints) ---
+    # per-class spatial aggregation: hybrid dilated convs (DPSeg) or SED's ConvNeXt block (depthwise spatial_kernel)
+    spatial_aggregation: Literal["hdconv", "convnext"] = "hdconv"
+    spatial_kernel: int = 9  # depthwise kernel of the convnext spatial aggregation (SED: 9)
+    # attention across classes: DPSeg's layer, or SED's with its quirks (no output projection, ReLU MLP, floor
+    # pooling, align_corners unpooling, the input added twice)
+    class_aggregation: Literal["dpseg", "sed"] = "dpseg"
+    # SED's auxiliary heads: a 3x3 head on the (detached) class maps entering each decoder stage; the training loss
+    # adds their BCE, and eval.early_rejection_topk ranks classes by them
+    aux_heads: bool = False
     # --- memory ---
     grad_checkpointing: bool = False
 
@@ -103,6 +113,10 @@ class TrainConfig:
     # auto = bf16 autocast on a CUDA GPU that supports it, else fp32; fp16 = autocast + loss scaling (V100-class GPUs)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # start a new run from the weights of another checkpoint folder (e.g. 'dpseg convert sed'): every trainable
+    # parameter whose name and shape match is loaded, the rest keep their fresh init; frozen towers always come from
+    # model.clip_pretrained. Not a resume (that is --resume: optimizer, step, data position).
+    init_from: str = ""
     device: str = "auto"  # auto = this rank's GPU if CUDA is available, else CPU; or cpu / cuda
     tensorboard: bool = True  # also write TensorBoard events (the JSONL/CSV logs are always written)
     seed: int = 0
@@ -133,6 +147,9 @@ class EvalConfig:
     # pass-1 logits; much faster at large K)
     refine_scope: Literal["all", "present"] = "all"
     class_chunk: int = 128  # classes decoded at a time (0 = all at once): bounds memory, same result
+    # SED's category early rejection (SED-fast: 8): after each auxiliary head only the classes among the top k at
+    # some pixel of the batch stay in the decoder; the others get probability 0. 0 = off. Needs model.aux_heads.
+    early_rejection_topk: int = 0
     batch_size: int = 1
     max_images: int = 0  # 0 = all
     num_workers: int = 2  # image-loading processes per rank

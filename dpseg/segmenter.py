@@ -149,6 +149,7 @@ class Segmenter:
         self.protocol = protocol_from_config(cfg.eval)
         self.refine_policy = refine_policy(cfg.eval)  # which classes pass 2 refines (eval.refine_*)
         self.refine_default = bool(cfg.eval.two_pass)
+        self.early_rejection_topk = cfg.eval.early_rejection_topk  # SED's category early rejection (0 = off)
         configured = cfg.prompts.bank and Path(cfg.prompts.bank).expanduser().is_dir()
         self.default_bank = bank if bank is not None else (cfg.prompts.bank if configured else None)
         self.max_pixels = DEFAULT_MAX_PIXELS  # files above this are refused before decoding
@@ -228,7 +229,7 @@ class Segmenter:
             raise InputError(f"tile must be a multiple of 32 (>= 32), got {tile}")
         two = self._refine(refine)
         forward = model_forward(self.model, self.prompts, two_pass=two, class_chunk=self.protocol.class_chunk,
-                                refine=self.refine_policy)
+                                refine=self.refine_policy, early_rejection_topk=self.early_rejection_topk)
         results = []
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]

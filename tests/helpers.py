@@ -20,8 +20,12 @@ def random_prompts(model, num_classes, seed=0, templates=None, names=None):
     M = model.num_templates
     templates = templates or [f"template {m} of a {{}}." for m in range(M)]
     T = model.encode_text_prompts(names, templates)
-    images = torch.rand(num_classes * M, 3, model.prompt_image_size, model.prompt_image_size, generator=g)
-    V, stages = model.encode_visual_prompts(images)
+    if model.prompt_encoder is None:  # a text-only model holds no visual-prompt encoder (and ignores V, v_j)
+        V = torch.nn.functional.normalize(torch.randn(num_classes * M, T.shape[-1], generator=g), dim=-1)
+        stages = [torch.randn(num_classes * M, d, generator=g) for d in model.image_encoder.stage_dims[:3]]
+    else:
+        images = torch.rand(num_classes * M, 3, model.prompt_image_size, model.prompt_image_size, generator=g)
+        V, stages = model.encode_visual_prompts(images)
     return PromptSet(names, T, V.view(num_classes, M, -1), [s.view(num_classes, M, -1) for s in stages])
 
 

@@ -3,7 +3,7 @@ layer to the same or a lower layer, and module-level imports form no loop. A new
 with the offending edge named. ``python tests/test_architecture.py`` prints the graph's numbers.
 
 Layers, bottom up (docs/architecture.md): errors/atomic -> config -> weights / image I/O / vocabulary /
-visualize -> model -> prompts -> build -> data -> evaluation -> engine -> segmenter -> quickstart -> commands.
+visualize -> model -> prompts -> build / convert -> data -> evaluation -> engine -> segmenter -> quickstart -> commands.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dpseg.weights", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),
     ("dpseg.prompts",),
-    ("dpseg.build",),
+    ("dpseg.build", "dpseg.convert"),
     ("dpseg.data",),
     ("dpseg.evaluation",),
     ("dpseg.engine",),

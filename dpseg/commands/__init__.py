@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dpseg.commands.demo", "browser demo (gradio) on 127.0.0.1"),
     "check": ("dpseg.commands.check", "verify the content hashes of checkpoints, training runs and prompt banks"),
     "summary": ("dpseg.commands.summary", "print the model's parameter counts per component"),
+    "convert": ("dpseg.commands.convert", "turn SED's released checkpoints into dpseg checkpoints (presets sed-b, sed-l)"),
     "config": ("dpseg.commands.config", "print the resolved config of a preset, YAML file and --set overrides"),
 }
 
@@ -37,7 +38,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_positional: boo
         parser.add_argument("config", nargs="?", help="YAML file with deltas from the preset defaults")
     else:
         parser.add_argument("--config", help="YAML file with deltas from the preset defaults")
-    parser.add_argument("--preset", help="base preset: dpseg-b (default), dpseg-l, dpseg-tiny, synthetic")
+    parser.add_argument("--preset", help="base preset: dpseg-b (default), dpseg-l, sed-b, sed-l, dpseg-tiny, synthetic")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config value, e.g. --set train.lr=1e-4 (repeatable)",

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                     "protocol": ecfg.protocol, "short_side": ecfg.short_side, "max_side": ecfg.max_side,
                     "input_size": ecfg.input_size, "two_pass": ecfg.two_pass, "max_images": ecfg.max_images,
                     "precision": precision, "images_in_dataset": len(ds),
+                    **({"early_rejection_topk": ecfg.early_rejection_topk} if ecfg.early_rejection_topk else {}),
                     **({"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap} if ecfg.protocol == "slide" else {})}
         if is_finished(results, name, settings, args.force, out_dir / "results.json"):
             if rank == 0:

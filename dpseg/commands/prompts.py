@@ -74,6 +74,9 @@ def load_encoders(args, device: str):
     """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
     if args.checkpoint:
         model, ckpt_cfg = load_model(args.checkpoint)
+        if model.prompt_encoder is None:
+            raise InputError(f"checkpoint {args.checkpoint} uses text prompts only (preset {ckpt_cfg.preset}) and has no "
+                             "visual-prompt encoder, so a prompt bank means nothing to it; it needs no bank")
         cfg = build_config(delta=ckpt_cfg.to_dict(), overrides=args.overrides)
         prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
     else:

@@ -1,7 +1,9 @@
 """Train DPSeg: dpseg train CONFIG [--set k=v ...] [--resume [RUN_OR_CHECKPOINT]] (torchrun for several GPUs).
 
-The whole loop is :func:`train`, top to bottom: data -> model -> prompts -> optimizer -> (resume) -> steps of
-{lr, batch, forward under autocast, BCE loss, backward, clip, NaN guard, AdamW} -> logs, evaluation with
+The whole loop is :func:`train`, top to bottom: data -> model (-> ``train.init_from``: matching weights of another
+checkpoint, e.g. SED converted by ``dpseg convert sed``) -> prompts -> optimizer -> (resume) -> steps of
+{lr, batch, forward under autocast, BCE loss (+ the auxiliary heads' BCE, SED), backward, clip, NaN guard, AdamW}
+-> logs, evaluation with
 best-model export, atomic checkpoints -> final export (``OUTPUT/final``: config.json + model.safetensors, what
 ``dpseg eval`` and ``Segmenter`` load). Several GPUs / nodes::
 
@@ -21,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from dpseg.build import build_model, save_model
+from dpseg.build import build_model, checkpoint_files, init_from_checkpoint, save_model
 from dpseg.config import Config, atomic_write_text, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
@@ -81,6 +83,8 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
 
         # ---- data first: a missing dataset must fail before minutes of model building
         train_set = build_train_dataset(cfg)
+        if tc.init_from and ckpt is None:
+            checkpoint_files(tc.init_from)  # a wrong path fails now, too
         val_set = None
         if tc.eval_every > 0:
             try:
@@ -92,7 +96,9 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
         # ---- model, prompts (computed once, kept on the device), optimizer
         precision = resolve_precision(tc.precision, ctx.device)
         model = build_model(cfg)  # seeded above: identical random init on every rank and after a restart
-        frozen = {"prompt_encoder": state_fingerprint(model.prompt_encoder), "text_encoder": state_fingerprint(model.text_encoder)}
+        init = init_from_checkpoint(model, tc.init_from) if tc.init_from and ckpt is None else None  # a resume has them
+        frozen = {name: state_fingerprint(tower) for name, tower in
+                  (("prompt_encoder", model.prompt_encoder), ("text_encoder", model.text_encoder)) if tower is not None}
         model.to(ctx.device)
         train_prompts = vocabulary_prompts(cfg, model, train_set.class_names, ctx.device, f"the training vocabulary of {train_set.name}")
         val_prompts = None
@@ -128,6 +134,8 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("device", f"{ctx.device} x {ctx.world_size} process(es)"), ("precision", precision),
             ("batch", f"{local_batch} per process x {ctx.world_size} = {tc.batch_size} (effective)"),
             ("iterations", f"{tc.iterations}" + (f" (resuming at step {step} from {ckpt})" if ckpt else "")),
+            ("initial weights", f"{tc.init_from}: {len(init.loaded)} tensors loaded, {len(init.fresh) + len(init.mismatched)} "
+                                "fresh (list below)" if init else f"from the checkpoint {ckpt}" if ckpt else "fresh"),
             ("classes per step", f"present + random absent up to {tc.classes_per_step}" if tc.classes_per_step else "all"),
             ("optimizer", f"AdamW lr {tc.lr:g}, image encoder x{tc.encoder_lr_mult:g}, wd {tc.weight_decay:g} "
                           f"(0 on norm/bias/embedding), grad clip {tc.grad_clip:g}"),
@@ -138,6 +146,14 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             ("output", f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})"),
         ]
         logger.message(setup_table(model, facts))
+        if init is not None:
+            for line in init.lines(model):
+                logger.message(line)
+            if ctx.is_main:
+                atomic_write_text(out / "init_from.json", json.dumps(init.to_dict(), indent=2))
+        elif tc.init_from:
+            notes.append(f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds "
+                         "its weights")
         for note in skipped + notes:
             logger.message(note)
 
@@ -175,8 +191,10 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
                     labels = remap_labels(labels, classes, train_prompts.num_classes)
             try:
                 with autocast(precision, ctx.device):
-                    logits = net(images, step_prompts)["logits"]  # (b, K_step, S/4, S/4)
-                loss = criterion(logits.float(), labels)
+                    outputs = net(images, step_prompts)  # logits (b, K_step, S/4, S/4); SED: "aux" at strides 32..8
+                loss = criterion(outputs["logits"].float(), labels)
+                for aux in outputs.get("aux", []):  # SED's auxiliary heads, each its own BCE with weight 1
+                    loss = loss + criterion(aux.float(), labels)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else math.inf)

@@ -79,7 +79,7 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
         raise InputError(f"prompts hold {len(prompts.class_names)} classes but dataset '{ds_name}' is prompted with {len(vocab)}")
     if forward is None:
         forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk,
-                            refine=refine_policy(eval_cfg))
+                                refine=refine_policy(eval_cfg), early_rejection_topk=eval_cfg.early_rejection_topk)
     limit = eval_cfg.max_images if max_images is None else max_images
     n = len(dataset) if not limit else min(limit, len(dataset))
     rank, world = _rank_world()

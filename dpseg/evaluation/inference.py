@@ -69,14 +69,17 @@ def refine_policy(eval_cfg) -> RefinePolicy:
 
 
 def model_forward(model, prompts, two_pass: bool = False, class_chunk: int = 0,
-                  refine: RefinePolicy = RefinePolicy(), refine_fn=None) -> ForwardFn:
-    """Wrap a DPSeg model as ``images -> {"pass1": logits[, "pass2": logits]}``."""
+                  refine: RefinePolicy = RefinePolicy(), refine_fn=None, early_rejection_topk: int = 0) -> ForwardFn:
+    """Wrap a DPSeg model as ``images -> {"pass1": logits[, "pass2": logits]}``. With ``early_rejection_topk``
+    (SED's category early rejection) rejected classes come back at ``REJECTED_LOGIT``: probability exactly 0."""
+
+    extra = {"early_rejection_topk": early_rejection_topk} if early_rejection_topk else {}
 
     def forward(images: torch.Tensor) -> dict:
         if not two_pass:
-            return {"pass1": model(images, prompts, class_chunk=class_chunk)["logits"]}
+            return {"pass1": model(images, prompts, class_chunk=class_chunk, **extra)["logits"]}
         fn = two_pass_refinement if refine_fn is None else refine_fn
-        out = fn(model, images, prompts, refine, class_chunk=class_chunk)
+        out = fn(model, images, prompts, refine, class_chunk=class_chunk, **extra)
         return {"pass1": out["logits_pass1"], "pass2": out["logits"]}
 
     return forward

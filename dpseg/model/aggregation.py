@@ -2,12 +2,16 @@
 
 * :class:`SpatialAggregation` - hybrid dilated convolution (3×3, dilations 1, 2, 4) applied to every class map
   independently with shared weights, GroupNorm + GELU, residual.
+* :class:`ConvNeXtAggregation` - SED's spatial aggregation (``model.spatial_aggregation=convnext``): one ConvNeXt
+  block per class map.
 * :class:`ClassAggregation` - attention across the K classes at every (pooled) position, then an MLP. It has no
   positional encoding, so it works for any K and is equivariant to the class order. The attention is linear
   (elu+1 feature map, as CAT-Seg/SED), which makes it *exactly* chunkable over classes: every query only needs
   the sums S = Σ_k φ(key_k) value_kᵀ and z = Σ_k φ(key_k), which are accumulated chunk by chunk in a first sweep
   and applied chunk by chunk in a second. Memory is then bounded by the chunk, and the result equals the
   unchunked one up to float summation order (tested).
+* :class:`SEDClassAggregation` - SED's class-attention layer (``model.class_aggregation=sed``), the same linear
+  attention with SED's own details, kept exactly so that SED's released weights give SED's outputs.
 """
 
 from __future__ import annotations
@@ -50,6 +54,27 @@ class SpatialAggregation(nn.Module):
         return y.view(B, K, C, h, w)
 
 
+class ConvNeXtAggregation(nn.Module):
+    """SED's per-class ConvNeXt block: depthwise k×k conv, LayerNorm (eps 1e-6), MLP (× mlp_ratio, GELU), layer
+    scale (initialised to 1, as SED, not ConvNeXt's 1e-6), residual: (B, K, C, h, w) -> (B, K, C, h, w)."""
+
+    def __init__(self, dim: int, kernel: int = 9, mlp_ratio: int = 4):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, dim * mlp_ratio)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(dim * mlp_ratio, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, K, C, h, w = x.shape
+        y = x.reshape(B * K, C, h, w)  # classes folded into the batch
+        z = self.dwconv(y).permute(0, 2, 3, 1)  # (B*K, C, h, w) -> (B*K, h, w, C): channels last for LN and MLP
+        z = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(z))))
+        return (y + z.permute(0, 3, 1, 2)).view(B, K, C, h, w)  # (B*K, h, w, C) -> (B, K, C, h, w)
+
+
 class ClassAggregation(nn.Module):
     """Linear attention over classes + MLP at each position, exact under class chunking."""
 
@@ -61,19 +86,34 @@ class ClassAggregation(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.out = self._output_projection(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), self._activation(), nn.Linear(dim * mlp_ratio, dim))
+
+    def _output_projection(self, dim: int) -> nn.Module:
+        return nn.Linear(dim, dim)
+
+    def _activation(self) -> nn.Module:
+        return nn.GELU()
 
     @property
     def pool(self) -> int:
         return self.pool_train if self.training else self.pool_test
 
+    def _pooled_size(self, h: int, w: int) -> tuple[int, int]:
+        return -(-h // self.pool), -(-w // self.pool)  # partial windows at the border count (ceil)
+
+    def _pool_map(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.pool, ceil_mode=True)
+
+    def _unpool(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
     def _tokens(self, x: Tensor) -> Tensor:
         """(B, k, C, h, w) -> pooled tokens (B·h'·w', k, C)."""
         B, k, C, h, w = x.shape
         if self.pool > 1:
-            x = F.avg_pool2d(x.reshape(B * k, C, h, w), self.pool, ceil_mode=True)  # (B*k, C, h', w')
+            x = self._pool_map(x.reshape(B * k, C, h, w))  # (B*k, C, h', w')
             x = x.view(B, k, C, *x.shape[-2:])
         return x.permute(0, 3, 4, 1, 2).reshape(-1, k, C)  # (B, k, C, h', w') -> (B*h'*w', k, C)
 
@@ -90,14 +130,17 @@ class ClassAggregation(nn.Module):
 
     def _update(self, tokens: Tensor, kv: Tensor, z: Tensor) -> Tensor:
         """The increment attention+MLP adds to each token: (n, k, C)."""
+        return self._attend(tokens, kv, z) - tokens
+
+    def _attend(self, tokens: Tensor, kv: Tensor, z: Tensor) -> Tensor:
+        """Tokens after attention and MLP, each with its residual: (n, k, C)."""
         n, k, C = tokens.shape
         query = F.elu(self._split(self.q(self.norm1(tokens)))) + 1  # (n, k, heads, e)
         num = torch.einsum("nkhe,nhef->nkhf", query, kv)  # (n, k, heads, e)
         den = torch.einsum("nkhe,nhe->nkh", query, z).unsqueeze(-1) + 1e-6  # (n, k, heads, 1)
         attended = self.out((num / den).reshape(n, k, C))  # (n, k, heads, e) -> (n, k, C)
         y = tokens + attended
-        y = y + self.mlp(self.norm2(y))
-        return y - tokens
+        return y + self.mlp(self.norm2(y))
 
     def forward(self, x: Tensor, chunk: int = 0) -> Tensor:
         """(B, K, C, h, w) -> (B, K, C, h, w); ``chunk`` classes at a time (0 = all), same result."""
@@ -111,11 +154,40 @@ class ClassAggregation(nn.Module):
         out = []
         for s in pieces:  # sweep 2: each class chunk reads the global statistics
             delta = self._update(self._tokens(x[:, s]), kv, z)  # (B*h'*w', k, C)
-            hp, wp = (-(-h // self.pool), -(-w // self.pool)) if self.pool > 1 else (h, w)
+            hp, wp = self._pooled_size(h, w) if self.pool > 1 else (h, w)
             k = s.stop - s.start
             delta = delta.view(B, hp, wp, k, C).permute(0, 3, 4, 1, 2)  # -> (B, k, C, h', w')
             if self.pool > 1:
-                delta = F.interpolate(delta.reshape(B * k, C, hp, wp), size=(h, w), mode="bilinear", align_corners=False)
+                delta = self._unpool(delta.reshape(B * k, C, hp, wp), (h, w))  # (B*k, C, h', w') -> (B*k, C, h, w)
                 delta = delta.view(B, k, C, h, w)
             out.append(x[:, s] + delta)
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+class SEDClassAggregation(ClassAggregation):
+    """SED's class-attention layer. The same linear attention across classes, with SED's details:
+
+    * no output projection after the attention, and a ReLU (not GELU) in the MLP;
+    * pooling drops partial windows at the border (floor) and unpooling interpolates with ``align_corners=True``;
+    * the residual: SED adds the attention+MLP result *including its own residual* (the pooled input) back to the
+      input, so the input is added twice (at pooling 1: ``2 x + attention + MLP``). With SED's weights this is
+      what SED computes; a standard residual would change its logits by about 1 (measured on the test fixture).
+    """
+
+    def _output_projection(self, dim: int) -> nn.Module:
+        return nn.Identity()
+
+    def _activation(self) -> nn.Module:
+        return nn.ReLU()
+
+    def _pooled_size(self, h: int, w: int) -> tuple[int, int]:
+        return h // self.pool, w // self.pool
+
+    def _pool_map(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.pool)
+
+    def _unpool(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+    def _update(self, tokens: Tensor, kv: Tensor, z: Tensor) -> Tensor:
+        return self._attend(tokens, kv, z)  # not minus the tokens: the caller adds the input once more (class doc)

@@ -8,8 +8,10 @@ Each stage s takes class maps at stride 32 / 2^s (24 → 48 → 96 at 768²) one
    stage's *cost guidance* (the embedded visual cost volume F_v^j of DPSeg, SED's upsampled F_c, both, or nothing),
    then a DoubleConv (3×3 conv + GroupNorm + ReLU, twice).
 
-A 3×3 head then gives one logit per class at stride 4. The order in which these parts run - and the class
-chunking that bounds memory - reads top-down in :meth:`dpseg.model.dpseg.DPSeg.decode`.
+A 3×3 head then gives one logit per class at stride 4. SED's decoder also has *auxiliary heads*: the same kind of
+head on the class maps entering each stage (strides 32, 16, 8), fed with detached features so that they learn from
+their own loss without steering the decoder; they rank the classes for early rejection. The order in which these
+parts run - and the class chunking that bounds memory - reads top-down in :meth:`dpseg.model.dpseg.DPSeg.decode`.
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ class ClassHead(nn.Conv2d):
 
 
 class CostVolumeGuidedDecoder(nn.Module):
-    """Three :class:`DecoderStage` s and the :class:`ClassHead`, built by :func:`dpseg.build.build_model`."""
+    """Three :class:`DecoderStage` s, the :class:`ClassHead` and optionally one auxiliary head per stage (SED),
+    built by :func:`dpseg.build.build_model`."""
 
-    def __init__(self, stages: list[DecoderStage], head: ClassHead):
+    def __init__(self, stages: list[DecoderStage], head: ClassHead, aux_heads: Optional[list[ClassHead]] = None):
         super().__init__()
         if len(stages) != 3:
             raise ValueError(f"the decoder has 3 stages (strides 32 -> 16 -> 8 -> 4), got {len(stages)}")
+        if aux_heads is not None and len(aux_heads) != len(stages):
+            raise ValueError(f"one auxiliary head per decoder stage is needed, got {len(aux_heads)}")
         self.stages = nn.ModuleList(stages)
         self.head = head
+        self.aux_heads = nn.ModuleList(aux_heads) if aux_heads is not None else None

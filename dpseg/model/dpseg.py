@@ -6,14 +6,15 @@
 
 Its parts are built and injected by :func:`dpseg.build.build_model` (this module never reads a config). The text
 tower and the visual-prompt encoder (a frozen copy of the initial image tower) are held so that prompts can be
-encoded consistently, but they never train. ``forward`` returns a dict and never a loss. Inference can be split:
-:meth:`encode_image` once, then :meth:`decode` with different prompts (the two-pass refinement re-uses the image
-features this way).
+encoded consistently, but they never train; a model that uses no visual prompts (text prompts, no visual cost
+volumes - e.g. SED, preset ``sed-b``) holds no visual-prompt encoder at all. ``forward`` returns a dict and never a
+loss. Inference can be split: :meth:`encode_image` once, then :meth:`decode` with different prompts (the two-pass
+refinement re-uses the image features this way).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,19 +28,25 @@ from dpseg.model.prompts import PromptSet, dual_prompt
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
 PROMPT_TYPES = ("text", "visual", "dual")
+# The logit of a class dropped by early rejection: sigmoid gives exactly 0 in fp32, bf16 and fp16 (as SED's zero
+# probability) while, unlike -inf, bilinear resizing and the BCE stay finite.
+REJECTED_LOGIT = -1e4
 
 
 class DPSeg(nn.Module):
-    def __init__(self, image_encoder: ImageTower, prompt_encoder: ImageTower, text_encoder: TextTower,
+    def __init__(self, image_encoder: ImageTower, prompt_encoder: Optional[ImageTower], text_encoder: TextTower,
                  cost_embedding: CostEmbedding, decoder: CostVolumeGuidedDecoder,
                  upsampled_cost: Optional[UpsampledCostGuidance] = None,
                  visual_cost: Optional[dict[int, VisualCostEmbedding]] = None, prompt_type: str = "dual",
                  detach_guidance: bool = True, prompt_image_size: int = 320):
         """``visual_cost`` maps encoder stage j (2, 3, 4) to its visual cost embedding; decoder stage s = 4 - j
-        gets F_v^j. ``upsampled_cost`` (SED's guidance) feeds every decoder stage."""
+        gets F_v^j. ``upsampled_cost`` (SED's guidance) feeds every decoder stage. ``prompt_encoder`` is None for a
+        model that uses no visual prompts."""
         super().__init__()
         if prompt_type not in PROMPT_TYPES:
             raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}")
+        if prompt_encoder is None and (prompt_type != "text" or visual_cost):
+            raise ValueError("a model that uses visual prompts needs a visual-prompt encoder")
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.text_encoder = text_encoder
@@ -71,7 +78,8 @@ class DPSeg(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.prompt_encoder.eval()  # frozen towers never switch to training behaviour
+        if self.prompt_encoder is not None:
+            self.prompt_encoder.eval()  # frozen towers never switch to training behaviour
         self.text_encoder.eval()
         return self
 
@@ -101,6 +109,9 @@ class DPSeg(nn.Module):
     @torch.no_grad()
     def encode_visual_prompts(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Visual-prompt images (N, 3, S, S) in [0, 1] -> V (N, d) normalised, [v_2, v_3, v_4] (N, D_j)."""
+        if self.prompt_encoder is None:
+            raise InputError("this model uses text prompts only and holds no visual-prompt encoder; visual prompts "
+                             "(exemplars, banks, refinement) do not apply to it")
         return self.prompt_encoder.encode_prompts(images)
 
     # ------------------------------------------------------------------------------------------- decoding
@@ -128,42 +139,87 @@ class DPSeg(nn.Module):
                 if v.shape[-1] != self.image_encoder.stage_dims[j - 2]:
                     raise InputError(f"visual stage-{j} prompts have width {v.shape[-1]}, the encoder {self.image_encoder.stage_dims[j - 2]}")
 
-    def decode(self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0) -> dict:
-        """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}.
+    def decode(self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0,
+               early_rejection_topk: int = 0) -> dict:
+        """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
+        "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
 
         Every step except class aggregation is per class, so it runs ``class_chunk`` classes at a time (0 = all):
         only the class-aggregation input of each stage is held for all K, and the result is the same (class
         aggregation is exact under chunking, see aggregation.py).
+
+        ``early_rejection_topk`` = k > 0 is SED's category early rejection (inference): after each stage's auxiliary
+        head only the classes among its k best at some pixel (of any image of the batch) are decoded further, and
+        class aggregation then runs over the survivors only, as in SED; the others get ``REJECTED_LOGIT``.
         """
         self.check_prompts(prompts)
+        aux_heads = self.decoder.aux_heads
+        if early_rejection_topk and aux_heads is None:
+            raise InputError("early rejection ranks classes by the auxiliary heads, which this model lacks; "
+                             "set eval.early_rejection_topk=0")
         dense = feats.dense  # E: (B, d, h5, w5)
         E = [s.detach() if self.detach_guidance else s for s in feats.stages]  # E_2..E_5
         R = dual_prompt(prompts.text, prompts.visual, self.prompt_type).to(dense.dtype)  # (…, K, M, d)
         if R.ndim == 4 and R.shape[0] != dense.shape[0]:
             raise InputError(f"per-image prompts are for {R.shape[0]} images but the batch has {dense.shape[0]}")
-        chunks = class_chunks(prompts.num_classes, class_chunk)
+        K = prompts.num_classes
         stages = self.decoder.stages
+        alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
+        aux: list[Tensor] = []
         with record_function("dpseg.decode"):
             projected = [stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
-
-            def first(c: slice) -> Tensor:  # dual-prompt cost volume -> cost embedding -> spatial aggregation
-                with record_function("dpseg.cost_volume"):
-                    F_c = cosine_cost_volume(dense, R[..., c, :, :])  # (B, k, M, h5, w5)
-                    return stages[0].spatial(self.cost_embedding(F_c))  # (B, k, C_0, h5, w5)
-
-            x = torch.cat([first(c) for c in chunks], dim=1)  # (B, K, C_0, h5, w5)
-            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype), chunks)
+            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype),
+                                                class_chunks(K, class_chunk))
                           for j, m in self.visual_cost.items() if m.norm == "class"}  # F_v^j over all K classes
-            for s, stage in enumerate(stages):
-                x = stage.classes(x, class_chunk)  # attention across all K classes
-                after = stages[s + 1].spatial if s + 1 < len(stages) else self.decoder.head
-                x = torch.cat([after(stage.upsample_fuse(x[:, c], projected[s], self.stage_guidance(s, c, feats, E, R, prompts, statistics)))
-                               for c in chunks], dim=1)  # (B, K, C_{s+1}, 2h, 2w); after the head (B, K, H/4, W/4)
-        return {"logits": x}
 
-    def stage_guidance(self, s: int, c: slice, feats: ImageFeatures, E: list[Tensor], R: Tensor,
+            def stage_input(s: int, x: Optional[Tensor], c: slice) -> Tensor:
+                """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
+                ids = c if alive is None else alive[c]  # vocabulary indices of these rows
+                if s == 0:  # dual-prompt cost volume -> cost embedding
+                    with record_function("dpseg.cost_volume"):
+                        F_c = cosine_cost_volume(dense, R[..., ids, :, :])  # (B, k, M, h5, w5)
+                        return self.cost_embedding(F_c)  # (B, k, C_0, h5, w5)
+                guidance = self.stage_guidance(s - 1, ids, feats, E, R, prompts, statistics)
+                return stages[s - 1].upsample_fuse(x[:, c], projected[s - 1], guidance)  # (B, k, C_s, 2h, 2w)
+
+            x = None
+            for s, stage in enumerate(stages):
+                chunks = class_chunks(K if alive is None else len(alive), class_chunk)
+                maps, scores = [], []
+                for c in chunks:
+                    y = stage_input(s, x, c)
+                    if aux_heads is not None:
+                        scores.append(aux_heads[s](y.detach()))  # (B, k, h, w); detached: it learns from its own loss
+                    maps.append(y if early_rejection_topk else stage.spatial(y))
+                x = torch.cat(maps, dim=1)  # (B, K_alive, C_s, h, w)
+                if aux_heads is not None:
+                    aux.append(self._in_vocabulary(torch.cat(scores, dim=1), alive, K))
+                if early_rejection_topk:
+                    keep = kept_classes(torch.cat(scores, dim=1), early_rejection_topk)  # (K_alive,) bool
+                    alive = (torch.arange(K, device=keep.device) if alive is None else alive)[keep]
+                    x = x[:, keep]
+                    x = torch.cat([stage.spatial(x[:, c]) for c in class_chunks(len(alive), class_chunk)], dim=1)
+                x = stage.classes(x, class_chunk)  # attention across all (alive) classes
+            chunks = class_chunks(K if alive is None else len(alive), class_chunk)
+            logits = torch.cat([self.decoder.head(stage_input(3, x, c)) for c in chunks], dim=1)  # (B, K_alive, H/4, …)
+        out = {"logits": self._in_vocabulary(logits, alive, K)}
+        if aux_heads is not None:
+            out["aux"] = aux
+        return out
+
+    @staticmethod
+    def _in_vocabulary(values: Tensor, alive: Optional[Tensor], K: int) -> Tensor:
+        """(B, K_alive, h, w) maps of the alive classes -> (B, K, h, w), rejected classes at ``REJECTED_LOGIT``."""
+        if alive is None:
+            return values
+        out = values.new_full((values.shape[0], K, *values.shape[2:]), REJECTED_LOGIT)
+        out[:, alive] = values
+        return out
+
+    def stage_guidance(self, s: int, c: Union[slice, Tensor], feats: ImageFeatures, E: list[Tensor], R: Tensor,
                        prompts: PromptSet, statistics: Optional[dict] = None) -> Optional[Tensor]:
-        """Cost guidance of decoder stage ``s`` for the classes ``c``: (B, k, g_s, h_j, w_j) or None."""
+        """Cost guidance of decoder stage ``s`` for the classes ``c`` (a slice or indices of the vocabulary):
+        (B, k, g_s, h_j, w_j) or None."""
         parts = []
         if self.upsampled_cost is not None:
             with record_function("dpseg.upsampled_cost"):
@@ -178,8 +234,8 @@ class DPSeg(nn.Module):
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # concatenated on the channel axis
 
-    def forward(self, images: Tensor, prompts: PromptSet, class_chunk: int = 0) -> dict:
-        return self.decode(self.encode_image(images), prompts, class_chunk)
+    def forward(self, images: Tensor, prompts: PromptSet, class_chunk: int = 0, early_rejection_topk: int = 0) -> dict:
+        return self.decode(self.encode_image(images), prompts, class_chunk, early_rejection_topk)
 
     # --------------------------------------------------------------------------------------- parameters
 
@@ -187,6 +243,16 @@ class DPSeg(nn.Module):
         """Trainable parameters by role: the image encoder (lr × encoder_lr_mult) and everything else."""
         encoder = [p for p in self.image_encoder.parameters() if p.requires_grad]
         encoder_ids = {id(p) for p in self.image_encoder.parameters()}
-        frozen_ids = {id(p) for p in self.prompt_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
+        frozen = [self.text_encoder] + ([self.prompt_encoder] if self.prompt_encoder is not None else [])
+        frozen_ids = {id(p) for m in frozen for p in m.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids | frozen_ids]
         return {"image_encoder": encoder, "decoder": rest}
+
+
+def kept_classes(scores: Tensor, k: int) -> Tensor:
+    """SED's early-rejection rule: (B, K, h, w) auxiliary logits -> (K,) bool, True for the classes that are among
+    the k highest at one pixel of one image at least."""
+    best = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (B, k, h, w)
+    keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+    keep[best.flatten()] = True  # (B*k*h*w,) class indices
+    return keep

@@ -95,22 +95,23 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
 
 
 def two_pass(model, images: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy(),
-             class_chunk: int = 0) -> dict:
+             class_chunk: int = 0, early_rejection_topk: int = 0) -> dict:
     """Inference I, refinement, Inference II. Returns logits of both passes, detected classes, refined prompts.
 
     ``policy.scope``: ``"all"`` re-decodes every class (the paper); ``"present"`` re-decodes only the classes
     detected in some image of the batch and keeps the pass-1 logits of the others. The decoder dominates the cost
     of a pass, so "all" makes pass 2 nearly as expensive as pass 1, while "present" costs about (detected / K) of
-    a decoder pass.
+    a decoder pass. ``early_rejection_topk`` (SED's category early rejection) applies to both passes.
     """
+    extra = {"early_rejection_topk": early_rejection_topk} if early_rejection_topk else {}
     feats = model.encode_image(images)
-    first = model.decode(feats, prompts, class_chunk)["logits"]
+    first = model.decode(feats, prompts, class_chunk, **extra)["logits"]
     refined, detected = refine_prompts(model, images, first, prompts, policy)
     if policy.scope == "all":
-        second = model.decode(feats, refined, class_chunk)["logits"]
+        second = model.decode(feats, refined, class_chunk, **extra)["logits"]
     else:
         idx = detected.any(dim=0).nonzero().flatten()
         second = first.clone()
         if len(idx):
-            second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk)["logits"]
+            second[:, idx] = model.decode(feats, refined.select(idx.tolist()), class_chunk, **extra)["logits"]
     return {"logits_pass1": first, "logits": second, "detected": detected, "prompts": refined}

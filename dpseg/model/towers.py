@@ -16,7 +16,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import open_clip
 import timm
@@ -53,6 +53,11 @@ if "dpseg_convnext_pico" not in timm.list_models("dpseg_*"):
     def dpseg_convnext_nano(pretrained: bool = False, **kwargs):
         """ConvNeXt with widths 32/64/128/256, depths 1/1/2/1: the synthetic-world tower."""
         return _tiny_convnext((1, 1, 2, 1), (32, 64, 128, 256), **kwargs)
+
+    @register_model
+    def dpseg_convnext_femto(pretrained: bool = False, **kwargs):
+        """ConvNeXt with widths 8/16/32/64, one block per stage: the tower of the SED equality fixture."""
+        return _tiny_convnext((1, 1, 1, 1), (8, 16, 32, 64), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ model configs
@@ -278,13 +283,15 @@ def make_tokenizer(cfg: ModelConfig):
     return open_clip.tokenizer.SimpleTokenizer(context_length=mc["text_cfg"].get("context_length", 77))
 
 
-def build_towers(cfg: ModelConfig, load_weights: bool = True) -> tuple[ImageTower, ImageTower, TextTower]:
-    """(trainable image encoder, frozen visual-prompt encoder, frozen text tower) from one CLIP."""
+def build_towers(cfg: ModelConfig, load_weights: bool = True,
+                 prompt_encoder: bool = True) -> tuple[ImageTower, Optional[ImageTower], TextTower]:
+    """(trainable image encoder, frozen visual-prompt encoder or None when not asked for, frozen text tower) from
+    one CLIP."""
     clip = create_clip(cfg, load_weights=load_weights)
     mean = open_clip.constants.OPENAI_DATASET_MEAN
     std = open_clip.constants.OPENAI_DATASET_STD
     image = ImageTower(clip.visual, mean, std, grad_checkpointing=cfg.grad_checkpointing)
-    prompt = make_frozen_copy(image)
+    prompt = make_frozen_copy(image) if prompt_encoder else None
     text = TextTower(clip, make_tokenizer(cfg))
     text.requires_grad_(False)
     text.eval()

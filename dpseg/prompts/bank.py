@@ -260,6 +260,7 @@ class PromptBank:
         """The prompts of ``class_names`` (in that order), after checking the bank against the model's encoders.
 
         ``model``: anything with ``prompt_encoder`` and ``text_encoder`` attributes (a DPSeg); or pass the encoders.
+        A model without a visual-prompt encoder (text prompts only) is checked on its text tower alone.
         """
         if model is not None:
             prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder

@@ -9,7 +9,8 @@ prompt bank (``bank=DIR``), or the text tower alone. Policies, the same everywhe
 * a model that needs visual prompts (dual / visual prompts or visual cost volumes) with no bank or exemplars is
   refused with the fix, unless ``text_only=True`` asks for the *degraded* mode: V is replaced by T (so R = T) and
   the visual cost volumes get zero stage features; the result says it is degraded;
-* a text-only model only reads the text prompts of whatever source is given.
+* a text-only model only reads the text prompts of whatever source is given; one without a visual-prompt encoder
+  (e.g. SED) does not even look at exemplar images.
 """
 
 from __future__ import annotations
@@ -93,10 +94,14 @@ def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, ba
     if text_only and (bank is not None or exemplars is not None):
         raise InputError("text-only prompts cannot be combined with a bank or exemplars; choose one source")
     uses_visual = model.needs_visual_prompts
+    skipped = ""
+    if exemplars is not None and model.prompt_encoder is None:  # nothing could encode them, nothing would read them
+        log.info("exemplar images are not used: this model reads text prompts only")
+        exemplars, skipped = None, "; exemplar images not used"
     if bank is None and exemplars is None:
         text = model.encode_text_prompts(names, list(templates)).to(device)  # (K, M, d)
         if not uses_visual:
-            return ResolvedPrompts(PromptSet(names, text), "text (this model uses text prompts only)", False)
+            return ResolvedPrompts(PromptSet(names, text), f"text (this model uses text prompts only{skipped})", False)
         if not text_only:
             raise BankError(
                 f"{what}: this model needs visual prompts (prompt_type={model.prompt_type}"
@@ -104,7 +109,7 @@ def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, ba
                 "--vocab ... --out BANK', then bank=BANK / --bank BANK / --set prompts.bank=BANK), exemplar images "
                 "(DIR/<class>/*.jpg), or accept the degraded text-only mode (text_only=True / --text-only)"
             )
-        zeros = [torch.zeros(len(names), M, d, device=device) for d in model.prompt_encoder.stage_dims[:3]]
+        zeros = [torch.zeros(len(names), M, d, device=device) for d in model.image_encoder.stage_dims[:3]]
         source = (f"text only - DEGRADED: this model was trained with visual prompts (prompt_type={model.prompt_type}); "
                   "V is replaced by T and the visual cost volumes get no prompt; refinement helps the classes it finds")
         return ResolvedPrompts(PromptSet(names, text, text.clone(), zeros), source, True)  # V := T, v_j := 0
@@ -140,7 +145,7 @@ def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, ba
     stages = [torch.stack([rows[n][2][j] for n in names]) for j in range(3)]  # [(K, M, D_j)]
     source = " + ".join(parts)
     if not uses_visual:
-        source += " (this model uses only their text prompts)"
+        source += f" (this model uses only their text prompts{skipped})"
     prompts = PromptSet(names, text.float(), visual.float(), [s.float() for s in stages])
     return ResolvedPrompts(prompts, source, False)
 
