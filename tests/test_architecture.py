@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dpseg"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("dpseg.errors", "dpseg.atomic"),
+    ("dpseg.errors", "dpseg.atomic", "dpseg.progress"),
     ("dpseg.config_schema", "dpseg.config"),
     ("dpseg.weights", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),
     ("dpseg.prompts",),
-    ("dpseg.build",),
+    ("dpseg.build", "dpseg.checkpoint_paths"),
     ("dpseg.data",),
     ("dpseg.evaluation",),
     ("dpseg.engine",),
