@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dpseg import __version__
+from dpseg.checkpoint_paths import PATHS_RULE, export_paths, load_paths
 from dpseg.config import Config, ModelConfig, atomic_write_text, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from dpseg.model.aggregation import ClassAggregation, SpatialAggregation
@@ -89,12 +90,14 @@ def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDeco
 
 
 def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
+    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory`` (paths the checkpoint needs
+    stored portably: :mod:`dpseg.checkpoint_paths`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"dpseg_version": __version__, "prompt_encoder": state_fingerprint(model.prompt_encoder)}
+    data = export_paths(cfg.to_dict(), directory)
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
-    atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": meta, **cfg.to_dict()}, indent=2))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": {**meta, "paths": PATHS_RULE}, **data}, indent=2))
     return directory
 
 
@@ -130,7 +133,8 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
         data = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
-    data.pop("dpseg", None)
+    meta = data.pop("dpseg", None)
+    data = load_paths(data, directory, isinstance(meta, dict) and meta.get("paths") == PATHS_RULE)
     try:
         cfg = config_from_dict(data)
     except ConfigError as e:
