@@ -33,6 +33,7 @@ from dpseg.weights import (
     read_state_dict,
     safetensors_integrity,
     save_safetensors,
+    skip_random_init,
     state_fingerprint,
 )
 
@@ -141,7 +142,8 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
         raise CheckpointError(f"{cfg_path} is not a dpseg config this version can read: {e}") from None
     with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (hashlib releases the GIL)
         pool.submit(safetensors_integrity, weights)
-        model = build_model(cfg, load_clip_weights=False)
+        with skip_random_init():  # every parameter is loaded strictly below
+            model = build_model(cfg, load_clip_weights=False)
     state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
     load_strict(model, state, "DPSeg model of this config", str(weights))
     model.eval()

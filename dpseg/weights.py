@@ -14,12 +14,14 @@ file is an error naming the file instead of silently different weights. Files wr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -257,3 +259,50 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+# the random initialisers a model's constructors call, and the helpers behind them (modules such as
+# nn.MultiheadAttention import xavier_uniform_ by name; it draws through _no_grad_uniform_); missing names are skipped
+_RANDOM_INITS = {
+    "torch.nn.init": ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                      "xavier_normal_", "orthogonal_", "sparse_", "_no_grad_uniform_", "_no_grad_normal_",
+                      "_no_grad_trunc_normal_"),
+    "timm.layers.weight_init": ("_trunc_normal_", "trunc_normal_tf_", "variance_scaling_"),
+}
+
+
+@contextlib.contextmanager
+def skip_random_init():
+    """Within the block, in this thread only, the random initialisers of ``torch.nn.init`` (and timm's) leave their
+    tensor as it is: for building a model whose every parameter is then loaded strictly from a checkpoint. Drawing
+    random numbers that are thrown away costs a dpseg-b model ~3 CPU s of its ~3.5 s load (benchmarks/bench_startup.py).
+    Buffers computed in constructors (causal masks, normalisation constants) are not random and are built as usual."""
+    import importlib
+
+    owner = threading.get_ident()
+    saved = []
+
+    def skipping(original):
+        @functools.wraps(original)
+        def init(tensor, *args, **kwargs):
+            if threading.get_ident() == owner:
+                return tensor
+            return original(tensor, *args, **kwargs)
+
+        return init
+
+    try:
+        for module_name, names in _RANDOM_INITS.items():
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            for name in names:
+                original = getattr(module, name, None)
+                if callable(original):
+                    saved.append((module, name, original))
+                    setattr(module, name, skipping(original))
+        yield
+    finally:
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)

@@ -272,10 +272,32 @@ class TextTower(nn.Module):
 # -------------------------------------------------------------------------------------------- factories
 
 
-def make_tokenizer(cfg: ModelConfig):
+class LazyTokenizer:
+    """The OpenCLIP BPE tokenizer, built on its first call: reading the bundled vocabulary costs ~0.3 s, which a
+    model whose text prompts come from a prompt bank (``dpseg segment`` with a bank) never needs to pay."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self._tokenizer = None
+
+    def _get(self):
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer
+
+    def __call__(self, texts):
+        return self._get()(texts)
+
+    def __getattr__(self, name: str):  # sot_token_id, encode, ...: the real tokenizer's
+        if name.startswith("__") or name == "_tokenizer":
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def make_tokenizer(cfg: ModelConfig) -> LazyTokenizer:
     """The OpenCLIP BPE tokenizer (bundled vocabulary: no network) at the model's context length."""
     mc = clip_model_config(cfg)
-    return open_clip.tokenizer.SimpleTokenizer(context_length=mc["text_cfg"].get("context_length", 77))
+    return LazyTokenizer(mc["text_cfg"].get("context_length", 77))
 
 
 def build_towers(cfg: ModelConfig, load_weights: bool = True) -> tuple[ImageTower, ImageTower, TextTower]:

@@ -1,0 +1,47 @@
+"""Fast start: `dpseg segment` imports no heavy package it does not use, and loading a checkpoint draws no random
+numbers that the checkpoint's weights overwrite anyway (the speed itself is measured by benchmarks/bench_startup.py,
+not here)."""
+
+import subprocess
+import sys
+import threading
+
+import torch
+from segment_helpers import artifacts
+
+from dpseg.build import load_model
+from dpseg.weights import read_state_dict, skip_random_init
+
+HEAVY = ("gradio", "diffusers", "matplotlib", "torch.utils.tensorboard", "cv2", "dpseg.data.synthetic",
+         "dpseg.quickstart.run", "dpseg.engine")
+
+
+def test_segment_imports_no_heavy_package():
+    code = ("import sys, dpseg.commands.segment, dpseg.commands.calibrate, dpseg.segmenter; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_loading_a_checkpoint_draws_no_random_numbers_and_loads_every_weight():
+    ckpt = artifacts().ckpt
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    model, _ = load_model(ckpt)
+    assert torch.equal(torch.get_rng_state(), before)  # no random initialisation was drawn (and thrown away)
+    saved = read_state_dict(ckpt / "model.safetensors")
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_skip_random_init_is_scoped_to_its_block_and_thread():
+    original = torch.nn.init.normal_
+    other: list = []
+    with skip_random_init():
+        kept = torch.nn.init.normal_(torch.zeros(4))
+        thread = threading.Thread(target=lambda: other.append(torch.nn.init.normal_(torch.zeros(4))))
+        thread.start()
+        thread.join()
+    assert torch.equal(kept, torch.zeros(4))  # this thread: left as it was
+    assert other[0].abs().sum() > 0  # another thread building a model meanwhile still gets random weights
+    assert torch.nn.init.normal_ is original and torch.nn.init.normal_(torch.zeros(4)).abs().sum() > 0  # restored
