@@ -2,7 +2,7 @@
 layer to the same or a lower layer, and module-level imports form no loop. A new upward import or loop fails here
 with the offending edge named. ``python tests/test_architecture.py`` prints the graph's numbers.
 
-Layers, bottom up (docs/architecture.md): errors/atomic -> config -> weights / image I/O / vocabulary /
+Layers, bottom up (docs/architecture.md): errors/atomic/progress -> config -> weights / image I/O / vocabulary /
 visualize -> model -> prompts -> build -> data -> evaluation -> engine -> segmenter -> quickstart -> commands.
 """
 

@@ -244,3 +244,21 @@ def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatc
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message.format(t=tmp_path)}"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(capsys, tmp_path):
+    toy = shutil.copytree(artifacts().ckpt, tmp_path / "toy")
+    config = json.loads((toy / "config.json").read_text())
+    (toy / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))  # as `dpseg quickstart` exports
+    Image.fromarray(scene()).save(tmp_path / "x.png")
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; red striped star; blue dotted sofa", "--text-only",
+                      "--no-refine", "--out", tmp_path / "o", checkpoint=toy)
+    assert rc == 0, err
+    assert err.count("note: this is the toy model of `dpseg quickstart`") == 1
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "red striped star", "--text-only", "--no-refine",
+                      "--out", tmp_path / "o", checkpoint=toy)
+    assert rc == 0 and "note: this is the toy" in err and "warning:" not in err
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat", "--no-refine", "--out", tmp_path / "o")
+    assert rc == 0 and "toy model" not in err and "warning:" not in err  # a real model: nothing to say
