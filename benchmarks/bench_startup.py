@@ -114,8 +114,8 @@ def main() -> int:
     p.add_argument("--importtime", type=int, default=15, help="list this many extra imports (0 = skip)")
     p.add_argument("--json", default="benchmarks/results/startup.json")
     args = p.parse_args()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="dpseg-startup-") as tmp:
         tmp = Path(tmp)
@@ -128,9 +128,10 @@ def main() -> int:
             "floor: import torch, open_clip": [py, "-c", "import torch, open_clip" + MARK],
             "floor: + read the weights": [py, "-c", "import torch, open_clip; from safetensors.torch import load_file; "
                                           f"load_file({str(weights)!r})" + MARK],
-            "dpseg segment -> first inference": [py, "-c", SEGMENT_PROBE, "segment", str(tmp / "scene.png"), "--checkpoint",
-                                                 str(ckpt), "--bank", str(bank), "--classes", ", ".join(classes),
-                                                 "--out", str(tmp / "out"), "--quiet", "--device", "cpu"],
+            "dpseg segment -> first inference": [
+                py, "-c", SEGMENT_PROBE, "segment", str(tmp / "scene.png"), "--checkpoint", str(ckpt),
+                "--bank", str(bank), "--classes", ", ".join(classes), "--out", str(tmp / "out"), "--quiet",
+                "--device", "cpu"],
         }
         walls: dict[str, list[float]] = {name: [] for name in cases}
         cpus: dict[str, list[float]] = {name: [] for name in cases}
@@ -143,9 +144,10 @@ def main() -> int:
         overhead = "overhead (segment - floor with weights)"
         summary = {}
         for name in cases:
-            summary[name] = {"cpu_median_s": round(statistics.median(cpus[name]), 3), "cpu_min_s": round(min(cpus[name]), 3),
-                             "wall_median_s": round(statistics.median(walls[name]), 3), "wall_min_s": round(min(walls[name]), 3),
-                             "cpu_runs": [round(x, 3) for x in cpus[name]], "wall_runs": [round(x, 3) for x in walls[name]]}
+            cpu, wall = cpus[name], walls[name]
+            summary[name] = {"cpu_median_s": round(statistics.median(cpu), 3), "cpu_min_s": round(min(cpu), 3),
+                             "wall_median_s": round(statistics.median(wall), 3), "wall_min_s": round(min(wall), 3),
+                             "cpu_runs": [round(x, 3) for x in cpu], "wall_runs": [round(x, 3) for x in wall]}
         summary[overhead] = {key: round(summary[seg][key] - summary[floor][key], 3)
                              for key in ("cpu_median_s", "cpu_min_s", "wall_median_s", "wall_min_s")}
         print(f"preset {args.preset}, weights {weights.stat().st_size / 1e6:.1f} MB, {args.repeat} runs each, "

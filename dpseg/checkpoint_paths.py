@@ -102,5 +102,5 @@ def missing_bank_message(bank: str, checkpoint: str) -> str:
     """The one-line error for a checkpoint whose prompt bank is not where its config says."""
     return (f"the prompt bank of checkpoint {checkpoint}, {bank} (prompts.bank in its config.json), does not exist; "
             f"pass the bank with --bank BANK (bank=BANK in Python), put it back at {bank}, or rebuild it with "
-            f"'dpseg prompts build --checkpoint {checkpoint} --vocab CLASS_LIST --generator GEN --out BANK'; --text-only runs without "
-            "visual prompts (degraded)")
+            f"'dpseg prompts build --checkpoint {checkpoint} --vocab CLASS_LIST --generator GEN --out BANK'; "
+            "--text-only runs without visual prompts (degraded)")

@@ -115,7 +115,7 @@ class Progress:
         elif self.style == "lines" and self.n > self.start_n:
             self._emit(self.line())
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,8 +12,9 @@ the checkpoint's ``eval.min_score``, chosen on its validation split when it was 
 background class, and in checkpoints from before calibration): :mod:`dpseg.evaluation.calibrate`.
 
 Visual prompts come from a prompt bank (``bank=``; default: the checkpoint's ``prompts.bank``, stored relative to
-the checkpoint folder when it lies next to it; a missing one is named in the error), from your own exemplar images (``exemplars=DIR`` with ``DIR/<class name>/*.jpg``; with a bank too, the
-exemplars win for the classes they cover), or from nowhere (``text_only=True``). :attr:`Segmenter.prompt_source`
+the checkpoint folder when it lies next to it; a missing one is named in the error), from your own exemplar images
+(``exemplars=DIR`` with ``DIR/<class name>/*.jpg``; with a bank too, the exemplars win for the classes they
+cover), or from nowhere (``text_only=True``). :attr:`Segmenter.prompt_source`
 says which, and the choice is logged. A model trained with visual prompts (``prompt_type`` dual/visual, or visual
 cost volumes) refuses a vocabulary without visual prompts unless you pass ``text_only=True``; it then runs
 *degraded*: V is replaced by T (so R = T) and the visual cost volumes see no prompt (zero stage features). With
@@ -190,7 +191,8 @@ class Segmenter:
             raise InputError("text_only=True cannot be combined with a bank or exemplars; choose one source")
         if bank is None and not text_only:
             bank = self.default_bank
-        if bank is None and exemplars is None and not text_only and self.missing_bank and self.model.needs_visual_prompts:
+        needs_bank = bank is None and exemplars is None and not text_only and self.model.needs_visual_prompts
+        if needs_bank and self.missing_bank:
             raise BankError(missing_bank_message(self.missing_bank, self.checkpoint or "(in memory)"))
         key = source_key(names, bank, exemplars)
         cached = key in self._cache

@@ -5,7 +5,6 @@ re-chosen by `dpseg calibrate`."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -43,7 +43,8 @@ def export(trained, run, bank=None, templates=None):
 def test_a_run_folder_with_its_bank_can_move_and_be_used_from_anywhere(trained, tmp_path, monkeypatch):
     final = export(trained, tmp_path / "run", bank="next")
     stored = json.loads((final / "config.json").read_text())
-    assert stored["prompts"]["bank"] == os.path.join("..", "bank") and stored["dpseg"]["paths"] == "relative to this folder"
+    assert stored["prompts"]["bank"] == os.path.join("..", "bank")
+    assert stored["dpseg"]["paths"] == "relative to this folder"
     shutil.move(tmp_path / "run", tmp_path / "moved")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -86,7 +87,8 @@ def test_segment_names_the_missing_bank_in_one_line(trained, tmp_path, capsys):
 
 def test_a_template_file_travels_inside_the_checkpoint(trained, tmp_path, monkeypatch):
     model, cfg = trained
-    (tmp_path / "my_templates.txt").write_text("\n".join(get_templates(cfg.prompts.templates, cfg.prompts.num_templates)))
+    templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+    (tmp_path / "my_templates.txt").write_text("\n".join(templates))
     monkeypatch.chdir(tmp_path)
     final = export(trained, tmp_path / "run", templates="my_templates.txt")  # relative to the working directory
     assert json.loads((final / "config.json").read_text())["prompts"]["templates"] == "templates.txt"
@@ -122,7 +124,8 @@ def test_segment_without_a_checkpoint_uses_the_quickstart_model(tmp_path, monkey
     assert main(args) == 2
     assert "run `dpseg quickstart` first" in capsys.readouterr().err
     (tmp_path / "cache" / "quickstart").mkdir(parents=True)
-    (tmp_path / "cache" / "quickstart" / "latest.json").write_text(json.dumps({"model": str(a.ckpt), "bank": str(a.bank)}))
+    pointer = {"model": str(a.ckpt), "bank": str(a.bank)}
+    (tmp_path / "cache" / "quickstart" / "latest.json").write_text(json.dumps(pointer))
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"no --checkpoint: using the quickstart model {a.ckpt}" in err and "prompts: bank" in err

@@ -17,8 +17,8 @@ class Terminal(io.StringIO):
         return True
 
 
-LINE = re.compile(r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\), (?P<rate>[\d.e+-]+) \w+/s, "
-                  r"(ETA \d+:\d\d|done in \d+:\d\d)")
+LINE = re.compile(r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\), "
+                  r"(?P<rate>[\d.e+-]+) \w+/s, (ETA \d+:\d\d|done in \d+:\d\d)")
 
 
 def test_plain_lines_with_rate_and_eta_when_not_a_terminal(monkeypatch):
@@ -124,14 +124,16 @@ def test_prompt_bank_builds_print_lines(capsys, tmp_path, monkeypatch):
         identity = "noise-v1"
 
         def generate(self, texts, seeds):
-            return [Image.fromarray(np.random.default_rng(s).integers(0, 256, (16, 16, 3), dtype=np.uint8)) for s in seeds]
+            rngs = [np.random.default_rng(s) for s in seeds]
+            return [Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for g in rngs]
 
     monkeypatch.setenv("DPSEG_PROGRESS_INTERVAL", "0")
     cfg = build_config("dpseg-tiny")
     torch.manual_seed(0)
     _, prompt, text = build_towers(cfg.model)
     templates = get_templates("imagenet80", 2)
-    bank = PromptBank.create(tmp_path / "bank", make_key(prompt, text, templates, cfg.model.prompt_image_size), "noise-v1", "n")
+    key = make_key(prompt, text, templates, cfg.model.prompt_image_size)
+    bank = PromptBank.create(tmp_path / "bank", key, "noise-v1", "n")
     build_bank(bank, ["cat", "dog"], Noise(), prompt, text, batch_size=2)
     err = capsys.readouterr().err
     assert "prompt bank: 2/4 img (50%)" in err and "prompt bank: 4/4 img (100%)" in err and "[dog]" in err

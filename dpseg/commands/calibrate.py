@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "auto (default): yes when under 1%% of the pixels are ignore")
     parser.add_argument("--max-images", type=int, default=0, help="use the first N images (0 = all)")
     parser.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None,
-                        help="threshold the refined map (default: what `dpseg segment` does, the checkpoint's eval.two_pass)")
+                        help="threshold the refined map (default: as `dpseg segment`, the checkpoint's eval.two_pass)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

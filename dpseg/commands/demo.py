@@ -45,11 +45,11 @@ from dpseg.segmenter import Segmenter
 from dpseg.visualize import legend_html, overlay
 from dpseg.vocab import parse_class_list
 
-QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it knows "
-                   "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; other class "
-                   "names get a warning. The background is not a class in that world, so pixels below the threshold "
-                   "(chosen on the world's validation scenes) stay unlabelled. Start the demo with `--checkpoint` to use a "
-                   "real model.")
+QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it "
+                   "knows rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; "
+                   "other class names get a warning. The background is not a class in that world, so pixels below the "
+                   "threshold (chosen on the world's validation scenes) stay unlabelled. Start the demo with "
+                   "`--checkpoint` to use a real model.")
 RESULTS_KEPT = 16  # downloadable results kept on disk (older ones are deleted)
 
 
@@ -126,8 +126,8 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
         h, w = result.size
         unlabelled = result.unlabelled_pixels / max(1, result.labels.size)
         info = (f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
-                f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the pixels "
-                f"(best class probability below {result.min_score:g}).")
+                f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
+                f"pixels (best class probability below {result.min_score:g}).")
         warning = outside_world_warning(names) if toy else None
         if warning:
             info = f"**Warning:** {warning}.\n\n{info}"
@@ -193,9 +193,10 @@ def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: b
                 with gr.Row():
                     refine = gr.Checkbox(value=can_refine and seg.refine_default, interactive=can_refine,
                                          label="two-pass prompt refinement", elem_id="dpseg-refine")
-                    text_only_box = gr.Checkbox(value=text_only, interactive=can_switch, elem_id="dpseg-text-only",
-                                                label="text prompts only (no visual prompts; degraded for this model)"
-                                                if seg.model.needs_visual_prompts else "text prompts only (this model's)")
+                    switch = ("text prompts only (no visual prompts; degraded for this model)"
+                              if seg.model.needs_visual_prompts else "text prompts only (this model's)")
+                    text_only_box = gr.Checkbox(value=text_only, interactive=can_switch, label=switch,
+                                                elem_id="dpseg-text-only")
                 threshold = gr.Slider(0.0, 0.95, value=min_score, step=0.05, elem_id="dpseg-threshold",
                                       label="leave pixels below this probability unlabelled (start: the checkpoint's)")
                 run = gr.Button("Segment", variant="primary", elem_id="dpseg-run")

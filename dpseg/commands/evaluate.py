@@ -36,8 +36,8 @@ from dpseg.weights import state_fingerprint
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint directory (config.json + model.safetensors) or hub id "
-                        "(default: the model of the last `dpseg quickstart`, with its prompt bank)")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint directory (config.json + model.safetensors) or hub "
+                        "id (default: the model of the last `dpseg quickstart`, with its prompt bank)")
     parser.add_argument("--datasets", help="comma-separated: a847,pc459,a150,pc59,voc20,voc20b,coco171 or custom PATH[:SPLIT] "
                                            "(default: the config's eval.datasets)")
     src = parser.add_mutually_exclusive_group()
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--two-pass refines visual prompts, which text-only evaluation does not have")
         ecfg = dataclasses.replace(ecfg, two_pass=False)
     ckpt_dir = Path(checkpoint)
-    out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else Path(f"eval-{str(checkpoint).replace('/', '-')}"))
+    hub_dir = Path(f"eval-{str(checkpoint).replace('/', '-')}")
+    out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else hub_dir)
     results = load_results(out_dir / "results.json", str(checkpoint))
     results["checkpoint"] = str(checkpoint)  # another model is caught by the weight fingerprint in the settings
     model_fp = state_fingerprint(model)

@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 
 TOY_PRESET = "synthetic"
 TOY_NOTE = ("this is the toy model of `dpseg quickstart`, trained on the built-in synthetic world: it knows rendered "
-            "shapes named 'colour pattern shape' (e.g. 'red striped star'), not photos; pass --checkpoint for a real model")
+            "shapes named 'colour pattern shape' (e.g. 'red striped star'), not photos; pass --checkpoint for a "
+            "real model")
 
 
 def is_toy(cfg) -> bool:

@@ -67,9 +67,9 @@ class Calibration:
             return "score threshold eval.min_score = 0: the vocabulary has a background class, every pixel gets a class"
         best = self.scores.get(self.min_score)
         zero = self.scores.get(0.0)
-        gain = f" (mIoU with 'unlabelled' {best:.1f} vs {zero:.1f} at 0)" if best is not None and zero is not None else ""
-        return (f"score threshold eval.min_score = {self.min_score:g}, chosen on {self.dataset} ({self.num_images} images, "
-                f"{self.prediction}){gain}")
+        gain = "" if best is None or zero is None else f" (mIoU with 'unlabelled' {best:.1f} vs {zero:.1f} at 0)"
+        return (f"score threshold eval.min_score = {self.min_score:g}, chosen on {self.dataset} "
+                f"({self.num_images} images, {self.prediction}){gain}")
 
     def table(self) -> str:
         rows = [f"{'min_score':>9}  mIoU (K + unlabelled)"]
@@ -130,7 +130,7 @@ def calibrate(model, prompts, dataset, eval_cfg, device="cpu", background_class:
             labels = labels.clamp(max=merge)
         gt = item["label"].reshape(-1).long()
         if gt.shape != labels.shape:
-            raise DataError(f"{name} item {i}: label of {tuple(item['label'].shape)} pixels differs from the prediction")
+            raise DataError(f"{name} item {i}: a label of {tuple(item['label'].shape)} differs from its image's size")
         gt = torch.where(gt < 0, K, gt)
         if gt.numel() and int(gt.max()) > K:
             raise DataError(f"{name} item {i}: label value {int(gt.max())} is out of range for {K} classes")
@@ -218,8 +218,8 @@ def calibrate_checkpoint(checkpoint: Union[str, Path], dataset: str, *, root: st
 
     folder = Path(checkpoint).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a checkpoint folder on this machine (config.json + model.safetensors); "
-                              "calibration writes into the folder, so give a local one")
+        raise CheckpointError(f"{checkpoint} is not a checkpoint folder on this machine (config.json + "
+                              "model.safetensors); calibration writes into the folder, so give a local one")
     if max_images < 0:
         raise InputError(f"max_images must be >= 0 (0 = the whole split), got {max_images}")
     data = build_dataset(dataset, root=root, split="val")  # a missing dataset fails before the model is built
