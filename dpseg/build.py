@@ -31,7 +31,9 @@ from dpseg.weights import (
     hub_reachable,
     load_strict,
     read_state_dict,
+    remember_fingerprint,
     safetensors_integrity,
+    safetensors_metadata,
     save_safetensors,
     skip_random_init,
     state_fingerprint,
@@ -95,7 +97,8 @@ def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike]) ->
     stored portably: :mod:`dpseg.checkpoint_paths`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"dpseg_version": __version__, "prompt_encoder": state_fingerprint(model.prompt_encoder)}
+    meta = {"dpseg_version": __version__, "prompt_encoder": state_fingerprint(model.prompt_encoder),
+            "text_encoder": state_fingerprint(model.text_encoder)}
     data = export_paths(cfg.to_dict(), directory)
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
     atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": {**meta, "paths": PATHS_RULE}, **data}, indent=2))
@@ -141,11 +144,16 @@ def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torc
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path} is not a dpseg config this version can read: {e}") from None
     with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (hashlib releases the GIL)
-        pool.submit(safetensors_integrity, weights)
+        integrity = pool.submit(safetensors_integrity, weights)
         with skip_random_init():  # every parameter is loaded strictly below
             model = build_model(cfg, load_clip_weights=False)
     state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
-    load_strict(model, state, "DPSeg model of this config", str(weights))
+    load_strict(model, state, "DPSeg model of this config", str(weights), assign=True)  # no second copy
+    if integrity.result()[0] == "ok":  # the frozen encoders' fingerprints saved with verified weights: banks are
+        meta = safetensors_metadata(weights)  # checked against them without hashing the encoders again
+        for name in ("prompt_encoder", "text_encoder"):
+            if meta.get(name):
+                remember_fingerprint(getattr(model, name), meta[name])
     model.eval()
     return (model.to(device) if device is not None else model), cfg
 

@@ -191,7 +191,7 @@ def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine
     assert re.search(r"integrity +2 class file\(s\) verified \(SHA-256\); 1 DAMAGED \(dog-", capsys.readouterr().out)
     assert main(["check", str(bank.root)]) == 2
     assert "DAMAGED" in capsys.readouterr().out
-    rebuilt = bank.build(["cat", "dog"], NoiseGenerator(), prompt, text, progress=False)
+    rebuilt = build_bank(bank, ["cat", "dog"], NoiseGenerator(), prompt, text, progress=False)
     assert rebuilt.repaired == ["dog"] and rebuilt.built == ["dog"] and rebuilt.skipped == 1
     same = PromptBank.open(pristine).load_class("dog")  # seeded per (class, image): rebuilt bit for bit
     assert torch.equal(bank.load_class("dog")["visual"], same["visual"])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 from segment_helpers import artifacts
 
@@ -45,3 +46,36 @@ def test_skip_random_init_is_scoped_to_its_block_and_thread():
     assert torch.equal(kept, torch.zeros(4))  # this thread: left as it was
     assert other[0].abs().sum() > 0  # another thread building a model meanwhile still gets random weights
     assert torch.nn.init.normal_ is original and torch.nn.init.normal_(torch.zeros(4)).abs().sum() > 0  # restored
+
+
+def test_the_frozen_encoders_fingerprints_come_from_the_verified_file(tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import strip_content_hash
+
+    import dpseg.weights as weights
+    from dpseg.weights import safetensors_metadata, state_fingerprint
+
+    ckpt = shutil.copytree(artifacts().ckpt, tmp_path / "ckpt")
+    meta = safetensors_metadata(ckpt / "model.safetensors")
+    model, _ = load_model(ckpt)
+    fresh = weights._fingerprint(model.prompt_encoder.state_dict())
+    assert meta["prompt_encoder"] == fresh
+    assert meta["text_encoder"] == weights._fingerprint(model.text_encoder.state_dict())
+
+    def no_hashing(state):
+        raise AssertionError("the encoder was hashed again")
+
+    monkeypatch.setattr(weights, "_fingerprint", no_hashing)
+    assert state_fingerprint(model.prompt_encoder) == fresh  # known from the file: a bank check costs nothing
+    monkeypatch.undo()
+    with torch.no_grad():
+        next(model.prompt_encoder.parameters()).add_(1)  # changed weights are hashed again
+    assert state_fingerprint(model.prompt_encoder) != fresh
+    image, prompt = next(model.image_encoder.parameters()), next(model.prompt_encoder.parameters())
+    assert image.data_ptr() != prompt.data_ptr()  # the two towers hold their own tensors
+    strip_content_hash(ckpt / "model.safetensors")  # a file without a content hash: its metadata is not trusted
+    unverified, _ = load_model(ckpt)
+    monkeypatch.setattr(weights, "_fingerprint", no_hashing)
+    with pytest.raises(AssertionError, match="hashed again"):
+        state_fingerprint(unverified.prompt_encoder)

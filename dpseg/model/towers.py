@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from dpseg.config import ModelConfig
 from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
 from dpseg.vocab import split_synonyms
-from dpseg.weights import hub_reachable, load_strict, read_state_dict
+from dpseg.weights import hub_reachable, init_skipped, load_strict, read_state_dict
 
 # ------------------------------------------------------------------------------------- tiny ConvNeXt trunks
 # Registered with timm so that an OpenCLIP model config can name them like any timm trunk.
@@ -314,8 +314,13 @@ def build_towers(cfg: ModelConfig, load_weights: bool = True) -> tuple[ImageTowe
 
 
 def make_frozen_copy(tower: ImageTower) -> ImageTower:
-    """The visual-prompt encoder: a separate copy with the same weights, frozen and in eval mode."""
-    frozen = copy.deepcopy(tower)
+    """The visual-prompt encoder: a separate copy with the same weights, frozen and in eval mode. When the model is
+    built for a checkpoint's weights (:func:`dpseg.weights.skip_random_init`), its parameters are left unfilled:
+    copying them would write hundreds of MB that loading overwrites."""
+    memo = {}
+    if init_skipped():
+        memo = {id(p): nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad) for p in tower.parameters()}
+    frozen = copy.deepcopy(tower, memo)
     frozen.grad_checkpointing = False
     frozen.requires_grad_(False)
     frozen.eval()
