@@ -9,7 +9,8 @@ Each measurement runs in a fresh process, ``--repeat`` times (median and min of 
 interpreter starts to the moment measured):
 
 * ``floor: import torch, open_clip`` - ``python -c "import torch, open_clip"``;
-* ``floor: + read the weights`` - the same, then ``safetensors.torch.load_file`` of the checkpoint's weights;
+* ``floor: + read the weights`` - the same, then the checkpoint's weights read into memory and made tensors
+  (``safetensors.torch.load`` of the file's bytes; ``load_file`` would map the file and read nothing yet);
 * ``dpseg segment -> first inference`` - ``dpseg segment IMAGE --checkpoint CKPT --bank BANK --classes ...``
   run through :func:`dpseg.commands.main`, stopped when ``Segmenter.segment`` is first called (arguments parsed,
   options checked, model built and loaded, weights hashed, prompts read from the bank, image listed);
@@ -126,8 +127,8 @@ def main() -> int:
         weights = ckpt / "model.safetensors"
         cases = {
             "floor: import torch, open_clip": [py, "-c", "import torch, open_clip" + MARK],
-            "floor: + read the weights": [py, "-c", "import torch, open_clip; from safetensors.torch import load_file; "
-                                          f"load_file({str(weights)!r})" + MARK],
+            "floor: + read the weights": [py, "-c", "import torch, open_clip; from safetensors.torch import load; "
+                                          f"load(open({str(weights)!r}, 'rb').read())" + MARK],
             "dpseg segment -> first inference": [
                 py, "-c", SEGMENT_PROBE, "segment", str(tmp / "scene.png"), "--checkpoint", str(ckpt),
                 "--bank", str(bank), "--classes", ", ".join(classes), "--out", str(tmp / "out"), "--quiet",
