@@ -53,7 +53,7 @@ from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import build_optimizer, lr_factor, make_scaler, set_lr
 from dpseg.engine.vocabulary import remap_labels, sample_step_classes
 from dpseg.errors import ConfigError, DataError, DPSegError
-from dpseg.evaluation.calibrate import calibrate, write_calibration
+from dpseg.evaluation.calibrate import TRAINING_CALIBRATION_IMAGES, calibrate, write_calibration
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.runtime import autocast, resolve_precision
 from dpseg.model.loss import SegmentationLoss
@@ -276,8 +276,9 @@ def _calibrate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision
     model.eval()
     try:
         with torch.random.fork_rng(devices=devices), autocast(precision, ctx.device):
-            return calibrate(model, prompts, dataset, cfg.eval, ctx.device, cfg.eval.background_class, two,
-                             cfg.train.eval_max_images, progress=progress and ctx.is_main)
+            images = cfg.train.eval_max_images or TRAINING_CALIBRATION_IMAGES
+            return calibrate(model, prompts, dataset, cfg.eval, ctx.device, cfg.eval.background_class, two, images,
+                             progress=progress and ctx.is_main)
     finally:
         model.train()
 

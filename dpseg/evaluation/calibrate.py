@@ -42,6 +42,9 @@ from dpseg.progress import progress as progress_bar
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0, 0.05, ..., 0.95
 COVERED_IGNORE_FRACTION = 0.01
+# images the end of training calibrates on when train.eval_max_images does not say (a 20-value grid needs no more;
+# two passes over all 5000 COCO-Stuff validation images would cost as much as a long evaluation)
+TRAINING_CALIBRATION_IMAGES = 500
 CALIBRATION_NAME = "calibration.json"
 CALIBRATED_KEYS = ("min_score", "background_class")  # the eval keys this module writes into a checkpoint's config
 
