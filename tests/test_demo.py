@@ -69,7 +69,8 @@ def test_gradio_client_segments_and_reports_errors(server):
     for classes, message in [("", "class list is empty"), ("a; b; c; d; e; f", "up to 5"), ("cat, cat", "more than once"),
                              ("cat, giraffe", "lacks 1 of the 2 classes")]:
         with pytest.raises(AppError, match=message):
-            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, 0.5, False, api_name="/segment")
+            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, 0.5, False,
+                           api_name="/segment")
     Image.fromarray(scene(200, 200)).save(server.files / "big.png")  # 0.04 MP > 0.02 MP
     with pytest.raises(AppError, match="above the limit"):
         client.predict(handle_file(str(server.files / "big.png")), "cat", False, 0.0, 0.5, False, api_name="/segment")
@@ -226,7 +227,8 @@ def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     assert "below 0)" in info and all(Path(f).is_file() for f in files)  # the checkpoint's threshold: 0 here
     seg.min_score = 0.5  # as a calibrated checkpoint: its threshold is the default
     assert "(best class probability below 0.5)" in handler(str(tmp_path / "x.png"), "cat; lamp", False)[2]
-    assert "Prompts: bank" in info and "DEGRADED" in handler(str(tmp_path / "x.png"), "cat; lamp", False, 0, 0.5, True)[2]
+    assert "Prompts: bank" in info
+    assert "DEGRADED" in handler(str(tmp_path / "x.png"), "cat; lamp", False, 0, 0.5, True)[2]  # the text-only switch
     with pytest.raises(InputError, match="opacity must be between 0 and 1"):
         handler(str(tmp_path / "x.png"), "cat", False, 0, 1.5)
     for _ in range(demo.RESULTS_KEPT + 2):
@@ -311,7 +313,7 @@ def test_chromium_the_toy_example_is_partly_labelled_and_an_error_clears_the_res
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "more than once" in d.find_element(By.TAG_NAME, "body").text)
         wait.until(lambda d: "Unlabelled" not in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
-        assert not driver.find_elements(By.CSS_SELECTOR, "#dpseg-legend .dpseg-legend-item")  # (gradio marks it "Error")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#dpseg-legend .dpseg-legend-item")  # gradio shows "Error"
         assert not driver.find_elements(By.CSS_SELECTOR, "#dpseg-overlay img")
         assert "synthetic_scene" not in "".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-downloads").text.split())
     finally:

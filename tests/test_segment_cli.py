@@ -103,8 +103,8 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
 def test_label_map_shows_the_overlay_colours_and_masks_and_scores_are_written(capsys, tmp_path):
     Image.fromarray(scene(seed=4)).save(tmp_path / "x.png")
     out = tmp_path / "out"
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; sofa, couch; lamp", "--no-refine", "--min-score", "0.5",
-                      "--save-masks", "--save-scores", "--out", out)
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; sofa, couch; lamp", "--no-refine",
+                      "--min-score", "0.5", "--save-masks", "--save-scores", "--out", out)
     assert rc == 0, err
     info = json.loads((out / "x.json").read_text())
     label = Image.open(out / "x.png")
@@ -256,7 +256,8 @@ def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(c
     assert rc == 0, err
     assert err.count("note: this is the toy model of `dpseg quickstart`") == 1
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
+    assert len(warning) == 1
+    assert "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "red striped star", "--text-only", "--no-refine",
                       "--out", tmp_path / "o", checkpoint=toy)
     assert rc == 0 and "note: this is the toy" in err and "warning:" not in err
