@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dpseg import __version__
+from dpseg.checkpoint_paths import PATHS_RULE, export_paths, load_paths
 from dpseg.config import Config, ModelConfig, atomic_write_text, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from dpseg.model.aggregation import ClassAggregation, ConvNeXtAggregation, SEDClassAggregation, SpatialAggregation
@@ -33,8 +34,11 @@ from dpseg.weights import (
     hub_reachable,
     load_strict,
     read_state_dict,
+    remember_fingerprint,
     safetensors_integrity,
+    safetensors_metadata,
     save_safetensors,
+    skip_random_init,
     state_fingerprint,
 )
 
@@ -101,13 +105,16 @@ def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDeco
 
 
 def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike], metadata: Optional[dict] = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory`` (``metadata``: extra provenance)."""
+    """Write ``config.json`` + ``model.safetensors`` atomically into ``directory`` (``metadata``: extra provenance;
+    paths the checkpoint needs are stored portably: :mod:`dpseg.checkpoint_paths`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     prompt_encoder = "none" if model.prompt_encoder is None else state_fingerprint(model.prompt_encoder)
-    meta = {"dpseg_version": __version__, "prompt_encoder": prompt_encoder, **(metadata or {})}
+    meta = {"dpseg_version": __version__, "prompt_encoder": prompt_encoder,
+            "text_encoder": state_fingerprint(model.text_encoder), **(metadata or {})}
+    data = export_paths(cfg.to_dict(), directory)
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
-    atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": meta, **cfg.to_dict()}, indent=2))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": {**meta, "paths": PATHS_RULE}, **data}, indent=2))
     return directory
 
 
@@ -136,22 +143,30 @@ def _resolve_checkpoint(source: str) -> Path:
 def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> tuple[DPSeg, Config]:
     """Load our checkpoint directory (or hub id) strictly; returns (model in eval mode, its config)."""
     cfg_path, weights = checkpoint_files(source)
+    directory = cfg_path.parent
     try:
         data = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
-    data.pop("dpseg", None)
+    meta = data.pop("dpseg", None)
+    data = load_paths(data, directory, isinstance(meta, dict) and meta.get("paths") == PATHS_RULE)
     try:
         cfg = config_from_dict(data)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path} is not a dpseg config this version can read: {e}") from None
     with ThreadPoolExecutor(1) as pool:  # hash the weights while the model is built (hashlib releases the GIL)
-        pool.submit(safetensors_integrity, weights)
-        model = build_model(cfg, load_clip_weights=False)
+        integrity = pool.submit(safetensors_integrity, weights)
+        with skip_random_init():  # every parameter is loaded strictly below
+            model = build_model(cfg, load_clip_weights=False)
     state = read_state_dict(weights, "dpseg checkpoint", fix=WEIGHTS_FIX)  # content hash verified (cached above)
     if model.prompt_encoder is None:  # text-only models saved before they dropped the (unused) visual-prompt encoder
         state = {k: v for k, v in state.items() if not k.startswith("prompt_encoder.")}
-    load_strict(model, state, "DPSeg model of this config", str(weights))
+    load_strict(model, state, "DPSeg model of this config", str(weights), assign=True)  # no second copy
+    if integrity.result()[0] == "ok":  # the frozen encoders' fingerprints saved with verified weights: banks are
+        meta = safetensors_metadata(weights)  # checked against them without hashing the encoders again
+        for name in ("prompt_encoder", "text_encoder"):
+            if meta.get(name) and meta[name] != "none" and getattr(model, name) is not None:
+                remember_fingerprint(getattr(model, name), meta[name])
     model.eval()
     return (model.to(device) if device is not None else model), cfg
 

@@ -34,6 +34,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 
 def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -239,6 +241,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
     if not 0 <= e.refine_min_score < 1:
         raise ConfigError("config key 'eval.refine_min_score' must be in [0, 1)")
+    if not 0 <= e.min_score < 1:
+        raise ConfigError(f"config key 'eval.min_score' must be in [0, 1) (0 = label every pixel), got {e.min_score}")
     if e.refine_max_classes < 0 or e.class_chunk < 0:
         raise ConfigError("config keys 'eval.refine_max_classes' and 'eval.class_chunk' must be >= 0")
     if cfg.train.batch_size < 1 or cfg.train.iterations < 1:

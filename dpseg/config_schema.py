@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 
 @dataclass
@@ -154,6 +154,13 @@ class EvalConfig:
     max_images: int = 0  # 0 = all
     num_workers: int = 2  # image-loading processes per rank
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # --- what `dpseg segment`, Segmenter and the demo leave unlabelled (dpseg.evaluation.calibrate) ---
+    # pixels whose best class probability is below this stay unlabelled; chosen on the validation split when
+    # training ends, or by `dpseg calibrate`; 0 = every pixel gets a class (also what configs without it get)
+    min_score: float = 0.0
+    # the vocabulary has a background / "other" class, so every pixel belongs to a class (true: min_score stays 0);
+    # false: the labels' ignore pixels are "no class" and should stay unlabelled; null: decided at calibration
+    background_class: Optional[bool] = None
 
 
 @dataclass

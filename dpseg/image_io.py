@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dpseg.atomic import atomic_target
 from dpseg.errors import DataError, InputError
+from dpseg.visualize import palette
 
 # The one list of image file suffixes dpseg reads (segment inputs, exemplars, dataset folders).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -175,9 +176,12 @@ def is_image_file(path: Path) -> bool:
 
 
 def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """(H, W) class indices -> PNG-ready image: 8-bit when K <= 255, else 16-bit (mode I;16), so every label file
-    of one vocabulary has the same depth. Unlabelled pixels (255 / 65535 / -1 in memory) are written as 255 in 8-bit
-    files and 65535 in 16-bit files; 255 is also the usual "ignore" value of datasets."""
+    """(H, W) class indices -> PNG-ready image. K <= 255: a palette PNG (mode "P"): every viewer shows the classes
+    in the colours of :func:`dpseg.visualize.palette` (those of the overlay), while the pixel values are still the
+    class indices (``np.asarray(Image.open(f))`` gives them back). K > 255: 16-bit grayscale (mode I;16), which no
+    palette can index: it looks dark in viewers, the values are the indices. Every label file of one vocabulary has
+    the same format. Unlabelled pixels (255 / 65535 / -1 in memory) are written as 255 (black in the palette) in
+    8-bit files and 65535 in 16-bit files; 255 is also the usual "ignore" value of datasets."""
     if num_classes > 65535:
         raise InputError(f"label maps of {num_classes} classes cannot be stored as PNG (at most 65535)")
     if labels.dtype == np.int32:
@@ -187,8 +191,23 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     if bad.any():
         raise InputError(f"the label map holds index {int(labels[bad].max())} but the vocabulary has {num_classes} classes")
     if num_classes <= 255:
-        return Image.fromarray(labels.astype(np.uint8), "L")
+        image = Image.fromarray(labels.astype(np.uint8), "L")
+        colours = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black
+        colours[:num_classes] = palette(num_classes)
+        image.putpalette(colours.tobytes())  # "L" -> "P": the same bytes, now with colours
+        return image
     return Image.fromarray(labels.astype(np.uint16))  # mode I;16
+
+
+def score_image(scores: np.ndarray) -> Image.Image:
+    """(H, W) probabilities in [0, 1] -> a 16-bit grayscale PNG-ready image: value = round(p * 65535), so
+    ``p = value / 65535`` (steps of 1.5e-5); bright = confident."""
+    return Image.fromarray((np.clip(np.nan_to_num(scores.astype(np.float64)), 0, 1) * 65535 + 0.5).astype(np.uint16))
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """(H, W) bool -> an 8-bit grayscale PNG-ready image: 255 inside the class, 0 elsewhere."""
+    return Image.fromarray(mask.astype(np.uint8) * 255, "L")
 
 
 def save_atomic(image: Image.Image, path: Union[str, os.PathLike], **save_kwargs) -> Path:

@@ -7,9 +7,14 @@
     result.labels          # (H, W) class indices at the original resolution (EXIF orientation applied)
     result.classes         # per class: pixels, area fraction, mean probability over its area
 
-Visual prompts come from a prompt bank (``bank=``; default: the checkpoint's ``prompts.bank`` if that folder
-exists), from your own exemplar images (``exemplars=DIR`` with ``DIR/<class name>/*.jpg``; with a bank too, the
-exemplars win for the classes they cover), or from nowhere (``text_only=True``). :attr:`Segmenter.prompt_source`
+Pixels whose best class probability is below ``min_score`` stay unlabelled (255 in an 8-bit map). The default is
+the checkpoint's ``eval.min_score``, chosen on its validation split when it was trained (0 for a vocabulary with a
+background class, and in checkpoints from before calibration): :mod:`dpseg.evaluation.calibrate`.
+
+Visual prompts come from a prompt bank (``bank=``; default: the checkpoint's ``prompts.bank``, stored relative to
+the checkpoint folder when it lies next to it; a missing one is named in the error), from your own exemplar images
+(``exemplars=DIR`` with ``DIR/<class name>/*.jpg``; with a bank too, the exemplars win for the classes they
+cover), or from nowhere (``text_only=True``). :attr:`Segmenter.prompt_source`
 says which, and the choice is logged. A model trained with visual prompts (``prompt_type`` dual/visual, or visual
 cost volumes) refuses a vocabulary without visual prompts unless you pass ``text_only=True``; it then runs
 *degraded*: V is replaced by T (so R = T) and the visual cost volumes see no prompt (zero stage features). With
@@ -37,8 +42,9 @@ import torch
 from PIL import Image
 
 from dpseg.build import load_model
+from dpseg.checkpoint_paths import missing_bank_message
 from dpseg.data.transforms import resize_label
-from dpseg.errors import InputError
+from dpseg.errors import BankError, InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
@@ -150,8 +156,13 @@ class Segmenter:
         self.refine_policy = refine_policy(cfg.eval)  # which classes pass 2 refines (eval.refine_*)
         self.refine_default = bool(cfg.eval.two_pass)
         self.early_rejection_topk = cfg.eval.early_rejection_topk  # SED's category early rejection (0 = off)
+        # pixels below this probability stay unlabelled unless segment(min_score=) says otherwise: the checkpoint's
+        # eval.min_score, chosen on its validation split (dpseg.evaluation.calibrate; 0 in older checkpoints)
+        self.min_score = float(cfg.eval.min_score)
         configured = cfg.prompts.bank and Path(cfg.prompts.bank).expanduser().is_dir()
         self.default_bank = bank if bank is not None else (cfg.prompts.bank if configured else None)
+        # the checkpoint's bank when its config names one that is not there (named in the error if it is needed)
+        self.missing_bank = cfg.prompts.bank if bank is None and cfg.prompts.bank and not configured else None
         self.max_pixels = DEFAULT_MAX_PIXELS  # files above this are refused before decoding
         self.max_full_pixels = 4096 * 4096  # above this, predict on a downscaled copy (bounded memory)
         self.cache_size = cache_size
@@ -181,6 +192,9 @@ class Segmenter:
             raise InputError("text_only=True cannot be combined with a bank or exemplars; choose one source")
         if bank is None and not text_only:
             bank = self.default_bank
+        needs_bank = bank is None and exemplars is None and not text_only and self.model.needs_visual_prompts
+        if needs_bank and self.missing_bank:
+            raise BankError(missing_bank_message(self.missing_bank, self.checkpoint or "(in memory)"))
         key = source_key(names, bank, exemplars)
         cached = key in self._cache
         if cached:
@@ -213,10 +227,12 @@ class Segmenter:
 
     @torch.no_grad()
     def segment(self, images: Union[ImageInput, Sequence[ImageInput]], refine: Optional[bool] = None,
-                tile: int = 0, batch_size: int = 1, min_score: float = 0.0):
+                tile: int = 0, batch_size: int = 1, min_score: Optional[float] = None):
         """One image -> :class:`SegmentationResult`; a list -> a list. ``refine=None`` follows the checkpoint's
         ``eval.two_pass`` (when the prompts have visual prompts); ``tile`` see the module doc; pixels whose best
-        class probability is below ``min_score`` are left unlabelled (``result.unlabelled_value``)."""
+        class probability is below ``min_score`` are left unlabelled (``result.unlabelled_value``); ``None`` =
+        the checkpoint's ``eval.min_score`` (:attr:`min_score`), 0 labels every pixel."""
+        min_score = self.min_score if min_score is None else float(min_score)
         if not 0 <= min_score < 1:
             raise InputError(f"min_score must be in [0, 1), got {min_score}")
         if self.prompts is None:

@@ -14,12 +14,15 @@ file is an error naming the file instead of silently different weights. Files wr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import socket
+import threading
+import weakref
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -199,10 +202,15 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
         raise CheckpointError(f"{source} does not fit the {what}: " + "; ".join(problems))
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str) -> None:
-    """Check, then copy ``state`` into ``module`` (dtype cast to the module's)."""
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str,
+                assign: bool = False) -> None:
+    """Check, then copy ``state`` into ``module`` (dtype cast to the module's). ``assign``: adopt the state's tensors
+    instead of copying them (no second copy of a model just read from disk; same dtypes required)."""
     check_state_dict(module, state, what, source)
-    module.load_state_dict(dict(state), strict=True)
+    if assign:
+        current = module.state_dict()
+        state = {k: v if v.dtype == current[k].dtype else v.to(current[k].dtype) for k, v in state.items()}
+    module.load_state_dict(dict(state), strict=True, assign=assign)
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: PathLike, metadata: Optional[dict] = None) -> Path:
@@ -233,9 +241,36 @@ def _write_digest(path: str) -> None:
         f.write(digest.encode())
 
 
+# module -> (its tensors' identity and version counters, fingerprint): a module's fingerprint is computed once while
+# its weights stay the same tensors, unmodified (every in-place change bumps a tensor's version counter)
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tensor_stamp(module: nn.Module) -> tuple:
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype))
+                 for name, t in module.state_dict(keep_vars=True).items())
+
+
+def remember_fingerprint(module: nn.Module, fingerprint: str) -> None:
+    """Record a module's fingerprint known from a verified file (its ``state_fingerprint`` as saved with it), so
+    that checking a prompt bank against it does not hash its weights again."""
+    _FINGERPRINTS[module] = (_tensor_stamp(module), fingerprint)
+
+
 def state_fingerprint(module_or_state: Union[nn.Module, Mapping[str, torch.Tensor]]) -> str:
     """A short content hash of a state dict: identifies exact weights (used to key prompt banks)."""
-    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    if isinstance(module_or_state, nn.Module):
+        known = _FINGERPRINTS.get(module_or_state)
+        stamp = _tensor_stamp(module_or_state)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        fingerprint = _fingerprint(module_or_state.state_dict())
+        _FINGERPRINTS[module_or_state] = (stamp, fingerprint)
+        return fingerprint
+    return _fingerprint(module_or_state)
+
+
+def _fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
@@ -257,3 +292,60 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+# the random initialisers a model's constructors call, and the helpers behind them (modules such as
+# nn.MultiheadAttention import xavier_uniform_ by name; it draws through _no_grad_uniform_); missing names are skipped
+_RANDOM_INITS = {
+    "torch.nn.init": ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                      "xavier_normal_", "orthogonal_", "sparse_", "_no_grad_uniform_", "_no_grad_normal_",
+                      "_no_grad_trunc_normal_"),
+    "timm.layers.weight_init": ("_trunc_normal_", "trunc_normal_tf_", "variance_scaling_"),
+}
+
+
+_SKIPPING = threading.local()
+
+
+def init_skipped() -> bool:
+    """Whether this thread is inside :func:`skip_random_init` (a model being built for a checkpoint's weights)."""
+    return getattr(_SKIPPING, "active", False)
+
+
+@contextlib.contextmanager
+def skip_random_init():
+    """Within the block, in this thread only, the random initialisers of ``torch.nn.init`` (and timm's) leave their
+    tensor as it is: for building a model whose every parameter is then loaded strictly from a checkpoint. Drawing
+    random numbers that are thrown away costs a dpseg-b model ~3 CPU s of its ~3.5 s load (benchmarks/bench_startup.py).
+    Buffers computed in constructors (causal masks, normalisation constants) are not random and are built as usual."""
+    import importlib
+
+    owner = threading.get_ident()
+    saved = []
+
+    def skipping(original):
+        @functools.wraps(original)
+        def init(tensor, *args, **kwargs):
+            if threading.get_ident() == owner:
+                return tensor
+            return original(tensor, *args, **kwargs)
+
+        return init
+
+    try:
+        for module_name, names in _RANDOM_INITS.items():
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            for name in names:
+                original = getattr(module, name, None)
+                if callable(original):
+                    saved.append((module, name, original))
+                    setattr(module, name, skipping(original))
+        _SKIPPING.active = True
+        yield
+    finally:
+        _SKIPPING.active = False
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)

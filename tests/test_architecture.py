@@ -2,7 +2,7 @@
 layer to the same or a lower layer, and module-level imports form no loop. A new upward import or loop fails here
 with the offending edge named. ``python tests/test_architecture.py`` prints the graph's numbers.
 
-Layers, bottom up (docs/architecture.md): errors/atomic -> config -> weights / image I/O / vocabulary /
+Layers, bottom up (docs/architecture.md): errors/atomic/progress -> config -> weights / image I/O / vocabulary /
 visualize -> model -> prompts -> build / convert -> data -> evaluation -> engine -> segmenter -> quickstart -> commands.
 """
 
@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dpseg"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("dpseg.errors", "dpseg.atomic"),
+    ("dpseg.errors", "dpseg.atomic", "dpseg.progress"),
     ("dpseg.config_schema", "dpseg.config"),
     ("dpseg.weights", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),
     ("dpseg.prompts",),
-    ("dpseg.build", "dpseg.convert"),
+    ("dpseg.build", "dpseg.convert", "dpseg.checkpoint_paths"),
     ("dpseg.data",),
     ("dpseg.evaluation",),
     ("dpseg.engine",),

@@ -54,23 +54,30 @@ def test_gradio_client_segments_and_reports_errors(server):
 
     Image.fromarray(scene()).save(server.files / "x.png")
     client = Client(server.url, verbose=False)
-    overlay, legend, info = client.predict(handle_file(str(server.files / "x.png")), "cat; sofa, couch", True, 0.0,
-                                           api_name="/segment")
+    overlay, legend, info, files = client.predict(handle_file(str(server.files / "x.png")), "cat; sofa, couch", True,
+                                                  0.0, 0.5, False, api_name="/segment")
     picture = Image.open(overlay)
     assert picture.height >= 72 and picture.width > 96  # overlay + legend panel
     assert "sofa, couch" in legend or "cat" in legend
-    assert "96x72 px, 2 classes, two passes" in info and "bank" in info
+    assert "96x72 px, 2 classes, two passes" in info and "bank" in info and "Unlabelled: 0.0%" in info
+    summary, label_png = sorted(files, key=lambda p: Path(p).suffix)  # .json, .png
+    assert Path(label_png).name == "x_labels.png" and Image.open(label_png).mode == "P"  # as `dpseg segment` writes it
+    info_json = json.loads(Path(summary).read_text())
+    assert [c["name"] for c in info_json["classes"]] == ["cat", "sofa, couch"] and info_json["size"] == [72, 96]
+    assert np.bincount(np.asarray(Image.open(label_png)).ravel(), minlength=2)[:2].tolist() == \
+        [c["pixels"] for c in info_json["classes"]]
     for classes, message in [("", "class list is empty"), ("a; b; c; d; e; f", "up to 5"), ("cat, cat", "more than once"),
                              ("cat, giraffe", "lacks 1 of the 2 classes")]:
         with pytest.raises(AppError, match=message):
-            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, api_name="/segment")
+            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, 0.5, False,
+                           api_name="/segment")
     Image.fromarray(scene(200, 200)).save(server.files / "big.png")  # 0.04 MP > 0.02 MP
     with pytest.raises(AppError, match="above the limit"):
-        client.predict(handle_file(str(server.files / "big.png")), "cat", False, 0.0, api_name="/segment")
+        client.predict(handle_file(str(server.files / "big.png")), "cat", False, 0.0, 0.5, False, api_name="/segment")
     noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
     Image.fromarray(noise).save(server.files / "heavy.png")  # ~1.5 MB > 1 MB upload limit
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
-        client.predict(handle_file(str(server.files / "heavy.png")), "cat", False, 0.0, api_name="/segment")
+        client.predict(handle_file(str(server.files / "heavy.png")), "cat", False, 0.0, 0.5, False, api_name="/segment")
 
 
 def test_chromium_loads_the_page_submits_an_image_and_shows_the_result(server):
@@ -114,14 +121,20 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
         def launch(self, **kwargs):
             launched.append(kwargs)
 
-    monkeypatch.setattr(demo, "load_segmenter", lambda *a: (types.SimpleNamespace(), "note"))
+        def block_thread(self):
+            pass
+
+    monkeypatch.setattr(demo, "load_segmenter", lambda *a: (types.SimpleNamespace(cfg=types.SimpleNamespace()), "note"))
     monkeypatch.setattr(demo, "build_app", lambda *a: FakeApp())
     assert main(["demo", "--checkpoint", "x"]) == 0
     assert main(["demo", "--checkpoint", "x", "--share-on-lan", "--port", "9000", "--max-upload-mb", "3"]) == 0
     assert [k["server_name"] for k in launched] == ["127.0.0.1", "0.0.0.0"]
     assert launched[1]["server_port"] == 9000 and launched[1]["max_file_size"] == "3mb"
     assert not any(k["share"] for k in launched)
-    assert "anyone who can reach port 9000" in capsys.readouterr().err
+    assert all(k["quiet"] for k in launched)  # gradio's own banner would suggest share=True; ours says there is none
+    out, err = capsys.readouterr()
+    assert "anyone who can reach port 9000" in err and "open http://127.0.0.1:7860" in out
+    assert out.count("no public link is made") == 2 and "share" not in out
     assert main(["demo", "--checkpoint", "x", "--max-megapixels", "0"]) == 2
 
 
@@ -191,7 +204,117 @@ def test_bad_uploads_get_a_message_on_the_page_and_no_server_traceback(server, c
     folder.mkdir()
     for name, message in bad_uploads(folder).items():
         with pytest.raises(AppError) as err:
-            client.predict(handle_file(str(folder / name)), "cat", False, 0.0, api_name="/segment")
+            client.predict(handle_file(str(folder / name)), "cat", False, 0.0, 0.5, False, api_name="/segment")
         assert message in str(err.value) and "/tmp/" not in str(err.value), (name, str(err.value))
     output = capfd.readouterr()
     assert "Traceback" not in output.err + output.out
+
+
+def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
+    a = artifacts()
+    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    handler = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
+    Image.fromarray(scene(seed=2)).save(tmp_path / "x.png")
+    faint, _, info, files, state = handler(str(tmp_path / "x.png"), "cat; lamp", False, None, 0.0)
+    strong = handler(str(tmp_path / "x.png"), "cat; lamp", False, None, 1.0)[0]
+    from dpseg.visualize import blend, palette
+
+    for picture, alpha in ((faint, 0.0), (strong, 1.0)):  # opacity 0: the image with class borders; 1: the colours
+        assert np.array_equal(np.asarray(picture)[:72, :96], blend(scene(seed=2), state["labels"], palette(2), alpha))
+    assert not np.array_equal(np.asarray(strong), np.asarray(faint))
+    assert np.array_equal(np.asarray(demo.recolour(state, 1.0)), np.asarray(strong))  # no new inference needed
+    assert demo.recolour(None, 0.3) is None
+    assert "below 0)" in info and all(Path(f).is_file() for f in files)  # the checkpoint's threshold: 0 here
+    seg.min_score = 0.5  # as a calibrated checkpoint: its threshold is the default
+    assert "(best class probability below 0.5)" in handler(str(tmp_path / "x.png"), "cat; lamp", False)[2]
+    assert "Prompts: bank" in info
+    assert "DEGRADED" in handler(str(tmp_path / "x.png"), "cat; lamp", False, 0, 0.5, True)[2]  # the text-only switch
+    with pytest.raises(InputError, match="opacity must be between 0 and 1"):
+        handler(str(tmp_path / "x.png"), "cat", False, 0, 1.5)
+    for _ in range(demo.RESULTS_KEPT + 2):
+        handler(str(tmp_path / "x.png"), "cat", False, 0)
+    assert len(list((tmp_path / "results").iterdir())) == demo.RESULTS_KEPT  # old downloads are deleted
+    seg.cfg.preset = "synthetic"  # the toy world's model: classes outside its world are named
+    toy = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
+    info = toy(str(tmp_path / "x.png"), "cat; red striped star", False, 0, 0.5, True)[2]
+    assert info.startswith("**Warning:** 1 of 2 classes are not in the toy model's world: 'cat'")
+
+
+@pytest.fixture(scope="module")
+def toy_server(tmp_path_factory):
+    """The demo as `dpseg demo` shows the quickstart's toy: a tiny model dressed as the synthetic world's (preset
+    synthetic), a bank holding the one-click example's classes, and a threshold known to split the example: the
+    grid value that leaves closest to half of its pixels unlabelled, written as the checkpoint's calibration."""
+    from dpseg.build import load_model
+    from dpseg.evaluation.calibrate import THRESHOLDS, Calibration, write_calibration
+    from dpseg.prompts.bank import PromptBank
+    from dpseg.prompts.builder import add_exemplars
+    from dpseg.segmenter import Segmenter
+
+    a, root = artifacts(), tmp_path_factory.mktemp("toy")
+    ckpt, bank = shutil.copytree(a.ckpt, root / "ckpt"), shutil.copytree(a.bank, root / "bank")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))
+    image, classes = demo.quickstart_example(root / "example")
+    model, _ = load_model(ckpt)
+    rng = np.random.default_rng(0)
+    add_exemplars(PromptBank.open(bank), {n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))]
+                                          for n in classes.split("; ")}, model.prompt_encoder, model.text_encoder)
+    seg = Segmenter.from_pretrained(ckpt, device="cpu", bank=str(bank)).set_vocabulary(classes)
+    scores = seg.segment(image, min_score=0).scores
+    threshold = min(THRESHOLDS, key=lambda t: abs((scores < t).mean() - 0.5))
+    write_calibration(ckpt, Calibration(threshold, False, "the example scene"))
+    seg, note = demo.load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
+    app = demo.build_app(seg, demo.Limits(), note, example=[image, classes], results_dir=root / "results")
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, show_error=True,
+               ssr_mode=False, quiet=True)
+    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", threshold=threshold, files=root)
+    app.close()
+
+
+def test_chromium_the_toy_example_is_partly_labelled_and_an_error_clears_the_result(toy_server):
+    if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+        pytest.skip(f"Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}): apt-get install -y chromium chromium-driver")
+    import re
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(dir=toy_server.files)}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.get(toy_server.url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example tr.tr-body"))
+        note = " ".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text.split())
+        assert "This is the toy model of dpseg quickstart" in note  # said once, on the page
+        shown = driver.find_element(By.CSS_SELECTOR, "#dpseg-threshold input[type=number]").get_attribute("value")
+        assert float(shown) == pytest.approx(toy_server.threshold)  # the slider starts at the checkpoint's threshold
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-example tr.tr-body td").click()  # the one-click example
+        wait.until(lambda d: "synthetic_scene" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
+        wait.until(lambda d: "Unlabelled:" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
+        info = driver.find_element(By.CSS_SELECTOR, "#dpseg-info").text
+        unlabelled = float(re.search(r"Unlabelled: ([\d.]+)%", info).group(1))
+        assert 0 < unlabelled < 100, info  # neither everything painted nor nothing found
+        assert "%" in driver.find_element(By.CSS_SELECTOR, "#dpseg-legend").text
+        downloads = "".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-downloads").text.split())
+        assert "synthetic_scene_labels.png" in downloads and "synthetic_scene.json" in downloads
+        assert driver.find_elements(By.CSS_SELECTOR, "#dpseg-overlay img")
+        box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
+        box.clear()
+        box.send_keys("cat, cat")  # an error: the old result must not stay on screen
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
+        wait.until(lambda d: "more than once" in d.find_element(By.TAG_NAME, "body").text)
+        wait.until(lambda d: "Unlabelled" not in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#dpseg-legend .dpseg-legend-item")  # gradio shows "Error"
+        assert not driver.find_elements(By.CSS_SELECTOR, "#dpseg-overlay img")
+        assert "synthetic_scene" not in "".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-downloads").text.split())
+    finally:
+        driver.quit()

@@ -241,4 +241,4 @@ def test_logs_drop_records_of_an_interrupted_attempt(tmp_path):
     assert [r["step"] for r in records] == [1, 2] and records[0]["grad_norm"] is None
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,lr,grad_norm,it_per_s,elapsed_s" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
-    assert TrainLogger(tmp_path, False, 0, 10).bar is None  # other ranks stay silent
+    assert TrainLogger(tmp_path, False, 0, 10).bar.style == "off"  # other ranks stay silent, on a terminal too

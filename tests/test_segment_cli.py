@@ -14,6 +14,7 @@ from segment_helpers import artifacts, scene
 from dpseg.commands import main
 from dpseg.image_io import MEAN_RGB
 from dpseg.segmenter import Segmenter
+from dpseg.visualize import colorize, palette
 
 
 def segment(capsys, *args, bank=True, checkpoint=None):
@@ -85,7 +86,7 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
     assert summary["failed"] == [] and summary["classes"] == ["cat", "lamp", "floor"]
     for stem, (h, w) in [("a", (72, 96)), ("b", (30, 50)), ("a-2", (72, 96))]:
         label = Image.open(out / f"{stem}.png")
-        assert label.mode == "L" and label.size == (w, h) and np.asarray(label).max() < 3
+        assert label.mode == "P" and label.size == (w, h) and np.asarray(label).max() < 3  # palette PNG, indices kept
         info = json.loads((out / f"{stem}.json").read_text())
         assert info["size"] == [h, w] and info["label_bits"] == 8 and [c["name"] for c in info["classes"]] == ["cat", "lamp", "floor"]
         counts = np.bincount(np.asarray(label).ravel(), minlength=3)
@@ -97,6 +98,33 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
             assert (out / f"{stem}{suffix}").stat().st_mode & 0o777 == 0o666 & ~umask
     rc, err = segment(capsys, out, "--classes", "cat, lamp", "--out", out)  # our own outputs are never inputs
     assert rc == 2 and "no images to segment" in err
+
+
+def test_label_map_shows_the_overlay_colours_and_masks_and_scores_are_written(capsys, tmp_path):
+    Image.fromarray(scene(seed=4)).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; sofa, couch; lamp", "--no-refine",
+                      "--min-score", "0.5", "--save-masks", "--save-scores", "--out", out)
+    assert rc == 0, err
+    info = json.loads((out / "x.json").read_text())
+    label = Image.open(out / "x.png")
+    indices = np.asarray(label)
+    assert label.mode == "P" and info["label_format"] == "palette PNG"
+    colours = np.asarray(label.convert("RGB"))  # what any viewer shows: the overlay's class colours, black = unlabelled
+    assert np.array_equal(colours, colorize(indices, palette(3)))
+    assert 0 < (indices == 255).sum() < indices.size  # threshold 0.5 on a random model: some pixels left unlabelled
+    present = [c for c in info["classes"] if c["pixels"]]
+    assert sorted(info["masks"]) == sorted(c["name"] for c in present) and present
+    for c in present:
+        mask = np.asarray(Image.open(out / info["masks"][c["name"]]))
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert np.array_equal(mask == 255, indices == c["index"])
+    assert info["masks"].get("sofa, couch", "x_masks/1_sofa-couch.png") == "x_masks/1_sofa-couch.png"
+    scores = np.asarray(Image.open(out / info["scores_png"]))
+    assert scores.dtype == np.uint16 and info["scores_scale"] == 65535 and scores.shape == indices.shape
+    assert np.all(scores[indices == 255] / 65535 < 0.5 + 1e-4) and np.all(scores[indices != 255] / 65535 >= 0.5 - 1e-4)
+    assert [p.name for p in sorted(out.iterdir())] == ["summary.json", "x.json", "x.png", "x_masks", "x_overlay.jpg",
+                                                       "x_scores.png"]
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(capsys, tmp_path):
@@ -216,3 +244,22 @@ def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatc
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message.format(t=tmp_path)}"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(capsys, tmp_path):
+    toy = shutil.copytree(artifacts().ckpt, tmp_path / "toy")
+    config = json.loads((toy / "config.json").read_text())
+    (toy / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))  # as `dpseg quickstart` exports
+    Image.fromarray(scene()).save(tmp_path / "x.png")
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; red striped star; blue dotted sofa", "--text-only",
+                      "--no-refine", "--out", tmp_path / "o", checkpoint=toy)
+    assert rc == 0, err
+    assert err.count("note: this is the toy model of `dpseg quickstart`") == 1
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1
+    assert "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "red striped star", "--text-only", "--no-refine",
+                      "--out", tmp_path / "o", checkpoint=toy)
+    assert rc == 0 and "note: this is the toy" in err and "warning:" not in err
+    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat", "--no-refine", "--out", tmp_path / "o")
+    assert rc == 0 and "toy model" not in err and "warning:" not in err  # a real model: nothing to say

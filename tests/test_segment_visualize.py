@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from dpseg.errors import DataError, InputError
-from dpseg.image_io import MEAN_RGB, label_image, read_image, to_image_tensor
+from dpseg.image_io import MEAN_RGB, label_image, mask_image, read_image, score_image, to_image_tensor
 from dpseg.visualize import blend, legend_entries, legend_html, overlay, palette
 
 
@@ -42,7 +42,12 @@ def test_overlay_of_a_huge_map_is_capped_for_viewing():
 
 def test_label_png_depth_follows_the_vocabulary_size(tmp_path):
     small = label_image(np.array([[0, 1], [254, 255]], np.uint8), 255)
-    assert small.mode == "L" and np.asarray(small).tolist() == [[0, 1], [254, 255]]
+    small.save(tmp_path / "s.png")
+    back = Image.open(tmp_path / "s.png")  # a palette PNG: colours for viewers, class indices for programs
+    assert back.mode == "P" and np.asarray(back).tolist() == [[0, 1], [254, 255]]
+    shown = np.asarray(back.convert("RGB"))
+    assert shown[0, 0].tolist() == palette(1)[0].tolist() and shown[1, 0].tolist() == palette(255)[254].tolist()
+    assert shown[1, 1].tolist() == [0, 0, 0]  # 255 = unlabelled: black
     big = label_image(np.array([[0, 299], [65535, 3]], np.uint16), 300)
     big.save(tmp_path / "l.png")
     back = Image.open(tmp_path / "l.png")
@@ -50,6 +55,15 @@ def test_label_png_depth_follows_the_vocabulary_size(tmp_path):
     assert np.asarray(label_image(np.array([[-1, 5]], np.int32), 40000)).tolist() == [[65535, 5]]
     with pytest.raises(InputError, match="index 7 but the vocabulary has 3"):
         label_image(np.array([[7]], np.uint8), 3)
+
+
+def test_score_and_mask_pngs_round_trip(tmp_path):
+    scores = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    score_image(scores).save(tmp_path / "s.png")
+    back = np.asarray(Image.open(tmp_path / "s.png"))
+    assert back.dtype == np.uint16 and np.allclose(back / 65535, scores, atol=1 / 65535)
+    mask_image(np.array([[True, False]])).save(tmp_path / "m.png")
+    assert np.asarray(Image.open(tmp_path / "m.png")).tolist() == [[255, 0]]
 
 
 def test_in_memory_inputs():

@@ -2,11 +2,14 @@
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
 
+from dpseg.build import load_model
 from dpseg.commands import main
+from dpseg.evaluation.calibrate import read_calibration
 from dpseg.quickstart import default_artifacts
 
 
@@ -39,6 +42,14 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
     assert results["tiny_clip_zero_shot"]["seen/crops"]["accuracy"] > 2 * results["tiny_clip_zero_shot"]["seen/crops"]["chance"]
     model, bank = default_artifacts(root / "cache")  # what `dpseg demo` shows: the dual model, seed 0, with its bank
     assert model.name == "final" and model.parent.name.startswith("dual-seed0-") and bank == Path(results["prompt_bank"]).resolve()
+    # its score threshold (segment's and the demo's default) was chosen on the seen-class validation scenes
+    calibration = read_calibration(model)
+    assert calibration["dataset"] == str(Path(results["datasets"]) / "seen")
+    assert calibration["background_class"] is False
+    assert load_model(model)[1].eval.min_score == calibration["min_score"]
+    example = out / "example"  # the scenes the README's next commands use
+    for sub in ("images", "labels"):
+        assert len(list((example / sub / "val").glob("*.png"))) == 8
 
 
 @pytest.mark.slow
@@ -57,3 +68,74 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "--seeds must be >= 1" in capsys.readouterr().err
     assert main(["quickstart", "--fast", "--preset", "dpseg-b", "--cache", str(tmp_path)]) == 2
     assert "quickstart runs the 'synthetic' preset" in capsys.readouterr().err
+
+
+def readme_next_commands() -> list[str]:
+    """The pasteable block that ends the README's quickstart section."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = section.split("**Next: three commands to paste**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_quickstart_section_ends_with_the_next_commands():
+    commands = [shlex.split(c, comments=True) for c in readme_next_commands()]
+    assert [c[:2] for c in commands] == [["dpseg", "segment"], ["dpseg", "demo"], ["dpseg", "eval"]]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert section.index("**Next: three commands to paste**") > section.index("quickstart_figure.png")
+
+
+@pytest.mark.slow
+def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from PIL import Image
+
+    root, rc = fast_run
+    assert rc == 0
+    # the folder where the user ran `dpseg quickstart`: its default --out and cache
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "quickstart").symlink_to(root / "out")
+    (tmp_path / ".dpseg_cache").mkdir()
+    (tmp_path / ".dpseg_cache" / "quickstart").symlink_to(root / "cache")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DPSEG_CACHE", raising=False)
+    segment, demo, evaluate = (shlex.split(c, comments=True) for c in readme_next_commands())
+
+    assert main(segment[1:]) == 0
+    err = capsys.readouterr().err
+    assert "no --checkpoint: using the quickstart model" in err and "toy model of `dpseg quickstart`" in err
+    labels = sorted((tmp_path / "runs" / "segment").glob("0*[0-9].png"))
+    assert len(labels) == 8 and Image.open(labels[0]).mode == "P"
+
+    assert main(evaluate[1:]) == 0
+    assert "evaluating the quickstart model" in capsys.readouterr().err
+    assert "mIoU" in (tmp_path / "runs" / "eval" / "results.md").read_text()
+
+    with socket.socket() as s:  # the demo as pasted, on a free port; stopped once it serves its page
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dpseg", *demo[1:], "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    page = ""
+    try:
+        deadline = time.time() + 300
+        while not page and time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                    page = response.read().decode()
+            except OSError:
+                time.sleep(1)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert "dpseg demo" in page, output[-3000:]
+    assert f"open http://127.0.0.1:{port}" in output and "no public link is made" in output
+    assert "share=True" not in output

@@ -16,6 +16,7 @@ from dpseg.engine import TrainingError
 from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.errors import BankError
+from dpseg.evaluation.calibrate import read_calibration
 from dpseg.prompts.templates import model_templates
 
 CLASSES = ("red square", "blue square", "green square")
@@ -100,6 +101,12 @@ def test_cli_trains_the_dual_prompt_model_end_to_end(tmp_path, capsys):
     assert best["step"] in (2, 4) and best["mIoU"] == max(r["mIoU"] for r in records(out, "eval"))
     model, saved_cfg = load_model(out / "final")  # what `dpseg eval` and Segmenter load
     assert saved_cfg.prompts.bank == str(bank) and saved_cfg.train.iterations == 4
+    # the final export carries its score threshold, chosen on the validation set (background = ignore: no class)
+    calibration = read_calibration(out / "final")
+    assert calibration["dataset"] == f"{data.name}:val" and calibration["num_images"] == 2
+    assert saved_cfg.eval.min_score == calibration["min_score"] and saved_cfg.eval.background_class is False
+    assert f"score threshold eval.min_score = {calibration['min_score']:g}, chosen on {data.name}:val" in text
+    assert load_model(out / "best")[1].eval.min_score == 0  # best/ is exported during training, uncalibrated
     final = dict(model.state_dict())
     trained = load_checkpoint(list_checkpoints(out)[-1])[0]
     assert all(torch.equal(final[k], v) for k, v in trained.items())

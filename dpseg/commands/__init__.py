@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dpseg.commands.evaluate", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
     "segment": ("dpseg.commands.segment", "segment your own images into free-text classes"),
     "demo": ("dpseg.commands.demo", "browser demo (gradio) on 127.0.0.1"),
+    "calibrate": ("dpseg.commands.calibrate", "choose a checkpoint's default score threshold on a labelled dataset"),
     "check": ("dpseg.commands.check", "verify the content hashes of checkpoints, training runs and prompt banks"),
     "summary": ("dpseg.commands.summary", "print the model's parameter counts per component"),
     "convert": ("dpseg.commands.convert", "turn SED's released checkpoints into dpseg checkpoints (presets sed-b, sed-l)"),

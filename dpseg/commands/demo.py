@@ -8,6 +8,12 @@ The server listens on 127.0.0.1 only (this machine); --share-on-lan listens on e
 machines of your network can use it (no login: anyone who can reach the port can). No public share link is ever
 made. Uploads above --max-upload-mb and images above --max-megapixels are refused with a message.
 
+The page shows the overlay (its opacity has a slider), the legend with area shares and the unlabelled share, and
+offers the label map (palette PNG, as `dpseg segment` writes it) and a JSON summary for download. Pixels below the
+threshold slider stay unlabelled; it starts at the checkpoint's eval.min_score, chosen on its validation split
+(dpseg calibrate). "Text prompts only" runs without visual prompts (degraded for models trained with them). A
+request that fails clears the previous result, so nothing stale stays on screen.
+
 An upload is taken as a file, not as an image: gradio never decodes it. It goes through the reader of
 ``dpseg segment`` (:func:`dpseg.image_io.read_image`), which checks the size from the header before decoding,
 so a text file, a truncated image or a decompression bomb gets a one-line message on the page that names the
@@ -17,7 +23,10 @@ upload (never the server's temporary path) and the demo's own limit.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -26,20 +35,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from dpseg.atomic import atomic_write_text
+from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
 from dpseg.data.synthetic.render import random_scene
 from dpseg.data.synthetic.world import all_classes, unseen_classes
 from dpseg.errors import DPSegError, InputError
-from dpseg.image_io import read_image
+from dpseg.image_io import label_image, read_image, save_atomic
 from dpseg.prompts.bank import PromptBank
 from dpseg.quickstart import default_artifacts
 from dpseg.segmenter import Segmenter
 from dpseg.visualize import legend_html, overlay
 from dpseg.vocab import parse_class_list
 
-QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it knows "
-                   "rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos. The background "
-                   "is not a class in that world, so pixels below probability 0.5 are left unlabelled. Start the demo "
-                   "with `--checkpoint` to use a real model.")
+QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it "
+                   "knows rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; "
+                   "other class names get a warning. The background is not a class in that world, so pixels below the "
+                   "threshold (chosen on the world's validation scenes) stay unlabelled. Start the demo with "
+                   "`--checkpoint` to use a real model.")
+RESULTS_KEPT = 16  # downloadable results kept on disk (older ones are deleted)
 
 
 @dataclass
@@ -81,49 +94,94 @@ def quickstart_example(folder: Path) -> Optional[list]:
         return None
 
 
-def make_handler(seg, limits: Limits, text_only: bool = False):
-    """The demo's function: (image file, classes text, refine, min score) -> (overlay, legend HTML, info)."""
+def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Optional[Path] = None):
+    """The demo's function: (image file, classes text, refine, min score, opacity, text only) -> (overlay, legend
+    HTML, info, [label map PNG, JSON summary], state for re-colouring). ``min_score=None``: the checkpoint's."""
     lock = threading.Lock()  # one Segmenter, one vocabulary at a time
+    results_dir = Path(results_dir) if results_dir is not None else Path(tempfile.mkdtemp(prefix="dpseg-demo-results-"))
+    counter = itertools.count()
+    toy = is_toy(seg.cfg)
 
-    def segment(image_path: Optional[str], classes: str, refine: bool = True, min_score: float = 0.0):
+    def segment(image_path: Optional[str], classes: str, refine: bool = True, min_score: Optional[float] = None,
+                opacity: float = 0.5, text_only_switch: bool = False):
         if not image_path:
             raise InputError("upload an image first")
         names = parse_class_list(classes or "")
         if len(names) > limits.max_classes:
             raise InputError(f"{len(names)} classes given; the demo accepts up to {limits.max_classes}")
+        if not 0 <= float(opacity) <= 1:
+            raise InputError(f"the overlay opacity must be between 0 and 1, got {opacity}")
         image = read_image(image_path, int(limits.max_megapixels * 1e6),  # the upload's name, not its server path
                            label=f"the uploaded file {Path(image_path).name}",
                            limit_hint="start the demo with a larger --max-megapixels")
         start = time.perf_counter()
         with lock:
-            seg.set_vocabulary(names, text_only=text_only)
-            result = seg.segment(image, refine=bool(refine) and seg.model.needs_visual_prompts, min_score=float(min_score))
+            seg.set_vocabulary(names, text_only=text_only or bool(text_only_switch))
+            refine = bool(refine) and seg.model.needs_visual_prompts and seg.prompts.has_visual
+            result = seg.segment(image, refine=refine, min_score=None if min_score is None else float(min_score))
             source = seg.prompt_source
         seconds = time.perf_counter() - start
-        picture = overlay(image.permute(1, 2, 0).numpy(), result.labels, names, result.pixels, max_side=1600)
+        rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+        picture = overlay(rgb, result.labels, names, result.pixels, float(opacity), max_side=1600)
         h, w = result.size
+        unlabelled = result.unlabelled_pixels / max(1, result.labels.size)
         info = (f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
-                f"{seconds:.2f} s on {seg.device}. Prompts: {source}.")
-        return picture, legend_html(names, result.pixels, result.labels.size), info
+                f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
+                f"pixels (best class probability below {result.min_score:g}).")
+        warning = outside_world_warning(names) if toy else None
+        if warning:
+            info = f"**Warning:** {warning}.\n\n{info}"
+        files = _write_downloads(results_dir, next(counter), Path(image_path).stem, result, names)
+        state = {"image": rgb, "labels": result.labels, "names": names, "pixels": result.pixels}
+        return picture, legend_html(names, result.pixels, result.labels.size), info, files, state
 
     return segment
 
 
+def _write_downloads(root: Path, number: int, stem: str, result, names: list[str]) -> list[str]:
+    """The label map (palette PNG, as `dpseg segment` writes it) and a JSON summary, in a folder per request; only
+    the last RESULTS_KEPT folders are kept."""
+    folder = root / f"{number:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "image"
+    label_path, json_path = folder / f"{stem}_labels.png", folder / f"{stem}.json"
+    save_atomic(label_image(result.labels, len(names)), label_path)
+    info = {"image": stem, "label_png": label_path.name, "label_format": "palette PNG" if len(names) <= 255 else
+            "16-bit grayscale PNG", **result.to_dict()}
+    atomic_write_text(json_path, json.dumps(info, indent=2))
+    for old in sorted(p for p in root.iterdir() if p.is_dir())[:-RESULTS_KEPT]:
+        shutil.rmtree(old, ignore_errors=True)
+    return [str(label_path), str(json_path)]
+
+
+def recolour(state: Optional[dict], opacity: float):
+    """The last result's overlay at another opacity (no new inference)."""
+    if not state:
+        return None
+    return overlay(state["image"], state["labels"], state["names"], state["pixels"], float(opacity), max_side=1600)
+
+
 def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: bool = False,
-              example: Optional[list] = None, min_score: float = 0.0):
-    """The gradio Blocks app around a Segmenter (not launched); ``example`` = [image path, classes]."""
+              example: Optional[list] = None, min_score: Optional[float] = None, results_dir: Optional[Path] = None):
+    """The gradio Blocks app around a Segmenter (not launched); ``example`` = [image path, classes];
+    ``min_score`` starts the threshold slider (default: the checkpoint's eval.min_score)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    handler = make_handler(seg, limits, text_only)
+    handler = make_handler(seg, limits, text_only, results_dir)
+    min_score = seg.min_score if min_score is None else min_score
 
-    def on_click(image_path, classes, refine, min_score):
+    def on_click(image_path, classes, refine, min_score, opacity, text_only_switch):
         try:
-            return handler(image_path, classes, refine, min_score)
+            return handler(image_path, classes, refine, min_score, opacity, text_only_switch)
         except DPSegError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
+    def clear():  # runs before every request: a failed one leaves no stale result on screen
+        return None, "", "", None, None
+
     can_refine = seg.model.needs_visual_prompts
+    can_switch = seg.model.needs_visual_prompts and seg.default_bank is not None and not text_only
     with gr.Blocks(title="dpseg demo", delete_cache=(3600, 3600)) as app:
         gr.Markdown("## DPSeg: segment an image into the classes you name\n" + model_note, elem_id="dpseg-note")
         with gr.Row():
@@ -134,19 +192,32 @@ def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: b
                                      "between synonyms)", value=_example_classes(seg), elem_id="dpseg-classes")
                 with gr.Row():
                     refine = gr.Checkbox(value=can_refine and seg.refine_default, interactive=can_refine,
-                                         label="two-pass prompt refinement")
-                    threshold = gr.Slider(0.0, 0.95, value=min_score, step=0.05, label="leave pixels below this "
-                                          "probability unlabelled")
+                                         label="two-pass prompt refinement", elem_id="dpseg-refine")
+                    switch = ("text prompts only (no visual prompts; degraded for this model)"
+                              if seg.model.needs_visual_prompts else "text prompts only (this model's)")
+                    text_only_box = gr.Checkbox(value=text_only, interactive=can_switch, label=switch,
+                                                elem_id="dpseg-text-only")
+                threshold = gr.Slider(0.0, 0.95, value=min_score, step=0.05, elem_id="dpseg-threshold",
+                                      label="leave pixels below this probability unlabelled (start: the checkpoint's)")
                 run = gr.Button("Segment", variant="primary", elem_id="dpseg-run")
                 if example:
-                    gr.Examples([example], [image, classes], label="Example (click it, then Segment)")
+                    gr.Examples([example], [image, classes], label="Example (click it, then Segment)",
+                                elem_id="dpseg-example")
             with gr.Column():
                 result = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="dpseg-overlay")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="overlay opacity", elem_id="dpseg-opacity")
                 legend = gr.HTML(elem_id="dpseg-legend")
                 info = gr.Markdown(elem_id="dpseg-info")
-        inputs, outputs = [image, classes, refine, threshold], [result, legend, info]
-        run.click(on_click, inputs, outputs, api_name="segment", concurrency_limit=1)
-        classes.submit(on_click, inputs, outputs, api_name=False, concurrency_limit=1)
+                downloads = gr.File(label="Downloads: label map (palette PNG, pixel value = class index) and JSON "
+                                    "summary", file_count="multiple", interactive=False, elem_id="dpseg-downloads")
+        state = gr.State(None)
+        inputs = [image, classes, refine, threshold, opacity, text_only_box]
+        outputs = [result, legend, info, downloads, state]
+        run.click(clear, None, outputs, api_name=False, queue=False).then(
+            on_click, inputs, outputs, api_name="segment", concurrency_limit=1)
+        classes.submit(clear, None, outputs, api_name=False, queue=False).then(
+            on_click, inputs, outputs, api_name=False, concurrency_limit=1)
+        opacity.release(recolour, [state, opacity], [result], api_name=False)
     app.queue(max_size=32)
     return app
 
@@ -168,16 +239,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bool, device: Optional[str] = None):
-    """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank (the note says so)."""
+    """(Segmenter, page note): the given checkpoint, or the quickstart model with its bank; the note says when the
+    model is the synthetic world's toy."""
     if text_only and bank:
         raise InputError("--text-only cannot be combined with --bank")
-    note = ""
-    if checkpoint is None:
+    default = checkpoint is None
+    if default:
         checkpoint, qs_bank = quickstart_artifacts()
         if not text_only:
             bank = bank or (None if qs_bank is None else str(qs_bank))
-        note = QUICKSTART_NOTE
     seg = Segmenter.from_pretrained(checkpoint, device=device, bank=bank)
+    note = QUICKSTART_NOTE if default or is_toy(seg.cfg) else ""
     if text_only:
         seg.default_bank = None
     elif seg.default_bank is None and seg.model.needs_visual_prompts:
@@ -194,14 +266,21 @@ def run(args: argparse.Namespace) -> int:
     host = "0.0.0.0" if args.share_on_lan and args.host == "127.0.0.1" else args.host
     seg, note = load_segmenter(args.checkpoint, args.bank, args.text_only, args.device)
     limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
-    quickstart = args.checkpoint is None
-    example = quickstart_example(Path(tempfile.mkdtemp(prefix="dpseg-demo-"))) if quickstart else None
-    app = build_app(seg, limits, note, args.text_only, example, 0.5 if quickstart else 0.0)
+    toy = is_toy(seg.cfg)
+    if toy:
+        print(f"note: {TOY_NOTE}", file=sys.stderr)
+    example = quickstart_example(Path(tempfile.mkdtemp(prefix="dpseg-demo-"))) if toy else None
+    app = build_app(seg, limits, note, args.text_only, example)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)
-    try:
+    try:  # quiet: gradio would advertise share=True, which this demo never uses
         app.launch(server_name=host, server_port=args.port, share=False, max_file_size=f"{args.max_upload_mb}mb",
-                   show_error=True, ssr_mode=False, inbrowser=False)
+                   show_error=True, ssr_mode=False, inbrowser=False, quiet=True, prevent_thread_lock=True)
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{args.port} ({str(e).splitlines()[0]}); pick another --port") from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "every machine that can reach it"
+    print(f"dpseg demo: open http://{shown}:{args.port} (listening on {host}: {where}; no public link is made). "
+          "Ctrl+C stops it.", flush=True)
+    app.block_thread()
     return 0

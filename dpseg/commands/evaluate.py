@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on the zero-shot benchmarks and write mIoU tables (JSON + Markdown).
 
   dpseg eval runs/dpseg-b/final --bank banks/dpseg-b --datasets a847,pc459,a150,pc59,voc20,voc20b
+  dpseg eval --datasets runs/quickstart/example         (no checkpoint: the model of the last `dpseg quickstart`)
   torchrun --nproc_per_node 4 -m dpseg eval CKPT --bank BANK          (images split over GPUs, same numbers)
 
 Prompts come from a prompt bank (--bank, default: the checkpoint's prompts.bank); --text-only uses text prompts
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -27,13 +29,15 @@ from dpseg.evaluation.report import is_finished, load_results, markdown_table, s
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.prompts.resolve import resolve_prompts
 from dpseg.prompts.templates import model_templates
+from dpseg.quickstart import default_artifacts
 from dpseg.weights import state_fingerprint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors) or hub id")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint directory (config.json + model.safetensors) or hub "
+                        "id (default: the model of the last `dpseg quickstart`, with its prompt bank)")
     parser.add_argument("--datasets", help="comma-separated: a847,pc459,a150,pc59,voc20,voc20b,coco171 or custom PATH[:SPLIT] "
                                            "(default: the config's eval.datasets)")
     src = parser.add_mutually_exclusive_group()
@@ -119,21 +123,29 @@ def _fingerprint(prompts) -> str:
 
 def run(args: argparse.Namespace) -> int:
     rank, device = _distributed(args.device)
-    model, cfg = load_model(args.checkpoint, device=device)
+    checkpoint, bank = args.checkpoint, args.bank
+    if checkpoint is None:  # the quickstart's model, as `dpseg segment` and the demo do
+        checkpoint, quickstart_bank = default_artifacts()
+        if bank is None and not args.text_only and quickstart_bank is not None:
+            bank = str(quickstart_bank)
+        if rank == 0:
+            print(f"no checkpoint given: evaluating the quickstart model {checkpoint}", file=sys.stderr)
+    model, cfg = load_model(checkpoint, device=device)
     ecfg = _eval_config(cfg, args)
     names = [n.strip() for n in (args.datasets.split(",") if args.datasets else ecfg.datasets) if n.strip()]
     if not names:
         raise InputError("no datasets to evaluate: pass --datasets a150,pc59,...")
     datasets = _build_datasets(names, args.root if args.root is not None else cfg.data.root)
-    prompts_for = _Prompts(model, cfg, args.bank if args.bank is not None else cfg.prompts.bank, args.text_only)
+    prompts_for = _Prompts(model, cfg, bank if bank is not None else cfg.prompts.bank, args.text_only)
     if prompts_for.bank is None and ecfg.two_pass:
         if args.two_pass:
             raise InputError("--two-pass refines visual prompts, which text-only evaluation does not have")
         ecfg = dataclasses.replace(ecfg, two_pass=False)
-    ckpt_dir = Path(args.checkpoint)
-    out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else Path(f"eval-{args.checkpoint.replace('/', '-')}"))
-    results = load_results(out_dir / "results.json", str(args.checkpoint))
-    results["checkpoint"] = str(args.checkpoint)  # another model is caught by the weight fingerprint in the settings
+    ckpt_dir = Path(checkpoint)
+    hub_dir = Path(f"eval-{str(checkpoint).replace('/', '-')}")
+    out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else hub_dir)
+    results = load_results(out_dir / "results.json", str(checkpoint))
+    results["checkpoint"] = str(checkpoint)  # another model is caught by the weight fingerprint in the settings
     model_fp = state_fingerprint(model)
     precision = resolve_precision(ecfg.precision, device, what="config key 'eval.precision'")
     for name, ds in datasets.items():

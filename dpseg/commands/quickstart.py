@@ -14,7 +14,7 @@ import torch
 
 from dpseg.commands import add_config_arguments
 from dpseg.errors import InputError
-from dpseg.quickstart import default_cache
+from dpseg.quickstart import default_artifacts, default_cache
 from dpseg.quickstart.run import BUDGETS, Budget, quickstart
 
 
@@ -51,6 +51,24 @@ def run(args: argparse.Namespace) -> int:
     if args.preset not in (None, "synthetic"):
         raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
-    results = quickstart(budget, Path(args.cache) if args.cache else default_cache(), Path(args.out), getattr(args, "config", None), args.overrides, workers)
+    cache = Path(args.cache) if args.cache else default_cache()
+    results = quickstart(budget, cache, Path(args.out), getattr(args, "config", None), args.overrides, workers)
     print(results["markdown"])
+    print(next_commands(Path(args.out), cache))
     return 0
+
+
+def next_commands(out: Path, cache: Path) -> str:
+    """What to run next (the README's three commands), with this run's paths."""
+    example = out / "example"
+    model = evaluated = ""
+    if cache.resolve() != default_cache().resolve():  # without --checkpoint, commands look in the default cache only
+        checkpoint, bank = default_artifacts(cache)
+        with_bank = f" --bank {bank}" if bank else ""
+        model, evaluated = f" --checkpoint {checkpoint}{with_bank}", f" {checkpoint}{with_bank}"
+    return "\n".join([
+        "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
+        f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
+        f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
+        f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
+    ])

@@ -1,17 +1,25 @@
 """Segment your own images into free-text classes.
 
   dpseg segment photo.jpg shots/ "more/**/*.png" --classes "cat, sofa, lamp" --checkpoint CKPT --bank BANK --out out/
+  dpseg segment scene.png --classes "red striped star; blue dotted circle" --out out/    (the quickstart's toy model)
 
 Classes: with --classes, commas separate classes ("cat, sofa, lamp" = 3 classes) unless the string holds a ';',
 then ';' separates classes and commas join synonyms of one class ("sofa, couch; cat; floor lamp" = 3 classes).
 --classes-file: one class per line (commas join synonyms, '#' starts a comment line), a JSON list, or a shipped
 vocabulary name (ade150, ade847, coco, pc59, pc459, voc20).
 
-Per image IMAGE, OUT gets IMAGE.png (label map: pixel value k = class k in the order given; 8-bit PNG when there
-are at most 255 classes, 16-bit otherwise), IMAGE_overlay.jpg (colours + legend, long side at most 4096 px) and
-IMAGE.json (size, prompt source, unlabelled pixels, and per class: pixels, area share, mean probability); OUT/summary.json lists
-every input. A bad image is reported on one line and skipped. Exit status: 0 all images done, 1 some images
-failed, 2 nothing could run (bad class list, checkpoint, bank or options).
+Without --checkpoint the model of the last `dpseg quickstart` is used (a toy of the synthetic world; it says so).
+Pixels whose best class probability is below --min-score stay unlabelled (255); the default is the checkpoint's
+eval.min_score, chosen on its validation split when it was trained (`dpseg calibrate` redoes it; 0 = label all).
+
+Per image IMAGE, OUT gets IMAGE.png (label map: pixel value k = class k in the order given; with at most 255
+classes a palette PNG that shows the overlay's colours in any viewer, 255 = unlabelled in black; 16-bit grayscale
+otherwise), IMAGE_overlay.jpg (colours + legend, long side at most 4096 px) and IMAGE.json (size, prompt source,
+threshold, unlabelled pixels, and per class: pixels, area share, mean probability); with --save-masks
+IMAGE_masks/NN_class.png per class present (255 = the class, 0 elsewhere), with --save-scores IMAGE_scores.png
+(16-bit grayscale: probability of the winning class = value / 65535). OUT/summary.json lists every input. A bad
+image is reported on one line and skipped. Exit status: 0 all images done, 1 some images failed, 2 nothing could
+run (bad class list, checkpoint, bank or options).
 """
 
 from __future__ import annotations
@@ -21,17 +29,20 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dpseg.atomic import atomic_write_text
+from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
 from dpseg.errors import DPSegError, InputError
 from dpseg.evaluation.runtime import resolve_device
-from dpseg.image_io import is_image_file, label_image, save_atomic
+from dpseg.image_io import is_image_file, label_image, mask_image, save_atomic, score_image
+from dpseg.progress import progress as progress_bar
+from dpseg.quickstart import default_artifacts
 from dpseg.segmenter import Segmenter
 from dpseg.visualize import overlay
 from dpseg.vocab import parse_class_list, read_class_list
@@ -45,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classes = parser.add_mutually_exclusive_group(required=True)
     classes.add_argument("--classes", help='class names, e.g. "cat, sofa, lamp" or "sofa, couch; cat" (see below)')
     classes.add_argument("--classes-file", help="class list file (one per line, or JSON) or a vocabulary name")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors) or hub id")
+    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors) or hub id "
+                        "(default: the model of the last `dpseg quickstart`, a toy)")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank if it exists)")
     parser.add_argument("--exemplars", help="folder of your own prompt images, EXEMPLARS/<class name>/*.jpg "
@@ -58,8 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refine.add_argument("--no-refine", dest="refine", action="store_false", help="one pass only (faster)")
     parser.add_argument("--tile", type=int, default=0, help="segment large images in N x N tiles at native "
                         "resolution (multiple of 32, e.g. 1024): more detail on small objects")
-    parser.add_argument("--min-score", type=float, default=0.0, help="leave pixels unlabelled (255, or 65535 in "
-                        "16-bit maps) when their best class probability is below this (default 0: label every pixel)")
+    parser.add_argument("--min-score", type=float, help="leave pixels unlabelled (255, or 65535 in 16-bit maps) when "
+                        "their best class probability is below this (default: the checkpoint's eval.min_score; 0 = "
+                        "label every pixel)")
+    parser.add_argument("--save-masks", action="store_true", help="also write one binary PNG per class present")
+    parser.add_argument("--save-scores", action="store_true", help="also write the winning probability as a 16-bit "
+                        "PNG (value / 65535)")
     parser.add_argument("--protocol", choices=["whole", "slide"], help="override the checkpoint's eval.protocol")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--max-pixels", type=int, default=0, help="refuse images larger than this (default: 179 MP)")
@@ -107,13 +123,31 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def _write_outputs(result, image, path: Path, name: str, out: Path, alpha: float, extra: dict) -> dict:
+def mask_file_name(index: int, name: str, num_classes: int) -> str:
+    """``07_sofa-couch.png``: the class index (zero-padded to the vocabulary's width) and a file-safe class name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "class"
+    return f"{index:0{len(str(num_classes - 1))}d}_{slug}.png"
+
+
+def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra: dict) -> dict:
     K = len(result.class_names)
     save_atomic(label_image(result.labels, K), out / f"{name}.png")
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    save_atomic(overlay(rgb, result.labels, result.class_names, result.pixels, alpha), out / f"{name}_overlay.jpg", quality=90)
+    save_atomic(overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha), out / f"{name}_overlay.jpg",
+                quality=90)
+    files: dict = {}
+    if args.save_masks:
+        files["masks"] = {}
+        for c in result.present:
+            rel = f"{name}_masks/{mask_file_name(c.index, c.name, K)}"
+            save_atomic(mask_image(result.labels == c.index), out / rel)
+            files["masks"][c.name] = rel
+    if args.save_scores:
+        save_atomic(score_image(result.scores), out / f"{name}_scores.png")
+        files.update(scores_png=f"{name}_scores.png", scores_scale=65535)
     info = {"image": str(path), "label_png": f"{name}.png", "label_bits": 8 if K <= 255 else 16,
-            "overlay": f"{name}_overlay.jpg", **extra, **result.to_dict()}
+            "label_format": "palette PNG" if K <= 255 else "16-bit grayscale PNG",
+            "overlay": f"{name}_overlay.jpg", **files, **extra, **result.to_dict()}
     atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
     return info
 
@@ -135,7 +169,7 @@ def check_options(args: argparse.Namespace) -> None:
     """Every option checked before the model loads, so a typo costs nothing (exit status 2)."""
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
-    if not 0 <= args.min_score < 1:
+    if args.min_score is not None and not 0 <= args.min_score < 1:
         raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
     if not 0 <= args.alpha <= 1:
         raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
@@ -165,36 +199,50 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise InputError(f"no images to segment in {' '.join(args.images)}")
 
-    seg = Segmenter.from_pretrained(args.checkpoint, device=args.device)
+    checkpoint, bank = args.checkpoint, args.bank
+    if checkpoint is None:  # the quickstart's model, as the demo does
+        checkpoint, quickstart_bank = default_artifacts()
+        if bank is None and not args.text_only and not args.exemplars and quickstart_bank is not None:
+            bank = str(quickstart_bank)
+        print(f"no --checkpoint: using the quickstart model {checkpoint}", file=sys.stderr)
+    seg = Segmenter.from_pretrained(checkpoint, device=args.device)
+    if is_toy(seg.cfg):  # said once, before any work
+        print(f"note: {TOY_NOTE}", file=sys.stderr)
+        warning = outside_world_warning(names)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.protocol:
         seg.protocol = dataclasses.replace(seg.protocol, name=args.protocol)
     if args.max_pixels:
         seg.max_pixels = args.max_pixels
-    seg.set_vocabulary(names, bank=args.bank, exemplars=args.exemplars, text_only=args.text_only)
-    print(f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}", file=sys.stderr)
+    seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
+    min_score = seg.min_score if args.min_score is None else args.min_score
+    why = "--min-score" if args.min_score is not None else "the checkpoint's eval.min_score"
+    print(f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}; pixels below probability "
+          f"{min_score:g} stay unlabelled ({why})", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"checkpoint": str(args.checkpoint), "tile": args.tile}
+    extra = {"checkpoint": str(checkpoint), "tile": args.tile}
     done, start = [], time.perf_counter()
-    bar = tqdm(total=len(files), unit="img", desc="segment", disable=args.quiet, dynamic_ncols=True)
+    bar = progress_bar(len(files), "segment", unit="img", enabled=not args.quiet)
     for path, name in zip(files, output_names(files)):
         try:
             image = seg.load(path)
-            result = seg.segment(image, refine=args.refine, tile=args.tile, min_score=args.min_score)
-            done.append(_write_outputs(result, image, path, name, out, args.alpha, extra))
+            result = seg.segment(image, refine=args.refine, tile=args.tile, min_score=min_score)
+            done.append(_write_outputs(result, image, path, name, out, args, extra))
         except DPSegError as e:
             failures.append((str(path), str(e)))
-            tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+            bar.write(f"error: {path}: {e}", file=sys.stderr)
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             failures.append((str(path), "out of memory"))
-            tqdm.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
+            bar.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
         bar.update(1)
     bar.close()
 
-    summary = {"checkpoint": str(args.checkpoint), "classes": names, "prompts": seg.prompt_source,
+    summary = {"checkpoint": str(checkpoint), "classes": names, "prompts": seg.prompt_source, "min_score": min_score,
                "seconds": round(time.perf_counter() - start, 2), "images": done,
                "failed": [{"input": s, "error": e} for s, e in failures]}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

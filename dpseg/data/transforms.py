@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -121,6 +120,8 @@ class PhotometricJitterSSD:
             do_hue, shift = _randint(0, 2, g), _randint(-self.hue, self.hue + 1, g)
             if not (do_sat or do_hue):
                 return im
+            import cv2  # here, not at the top: inference (dpseg segment) imports this module and never needs it
+
             hsv = cv2.cvtColor(im, cv2.COLOR_RGB2HSV).astype(np.int32)  # (H, W, 3): h 0..179, s, v 0..255
             if do_sat:
                 hsv[..., 1] = np.clip(np.floor(hsv[..., 1] * sat), 0, 255)

@@ -22,6 +22,7 @@ from typing import Optional
 
 from dpseg.build import component_counts
 from dpseg.config import atomic_write_text
+from dpseg.progress import progress as progress_bar
 
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s")
 
@@ -63,7 +64,8 @@ class TrainLogger:
                  progress: bool = True):
         self.enabled = enabled
         self.start_step, self.total = start_step, total_steps
-        self.bar = self.tb = None
+        self.tb = None
+        self.bar = progress_bar(total_steps, "train", unit="it", initial=start_step, enabled=False)
         self._t0 = time.perf_counter()
         if not enabled:
             return
@@ -77,23 +79,15 @@ class TrainLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="it", dynamic_ncols=True,
-                            smoothing=0.05)
+        # a bar on a terminal; elsewhere (CI, a log file) the plain line per log record below says the same
+        self.bar = progress_bar(total_steps, "train", unit="it", initial=start_step, enabled=progress, lines=False)
 
     def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
+        if self.enabled:
             self.bar.write(text)
-        else:
-            print(text, flush=True)
 
     def advance(self, steps: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(steps)
+        self.bar.update(steps)
 
     def _append(self, path: Path, line: str) -> None:
         with open(path, "a") as f:
@@ -113,9 +107,9 @@ class TrainLogger:
             for key in ("loss", "lr", "grad_norm", "it_per_s"):
                 if record[key] is not None:
                     self.tb.add_scalar(f"train/{key}", record[key], step)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        else:  # no bar (--no-progress, batch jobs): one plain line per record
+        if self.bar.is_bar:
+            self.bar.set_postfix(f"loss={loss:.4f}, lr={lr:.2e}")
+        else:  # no bar (not a terminal, or --no-progress): one plain line per record
             eta = (self.total - step) / it_per_s if it_per_s > 0 else float("nan")
             eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) and eta < 86400 else f"{eta / 3600:.1f} h"
             print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  grad norm {grad_norm:.3g}  "
@@ -136,11 +130,10 @@ class TrainLogger:
             f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in summary.items()))
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
         if self.tb is not None:
             self.tb.close()
-        self.bar = self.tb = None
+        self.tb = None
 
 
 def format_table(title: str, rows: list[tuple[str, ...]], header: Optional[tuple[str, ...]] = None) -> str:

@@ -5,7 +5,8 @@ checkpoint, e.g. SED converted by ``dpseg convert sed``) -> prompts -> optimizer
 {lr, batch, forward under autocast, BCE loss (+ the auxiliary heads' BCE, SED), backward, clip, NaN guard, AdamW}
 -> logs, evaluation with
 best-model export, atomic checkpoints -> final export (``OUTPUT/final``: config.json + model.safetensors, what
-``dpseg eval`` and ``Segmenter`` load). Several GPUs / nodes::
+``dpseg eval`` and ``Segmenter`` load; with a validation set, its default score threshold ``eval.min_score`` is
+chosen there, :mod:`dpseg.evaluation.calibrate`). Several GPUs / nodes::
 
     torchrun --nproc_per_node=4 -m dpseg train my.yaml           # train.batch_size is the global batch
     torchrun --nproc_per_node=4 -m dpseg train my.yaml --resume  # continue from OUTPUT/checkpoints (shared disk)
@@ -54,6 +55,7 @@ from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import build_optimizer, lr_factor, make_scaler, set_lr
 from dpseg.engine.vocabulary import remap_labels, sample_step_classes
 from dpseg.errors import ConfigError, DataError, DPSegError
+from dpseg.evaluation.calibrate import TRAINING_CALIBRATION_IMAGES, calibrate, write_calibration
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.runtime import autocast, resolve_precision
 from dpseg.model.loss import SegmentationLoss
@@ -239,9 +241,15 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or last_step:
                 checkpoint()
 
-        # ---- export the final model in the inference format
+        # ---- export the final model in the inference format, with its score threshold chosen on the validation set
+        calibration = None
+        if val_set is not None:
+            calibration = _calibrate(cfg, model, val_prompts, val_set, ctx, precision, progress)
+            logger.message(calibration.summary())
         if ctx.is_main:
             save_model(model, cfg, out / "final")
+            if calibration is not None:
+                write_calibration(out / "final", calibration)
             logger.message(f"done: {step} steps; final model in {out / 'final'}"
                            + (f"; best mIoU {best['mIoU']:.2f} at step {best['step']} in {out / 'best'}" if best["mIoU"] is not None else ""))
         barrier(ctx)
@@ -276,6 +284,21 @@ def _prepare_output(out: Path, cfg: Config) -> None:
         raise ConfigError(f"cannot create train.output_dir {out}: {e.strerror}") from None
     prune_checkpoints(out, 0)  # only clears temporary directories left by a crash mid-write
     save_config(cfg, out / "config.yaml")
+
+
+def _calibrate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision: str, progress: bool):
+    """The final model's default score threshold (eval.min_score), chosen on the validation set for the map that
+    ``dpseg segment`` makes by default (pass 2 when the model refines); leaves every RNG as it found it."""
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    two = cfg.eval.two_pass and model.needs_visual_prompts and prompts.has_visual
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices), autocast(precision, ctx.device):
+            images = cfg.train.eval_max_images or TRAINING_CALIBRATION_IMAGES
+            return calibrate(model, prompts, dataset, cfg.eval, ctx.device, cfg.eval.background_class, two, images,
+                             progress=progress and ctx.is_main)
+    finally:
+        model.train()
 
 
 def _evaluate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision: str) -> dict:

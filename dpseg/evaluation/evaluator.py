@@ -14,6 +14,7 @@ import torch
 from dpseg.errors import InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+from dpseg.progress import progress as progress_bar
 
 
 class SemSegEvaluator:
@@ -91,11 +92,7 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
     # created up front so that every rank all-reduces the same matrices even if it got no images
     evaluators = {key: SemSegEvaluator(num_classes, dataset.class_names, merge, "cpu")
                   for key in (("pass1", "pass2") if two_pass else ("pass1",))}
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), desc=desc or ds_name, unit="img", dynamic_ncols=True)
+    bar = progress_bar(len(indices), desc or ds_name, unit="img", enabled=progress and rank == 0)
     start = time.perf_counter()
     for batch in loader:
         preds = predict(forward, [it["image"] for it in batch], protocol, device, num_classes=len(vocab))
@@ -104,10 +101,8 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
                 raise InputError(f"the forward function returned passes {sorted(pred)}, expected {sorted(evaluators)}")
             for key, p in pred.items():
                 evaluators[key].process(p.labels, item["label"])
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        bar.update(len(batch))
+    bar.close()
     out: dict = {key: ev.compute() for key, ev in sorted(evaluators.items())}
     out.update(num_images=n, seconds=round(time.perf_counter() - start, 2),
                protocol={"name": protocol.name, "short_side": protocol.short_side, "input_size": protocol.input_size,

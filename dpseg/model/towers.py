@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from dpseg.config import ModelConfig
 from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
 from dpseg.vocab import split_synonyms
-from dpseg.weights import hub_reachable, load_strict, read_state_dict
+from dpseg.weights import hub_reachable, init_skipped, load_strict, read_state_dict
 
 # ------------------------------------------------------------------------------------- tiny ConvNeXt trunks
 # Registered with timm so that an OpenCLIP model config can name them like any timm trunk.
@@ -277,10 +277,32 @@ class TextTower(nn.Module):
 # -------------------------------------------------------------------------------------------- factories
 
 
-def make_tokenizer(cfg: ModelConfig):
+class LazyTokenizer:
+    """The OpenCLIP BPE tokenizer, built on its first call: reading the bundled vocabulary costs ~0.3 s, which a
+    model whose text prompts come from a prompt bank (``dpseg segment`` with a bank) never needs to pay."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self._tokenizer = None
+
+    def _get(self):
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer
+
+    def __call__(self, texts):
+        return self._get()(texts)
+
+    def __getattr__(self, name: str):  # sot_token_id, encode, ...: the real tokenizer's
+        if name.startswith("__") or name == "_tokenizer":
+            raise AttributeError(name)
+        return getattr(self._get(), name)
+
+
+def make_tokenizer(cfg: ModelConfig) -> LazyTokenizer:
     """The OpenCLIP BPE tokenizer (bundled vocabulary: no network) at the model's context length."""
     mc = clip_model_config(cfg)
-    return open_clip.tokenizer.SimpleTokenizer(context_length=mc["text_cfg"].get("context_length", 77))
+    return LazyTokenizer(mc["text_cfg"].get("context_length", 77))
 
 
 def build_towers(cfg: ModelConfig, load_weights: bool = True,
@@ -299,8 +321,13 @@ def build_towers(cfg: ModelConfig, load_weights: bool = True,
 
 
 def make_frozen_copy(tower: ImageTower) -> ImageTower:
-    """The visual-prompt encoder: a separate copy with the same weights, frozen and in eval mode."""
-    frozen = copy.deepcopy(tower)
+    """The visual-prompt encoder: a separate copy with the same weights, frozen and in eval mode. When the model is
+    built for a checkpoint's weights (:func:`dpseg.weights.skip_random_init`), its parameters are left unfilled:
+    copying them would write hundreds of MB that loading overwrites."""
+    memo = {}
+    if init_skipped():
+        memo = {id(p): nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad) for p in tower.parameters()}
+    frozen = copy.deepcopy(tower, memo)
     frozen.grad_checkpointing = False
     frozen.requires_grad_(False)
     frozen.eval()

@@ -26,6 +26,7 @@ from PIL import Image
 
 from dpseg.errors import BankError, InputError
 from dpseg.image_io import load_image, save_atomic
+from dpseg.progress import progress as progress_bar
 from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images
 from dpseg.prompts.generate import generator_prompt, image_seed
@@ -98,12 +99,8 @@ def build_bank(
     n_img = bank.manifest["images_per_class"] or m
     assign = template_assignment(m, n_img)  # (M, N)
     size, seed = bank.manifest["prompt_image_size"], bank.manifest["seed"]
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        desc = f"prompt bank (rank {rank}/{world_size})" if world_size > 1 else "prompt bank"
-        bar = tqdm(total=len(todo) * n_img, unit="img", desc=desc, dynamic_ncols=True)
+    desc = f"prompt bank (rank {rank}/{world_size})" if world_size > 1 else "prompt bank"
+    bar = progress_bar(len(todo) * n_img, desc, unit="img", enabled=progress and bool(todo))
     try:
         for name in todo:
             sentences = [generator_prompt(templates[i % m], name) for i in range(n_img)]
@@ -113,9 +110,8 @@ def build_bank(
             for b in range(0, n_img, batch_size):
                 batch = generator.generate(sentences[b : b + batch_size], seeds[b : b + batch_size])
                 images += _check_images(batch, len(sentences[b : b + batch_size]), generator)
-                if bar is not None:
-                    bar.set_postfix_str(name[:30], refresh=False)
-                    bar.update(len(batch))
+                bar.set_postfix(name[:30])
+                bar.update(len(batch))
             t1 = time.perf_counter()
             v, stages = encode_prompt_images(prompt_encoder, images, size, encode_batch_size)  # (N, d), [(N, D_j)]
             a = assign.to(v.device)
@@ -130,8 +126,7 @@ def build_bank(
             report.built.append(name)
             report.images += len(images)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return report
 
 
@@ -155,10 +150,7 @@ def add_exemplars(
     templates, size, m = bank.templates, bank.manifest["prompt_image_size"], len(bank.templates)
     done = []
     items = list(images_by_class.items())
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, unit="class", desc="exemplars")
+    bar = progress_bar(len(items), "exemplars", unit="class", enabled=progress)
     for name, (_, sources) in zip(names, items):
         if not len(sources):
             raise InputError(f"class {name!r} has no exemplar images")
@@ -172,5 +164,7 @@ def add_exemplars(
             [-1] * len(sources), extra={"exemplars": json.dumps(files[:200])},
         )
         done.append(name)
+        bar.update()
+    bar.close()
     return done
 

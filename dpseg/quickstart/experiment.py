@@ -24,6 +24,7 @@ from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
 from dpseg.errors import DataError
+from dpseg.evaluation.calibrate import CALIBRATED_KEYS, calibrate_checkpoint, read_calibration
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
@@ -85,7 +86,22 @@ def is_trained(cfg: Config) -> bool:
         return False
     saved = json.loads((final / "config.json").read_text())
     saved.pop("dpseg", None)  # save_model's metadata
-    return saved == cfg.to_dict()
+    return _uncalibrated(saved) == _uncalibrated(cfg.to_dict())
+
+
+def _uncalibrated(config: dict) -> dict:
+    """A config dict without the keys calibration writes after training (see :func:`calibrate_run`)."""
+    return {**config, "eval": {k: v for k, v in config.get("eval", {}).items() if k not in CALIBRATED_KEYS}}
+
+
+def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0) -> float:
+    """The run's default score threshold (``eval.min_score``: what ``dpseg segment`` and the demo leave unlabelled),
+    chosen on the validation split of ``folder`` (the seen classes) by the public calibration
+    (:func:`dpseg.evaluation.calibrate.calibrate_checkpoint`); reused when already chosen on that split."""
+    done = read_calibration(model_dir)
+    if done and done.get("dataset") == str(folder) and done.get("num_images") == max_images:
+        return float(done["min_score"])
+    return calibrate_checkpoint(model_dir, str(folder), device="cpu", max_images=max_images, progress=False).min_score
 
 
 def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:

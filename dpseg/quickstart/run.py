@@ -30,6 +30,7 @@ from dpseg.quickstart import (
 )
 from dpseg.quickstart import experiment as ex
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
+from dpseg.quickstart.example import write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
 
 BUDGETS = {
@@ -142,7 +143,8 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
         atomic_write_text(cache / "latest.json", json.dumps({"model": str(dirs[(demo_run, 0)].resolve()), "variant": demo_run,
                                                              "bank": str(Path(bank).resolve()) if uses_bank else None}))
     atomic_write_text(out / "results.md", markdown)
-    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}")
+    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
 
 
@@ -158,6 +160,7 @@ def _run_one(job) -> tuple:
     reused = ex.is_trained(cfg)
     with open(run_dir / "quickstart.log", "a") as f, contextlib.redirect_stdout(f):
         model_dir = ex.trained_model_dir(cfg)
+        ex.calibrate_run(model_dir, splits["seen"], max_images)  # segment's / the demo's default score threshold
         key = {"splits": {k: str(v) for k, v in splits.items()}, "max_images": max_images, "variant": v_name}
         path = run_dir / "quickstart_eval.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}

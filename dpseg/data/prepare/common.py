@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dpseg.errors import DataError
+from dpseg.progress import progress as progress_bar
 
 PREPARE_DATA = Path(__file__).parent
 
@@ -117,15 +118,13 @@ def _run_one(job: Job) -> tuple[str, Optional[str]]:
 
 def run_jobs(jobs: Sequence[Job], desc: str, workers: int = 1, force: bool = False, progress: bool = True) -> RunStats:
     """Run the jobs whose outputs are not all present yet, in ``workers`` processes, with a progress bar."""
-    from tqdm.auto import tqdm
-
     stats = RunStats()
     for folder in {p.parent for j in jobs for p in j.outputs}:
         folder.mkdir(parents=True, exist_ok=True)
         clean_temp_files(folder)
     todo = [j for j in jobs if force or not all(p.exists() for p in j.outputs)]
     stats.resumed = len(jobs) - len(todo)
-    bar = tqdm(total=len(todo), desc=desc, unit="file", dynamic_ncols=True, disable=not progress or not todo, file=sys.stderr)
+    bar = progress_bar(len(todo), desc, unit="file", enabled=progress and bool(todo))
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 

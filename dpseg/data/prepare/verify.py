@@ -21,6 +21,7 @@ from PIL import Image
 from dpseg.data.catalog import CatalogEntry, get_entry, prepare_hint
 from dpseg.data.prepare.common import id_table
 from dpseg.image_io import IMAGE_SUFFIXES
+from dpseg.progress import progress as progress_bar
 
 MAX_LISTED = 5  # example file names per problem
 
@@ -108,8 +109,6 @@ def split_problems(entry: CatalogEntry, root: Path, stems: set[str]) -> list[str
 
 def verify_entry(entry: CatalogEntry, root: Path, workers: int = 1, progress: bool = True) -> tuple[list[str], list[str]]:
     """(problems, info lines) for one catalog entry."""
-    from tqdm.auto import tqdm
-
     image_dir, label_dir = root / entry.image_dir, root / entry.label_dir
     fix = prepare_hint(entry, root)
     if not image_dir.is_dir():
@@ -136,7 +135,7 @@ def verify_entry(entry: CatalogEntry, root: Path, workers: int = 1, progress: bo
     k = len(entry.class_names())
     max_short = 512 if entry.name == "a847" else 0
     jobs = [(p, images.get(s), entry.label_ext, k, entry.ignore_value, max_short) for s, p in sorted(labels.items())]
-    bar = tqdm(total=len(jobs), desc=f"verify {entry.name}", unit="file", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(jobs), f"verify {entry.name}", unit="file", enabled=progress)
     results = []
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp

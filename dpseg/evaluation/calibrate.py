@@ -1,0 +1,238 @@
+"""A checkpoint's default score threshold (``eval.min_score``), chosen on a labelled validation split.
+
+The model scores every class on its own (a sigmoid per class); ``dpseg segment``, :class:`~dpseg.segmenter.Segmenter`
+and the demo give a pixel its best class and leave it *unlabelled* when that class's probability is below
+``eval.min_score``. Whether anything should stay unlabelled depends on the vocabulary:
+
+* it has a background / "other" class, or names every pixel (``eval.background_class: true``): every pixel gets
+  a class, the threshold is 0;
+* otherwise (``false``) the labels' ignore pixels are what no class names (the background of the synthetic world,
+  the unnamed parts of PC-59), and they should stay unlabelled.
+
+``null`` (the default) is decided here from the split: ``true`` when under ``COVERED_IGNORE_FRACTION`` (1 %) of its
+pixels are ignore (a few unannotated pixels do not make a background) or the dataset merges a background class
+(PAS-20b), else ``false``.
+
+**Criterion.** For every threshold t of :data:`THRESHOLDS` (0, 0.05, ..., 0.95) the split's predictions - the map
+``segment`` makes by default, pass 2 when the checkpoint refines - are thresholded and scored as a (K + 1)-class
+problem: the K classes plus "unlabelled", whose ground truth is the ignore pixels. The chosen t maximises the mIoU
+over those K + 1 classes (a class absent from the ground truth is left out, as in :mod:`dpseg.evaluation.metrics`);
+ties go to the lower t. mIoU weighs every class alike, so a threshold that erases a small class costs as much as
+background left painted over. With ``background_class: true`` nothing is measured and t = 0.
+
+The result goes into the checkpoint's ``config.json`` (``eval.min_score``, ``eval.background_class``; written
+atomically, the weights and their content hash untouched) with the whole table in ``calibration.json`` beside it:
+at the end of training when a validation set exists (:mod:`dpseg.engine.train`), or with ``dpseg calibrate``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from dpseg.atomic import atomic_write_text
+from dpseg.build import CONFIG_NAME, load_model
+from dpseg.data.catalog import build_dataset
+from dpseg.errors import CheckpointError, DataError, InputError
+from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy
+from dpseg.evaluation.metrics import metrics_from_confusion
+from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
+from dpseg.progress import progress as progress_bar
+from dpseg.prompts.resolve import resolve_prompts
+from dpseg.prompts.templates import model_templates
+
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0, 0.05, ..., 0.95
+COVERED_IGNORE_FRACTION = 0.01
+# images the end of training calibrates on when train.eval_max_images does not say (a 20-value grid needs no more;
+# two passes over all 5000 COCO-Stuff validation images would cost as much as a long evaluation)
+TRAINING_CALIBRATION_IMAGES = 500
+CALIBRATION_NAME = "calibration.json"
+CALIBRATED_KEYS = ("min_score", "background_class")  # the eval keys this module writes into a checkpoint's config
+
+
+@dataclass
+class Calibration:
+    """The chosen threshold and the evidence: mIoU (%, K classes + "unlabelled") per threshold."""
+
+    min_score: float
+    background_class: bool
+    dataset: str = ""
+    num_images: int = 0
+    ignore_fraction: Optional[float] = None  # share of the split's pixels that are ignore
+    prediction: str = "pass1"  # which map was thresholded (pass2 = after refinement)
+    criterion: str = "mIoU over the K classes + 'unlabelled' (ground truth: ignore pixels), ties to the lower threshold"
+    scores: dict = field(default_factory=dict)  # threshold -> mIoU in % (None: nothing to score)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "scores": {f"{t:g}": s for t, s in self.scores.items()}}
+
+    def summary(self) -> str:
+        if self.background_class and not self.scores:
+            return "score threshold eval.min_score = 0: the vocabulary has a background class, every pixel gets a class"
+        best = self.scores.get(self.min_score)
+        zero = self.scores.get(0.0)
+        gain = "" if best is None or zero is None else f" (mIoU with 'unlabelled' {best:.1f} vs {zero:.1f} at 0)"
+        return (f"score threshold eval.min_score = {self.min_score:g}, chosen on {self.dataset} "
+                f"({self.num_images} images, {self.prediction}){gain}")
+
+    def table(self) -> str:
+        rows = [f"{'min_score':>9}  mIoU (K + unlabelled)"]
+        for t, s in self.scores.items():
+            mark = "  <- chosen" if t == self.min_score else ""
+            rows.append(f"{t:>9.2f}  {'-' if s is None else f'{s:.2f}'}{mark}")
+        return "\n".join(rows)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
+        torch.distributed.all_reduce(t)
+    return t.cpu()
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def calibrate(model, prompts, dataset, eval_cfg, device="cpu", background_class: Optional[bool] = None,
+              two_pass: bool = False, max_images: int = 0, progress: bool = True, forward=None,
+              thresholds=THRESHOLDS) -> Calibration:
+    """Choose ``eval.min_score`` on ``dataset`` (items ``{"image", "label"}``, ``class_names``; optional
+    ``vocabulary`` and ``merge_predictions_from`` as the evaluator reads them) by the criterion of the module doc.
+    ``forward`` replaces the model call (tests); ``two_pass`` thresholds the refined map. Distributed: every rank
+    takes every world_size-th image and the counts are summed."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    merge = getattr(dataset, "merge_predictions_from", None)
+    if background_class is None and merge is not None:
+        background_class = True  # the vocabulary's own background class (PAS-20b)
+    if background_class:
+        return Calibration(0.0, True, name)
+    thresholds = sorted(float(t) for t in thresholds)
+    if not thresholds or thresholds[0] != 0 or thresholds[-1] >= 1:
+        raise InputError(f"thresholds must start at 0 and stay below 1, got {thresholds}")
+    if forward is None:
+        forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk,
+                                refine=refine_policy(eval_cfg))
+    protocol = protocol_from_config(eval_cfg)
+    K = len(dataset.class_names)
+    vocab_size = len(getattr(dataset, "vocabulary", dataset.class_names))
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    rank, world = _rank_world()
+    indices = list(range(rank, n, world))
+    # conf[t, g, p]: pixels of ground truth g (K = ignore, i.e. "unlabelled") predicted p (K = below threshold t)
+    conf = torch.zeros(len(thresholds), K + 1, K + 1, dtype=torch.int64)
+    key = "pass2" if two_pass else "pass1"
+    bar = progress_bar(len(indices), f"calibrate on {name}", unit="img", enabled=progress and rank == 0)
+    for i in indices:
+        item = dataset[i]
+        pred = predict(forward, [item["image"]], protocol, device, num_classes=vocab_size)[0][key]
+        labels, scores = pred.labels.reshape(-1).cpu(), pred.scores.reshape(-1).float().cpu()
+        if merge is not None:
+            labels = labels.clamp(max=merge)
+        gt = item["label"].reshape(-1).long()
+        if gt.shape != labels.shape:
+            raise DataError(f"{name} item {i}: a label of {tuple(item['label'].shape)} differs from its image's size")
+        gt = torch.where(gt < 0, K, gt)
+        if gt.numel() and int(gt.max()) > K:
+            raise DataError(f"{name} item {i}: label value {int(gt.max())} is out of range for {K} classes")
+        for j, t in enumerate(thresholds):
+            p = torch.where(scores >= t, labels, K) if t > 0 else labels
+            conf[j] += torch.bincount(gt * (K + 1) + p, minlength=(K + 1) ** 2).reshape(K + 1, K + 1)  # (g, p)
+        bar.update()
+    bar.close()
+    conf = _all_reduce(conf)
+    total = int(conf[0].sum())
+    if total == 0:
+        raise DataError(f"{name}: no pixels to calibrate the score threshold on ({n} images)")
+    ignore_fraction = float(conf[0, K].sum()) / total
+    if background_class is None:
+        background_class = ignore_fraction < COVERED_IGNORE_FRACTION
+    result = Calibration(0.0, bool(background_class), name, n, round(ignore_fraction, 6), key)
+    if background_class:
+        return result
+    best = None
+    for j, t in enumerate(thresholds):
+        miou = metrics_from_confusion(conf[j])["mIoU"]
+        result.scores[t] = None if miou is None else round(miou, 4)
+        if miou is not None and (best is None or miou > best + 1e-9):
+            best, result.min_score = miou, t
+    return result
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def with_calibration(cfg, calibration: Calibration):
+    """A copy of ``cfg`` holding the calibrated ``eval.min_score`` and ``eval.background_class``."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.eval.min_score, out.eval.background_class = calibration.min_score, calibration.background_class
+    return out
+
+
+def write_calibration(directory: Union[str, Path], calibration: Calibration) -> Path:
+    """Put the calibration into a checkpoint folder: ``eval.min_score`` and ``eval.background_class`` of its
+    ``config.json`` (everything else kept byte for byte in meaning; written atomically) and ``calibration.json``.
+    The weights are not touched, so their content hash stays valid."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); is {directory} a dpseg checkpoint folder?") from None
+    if not isinstance(data.get("eval"), dict):
+        raise CheckpointError(f"{path} has no eval section; is {directory} a dpseg checkpoint folder?")
+    data["eval"]["min_score"], data["eval"]["background_class"] = calibration.min_score, calibration.background_class
+    atomic_write_text(path, json.dumps(data, indent=2))
+    atomic_write_text(directory / CALIBRATION_NAME, json.dumps(calibration.to_dict(), indent=2))  # last: marks it done
+    return path
+
+
+def read_calibration(directory: Union[str, Path]) -> Optional[dict]:
+    """The ``calibration.json`` of a checkpoint folder when its ``config.json`` still holds that choice, else None
+    (never calibrated, or exported again since)."""
+    try:
+        done = json.loads((Path(directory) / CALIBRATION_NAME).read_text())
+        ev = json.loads((Path(directory) / CONFIG_NAME).read_text())["eval"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same = ev.get("min_score") == done.get("min_score") and ev.get("background_class") == done.get("background_class")
+    return done if same else None
+
+
+def calibrate_checkpoint(checkpoint: Union[str, Path], dataset: str, *, root: str = "", bank: Optional[str] = None,
+                         background_class: Optional[bool] = None, device=None, max_images: int = 0,
+                         two_pass: Optional[bool] = None, progress: bool = True) -> Calibration:
+    """(Re)choose the threshold of a checkpoint folder on ``dataset`` (a catalog name or a custom folder
+    ``PATH[:SPLIT]``, its ``val`` split by default) and write it into the folder (:func:`write_calibration`).
+    ``two_pass=None`` thresholds the map ``segment`` makes by default; ``bank`` defaults to the checkpoint's."""
+    folder = Path(checkpoint).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"{checkpoint} is not a checkpoint folder on this machine (config.json + "
+                              "model.safetensors); calibration writes into the folder, so give a local one")
+    if max_images < 0:
+        raise InputError(f"max_images must be >= 0 (0 = the whole split), got {max_images}")
+    data = build_dataset(dataset, root=root, split="val")  # a missing dataset fails before the model is built
+    device = resolve_device(device, what="device", error=InputError)
+    model, cfg = load_model(folder, device=device)
+    if bank is None and cfg.prompts.bank and Path(cfg.prompts.bank).is_dir():
+        bank = cfg.prompts.bank
+    vocab = list(getattr(data, "vocabulary", data.class_names))
+    prompts = resolve_prompts(model, model_templates(cfg), vocab, bank=bank, device=device,
+                              what=f"the vocabulary of {data.name}").prompts
+    refines = model.needs_visual_prompts and prompts.has_visual
+    two = (cfg.eval.two_pass and refines) if two_pass is None else (two_pass and refines)
+    precision = resolve_precision(cfg.eval.precision, device, what="config key 'eval.precision'")
+    with autocast(precision, device):
+        result = calibrate(model, prompts, data, cfg.eval, device, background_class, two, max_images, progress)
+    result.dataset = str(dataset)
+    write_calibration(folder, result)
+    return result
