@@ -266,13 +266,19 @@ def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -
             from dpseg.data.synthetic.generator import SyntheticGenerator
         except ImportError:
             raise BankError("the synthetic generator (dpseg.data.synthetic) is not available in this installation") from None
-        size = cfg.resolution
-        if ":" in spec:  # synthetic:96 or synthetic:size=96
-            value = spec.split(":", 1)[1].removeprefix("size=")
-            if not value.isdigit():
-                raise BankError(f"generator spec '{spec}' must look like synthetic or synthetic:size=N")
-            size = int(value)
-        gen = SyntheticGenerator(size=size, device=device)
+        options = {"size": str(cfg.resolution), "style": "prompt"}
+        if ":" in spec:  # synthetic:96, synthetic:size=96, synthetic:style=scene, synthetic:size=96,style=scene
+            for part in spec.split(":", 1)[1].split(","):
+                name, _, value = part.strip().rpartition("=")
+                name = name or "size"
+                if name not in options or (name == "size" and not value.isdigit()) or not value:
+                    raise BankError(f"generator spec '{spec}' must look like synthetic, synthetic:size=N, "
+                                    "synthetic:style=prompt|scene or synthetic:size=N,style=scene")
+                options[name] = value
+        if options["style"] not in ("prompt", "scene"):
+            raise BankError(f"generator spec '{spec}': style must be prompt or scene, got '{options['style']}'")
+        size = int(options["size"])
+        gen = SyntheticGenerator(size=size, device=device, style=options["style"])
         gen.source = spec
         return gen
     return DiffusersGenerator(resolve_pipeline_dir(spec), cfg, device=device, source=spec)
