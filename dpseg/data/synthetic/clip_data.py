@@ -168,20 +168,6 @@ def scene_object_embeddings(dense: Tensor, cover: Tensor) -> Tensor:
     return F.normalize(summed / cover.sum(dim=(2, 3)).clamp(min=1e-6)[..., None], dim=-1)
 
 
-def scene_cells(dense: Tensor, cover: Tensor, present: Tensor, min_cover: float) -> tuple[Tensor, Tensor]:
-    """(Q, d) L2-normalised embeddings of the scene cells some object fills >= ``min_cover`` of, and (Q, P) bool:
-    which of the P present objects (``present`` (n, O), in row-major order) fill it that much."""
-    n, d, h, w = dense.shape
-    e = F.normalize(dense, dim=1).permute(0, 2, 3, 1).reshape(n * h * w, d)  # (n, d, h, w) -> (n h w, d)
-    filled = (cover >= min_cover) & present[:, :, None, None]  # (n, O, h, w)
-    objects = present.nonzero()  # (P, 2): (scene, slot)
-    per_cell = filled.permute(0, 2, 3, 1).reshape(n * h * w, -1)  # (n, O, h, w) -> (n h w, O)
-    scene_of_cell = torch.arange(n).repeat_interleave(h * w)  # (n h w,)
-    incidence = per_cell[:, objects[:, 1]] & (scene_of_cell[:, None] == objects[None, :, 0])  # (n h w, P)
-    keep = incidence.any(1)
-    return e[keep], incidence[keep]
-
-
 def mosaic_tile_embeddings(dense: Tensor) -> Tensor:
     """(n, d, h, w) dense embeddings of mosaics -> (4n, d) L2-normalised tile embeddings (per-cell normalised E
     averaged over each tile's cells)."""

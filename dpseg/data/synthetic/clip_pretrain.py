@@ -48,7 +48,6 @@ from dpseg.data.synthetic.clip_data import (
     mosaics,
     phrase_of,
     render_pool,
-    scene_cells,
     scene_object_embeddings,
 )
 from dpseg.data.synthetic.world import WORLD_VERSION
@@ -68,8 +67,6 @@ class PretrainSettings:
     batch_size: int = 128  # 64-px tiles' worth of pixels per step: batch_size / 4 images of 128 px
     scene_fraction: float = 0.5  # share of those 128-px images that are scenes (the rest: mosaics of tiles)
     scenes: int = 1000  # rendered 128-px scenes in the pool
-    scene_targets: str = "objects"  # objects: cover-weighted object embeddings; cells: every covered cell
-    min_cover: float = 0.25  # cells targets: the share of a cell an object must fill to count
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 40
@@ -156,17 +153,8 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
         tmpl = [int(rng.integers(len(templates))) for _ in range(int(present.sum()))] + [pool.tile_templates[j] for j in ti.tolist()]
         cap_attrs, captions = batch_captions(obj_attrs, tmpl, universe, templates, settings, rng)
         # caption j is true of object i iff every attribute it names equals object i's
-        true_of = torch.from_numpy(((cap_attrs[None] == obj_attrs[:, None]) | (cap_attrs[None] < 0)).all(-1))  # (P, C)
-        tiles = mosaic_tile_embeddings(dense[n_scenes:])  # (n_t, d)
-        if settings.scene_targets == "objects":
-            img = torch.cat([scene_object_embeddings(dense[:n_scenes], cover)[present], tiles])
-            positives = true_of
-        else:  # every cell an object fills >= min_cover of: a caption is true of it if true of one of its objects
-            cells, incidence = scene_cells(dense[:n_scenes], cover, present, settings.min_cover)  # (Q, d), (Q, P_s)
-            img = torch.cat([cells, tiles])
-            n_obj = incidence.shape[1]
-            cell_pos = (incidence.float() @ true_of[:n_obj].float()) > 0  # (Q, P_s) @ (P_s, C) -> (Q, C)
-            positives = torch.cat([cell_pos, true_of[n_obj:]])
+        positives = torch.from_numpy(((cap_attrs[None] == obj_attrs[:, None]) | (cap_attrs[None] < 0)).all(-1))  # (P, C)
+        img = torch.cat([scene_object_embeddings(dense[:n_scenes], cover)[present], mosaic_tile_embeddings(dense[n_scenes:])])
         txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
         loss = multi_positive_loss(img, txt, positives, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
