@@ -26,11 +26,12 @@ from typing import Optional
 
 BUDGETS = {
     # the README numbers: about 10 minutes on 2 free CPU cores (measured: see README "Quickstart")
-    "default": dict(num_train=600, num_val=30, clip_steps=400, clip_batch=128, clip_pool=4000, clip_scenes=1000, iterations=260, seeds=2,
-                    variants=("text", "visual", "dual", "dual-upsampled"), zero_shot_per_class=10, examples=4),
+    "default": dict(num_train=600, num_val=30, clip_steps=400, clip_batch=128, clip_pool=4000, clip_scenes=1000,
+                    iterations=260, seeds=2, variants=("text", "visual", "dual", "dual-upsampled"),
+                    zero_shot_per_class=10, examples=4),
     # a smoke run (tests, CI): every stage with tiny sizes, one seed, two variants
-    "fast": dict(num_train=64, num_val=8, clip_steps=100, clip_batch=64, clip_pool=400, clip_scenes=200, iterations=100, seeds=1,
-                 variants=("text", "dual"), zero_shot_per_class=3, examples=2),
+    "fast": dict(num_train=64, num_val=8, clip_steps=100, clip_batch=64, clip_pool=400, clip_scenes=200,
+                 iterations=100, seeds=1, variants=("text", "dual"), zero_shot_per_class=3, examples=2),
 }
 
 
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-text-gap", action="store_true",
                         help="the tiny CLIP's captions use the vocabulary's pattern words (solid/striped/dotted)")
     parser.add_argument("--no-style-gap", action="store_true",
-                        help="the generator draws prompt images in the scenes' style (prompts.generator=synthetic:style=scene)")
+                        help="prompt images drawn in the scenes' style (prompts.generator=synthetic:style=scene)")
     # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
     # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
     # spinning against each other (seen: 3.5 s vs 0.35 s per CLIP step).
@@ -95,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
     overrides = [*args.overrides, *(["prompts.generator=synthetic:style=scene"] if args.no_style_gap else [])]
-    results = quickstart(budget, Path(args.cache) if args.cache else default_cache(), Path(args.out), getattr(args, "config", None),
-                         overrides, workers, text_gap=not args.no_text_gap)
+    cache = Path(args.cache) if args.cache else default_cache()
+    results = quickstart(budget, cache, Path(args.out), getattr(args, "config", None), overrides, workers,
+                         text_gap=not args.no_text_gap)
     print(results["markdown"])
     return 0
 
@@ -175,7 +177,8 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
     clip = pretrained_clip(clip_cfg, cache, settings, log=log)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
-    zero_shot = evaluate_zero_shot(base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"), style=style)
+    zero_shot = evaluate_zero_shot(base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"),
+                                   style=style)
     stage("tiny_clip", s)
 
     s = time.time()

@@ -128,7 +128,8 @@ def render_pool(
         tmpl.append(t)
 
     def stack(arrays: list[np.ndarray], size: int) -> Tensor:  # (N, S, S, 3) uint8 -> (N, 3, S, S)
-        return torch.from_numpy(np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)).permute(0, 3, 1, 2).contiguous()
+        x = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
     cover_shape = (0, MAX_OBJECTS, GRID * TILE // STRIDE, GRID * TILE // STRIDE)
     return Pool(
@@ -147,7 +148,7 @@ def mosaics(tiles: Tensor) -> Tensor:
 
 
 def tile_embeddings(dense: Tensor) -> Tensor:
-    """(n, d, h, w) dense embeddings of mosaics -> (4n, d): the mean over each tile's cells, in :func:`mosaics`' order."""
+    """(n, d, h, w) dense embeddings of mosaics -> (4n, d): each tile's mean over its cells (:func:`mosaics`' order)."""
     n, d, h, w = dense.shape
     x = dense.view(n, d, GRID, h // GRID, GRID, w // GRID)  # (n, d, r, cells, c, cells)
     x = x.mean(dim=(3, 5))  # (n, d, r, c)

@@ -108,7 +108,8 @@ def batch_captions(
     picks += [int(rng.integers(len(templates))) for _ in universe]
     captions = []
     for values, t in zip(cap_attrs, picks):
-        template = BARE_TEMPLATES[int(rng.integers(len(BARE_TEMPLATES)))] if rng.random() < settings.bare_caption_prob else templates[t]
+        bare = rng.random() < settings.bare_caption_prob
+        template = BARE_TEMPLATES[int(rng.integers(len(BARE_TEMPLATES)))] if bare else templates[t]
         captions.append(template.format(phrase_of(values, settings.text_gap)))
     return cap_attrs, captions
 
@@ -146,15 +147,19 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
         ti = torch.randint(0, max(1, len(pool.tiles)), (n_tiles,), generator=gen)
         flips = torch.rand(n_scenes, generator=gen) < 0.5
         cover = flip(pool.cover[si], flips)  # (n_s, O, h, w)
-        images = torch.cat([flip(pool.scenes[si], flips), mosaics(flip(pool.tiles[ti], torch.rand(n_tiles, generator=gen) < 0.5))])
+        tiles = flip(pool.tiles[ti], torch.rand(n_tiles, generator=gen) < 0.5)
+        images = torch.cat([flip(pool.scenes[si], flips), mosaics(tiles)])  # (n_s + n_t / 4, 3, 128, 128)
         dense = tower(images.float() / 255).dense  # (n_s + n_t / 4, d, h, w)
         present = torch.from_numpy(pool.scene_attrs[si.numpy(), :, 0] >= 0)  # (n_s, O)
-        obj_attrs = np.concatenate([pool.scene_attrs[si.numpy()][present.numpy()], pool.tile_attrs[ti.numpy()]])  # (P, 3)
-        tmpl = [int(rng.integers(len(templates))) for _ in range(int(present.sum()))] + [pool.tile_templates[j] for j in ti.tolist()]
+        scene_attrs = pool.scene_attrs[si.numpy()][present.numpy()]  # (n_s, O, 3) -> (P_s, 3)
+        obj_attrs = np.concatenate([scene_attrs, pool.tile_attrs[ti.numpy()]])  # (P, 3)
+        tmpl = [int(rng.integers(len(templates))) for _ in range(int(present.sum()))]  # scene objects: any template
+        tmpl += [pool.tile_templates[j] for j in ti.tolist()]
         cap_attrs, captions = batch_captions(obj_attrs, tmpl, universe, templates, settings, rng)
         # caption j is true of object i iff every attribute it names equals object i's
-        positives = torch.from_numpy(((cap_attrs[None] == obj_attrs[:, None]) | (cap_attrs[None] < 0)).all(-1))  # (P, C)
-        img = torch.cat([scene_object_embeddings(dense[:n_scenes], cover)[present], mosaic_tile_embeddings(dense[n_scenes:])])
+        positives = torch.from_numpy(((cap_attrs[None] == obj_attrs[:, None]) | (cap_attrs[None] < 0)).all(-1))  # (P,C)
+        scene_objects = scene_object_embeddings(dense[:n_scenes], cover)[present]  # (n_s, O, d) -> (P_s, d)
+        img = torch.cat([scene_objects, mosaic_tile_embeddings(dense[n_scenes:])])  # (P, d)
         txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
         loss = multi_positive_loss(img, txt, positives, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
@@ -188,7 +193,8 @@ def pretrained_clip(
                          "(64-px tiles' worth of 128-px images)")
     if not 0 <= settings.scene_fraction <= 1 or settings.scenes < 0 or settings.pool_size < 0:
         raise InputError("tiny CLIP pretraining needs 0 <= scene_fraction <= 1 and scenes, pool_size >= 0")
-    if (settings.scene_fraction > 0 and settings.scenes < 1) or (settings.scene_fraction < 1 and settings.pool_size < 4):
+    no_scenes, no_tiles = settings.scenes < 1, settings.pool_size < GRID * GRID
+    if (settings.scene_fraction > 0 and no_scenes) or (settings.scene_fraction < 1 and no_tiles):
         raise InputError("tiny CLIP pretraining draws scenes (scene_fraction > 0) and tiles (scene_fraction < 1): "
                          "give scenes >= 1 and pool_size >= 4 for the kinds it draws")
     key = settings_key(cfg, settings)

@@ -17,7 +17,8 @@ vocabulary under ``cache_dir/synthetic-<key>/``::
 
 Labels are uint8 PNGs, 255 = ignore (the background, see :mod:`~dpseg.data.synthetic.world`). Training must use
 ``seen/`` only: its vocabulary never names an unseen class. ``unseen-all/`` holds exactly the images of
-``unseen/val`` (same files): scored with all 75 names, an unseen object can be mistaken for a seen class. Every image is rendered from its own seed
+``unseen/val`` (same files): scored with all 75 names, an unseen object can be mistaken for a seen class. Every
+image is rendered from its own seed
 (seed, split, index), so a folder's content does not depend on how many images the others hold. The folder is
 written under a temporary name and renamed into place; ``key`` (world version, seed, sizes, counts) names the
 folder, so a changed world or setting never reuses a stale cache.
@@ -118,7 +119,8 @@ def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
     for folder, split, split_id in SPLITS:
         count = key["num_train"] if split == "train" else key["num_val"]
         log(f"rendering {count} {folder}/{split} scenes at {key['size']}px")
-        copies = [(target, _relabel_table(folder, target)) for target, source, s in RELABELLED if (source, s) == (folder, split)]
+        copies = [(target, _relabel_table(folder, target))
+                  for target, source, source_split in RELABELLED if (source, source_split) == (folder, split)]
         for out in [folder] + [target for target, _ in copies]:
             for sub in ("images", "labels"):
                 (tmp / out / sub / split).mkdir(parents=True)

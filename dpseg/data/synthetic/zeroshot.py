@@ -72,13 +72,15 @@ def test_scenes(classes: Sequence[ObjectClass], per_class: int, seed: int) -> di
             labels.append(scene.label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (N, S, S, 3) -> (N, 3, S, S)
     c = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255  # (O, T, T, 3) -> (O, 3, T, T)
-    return {"images": x, "labels": torch.from_numpy(np.stack(labels)).long(), "objects": torch.tensor(objects), "crops": c}
+    labels_ = torch.from_numpy(np.stack(labels)).long()
+    return {"images": x, "labels": labels_, "objects": torch.tensor(objects), "crops": c}
 
 
 @torch.no_grad()
 def dense_embeddings(image_tower, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """(N, 3, S, S) -> (N, d, S/32, S/32) L2-normalised dense embeddings E."""
-    return torch.cat([F.normalize(image_tower(images[i : i + batch]).dense, dim=1) for i in range(0, len(images), batch)])
+    chunks = [image_tower(images[i : i + batch]).dense for i in range(0, len(images), batch)]
+    return F.normalize(torch.cat(chunks), dim=1)
 
 
 def cell_oracle_accuracy(labels: torch.Tensor, objects: torch.Tensor, stride: int = 32) -> float:
@@ -112,11 +114,12 @@ def prompt_images(prompt_tower, classes: Sequence[ObjectClass], per_class: int, 
         images += [img for img, _ in gen.generate_with_masks([f"a photo of a {cls.name}."] * per_class, seeds)]
         labels += [k] * per_class
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (N, T, T, 3) -> (N, 3, T, T)
-    return torch.cat([prompt_tower.encode_prompts(x[i : i + 256])[0] for i in range(0, len(x), 256)]), torch.tensor(labels)
+    embeddings = torch.cat([prompt_tower.encode_prompts(x[i : i + 256])[0] for i in range(0, len(x), 256)])
+    return embeddings, torch.tensor(labels)
 
 
 @torch.no_grad()
-def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates: Sequence[str], words: str) -> torch.Tensor:
+def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates: Sequence[str], words: str):
     """(K, d): template-averaged, L2-normalised text embeddings of the names in vocabulary or caption words."""
     names = [k.name if words == "vocabulary" else caption_name(k, text_gap=True) for k in classes]
     return F.normalize(text_tower.encode(names, list(templates)).mean(1), dim=-1)  # (K, M, d) -> (K, d)
@@ -125,7 +128,8 @@ def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates:
 def score(emb: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor, classes: Sequence[ObjectClass]) -> dict:
     """Accuracy of nearest-prototype classification and of each attribute of the predicted class."""
     pred = (emb @ prototypes.T).argmax(1)  # (N, d) @ (d, K) -> (N, K) -> (N,)
-    entry = {"classes": len(classes), "images": len(y), "accuracy": float((pred == y).float().mean()), "chance": 1 / len(classes)}
+    entry = {"classes": len(classes), "images": len(y), "accuracy": float((pred == y).float().mean()),
+             "chance": 1 / len(classes)}
     for a, name in enumerate(ATTRIBUTES):
         got = torch.tensor([classes[p].indices[a] for p in pred.tolist()])
         want = torch.tensor([classes[t].indices[a] for t in y.tolist()])
@@ -147,7 +151,8 @@ def dense_miou(dense: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) ->
     present = counts > 0
     # a uniform random predictor's expected confusion row is n_c / K: IoU_c = (n_c / K) / (n_c + N / K - n_c / K)
     iou = (counts / k) / (counts + counts.sum() / k - counts / k)
-    return {"classes": k, "mIoU": float(metrics_from_confusion(conf.mat)["mIoU"]), "chance": float(100 * iou[present].mean())}
+    miou = float(metrics_from_confusion(conf.mat)["mIoU"])
+    return {"classes": k, "mIoU": miou, "chance": float(100 * iou[present].mean())}
 
 
 def evaluate_zero_shot(
@@ -159,7 +164,8 @@ def evaluate_zero_shot(
     Keys ``"<test set>/<kind>"``: ``seen``, ``unseen`` and ``unseen-among-all`` (vocabulary ``all``: unseen-class
     scenes scored with all 75 names). ``style`` is the generator's style for the prompt-image kinds.
     """
-    if words not in WORDS or any(k not in KINDS for k in kinds) or any(v not in ("seen", "unseen", "all") for v in vocabs):
+    bad_vocab = any(v not in ("seen", "unseen", "all") for v in vocabs)
+    if words not in WORDS or any(k not in KINDS for k in kinds) or bad_vocab:
         raise InputError(f"zero-shot check: words must be one of {WORDS}, kinds among {KINDS}, vocabularies among "
                          f"seen, unseen, all; got {words!r}, {tuple(kinds)}, {tuple(vocabs)}")
     image_tower, prompt_tower, text_tower = build_towers(cfg.model, load_weights=True)
@@ -213,13 +219,15 @@ def format_report(report: dict) -> str:
     dense = []
     for key, e in report.items():
         if isinstance(e, dict) and "accuracy" in e:
-            lines.append(f"| {key} | {e['classes']} | {100 * e['accuracy']:.1f} | {100 * e['chance']:.1f} | "
-                         f"{100 * e['colour_accuracy']:.1f} | {100 * e['pattern_accuracy']:.1f} | {100 * e['shape_accuracy']:.1f} | "
-                         + (f"{100 * e['ceiling']:.1f} |" if "ceiling" in e else "- |"))
+            cells = [e["accuracy"], e["chance"], e["colour_accuracy"], e["pattern_accuracy"], e["shape_accuracy"]]
+            ceiling = f"{100 * e['ceiling']:.1f}" if "ceiling" in e else "-"
+            percent = " | ".join(f"{100 * c:.1f}" for c in cells)
+            lines.append(f"| {key} | {e['classes']} | {percent} | {ceiling} |")
         elif isinstance(e, dict) and "mIoU" in e:
             dense.append(f"| {key} | {e['classes']} | {e['mIoU']:.1f} | {e['chance']:.1f} |")
     if dense:
-        lines += ["", "| test set / dense cost volume alone | K | mIoU % | chance mIoU % |", "|---|---|---|---|", *dense]
+        head = "| test set / dense cost volume alone | K | mIoU % | chance mIoU % |"
+        lines += ["", head, "|---|---|---|---|", *dense]
     return "\n".join(lines)
 
 
@@ -245,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    settings = PretrainSettings(steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap, style_gap=not args.no_style_gap)
+    settings = PretrainSettings(steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap,
+                                style_gap=not args.no_style_gap)
     path = pretrained_clip(build_config("synthetic"), args.cache, settings)
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
     style = "prompt" if settings.style_gap else "scene"
