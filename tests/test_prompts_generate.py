@@ -94,7 +94,9 @@ def test_missing_generator_weights_fail_at_once(tmp_path, monkeypatch):
         ("{tmp}/empty", "is not a diffusers pipeline directory \\(no model_index.json"),
         ("{tmp}/file.bin", "is not a diffusers pipeline directory"),
         ("", "no generator given"),
-        ("synthetic:big", "must look like synthetic or synthetic:size=N"),
+        ("synthetic:big", "must look like synthetic, synthetic:size=N"),
+        ("synthetic:colour=red", "must look like synthetic, synthetic:size=N"),
+        ("synthetic:style=photo", "style must be prompt or scene, got 'photo'"),
     ],
 )
 def test_bad_generator_specs(tmp_path, spec, message):
@@ -129,3 +131,5 @@ def test_synthetic_generator():
     (im,) = gen.generate([generator_prompt("a photo of a {}.", "red striped star")], [0])
     assert im.mode == "RGB" and im.size == (32, 32) and "32" in gen.identity
     assert get_generator("synthetic", _cfg("prompts.resolution=64")).identity != gen.identity
+    scene = get_generator("synthetic:size=32,style=scene", _cfg())  # the world's style gap switched off
+    assert scene.style == "scene" and gen.style == "prompt" and scene.identity != gen.identity

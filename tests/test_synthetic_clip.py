@@ -1,21 +1,24 @@
-"""The tiny CLIP of the synthetic world: OpenCLIP save/load round trip and a short pretraining that learns."""
+"""The tiny CLIP of the synthetic world: scene-resolution mosaics, the text gap in its captions, OpenCLIP save/load,
+a short pretraining that learns, and zero-shot checks made at the scene resolution."""
+
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from dpseg.config import build_config
-from dpseg.data.synthetic.world import seen_classes
+from dpseg.data.synthetic.world import CAPTION_PATTERN_WORDS, PATTERNS, seen_classes
 from dpseg.errors import InputError
-from dpseg.model.towers import create_clip
-from dpseg.quickstart.clip_pretrain import (
-    PretrainSettings,
-    caption_universe,
-    multi_positive_loss,
-    phrase_of,
-    pretrained_clip,
-)
-from dpseg.quickstart.zeroshot import evaluate_zero_shot
+from dpseg.model.towers import ImageTower, create_clip
+from dpseg.prompts.templates import get_templates
+from dpseg.quickstart import clip_pretrain, zeroshot
+from dpseg.quickstart.clip_data import caption_universe, mosaics, phrase_of, tile_embeddings
+from dpseg.quickstart.clip_pretrain import PretrainSettings, batch_captions, multi_positive_loss, pretrained_clip
+from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report, object_embeddings
+
+VOCABULARY_PATTERN = re.compile(r"\b(" + "|".join(PATTERNS) + r")\b")
+CAPTION_PATTERN = re.compile(r"\b(" + "|".join(CAPTION_PATTERN_WORDS) + r")\b")
 
 
 def test_caption_universe_names_only_seen_combinations():
@@ -23,7 +26,56 @@ def test_caption_universe_names_only_seen_combinations():
     seen = {k.indices for k in seen_classes()}
     full = {tuple(r) for r in u if (r >= 0).all()}
     assert full == seen  # no unseen triple is ever a caption
-    assert len(u) == 128 and phrase_of(np.array([0, -1, 3])) == "red star" and phrase_of(np.array([-1, 1, -1])) == "striped shape"
+    assert phrase_of(np.array([0, -1, 3])) == "red star" and phrase_of(np.array([-1, 1, -1])) == "striped shape"
+    assert phrase_of(np.array([-1, 1, -1]), text_gap=True) == "stripy shape"
+    assert phrase_of(np.array([2, 0, 0]), text_gap=True) == "blue plain circle"
+
+
+@pytest.mark.parametrize("text_gap", [True, False])
+def test_captions_never_use_the_vocabulary_pattern_words_with_the_text_gap(text_gap):
+    templates = get_templates("imagenet80")
+    settings = PretrainSettings(text_gap=text_gap)
+    rng = np.random.default_rng(0)
+    attrs = np.array([k.indices for k in seen_classes()] * 4)  # (B, 3)
+    words = set()
+    for _ in range(5):
+        _, captions = batch_captions(attrs, list(rng.integers(80, size=len(attrs))), caption_universe(), templates, settings, rng)
+        text = " ".join(captions)
+        words |= set(VOCABULARY_PATTERN.findall(text)) | set(CAPTION_PATTERN.findall(text))
+    if text_gap:
+        assert words == set(CAPTION_PATTERN_WORDS)  # patterns are named, only ever by their caption synonyms
+    else:
+        assert words == set(PATTERNS)
+
+
+def test_mosaics_and_tile_embeddings_keep_the_tile_order():
+    tiles = torch.arange(8).float().view(8, 1, 1, 1).expand(8, 1, 4, 4)  # tile i is filled with the value i
+    m = mosaics(tiles)  # (2, 1, 8, 8)
+    assert m.shape == (2, 1, 8, 8)
+    assert m[1, 0, 0, 0] == 4 and m[1, 0, 0, 7] == 5 and m[1, 0, 7, 0] == 6 and m[1, 0, 7, 7] == 7
+    dense = torch.nn.functional.avg_pool2d(m, 2)  # (2, 1, 4, 4): a stride-2 "dense embedding" of the mosaics
+    assert tile_embeddings(dense).flatten().tolist() == list(range(8))
+
+
+def test_pretraining_sees_scene_resolution_mosaics_and_gap_captions(tmp_path, monkeypatch):
+    """A tiny-budget run end to end: the image tower gets 128-px mosaics, the text tower gap captions only."""
+    shapes, captions = [], []
+    forward, tokenizer = ImageTower.forward, clip_pretrain.make_tokenizer
+
+    def spy_forward(self, images):
+        shapes.append(tuple(images.shape))
+        return forward(self, images)
+
+    def spy_tokenizer(cfg):
+        tok = tokenizer(cfg)
+        return lambda texts: captions.extend(texts) or tok(texts)
+
+    monkeypatch.setattr(ImageTower, "forward", spy_forward)
+    monkeypatch.setattr(clip_pretrain, "make_tokenizer", spy_tokenizer)
+    path = pretrained_clip(build_config("synthetic"), tmp_path, PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1),
+                           log=lambda m: None)
+    assert path.is_file() and shapes == [(2, 3, 128, 128)] * 2  # 8 tiles = two 2x2 mosaics at the scene resolution
+    assert captions and not any(VOCABULARY_PATTERN.search(c) for c in captions)
 
 
 def test_multi_positive_loss_prefers_true_pairs():
@@ -34,7 +86,7 @@ def test_multi_positive_loss_prefers_true_pairs():
     assert good < bad
 
 
-def test_save_load_round_trip_is_bit_identical(tmp_path):
+def test_save_load_round_trip_is_bit_identical_and_keyed(tmp_path):
     cfg = build_config("synthetic")
     settings = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1)
     path = pretrained_clip(cfg, tmp_path, settings, log=lambda m: None)
@@ -50,20 +102,66 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert not torch.equal(fresh.visual.head.proj.weight, state["visual.head.proj.weight"])  # loading did something
     stamp = path.stat().st_mtime_ns
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_mtime_ns == stamp
+    for switch in ({"text_gap": False}, {"style_gap": False}):  # each gap switch is part of the cache key
+        other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
+        assert clip_pretrain.settings_key(cfg, other) != clip_pretrain.settings_key(cfg, settings)
     path.write_bytes(b"broken")  # a damaged cache file is retrained, not trusted
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_size > 1000
     with pytest.raises(InputError, match="steps >= 1"):
         pretrained_clip(cfg, tmp_path, PretrainSettings(steps=0))
+    with pytest.raises(InputError, match="multiple of 4"):
+        pretrained_clip(cfg, tmp_path, PretrainSettings(batch_size=6))
 
 
-def test_short_pretraining_beats_chance_on_seen_classes(tmp_path):
+def test_object_embedding_is_the_coverage_weighted_mean_of_its_cells():
+    dense = torch.zeros(1, 2, 4, 4)  # (N, d, h, w) for a 128-px scene: 32-px cells
+    dense[0, 0, 1, 1] = 1.0
+    dense[0, 1, 1, 2] = 1.0
+    labels = torch.full((1, 128, 128), -1)
+    labels[0, 32:64, 32:64] = 3  # fills cell (1, 1)
+    labels[0, 32:64, 64:72] = 3  # a quarter of cell (1, 2)
+    emb = object_embeddings(dense, labels, torch.tensor([[0, 3]]))
+    expected = torch.nn.functional.normalize(torch.tensor([[1.0, 0.25]]), dim=-1)
+    assert torch.allclose(emb, expected)
+
+
+def test_zero_shot_runs_at_the_scene_resolution(tmp_path, monkeypatch):
+    path = pretrained_clip(build_config("synthetic"), tmp_path, PretrainSettings(steps=1, batch_size=8, pool_size=16, warmup=1),
+                           log=lambda m: None)
+    cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
+    shapes = []
+    forward = ImageTower.forward
+    monkeypatch.setattr(ImageTower, "forward", lambda self, x: shapes.append(tuple(x.shape[-2:])) or forward(self, x))
+    report = evaluate_zero_shot(cfg, per_class=1, vocabs=("unseen", "all"), kinds=("scene-objects", "dense"), words="caption")
+    assert set(shapes) == {(128, 128)}  # the segmenter's resolution, not the 64-px prompt size
+    entry = report["unseen-among-all/scene-objects"]
+    assert entry["classes"] == 75 and entry["images"] == 16 and entry["chance"] == pytest.approx(1 / 75)
+    assert report["unseen/scene-objects"]["classes"] == 16
+    assert 0 < report["unseen/dense"]["chance"] < 100 and 0 <= report["unseen/dense"]["mIoU"] <= 100
+    assert "| unseen/scene-objects | 16 |" in format_report(report) and "caption words" in format_report(report)
+    with pytest.raises(InputError, match="words must be one of"):
+        evaluate_zero_shot(cfg, words="synonyms")
+    assert zeroshot.KINDS[0] == "scene-objects"
+
+
+def test_short_pretraining_beats_chance_at_the_scene_resolution(tmp_path):
     torch.manual_seed(0)
     cfg = build_config("synthetic")
-    settings = PretrainSettings(steps=80, batch_size=64, pool_size=640, warmup=10)
+    settings = PretrainSettings(steps=80, batch_size=64, pool_size=320, scenes=200, warmup=10, text_gap=False)
     path = pretrained_clip(cfg, tmp_path, settings, log=lambda m: None)
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
-    report = evaluate_zero_shot(cfg, per_class=4, vocabs=("seen",), kinds=("crops",))
-    entry = report["seen/crops"]
-    assert entry["images"] == 240 and entry["chance"] == pytest.approx(1 / 60)
-    assert entry["accuracy"] > 2.5 * entry["chance"], entry  # 7-9% for seeds 0-2 (60 classes after 80 steps)
-    assert entry["colour_accuracy"] > 0.5, entry  # chance 0.2: the easiest attribute is learnt first
+    report = evaluate_zero_shot(cfg, per_class=4, vocabs=("seen",), kinds=("scene-objects",))
+    entry = report["seen/scene-objects"]
+    assert entry["images"] == 236 and entry["chance"] == pytest.approx(1 / 59)
+    assert entry["accuracy"] > 2.5 * entry["chance"], entry  # 7-9% for seeds 0-2 (59 classes after 80 steps)
+    assert entry["colour_accuracy"] > 0.5, entry  # chance 0.2: the easiest attribute is learnt first (0.86-0.90)
+
+
+def test_cell_oracle_loses_objects_that_never_dominate_a_cell():
+    from dpseg.quickstart.zeroshot import cell_oracle_accuracy
+
+    labels = torch.full((1, 64, 64), -1)
+    labels[0, :32, :32] = 0  # class 0 fills cell (0, 0)
+    labels[0, 24:32, 24:32] = 1  # class 1: a small object inside the same cell, never its majority
+    labels[0, 32:, 32:] = 2  # class 2 fills cell (1, 1)
+    assert cell_oracle_accuracy(labels, torch.tensor([[0, 0], [0, 1], [0, 2]])) == pytest.approx(2 / 3)

@@ -24,7 +24,9 @@ def test_layout_and_class_files(world):
     assert read_classes(world.seen) == [k.name for k in seen_classes()]
     assert read_classes(world.unseen) == [k.name for k in unseen_classes()]
     assert read_classes(world.all) == [k.name for k in seen_classes() + unseen_classes()]
-    for folder, split, n in ((world.seen, "train", 6), (world.seen, "val", 3), (world.unseen, "val", 3), (world.all, "val", 3)):
+    assert read_classes(world.unseen_all) == read_classes(world.all)
+    for folder, split, n in ((world.seen, "train", 6), (world.seen, "val", 3), (world.unseen, "val", 3), (world.all, "val", 3),
+                             (world.unseen_all, "val", 3)):
         images = sorted(p.name for p in (folder / "images" / split).glob("*.png"))
         labels = sorted(p.name for p in (folder / "labels" / split).glob("*.png"))
         assert images == labels and len(images) == n
@@ -38,13 +40,29 @@ def test_layout_and_class_files(world):
 def test_label_values_and_no_unseen_class_in_training(world):
     train = _labels(world.seen, "train")
     values = set(np.unique(np.concatenate([v.ravel() for v in train.values()])).tolist())
-    assert 255 in values and values - {255} and max(values - {255}) < 60  # seen vocabulary indices only
+    assert 255 in values and values - {255} and max(values - {255}) < 59  # seen vocabulary indices only
     unseen_names = {k.name for k in unseen_classes()}
     assert not unseen_names & set(read_classes(world.seen))
     for lab in _labels(world.unseen, "val").values():
-        assert set(np.unique(lab).tolist()) - {255} <= set(range(15))
+        assert set(np.unique(lab).tolist()) - {255} <= set(range(16))
     mixed = np.concatenate([v.ravel() for v in _labels(world.all, "val").values()])
     assert mixed[mixed != 255].max() < 75
+
+
+def test_unseen_all_relabels_the_unseen_scenes(world):
+    """unseen-all = the unseen/val images, each unseen label value k moved to 59 + k (seen names come first)."""
+    names_all, names_unseen = read_classes(world.unseen_all), read_classes(world.unseen)
+    assert len(names_all) == 75 and names_all[59:] == names_unseen
+    unseen, relabelled = _labels(world.unseen, "val"), _labels(world.unseen_all, "val")
+    assert unseen.keys() == relabelled.keys()
+    for stem, lab in unseen.items():
+        img_u = np.asarray(Image.open(world.unseen / "images" / "val" / f"{stem}.png"))
+        assert np.array_equal(img_u, np.asarray(Image.open(world.unseen_all / "images" / "val" / f"{stem}.png")))
+        got = relabelled[stem]
+        assert np.array_equal(got == 255, lab == 255) and (lab != 255).any()
+        for k in set(np.unique(lab).tolist()) - {255}:
+            assert set(np.unique(got[lab == k]).tolist()) == {59 + k}
+            assert names_all[59 + k] == names_unseen[k]
 
 
 def test_cache_is_reused_and_keyed(world, tmp_path_factory):

@@ -85,3 +85,49 @@ def test_bad_inputs_raise_clear_errors():
         gen.generate("a red solid star", [0])
     with pytest.raises(InputError, match="size must be an integer >= 16"):
         SyntheticGenerator(size=8)
+
+
+def test_generator_understands_vocabulary_words_and_caption_synonyms():
+    gen = SyntheticGenerator()
+    for vocab_word, synonym in (("solid", "plain"), ("striped", "stripy"), ("dotted", "spotted")):
+        pairs = gen.generate_with_masks([f"a photo of a blue {vocab_word} square.", f"a photo of a blue {synonym} square."], [3, 3])
+        fractions = [dark_fraction(image, mask) for image, mask in pairs]
+        expected = {"solid": (0.0, 0.06), "dotted": (0.12, 0.42), "striped": (0.3, 0.7)}[vocab_word]
+        assert all(expected[0] <= f <= expected[1] for f in fractions), (vocab_word, fractions)
+        assert all(hue_name(np.median(image[mask], axis=0)) == "blue" for image, mask in pairs)
+
+
+def _texture(image: np.ndarray, keep: np.ndarray) -> float:
+    """Mean absolute difference between horizontally adjacent pixels where both are in ``keep``."""
+    grey = image.astype(float).mean(2)
+    both = keep[:, 1:] & keep[:, :-1]
+    return float(np.abs(np.diff(grey, axis=1))[both].mean())
+
+
+def test_prompt_style_differs_from_the_scene_style():
+    """Style gap: prompt images have a plain light background and outlined objects; scenes keep their texture."""
+    from scipy.ndimage import binary_dilation
+
+    from dpseg.data.synthetic.render import random_scene
+    from dpseg.data.synthetic.world import seen_classes
+
+    texts = ["a photo of a red striped star.", "a photo of a green solid square.", "a photo of a yellow dotted circle."] * 4
+    stats = {}
+    for style in ("prompt", "scene"):
+        gen = SyntheticGenerator(style=style)
+        texture, level, ring = [], [], []
+        for image, mask in gen.generate_with_masks(texts, range(len(texts))):
+            near = binary_dilation(mask, iterations=1) & ~mask  # the pixels just outside the object
+            far = ~binary_dilation(mask, iterations=4)
+            texture.append(_texture(image, far))
+            level.append(image[far].mean())
+            ring.append(image[near].mean() / image[far].mean())
+        stats[style] = np.mean(texture), np.mean(level), np.mean(ring)
+    assert stats["prompt"][0] < 0.5 * stats["scene"][0]  # near-uniform, untextured background
+    assert stats["prompt"][1] > 200 > stats["scene"][1]  # light
+    assert stats["prompt"][2] < 0.5 < stats["scene"][2]  # a dark outline around the object
+    scenes = [random_scene(seen_classes(), np.random.default_rng(i)) for i in range(6)]
+    scene_texture = np.mean([_texture(s.image, ~binary_dilation(s.label >= 0, iterations=4)) for s in scenes])
+    assert scene_texture > 2 * stats["prompt"][0] and abs(scene_texture - stats["scene"][0]) < 0.5 * stats["scene"][0]
+    with pytest.raises(InputError, match="style must be one of"):
+        SyntheticGenerator(style="photo")

@@ -19,13 +19,13 @@ def test_chance_matches_random_predictions_through_the_metrics(tmp_path):
     g = torch.Generator().manual_seed(0)
     trials = []
     for _ in range(20):  # Monte-Carlo: uniformly random labels scored by the evaluator's own metrics
-        conf = ConfusionMatrix(15)
+        conf = ConfusionMatrix(16)
         for i in range(len(ds)):
             label = ds[i]["label"]
-            conf.update(torch.randint(0, 15, label.shape, generator=g), label)
+            conf.update(torch.randint(0, 16, label.shape, generator=g), label)
         trials.append(metrics_from_confusion(conf.mat)["mIoU"])
     assert np.mean(trials) == pytest.approx(expected, rel=0.05)
-    assert 2.5 < expected < 4.0  # about 1 / (2K - 1) for K = 15 balanced classes
+    assert 2.5 < expected < 4.0  # about 1 / (2K - 1) for K = 16 balanced classes
 
 
 def _runs(text, dual):

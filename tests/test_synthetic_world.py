@@ -28,9 +28,10 @@ from dpseg.data.synthetic.world import (
 from dpseg.errors import InputError
 
 UNSEEN = [
-    "red solid circle", "red solid star", "red striped cross", "green striped circle", "green dotted square",
-    "green dotted cross", "blue solid square", "blue striped triangle", "blue dotted circle", "yellow solid star",
-    "yellow striped square", "yellow dotted triangle", "purple solid triangle", "purple striped star", "purple dotted cross",
+    "red striped circle", "red striped star", "red dotted circle", "red dotted star", "green striped circle",
+    "green striped star", "green dotted circle", "green dotted star", "blue solid square", "blue solid triangle",
+    "blue dotted square", "blue dotted triangle", "yellow solid square", "yellow solid triangle", "yellow dotted square",
+    "yellow dotted triangle",
 ]
 
 
@@ -44,21 +45,35 @@ def hue_name(rgb) -> str:
 def test_split_is_fixed_and_compositional():
     assert [k.name for k in unseen_classes()] == UNSEEN  # the documented split; changing it needs WORLD_VERSION += 1
     seen = seen_classes()
-    assert len(seen) == 60 and len(all_classes()) == 75
+    assert len(seen) == 59 and len(all_classes()) == 75
     assert not set(seen) & set(unseen_classes())
-    for a, values in enumerate((COLOURS, PATTERNS, SHAPES)):  # every attribute value is seen in >= 12 classes
+    for a, values in enumerate((COLOURS, PATTERNS, SHAPES)):  # every attribute value is seen in >= 8 classes
         for i in range(len(values)):
-            assert sum(k.indices[a] == i for k in seen) >= 12
-    for u in unseen_classes():  # only the triple is new: each pair of its attribute values is seen twice or more
+            assert sum(k.indices[a] == i for k in seen) >= 8
+    for u in unseen_classes():  # only the triple is new: each pair of its attribute values is seen
         for a, b in itertools.combinations(range(3), 2):
-            assert sum(k.indices[a] == u.indices[a] and k.indices[b] == u.indices[b] for k in seen) >= 2
+            n = sum(k.indices[a] == u.indices[a] and k.indices[b] == u.indices[b] for k in seen)
+            # a cube spans 2 of the 3 patterns, so a colour-shape pair is seen with the third pattern only
+            assert n >= (1 if (a, b) == (0, 2) else 2), (u.name, a, b, n)
     assert vocabulary("all") == seen + unseen_classes()
+
+
+def test_unseen_classes_need_all_three_attributes():
+    """Every unseen class has unseen neighbours differing from it in exactly the colour, the pattern, the shape."""
+    unseen = [k.indices for k in unseen_classes()]
+    for u in unseen:
+        for a in range(3):
+            assert any(v[a] != u[a] and all(v[b] == u[b] for b in range(3) if b != a) for v in unseen), (u, a)
 
 
 def test_parse_and_find_phrases():
     assert parse_class(" Red Striped  star ").name == "red striped star"
     assert find_class_in_text("a bad photo of a blue dotted circle.").name == "blue dotted circle"
     assert find_class_in_text("a black and white photo of the green solid cross.").name == "green solid cross"
+    # the caption-only pattern synonyms name the same classes
+    assert find_class_in_text("a photo of the red spotted star.") == parse_class("red dotted star")
+    assert find_class_in_text("green plain cross") == parse_class("green solid cross") == parse_class("green plain cross")
+    assert parse_class("blue stripy circle").name == "blue striped circle"
     with pytest.raises(InputError, match="'pink' is not a colour"):
         parse_class("pink striped star")
     with pytest.raises(InputError, match="three words"):

@@ -160,7 +160,9 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
     _, prompt_encoder, text_tower = build_towers(cfg.model)
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
     key = make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
-    generator = get_generator("synthetic", cfg.prompts)
+    # the configured synthetic generator (synthetic:style=scene switches the world's style gap off)
+    spec = cfg.prompts.generator if cfg.prompts.generator.startswith("synthetic") else "synthetic"
+    generator = get_generator(spec, cfg.prompts)
     tag = hashlib.sha256(json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = root / f"bank-{tag}"
     bank = PromptBank.create(path, key, generator.identity, "synthetic", cfg.prompts.seed, cfg.prompts.images_per_class)

@@ -1,12 +1,28 @@
-"""Zero-shot classification of rendered objects with a CLIP loaded through the real weight-loading path.
+"""Zero-shot checks of the tiny CLIP at the resolution the segmenter uses it, loaded through the real weight path.
 
-For a vocabulary (seen / unseen / all) the text tower embeds every class name in the preset's templates (averaged
-over templates, as the text prompts of DPSeg are), the image tower embeds object images, and each image is
-assigned its nearest class. Two kinds of test images, from seeds no training image used:
-``crops`` - square crops around objects in random scenes (neighbours in view), and ``prompts`` - generator images
-("a photo of a {}." only). Chance = 1 / K for K classes. ``alignment`` checks that text embeddings of unseen
-phrases land near their own images: the cosine of each class text with the mean embedding of its own images,
-against the best other class of the vocabulary, and the rank of the own class.
+The segmenter sees the CLIP on 128-px scenes (96-px training crops), through its *dense* embedding E (the CLIP head
+at every stride-32 position). So the test images are 128-px scenes from seeds no training image used, and
+
+* ``scene-objects`` - every object of a scene is embedded by the mean of E over the stride-32 cells it covers,
+  each cell weighted by the share of it the object's visible pixels fill; then assigned its nearest class text.
+  This is the headline check (the object at the size and grid the segmenter sees it). Its ``ceiling`` is the
+  accuracy of an oracle whose every cell holds exactly the class that fills most of it: small objects that never
+  dominate a cell are lost to their neighbours at stride 32 whatever the CLIP.
+* ``mosaic-tiles`` - 64-px square crops around scene objects put into 128-px 2x2 mosaics, each tile embedded by the
+  mean of E over its 2x2 cells: the pretraining format on unseen test images.
+* ``prompt-images`` - 64-px generator images ("a photo of a {}."), global embedding: what the prompt bank encodes.
+* ``scene-objects-by-prompts`` - the scene objects again, each class represented by the mean global embedding of its
+  prompt images instead of its text: how much the visual prompts alone know (the style gap makes them differ
+  from the scenes).
+* ``dense`` - the CLIP's dense cost volume alone on the scenes: argmax over classes of cos(E, T) per pixel
+  (bilinearly upsampled from stride 32), mIoU over the classes present, against the mIoU of a uniformly random
+  class per pixel.
+
+Vocabularies: ``seen`` (seen-class scenes, 59 names), ``unseen`` (unseen-class scenes, 16 names) and
+``unseen-among-all`` (the same unseen scenes, all 75 names: generalised zero-shot). Class texts are the names in the
+preset's templates (averaged over templates, as DPSeg's text prompts are), written with the vocabulary's pattern
+words (``words="vocabulary"``: what the segmenter is given) or with the captions' synonyms (``words="caption"``).
+With the text gap on, the two differ exactly in the pattern words the CLIP's text tower never saw.
 """
 
 from __future__ import annotations
@@ -19,112 +35,204 @@ import torch.nn.functional as F
 
 from dpseg.config import Config, atomic_write_text, build_config
 from dpseg.data.synthetic.generator import SyntheticGenerator
-from dpseg.data.synthetic.render import object_crops, random_scene
+from dpseg.data.synthetic.render import IGNORE, object_crops, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
+from dpseg.errors import InputError
+from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import get_templates
+from dpseg.quickstart.clip_data import TILE, caption_name, normalised_tile_embeddings
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 
+KINDS = ("scene-objects", "mosaic-tiles", "prompt-images", "scene-objects-by-prompts", "dense")
+WORDS = ("vocabulary", "caption")
+ATTRIBUTES = ("colour", "pattern", "shape")
+SCENE = 128  # the evaluation scenes' size (the quickstart's)
 
-def test_images(classes: Sequence[ObjectClass], kind: str, per_class: int, size: int, seed: int):
-    """(N, 3, S, S) float images in [0, 1] and (N,) indices into ``classes``; seeds disjoint from training."""
+
+def test_scenes(classes: Sequence[ObjectClass], per_class: int, seed: int) -> dict:
+    """Scenes of ``classes`` until each has ``per_class`` visible objects (seeds disjoint from training).
+
+    Returns images (N, 3, S, S) float in [0, 1], labels (N, S, S) long (index into ``classes``, -1 background),
+    objects (O, 2) long (scene index, class index) of the counted objects, and crops (O, 3, 64, 64) float.
+    """
     rng = np.random.default_rng([seed, 1000, WORLD_VERSION])
     index = {k: i for i, k in enumerate(classes)}
-    images, labels = [], []
-    if kind == "crops":
-        counts = np.zeros(len(classes), int)
-        while counts.min() < per_class:
-            for crop, cls in object_crops(random_scene(list(classes), rng, size=128), size):
-                if counts[index[cls]] < per_class:
-                    counts[index[cls]] += 1
-                    images.append(crop)
-                    labels.append(index[cls])
-    elif kind == "prompts":
-        gen = SyntheticGenerator(size=size)
-        for k, cls in enumerate(classes):
-            seeds = [int(s) for s in rng.integers(2**31, size=per_class)]
-            images += [img for img, _ in gen.generate_with_masks([f"a photo of a {cls.name}."] * per_class, seeds)]
-            labels += [k] * per_class
-    else:
-        raise ValueError(f"unknown test image kind {kind!r}")
+    counts = np.zeros(len(classes), int)
+    images, labels, objects, crops = [], [], [], []
+    while counts.min() < per_class:
+        scene = random_scene(list(classes), rng, size=SCENE)
+        counted = False
+        for crop, cls in object_crops(scene, TILE):  # classes are distinct within a scene: label == class = visible
+            if counts[index[cls]] < per_class:
+                counts[index[cls]] += 1
+                objects.append((len(images), index[cls]))
+                crops.append(crop)
+                counted = True
+        if counted:
+            images.append(scene.image)
+            labels.append(scene.label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (N, S, S, 3) -> (N, 3, S, S)
-    return x, torch.tensor(labels)
+    c = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255  # (O, T, T, 3) -> (O, 3, T, T)
+    labels_ = torch.from_numpy(np.stack(labels)).long()
+    return {"images": x, "labels": labels_, "objects": torch.tensor(objects), "crops": c}
 
 
 @torch.no_grad()
-def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates: Sequence[str]) -> torch.Tensor:
-    """(K, d): template-averaged, L2-normalised text embeddings."""
-    t = text_tower.encode([k.name for k in classes], list(templates))  # (K, M, d)
-    return F.normalize(t.mean(1), dim=-1)
+def dense_embeddings(image_tower, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """(N, 3, S, S) -> (N, d, S/32, S/32) L2-normalised dense embeddings E."""
+    chunks = [image_tower(images[i : i + batch]).dense for i in range(0, len(images), batch)]
+    return F.normalize(torch.cat(chunks), dim=1)
+
+
+def cell_oracle_accuracy(labels: torch.Tensor, objects: torch.Tensor, stride: int = 32) -> float:
+    """Accuracy on ``objects`` of cells that each carry the one-hot class filling most of them (see module doc)."""
+    k = int(labels.max()) + 1
+    onehot = F.one_hot(labels.clamp(min=0), k).permute(0, 3, 1, 2).float() * (labels >= 0)[:, None]  # (N, K, S, S)
+    share = F.avg_pool2d(onehot, stride)  # (N, K, h, w): share of each cell per class
+    majority = F.one_hot(share.argmax(1), k).permute(0, 3, 1, 2) * (share.amax(1) > 0)[:, None]  # (N, K, h, w)
+    right = [int((majority[n] * share[n, c]).sum(dim=(1, 2)).argmax()) == c for n, c in objects.tolist()]
+    return float(np.mean(right))
+
+
+def object_embeddings(dense: torch.Tensor, labels: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """(O, d): each object's coverage-weighted mean of E over the stride-32 cells its visible pixels fall in."""
+    stride = labels.shape[-1] // dense.shape[-1]
+    out = []
+    for scene, k in objects.tolist():
+        cover = F.avg_pool2d((labels[scene] == k).float()[None, None], stride)[0, 0]  # (S, S) -> (h, w) share
+        out.append((dense[scene] * cover).sum(dim=(1, 2)) / cover.sum())  # (d, h, w) -> (d,)
+    return F.normalize(torch.stack(out), dim=-1)
 
 
 @torch.no_grad()
-def image_embeddings(image_tower, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([image_tower.encode_prompts(images[i : i + batch])[0] for i in range(0, len(images), batch)])
+def prompt_images(prompt_tower, classes: Sequence[ObjectClass], per_class: int, seed: int, style: str):
+    """Global embeddings (K * per_class, d) of generator images "a photo of a {}." and their class indices."""
+    rng = np.random.default_rng([seed, 2000, WORLD_VERSION])
+    gen = SyntheticGenerator(size=TILE, style=style)
+    images, labels = [], []
+    for k, cls in enumerate(classes):
+        seeds = [int(s) for s in rng.integers(2**31, size=per_class)]
+        images += [img for img, _ in gen.generate_with_masks([f"a photo of a {cls.name}."] * per_class, seeds)]
+        labels += [k] * per_class
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (N, T, T, 3) -> (N, 3, T, T)
+    embeddings = torch.cat([prompt_tower.encode_prompts(x[i : i + 256])[0] for i in range(0, len(x), 256)])
+    return embeddings, torch.tensor(labels)
+
+
+@torch.no_grad()
+def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates: Sequence[str], words: str):
+    """(K, d): template-averaged, L2-normalised text embeddings of the names in vocabulary or caption words."""
+    names = [k.name if words == "vocabulary" else caption_name(k, text_gap=True) for k in classes]
+    return F.normalize(text_tower.encode(names, list(templates)).mean(1), dim=-1)  # (K, M, d) -> (K, d)
+
+
+def score(emb: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor, classes: Sequence[ObjectClass]) -> dict:
+    """Accuracy of nearest-prototype classification and of each attribute of the predicted class."""
+    pred = (emb @ prototypes.T).argmax(1)  # (N, d) @ (d, K) -> (N, K) -> (N,)
+    entry = {"classes": len(classes), "images": len(y), "accuracy": float((pred == y).float().mean()),
+             "chance": 1 / len(classes)}
+    for a, name in enumerate(ATTRIBUTES):
+        got = torch.tensor([classes[p].indices[a] for p in pred.tolist()])
+        want = torch.tensor([classes[t].indices[a] for t in y.tolist()])
+        entry[f"{name}_accuracy"] = float((got == want).float().mean())
+    return entry
+
+
+def dense_miou(dense: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) -> dict:
+    """mIoU (%) of argmax_k cos(E, T_k) per pixel, and of a uniformly random class per pixel (chance)."""
+    k = len(text)
+    conf = ConfusionMatrix(k)
+    for i in range(0, len(dense), 64):
+        scores = torch.einsum("bdhw,kd->bkhw", dense[i : i + 64], text)  # (b, K, h, w)
+        scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        conf.update(scores.argmax(1), labels[i : i + 64])
+    counts = conf.mat.sum(1).double().numpy()  # ground-truth pixels per class
+    present = counts > 0
+    # a uniform random predictor's expected confusion row is n_c / K: IoU_c = (n_c / K) / (n_c + N / K - n_c / K)
+    iou = (counts / k) / (counts + counts.sum() / k - counts / k)
+    miou = float(metrics_from_confusion(conf.mat)["mIoU"])
+    return {"classes": k, "mIoU": miou, "chance": float(100 * iou[present].mean())}
 
 
 def evaluate_zero_shot(
     cfg: Config, per_class: int = 20, seed: int = 0, vocabs: Sequence[str] = ("seen", "unseen", "all"),
-    kinds: Sequence[str] = ("crops", "prompts"),
+    kinds: Sequence[str] = KINDS, words: str = "vocabulary", style: str = "prompt",
 ) -> dict:
-    """Zero-shot accuracy of ``cfg.model``'s CLIP (weights from ``cfg.model.clip_pretrained``) per vocabulary.
+    """Zero-shot checks (module docstring) of ``cfg.model``'s CLIP (weights from ``cfg.model.clip_pretrained``).
 
-    Keys ``"<test set>/<kind>"``: ``seen`` = seen-class images among the 60 seen names, ``unseen`` = unseen-class
-    images among the 15 unseen names (the zero-shot protocol of the segmentation benchmark), ``unseen-among-all``
-    = unseen-class images among all 75 names (generalised zero-shot: seen names compete).
+    Keys ``"<test set>/<kind>"``: ``seen``, ``unseen`` and ``unseen-among-all`` (vocabulary ``all``: unseen-class
+    scenes scored with all 75 names). ``style`` is the generator's style for the prompt-image kinds.
     """
-    _, prompt_tower, text_tower = build_towers(cfg.model, load_weights=True)
+    bad_vocab = any(v not in ("seen", "unseen", "all") for v in vocabs)
+    if words not in WORDS or any(k not in KINDS for k in kinds) or bad_vocab:
+        raise InputError(f"zero-shot check: words must be one of {WORDS}, kinds among {KINDS}, vocabularies among "
+                         f"seen, unseen, all; got {words!r}, {tuple(kinds)}, {tuple(vocabs)}")
+    image_tower, prompt_tower, text_tower = build_towers(cfg.model, load_weights=True)
+    image_tower.eval()
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
-    size = cfg.model.prompt_image_size
-    attr_names = ("colour", "pattern", "shape")
-    report: dict = {"templates": len(templates), "per_class": per_class}
+    report: dict = {"templates": len(templates), "per_class": per_class, "words": words, "style": style}
+    cache: dict = {}
     for vocab in vocabs:
         classes = vocabulary(vocab)
-        text = class_text_embeddings(text_tower, classes, templates)  # (K, d)
+        text = class_text_embeddings(text_tower, classes, templates, words)  # (K, d)
+        subset = vocabulary("unseen") if vocab == "all" else classes
+        to_vocab = torch.tensor([classes.index(k) for k in subset])  # index in subset -> index in classes
+        if tuple(subset) not in cache:
+            scenes = test_scenes(subset, per_class, seed)
+            dense = dense_embeddings(image_tower, scenes["images"])
+            cache[tuple(subset)] = scenes, dense, object_embeddings(dense, scenes["labels"], scenes["objects"])
+        scenes, dense, objects = cache[tuple(subset)]
+        y = to_vocab[scenes["objects"][:, 1]]
+        key = "unseen-among-all" if vocab == "all" else vocab
         for kind in kinds:
-            subset = vocabulary("unseen") if vocab == "all" else classes
-            x, y = test_images(subset, kind, per_class, size, seed)
-            y = torch.tensor([classes.index(subset[i]) for i in y.tolist()])
-            emb = image_embeddings(prompt_tower, x)  # (N, d)
-            pred = (emb @ text.T).argmax(1)  # (N, d) @ (d, K) -> (N, K) -> (N,)
-            entry = {"classes": len(classes), "images": len(y), "accuracy": float((pred == y).float().mean()),
-                     "chance": 1.0 / len(classes)}
-            for a, name in enumerate(attr_names):  # which attribute the mistakes get wrong
-                got = torch.tensor([classes[p].indices[a] for p in pred.tolist()])
-                want = torch.tensor([classes[t].indices[a] for t in y.tolist()])
-                entry[f"{name}_accuracy"] = float((got == want).float().mean())
-            if kind == "crops":
-                entry["alignment"] = alignment(emb, y, text)
-            report[f"{'unseen-among-all' if vocab == 'all' else vocab}/{kind}"] = entry
+            if kind == "scene-objects":
+                ceiling = cell_oracle_accuracy(scenes["labels"], scenes["objects"])
+                report[f"{key}/{kind}"] = {**score(objects, y, text, classes), "ceiling": ceiling}
+            elif kind == "mosaic-tiles":
+                with torch.no_grad():
+                    tiles = normalised_tile_embeddings(image_tower, _multiple_of_four(scenes["crops"]))[: len(y)]
+                report[f"{key}/{kind}"] = score(tiles, y, text, classes)
+            elif kind == "prompt-images":
+                emb, yp = prompt_images(prompt_tower, subset, per_class, seed, style)
+                report[f"{key}/{kind}"] = score(emb, to_vocab[yp], text, classes)
+            elif kind == "scene-objects-by-prompts":
+                emb, yp = prompt_images(prompt_tower, classes, per_class, seed + 1, style)
+                protos = F.normalize(torch.stack([emb[yp == k].mean(0) for k in range(len(classes))]), dim=-1)  # (K, d)
+                report[f"{key}/{kind}"] = score(objects, y, protos, classes)
+            else:
+                labels = torch.where(scenes["labels"] >= 0, to_vocab[scenes["labels"].clamp(min=0)], IGNORE)
+                report[f"{key}/{kind}"] = dense_miou(dense, labels, text)
     return report
 
 
-def alignment(emb: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> dict:
-    """Cosine of each class text to the mean of its own images vs. the closest other class text; mean rank."""
-    own, other, ranks = [], [], []
-    for k in y.unique().tolist():
-        centre = F.normalize(emb[y == k].mean(0), dim=-1)  # (d,)
-        sims = text @ centre  # (K, d) @ (d,) -> (K,)
-        own.append(float(sims[k]))
-        other.append(float(torch.cat([sims[:k], sims[k + 1 :]]).max()))
-        ranks.append(int((sims > sims[k]).sum()) + 1)
-    return {"own_text_cos": float(np.mean(own)), "best_other_text_cos": float(np.mean(other)), "mean_rank": float(np.mean(ranks))}
+def _multiple_of_four(tiles: torch.Tensor) -> torch.Tensor:
+    """Pad the tiles to a whole number of 2x2 mosaics by repeating the first ones."""
+    return torch.cat([tiles, tiles[: (-len(tiles)) % 4]])
 
 
 def format_report(report: dict) -> str:
-    """A Markdown table of :func:`evaluate_zero_shot`'s result."""
-    lines = ["| vocabulary / test images | K | accuracy | chance | colour | pattern | shape |", "|---|---|---|---|---|---|---|"]
+    """A Markdown table of :func:`evaluate_zero_shot`'s result (classification rows, then dense cost-volume rows)."""
+    lines = [f"class texts in {report.get('words', 'vocabulary')} words", "",
+             "| test set / kind | K | accuracy % | chance % | colour % | pattern % | shape % | stride-32 ceiling % |",
+             "|---|---|---|---|---|---|---|---|"]
+    dense = []
     for key, e in report.items():
-        if isinstance(e, dict):
-            lines.append(
-                f"| {key} | {e['classes']} | {100 * e['accuracy']:.1f} | {100 * e['chance']:.1f} | "
-                f"{100 * e['colour_accuracy']:.1f} | {100 * e['pattern_accuracy']:.1f} | {100 * e['shape_accuracy']:.1f} |"
-            )
+        if isinstance(e, dict) and "accuracy" in e:
+            cells = [e["accuracy"], e["chance"], e["colour_accuracy"], e["pattern_accuracy"], e["shape_accuracy"]]
+            ceiling = f"{100 * e['ceiling']:.1f}" if "ceiling" in e else "-"
+            percent = " | ".join(f"{100 * c:.1f}" for c in cells)
+            lines.append(f"| {key} | {e['classes']} | {percent} | {ceiling} |")
+        elif isinstance(e, dict) and "mIoU" in e:
+            dense.append(f"| {key} | {e['classes']} | {e['mIoU']:.1f} | {e['chance']:.1f} |")
+    if dense:
+        head = "| test set / dense cost volume alone | K | mIoU % | chance mIoU % |"
+        lines += ["", head, "|---|---|---|---|", *dense]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m dpseg.quickstart.zeroshot [--cache DIR] [--steps N]: pretrain (or reuse) and score the tiny CLIP."""
+    """python -m dpseg.quickstart.zeroshot [--cache DIR] [--steps N] [--no-text-gap] [--no-style-gap]."""
     import argparse
     import json
     import time
@@ -134,25 +242,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", default=".dpseg_cache/synthetic", help="where the weight file is kept")
     parser.add_argument("--steps", type=int, default=PretrainSettings.steps)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-class", type=int, default=20, help="test images per class and kind")
+    parser.add_argument("--per-class", type=int, default=20, help="test objects per class")
+    parser.add_argument("--no-text-gap", action="store_true", help="captions use the vocabulary's pattern words")
+    parser.add_argument("--no-style-gap", action="store_true", help="generator images drawn like the scenes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    path = pretrained_clip(build_config("synthetic"), args.cache, PretrainSettings(steps=args.steps, seed=args.seed))
+    settings = PretrainSettings(steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap,
+                                style_gap=not args.no_style_gap)
+    path = pretrained_clip(build_config("synthetic"), args.cache, settings)
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
-    report = evaluate_zero_shot(cfg, per_class=args.per_class)
-    report["weights"], report["seconds"] = str(path), round(time.time() - t0, 1)
-    print(format_report(report))
-    for key, e in report.items():
-        if isinstance(e, dict) and "alignment" in e:
-            a = e["alignment"]
-            print(f"{key}: text-to-own-images cos {a['own_text_cos']:.3f}, best other class {a['best_other_text_cos']:.3f}, "
-                  f"mean rank of own class {a['mean_rank']:.2f}")
+    style = "prompt" if settings.style_gap else "scene"
+    reports = {w: evaluate_zero_shot(cfg, per_class=args.per_class, words=w, style=style)
+               for w in (WORDS if settings.text_gap else WORDS[:1])}
+    for report in reports.values():
+        print(format_report(report), end="\n\n")
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
+        blob = {"weights": str(path), "seconds": round(time.time() - t0, 1), "settings": vars(args), **reports}
+        atomic_write_text(args.json, json.dumps(blob, indent=2))
     return 0
 
 

@@ -4,16 +4,21 @@
 vocabulary under ``cache_dir/synthetic-<key>/``::
 
     world.json                         the key, the class lists and the counts (written last: marks completion)
-    seen/classes.txt                   the 60 seen classes; line i = label value i
-    seen/{images,labels}/train/*.png   training scenes: seen classes only
-    seen/{images,labels}/val/*.png     held-out scenes of seen classes             -> "seen" mIoU
-    unseen/classes.txt                 the 15 unseen classes
-    unseen/{images,labels}/val/*.png   scenes of unseen classes only               -> zero-shot "unseen" mIoU
-    all/classes.txt                    seen then unseen (75)
-    all/{images,labels}/val/*.png      scenes mixing both, scored with all 75 names -> generalised zero-shot
+    seen/classes.txt                       the 59 seen classes; line i = label value i
+    seen/{images,labels}/train/*.png       training scenes: seen classes only
+    seen/{images,labels}/val/*.png         held-out scenes of seen classes             -> "seen" mIoU
+    unseen/classes.txt                     the 16 unseen classes
+    unseen/{images,labels}/val/*.png       scenes of unseen classes only               -> zero-shot "unseen" mIoU
+    unseen-all/classes.txt                 seen then unseen (75)
+    unseen-all/{images,labels}/val/*.png   the unseen/val scenes, labels indexed into all 75 names
+                                                                                       -> generalised zero-shot
+    all/classes.txt                        seen then unseen (75)
+    all/{images,labels}/val/*.png          scenes mixing both, scored with all 75 names
 
 Labels are uint8 PNGs, 255 = ignore (the background, see :mod:`~dpseg.data.synthetic.world`). Training must use
-``seen/`` only: its vocabulary never names an unseen class. Every image is rendered from its own seed
+``seen/`` only: its vocabulary never names an unseen class. ``unseen-all/`` holds exactly the images of
+``unseen/val`` (same files): scored with all 75 names, an unseen object can be mistaken for a seen class. Every
+image is rendered from its own seed
 (seed, split, index), so a folder's content does not depend on how many images the others hold. The folder is
 written under a temporary name and renamed into place; ``key`` (world version, seed, sizes, counts) names the
 folder, so a changed world or setting never reuses a stale cache.
@@ -41,6 +46,9 @@ from dpseg.vocab import read_class_list
 IGNORE_ON_DISK = 255
 # (vocabulary folder, split, split id used in the per-image seed, vocabulary the scenes draw objects from)
 SPLITS: tuple[tuple[str, str, int], ...] = (("seen", "train", 0), ("seen", "val", 1), ("unseen", "val", 2), ("all", "val", 3))
+# Folders that hold another folder's scenes with labels indexed into a larger vocabulary: (folder, source, split).
+RELABELLED: tuple[tuple[str, str, str], ...] = (("unseen-all", "unseen", "val"),)
+FOLDER_VOCABULARY = {"seen": "seen", "unseen": "unseen", "all": "all", "unseen-all": "all"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class WorldDatasets:
     @property
     def all(self) -> Path:
         return self.root / "all"
+
+    @property
+    def unseen_all(self) -> Path:
+        """The unseen/val scenes scored against all 75 names (generalised zero-shot)."""
+        return self.root / "unseen-all"
 
 
 def dataset_key(seed: int, size: int, num_train: int, num_val: int) -> dict:
@@ -90,20 +103,37 @@ def render_split(vocab: Sequence[ObjectClass], seed: int, split_id: int, count: 
         yield f"{i:05d}", random_scene(vocab, rng, size=size)
 
 
+def _relabel_table(source: str, target: str) -> np.ndarray:
+    """uint8 lookup: label value in ``source``'s vocabulary -> value in ``target``'s (255 stays 255)."""
+    table = np.full(256, IGNORE_ON_DISK, np.uint8)
+    big = vocabulary(FOLDER_VOCABULARY[target])
+    for i, k in enumerate(vocabulary(FOLDER_VOCABULARY[source])):
+        table[i] = big.index(k)
+    return table
+
+
 def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
     counts = {}
-    for folder in ("seen", "unseen", "all"):
+    for folder, vocab in FOLDER_VOCABULARY.items():
         (tmp / folder).mkdir(parents=True)
-        (tmp / folder / "classes.txt").write_text("".join(k.name + "\n" for k in vocabulary(folder)))
+        (tmp / folder / "classes.txt").write_text("".join(k.name + "\n" for k in vocabulary(vocab)))
     for folder, split, split_id in SPLITS:
         count = key["num_train"] if split == "train" else key["num_val"]
         log(f"rendering {count} {folder}/{split} scenes at {key['size']}px")
-        for sub in ("images", "labels"):
-            (tmp / folder / sub / split).mkdir(parents=True)
+        copies = [(target, _relabel_table(folder, target))
+                  for target, source, source_split in RELABELLED if (source, source_split) == (folder, split)]
+        for out in [folder] + [target for target, _ in copies]:
+            for sub in ("images", "labels"):
+                (tmp / out / sub / split).mkdir(parents=True)
         for stem, scene in render_split(vocabulary(folder), key["seed"], split_id, count, key["size"]):
-            Image.fromarray(scene.image).save(tmp / folder / "images" / split / f"{stem}.png")
-            Image.fromarray(label_to_disk(scene.label)).save(tmp / folder / "labels" / split / f"{stem}.png")
+            image, label = tmp / folder / "images" / split / f"{stem}.png", label_to_disk(scene.label)
+            Image.fromarray(scene.image).save(image)
+            Image.fromarray(label).save(tmp / folder / "labels" / split / f"{stem}.png")
+            for target, table in copies:
+                shutil.copyfile(image, tmp / target / "images" / split / f"{stem}.png")
+                Image.fromarray(table[label]).save(tmp / target / "labels" / split / f"{stem}.png")
         counts[f"{folder}/{split}"] = count
+        counts.update({f"{target}/{split}": count for target, _ in copies})
     meta = {
         "key": key,
         "counts": counts,

@@ -5,7 +5,13 @@ in each sentence and renders that object (random pose, size and textured backgro
 SD renders a prompt. Like SD, it also reacts to a few words of the CLIP ImageNet templates, so prompt images vary
 with the template as real generated prompts do: "many" draws several copies; "small" / "large" / "close-up" /
 "cropped" change the framing; "dark", "bright", "hard to see", "blurry", "low resolution", "pixelated",
-"black and white" and "jpeg corrupted" degrade the picture. Output depends only on (text, seed, size).
+"black and white" and "jpeg corrupted" degrade the picture. A pattern may be named by its vocabulary word or its
+caption synonym ("striped" / "stripy"). Output depends only on (text, seed, size, style).
+
+``style="prompt"`` (the default: the world's *style gap*) draws in the prompt style of
+:mod:`~dpseg.data.synthetic.render` - plain light background, outlined objects, lighter palette, finer patterns -
+so visual prompts carry the class's attributes without looking like the scenes; ``style="scene"`` switches the
+gap off and draws as the scenes are drawn.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from dpseg.config import PromptsConfig
-from dpseg.data.synthetic.render import MAX_TILT, Placement, background, draw_object, finish
+from dpseg.data.synthetic.render import (
+    MAX_TILT,
+    PROMPT_NOISE,
+    STYLES,
+    Placement,
+    background,
+    draw_object,
+    finish,
+    prompt_background,
+)
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, find_class_in_text
 from dpseg.errors import BankError, InputError
 from dpseg.prompts.generate import register_generator
@@ -33,10 +48,10 @@ def _has(text: str, phrase: str) -> bool:
 
 
 def render_object_image(
-    cls: ObjectClass, rng: np.random.Generator, size: int = 64, modifiers: Sequence[str] = ()
+    cls: ObjectClass, rng: np.random.Generator, size: int = 64, modifiers: Sequence[str] = (), style: str = "prompt"
 ) -> tuple[np.ndarray, np.ndarray]:
     """One prompt image of ``cls``: ((size, size, 3) uint8 image, (size, size) bool mask of the object pixels)."""
-    canvas = background(rng, size, size)
+    canvas = prompt_background(rng, size, size) if style == "prompt" else background(rng, size, size)
     copies, radius, margin = 1, (0.28, 0.40), 1.15  # margin 1.15 r: the whole object is in view
     if "many" in modifiers:
         copies, radius = int(rng.integers(2, 4)), (0.15, 0.22)
@@ -52,8 +67,8 @@ def render_object_image(
         lo, hi = margin * r, size - margin * r
         cx, cy = rng.uniform(min(lo, size / 2), max(hi, size / 2), 2)
         p = Placement(cls, float(cx), float(cy), float(r), float(rng.uniform(-MAX_TILT, MAX_TILT)))
-        union |= draw_object(canvas, p, rng)
-    image = _degrade(finish(canvas, rng), modifiers, rng)
+        union |= draw_object(canvas, p, rng, style)
+    image = _degrade(finish(canvas, rng, PROMPT_NOISE if style == "prompt" else 3.0), modifiers, rng)
     return image, union
 
 
@@ -94,15 +109,18 @@ def text_seed(text: str, seed: int) -> np.random.Generator:
 class SyntheticGenerator:
     """Text-to-image generator of the synthetic world, with the interface the prompt banks use for SD.
 
-    ``identity`` names everything that changes its output (world version, image size), so prompt banks built
-    with it are keyed correctly.
+    ``identity`` names everything that changes its output (world version, image size, style), so prompt banks
+    built with it are keyed correctly.
     """
 
-    def __init__(self, size: int = 64, device: Optional[str] = None, **_ignored):
+    def __init__(self, size: int = 64, device: Optional[str] = None, style: str = "prompt", **_ignored):
         if not isinstance(size, int) or size < 16:
             raise InputError(f"SyntheticGenerator size must be an integer >= 16, got {size!r}")
+        if style not in STYLES:
+            raise InputError(f"SyntheticGenerator style must be one of {', '.join(STYLES)}, got {style!r}")
         self.size = size
-        self.identity = f"synthetic-world-v{WORLD_VERSION}-{size}px"
+        self.style = style
+        self.identity = f"synthetic-world-v{WORLD_VERSION}-{size}px-{style}-style"
 
     def generate(self, texts: list[str], seeds: list[int]) -> list[Image.Image]:
         """One RGB image per sentence; ``seeds[i]`` chooses the pose, size and background of image i."""
@@ -117,22 +135,28 @@ class SyntheticGenerator:
         out = []
         for text, seed in zip(texts, seeds):
             cls = find_class_in_text(text)
-            out.append(render_object_image(cls, text_seed(text, seed), self.size, modifiers_of(text)))
+            out.append(render_object_image(cls, text_seed(text, seed), self.size, modifiers_of(text), self.style))
         return out
 
     def __repr__(self) -> str:
-        return f"SyntheticGenerator(size={self.size})"
+        return f"SyntheticGenerator(size={self.size}, style={self.style!r})"
 
 
-def _from_spec(options: str, cfg: PromptsConfig, device: Optional[str] = None) -> SyntheticGenerator:
-    """``synthetic`` (size = prompts.resolution) or ``synthetic:96`` / ``synthetic:size=96``."""
-    size = cfg.resolution
-    if options:
-        value = options.removeprefix("size=")
-        if not value.isdigit():
-            raise BankError(f"generator spec 'synthetic:{options}' must look like synthetic or synthetic:size=N")
-        size = int(value)
-    return SyntheticGenerator(size=size, device=device)
+def _from_spec(spec_options: str, cfg: PromptsConfig, device: Optional[str] = None) -> SyntheticGenerator:
+    """``synthetic`` (size = prompts.resolution, prompt style), ``synthetic:96``, ``synthetic:size=96``,
+    ``synthetic:style=scene`` or ``synthetic:size=96,style=scene`` (``style=scene`` turns the style gap off)."""
+    options = {"size": str(cfg.resolution), "style": "prompt"}
+    spec = f"synthetic:{spec_options}"
+    for part in spec_options.split(",") if spec_options else []:
+        name, _, value = part.strip().rpartition("=")
+        name = name or "size"
+        if name not in options or (name == "size" and not value.isdigit()) or not value:
+            raise BankError(f"generator spec '{spec}' must look like synthetic, synthetic:size=N, "
+                            "synthetic:style=prompt|scene or synthetic:size=N,style=scene")
+        options[name] = value
+    if options["style"] not in STYLES:
+        raise BankError(f"generator spec '{spec}': style must be one of {', '.join(STYLES)}, got '{options['style']}'")
+    return SyntheticGenerator(size=int(options["size"]), device=device, style=options["style"])
 
 
 register_generator("synthetic", _from_spec)

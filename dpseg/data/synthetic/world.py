@@ -5,17 +5,24 @@ A class is one combination of three attributes and is named by a short phrase, a
 Objects stand upright (tilted by at most 14 degrees), patterns are drawn in a darker shade of the object colour,
 backgrounds are textured and weakly coloured (see :mod:`~dpseg.data.synthetic.render`).
 
-**Split (fixed, part of** :data:`WORLD_VERSION` **).** With colour index c, pattern index p and shape index s (the
-orders of :data:`COLOURS`, :data:`PATTERNS`, :data:`SHAPES`), a class is *unseen* iff
+**Split (fixed, part of** :data:`WORLD_VERSION` **).** The 16 unseen classes are two 2x2x2 "cubes" of
+attribute values (:data:`UNSEEN_CUBES`):
 
-    (c - s) mod 5 in {0, 1, 2}   and   p == (c + s) mod 3
+    {red, green} x {striped, dotted} x {circle, star}   and   {blue, yellow} x {solid, dotted} x {square, triangle}
 
-which holds for exactly one pattern of 15 of the 25 (colour, shape) pairs: 15 unseen classes, 60 seen. Unseen
-classes are new combinations of known attributes: every colour, pattern and shape value occurs in at least 12 seen
-classes, and every *pair* of attribute values that occurs in an unseen class also occurs in at least two seen
-classes (``tests/test_synthetic_world.py`` checks both), so only the triple is new. Unseen classes never occur in
-training images, training captions of the tiny CLIP, or the training vocabulary. :func:`unseen_classes` lists
-them; README/quickstart print the list.
+the other 59 classes are seen. Inside a cube every unseen class has an unseen neighbour that differs from it in
+only its colour, one that differs only in its pattern and one that differs only in its shape, so telling the
+unseen classes apart needs all three attributes. They are still new combinations of known values: every colour,
+pattern and shape occurs in at least 8 seen classes and every pair of attribute values of an unseen class occurs
+in at least one seen class (colour-pattern and pattern-shape pairs in at least two; a colour-shape pair such as
+"red ... circle" only with the one pattern outside the cube, "red solid circle"). ``tests/test_synthetic_world.py``
+checks all of this. Unseen classes never occur in training images, training captions of the tiny CLIP, or the
+training vocabulary.
+
+**Pattern words.** The class vocabulary names patterns "solid", "striped", "dotted". The tiny CLIP's captions
+use the caption-only synonyms of :data:`CAPTION_PATTERN_WORDS` ("plain", "stripy", "spotted") unless its text
+gap is switched off (:mod:`~dpseg.quickstart.clip_pretrain`); the generator and :func:`parse_class`
+understand both.
 
 **Labels.** Objects are labelled with the index of their class in the vocabulary of the dataset they belong to
 (``classes.txt``). The background is *not* a class: it is the ignore label (-1 in memory, 255 on disk), as
@@ -32,7 +39,8 @@ from dataclasses import dataclass
 from dpseg.errors import InputError
 
 # Bump when rendering, attributes or the split change: it keys every cached dataset, CLIP and prompt bank.
-WORLD_VERSION = 1
+# v2: the cube split, caption-only pattern synonyms (text gap), prompt-style generator images (style gap).
+WORLD_VERSION = 2
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -42,9 +50,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (145, 50, 200),
 }
 PATTERNS: tuple[str, ...] = ("solid", "striped", "dotted")
+# The words the tiny CLIP's captions use for PATTERNS when its text gap is on; never a class-vocabulary word.
+CAPTION_PATTERN_WORDS: tuple[str, ...] = ("plain", "stripy", "spotted")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 # The noun used in captions that name some attributes but no shape ("a red striped shape").
 GENERIC_NOUN = "shape"
+# The unseen classes: two cubes of (colours, patterns, shapes).
+UNSEEN_CUBES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+    (("red", "green"), ("striped", "dotted"), ("circle", "star")),
+    (("blue", "yellow"), ("solid", "dotted"), ("square", "triangle")),
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -69,8 +84,9 @@ class ObjectClass:
 
 
 def is_unseen(c: int, p: int, s: int) -> bool:
-    """The split rule (see the module docstring)."""
-    return (c - s) % 5 in (0, 1, 2) and p == (c + s) % 3
+    """The split rule (see the module docstring): whether (colour, pattern, shape) indices lie in an unseen cube."""
+    colour, pattern, shape = list(COLOURS)[c], PATTERNS[p], SHAPES[s]
+    return any(colour in cs and pattern in ps and shape in ss for cs, ps, ss in UNSEEN_CUBES)
 
 
 def all_classes() -> list[ObjectClass]:
@@ -79,12 +95,12 @@ def all_classes() -> list[ObjectClass]:
 
 
 def seen_classes() -> list[ObjectClass]:
-    """The 60 training classes, canonical order (= label values of the ``seen`` datasets)."""
+    """The 59 training classes, canonical order (= label values of the ``seen`` datasets)."""
     return [k for k in all_classes() if not is_unseen(*k.indices)]
 
 
 def unseen_classes() -> list[ObjectClass]:
-    """The 15 held-out classes, canonical order (= label values of the ``unseen`` dataset)."""
+    """The 16 held-out classes, canonical order (= label values of the ``unseen`` dataset)."""
     return [k for k in all_classes() if is_unseen(*k.indices)]
 
 
@@ -101,24 +117,33 @@ def vocabulary(name: str) -> list[ObjectClass]:
 
 _WORD = r"[a-z]+"
 _PHRASE = re.compile(r"\b(" + _WORD + r")\s+(" + _WORD + r")\s+(" + _WORD + r")\b")
+# Pattern word -> the vocabulary's pattern: both the vocabulary words and the caption-only synonyms.
+_PATTERN_OF = {**{p: p for p in PATTERNS}, **dict(zip(CAPTION_PATTERN_WORDS, PATTERNS))}
+
+
+def caption_pattern_word(pattern: str, text_gap: bool) -> str:
+    """The word captions use for a vocabulary pattern: its caption-only synonym when the text gap is on."""
+    return CAPTION_PATTERN_WORDS[PATTERNS.index(pattern)] if text_gap else pattern
 
 
 def parse_class(name: str) -> ObjectClass:
-    """'red striped star' -> ObjectClass; raises InputError naming the bad word and the valid values."""
+    """'red striped star' (or 'red stripy star') -> ObjectClass; raises InputError naming the bad word."""
     words = name.strip().lower().split()
     if len(words) != 3:
         raise InputError(f"synthetic class {name!r} must be three words: colour pattern shape (e.g. 'red striped star')")
     colour, pattern, shape = words
-    for word, valid, what in ((colour, COLOURS, "colour"), (pattern, PATTERNS, "pattern"), (shape, SHAPES, "shape")):
+    patterns = (*PATTERNS, *CAPTION_PATTERN_WORDS)
+    for word, valid, what in ((colour, COLOURS, "colour"), (pattern, patterns, "pattern"), (shape, SHAPES, "shape")):
         if word not in valid:
             raise InputError(f"synthetic class {name!r}: '{word}' is not a {what} of the world ({', '.join(valid)})")
-    return ObjectClass(colour, pattern, shape)
+    return ObjectClass(colour, _PATTERN_OF[pattern], shape)
 
 
 def find_class_in_text(text: str) -> ObjectClass:
     """The one class phrase inside a templated sentence ("a bad photo of a red striped star." -> red striped star).
 
-    Exactly one run of three words colour-pattern-shape must occur; anything else raises InputError.
+    Exactly one run of three words colour-pattern-shape must occur (a pattern may be a vocabulary word or its
+    caption synonym: "a red stripy star" -> red striped star); anything else raises InputError.
     """
     lowered = text.lower()
     found = []
@@ -126,13 +151,13 @@ def find_class_in_text(text: str) -> ObjectClass:
         if i and lowered[i - 1].isalpha():
             continue
         m = _PHRASE.match(lowered, i)
-        if m and m.group(1) in COLOURS and m.group(2) in PATTERNS and m.group(3) in SHAPES:
-            found.append(ObjectClass(m.group(1), m.group(2), m.group(3)))
+        if m and m.group(1) in COLOURS and m.group(2) in _PATTERN_OF and m.group(3) in SHAPES:
+            found.append(ObjectClass(m.group(1), _PATTERN_OF[m.group(2)], m.group(3)))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"
         raise InputError(
             f"text {text!r} holds {what} class phrase(s) of the synthetic world; it needs exactly one "
-            f"'colour pattern shape' phrase (colours: {', '.join(COLOURS)}; patterns: {', '.join(PATTERNS)}; "
-            f"shapes: {', '.join(SHAPES)})"
+            f"'colour pattern shape' phrase (colours: {', '.join(COLOURS)}; patterns: {', '.join(PATTERNS)} or "
+            f"{', '.join(CAPTION_PATTERN_WORDS)}; shapes: {', '.join(SHAPES)})"
         )
     return found[0]
