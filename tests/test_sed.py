@@ -271,5 +271,5 @@ def test_demo_runs_the_converted_checkpoint_without_a_bank(converted, tmp_path):
     seg, note = demo.load_segmenter(str(root / "ckpt"), None, text_only=False, device="cpu")
     assert "text prompts only" in note
     Image.fromarray(scene()).save(tmp_path / "photo.png")
-    picture, legend, info = demo.make_handler(seg, demo.Limits())(str(tmp_path / "photo.png"), "person, sky, tree")
+    picture, legend, info, *_ = demo.make_handler(seg, demo.Limits())(str(tmp_path / "photo.png"), "person, sky, tree")
     assert picture.width > 96 and "one pass" in info and "text (this model uses text prompts only)" in info

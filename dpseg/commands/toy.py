@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, parse_class
 from dpseg.errors import InputError
 from dpseg.vocab import split_synonyms
 
@@ -23,6 +22,8 @@ def is_toy(cfg) -> bool:
 
 def outside_world(names: Sequence[str]) -> list[str]:
     """The class names of which no synonym is a class of the synthetic world (colour pattern shape)."""
+    from dpseg.data.synthetic.world import parse_class  # only for toy models: segment's start-up stays lean
+
     def known(name: str) -> bool:
         for synonym in split_synonyms(name):
             try:
@@ -40,6 +41,7 @@ def outside_world_warning(names: Sequence[str]) -> Optional[str]:
     bad = outside_world(names)
     if not bad:
         return None
+    from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES
 
     shown = ", ".join(repr(n) for n in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
     return (f"{len(bad)} of {len(names)} classes are not in the toy model's world: {shown}; it only knows "

@@ -58,7 +58,8 @@ from dpseg.weights import read_state_dict, save_safetensors
 
 # Bump when the training recipe changes: part of the cache key of the saved weights.
 # v3: 128-px mosaics of 2x2 tiles, tile embedding = mean of the dense head over the tile's cells.
-PRETRAIN_VERSION = 3
+# v4: a share of whole prompt images embedded by the pooled (global) path, at the prompt size.
+PRETRAIN_VERSION = 4
 
 
 @dataclass
@@ -66,6 +67,10 @@ class PretrainSettings:
     steps: int = 600
     batch_size: int = 128  # 64-px tiles' worth of pixels per step: batch_size / 4 images of 128 px
     scene_fraction: float = 0.5  # share of those 128-px images that are scenes (the rest: mosaics of tiles)
+    # share that are whole prompt images (pool tiles resized to ``prompt_size``) embedded by the pooled global path:
+    # the path the visual-prompt encoder takes for generated images and refinement crops (ImageTower.encode_prompts)
+    prompt_fraction: float = 0.25
+    prompt_size: int = 128
     scenes: int = 1000  # rendered 128-px scenes in the pool
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -124,7 +129,8 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
     render_seconds = time.time() - t0
     log(f"rendered {len(pool.scenes)} seen-class scenes and {len(pool.tiles)} tiles in {render_seconds:.1f}s")
     n_scenes = round(settings.scene_fraction * settings.batch_size / (GRID * GRID))
-    n_tiles = settings.batch_size - GRID * GRID * n_scenes
+    n_prompts = round(settings.prompt_fraction * settings.batch_size / (GRID * GRID))  # 128-px images cost 4 tiles
+    n_tiles = settings.batch_size - GRID * GRID * (n_scenes + n_prompts)
     model = create_clip(cfg.model, load_weights=False).train()
     tower = ImageTower(model.visual, open_clip.constants.OPENAI_DATASET_MEAN, open_clip.constants.OPENAI_DATASET_STD)
     tokenizer = make_tokenizer(cfg.model)
@@ -144,7 +150,8 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
         for g in opt.param_groups:
             g["lr"] = lr
         si = torch.randint(0, max(1, len(pool.scenes)), (n_scenes,), generator=gen)
-        ti = torch.randint(0, max(1, len(pool.tiles)), (n_tiles,), generator=gen)
+        ti = torch.randint(0, max(1, len(pool.tiles)), (n_tiles + n_prompts,), generator=gen)
+        pi, ti = ti[n_tiles:], ti[:n_tiles]
         flips = torch.rand(n_scenes, generator=gen) < 0.5
         cover = flip(pool.cover[si], flips)  # (n_s, O, h, w)
         tiles = flip(pool.tiles[ti], torch.rand(n_tiles, generator=gen) < 0.5)
@@ -152,14 +159,19 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
         dense = tower(images.float() / 255).dense  # (n_s + n_t / 4, d, h, w)
         present = torch.from_numpy(pool.scene_attrs[si.numpy(), :, 0] >= 0)  # (n_s, O)
         scene_attrs = pool.scene_attrs[si.numpy()][present.numpy()]  # (n_s, O, 3) -> (P_s, 3)
-        obj_attrs = np.concatenate([scene_attrs, pool.tile_attrs[ti.numpy()]])  # (P, 3)
+        obj_attrs = np.concatenate([scene_attrs, pool.tile_attrs[ti.numpy()], pool.tile_attrs[pi.numpy()]])  # (P, 3)
         tmpl = [int(rng.integers(len(templates))) for _ in range(int(present.sum()))]  # scene objects: any template
-        tmpl += [pool.tile_templates[j] for j in ti.tolist()]
+        tmpl += [pool.tile_templates[j] for j in ti.tolist() + pi.tolist()]
         cap_attrs, captions = batch_captions(obj_attrs, tmpl, universe, templates, settings, rng)
         # caption j is true of object i iff every attribute it names equals object i's
         positives = torch.from_numpy(((cap_attrs[None] == obj_attrs[:, None]) | (cap_attrs[None] < 0)).all(-1))  # (P,C)
         scene_objects = scene_object_embeddings(dense[:n_scenes], cover)[present]  # (n_s, O, d) -> (P_s, d)
-        img = torch.cat([scene_objects, mosaic_tile_embeddings(dense[n_scenes:])])  # (P, d)
+        parts = [scene_objects, mosaic_tile_embeddings(dense[n_scenes:])]
+        if n_prompts:  # whole prompt images through the global path, resized as prepare_prompt_image resizes them
+            prompts = flip(pool.tiles[pi], torch.rand(n_prompts, generator=gen) < 0.5).float() / 255
+            prompts = F.interpolate(prompts, size=(settings.prompt_size,) * 2, mode="bilinear", align_corners=False)
+            parts.append(F.normalize(tower.pooled(tower(prompts)), dim=-1))  # (n_p, d)
+        img = torch.cat(parts)  # (P, d)
         txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
         loss = multi_positive_loss(img, txt, positives, model.logit_scale.exp())
         opt.zero_grad(set_to_none=True)
@@ -193,6 +205,10 @@ def pretrained_clip(
                          "(64-px tiles' worth of 128-px images)")
     if not 0 <= settings.scene_fraction <= 1 or settings.scenes < 0 or settings.pool_size < 0:
         raise InputError("tiny CLIP pretraining needs 0 <= scene_fraction <= 1 and scenes, pool_size >= 0")
+    if not 0 <= settings.prompt_fraction <= 1 - settings.scene_fraction or settings.prompt_size < 32 \
+            or settings.prompt_size % 32:
+        raise InputError("tiny CLIP pretraining needs 0 <= prompt_fraction <= 1 - scene_fraction and a prompt_size "
+                         "that is a multiple of 32")
     no_scenes, no_tiles = settings.scenes < 1, settings.pool_size < GRID * GRID
     if (settings.scene_fraction > 0 and no_scenes) or (settings.scene_fraction < 1 and no_tiles):
         raise InputError("tiny CLIP pretraining draws scenes (scene_fraction > 0) and tiles (scene_fraction < 1): "

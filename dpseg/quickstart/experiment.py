@@ -45,7 +45,7 @@ class Variant:
 
     @property
     def uses_bank(self) -> bool:
-        return self.prompt_type != "text" or self.guidance == "visual"
+        return self.prompt_type != "text" or self.guidance in ("visual", "both")
 
     @property
     def two_pass(self) -> bool:
@@ -58,7 +58,8 @@ VARIANTS = {
         Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
         Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
         Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
-        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, no visual cost volumes"),
+        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"),
+        Variant("dual-both", "dual", "both", "dual prompts, F_v beside the upsampled F_c"),
     )
 }
 

@@ -155,7 +155,7 @@ def _from_spec(spec_options: str, cfg: PromptsConfig, device: Optional[str] = No
                             "synthetic:style=prompt|scene or synthetic:size=N,style=scene")
         options[name] = value
     if options["style"] not in STYLES:
-        raise BankError(f"generator spec '{spec}': style must be one of {', '.join(STYLES)}, got '{options['style']}'")
+        raise BankError(f"generator spec '{spec}': style must be prompt or scene, got '{options['style']}'")
     return SyntheticGenerator(size=int(options["size"]), device=device, style=options["style"])
 
 
