@@ -67,8 +67,12 @@ def main() -> int:
             finally:
                 weights.safetensors_integrity = build.safetensors_integrity = real
 
-        cases = {"hashlib sha256, streamed": sha256_stream, "dpseg check alone": check,
-                 "load_model without the check": lambda: load(False), "load_model with the check": lambda: load(True)}
+        cases = {
+            "hashlib sha256, streamed": sha256_stream,
+            "dpseg check alone": check,
+            "load_model without the check": lambda: load(False),
+            "load_model with the check": lambda: load(True),
+        }
         times: dict = {k: [] for k in cases}
         for _ in range(args.repeat):
             for name, fn in cases.items():
@@ -76,14 +80,18 @@ def main() -> int:
         size = os.path.getsize(path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    rows = {k: {"cpu_s": statistics.median(c for c, _ in v), "wall_s": statistics.median(w for _, w in v)}
-            for k, v in times.items()}
+    rows = {
+        k: {"cpu_s": statistics.median(c for c, _ in v), "wall_s": statistics.median(w for _, w in v)}
+        for k, v in times.items()
+    }
     print(f"{args.preset}: model.safetensors {size / 1e9:.3f} GB, {args.threads} thread(s), median of {args.repeat}")
     for name, r in rows.items():
         print(f"  {name:30s} {r['cpu_s']:6.2f} CPU s  {r['wall_s']:6.2f} s wall")
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"preset": args.preset, "bytes": size, "threads": args.threads, "repeat": args.repeat, **rows}, f, indent=2)
+        json.dump(
+            {"preset": args.preset, "bytes": size, "threads": args.threads, "repeat": args.repeat, **rows}, f, indent=2
+        )
     return 0
 
 

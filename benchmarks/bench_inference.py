@@ -41,13 +41,24 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ["dpseg.image_encoder", "dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost",
-          "dpseg.decode", "dpseg.refine_crops"]
+STAGES = [
+    "dpseg.image_encoder",
+    "dpseg.cost_volume",
+    "dpseg.visual_cost_volume",
+    "dpseg.upsampled_cost",
+    "dpseg.decode",
+    "dpseg.refine_crops",
+]
 
 
 SED_PRESETS = {"dpseg-b": "sed-b", "dpseg-l": "sed-l"}
-SED_SWITCHES = ["model.prompt_type=text", "model.guidance=upsampled", "model.spatial_aggregation=convnext",
-                "model.class_aggregation=sed", "model.aux_heads=true"]
+SED_SWITCHES = [
+    "model.prompt_type=text",
+    "model.guidance=upsampled",
+    "model.spatial_aggregation=convnext",
+    "model.class_aggregation=sed",
+    "model.aux_heads=true",
+]
 
 
 def _preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
@@ -78,8 +89,12 @@ def child(args) -> dict:
     K, M = args.classes, model.num_templates
     d, D = model.text_encoder.embed_dim, model.image_encoder.stage_dims
     g = torch.Generator().manual_seed(0)
-    prompts = PromptSet([f"c{i}" for i in range(K)], torch.randn(K, M, d, generator=g), torch.randn(K, M, d, generator=g),
-                        [torch.randn(K, M, D[j], generator=g) for j in range(3)]).to(device)
+    prompts = PromptSet(
+        [f"c{i}" for i in range(K)],
+        torch.randn(K, M, d, generator=g),
+        torch.randn(K, M, d, generator=g),
+        [torch.randn(K, M, D[j], generator=g) for j in range(3)],
+    ).to(device)
     if args.mode in ("sed", "sed_fast", "text_upsampled"):
         prompts = prompts.text_only()
     reject = 8 if args.mode == "sed_fast" else 0
@@ -126,8 +141,16 @@ def child(args) -> dict:
         call()
         sync()
         times.append(time.perf_counter() - t)
-    out = {"mode": args.mode, "preset": preset, "classes": K, "templates": M, "size": args.size, "chunk": chunk,
-           "latency_s": statistics.median(times), "latencies_s": times}
+    out = {
+        "mode": args.mode,
+        "preset": preset,
+        "classes": K,
+        "templates": M,
+        "size": args.size,
+        "chunk": chunk,
+        "latency_s": statistics.median(times),
+        "latencies_s": times,
+    }
     if args.mode.startswith("two_pass"):
         out["refined_classes"] = call.detected
     if device.type == "cuda":
@@ -142,7 +165,9 @@ def child(args) -> dict:
         key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
         totals = {e.key: getattr(e, key) / 1e6 for e in prof.key_averages() if e.key in STAGES}
         decode = totals.get("dpseg.decode", 0.0)
-        inner = sum(totals.get(k, 0.0) for k in ("dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost"))
+        inner = sum(
+            totals.get(k, 0.0) for k in ("dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost")
+        )
         out["breakdown_s"] = {
             "encoder": totals.get("dpseg.image_encoder", 0.0),
             "cost_volume": totals.get("dpseg.cost_volume", 0.0),
@@ -155,10 +180,33 @@ def child(args) -> dict:
 
 
 def run_child(args, mode: str, k: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--classes", str(k), "--preset", args.preset,
-           "--size", str(args.size), "--device", args.device, "--precision", args.precision, "--repeat", str(args.repeat),
-           "--warmup", str(args.warmup if k < args.warmup_below else 0),
-           "--chunk", str(args.chunk), "--threads", str(args.threads), "--detected", str(args.detected)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--mode",
+        mode,
+        "--classes",
+        str(k),
+        "--preset",
+        args.preset,
+        "--size",
+        str(args.size),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--repeat",
+        str(args.repeat),
+        "--warmup",
+        str(args.warmup if k < args.warmup_below else 0),
+        "--chunk",
+        str(args.chunk),
+        "--threads",
+        str(args.threads),
+        "--detected",
+        str(args.detected),
+    ]
     profile = args.profile and (not args.profile_classes or k in args.profile_classes)
     cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if profile else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -186,8 +234,11 @@ def targets(results: list[dict]) -> list[str]:
         rows = sorted((r for (m, _), r in at.items() if m == mode), key=lambda r: r["classes"])
         if len(rows) >= 3:  # linear in K: the per-class slope is the same between consecutive K
             slopes = [(b["latency_s"] - a["latency_s"]) / (b["classes"] - a["classes"]) for a, b in zip(rows, rows[1:])]
-            lines.append(f"  {mode} latency per added class: " + ", ".join(f"{s * 1000:.0f} ms" for s in slopes)
-                         + " (linear in K: equal slopes)")
+            lines.append(
+                f"  {mode} latency per added class: "
+                + ", ".join(f"{s * 1000:.0f} ms" for s in slopes)
+                + " (linear in K: equal slopes)"
+            )
     return lines
 
 
@@ -217,14 +268,22 @@ def main() -> None:
     p.add_argument("--preset", default="dpseg-b")
     p.add_argument("--size", type=int, default=768)
     p.add_argument("--classes", type=int, nargs="+", default=[20, 150, 847])
-    p.add_argument("--modes", nargs="+", default=["encoder", "sed", "pass1", "two_pass", "two_pass_present"],
-                   choices=["encoder", "sed", "sed_fast", "text_upsampled", "pass1", "two_pass", "two_pass_present"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["encoder", "sed", "pass1", "two_pass", "two_pass_present"],
+        choices=["encoder", "sed", "sed_fast", "text_upsampled", "pass1", "two_pass", "two_pass_present"],
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
-    p.add_argument("--warmup-below", type=int, default=500,
-                   help="warm up only for K below this (a call at K=847 on CPU takes minutes: its one-off costs are noise)")
+    p.add_argument(
+        "--warmup-below",
+        type=int,
+        default=500,
+        help="warm up only for K below this (a call at K=847 on CPU takes minutes: its one-off costs are noise)",
+    )
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--detected", type=int, default=10, help="classes present in the pass-1 map (two_pass)")
@@ -254,14 +313,25 @@ def main() -> None:
         print(line)
     import torch
 
-    env = {"device": args.device, "precision": args.precision, "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "preset": args.preset, "size": args.size,
-           "chunk": args.chunk, "detected_cap": args.detected}
+    env = {
+        "device": args.device,
+        "precision": args.precision,
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "preset": args.preset,
+        "size": args.size,
+        "chunk": args.chunk,
+        "detected_cap": args.detected,
+    }
     if args.device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"env": env, "results": results, "targets": target_lines[2:]}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"env": env, "results": results, "targets": target_lines[2:]}, indent=2)
+    )
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

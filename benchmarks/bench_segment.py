@@ -62,12 +62,23 @@ def main() -> int:
             if i:
                 times.append(time.perf_counter() - t)
         rows["two passes" if refine else "one pass"] = {"median_s": statistics.median(times), "min_s": min(times)}
-    info = {"preset": args.preset, "classes": args.classes, "image": f"{args.size}x{args.size}",
-            "model_input": seg.protocol.input_size, "protocol": seg.protocol.name, "class_chunk": seg.protocol.class_chunk,
-            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "repeat": args.repeat, "results": rows}
-    print(f"{args.preset}, K={args.classes}, image {args.size}² -> model {seg.protocol.input_size}², {info['device']}, "
-          f"{info['threads']} threads")
+    info = {
+        "preset": args.preset,
+        "classes": args.classes,
+        "image": f"{args.size}x{args.size}",
+        "model_input": seg.protocol.input_size,
+        "protocol": seg.protocol.name,
+        "class_chunk": seg.protocol.class_chunk,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "repeat": args.repeat,
+        "results": rows,
+    }
+    print(
+        f"{args.preset}, K={args.classes}, image {args.size}² -> model {seg.protocol.input_size}², {info['device']}, "
+        f"{info['threads']} threads"
+    )
     for name, r in rows.items():
         print(f"  {name:<10} median {r['median_s'] * 1000:9.1f} ms   min {r['min_s'] * 1000:9.1f} ms")
     if args.json:

@@ -40,8 +40,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("gradio", "diffusers", "matplotlib", "tensorboard", "torch.utils.tensorboard", "cv2", "scipy", "pandas",
-         "dpseg.data.synthetic", "dpseg.prompts.generate", "dpseg.engine", "selenium", "huggingface_hub")
+HEAVY = (
+    "gradio",
+    "diffusers",
+    "matplotlib",
+    "tensorboard",
+    "torch.utils.tensorboard",
+    "cv2",
+    "scipy",
+    "pandas",
+    "dpseg.data.synthetic",
+    "dpseg.prompts.generate",
+    "dpseg.engine",
+    "selenium",
+    "huggingface_hub",
+)
 
 # every measured process prints "MARK <time>" at the moment measured and exits at once (interpreter shutdown, which
 # takes seconds after importing torch, is not start-up)
@@ -127,12 +140,30 @@ def main() -> int:
         weights = ckpt / "model.safetensors"
         cases = {
             "floor: import torch, open_clip": [py, "-c", "import torch, open_clip" + MARK],
-            "floor: + read the weights": [py, "-c", "import torch, open_clip; from safetensors.torch import load; "
-                                          f"load(open({str(weights)!r}, 'rb').read())" + MARK],
+            "floor: + read the weights": [
+                py,
+                "-c",
+                "import torch, open_clip; from safetensors.torch import load; "
+                f"load(open({str(weights)!r}, 'rb').read())" + MARK,
+            ],
             "dpseg segment -> first inference": [
-                py, "-c", SEGMENT_PROBE, "segment", str(tmp / "scene.png"), "--checkpoint", str(ckpt),
-                "--bank", str(bank), "--classes", ", ".join(classes), "--out", str(tmp / "out"), "--quiet",
-                "--device", "cpu"],
+                py,
+                "-c",
+                SEGMENT_PROBE,
+                "segment",
+                str(tmp / "scene.png"),
+                "--checkpoint",
+                str(ckpt),
+                "--bank",
+                str(bank),
+                "--classes",
+                ", ".join(classes),
+                "--out",
+                str(tmp / "out"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ],
         }
         walls: dict[str, list[float]] = {name: [] for name in cases}
         cpus: dict[str, list[float]] = {name: [] for name in cases}
@@ -146,31 +177,47 @@ def main() -> int:
         summary = {}
         for name in cases:
             cpu, wall = cpus[name], walls[name]
-            summary[name] = {"cpu_median_s": round(statistics.median(cpu), 3), "cpu_min_s": round(min(cpu), 3),
-                             "wall_median_s": round(statistics.median(wall), 3), "wall_min_s": round(min(wall), 3),
-                             "cpu_runs": [round(x, 3) for x in cpu], "wall_runs": [round(x, 3) for x in wall]}
-        summary[overhead] = {key: round(summary[seg][key] - summary[floor][key], 3)
-                             for key in ("cpu_median_s", "cpu_min_s", "wall_median_s", "wall_min_s")}
-        print(f"preset {args.preset}, weights {weights.stat().st_size / 1e6:.1f} MB, {args.repeat} runs each, "
-              f"OMP_NUM_THREADS={args.threads}; seconds (CPU time of the process; wall time, which the machine's load "
-              "inflates)")
+            summary[name] = {
+                "cpu_median_s": round(statistics.median(cpu), 3),
+                "cpu_min_s": round(min(cpu), 3),
+                "wall_median_s": round(statistics.median(wall), 3),
+                "wall_min_s": round(min(wall), 3),
+                "cpu_runs": [round(x, 3) for x in cpu],
+                "wall_runs": [round(x, 3) for x in wall],
+            }
+        summary[overhead] = {
+            key: round(summary[seg][key] - summary[floor][key], 3)
+            for key in ("cpu_median_s", "cpu_min_s", "wall_median_s", "wall_min_s")
+        }
+        print(
+            f"preset {args.preset}, weights {weights.stat().st_size / 1e6:.1f} MB, {args.repeat} runs each, "
+            f"OMP_NUM_THREADS={args.threads}; seconds (CPU time of the process; wall time, which the machine's load "
+            "inflates)"
+        )
         print(f"  {'':<42} {'CPU median':>10} {'CPU min':>8} {'wall median':>12} {'wall min':>9}")
         for name, r in summary.items():
-            print(f"  {name:<42} {r['cpu_median_s']:10.2f} {r['cpu_min_s']:8.2f} {r['wall_median_s']:12.2f} "
-                  f"{r['wall_min_s']:9.2f}")
+            print(
+                f"  {name:<42} {r['cpu_median_s']:10.2f} {r['cpu_min_s']:8.2f} {r['wall_median_s']:12.2f} "
+                f"{r['wall_min_s']:9.2f}"
+            )
         extra = {}
         if args.importtime:
             base = import_times(cases["floor: + read the weights"], env)
             seg = import_times(cases["dpseg segment -> first inference"], env)
             extra = {m: t for m, t in seg.items() if m not in base}
             heavy = sorted(m for m in extra if m in HEAVY)
-            print(f"\nimports beyond the floor: {len(extra)} modules, {sum(extra.values()) / 1e6:.2f} s self time "
-                  f"(floor: {len(base)} modules, {sum(base.values()) / 1e6:.2f} s)")
+            print(
+                f"\nimports beyond the floor: {len(extra)} modules, {sum(extra.values()) / 1e6:.2f} s self time "
+                f"(floor: {len(base)} modules, {sum(base.values()) / 1e6:.2f} s)"
+            )
             for m, t in sorted(extra.items(), key=lambda kv: -kv[1])[: args.importtime]:
                 print(f"  {t / 1e3:8.1f} ms  {m}")
             print("heavy packages imported beyond the floor: " + (", ".join(heavy) if heavy else "none"))
-            summary["imports_beyond_floor"] = {"modules": len(extra), "self_s": round(sum(extra.values()) / 1e6, 3),
-                                               "heavy": heavy}
+            summary["imports_beyond_floor"] = {
+                "modules": len(extra),
+                "self_s": round(sum(extra.values()) / 1e6, 3),
+                "heavy": heavy,
+            }
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         Path(args.json).write_text(json.dumps({"preset": args.preset, "repeat": args.repeat, **summary}, indent=2))

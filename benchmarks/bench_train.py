@@ -37,8 +37,12 @@ def run(args) -> dict:
     model = build_model(cfg, load_clip_weights=False).to(device).train()
     K, M = args.classes, model.num_templates
     d, D = model.text_encoder.embed_dim, model.image_encoder.stage_dims
-    prompts = PromptSet([f"c{i}" for i in range(K)], torch.randn(K, M, d), torch.randn(K, M, d),
-                        [torch.randn(K, M, D[j]) for j in range(3)]).to(device)
+    prompts = PromptSet(
+        [f"c{i}" for i in range(K)],
+        torch.randn(K, M, d),
+        torch.randn(K, M, d),
+        [torch.randn(K, M, D[j]) for j in range(3)],
+    ).to(device)
     precision = resolve_precision(args.precision, device)
     optimizer = build_optimizer(model, cfg.train, device)
     scaler = make_scaler(precision, device)
@@ -69,12 +73,26 @@ def run(args) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-    return {"preset": args.preset, "device": str(device), "precision": precision, "batch": args.batch, "crop": args.crop,
-            "classes": K, "templates": M, "step_s": statistics.median(times), "steps_s": times, "peak_mem_gib": peak,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 2**30
+    return {
+        "preset": args.preset,
+        "device": str(device),
+        "precision": precision,
+        "batch": args.batch,
+        "crop": args.crop,
+        "classes": K,
+        "templates": M,
+        "step_s": statistics.median(times),
+        "steps_s": times,
+        "peak_mem_gib": peak,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -96,8 +114,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
-    print(f"{r['preset']} {r['device']} {r['precision']}: batch {r['batch']} x {r['crop']}², K={r['classes']}, M={r['templates']}: "
-          f"{r['step_s']:.2f} s/step, peak {r['peak_mem_gib']:.2f} GiB")
+    print(
+        f"{r['preset']} {r['device']} {r['precision']}: batch {r['batch']} x {r['crop']}², K={r['classes']}, M={r['templates']}: "
+        f"{r['step_s']:.2f} s/step, peak {r['peak_mem_gib']:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

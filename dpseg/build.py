@@ -44,8 +44,10 @@ from dpseg.weights import (
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_FIX = ("restore it from a backup or export the model again (training writes OUTPUT/final and OUTPUT/best); "
-               "for a hub checkpoint, delete it from the Hugging Face cache and download it again")
+WEIGHTS_FIX = (
+    "restore it from a backup or export the model again (training writes OUTPUT/final and OUTPUT/best); "
+    "for a hub checkpoint, delete it from the Hugging Face cache and download it again"
+)
 
 
 def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
@@ -55,10 +57,18 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
     image, prompt, text = build_towers(m, load_weights=load_clip_weights, prompt_encoder=uses_visual_prompts(m))
     M = len(model_templates(cfg))
     try:
-        return DPSeg(image, prompt, text, CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
-                     build_decoder(m, image.stage_dims), upsampled_cost=_upsampled_cost(m, M),
-                     visual_cost=_visual_costs(m, M), prompt_type=m.prompt_type,
-                     detach_guidance=m.detach_guidance, prompt_image_size=m.prompt_image_size)
+        return DPSeg(
+            image,
+            prompt,
+            text,
+            CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
+            build_decoder(m, image.stage_dims),
+            upsampled_cost=_upsampled_cost(m, M),
+            visual_cost=_visual_costs(m, M),
+            prompt_type=m.prompt_type,
+            detach_guidance=m.detach_guidance,
+            prompt_image_size=m.prompt_image_size,
+        )
     except ValueError as e:
         raise ConfigError(f"the model section of the config is inconsistent: {e}") from None
 
@@ -80,7 +90,10 @@ def _upsampled_cost(m: ModelConfig, num_templates: int) -> Optional[UpsampledCos
 
 def _visual_costs(m: ModelConfig, num_templates: int) -> dict[int, VisualCostEmbedding]:
     """Encoder stage j -> the embedding of F_v^j (decoder stage 4 - j takes its guidance width)."""
-    return {j: VisualCostEmbedding(num_templates, m.cost_guidance_dims[4 - j], m.visual_cost_norm) for j in _visual_scales(m)}
+    return {
+        j: VisualCostEmbedding(num_templates, m.cost_guidance_dims[4 - j], m.visual_cost_norm)
+        for j in _visual_scales(m)
+    }
 
 
 def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDecoder:
@@ -90,15 +103,26 @@ def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDeco
     scales = _visual_scales(m)
     stages = []
     for s in range(3):
-        guidance = (m.cost_guidance_dims[s] if m.guidance in ("upsampled", "both") else 0) + \
-                   (m.cost_guidance_dims[s] if 4 - s in scales else 0)
-        spatial = (SpatialAggregation(widths[s]) if m.spatial_aggregation == "hdconv"
-                   else ConvNeXtAggregation(widths[s], m.spatial_kernel, m.mlp_ratio))
+        guidance = (m.cost_guidance_dims[s] if m.guidance in ("upsampled", "both") else 0) + (
+            m.cost_guidance_dims[s] if 4 - s in scales else 0
+        )
+        spatial = (
+            SpatialAggregation(widths[s])
+            if m.spatial_aggregation == "hdconv"
+            else ConvNeXtAggregation(widths[s], m.spatial_kernel, m.mlp_ratio)
+        )
         classes = ClassAggregation if m.class_aggregation == "dpseg" else SEDClassAggregation
-        stages.append(DecoderStage(
-            spatial, classes(widths[s], m.attention_heads, m.mlp_ratio, m.class_pool_train, m.class_pool_test),
-            widths[s], widths[s + 1], encoder_dims[s], m.encoder_guidance_dims[s], guidance,
-        ))
+        stages.append(
+            DecoderStage(
+                spatial,
+                classes(widths[s], m.attention_heads, m.mlp_ratio, m.class_pool_train, m.class_pool_test),
+                widths[s],
+                widths[s + 1],
+                encoder_dims[s],
+                m.encoder_guidance_dims[s],
+                guidance,
+            )
+        )
     head = ClassHead(widths[-1])
     aux_heads = [ClassHead(w) for w in widths[:3]] if m.aux_heads else None  # on the maps entering stages 0, 1, 2
     return CostVolumeGuidedDecoder(stages, head, aux_heads)
@@ -110,8 +134,12 @@ def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike], me
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     prompt_encoder = "none" if model.prompt_encoder is None else state_fingerprint(model.prompt_encoder)
-    meta = {"dpseg_version": __version__, "prompt_encoder": prompt_encoder,
-            "text_encoder": state_fingerprint(model.text_encoder), **(metadata or {})}
+    meta = {
+        "dpseg_version": __version__,
+        "prompt_encoder": prompt_encoder,
+        "text_encoder": state_fingerprint(model.text_encoder),
+        **(metadata or {}),
+    }
     data = export_paths(cfg.to_dict(), directory)
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
     atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": {**meta, "paths": PATHS_RULE}, **data}, indent=2))
@@ -123,9 +151,13 @@ def _resolve_checkpoint(source: str) -> Path:
     if path.is_dir():
         return path
     if path.is_file():
-        raise CheckpointError(f"{path} is a file; a dpseg checkpoint is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+        raise CheckpointError(
+            f"{path} is a file; a dpseg checkpoint is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
     if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise CheckpointError(f"checkpoint {source} does not exist (expected a directory or a Hugging Face hub id org/name)")
+        raise CheckpointError(
+            f"checkpoint {source} does not exist (expected a directory or a Hugging Face hub id org/name)"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -140,7 +172,9 @@ def _resolve_checkpoint(source: str) -> Path:
     return Path(snapshot_download(source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 
 
-def load_model(source: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> tuple[DPSeg, Config]:
+def load_model(
+    source: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None
+) -> tuple[DPSeg, Config]:
     """Load our checkpoint directory (or hub id) strictly; returns (model in eval mode, its config)."""
     cfg_path, weights = checkpoint_files(source)
     directory = cfg_path.parent
@@ -186,8 +220,10 @@ def component_counts(model) -> list[tuple[str, int, int]]:
     ]
     if model.upsampled_cost is not None:
         parts.append(("upsampled-cost guidance (SED mode)", model.upsampled_cost))
-    rows = [(name, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad))
-            for name, m in parts]
+    rows = [
+        (name, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad))
+        for name, m in parts
+    ]
     total = sum(p.numel() for p in model.parameters())
     assert total == sum(r[1] for r in rows), "a component is missing from the summary"
     rows.append(("total", total, sum(p.numel() for p in model.parameters() if p.requires_grad)))
@@ -244,9 +280,13 @@ class InitReport:
         """One line per category: how many tensors and values, and the modules they belong to."""
         state = model.state_dict()
         values = lambda names: sum(state[n.split(" (")[0]].numel() for n in names if n.split(" (")[0] in state)  # noqa: E731
-        rows = [("loaded", self.loaded), ("fresh (not in the checkpoint)", self.fresh),
-                ("fresh (shape mismatch)", self.mismatched), ("frozen, from model.clip_pretrained", self.frozen),
-                ("in the checkpoint, unused", self.unused)]
+        rows = [
+            ("loaded", self.loaded),
+            ("fresh (not in the checkpoint)", self.fresh),
+            ("fresh (shape mismatch)", self.mismatched),
+            ("frozen, from model.clip_pretrained", self.frozen),
+            ("in the checkpoint, unused", self.unused),
+        ]
         out = [f"init from {self.source} (preset {self.preset}):"]
         for title, names in rows:
             if names:
@@ -289,12 +329,18 @@ def plan_init(own: dict, state: dict, source: str = "", preset: str = "?") -> In
     """Which tensors of a model's state dict ``own`` would come from ``state`` (names and shapes only)."""
     trainable = [k for k in own if not k.startswith(FROZEN_TOWERS)]
     return InitReport(
-        source=source, preset=preset,
+        source=source,
+        preset=preset,
         loaded=[k for k in trainable if k in state and tuple(state[k].shape) == tuple(own[k].shape)],
         fresh=[k for k in trainable if k not in state],
-        mismatched=[f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                    for k in trainable if k in state and tuple(state[k].shape) != tuple(own[k].shape)],
-        unused=[k for k in state if k not in own], frozen=[k for k in own if k.startswith(FROZEN_TOWERS)])
+        mismatched=[
+            f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+            for k in trainable
+            if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        ],
+        unused=[k for k in state if k not in own],
+        frozen=[k for k in own if k.startswith(FROZEN_TOWERS)],
+    )
 
 
 def init_from_checkpoint(model: DPSeg, source: Union[str, os.PathLike]) -> InitReport:

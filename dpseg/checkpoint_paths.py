@@ -49,8 +49,12 @@ def export_paths(data: dict, directory: Path) -> dict:
     if bank:
         path = _absolute(bank)
         if not path.is_dir():
-            log.warning("the prompt bank %s (prompts.bank) does not exist at export; the checkpoint %s names it "
-                        "anyway (give --bank when using it)", path, directory)
+            log.warning(
+                "the prompt bank %s (prompts.bank) does not exist at export; the checkpoint %s names it "
+                "anyway (give --bank when using it)",
+                path,
+                directory,
+            )
             prompts["bank"] = str(path)
         elif folder.parent == path or folder.parent in path.parents:
             prompts["bank"] = os.path.relpath(path, folder)
@@ -61,8 +65,10 @@ def export_paths(data: dict, directory: Path) -> dict:
         source = _absolute(templates)
         target = folder / TEMPLATES_FILE
         if not source.is_file():
-            raise CheckpointError(f"the template file {templates} (prompts.templates) does not exist; the checkpoint "
-                                  "needs it to run - export from the directory the run used, or fix prompts.templates")
+            raise CheckpointError(
+                f"the template file {templates} (prompts.templates) does not exist; the checkpoint "
+                "needs it to run - export from the directory the run used, or fix prompts.templates"
+            )
         if source != target:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{TEMPLATES_FILE}.tmp"
@@ -92,15 +98,19 @@ def load_paths(data: dict, directory: Path, relative_to_folder: bool) -> dict:
             prompts[key] = os.path.normpath(here)
     templates = prompts.get("templates")
     if isinstance(templates, str) and _is_template_file(templates) and not Path(templates).expanduser().is_file():
-        raise CheckpointError(f"checkpoint {directory} needs its template file {templates} (prompts.templates in "
-                              f"config.json), which does not exist; copy the file to {folder / TEMPLATES_FILE} and set "
-                              f'"templates": "{TEMPLATES_FILE}" there')
+        raise CheckpointError(
+            f"checkpoint {directory} needs its template file {templates} (prompts.templates in "
+            f"config.json), which does not exist; copy the file to {folder / TEMPLATES_FILE} and set "
+            f'"templates": "{TEMPLATES_FILE}" there'
+        )
     return data
 
 
 def missing_bank_message(bank: str, checkpoint: str) -> str:
     """The one-line error for a checkpoint whose prompt bank is not where its config says."""
-    return (f"the prompt bank of checkpoint {checkpoint}, {bank} (prompts.bank in its config.json), does not exist; "
-            f"pass the bank with --bank BANK (bank=BANK in Python), put it back at {bank}, or rebuild it with "
-            f"'dpseg prompts build --checkpoint {checkpoint} --vocab CLASS_LIST --generator GEN --out BANK'; "
-            "--text-only runs without visual prompts (degraded)")
+    return (
+        f"the prompt bank of checkpoint {checkpoint}, {bank} (prompts.bank in its config.json), does not exist; "
+        f"pass the bank with --bank BANK (bank=BANK in Python), put it back at {bank}, or rebuild it with "
+        f"'dpseg prompts build --checkpoint {checkpoint} --vocab CLASS_LIST --generator GEN --out BANK'; "
+        "--text-only runs without visual prompts (degraded)"
+    )

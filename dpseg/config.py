@@ -219,8 +219,14 @@ def validate(cfg: Config) -> None:
     for key in ("decoder_dims", "encoder_guidance_dims", "cost_guidance_dims"):
         if len(getattr(m, key)) != 3:
             raise ConfigError(f"config key 'model.{key}' needs 3 values (one per decoder stage)")
-    for key in ("cost_embed_dim", "attention_heads", "prompt_image_size", "class_pool_train", "class_pool_test",
-                "spatial_kernel"):
+    for key in (
+        "cost_embed_dim",
+        "attention_heads",
+        "prompt_image_size",
+        "class_pool_train",
+        "class_pool_test",
+        "spatial_kernel",
+    ):
         if getattr(m, key) < 1:
             raise ConfigError(f"config key 'model.{key}' must be >= 1")
     widths = [m.cost_embed_dim] + list(m.decoder_dims[:2])
@@ -230,13 +236,17 @@ def validate(cfg: Config) -> None:
                 f"config key 'model.attention_heads' ({m.attention_heads}) must divide every aggregated width {widths}"
             )
     if m.spatial_kernel % 2 == 0:
-        raise ConfigError(f"config key 'model.spatial_kernel' must be odd (a centred depthwise kernel), got {m.spatial_kernel}")
+        raise ConfigError(
+            f"config key 'model.spatial_kernel' must be odd (a centred depthwise kernel), got {m.spatial_kernel}"
+        )
     e = cfg.eval
     if e.early_rejection_topk < 0:
         raise ConfigError("config key 'eval.early_rejection_topk' must be >= 0 (0 = off)")
     if e.early_rejection_topk and not m.aux_heads:
-        raise ConfigError("config key 'eval.early_rejection_topk' ranks classes with the auxiliary heads, which this model "
-                          "lacks (model.aux_heads=false); set it to 0 or use an SED preset (sed-b, sed-l)")
+        raise ConfigError(
+            "config key 'eval.early_rejection_topk' ranks classes with the auxiliary heads, which this model "
+            "lacks (model.aux_heads=false); set it to 0 or use an SED preset (sed-b, sed-l)"
+        )
     if not 0 <= e.refine_min_area < 1:
         raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
     if not 0 <= e.refine_min_score < 1:

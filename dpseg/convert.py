@@ -64,8 +64,10 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
     """SED's state dict from a ``.pth`` file (its ``["model"]`` entry when present), read without running code."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"SED checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
-                              "pass the .pth file (e.g. model_final.pth)")
+        raise CheckpointError(
+            f"SED checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
+            "pass the .pth file (e.g. model_final.pth)"
+        )
     if path.stat().st_size == 0:
         raise CheckpointError(f"SED checkpoint {path} is empty (0 bytes); download it again")
     try:
@@ -85,22 +87,26 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"SED checkpoint {path} holds no state dict of tensors "
-                              "(expected {'model': state_dict})")
+        raise CheckpointError(
+            f"SED checkpoint {path} holds no state dict of tensors (expected {{'model': state_dict}})"
+        )
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
 def sed_preset(state: dict[str, torch.Tensor], source: str = "the checkpoint") -> str:
     """sed-b or sed-l, from the width of the image tower's stem."""
     if STEM not in state:
-        raise CheckpointError(f"{source} is not an SED checkpoint: it has no tensor {STEM} (SED's keys start with "
-                              f"{CLIP} and {DECODER})")
+        raise CheckpointError(
+            f"{source} is not an SED checkpoint: it has no tensor {STEM} (SED's keys start with {CLIP} and {DECODER})"
+        )
     width = state[STEM].shape[0]
     if width not in PRESET_BY_STEM_WIDTH:
-        raise CheckpointError(f"{source}: {STEM} has shape {tuple(state[STEM].shape)}, neither SED-B (128 channels) "
-                              "nor SED-L (192); pass --preset or --config for another SED")
+        raise CheckpointError(
+            f"{source}: {STEM} has shape {tuple(state[STEM].shape)}, neither SED-B (128 channels) "
+            "nor SED-L (192); pass --preset or --config for another SED"
+        )
     return PRESET_BY_STEM_WIDTH[width]
 
 
@@ -117,13 +123,18 @@ def sed_state_for(cfg: Config, state: dict[str, torch.Tensor], source: str) -> t
     names = {k: sed_key(k) for k in expected}
     foreign = [k for k, v in names.items() if v is None]
     if foreign:
-        raise CheckpointError(f"the config (preset {cfg.preset}) is not SED's architecture: SED has no tensor for "
-                              f"{_short(foreign)}; convert with preset sed-b or sed-l")
+        raise CheckpointError(
+            f"the config (preset {cfg.preset}) is not SED's architecture: SED has no tensor for "
+            f"{_short(foreign)}; convert with preset sed-b or sed-l"
+        )
     wanted = set(names.values())
     missing = [v for v in names.values() if v not in state]
     unexpected = [k for k in state if k not in wanted and k not in IGNORED]
-    mismatched = [f"{v} (file {tuple(state[v].shape)}, {cfg.preset} {tuple(expected[k].shape)})"
-                  for k, v in names.items() if v in state and state[v].shape != expected[k].shape]
+    mismatched = [
+        f"{v} (file {tuple(state[v].shape)}, {cfg.preset} {tuple(expected[k].shape)})"
+        for k, v in names.items()
+        if v in state and state[v].shape != expected[k].shape
+    ]
     found = (("missing keys", missing, 6), ("unexpected keys", unexpected, 6), ("shape mismatch", mismatched, 3))
     problems = [f"{what}: {_short(keys, n)}" for what, keys, n in found if keys]
     if problems:
@@ -141,16 +152,23 @@ class Converted:
     seconds: float
 
 
-def convert_sed(source: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], preset: Optional[str] = None,
-                config_file: Optional[str] = None, overrides: Sequence[str] = (), overwrite: bool = False) -> Converted:
+def convert_sed(
+    source: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike],
+    preset: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Converted:
     """SED checkpoint -> dpseg checkpoint folder (``config.json`` + ``model.safetensors``). The architecture is
     ``preset`` / ``config_file`` / ``overrides`` (dpseg's usual config sources) or, by default, sed-b or sed-l as the
     tensor shapes say."""
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
     if (out / WEIGHTS_NAME).exists() and not overwrite:
-        raise CheckpointError(f"{out} already holds a checkpoint ({WEIGHTS_NAME}); choose another folder or pass "
-                              "--force")
+        raise CheckpointError(
+            f"{out} already holds a checkpoint ({WEIGHTS_NAME}); choose another folder or pass --force"
+        )
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"output {out} is a file; pass a folder for the converted checkpoint")
     state = read_sed_checkpoint(source)
@@ -160,5 +178,11 @@ def convert_sed(source: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     model, converted = sed_state_for(cfg, state, str(source))
     model.load_state_dict(converted, assign=True)  # the file's tensors become the (meta) model's parameters
     save_model(model, cfg, out, metadata={"converted_from": f"SED checkpoint {Path(source).name}"})
-    return Converted(out, cfg.preset, len(converted), sum(t.numel() for t in converted.values()),
-                     [k for k in IGNORED if k in state], time.perf_counter() - start)
+    return Converted(
+        out,
+        cfg.preset,
+        len(converted),
+        sum(t.numel() for t in converted.values()),
+        [k for k in IGNORED if k in state],
+        time.perf_counter() - start,
+    )

@@ -75,8 +75,14 @@ def load_image(path: Union[str, Path], exif: bool = True) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS, exif: bool = True, *,
-               label: Optional[str] = None, limit_hint: str = LIMIT_HINT) -> torch.Tensor:
+def read_image(
+    path: Union[str, os.PathLike],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    exif: bool = True,
+    *,
+    label: Optional[str] = None,
+    limit_hint: str = LIMIT_HINT,
+) -> torch.Tensor:
     """An image file -> uint8 (3, H, W) RGB, by the rules in the module doc (DataError if unreadable). The one
     image reader of dpseg: segment inputs, the demo, exemplars and dataset folders (``exif=False``) use it.
 
@@ -94,11 +100,14 @@ def read_image(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXE
             with Image.open(path) as im:  # reads the header only
                 width, height = im.size
     except Image.DecompressionBombError:
-        raise DataError(f"{label} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels "
-                        "(a decompression bomb, or an image far too large to segment)") from None
+        raise DataError(
+            f"{label} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels "
+            "(a decompression bomb, or an image far too large to segment)"
+        ) from None
     except UnidentifiedImageError:
-        raise DataError(f"cannot read {label}: not an image file this reader knows (JPEG, PNG, WebP, BMP, TIFF, GIF)") \
-            from None
+        raise DataError(
+            f"cannot read {label}: not an image file this reader knows (JPEG, PNG, WebP, BMP, TIFF, GIF)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure on a user file is a bad input, not a bug
         raise DataError(f"cannot read {label}: {_first_line(e).replace(str(path), '(file)')}") from None
     check_pixels(width, height, max_pixels, label, limit_hint)
@@ -189,7 +198,9 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     free = 255 if num_classes <= 255 else 65535
     bad = (labels >= num_classes) & (labels != free)
     if bad.any():
-        raise InputError(f"the label map holds index {int(labels[bad].max())} but the vocabulary has {num_classes} classes")
+        raise InputError(
+            f"the label map holds index {int(labels[bad].max())} but the vocabulary has {num_classes} classes"
+        )
     if num_classes <= 255:
         image = Image.fromarray(labels.astype(np.uint8), "L")
         colours = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black

@@ -42,8 +42,18 @@ def _style(stream: TextIO, enabled: bool, lines: bool) -> str:
 class Progress:
     """One job's progress: ``update(n)``, ``set_postfix(text)``, ``write(line)``, ``close()`` (or ``with``)."""
 
-    def __init__(self, total: Optional[int], desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0,
-                 stream: Optional[TextIO] = None, interval: Optional[float] = None, lines: bool = True):
+    def __init__(
+        self,
+        total: Optional[int],
+        desc: str,
+        unit: str = "it",
+        *,
+        enabled: bool = True,
+        initial: int = 0,
+        stream: Optional[TextIO] = None,
+        interval: Optional[float] = None,
+        lines: bool = True,
+    ):
         self.stream = stream if stream is not None else sys.stderr
         self.style = _style(self.stream, enabled, lines)
         self.total, self.desc, self.unit = total, desc, unit
@@ -56,8 +66,9 @@ class Progress:
         if self.style == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream,
-                             smoothing=0.1)
+            self._bar = tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=self.stream, smoothing=0.1
+            )
 
     @property
     def is_bar(self) -> bool:

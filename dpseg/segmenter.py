@@ -97,8 +97,10 @@ class SegmentationResult:
     def classes(self) -> list[ClassScore]:
         """Every class of the vocabulary, in vocabulary order."""
         total = max(1, self.labels.size)
-        return [ClassScore(k, n, int(p), int(p) / total, float(s / p) if p else None)
-                for k, (n, p, s) in enumerate(zip(self.class_names, self.pixels, self.score_sums))]
+        return [
+            ClassScore(k, n, int(p), int(p) / total, float(s / p) if p else None)
+            for k, (n, p, s) in enumerate(zip(self.class_names, self.pixels, self.score_sums))
+        ]
 
     @property
     def present(self) -> list[ClassScore]:
@@ -111,11 +113,25 @@ class SegmentationResult:
 
     def to_dict(self) -> dict:
         round_ = lambda x: None if x is None else round(x, 6)  # noqa: E731
-        return {"size": list(self.size), "refined": self.refined, "prompts": self.prompt_source, **self.meta,
-                "min_score": self.min_score, "unlabelled_pixels": self.unlabelled_pixels,
-                "unlabelled_value": self.unlabelled_value,
-                "classes": [{"index": c.index, "name": c.name, "pixels": c.pixels, "area": round_(c.area),
-                             "mean_score": round_(c.mean_score)} for c in self.classes]}
+        return {
+            "size": list(self.size),
+            "refined": self.refined,
+            "prompts": self.prompt_source,
+            **self.meta,
+            "min_score": self.min_score,
+            "unlabelled_pixels": self.unlabelled_pixels,
+            "unlabelled_value": self.unlabelled_value,
+            "classes": [
+                {
+                    "index": c.index,
+                    "name": c.name,
+                    "pixels": c.pixels,
+                    "area": round_(c.area),
+                    "mean_score": round_(c.mean_score),
+                }
+                for c in self.classes
+            ],
+        }
 
 
 def label_dtype(num_classes: int) -> torch.dtype:
@@ -144,9 +160,14 @@ def _numpy_labels(t: torch.Tensor) -> np.ndarray:
 class Segmenter:
     """A loaded checkpoint plus the current vocabulary's prompts (see the module doc)."""
 
-    def __init__(self, model, cfg, device: Union[str, torch.device, None] = None, bank: Optional[str] = None,
-                 cache_size: int = 8):
-        self.device = resolve_device(device, what="device", error=InputError) if device is not None else next(model.parameters()).device
+    def __init__(
+        self, model, cfg, device: Union[str, torch.device, None] = None, bank: Optional[str] = None, cache_size: int = 8
+    ):
+        self.device = (
+            resolve_device(device, what="device", error=InputError)
+            if device is not None
+            else next(model.parameters()).device
+        )
         self.model = model.to(self.device).eval()
         self.cfg = cfg
         # the checkpoint's eval.precision, resolved as `dpseg eval` resolves it: the same numbers on every surface
@@ -174,8 +195,13 @@ class Segmenter:
         self._cache: OrderedDict = OrderedDict()
 
     @classmethod
-    def from_pretrained(cls, source: Union[str, Path], device: Union[str, torch.device, None] = None,
-                        bank: Optional[str] = None, **kwargs) -> "Segmenter":
+    def from_pretrained(
+        cls,
+        source: Union[str, Path],
+        device: Union[str, torch.device, None] = None,
+        bank: Optional[str] = None,
+        **kwargs,
+    ) -> Segmenter:
         """Load our checkpoint directory (config.json + model.safetensors) or a hub id (online, or cached)."""
         device = resolve_device(device, what="device", error=InputError)
         model, cfg = load_model(source, device=device)
@@ -184,8 +210,13 @@ class Segmenter:
         return seg
 
     # ------------------------------------------------------------------------------------------ vocabulary
-    def set_vocabulary(self, classes: Union[str, Sequence[str]], bank: Optional[str] = None,
-                       exemplars: Optional[str] = None, text_only: bool = False) -> "Segmenter":
+    def set_vocabulary(
+        self,
+        classes: Union[str, Sequence[str]],
+        bank: Optional[str] = None,
+        exemplars: Optional[str] = None,
+        text_only: bool = False,
+    ) -> Segmenter:
         """Choose the classes (a list, or one string split as :func:`parse_class_list` says) and their prompts."""
         names = parse_class_list(classes) if isinstance(classes, str) else check_class_list(list(classes))
         if text_only and (bank is not None or exemplars is not None):
@@ -200,15 +231,28 @@ class Segmenter:
         if cached:
             self._cache.move_to_end(key)
         else:
-            resolved = resolve_prompts(self.model, self.templates, names, bank=bank, exemplars=exemplars,
-                                       text_only=text_only, device=self.device)
+            resolved = resolve_prompts(
+                self.model,
+                self.templates,
+                names,
+                bank=bank,
+                exemplars=exemplars,
+                text_only=text_only,
+                device=self.device,
+            )
             self._cache[key] = (resolved.prompts, resolved.source, resolved.degraded)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         self.prompts, self.prompt_source, self.degraded = self._cache[key]
         self.class_names = names
         level = logging.WARNING if self.degraded else logging.INFO
-        log.log(level, "vocabulary of %d classes; prompts: %s%s", len(names), self.prompt_source, " (cached)" if cached else "")
+        log.log(
+            level,
+            "vocabulary of %d classes; prompts: %s%s",
+            len(names),
+            self.prompt_source,
+            " (cached)" if cached else "",
+        )
         return self
 
     # ---------------------------------------------------------------------------------------- segmenting
@@ -221,13 +265,21 @@ class Segmenter:
         if refine is None:
             return self.refine_default and uses
         if refine and not uses:
-            raise InputError("refinement replaces visual prompts, which this model does not use (text prompts only); "
-                             "use refine=False / --no-refine")
+            raise InputError(
+                "refinement replaces visual prompts, which this model does not use (text prompts only); "
+                "use refine=False / --no-refine"
+            )
         return bool(refine)
 
     @torch.no_grad()
-    def segment(self, images: Union[ImageInput, Sequence[ImageInput]], refine: Optional[bool] = None,
-                tile: int = 0, batch_size: int = 1, min_score: Optional[float] = None):
+    def segment(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        refine: Optional[bool] = None,
+        tile: int = 0,
+        batch_size: int = 1,
+        min_score: Optional[float] = None,
+    ):
         """One image -> :class:`SegmentationResult`; a list -> a list. ``refine=None`` follows the checkpoint's
         ``eval.two_pass`` (when the prompts have visual prompts); ``tile`` see the module doc; pixels whose best
         class probability is below ``min_score`` are left unlabelled (``result.unlabelled_value``); ``None`` =
@@ -244,8 +296,14 @@ class Segmenter:
         if tile and (tile < 32 or tile % 32):
             raise InputError(f"tile must be a multiple of 32 (>= 32), got {tile}")
         two = self._refine(refine)
-        forward = model_forward(self.model, self.prompts, two_pass=two, class_chunk=self.protocol.class_chunk,
-                                refine=self.refine_policy, early_rejection_topk=self.early_rejection_topk)
+        forward = model_forward(
+            self.model,
+            self.prompts,
+            two_pass=two,
+            class_chunk=self.protocol.class_chunk,
+            refine=self.refine_policy,
+            early_rejection_topk=self.early_rejection_topk,
+        )
         results = []
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]
@@ -277,8 +335,10 @@ class Segmenter:
         work = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
         pred = predict(forward, [work], self.protocol, self.device, len(self.class_names))[0]
         dtype = label_dtype(len(self.class_names))
-        return {key: (resize_label(p.labels.to(dtype), (H, W)), resize_label(p.scores.float(), (H, W)))
-                for key, p in pred.items()}
+        return {
+            key: (resize_label(p.labels.to(dtype), (H, W)), resize_label(p.scores.float(), (H, W)))
+            for key, p in pred.items()
+        }
 
     def _tiled(self, forward, img: torch.Tensor, tile: int) -> dict:
         H, W = img.shape[-2:]
@@ -302,9 +362,15 @@ class Segmenter:
             labels = labels.masked_fill(scores < min_score, 255 if labels.dtype == torch.uint8 else -1)
         pixels, sums = class_stats(labels, scores, len(self.class_names))
         return SegmentationResult(
-            labels=_numpy_labels(labels), scores=scores.numpy(), class_names=list(self.class_names), pixels=pixels,
-            score_sums=sums, prompt_source=self.prompt_source, refined=two,
-            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None, min_score=min_score,
+            labels=_numpy_labels(labels),
+            scores=scores.numpy(),
+            class_names=list(self.class_names),
+            pixels=pixels,
+            score_sums=sums,
+            prompt_source=self.prompt_source,
+            refined=two,
+            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None,
+            min_score=min_score,
             meta={"protocol": self.protocol.name, "degraded": self.degraded},
         )
 

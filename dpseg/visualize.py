@@ -16,10 +16,26 @@ from PIL import Image, ImageDraw, ImageFont
 
 # 20 well-separated colours first (Tableau 20 reordered: saturated before light), then a golden-ratio hue walk.
 _BASE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-    (219, 219, 141), (158, 218, 229),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
 ]
 MAX_LEGEND_ROWS = 30
 
@@ -41,7 +57,9 @@ def colorize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return np.where(valid[..., None], colours[np.where(valid, lab, 0)], 0).astype(np.uint8)
 
 
-def legend_entries(class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None) -> list[tuple[int, str, float]]:
+def legend_entries(
+    class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None
+) -> list[tuple[int, str, float]]:
     """(index, name, share of ``total`` pixels) of the classes present, largest first (ties by index)."""
     total = max(1, int(total if total is not None else sum(int(p) for p in pixels)))
     present = [(k, class_names[k], int(p) / total) for k, p in enumerate(pixels) if int(p) > 0]
@@ -68,11 +86,14 @@ def _fit(image: np.ndarray, labels: np.ndarray, max_side: int) -> tuple[np.ndarr
     return small, labels[rows][:, cols]
 
 
-def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5,
-          borders: bool = True) -> np.ndarray:
+def blend(
+    image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5, borders: bool = True
+) -> np.ndarray:
     """(H, W, 3) uint8 image and (H, W) labels -> the image tinted with class colours, borders darkened."""
     a = int(round(min(max(alpha, 0.0), 1.0) * 256))
-    out = ((image.astype(np.uint16) * (256 - a) + colorize(labels, colours).astype(np.uint16) * a) >> 8).astype(np.uint8)
+    out = ((image.astype(np.uint16) * (256 - a) + colorize(labels, colours).astype(np.uint16) * a) >> 8).astype(
+        np.uint8
+    )
     unlabelled = (labels < 0) | (labels >= len(colours))
     out[unlabelled] = image[unlabelled]  # unlabelled pixels (below min_score) keep their colour
     if borders and labels.size:
@@ -83,8 +104,13 @@ def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
     return out
 
 
-def draw_legend(entries: Sequence[tuple[int, str, float]], colours: np.ndarray, font_size: int,
-                min_height: int = 0, unlabelled: float = 0.0) -> Image.Image:
+def draw_legend(
+    entries: Sequence[tuple[int, str, float]],
+    colours: np.ndarray,
+    font_size: int,
+    min_height: int = 0,
+    unlabelled: float = 0.0,
+) -> Image.Image:
     """A white panel listing swatch, class name and area share per entry (at most MAX_LEGEND_ROWS rows)."""
     font = _font(font_size)
     rows = [(colours[k], f"{name}  {100 * frac:.1f}%") for k, name, frac in entries[:MAX_LEGEND_ROWS]]
@@ -103,13 +129,22 @@ def draw_legend(entries: Sequence[tuple[int, str, float]], colours: np.ndarray, 
     for i, (colour, text) in enumerate(rows):
         y = pad + i * line
         if colour is not None:
-            draw.rectangle([pad, y, pad + font_size, y + font_size], fill=tuple(int(c) for c in colour), outline="black")
+            draw.rectangle(
+                [pad, y, pad + font_size, y + font_size], fill=tuple(int(c) for c in colour), outline="black"
+            )
         draw.text((pad * 2 + font_size, y), text, fill="black", font=font)
     return panel
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], pixels: Optional[Sequence[int]] = None,
-            alpha: float = 0.5, max_side: int = 4096, legend: bool = True) -> Image.Image:
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    pixels: Optional[Sequence[int]] = None,
+    alpha: float = 0.5,
+    max_side: int = 4096,
+    legend: bool = True,
+) -> Image.Image:
     """The image tinted by class with a legend panel on its right (long side capped at ``max_side`` for viewing).
 
     ``image``: (H, W, 3) uint8; ``labels``: (H, W) indices into ``class_names``; ``pixels``: per-class pixel counts

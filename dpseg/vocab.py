@@ -68,14 +68,20 @@ def duplicate_groups(names: Sequence[str]) -> list[list[str]]:
 
 
 def describe_duplicates(groups: list[list[str]], n: int = 5) -> str:
-    """"'cat'" for a plain repeat; "'red solid square' (written 'red solid square', 'Red  solid square': names that
+    """ "'cat'" for a plain repeat; "'red solid square' (written 'red solid square', 'Red  solid square': names that
     differ only in case or spacing are one class)" when the spellings differ; the first ``n`` groups."""
     parts = []
     for g in groups[:n]:
         # case and spaces inside a synonym are worth a remark; spaces around commas and at the ends are not
         written = list(dict.fromkeys(", ".join(p.strip() for p in x.split(",") if p.strip()) for x in g))
-        note = "" if len(written) == 1 else (f" (written {', '.join(repr(x) for x in written)}: names that differ "
-                                             "only in case or spacing are one class)")
+        note = (
+            ""
+            if len(written) == 1
+            else (
+                f" (written {', '.join(repr(x) for x in written)}: names that differ "
+                "only in case or spacing are one class)"
+            )
+        )
         parts.append(f"{canonical_name(g[0])!r}{note}")
     return ", ".join(parts) + (f" (and {len(groups) - n} more)" if len(groups) > n else "")
 
@@ -118,7 +124,9 @@ def builtin_class_names(key: str) -> list[str]:
         raise DataError(f"unknown class-name list '{key}' (shipped lists: {', '.join(BUILTIN_LISTS)})")
     names = _read_json_list(CLASS_NAME_DIR / f"{key}.json")
     if len(names) != BUILTIN_LISTS[key]:
-        raise DataError(f"package file class_names/{key}.json has {len(names)} names, expected {BUILTIN_LISTS[key]}; reinstall dpseg")
+        raise DataError(
+            f"package file class_names/{key}.json has {len(names)} names, expected {BUILTIN_LISTS[key]}; reinstall dpseg"
+        )
     return names
 
 
@@ -131,8 +139,10 @@ def read_class_list(source: Union[str, Path]) -> list[str]:
     path = Path(source).expanduser()
     if not path.is_file():
         what = "is not a file" if path.exists() else "not found"
-        raise DataError(f"class list {path} {what} (give a .json list, a .txt with one name per line, or one of: "
-                        f"{', '.join(BUILTIN_LISTS)})")
+        raise DataError(
+            f"class list {path} {what} (give a .json list, a .txt with one name per line, or one of: "
+            f"{', '.join(BUILTIN_LISTS)})"
+        )
     names = _read_json_list(path) if path.suffix.lower() == ".json" else _read_text_list(path)
     if not names:
         raise DataError(f"class list {path} holds no class names")
@@ -165,9 +175,13 @@ def _read_text_list(path: Path) -> list[str]:
     names = [ln.strip() for ln in lines]
     for i, n in enumerate(names):
         if not n:
-            raise DataError(f"class list {path} line {i + 1} is blank; line i names label value i, so a blank line "
-                            "would shift every later label (remove it)")
+            raise DataError(
+                f"class list {path} line {i + 1} is blank; line i names label value i, so a blank line "
+                "would shift every later label (remove it)"
+            )
         if n.startswith("#"):
-            raise DataError(f"class list {path} line {i + 1} starts with '#': class lists have no comments (line i "
-                            "names label value i); remove the line")
+            raise DataError(
+                f"class list {path} line {i + 1} starts with '#': class lists have no comments (line i "
+                "names label value i); remove the line"
+            )
     return names

@@ -73,8 +73,9 @@ def _digests(path: str, stamp: tuple) -> tuple[Optional[str], str]:
         header, start = _read_header(f, stamp[1])
         declared = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if declared != stamp[1] - start:
-            raise ValueError(f"truncated or padded: {stamp[1] - start} bytes of tensor data, the header declares "
-                             f"{declared}")
+            raise ValueError(
+                f"truncated or padded: {stamp[1] - start} bytes of tensor data, the header declares {declared}"
+            )
         meta = dict(header.get("__metadata__") or {})
         stored = meta.pop(HASH_KEY, None)
         table = {**header, "__metadata__": meta}
@@ -98,8 +99,10 @@ def safetensors_integrity(path: PathLike) -> tuple[str, str]:
     if stored is None:
         return "unverified", "no content hash (written by an older dpseg), so it cannot be checked for corruption"
     if stored != actual:
-        return "damaged", (f"its content does not match the SHA-256 stored when it was written "
-                           f"(stored {stored[:12]}…, now {actual[:12]}…): the file was corrupted or modified")
+        return "damaged", (
+            f"its content does not match the SHA-256 stored when it was written "
+            f"(stored {stored[:12]}…, now {actual[:12]}…): the file was corrupted or modified"
+        )
     return "ok", actual
 
 
@@ -129,8 +132,12 @@ def note_unverified(path: PathLike, what: str) -> None:
     key = str(Path(path).resolve())
     if key not in _noted:
         _noted.add(key)
-        log.warning("note: %s %s has no content hash (written by an older dpseg): it loads, but corruption in it "
-                    "cannot be detected", what, path)
+        log.warning(
+            "note: %s %s has no content hash (written by an older dpseg): it loads, but corruption in it "
+            "cannot be detected",
+            what,
+            path,
+        )
 
 
 def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> dict[str, torch.Tensor]:
@@ -145,7 +152,9 @@ def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> 
     if path.is_dir():
         raise CheckpointError(f"{what} {path} is a directory; pass the weight file inside it")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise CheckpointError(f"{what} file {path} has suffix '{path.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        raise CheckpointError(
+            f"{what} file {path} has suffix '{path.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}"
+        )
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} file {path} is empty (0 bytes); re-download or re-save it")
     try:
@@ -172,7 +181,7 @@ def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> 
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{what} file {path} does not hold a state dict of tensors")
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -202,8 +211,9 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
         raise CheckpointError(f"{source} does not fit the {what}: " + "; ".join(problems))
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str,
-                assign: bool = False) -> None:
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str, assign: bool = False
+) -> None:
     """Check, then copy ``state`` into ``module`` (dtype cast to the module's). ``assign``: adopt the state's tensors
     instead of copying them (no second copy of a model just read from disk; same dtypes required)."""
     check_state_dict(module, state, what, source)
@@ -247,8 +257,10 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _tensor_stamp(module: nn.Module) -> tuple:
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype))
-                 for name, t in module.state_dict(keep_vars=True).items())
+    return tuple(
+        (name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype))
+        for name, t in module.state_dict(keep_vars=True).items()
+    )
 
 
 def remember_fingerprint(module: nn.Module, fingerprint: str) -> None:
@@ -297,9 +309,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 # the random initialisers a model's constructors call, and the helpers behind them (modules such as
 # nn.MultiheadAttention import xavier_uniform_ by name; it draws through _no_grad_uniform_); missing names are skipped
 _RANDOM_INITS = {
-    "torch.nn.init": ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                      "xavier_normal_", "orthogonal_", "sparse_", "_no_grad_uniform_", "_no_grad_normal_",
-                      "_no_grad_trunc_normal_"),
+    "torch.nn.init": (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "orthogonal_",
+        "sparse_",
+        "_no_grad_uniform_",
+        "_no_grad_normal_",
+        "_no_grad_trunc_normal_",
+    ),
     "timm.layers.weight_init": ("_trunc_normal_", "trunc_normal_tf_", "variance_scaling_"),
 }
 

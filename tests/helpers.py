@@ -40,7 +40,10 @@ def flip_tensor_bit(path, name=None):
     data = bytearray(path.read_bytes())
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    name = name or max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0])
+    name = name or max(
+        (k for k in header if k != "__metadata__"),
+        key=lambda k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0],
+    )
     start, end = header[name]["data_offsets"]
     data[8 + n + (start + end) // 2] ^= 0x20
     path.write_bytes(data)

@@ -42,7 +42,9 @@ def artifacts() -> SimpleNamespace:
     key = make_key(model.prompt_encoder, model.text_encoder, model_templates(cfg), model.prompt_image_size)
     bank = PromptBank.create(root / "bank", key)
     rng = np.random.default_rng(1)
-    images = {n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) for _ in range(2)] for n in CLASSES}
+    images = {
+        n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) for _ in range(2)] for n in CLASSES
+    }
     add_exemplars(bank, images, model.prompt_encoder, model.text_encoder)
     text_model, text_cfg = tiny_model("model.prompt_type=text", "model.guidance=none", seed=1)
     ckpt_text = save_model(text_model, text_cfg, root / "ckpt_text")
@@ -50,5 +52,11 @@ def artifacts() -> SimpleNamespace:
     cfg_unchunked = copy.deepcopy(cfg)
     cfg_unchunked.eval.class_chunk = 0
     ckpt_unchunked = save_model(model, cfg_unchunked, root / "ckpt_unchunked")
-    return SimpleNamespace(root=root, ckpt=ckpt, bank=root / "bank", ckpt_text=ckpt_text, ckpt_unchunked=ckpt_unchunked,
-                           classes=list(CLASSES))
+    return SimpleNamespace(
+        root=root,
+        ckpt=ckpt,
+        bank=root / "bank",
+        ckpt_text=ckpt_text,
+        ckpt_unchunked=ckpt_unchunked,
+        classes=list(CLASSES),
+    )

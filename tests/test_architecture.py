@@ -63,9 +63,13 @@ def imports(path: Path, modules: set[str]) -> list[tuple[str, bool, int]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules or base != "dpseg" else f"dpseg:{a.name}"
-                     for a in node.names]
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules or base != "dpseg" else f"dpseg:{a.name}"
+                for a in node.names
+            ]
         for name in names:
             if name == "dpseg:__version__":
                 continue  # the version string of the package root: imports nothing
@@ -153,8 +157,13 @@ def test_no_import_loops():
 
 def test_library_never_imports_a_command():
     _, _, edges = graph()
-    bad = [f"{s}:{line} -> {d}" for s, ts in edges.items() if not s.startswith("dpseg.commands") and s != "dpseg.__main__"
-           for d, _, line in ts if d.startswith("dpseg.commands")]
+    bad = [
+        f"{s}:{line} -> {d}"
+        for s, ts in edges.items()
+        if not s.startswith("dpseg.commands") and s != "dpseg.__main__"
+        for d, _, line in ts
+        if d.startswith("dpseg.commands")
+    ]
     assert not bad, "library modules importing the command layer:\n  " + "\n  ".join(bad)
 
 
@@ -171,6 +180,8 @@ if __name__ == "__main__":
     n_edges = sum(len({d for d, _, _ in ts}) for ts in edges.values())
     inner = sum(1 for ts in edges.values() for _, top, _ in ts if not top)
     biggest = max(files, key=lambda f: len(f.read_text().splitlines()))
-    print(f"modules {len(modules)}, layers {len(LAYERS)}, internal imports {n_edges} ({inner} inside functions), "
-          f"upward {len(upward_edges(edges))}, loops {len(loops(edges))}, largest file "
-          f"{biggest.relative_to(ROOT)} ({len(biggest.read_text().splitlines())} lines)")
+    print(
+        f"modules {len(modules)}, layers {len(LAYERS)}, internal imports {n_edges} ({inner} inside functions), "
+        f"upward {len(upward_edges(edges))}, loops {len(loops(edges))}, largest file "
+        f"{biggest.relative_to(ROOT)} ({len(biggest.read_text().splitlines())} lines)"
+    )

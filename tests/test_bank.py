@@ -82,20 +82,26 @@ def test_build_stores_text_and_encoded_generated_images(env, tmp_path):
     cfg, prompt, text, gen, templates = env
     bank = _new_bank(env, tmp_path / "bank")
     report = _build(env, bank, keep_images=True, batch_size=2)
-    assert report.built == ["cat", "sofa, couch", "traffic light", "bed"] and report.images == 12 and report.skipped == 0
+    assert (
+        report.built == ["cat", "sofa, couch", "traffic light", "bed"] and report.images == 12 and report.skipped == 0
+    )
     ps = bank.prompt_set(["bed", "cat"], prompt_encoder=prompt, text_tower=text)
     assert ps.class_names == ["bed", "cat"] and ps.text.shape == (2, 3, 32) and ps.visual.shape == (2, 3, 32)
     assert [v.shape for v in ps.visual_stages] == [(2, 3, 16), (2, 3, 32), (2, 3, 64)]
     assert torch.allclose(ps.text, text.encode(["bed", "cat"], templates), atol=1e-6)
     entry = bank.load_class("sofa, couch")
-    assert entry["meta"]["source"] == "generated" and entry["seeds"].tolist() == [image_seed(0, "sofa, couch", i) for i in range(3)]
+    assert entry["meta"]["source"] == "generated" and entry["seeds"].tolist() == [
+        image_seed(0, "sofa, couch", i) for i in range(3)
+    ]
     pngs = sorted(bank.image_dir("sofa, couch").glob("*.png"))
     assert len(pngs) == 3
     # image 1 of "sofa, couch" is template 1 filled with the first synonym, drawn with its own seed
     (again,) = gen.generate([generator_prompt(templates[1], "sofa, couch")], [image_seed(0, "sofa, couch", 1)])
     assert np.array_equal(np.array(Image.open(pngs[1])), np.array(again))
     v, stages = encode_prompt_images(prompt, [Image.open(p) for p in pngs], cfg.model.prompt_image_size)
-    assert torch.allclose(entry["visual"], v, atol=1e-5) and torch.allclose(entry["visual_stages"][2], stages[2], atol=1e-5)
+    assert torch.allclose(entry["visual"], v, atol=1e-5) and torch.allclose(
+        entry["visual_stages"][2], stages[2], atol=1e-5
+    )
     assert not torch.allclose(entry["visual"][0], entry["visual"][1], atol=1e-3)  # one image per template
     info = bank.info()
     assert info["num_classes"] == 4 and info["sources"] == {"generated": 4} and info["kept_images"] == 12
@@ -152,7 +158,9 @@ def test_truncated_class_file_is_reported_and_rebuilt(env, tmp_path):
     path = bank.class_path("cat")
     path.write_bytes(path.read_bytes()[:100])
     assert bank.missing(["cat", "bed"]) == ["cat"]
-    with pytest.raises(BankError, match=r"lacks 1 of the 2 classes \(cat\).*dpseg prompts build --out .* --generator tiny-sd"):
+    with pytest.raises(
+        BankError, match=r"lacks 1 of the 2 classes \(cat\).*dpseg prompts build --out .* --generator tiny-sd"
+    ):
         bank.prompt_set(["cat", "bed"], prompt_encoder=prompt, text_tower=text)
     assert _build(env, bank, classes=["cat", "bed"]).built == ["cat"]
     _same(before, _contents(bank))
@@ -188,7 +196,13 @@ def test_existing_bank_refuses_other_settings(env, tmp_path):
         PromptBank.create(tmp_path / "bank", key, gen.identity, "", 0, 2)
     bank = PromptBank.open(tmp_path / "bank")
     with pytest.raises(BankError, match="generated with generator"):
-        build_bank(bank, ["cat"], Interrupting(get_generator(str(gen.path), build_config("dpseg-tiny").prompts), 1), prompt, text)
+        build_bank(
+            bank,
+            ["cat"],
+            Interrupting(get_generator(str(gen.path), build_config("dpseg-tiny").prompts), 1),
+            prompt,
+            text,
+        )
     with pytest.raises(BankError, match="built with other templates"):
         build_bank(bank, ["cat"], gen, prompt, text, templates=templates[:1], progress=False)
     (tmp_path / "other").mkdir()

@@ -79,7 +79,9 @@ def test_prompt_set_with_a_model_object(bank, towers):
 
 def test_mismatched_encoders_are_named(bank, towers):
     prompt, text, _, _ = towers
-    with pytest.raises(BankError, match=r"built with another visual-prompt encoder \(fingerprint [0-9a-f]+, this model's is"):
+    with pytest.raises(
+        BankError, match=r"built with another visual-prompt encoder \(fingerprint [0-9a-f]+, this model's is"
+    ):
         bank.prompt_set(["cat"], SimpleNamespace(prompt_encoder=_perturbed(prompt), text_encoder=text))
     for attr, value in (("num_templates", 80), ("prompt_image_size", 320)):
         model = SimpleNamespace(prompt_encoder=prompt, text_encoder=text, **{attr: value})
@@ -95,18 +97,29 @@ def test_mismatched_encoders_are_named(bank, towers):
 
 def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
     prompt, text, _, _ = towers
-    with pytest.raises(BankError, match=r"lacks 2 of the 3 classes \(cow, horse\); add them with 'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'"):
+    with pytest.raises(
+        BankError,
+        match=r"lacks 2 of the 3 classes \(cow, horse\); add them with 'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'",
+    ):
         bank.prompt_set(["cat", "cow", "horse"], prompt_encoder=prompt, text_tower=text)
     assert bank.missing(["cow", "dog", "horse "]) == ["cow", "horse"]
 
 
 @pytest.mark.parametrize(
     "names, message",
-    [([], "class list is empty"), (["cat", "dog", "cat "], "names 'cat' more than once"), (["cat", " , "], "is empty"), ("cat", "not one string"),
-     (["red solid square", "red  solid square"], r"names 'red solid square' \(written 'red solid square', 'red  solid square': "
-                                                 r"names that differ only in case or spacing are one class\) more than once"),
-     (["cat", "Cat"], r"names 'cat' \(written 'cat', 'Cat'.*more than once"),
-     (["sofa, couch", "Sofa,couch "], "names 'sofa, couch'.* more than once")],
+    [
+        ([], "class list is empty"),
+        (["cat", "dog", "cat "], "names 'cat' more than once"),
+        (["cat", " , "], "is empty"),
+        ("cat", "not one string"),
+        (
+            ["red solid square", "red  solid square"],
+            r"names 'red solid square' \(written 'red solid square', 'red  solid square': "
+            r"names that differ only in case or spacing are one class\) more than once",
+        ),
+        (["cat", "Cat"], r"names 'cat' \(written 'cat', 'Cat'.*more than once"),
+        (["sofa, couch", "Sofa,couch "], "names 'sofa, couch'.* more than once"),
+    ],
 )
 def test_bad_class_lists(bank, towers, names, message):
     prompt, text, _, _ = towers
@@ -134,7 +147,9 @@ def test_exemplar_folder_sets_averaged_visual_prompts(bank, towers, tmp_path):
     v, stages = encode_prompt_images(prompt, [Image.open(p).convert("RGB") for p in found["cat"]], size)
     cat = bank.load_class("cat")
     assert cat["meta"]["source"] == "exemplar" and cat["seeds"].tolist() == [-1, -1, -1]
-    assert torch.allclose(cat["visual"], F.normalize(v.mean(0), dim=-1).expand(3, -1), atol=1e-5)  # same for every template
+    assert torch.allclose(
+        cat["visual"], F.normalize(v.mean(0), dim=-1).expand(3, -1), atol=1e-5
+    )  # same for every template
     assert torch.allclose(cat["visual_stages"][1], stages[1].mean(0).expand(3, -1), atol=1e-5)
     assert torch.allclose(cat["text"], text.encode(["cat"], templates)[0], atol=1e-6)
     assert torch.equal(bank.load_class("dog")["visual"], dog_before["visual"])  # other classes untouched
@@ -179,9 +194,12 @@ def test_text_only_prompt_set(towers):
 def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine, capsys):
     prompt, text, _, _ = towers
     flip_tensor_bit(bank.class_path("dog"))
-    with pytest.raises(BankError, match=r"the file of class 'dog' \(classes/dog-\w+\.safetensors\) is damaged: its content "
-                                        r"does not match the SHA-256.*'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST "
-                                        r"--generator noise'"):
+    with pytest.raises(
+        BankError,
+        match=r"the file of class 'dog' \(classes/dog-\w+\.safetensors\) is damaged: its content "
+        r"does not match the SHA-256.*'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST "
+        r"--generator noise'",
+    ):
         bank.prompt_set(["cat", "dog"], prompt_encoder=prompt, text_tower=text)
     report = bank.verify()
     assert [f for f, _ in report["damaged"]] == [bank.class_path("dog").name] and len(report["ok"]) == 2

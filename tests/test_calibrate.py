@@ -99,8 +99,18 @@ def test_segment_says_which_threshold_it_uses(capsys, tmp_path):
     ckpt = copy_checkpoint(tmp_path)
     write_calibration(ckpt, Calibration(0.5, False))
     Image.fromarray(scene(seed=6)).save(tmp_path / "x.png")
-    base = ["segment", str(tmp_path / "x.png"), "--classes", "cat, lamp", "--checkpoint", str(ckpt), "--bank",
-            str(artifacts().bank), "--no-refine", "--quiet"]
+    base = [
+        "segment",
+        str(tmp_path / "x.png"),
+        "--classes",
+        "cat, lamp",
+        "--checkpoint",
+        str(ckpt),
+        "--bank",
+        str(artifacts().bank),
+        "--no-refine",
+        "--quiet",
+    ]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert "pixels below probability 0.5 stay unlabelled (the checkpoint's eval.min_score)" in capsys.readouterr().err
     assert json.loads((tmp_path / "a" / "x.json").read_text())["min_score"] == 0.5
@@ -143,13 +153,16 @@ def test_dpseg_calibrate_rechooses_it_for_a_checkpoint(capsys, tmp_path):
     assert "every pixel gets a class" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda t, c: [str(t / "nowhere"), "--dataset", str(t)], "is not a checkpoint folder on this machine"),
-    (lambda t, c: ["org/model", "--dataset", str(t)], "is not a checkpoint folder on this machine"),
-    (lambda t, c: [str(c), "--dataset", str(t / "no-data")], "custom dataset folder"),
-    (lambda t, c: [str(c), "--dataset", "a150", "--root", str(t)], "images folder"),
-    (lambda t, c: [str(c), "--dataset", str(t), "--max-images", "-1"], "--max-images must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t, c: [str(t / "nowhere"), "--dataset", str(t)], "is not a checkpoint folder on this machine"),
+        (lambda t, c: ["org/model", "--dataset", str(t)], "is not a checkpoint folder on this machine"),
+        (lambda t, c: [str(c), "--dataset", str(t / "no-data")], "custom dataset folder"),
+        (lambda t, c: [str(c), "--dataset", "a150", "--root", str(t)], "images folder"),
+        (lambda t, c: [str(c), "--dataset", str(t), "--max-images", "-1"], "--max-images must be >= 0"),
+    ],
+)
 def test_dpseg_calibrate_bad_inputs_are_one_line_errors(capsys, tmp_path, monkeypatch, make_args, message):
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")

@@ -24,8 +24,16 @@ def test_presets_exist_and_resolve():
 
 
 def test_set_overrides_are_typed():
-    cfg = build_config("dpseg-tiny", overrides=["train.lr=1e-3", "model.visual_scales=[2]", "eval.two_pass=false",
-                                                "model.prompt_type=text", "train.iterations=7"])
+    cfg = build_config(
+        "dpseg-tiny",
+        overrides=[
+            "train.lr=1e-3",
+            "model.visual_scales=[2]",
+            "eval.two_pass=false",
+            "model.prompt_type=text",
+            "train.iterations=7",
+        ],
+    )
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.model.visual_scales == [2] and cfg.eval.two_pass is False
     assert cfg.model.prompt_type == "text" and cfg.train.iterations == 7
@@ -87,10 +95,15 @@ def test_parse_override_values():
 
 
 def test_cli_config_and_errors():
-    out = subprocess.run([sys.executable, "-m", "dpseg", "config", "--preset", "dpseg-tiny", "--set", "train.lr=0.5"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dpseg", "config", "--preset", "dpseg-tiny", "--set", "train.lr=0.5"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "lr: 0.5" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "dpseg", "config", "--set", "train.lr=abc"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dpseg", "config", "--set", "train.lr=abc"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "train.lr" in bad.stderr
     top = subprocess.run([sys.executable, "-m", "dpseg", "--help"], capture_output=True, text=True)
     assert top.returncode == 0 and "quickstart" in top.stdout

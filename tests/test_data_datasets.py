@@ -18,7 +18,9 @@ def make_custom(root, split="val", n=3, classes=("cat", "sofa, couch", "lamp"), 
     rng = np.random.default_rng(0)
     labels = []
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(root / "images" / split / f"im{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)).save(
+            root / "images" / split / f"im{i}.jpg"
+        )
         lab = rng.integers(0, len(classes), size=size)
         lab[0, :] = 255 if bits == 8 else 65535
         Image.fromarray(lab.astype(np.uint8 if bits == 8 else np.uint16)).save(root / "labels" / split / f"im{i}.png")
@@ -96,8 +98,11 @@ def test_load_class_names_files(tmp_path):
     with pytest.raises(DataError, match="more than once"):
         load_class_names(tmp_path / "b.txt")
     (tmp_path / "d.txt").write_text("red solid square\nblue square\nRed  solid square\n")  # one class, two labels
-    with pytest.raises(DataError, match=r"d.txt names 'red solid square' \(written 'red solid square', 'Red  solid "
-                                        r"square': names that differ only in case or spacing are one class\) more than once"):
+    with pytest.raises(
+        DataError,
+        match=r"d.txt names 'red solid square' \(written 'red solid square', 'Red  solid "
+        r"square': names that differ only in case or spacing are one class\) more than once",
+    ):
         load_class_names(tmp_path / "d.txt")
     (tmp_path / "e.json").write_text('["x", " , "]')
     with pytest.raises(DataError, match=r"e.json: class name ' , ' is empty"):
@@ -129,8 +134,9 @@ def test_catalog_reads_detectron2_layout(tmp_path, name):
     ds = build_dataset(name, root=tmp_path)
     item = ds[0]
     assert item["label"][0, 0] == IGNORE_INDEX and item["label"][1, 1] == ds.num_classes - 1
-    assert len(ds.class_names) == {"coco": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459,
-                                   "voc20": 20}[entry.class_list] + (1 if entry.extra_class else 0)
+    assert len(ds.class_names) == {"coco": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20}[
+        entry.class_list
+    ] + (1 if entry.extra_class else 0)
 
 
 def test_catalog_voc20b_vocabulary_and_aliases(tmp_path, monkeypatch):
@@ -146,10 +152,14 @@ def test_catalog_voc20b_vocabulary_and_aliases(tmp_path, monkeypatch):
 
 
 def test_catalog_missing_and_unprepared_messages(tmp_path):
-    with pytest.raises(DataError, match=r"images folder .*ADEChallengeData2016/images/validation is missing.*dpseg prepare a150"):
+    with pytest.raises(
+        DataError, match=r"images folder .*ADEChallengeData2016/images/validation is missing.*dpseg prepare a150"
+    ):
         build_dataset("a150", root=tmp_path)
     (tmp_path / "VOCdevkit/VOC2010/JPEGImages").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"'pc459' is not prepared: label folder .*pc459_val is missing; run: dpseg prepare pc459"):
+    with pytest.raises(
+        DataError, match=r"'pc459' is not prepared: label folder .*pc459_val is missing; run: dpseg prepare pc459"
+    ):
         build_dataset("pc459", root=tmp_path)
     with pytest.raises(DataError, match="unknown dataset 'a151'"):
         build_dataset("a151", root=tmp_path)

@@ -111,7 +111,9 @@ def test_pipeline_from_config_is_reproducible_and_shaped():
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert a["image"].shape == (3, 48, 48) and a["label"].dtype == torch.int64
     assert (a["label"][40:] == IGNORE_INDEX).all()  # resized short side 40 < crop 48: padded rows are ignore
-    no_aug = build_train_transform(dataclasses.replace(cfg, color_jitter=False, flip=False, resize_short=30, resize_max=0))
+    no_aug = build_train_transform(
+        dataclasses.replace(cfg, color_jitter=False, flip=False, resize_short=30, resize_max=0)
+    )
     assert_aligned(no_aug(item, torch.Generator().manual_seed(0)), pad_value=cfg.pad_value)
 
 

@@ -24,9 +24,22 @@ from dpseg.commands import (
 )
 from dpseg.errors import CheckpointError, DPSegError, InputError  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1000"]
+CHROMIUM, CHROMEDRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1000",
+]
 
 
 def free_port() -> int:
@@ -42,9 +55,19 @@ def server(tmp_path_factory):
     seg, note = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(max_upload_mb=1, max_megapixels=0.02, max_classes=5), note)
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, show_error=True,
-               max_file_size="1mb", ssr_mode=False, quiet=True)
-    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", app=app, note=note, files=tmp_path_factory.mktemp("demo"))
+    app.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        share=False,
+        show_error=True,
+        max_file_size="1mb",
+        ssr_mode=False,
+        quiet=True,
+    )
+    yield types.SimpleNamespace(
+        url=f"http://127.0.0.1:{port}/", app=app, note=note, files=tmp_path_factory.mktemp("demo")
+    )
     app.close()
 
 
@@ -54,8 +77,9 @@ def test_gradio_client_segments_and_reports_errors(server):
 
     Image.fromarray(scene()).save(server.files / "x.png")
     client = Client(server.url, verbose=False)
-    overlay, legend, info, files = client.predict(handle_file(str(server.files / "x.png")), "cat; sofa, couch", True,
-                                                  0.0, 0.5, False, api_name="/segment")
+    overlay, legend, info, files = client.predict(
+        handle_file(str(server.files / "x.png")), "cat; sofa, couch", True, 0.0, 0.5, False, api_name="/segment"
+    )
     picture = Image.open(overlay)
     assert picture.height >= 72 and picture.width > 96  # overlay + legend panel
     assert "sofa, couch" in legend or "cat" in legend
@@ -64,13 +88,19 @@ def test_gradio_client_segments_and_reports_errors(server):
     assert Path(label_png).name == "x_labels.png" and Image.open(label_png).mode == "P"  # as `dpseg segment` writes it
     info_json = json.loads(Path(summary).read_text())
     assert [c["name"] for c in info_json["classes"]] == ["cat", "sofa, couch"] and info_json["size"] == [72, 96]
-    assert np.bincount(np.asarray(Image.open(label_png)).ravel(), minlength=2)[:2].tolist() == \
-        [c["pixels"] for c in info_json["classes"]]
-    for classes, message in [("", "class list is empty"), ("a; b; c; d; e; f", "up to 5"), ("cat, cat", "more than once"),
-                             ("cat, giraffe", "lacks 1 of the 2 classes")]:
+    assert np.bincount(np.asarray(Image.open(label_png)).ravel(), minlength=2)[:2].tolist() == [
+        c["pixels"] for c in info_json["classes"]
+    ]
+    for classes, message in [
+        ("", "class list is empty"),
+        ("a; b; c; d; e; f", "up to 5"),
+        ("cat, cat", "more than once"),
+        ("cat, giraffe", "lacks 1 of the 2 classes"),
+    ]:
         with pytest.raises(AppError, match=message):
-            client.predict(handle_file(str(server.files / "x.png")), classes, False, 0.0, 0.5, False,
-                           api_name="/segment")
+            client.predict(
+                handle_file(str(server.files / "x.png")), classes, False, 0.0, 0.5, False, api_name="/segment"
+            )
     Image.fromarray(scene(200, 200)).save(server.files / "big.png")  # 0.04 MP > 0.02 MP
     with pytest.raises(AppError, match="above the limit"):
         client.predict(handle_file(str(server.files / "big.png")), "cat", False, 0.0, 0.5, False, api_name="/segment")
@@ -98,12 +128,17 @@ def test_chromium_loads_the_page_submits_an_image_and_shows_the_result(server):
         driver.get(server.url)
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-run"))
-        assert driver.title == "dpseg demo" and "segment an image" in driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text
+        assert (
+            driver.title == "dpseg demo"
+            and "segment an image" in driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text
+        )
         driver.find_element(By.CSS_SELECTOR, "#dpseg-image input[type=file]").send_keys(str(server.files / "page.png"))
         box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
         box.clear()
         box.send_keys("cat; sofa, couch")
-        wait.until(lambda d: "page" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)  # upload listed (name, size)
+        wait.until(
+            lambda d: "page" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text
+        )  # upload listed (name, size)
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "96x72 px" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
         legend = driver.find_element(By.CSS_SELECTOR, "#dpseg-legend").text
@@ -179,7 +214,7 @@ def bad_uploads(folder) -> dict:
         "cut.png": "cannot read the uploaded file cut.png",
         "bomb.png": "the uploaded file bomb.png exceeds Pillow's safety limit of 179 megapixels",
         "big.png": "the uploaded file big.png is 200x200 = 0.0 megapixels, above the limit of 0.0; downscale it first "
-                   "or start the demo with a larger --max-megapixels",
+        "or start the demo with a larger --max-megapixels",
     }
 
 
@@ -258,8 +293,12 @@ def toy_server(tmp_path_factory):
     image, classes = demo.quickstart_example(root / "example")
     model, _ = load_model(ckpt)
     rng = np.random.default_rng(0)
-    add_exemplars(PromptBank.open(bank), {n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))]
-                                          for n in classes.split("; ")}, model.prompt_encoder, model.text_encoder)
+    add_exemplars(
+        PromptBank.open(bank),
+        {n: [Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))] for n in classes.split("; ")},
+        model.prompt_encoder,
+        model.text_encoder,
+    )
     seg = Segmenter.from_pretrained(ckpt, device="cpu", bank=str(bank)).set_vocabulary(classes)
     scores = seg.segment(image, min_score=0).scores
     threshold = min(THRESHOLDS, key=lambda t: abs((scores < t).mean() - 0.5))
@@ -267,8 +306,15 @@ def toy_server(tmp_path_factory):
     seg, note = demo.load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(), note, example=[image, classes], results_dir=root / "results")
     port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, show_error=True,
-               ssr_mode=False, quiet=True)
+    app.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        share=False,
+        show_error=True,
+        ssr_mode=False,
+        quiet=True,
+    )
     yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", threshold=threshold, files=root)
     app.close()
 

@@ -55,8 +55,11 @@ def test_param_groups_follow_the_peers_recipe(tiny):
     assert "image_encoder.trunk.stem.1.weight" in no_decay  # LayerNorm2d after the stem conv
     assert "image_encoder.trunk.stem.0.weight" in members["image_encoder/decay"]  # the stem conv
     assert all(n in no_decay for n in everything if n.endswith(".bias"))
-    norm_weights = [f"{m}.weight" for m, mod in model.named_modules()
-                    if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and not m.startswith(("prompt", "text"))]
+    norm_weights = [
+        f"{m}.weight"
+        for m, mod in model.named_modules()
+        if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and not m.startswith(("prompt", "text"))
+    ]
     assert norm_weights and all(n in no_decay for n in norm_weights)
     assert groups["image_encoder/decay"]["lr_mult"] == cfg.train.encoder_lr_mult == 0.01
     assert groups["decoder/decay"]["lr_mult"] == 1.0
@@ -114,10 +117,10 @@ def test_sharded_sampler_partitions_the_one_process_stream():
     single = _take(ShardedInfiniteSampler(N, B, seed=3), B * steps)
     ranks = [_take(ShardedInfiniteSampler(N, B, r, 2, seed=3), B // 2 * steps) for r in range(2)]
     for s in range(steps):  # global batch s = rank 0's slice then rank 1's slice
-        assert single[s * B:(s + 1) * B] == ranks[0][s * 2:(s + 1) * 2] + ranks[1][s * 2:(s + 1) * 2]
+        assert single[s * B : (s + 1) * B] == ranks[0][s * 2 : (s + 1) * 2] + ranks[1][s * 2 : (s + 1) * 2]
     for epoch in range(4):  # every epoch visits each image once, in a new order
-        assert sorted(i for i, _ in single[epoch * N:(epoch + 1) * N]) == list(range(N))
-    assert [i for i, _ in single[:N]] != [i for i, _ in single[N:2 * N]]
+        assert sorted(i for i, _ in single[epoch * N : (epoch + 1) * N]) == list(range(N))
+    assert [i for i, _ in single[:N]] != [i for i, _ in single[N : 2 * N]]
     assert [p for _, p in single] == list(range(B * steps))
     assert _take(ShardedInfiniteSampler(N, B, seed=3, start=8), 8) == single[8:16]  # resume = start position
     assert _take(ShardedInfiniteSampler(N, B, seed=4), 10) != single[:10]
@@ -131,8 +134,11 @@ class _Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return {"image": torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
-                "label": torch.randint(-1, 4, (40, 48), generator=g), "name": str(i)}
+        return {
+            "image": torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g),
+            "label": torch.randint(-1, 4, (40, 48), generator=g),
+            "name": str(i),
+        }
 
 
 def test_augmentation_is_seeded_by_sample_position(tiny_cfg):
@@ -153,8 +159,15 @@ def test_augmentation_is_seeded_by_sample_position(tiny_cfg):
 
 
 def _state(step):
-    return {"step": step, "consumed_samples": 2 * step, "rng": [capture_rng()], "best": {"mIoU": None, "step": None},
-            "frozen": {}, "optimizer": {"state": {}, "param_groups": []}, "scaler": {}}
+    return {
+        "step": step,
+        "consumed_samples": 2 * step,
+        "rng": [capture_rng()],
+        "best": {"mIoU": None, "step": None},
+        "frozen": {},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+    }
 
 
 def test_checkpoints_are_atomic_listed_loaded_and_pruned(tiny, tmp_path):
@@ -171,7 +184,11 @@ def test_checkpoints_are_atomic_listed_loaded_and_pruned(tiny, tmp_path):
     assert all(torch.equal(weights[k], v) for k, v in trainable_state(model).items())
     removed = prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in removed] == ["step-00000002"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000004", "step-00000006", "step-00000010"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000004",
+        "step-00000006",
+        "step-00000010",
+    ]
 
 
 def _strip_hashes(path):
@@ -233,8 +250,15 @@ def test_logs_drop_records_of_an_interrupted_attempt(tmp_path):
     log = TrainLogger(tmp_path, True, 0, 10, tensorboard=False, progress=False)
     for step in range(1, 5):
         log.train(step, loss=1.0 / step, lr=0.1, grad_norm=float("nan"), it_per_s=2.0)
-    log.eval(4, "val", {"pass1": {"mIoU": 1.0, "fwIoU": 2.0, "mAcc": 3.0, "pAcc": 4.0, "per_class_IoU": {}},
-                        "num_images": 1, "seconds": 0.1})
+    log.eval(
+        4,
+        "val",
+        {
+            "pass1": {"mIoU": 1.0, "fwIoU": 2.0, "mAcc": 3.0, "pAcc": 4.0, "per_class_IoU": {}},
+            "num_images": 1,
+            "seconds": 0.1,
+        },
+    )
     log.close()
     TrainLogger(tmp_path, True, 2, 10, tensorboard=False, progress=False).close()  # resumed at step 2
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

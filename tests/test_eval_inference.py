@@ -52,7 +52,9 @@ def scene(h, w, seed=0):
 
 
 def small(name, **kw):
-    return Protocol(name, short_side=64, input_size=64, window=32, overlap=0.333, class_chunk=kw.pop("class_chunk", 2), **kw)
+    return Protocol(
+        name, short_side=64, input_size=64, window=32, overlap=0.333, class_chunk=kw.pop("class_chunk", 2), **kw
+    )
 
 
 @pytest.mark.parametrize("name", ["whole", "slide"])
@@ -180,8 +182,16 @@ def write_scenes(root, n, classes=("red", "blue", "green", "yellow")):
 def test_evaluate_on_custom_folder(tmp_path, protocol):
     write_scenes(tmp_path / "ds", 4)
     ds = build_dataset(tmp_path / "ds")
-    cfg = dataclasses.replace(EvalConfig(), protocol=protocol, short_side=64, input_size=64, slide_window=32,
-                              two_pass=False, num_workers=0, batch_size=2)
+    cfg = dataclasses.replace(
+        EvalConfig(),
+        protocol=protocol,
+        short_side=64,
+        input_size=64,
+        slide_window=32,
+        two_pass=False,
+        num_workers=0,
+        batch_size=2,
+    )
     res = evaluate(ColourMatcher(), colour_prompts(), ds, cfg, progress=False)
     assert res["num_images"] == 4 and set(res) >= {"pass1", "seconds", "protocol"} and "pass2" not in res
     assert res["pass1"]["mIoU"] > 90 and res["pass1"]["classes_present"] == 4

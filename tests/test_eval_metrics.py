@@ -1,6 +1,5 @@
 """Confusion-matrix metrics against hand-computed cases and an independent numpy reference."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -27,8 +26,10 @@ def reference_metrics(preds, gts, k, ignore=-1):
         accs.append(inter / gt_c.sum())
         weights.append(gt_c.sum() / len(g))
     return {
-        "mIoU": 100 * np.mean(ious), "mAcc": 100 * np.mean(accs),
-        "fwIoU": 100 * np.sum(np.array(ious) * np.array(weights)), "pAcc": 100 * np.mean(p == g),
+        "mIoU": 100 * np.mean(ious),
+        "mAcc": 100 * np.mean(accs),
+        "fwIoU": 100 * np.sum(np.array(ious) * np.array(weights)),
+        "pAcc": 100 * np.mean(p == g),
     }
 
 

@@ -15,8 +15,16 @@ from dpseg.engine.checkpoint import list_checkpoints
 from dpseg.engine.train import train
 from dpseg.errors import CheckpointError
 
-FAST = ["data.crop_size=64", "data.resize_short=64", "data.num_workers=0", "train.batch_size=2", "train.eval_every=0",
-        "train.tensorboard=false", "train.log_every=1", "model.prompt_image_size=64"]
+FAST = [
+    "data.crop_size=64",
+    "data.resize_short=64",
+    "data.num_workers=0",
+    "train.batch_size=2",
+    "train.eval_every=0",
+    "train.tensorboard=false",
+    "train.log_every=1",
+    "model.prompt_image_size=64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +42,22 @@ def data(tmp_path_factory) -> Path:
 
 def config(preset, out, data, *overrides):
     """The tiny SED's CLIP and widths (fixture config) under ``preset``, fast training settings."""
-    return build_config(preset, file=FIXTURE / "dpseg_config.yaml", overrides=[
-        *FAST, f"data.train_dataset={data}", f"train.output_dir={out}", *overrides])
+    return build_config(
+        preset,
+        file=FIXTURE / "dpseg_config.yaml",
+        overrides=[*FAST, f"data.train_dataset={data}", f"train.output_dir={out}", *overrides],
+    )
 
 
 def test_sed_trains_with_its_auxiliary_losses(tmp_path, data, monkeypatch):
     from dpseg.model.loss import SegmentationLoss
 
     sizes, forward = [], SegmentationLoss.forward
-    monkeypatch.setattr(SegmentationLoss, "forward",
-                        lambda self, logits, labels: (sizes.append(tuple(logits.shape)), forward(self, logits, labels))[1])
+    monkeypatch.setattr(
+        SegmentationLoss,
+        "forward",
+        lambda self, logits, labels: (sizes.append(tuple(logits.shape)), forward(self, logits, labels))[1],
+    )
     train(config("sed-b", tmp_path / "run", data, "train.iterations=2", "train.checkpoint_every=0"), progress=False)
     step = [(2, 3, 16, 16), (2, 3, 2, 2), (2, 3, 4, 4), (2, 3, 8, 8)]  # logits at stride 4, aux at strides 32, 16, 8
     assert sizes == step * 2
@@ -63,8 +77,14 @@ def test_dpseg_starts_from_sed(tmp_path, data, sed_checkpoint, capsys, monkeypat
         return report
 
     monkeypatch.setattr(engine, "init_from_checkpoint", spy)
-    cfg = config("dpseg-b", tmp_path / "run", data, f"train.init_from={sed_checkpoint}", "train.iterations=1",
-                 "train.checkpoint_every=0")
+    cfg = config(
+        "dpseg-b",
+        tmp_path / "run",
+        data,
+        f"train.init_from={sed_checkpoint}",
+        "train.iterations=1",
+        "train.checkpoint_every=0",
+    )
     cfg.prompts.bank = str(make_bank(cfg, tmp_path / "bank", CLASSES))  # built from clip_pretrained, not from SED
     train(cfg, progress=False)
     printed = capsys.readouterr().out
@@ -77,11 +97,21 @@ def test_dpseg_starts_from_sed(tmp_path, data, sed_checkpoint, capsys, monkeypat
     sed = load_file(sed_checkpoint / "model.safetensors")
     torch.manual_seed(cfg.train.seed)
     fresh = build_model(cfg).state_dict()
-    for name in ("image_encoder.trunk.stem.0.weight", "cost_embedding.conv.weight", "decoder.stages.1.classes.q.weight",
-                 "decoder.stages.2.fuse.0.weight", "decoder.head.bias"):
+    for name in (
+        "image_encoder.trunk.stem.0.weight",
+        "cost_embedding.conv.weight",
+        "decoder.stages.1.classes.q.weight",
+        "decoder.stages.2.fuse.0.weight",
+        "decoder.head.bias",
+    ):
         assert torch.equal(start[name], sed[name]) and not torch.equal(start[name], fresh[name]), name
-    for name in ("decoder.stages.0.spatial.block.0.weight", "decoder.stages.0.classes.out.weight", "visual_cost.2.proj.weight",
-                 "prompt_encoder.trunk.stem.0.weight", "text_encoder.token_embedding.weight"):
+    for name in (
+        "decoder.stages.0.spatial.block.0.weight",
+        "decoder.stages.0.classes.out.weight",
+        "visual_cost.2.proj.weight",
+        "prompt_encoder.trunk.stem.0.weight",
+        "text_encoder.token_embedding.weight",
+    ):
         assert torch.equal(start[name], fresh[name]), name
     report = (tmp_path / "run" / "init_from.json").read_text()
     assert '"decoder.aux_heads.0.weight"' in report and '"image_encoder.head.proj.weight"' in report
@@ -90,9 +120,18 @@ def test_dpseg_starts_from_sed(tmp_path, data, sed_checkpoint, capsys, monkeypat
 def test_init_from_is_not_a_resume(tmp_path, data, sed_checkpoint, capsys):
     """A run started from SED, interrupted and resumed, ends where the uninterrupted run ends: the resume takes the
     weights of its checkpoint, train.init_from is not applied again."""
+
     def cfg(out):
-        return config("sed-b", out, data, f"train.init_from={sed_checkpoint}", "train.iterations=3",
-                      "train.checkpoint_every=1", "train.keep_checkpoints=0", "train.lr=0.01")
+        return config(
+            "sed-b",
+            out,
+            data,
+            f"train.init_from={sed_checkpoint}",
+            "train.iterations=3",
+            "train.checkpoint_every=1",
+            "train.keep_checkpoints=0",
+            "train.lr=0.01",
+        )
 
     whole = train(cfg(tmp_path / "a"), progress=False)
 
@@ -106,7 +145,10 @@ def test_init_from_is_not_a_resume(tmp_path, data, sed_checkpoint, capsys):
     resumed = train(cfg(tmp_path / "b"), resume="auto", progress=False)
     assert f"train.init_from={sed_checkpoint} is not applied: the run resumes from" in capsys.readouterr().out
     assert whole["step"] == resumed["step"] == 3
-    a, b = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "a" / "final" / "model.safetensors"),
+        load_file(tmp_path / "b" / "final" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     sed = load_file(sed_checkpoint / "model.safetensors")
     assert not torch.equal(a["decoder.head.weight"], sed["decoder.head.weight"])  # it trained

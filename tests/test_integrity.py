@@ -36,8 +36,15 @@ def ckpt(saved, tmp_path):
 
 
 def _state(step):
-    return {"step": step, "consumed_samples": 2 * step, "rng": [capture_rng()], "best": {"mIoU": None, "step": None},
-            "frozen": {}, "optimizer": {"state": {}, "param_groups": []}, "scaler": {}}
+    return {
+        "step": step,
+        "consumed_samples": 2 * step,
+        "rng": [capture_rng()],
+        "best": {"mIoU": None, "step": None},
+        "frozen": {},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+    }
 
 
 def _flip_state_byte(path):
@@ -46,7 +53,12 @@ def _flip_state_byte(path):
     with zipfile.ZipFile(path) as z:
         info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 8)
     local = info.header_offset  # local file header: 30 bytes, then the name and the (local) extra field
-    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little") + int.from_bytes(data[local + 28 : local + 30], "little")
+    start = (
+        local
+        + 30
+        + int.from_bytes(data[local + 26 : local + 28], "little")
+        + int.from_bytes(data[local + 28 : local + 30], "little")
+    )
     data[start + info.file_size // 2] ^= 0x20
     path.write_bytes(data)
     torch.load(path, weights_only=True)  # still loads without complaint: only the hash can tell
@@ -73,8 +85,11 @@ def test_written_files_carry_a_hash_that_a_flipped_bit_breaks(tmp_path):
 
 def test_damaged_model_weights_are_named_with_the_fix(ckpt, capsys):
     flip_tensor_bit(ckpt / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model.safetensors is damaged: its content does not match the SHA-256 .*"
-                                              r"restore it from a backup or export the model again"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model.safetensors is damaged: its content does not match the SHA-256 .*"
+        r"restore it from a backup or export the model again",
+    ):
         load_model(ckpt)
     with pytest.raises(CheckpointError, match="is damaged"):
         Segmenter.from_pretrained(ckpt, device="cpu")
@@ -98,8 +113,11 @@ def test_damaged_training_checkpoints_are_refused(tiny, tmp_path):
     model, cfg = tiny
     a = save_checkpoint(tmp_path / "a", 1, model, _state(1), cfg)
     flip_tensor_bit(a / "trainable.safetensors")
-    with pytest.raises(CheckpointError, match=r"step-00000001 is damaged: trainable.safetensors its content does not "
-                                              r"match.*--resume RUN_DIR continues from the newest intact checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step-00000001 is damaged: trainable.safetensors its content does not "
+        r"match.*--resume RUN_DIR continues from the newest intact checkpoint",
+    ):
         load_checkpoint(a)
     b = save_checkpoint(tmp_path / "b", 1, model, _state(1), cfg)
     _flip_state_byte(b / "state.pt")
@@ -130,8 +148,11 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, tmp_path):
     assert "trainable.safetensors its content does not match" in notes[0]
     assert "step-00000002" in notes[1] and "state.pt its content does not match" in notes[1]
     assert resume_target(None, str(tmp_path)) == steps[0]  # --resume RUN_DIR: the same choice
-    with pytest.raises(CheckpointError, match=r"--resume .*step-00000003: the checkpoint is damaged .*pass the run "
-                                              r"directory"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"--resume .*step-00000003: the checkpoint is damaged .*pass the run "
+        r"directory",
+    ):
         resume_target(None, str(steps[2]))
     flip_tensor_bit(steps[0] / "trainable.safetensors")
     with pytest.raises(CheckpointError, match="every checkpoint of .* is damaged"):
@@ -146,8 +167,10 @@ def test_train_resume_says_which_checkpoint_it_skipped(tmp_path, capsys):
 
     data = make_dataset(tmp_path / "data", n_train=2, n_val=1)
     out = tmp_path / "run"
-    train(text_only(out, data, "train.iterations=2", "train.checkpoint_every=1", "train.keep_checkpoints=0"),
-          progress=False)
+    train(
+        text_only(out, data, "train.iterations=2", "train.checkpoint_every=1", "train.keep_checkpoints=0"),
+        progress=False,
+    )
     newest = list_checkpoints(out)[-1]
     flip_tensor_bit(newest / "trainable.safetensors")
     capsys.readouterr()
@@ -185,13 +208,15 @@ def test_check_reports_checkpoint_folders_runs_and_files(tiny, ckpt, tmp_path, c
     assert "config.json: unreadable" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p, "is not a dpseg checkpoint folder, training run or checkpoint, or prompt bank"),
-    (lambda p: p / "nope", "does not exist"),
-    (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "is not a dpseg file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p, "is not a dpseg checkpoint folder, training run or checkpoint, or prompt bank"),
+        (lambda p: p / "nope", "does not exist"),
+        (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "is not a dpseg file"),
+    ],
+)
 def test_check_refuses_what_it_cannot_check(tmp_path, capsys, make, message):
     assert main(["check", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-

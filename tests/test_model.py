@@ -73,8 +73,15 @@ def test_prompt_types_differ_and_text_only_model_needs_no_bank():
     assert torch.allclose(R, torch.nn.functional.normalize(T + V, dim=-1), atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.visual_cost_norm=class"], ["model.visual_cost_norm=batch"],
-                                       ["model.guidance=both", "model.visual_cost_norm=class"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model.visual_cost_norm=class"],
+        ["model.visual_cost_norm=batch"],
+        ["model.guidance=both", "model.visual_cost_norm=class"],
+    ],
+)
 def test_chunked_equals_unchunked(overrides):
     model, _ = tiny_model(*overrides)
     prompts = random_prompts(model, 17)
@@ -191,7 +198,9 @@ def test_loss_ignore_modes_by_hand():
     logits = torch.tensor([[[[2.0, -1.0, 0.5]], [[0.0, 1.0, -3.0]]]])  # (B=1, K=2, h=1, w=3)
     labels = torch.tensor([[[0, 1, -1]]])
     bce = lambda x, t: torch.nn.functional.softplus(x) - x * t  # noqa: E731
-    per = torch.stack([bce(logits[0, 0, 0], torch.tensor([1.0, 0, 0])), bce(logits[0, 1, 0], torch.tensor([0.0, 1, 0]))])
+    per = torch.stack(
+        [bce(logits[0, 0, 0], torch.tensor([1.0, 0, 0])), bce(logits[0, 1, 0], torch.tensor([0.0, 1, 0]))]
+    )
     neg = SegmentationLoss("negative")(logits, labels)
     mask = SegmentationLoss("mask")(logits, labels)
     assert torch.isclose(neg, per.mean(), atol=1e-6)

@@ -79,8 +79,19 @@ def test_segment_names_the_missing_bank_in_one_line(trained, tmp_path, capsys):
     final = export(trained, tmp_path / "run", bank="next")
     shutil.rmtree(tmp_path / "run" / "bank")
     Image.fromarray(scene()).save(tmp_path / "x.png")
-    rc = main(["segment", str(tmp_path / "x.png"), "--classes", "cat", "--checkpoint", str(final), "--out",
-               str(tmp_path / "o"), "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "x.png"),
+            "--classes",
+            "cat",
+            "--checkpoint",
+            str(final),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(tmp_path / "run" / "bank") in err and "--bank BANK" in err
 

@@ -34,12 +34,16 @@ def test_coco_stuff_ids_map_to_171_train_ids_and_resume(tmp_path, capsys):
         save_palette_png(raw, src / "annotations" / split / "000000000001.png")
         for n in (1, 2):
             Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(src / "images" / split / f"00000000000{n}.jpg")
-        save_palette_png(np.full((2, 4), 255), src / "annotations" / split / "000000000002.png")  # all unlabelled: still written
+        save_palette_png(
+            np.full((2, 4), 255), src / "annotations" / split / "000000000002.png"
+        )  # all unlabelled: still written
     prepare_coco_stuff(src, root, progress=False)
     for split in ("train2017", "val2017"):
         out = Image.open(root / "coco-stuff/annotations_detectron2" / split / "000000000001.png")
         assert out.mode == "L" and (np.asarray(out) == expect).all()
-        assert (np.asarray(Image.open(root / "coco-stuff/annotations_detectron2" / split / "000000000002.png")) == 255).all()
+        assert (
+            np.asarray(Image.open(root / "coco-stuff/annotations_detectron2" / split / "000000000002.png")) == 255
+        ).all()
         assert (root / "coco-stuff/images" / split).resolve() == (src / "images" / split).resolve()
     assert "2 written, 0 already done" in capsys.readouterr().out
     prepare_coco_stuff(src, root, progress=False)
@@ -170,14 +174,24 @@ def official_like_index():
     """The value types of the official index_ade20k.pkl (ADE20K starter notebook): arrays of names, count
     matrices, lists of strings (some numpy strings), numpy scalars and the 'description' dict."""
     names = np.array(["ADE_train_00000001.jpg", "ADE_val_00000001.jpg"])
-    return {"filename": names, "folder": np.array(["ADE20K_2021_17_01/images/ADE/training/a",
-                                                   "ADE20K_2021_17_01/images/ADE/validation/b"], dtype=object),
-            "scene": np.array(["/street", "/kitchen"], dtype=object), "objectnames": np.array(["wall", "car, auto"]),
-            "objectPresence": np.array([[1.0, 0.0], [2.0, 3.0]]), "objectIsPart": np.zeros((2, 2), np.uint8),
-            "objectcounts": np.array([1, 5]), "proportionClassIsPart": np.array([0.0, 0.25], np.float32),
-            "wordnet_found": np.array([True, False]), "wordnet_frequency": np.array([np.float64(2.0), 1.0]),
-            "wordnet_synset": [np.str_("wall.n.01"), "car.n.01"], "wordnet_gloss": ["a vertical structure", ""],
-            "wordnet_level1": [np.int64(3), np.float32(0.5)], "description": {"filename": "array of file names"}}
+    return {
+        "filename": names,
+        "folder": np.array(
+            ["ADE20K_2021_17_01/images/ADE/training/a", "ADE20K_2021_17_01/images/ADE/validation/b"], dtype=object
+        ),
+        "scene": np.array(["/street", "/kitchen"], dtype=object),
+        "objectnames": np.array(["wall", "car, auto"]),
+        "objectPresence": np.array([[1.0, 0.0], [2.0, 3.0]]),
+        "objectIsPart": np.zeros((2, 2), np.uint8),
+        "objectcounts": np.array([1, 5]),
+        "proportionClassIsPart": np.array([0.0, 0.25], np.float32),
+        "wordnet_found": np.array([True, False]),
+        "wordnet_frequency": np.array([np.float64(2.0), 1.0]),
+        "wordnet_synset": [np.str_("wall.n.01"), "car.n.01"],
+        "wordnet_gloss": ["a vertical structure", ""],
+        "wordnet_level1": [np.int64(3), np.float32(0.5)],
+        "description": {"filename": "array of file names"},
+    }
 
 
 @pytest.mark.parametrize("protocol, numpy1", [(2, False), (3, False), (4, False), (5, False), (2, True), (3, True)])
@@ -199,18 +213,24 @@ def test_ade_index_reader_admits_what_the_official_index_holds(tmp_path, protoco
             assert loaded[key] == value, key
 
 
-@pytest.mark.parametrize("payload, name", [
-    (lambda marker: _RunsCode(os.system, f"touch {marker}"), "posix.system"),
-    (lambda marker: _RunsCode(exec, f"open({str(marker)!r}, 'w')"), "builtins.exec"),
-    (lambda marker: _RunsCode(subprocess.call, ["touch", str(marker)]), "subprocess.call"),
-])
+@pytest.mark.parametrize(
+    "payload, name",
+    [
+        (lambda marker: _RunsCode(os.system, f"touch {marker}"), "posix.system"),
+        (lambda marker: _RunsCode(exec, f"open({str(marker)!r}, 'w')"), "builtins.exec"),
+        (lambda marker: _RunsCode(subprocess.call, ["touch", str(marker)]), "subprocess.call"),
+    ],
+)
 def test_tampered_ade_index_runs_no_code(tmp_path, capsys, payload, name):
     src, _ = make_ade_full(tmp_path, [(40, 50, False)])
     marker = tmp_path / "pwned"
     index = {"filename": np.array(["ADE_val_00000001.jpg"]), "folder": [payload(marker)]}  # hidden inside a list
     (src / "index_ade20k.pkl").write_bytes(pickle.dumps(index, protocol=4))
-    with pytest.raises(DataError, match=rf"index_ade20k.pkl refers to global '{name}', which the official ADE20K index "
-                                        "never holds; refusing to load it"):
+    with pytest.raises(
+        DataError,
+        match=rf"index_ade20k.pkl refers to global '{name}', which the official ADE20K index "
+        "never holds; refusing to load it",
+    ):
         prepare_a847(src, tmp_path / "root", progress=False)
     assert not marker.exists()
     assert main(["prepare", "a847", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
@@ -218,12 +238,18 @@ def test_tampered_ade_index_runs_no_code(tmp_path, capsys, payload, name):
     assert not marker.exists() and len(err.strip().splitlines()) == 1 and name in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"folder,filename\nADE_val_1.jpg\n", "is truncated or not a pickle file"),
-    (pickle.dumps({"folder": np.array(["a"]), "filename": np.array(["b"])})[:40], "is truncated or not a pickle file"),
-    (b"", "is truncated or not a pickle file"),
-    (pickle.dumps(["not", "a", "dict"]), "holds a list, not the ADE20K index dict"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"folder,filename\nADE_val_1.jpg\n", "is truncated or not a pickle file"),
+        (
+            pickle.dumps({"folder": np.array(["a"]), "filename": np.array(["b"])})[:40],
+            "is truncated or not a pickle file",
+        ),
+        (b"", "is truncated or not a pickle file"),
+        (pickle.dumps(["not", "a", "dict"]), "holds a list, not the ADE20K index dict"),
+    ],
+)
 def test_ade_index_that_is_not_the_index_is_a_one_line_error(tmp_path, content, message):
     src, _ = make_ade_full(tmp_path, [(40, 50, False)])
     (src / "index_ade20k.pkl").write_bytes(content)
@@ -236,8 +262,11 @@ def test_splits_with_nothing_to_convert_are_errors(tmp_path, capsys):
     """'0 written' and exit 0 was the old answer to an empty download (issue 17 #4)."""
     src = tmp_path / "ADEChallengeData2016"
     (src / "annotations/validation").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"a150 validation: nothing to convert; expected the label PNGs \(ADE_val_\*.png\) "
-                                        r"of ADEChallengeData2016.zip in .*annotations/validation"):
+    with pytest.raises(
+        DataError,
+        match=r"a150 validation: nothing to convert; expected the label PNGs \(ADE_val_\*.png\) "
+        r"of ADEChallengeData2016.zip in .*annotations/validation",
+    ):
         prepare_a150(src, tmp_path / "root", progress=False)
     assert main(["prepare", "a150", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -245,10 +274,15 @@ def test_splits_with_nothing_to_convert_are_errors(tmp_path, capsys):
     full, _ = make_ade_full(tmp_path, [(40, 50, False)])
     index = {"folder": np.array(["ADE20K_2021_17_01/images/ADE/training/x"]), "filename": np.array(["ADE_train_1.jpg"])}
     (full / "index_ade20k.pkl").write_bytes(pickle.dumps(index))
-    with pytest.raises(DataError, match=r"a847 validation: nothing to convert; .*index_ade20k.pkl lists no ADE_val_\* images"):
+    with pytest.raises(
+        DataError, match=r"a847 validation: nothing to convert; .*index_ade20k.pkl lists no ADE_val_\* images"
+    ):
         prepare_a847(full, tmp_path / "root", progress=False)
     coco = tmp_path / "coco"
     (coco / "annotations" / "val2017").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"coco-stuff val2017: nothing to convert; expected the stuffthingmaps PNGs of "
-                                        r"val2017 in .*annotations/val2017"):
+    with pytest.raises(
+        DataError,
+        match=r"coco-stuff val2017: nothing to convert; expected the stuffthingmaps PNGs of "
+        r"val2017 in .*annotations/val2017",
+    ):
         prepare_coco_stuff(coco, tmp_path / "root", progress=False)

@@ -115,8 +115,14 @@ def test_voc_writes_pas20_and_pas20b_with_different_file_sets(tmp_path, capsys):
     base = root / "VOCdevkit/VOC2012"
     assert sorted(p.stem for p in (base / "annotations_detectron2/val").iterdir()) == ids[:1]
     assert sorted(p.stem for p in (base / "annotations_detectron2_bg/val").iterdir()) == ids[:2]
-    assert np.asarray(Image.open(base / "annotations_detectron2/val" / f"{ids[0]}.png")).tolist() == [[255, 0, 19], [255, 255, 14]]
-    assert np.asarray(Image.open(base / "annotations_detectron2_bg/val" / f"{ids[0]}.png")).tolist() == [[20, 0, 19], [255, 255, 14]]
+    assert np.asarray(Image.open(base / "annotations_detectron2/val" / f"{ids[0]}.png")).tolist() == [
+        [255, 0, 19],
+        [255, 255, 14],
+    ]
+    assert np.asarray(Image.open(base / "annotations_detectron2_bg/val" / f"{ids[0]}.png")).tolist() == [
+        [20, 0, 19],
+        [255, 255, 14],
+    ]
     assert "voc20 val: 1 written, 0 already done, 2 not written by design" in capsys.readouterr().out
     ds = build_dataset("voc20b", root=root)
     assert len(ds) == 2 and ds[1]["label"].tolist() == [[20, 20, 20], [-1, 20, 20]]
@@ -130,17 +136,28 @@ def test_splits_with_nothing_to_convert_are_errors(tmp_path, capsys):
     src = tmp_path / "VOC2010"
     (src / "trainval").mkdir(parents=True)  # unpacked nothing (or the wrong archive) into trainval/
     (src / "trainval" / "2008_000002.txt").write_text("not a .mat")
-    with pytest.raises(DataError, match=rf"pc459 val: nothing to convert; none of the 5104 listed val ids has a .mat file in "
-                                        rf".*trainval \(expected e.g. .*trainval/{PC_IDS[0]}.mat\); unpack trainval.tar.gz"):
+    with pytest.raises(
+        DataError,
+        match=rf"pc459 val: nothing to convert; none of the 5104 listed val ids has a .mat file in "
+        rf".*trainval \(expected e.g. .*trainval/{PC_IDS[0]}.mat\); unpack trainval.tar.gz",
+    ):
         prepare_pc459(src, tmp_path / "root", progress=False)
     assert main(["prepare", "pc459", "--src", str(src), "--root", str(tmp_path / "root"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "nothing to convert" in err and len(err.strip().splitlines()) == 1
-    (src / "trainval_merged.json").write_text(json.dumps({
-        "images": [{"image_id": 1, "file_name": "a.jpg", "height": 2, "width": 2, "phase": "train"}],
-        "annos_segmentation": []}))
-    with pytest.raises(DataError, match=r"pc59 val: nothing to convert; expected images of phase 'val' in "
-                                        r".*trainval_merged.json"):
+    (src / "trainval_merged.json").write_text(
+        json.dumps(
+            {
+                "images": [{"image_id": 1, "file_name": "a.jpg", "height": 2, "width": 2, "phase": "train"}],
+                "annos_segmentation": [],
+            }
+        )
+    )
+    with pytest.raises(
+        DataError,
+        match=r"pc59 val: nothing to convert; expected images of phase 'val' in "
+        r".*trainval_merged.json",
+    ):
         prepare_pc59(src, tmp_path / "root", progress=False)
     voc = tmp_path / "VOC2012"
     (voc / "ImageSets/Segmentation").mkdir(parents=True)

@@ -49,7 +49,10 @@ def test_count_values_size_and_split_problems(tmp_path):
     assert "1 label(s) have no image" in text and "ADE_val_00000009" in text
     assert "not ADE_val_* validation files (e.g. ADE_train_00000001)" in text
     assert "1 label(s) hold out-of-range values: ADE_val_00000001.png (e.g. ADE_val_00000001.png: values [150]" in text
-    assert "1 label(s) differ in size from their image: ADE_val_00000002.png (e.g. ADE_val_00000002.png: label 2x1, image 2x3)" in text
+    assert (
+        "1 label(s) differ in size from their image: ADE_val_00000002.png (e.g. ADE_val_00000002.png: label 2x1, image 2x3)"
+        in text
+    )
 
 
 def test_missing_folders_name_the_fix(tmp_path):
@@ -82,7 +85,11 @@ def test_a847_unresized_images_are_flagged(tmp_path):
     entry = dataclasses.replace(get_entry("a847"), num_images=1)
     put(tmp_path, entry, "ADE_val_00000001", np.zeros((600, 700), np.uint16))
     problems, _ = verify_entry(entry, tmp_path, progress=False)
-    assert len(problems) == 1 and "not resized as the A-847 prep does" in problems[0] and "short side 600 > 512" in problems[0]
+    assert (
+        len(problems) == 1
+        and "not resized as the A-847 prep does" in problems[0]
+        and "short side 600 > 512" in problems[0]
+    )
 
 
 def test_cli_prepare_verify_and_list(tmp_path, capsys):
@@ -107,7 +114,10 @@ def test_cli_prepare_verify_and_list(tmp_path, capsys):
     [
         (["prepare", "ade999"], "unknown dataset 'ade999'"),
         (["prepare"], "name a dataset to prepare or verify"),
-        (["prepare", "a150", "--src", "/nonexistent/x"], "is not a folder; point it at the unpacked official ADEChallengeData2016"),
+        (
+            ["prepare", "a150", "--src", "/nonexistent/x"],
+            "is not a folder; point it at the unpacked official ADEChallengeData2016",
+        ),
         (["prepare", "voc", "--workers", "0"], "--workers must be >= 1"),
     ],
 )

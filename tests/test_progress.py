@@ -17,8 +17,10 @@ class Terminal(io.StringIO):
         return True
 
 
-LINE = re.compile(r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\), "
-                  r"(?P<rate>[\d.e+-]+) \w+/s, (ETA \d+:\d\d|done in \d+:\d\d)")
+LINE = re.compile(
+    r"^(?P<desc>.+): (?P<n>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\), "
+    r"(?P<rate>[\d.e+-]+) \w+/s, (ETA \d+:\d\d|done in \d+:\d\d)"
+)
 
 
 def test_plain_lines_with_rate_and_eta_when_not_a_terminal(monkeypatch):

@@ -26,14 +26,39 @@ def files(tmp_path_factory):
         torch.manual_seed(seed)
         weights.append(save_safetensors(create_clip(tiny).state_dict(), root / f"clip{seed}.safetensors"))
     (root / "vocab.txt").write_text("cat\nsofa, couch\ntraffic light\n\n")
-    return {"root": root, "clip": weights[0], "clip_other": weights[1], "pipe": make_tiny_pipeline(root / "sd"), "vocab": root / "vocab.txt"}
+    return {
+        "root": root,
+        "clip": weights[0],
+        "clip_other": weights[1],
+        "pipe": make_tiny_pipeline(root / "sd"),
+        "vocab": root / "vocab.txt",
+    }
 
 
 def _build_args(files, out, vocab=None, clip=None, *extra):
     return [
-        "prompts", "build", "--vocab", str(vocab or files["vocab"]), "--generator", str(files["pipe"]), "--out", str(out),
-        "--preset", "dpseg-tiny", "--set", f"model.clip_pretrained={clip or files['clip']}", "--set", "prompts.resolution=16",
-        "--set", "prompts.steps=2", "--set", "prompts.num_templates=2", "--quiet", "--device", "cpu", *extra,
+        "prompts",
+        "build",
+        "--vocab",
+        str(vocab or files["vocab"]),
+        "--generator",
+        str(files["pipe"]),
+        "--out",
+        str(out),
+        "--preset",
+        "dpseg-tiny",
+        "--set",
+        f"model.clip_pretrained={clip or files['clip']}",
+        "--set",
+        "prompts.resolution=16",
+        "--set",
+        "prompts.steps=2",
+        "--set",
+        "prompts.num_templates=2",
+        "--quiet",
+        "--device",
+        "cpu",
+        *extra,
     ]
 
 
@@ -58,7 +83,11 @@ def test_build_resume_info_and_use_from_python(files, tmp_path, capsys):
     assert "3 (3 generated)" in text and "missing of" in text and ": zebra" in text and "kept images" in text
     assert main(["prompts", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["num_classes"] == 3 and info["num_templates"] == 2 and info["generator"].startswith("diffusers:StableDiffusionPipeline@")
+    assert (
+        info["num_classes"] == 3
+        and info["num_templates"] == 2
+        and info["generator"].startswith("diffusers:StableDiffusionPipeline@")
+    )
     cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}"])
     _, prompt, text_tower = build_towers(cfg.model)  # the same weights, loaded again: the fingerprints agree
     ps = PromptBank.open(out).prompt_set(["traffic light", "cat"], prompt_encoder=prompt, text_tower=text_tower)
@@ -81,9 +110,19 @@ def test_add_exemplars(files, tmp_path, capsys):
     folder = tmp_path / "ex" / "cat"
     folder.mkdir(parents=True)
     for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            folder / f"{i}.jpg"
+        )
     bank = tmp_path / "bank"
-    args = ["--preset", "dpseg-tiny", "--set", f"model.clip_pretrained={files['clip']}", "--set", "prompts.num_templates=2", "--quiet"]
+    args = [
+        "--preset",
+        "dpseg-tiny",
+        "--set",
+        f"model.clip_pretrained={files['clip']}",
+        "--set",
+        "prompts.num_templates=2",
+        "--quiet",
+    ]
     assert main(["prompts", "add-exemplars", "--bank", str(bank), "--folder", str(tmp_path / "ex"), *args]) == 0
     assert "set visual prompts of 1 classes from 2 exemplar images" in capsys.readouterr().out
     assert main(_build_args(files, bank)) == 0  # the exemplar-only bank takes generated prompts for the rest
@@ -94,11 +133,25 @@ def test_add_exemplars(files, tmp_path, capsys):
 def test_build_from_a_checkpoint_fits_the_checkpoint_and_the_clip_it_came_from(files, tmp_path, capsys):
     from dpseg.build import build_model, load_model, save_model
 
-    prompts = [f"prompts.generator={files['pipe']}", "prompts.num_templates=2", "prompts.resolution=16", "prompts.steps=2"]
+    prompts = [
+        f"prompts.generator={files['pipe']}",
+        "prompts.num_templates=2",
+        "prompts.resolution=16",
+        "prompts.steps=2",
+    ]
     cfg = build_config("dpseg-tiny", overrides=[f"model.clip_pretrained={files['clip']}", *prompts])
     save_model(build_model(cfg), cfg, tmp_path / "ckpt")
-    argv = ["prompts", "build", "--vocab", str(files["vocab"]), "--out", str(tmp_path / "bank"), "--quiet",
-            "--checkpoint", str(tmp_path / "ckpt")]  # generator, templates and sampler from the checkpoint's config
+    argv = [
+        "prompts",
+        "build",
+        "--vocab",
+        str(files["vocab"]),
+        "--out",
+        str(tmp_path / "bank"),
+        "--quiet",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+    ]  # generator, templates and sampler from the checkpoint's config
     assert main(argv) == 0 and "built 3 classes" in capsys.readouterr().out
     model, _ = load_model(tmp_path / "ckpt")
     assert PromptBank.open(tmp_path / "bank").prompt_set(["cat"], model=model).visual.shape == (1, 2, 32)
@@ -122,7 +175,10 @@ def test_vocabulary_names_and_files(tmp_path):
         ("bad_json_vocab", "must hold a JSON list of non-empty strings"),
         ("unknown_vocab", "class list nosuchvocab not found"),
         ("missing_generator", r"generator directory .*nowhere does not exist"),
-        ("offline_hub_id", r"not in the local Hugging Face cache and the hub is unreachable.*--generator /path/to/pipeline"),
+        (
+            "offline_hub_id",
+            r"not in the local Hugging Face cache and the hub is unreachable.*--generator /path/to/pipeline",
+        ),
         ("random_encoders", "'model.clip_pretrained' is empty"),
         ("negative_images", "--images-per-class must be >= 0"),
         ("other_encoder", "was built for another visual-prompt encoder"),
@@ -167,12 +223,32 @@ def test_bad_inputs_give_one_line_errors(files, tmp_path, capsys, monkeypatch, c
         assert main(build()) == 0
         argv = build(clip=files["clip_other"])
     elif case == "missing_folder":
-        argv = ["prompts", "add-exemplars", "--bank", str(out), "--folder", str(tmp_path / "nope"), "--preset", "dpseg-tiny"]
+        argv = [
+            "prompts",
+            "add-exemplars",
+            "--bank",
+            str(out),
+            "--folder",
+            str(tmp_path / "nope"),
+            "--preset",
+            "dpseg-tiny",
+        ]
     elif case == "unreadable_exemplar":
         (tmp_path / "ex" / "cat").mkdir(parents=True)
         (tmp_path / "ex" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
-        argv = ["prompts", "add-exemplars", "--bank", str(out), "--folder", str(tmp_path / "ex"), "--preset", "dpseg-tiny",
-                "--set", f"model.clip_pretrained={files['clip']}", "--quiet"]
+        argv = [
+            "prompts",
+            "add-exemplars",
+            "--bank",
+            str(out),
+            "--folder",
+            str(tmp_path / "ex"),
+            "--preset",
+            "dpseg-tiny",
+            "--set",
+            f"model.clip_pretrained={files['clip']}",
+            "--quiet",
+        ]
     else:
         argv = ["prompts", "info", str(tmp_path)]
     capsys.readouterr()
@@ -187,9 +263,21 @@ def test_torchrun_two_processes_build_the_same_bank_as_one(files, tmp_path, caps
     import sys
 
     assert main(_build_args(files, tmp_path / "single")) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", "-m", "dpseg"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-m",
+        "dpseg",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(torchrun + _build_args(files, tmp_path / "multi"), env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        torchrun + _build_args(files, tmp_path / "multi"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0/2: built 2 classes" in proc.stdout and "rank 1/2: built 1 classes" in proc.stdout
     single, multi = PromptBank.open(tmp_path / "single"), PromptBank.open(tmp_path / "multi")

@@ -48,15 +48,18 @@ def test_mask_frames_the_region_like_a_generated_image():
     big = torch.zeros(30, 12, dtype=torch.bool)
     big[5:25, 2:10] = True  # side 29 > width 12: centred, mean-colour bands left and right
     framed = prepare_prompt_image(torch.rand(3, 30, 12), 29, mask=big)
-    assert torch.equal(framed[:, :, :9], MEAN.expand(3, 29, 9)) and torch.equal(framed[:, :, 21:], MEAN.expand(3, 29, 8))
+    assert torch.equal(framed[:, :, :9], MEAN.expand(3, 29, 9)) and torch.equal(
+        framed[:, :, 21:], MEAN.expand(3, 29, 8)
+    )
 
 
 def test_alpha_marks_the_region_and_clears_transparent_pixels():
     img = torch.rand(3, 40, 40)
     alpha = torch.zeros(40, 40, dtype=torch.bool)
     alpha[10:30, 15:25] = True
-    rgba = np.concatenate([(img.permute(1, 2, 0) * 255).round().byte().numpy(),
-                           (alpha.numpy() * 255).astype(np.uint8)[..., None]], -1)
+    rgba = np.concatenate(
+        [(img.permute(1, 2, 0) * 255).round().byte().numpy(), (alpha.numpy() * 255).astype(np.uint8)[..., None]], -1
+    )
     via_alpha = prepare_prompt_image(Image.fromarray(rgba, "RGBA"), 29)  # region 20 x 10 -> side 29
     top, left, side = prompt_frame((10, 30, 15, 25), (40, 40), OBJECT_FILL)
     rgb = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float() / 255
@@ -120,20 +123,27 @@ def test_exemplar_folders_naming_one_class_twice_are_refused(tmp_path, other):
     for name in ("cat, kitty" if "kitty" in other.lower() else "cat", other):
         (tmp_path / name).mkdir()
         (tmp_path / name / "a.jpg").write_bytes(b"x")
-    with pytest.raises(DataError, match=r"has sub-folders for '(?i:cat).*names that differ only in case or spacing are one "
-                                        r"class\) more than once; merge them"):
+    with pytest.raises(
+        DataError,
+        match=r"has sub-folders for '(?i:cat).*names that differ only in case or spacing are one "
+        r"class\) more than once; merge them",
+    ):
         find_exemplars(tmp_path)
 
 
 def test_encode_prompt_images_matches_tower_and_is_batch_independent(tiny_cfg):
     _, prompt, _ = build_towers(tiny_cfg.model)
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)) for i in range(5)]
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)) for i in range(5)
+    ]
     v, stages = encode_prompt_images(prompt, images, 32, batch_size=2)
     assert v.shape == (5, 32) and [s.shape for s in stages] == [(5, 16), (5, 32), (5, 64)]
     assert torch.allclose(v.norm(dim=-1), torch.ones(5), atol=1e-5)
     with torch.no_grad():
         ref_v, ref_stages = prompt.encode_prompts(torch.stack([prepare_prompt_image(im, 32) for im in images]))
-    assert torch.allclose(v, ref_v, atol=1e-5) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stages, ref_stages))
+    assert torch.allclose(v, ref_v, atol=1e-5) and all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(stages, ref_stages)
+    )
     mean_v, mean_stages = average_prompts(v, stages)
     assert torch.allclose(mean_v, torch.nn.functional.normalize(v.mean(0), dim=-1), atol=1e-6)
     assert torch.allclose(mean_stages[2], stages[2].mean(0))

@@ -40,7 +40,9 @@ def test_generate_is_seeded_per_image_and_batch_independent(pipe_dir):
     assert type(sched).__name__ == "DPMSolverMultistepScheduler" and sched.config.algorithm_type == "dpmsolver++"
 
 
-@pytest.mark.parametrize("name, cls", [("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler"), ("default", "PNDMScheduler")])
+@pytest.mark.parametrize(
+    "name, cls", [("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler"), ("default", "PNDMScheduler")]
+)
 def test_scheduler_choice(pipe_dir, name, cls):
     gen = get_generator(str(pipe_dir), _cfg(f"prompts.scheduler={name}"), device="cpu")
     assert type(gen.pipeline.scheduler).__name__ == cls and f"|{name}|" in gen.identity
@@ -82,7 +84,9 @@ def test_missing_generator_weights_fail_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match=r"not in the local Hugging Face cache.*--generator /path/to/pipeline"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"not in the local Hugging Face cache.*--generator /path/to/pipeline"
+    ):
         get_generator("runwayml/stable-diffusion-v1-5", _cfg())
     assert time.monotonic() - t0 < 5
 
@@ -111,7 +115,9 @@ def test_bad_settings(pipe_dir, tmp_path):
         get_generator(str(pipe_dir), _cfg("prompts.resolution=17"))
     flow = shutil.copytree(pipe_dir, tmp_path / "flow")
     cfg_path = flow / "scheduler" / "scheduler_config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    cfg_path.write_text(
+        json.dumps({**json.loads(cfg_path.read_text()), "_class_name": "FlowMatchEulerDiscreteScheduler"})
+    )
     with pytest.raises(ConfigError, match="dpm\\+\\+ .*does not fit this pipeline's FlowMatchEulerDiscreteScheduler"):
         get_generator(str(flow), _cfg())
     broken = shutil.copytree(pipe_dir, tmp_path / "broken")

@@ -61,7 +61,11 @@ def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch
     assert not torch.allclose(out["logits"], out["logits_pass1"])
     import dpseg.model.refine as refine
 
-    monkeypatch.setattr(refine, "detected_classes", lambda logits, area, cap=0, score=0.0: torch.zeros(logits.shape[:2], dtype=torch.bool))
+    monkeypatch.setattr(
+        refine,
+        "detected_classes",
+        lambda logits, area, cap=0, score=0.0: torch.zeros(logits.shape[:2], dtype=torch.bool),
+    )
     with torch.no_grad():
         none = two_pass(model, x, prompts)  # nothing detected: every prompt is kept, pass 2 == pass 1
     assert torch.allclose(none["logits"], none["logits_pass1"], atol=1e-6)
@@ -86,7 +90,9 @@ def test_present_scope_redecodes_only_present_classes():
     present[first.argmax(dim=1).unique()] = True
     assert torch.equal(fast["logits"][:, ~present], first[:, ~present])  # absent classes keep pass-1 logits
     with torch.no_grad():
-        expected = model.decode(model.encode_image(x), fast["prompts"].select(present.nonzero().flatten().tolist()))["logits"]
+        expected = model.decode(model.encode_image(x), fast["prompts"].select(present.nonzero().flatten().tolist()))[
+            "logits"
+        ]
     assert torch.allclose(fast["logits"][:, present], expected, atol=1e-6)
     with pytest.raises(InputError, match="scope"):
         RefinePolicy(scope="some")

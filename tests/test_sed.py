@@ -33,8 +33,11 @@ def write_sed_checkpoint(path: Path, state: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return {"state": load_file(FIXTURE / "sed_tiny_state.safetensors"),
-            "io": load_file(FIXTURE / "sed_tiny_io.safetensors"), "meta": json.loads((FIXTURE / "meta.json").read_text())}
+    return {
+        "state": load_file(FIXTURE / "sed_tiny_state.safetensors"),
+        "io": load_file(FIXTURE / "sed_tiny_io.safetensors"),
+        "meta": json.loads((FIXTURE / "meta.json").read_text()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,10 @@ def sed_prompts(model, cfg, names) -> PromptSet:
 
 def test_text_embeddings_equal_seds(fixture, converted):
     model, cfg, _ = converted
-    for names, key in ((fixture["meta"]["class_names"], "text.text_features_test"),
-                       (fixture["meta"]["cer_class_names"], "cer.text_features_test")):
+    for names, key in (
+        (fixture["meta"]["class_names"], "text.text_features_test"),
+        (fixture["meta"]["cer_class_names"], "cer.text_features_test"),
+    ):
         T = model.encode_text_prompts(names, model_templates(cfg))  # (K, 80, d), "sofa, couch" = two synonyms
         assert (T - fixture["io"][key]).abs().max() < TOL
 
@@ -95,8 +100,9 @@ def test_sed_postprocessing_equals_the_protocols(fixture, converted):
     model, cfg, _ = converted
     io = fixture["io"]
     protocol = Protocol("whole", 75, 2560, 160)
-    pred = predict_whole(lambda images: {"pass1": io["out.logits"]}, [torch.zeros(3, 75, 100, dtype=torch.uint8)],
-                         protocol)[0]["pass1"]
+    pred = predict_whole(
+        lambda images: {"pass1": io["out.logits"]}, [torch.zeros(3, 75, 100, dtype=torch.uint8)], protocol
+    )[0]["pass1"]
     best, labels = io["out.sem_seg"].max(dim=0)
     assert (pred.scores - best).abs().max() < TOL and torch.equal(pred.labels, labels)
 
@@ -106,7 +112,9 @@ def test_training_pooling_of_the_class_attention_equals_seds(fixture, converted)
     io = fixture["io"]
     x = torch.nn.functional.interpolate(io["input.image_uint8"][None].float() / 255, (160, 160), mode="bilinear")
     for stage in model.decoder.stages:
-        stage.classes.pool_test = 2  # SED's POOLING_SIZES [2, 2]: floor pooling, align_corners unpooling at 5, 10, 20 px
+        stage.classes.pool_test = (
+            2  # SED's POOLING_SIZES [2, 2]: floor pooling, align_corners unpooling at 5, 10, 20 px
+        )
     try:
         with torch.no_grad():
             logits = model(x, sed_prompts(model, cfg, fixture["meta"]["class_names"]))["logits"]
@@ -207,7 +215,9 @@ def test_converter_names_every_problem(fixture, tmp_path):
         convert(state, preset="dpseg-b")
     with pytest.raises(CheckpointError, match="not an SED checkpoint"):
         convert({"backbone.weight": torch.zeros(1)})
-    torch.save({"model": state, "trainer": {"hook": Path("x")}}, tmp_path / "unsafe.pth")  # an object weights_only refuses
+    torch.save(
+        {"model": state, "trainer": {"hook": Path("x")}}, tmp_path / "unsafe.pth"
+    )  # an object weights_only refuses
     with pytest.raises(CheckpointError, match=r"weights_only=True.*never runs pickled code"):
         convert_sed(tmp_path / "unsafe.pth", tmp_path / "out")
     (tmp_path / "text.pth").write_text("not a checkpoint")
@@ -227,8 +237,22 @@ def test_converted_checkpoint_segments_a_photo_text_only(converted, tmp_path, ca
 
     _, _, root = converted
     Image.fromarray(scene()).save(tmp_path / "photo.jpg")
-    assert main(["segment", str(tmp_path / "photo.jpg"), "--checkpoint", str(root / "ckpt"),
-                 "--classes", "person, sky, tree", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "photo.jpg"),
+                "--checkpoint",
+                str(root / "ckpt"),
+                "--classes",
+                "person, sky, tree",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "out" / "photo.json").read_text())
     assert info["prompts"].startswith("text") and not info["refined"] and info["size"] == [72, 96]
     assert [c["name"] for c in info["classes"]] == ["person", "sky", "tree"]

@@ -28,7 +28,9 @@ def test_result_has_labels_scores_and_class_stats(seg):
     img = scene()
     r = seg.segment(img)
     assert isinstance(r, SegmentationResult) and r.size == (72, 96) and r.labels.dtype == np.uint8
-    assert len(np.unique(r.labels)) > 1, "test image must give a non-constant map for the comparisons below to mean anything"
+    assert len(np.unique(r.labels)) > 1, (
+        "test image must give a non-constant map for the comparisons below to mean anything"
+    )
     assert r.class_names == artifacts().classes and r.refined and r.labels_pass1 is not None
     for c in r.classes:  # stats recomputed independently from the maps
         mask = r.labels == c.index
@@ -45,7 +47,9 @@ def test_same_maps_as_the_evaluation_inference_path(seg):
     r = seg.segment(img, refine=True)
     forward = model_forward(seg.model, seg.prompts, two_pass=True, class_chunk=seg.protocol.class_chunk)
     ref = predict(forward, [torch.from_numpy(img).permute(2, 0, 1).contiguous()], seg.protocol, "cpu")[0]
-    assert np.array_equal(r.labels, ref["pass2"].labels.numpy()) and np.array_equal(r.labels_pass1, ref["pass1"].labels.numpy())
+    assert np.array_equal(r.labels, ref["pass2"].labels.numpy()) and np.array_equal(
+        r.labels_pass1, ref["pass1"].labels.numpy()
+    )
     assert np.allclose(r.scores, ref["pass2"].scores.numpy())
 
 
@@ -67,10 +71,19 @@ def test_vocabulary_cache_switching_back_encodes_nothing(seg, monkeypatch):
     calls = {"text": 0, "bank": 0, "image": 0}
     encode, load = seg.model.text_encoder.encode, PromptBank.load_class
     encode_prompts = seg.model.prompt_encoder.encode_prompts
-    monkeypatch.setattr(seg.model.text_encoder, "encode", lambda *a, **k: calls.__setitem__("text", calls["text"] + 1) or encode(*a, **k))
-    monkeypatch.setattr(seg.model.prompt_encoder, "encode_prompts",
-                        lambda *a, **k: calls.__setitem__("image", calls["image"] + 1) or encode_prompts(*a, **k))
-    monkeypatch.setattr(PromptBank, "load_class", lambda self, n: calls.__setitem__("bank", calls["bank"] + 1) or load(self, n))
+    monkeypatch.setattr(
+        seg.model.text_encoder,
+        "encode",
+        lambda *a, **k: calls.__setitem__("text", calls["text"] + 1) or encode(*a, **k),
+    )
+    monkeypatch.setattr(
+        seg.model.prompt_encoder,
+        "encode_prompts",
+        lambda *a, **k: calls.__setitem__("image", calls["image"] + 1) or encode_prompts(*a, **k),
+    )
+    monkeypatch.setattr(
+        PromptBank, "load_class", lambda self, n: calls.__setitem__("bank", calls["bank"] + 1) or load(self, n)
+    )
     seg.set_vocabulary(["lamp", "cat"])
     first = dict(calls)
     assert first["bank"] == 2
@@ -140,7 +153,9 @@ def test_exemplar_folders_alone_or_with_a_bank(seg, tmp_path):
     seg.set_vocabulary(["cat", "lamp", "floor"], exemplars=str(tmp_path))
     assert seg.prompt_source == f"exemplars {tmp_path} (2 classes) + bank {artifacts().bank} (1 classes)"
     assert not torch.allclose(seg.prompts.visual[0], bank_only.visual[0])
-    assert torch.allclose(seg.prompts.visual[2], bank_only.visual[2]) and torch.allclose(seg.prompts.text, bank_only.text)
+    assert torch.allclose(seg.prompts.visual[2], bank_only.visual[2]) and torch.allclose(
+        seg.prompts.text, bank_only.text
+    )
     with pytest.raises(InputError, match="no sub-folder named like any class"):
         seg.set_vocabulary(["floor"], exemplars=str(tmp_path))
     seg.set_vocabulary(artifacts().classes)
@@ -150,10 +165,14 @@ def test_class_string_rules():
     assert parse_class_list("cat, sofa, lamp") == ["cat", "sofa", "lamp"]
     assert parse_class_list(" sofa ,couch; cat ;") == ["sofa, couch", "cat"]
     assert parse_class_list("sofa, couch\nfloor lamp\n") == ["sofa, couch", "floor lamp"]
-    for bad, msg in [("", "empty"), (" ; ,", "empty"), ("cat, lamp, cat", "'cat' more than once"),
-                     ("sofa, couch; couch ,sofa ; sofa,couch", "'sofa, couch' more than once"),
-                     ("red solid square, red  solid square", "'red solid square' .*differ only in case or spacing"),
-                     ("Cat; dog; cat", r"'Cat' \(written 'Cat', 'cat'")]:
+    for bad, msg in [
+        ("", "empty"),
+        (" ; ,", "empty"),
+        ("cat, lamp, cat", "'cat' more than once"),
+        ("sofa, couch; couch ,sofa ; sofa,couch", "'sofa, couch' more than once"),
+        ("red solid square, red  solid square", "'red solid square' .*differ only in case or spacing"),
+        ("Cat; dog; cat", r"'Cat' \(written 'Cat', 'cat'"),
+    ]:
         with pytest.raises(InputError, match=msg):
             parse_class_list(bad)
 
@@ -186,13 +205,17 @@ def test_large_images_are_predicted_downscaled_then_enlarged(seg, monkeypatch):
     import dpseg.segmenter as module
 
     real = module.predict
-    monkeypatch.setattr(module, "predict", lambda f, ims, *a: seen.extend(tuple(i.shape) for i in ims) or real(f, ims, *a))
+    monkeypatch.setattr(
+        module, "predict", lambda f, ims, *a: seen.extend(tuple(i.shape) for i in ims) or real(f, ims, *a)
+    )
     try:
         r = seg.segment(img, refine=False)
     finally:
         seg.max_full_pixels = 4096 * 4096
     assert seen == [(3, 60, 80)] and r.size == (120, 160)
-    small = seg.segment(np.asarray(Image.fromarray(img).resize((80, 60), Image.BILINEAR, reducing_gap=3.0)), refine=False)
+    small = seg.segment(
+        np.asarray(Image.fromarray(img).resize((80, 60), Image.BILINEAR, reducing_gap=3.0)), refine=False
+    )
     assert np.array_equal(r.labels[::2, ::2], small.labels)  # nearest enlargement of the downscaled prediction
 
 
@@ -211,9 +234,14 @@ def test_min_score_leaves_pixels_unlabelled(seg):
 
 def test_bad_inputs_raise_one_line_errors(seg, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    cases = [(tmp_path / "missing.png", DataError, "does not exist"), (tmp_path / "bad.jpg", DataError, "cannot read"),
-             (np.zeros((4, 4, 5), np.uint8), InputError, "shape"), (np.full((4, 4), 2.0), InputError, r"\[0, 1\]"),
-             (np.zeros((0, 4, 3), np.uint8), InputError, "empty"), (3, InputError, "cannot segment a int")]
+    cases = [
+        (tmp_path / "missing.png", DataError, "does not exist"),
+        (tmp_path / "bad.jpg", DataError, "cannot read"),
+        (np.zeros((4, 4, 5), np.uint8), InputError, "shape"),
+        (np.full((4, 4), 2.0), InputError, r"\[0, 1\]"),
+        (np.zeros((0, 4, 3), np.uint8), InputError, "empty"),
+        (3, InputError, "cannot segment a int"),
+    ]
     for image, kind, msg in cases:
         with pytest.raises(kind, match=msg) as e:
             seg.segment(image)

@@ -49,8 +49,14 @@ def image_kinds(folder):
     cv2.imwrite(str(folder / "rgb16.png"), (base.astype(np.uint16) * 257)[..., ::-1])
     Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
     pal.save(folder / "palette.png")
-    return {"exif": rotated, "gray": np.dstack([gray] * 3), "gray16": np.dstack([gray] * 3), "rgb16": base,
-            "rgba": see_through, "palette": np.asarray(pal.convert("RGB"))}
+    return {
+        "exif": rotated,
+        "gray": np.dstack([gray] * 3),
+        "gray16": np.dstack([gray] * 3),
+        "rgb16": base,
+        "rgba": see_through,
+        "palette": np.asarray(pal.convert("RGB")),
+    }
 
 
 def test_every_image_kind_is_read_as_a_viewer_shows_it(seg, tmp_path):
@@ -78,17 +84,27 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
     out = tmp_path / "out"
     umask = os.umask(0)
     os.umask(umask)
-    rc, err = segment(capsys, src, str(src / "sub" / "*.png"), src / "a.jpg", "--classes", "cat, lamp, floor", "--out", out)
+    rc, err = segment(
+        capsys, src, str(src / "sub" / "*.png"), src / "a.jpg", "--classes", "cat, lamp, floor", "--out", out
+    )
     assert rc == 0, err
     assert "prompts: bank" in err and "segmented 3 image(s)" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert [i["image"] for i in summary["images"]] == [str(src / "a.jpg"), str(src / "b.png"), str(src / "sub" / "a.png")]
+    assert [i["image"] for i in summary["images"]] == [
+        str(src / "a.jpg"),
+        str(src / "b.png"),
+        str(src / "sub" / "a.png"),
+    ]
     assert summary["failed"] == [] and summary["classes"] == ["cat", "lamp", "floor"]
     for stem, (h, w) in [("a", (72, 96)), ("b", (30, 50)), ("a-2", (72, 96))]:
         label = Image.open(out / f"{stem}.png")
         assert label.mode == "P" and label.size == (w, h) and np.asarray(label).max() < 3  # palette PNG, indices kept
         info = json.loads((out / f"{stem}.json").read_text())
-        assert info["size"] == [h, w] and info["label_bits"] == 8 and [c["name"] for c in info["classes"]] == ["cat", "lamp", "floor"]
+        assert (
+            info["size"] == [h, w]
+            and info["label_bits"] == 8
+            and [c["name"] for c in info["classes"]] == ["cat", "lamp", "floor"]
+        )
         counts = np.bincount(np.asarray(label).ravel(), minlength=3)
         assert [c["pixels"] for c in info["classes"]] == counts.tolist()
         assert sum(c["area"] for c in info["classes"]) == pytest.approx(1.0, abs=1e-5)
@@ -103,8 +119,19 @@ def test_files_folders_and_globs_write_label_overlay_json(capsys, tmp_path):
 def test_label_map_shows_the_overlay_colours_and_masks_and_scores_are_written(capsys, tmp_path):
     Image.fromarray(scene(seed=4)).save(tmp_path / "x.png")
     out = tmp_path / "out"
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; sofa, couch; lamp", "--no-refine",
-                      "--min-score", "0.5", "--save-masks", "--save-scores", "--out", out)
+    rc, err = segment(
+        capsys,
+        tmp_path / "x.png",
+        "--classes",
+        "cat; sofa, couch; lamp",
+        "--no-refine",
+        "--min-score",
+        "0.5",
+        "--save-masks",
+        "--save-scores",
+        "--out",
+        out,
+    )
     assert rc == 0, err
     info = json.loads((out / "x.json").read_text())
     label = Image.open(out / "x.png")
@@ -123,8 +150,14 @@ def test_label_map_shows_the_overlay_colours_and_masks_and_scores_are_written(ca
     scores = np.asarray(Image.open(out / info["scores_png"]))
     assert scores.dtype == np.uint16 and info["scores_scale"] == 65535 and scores.shape == indices.shape
     assert np.all(scores[indices == 255] / 65535 < 0.5 + 1e-4) and np.all(scores[indices != 255] / 65535 >= 0.5 - 1e-4)
-    assert [p.name for p in sorted(out.iterdir())] == ["summary.json", "x.json", "x.png", "x_masks", "x_overlay.jpg",
-                                                       "x_scores.png"]
+    assert [p.name for p in sorted(out.iterdir())] == [
+        "summary.json",
+        "x.json",
+        "x.png",
+        "x_masks",
+        "x_overlay.jpg",
+        "x_scores.png",
+    ]
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(capsys, tmp_path):
@@ -132,25 +165,48 @@ def test_bad_files_are_reported_and_the_batch_goes_on(capsys, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    rc, err = segment(capsys, tmp_path / "broken.png", tmp_path / "good.png", tmp_path / "missing.jpg", tmp_path / "empty.jpg",
-                      str(tmp_path / "*.webp"), "--classes", "cat; lamp", "--out", out)
+    rc, err = segment(
+        capsys,
+        tmp_path / "broken.png",
+        tmp_path / "good.png",
+        tmp_path / "missing.jpg",
+        tmp_path / "empty.jpg",
+        str(tmp_path / "*.webp"),
+        "--classes",
+        "cat; lamp",
+        "--out",
+        out,
+    )
     assert rc == 1
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 4, err
-    for needle in ("broken.png: cannot read", "missing.jpg: no such file", "empty.jpg: cannot read", "*.webp: pattern matches no"):
+    for needle in (
+        "broken.png: cannot read",
+        "missing.jpg: no such file",
+        "empty.jpg: cannot read",
+        "*.webp: pattern matches no",
+    ):
         assert any(needle in e for e in errors), (needle, errors)
     assert (out / "good.png").is_file() and (out / "good_overlay.jpg").is_file() and not (out / "broken.png").exists()
     assert len(json.loads((out / "summary.json").read_text())["failed"]) == 4
     assert "segmented 1 image(s)" in err and "4 input(s) failed" in err
 
 
-@pytest.mark.parametrize("classes, message", [
-    ("", "the class list is empty"), (" ; ", "the class list is empty"),
-    ("cat, lamp, cat", "'cat' more than once"), ("sofa, couch; cat; sofa ,couch", "'sofa, couch' more than once"),
-    ("red solid square, red  solid square", "'red solid square' (written 'red solid square', 'red  solid square': "
-                                            "names that differ only in case or spacing are one class) more than once"),
-    ("cat; Cat", "'cat' (written 'cat', 'Cat'"),
-])
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ("", "the class list is empty"),
+        (" ; ", "the class list is empty"),
+        ("cat, lamp, cat", "'cat' more than once"),
+        ("sofa, couch; cat; sofa ,couch", "'sofa, couch' more than once"),
+        (
+            "red solid square, red  solid square",
+            "'red solid square' (written 'red solid square', 'red  solid square': "
+            "names that differ only in case or spacing are one class) more than once",
+        ),
+        ("cat; Cat", "'cat' (written 'cat', 'Cat'"),
+    ],
+)
 def test_bad_class_lists_stop_before_any_work(capsys, tmp_path, classes, message):
     Image.fromarray(scene()).save(tmp_path / "x.png")
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", classes, "--out", tmp_path / "out")
@@ -161,10 +217,17 @@ def test_bad_class_lists_stop_before_any_work(capsys, tmp_path, classes, message
 def test_class_files_and_synonym_rules(capsys, tmp_path):
     Image.fromarray(scene()).save(tmp_path / "x.png")
     (tmp_path / "classes.txt").write_text("sofa,  couch \nfloor\n\n")  # trailing blank lines are fine
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes-file", tmp_path / "classes.txt", "--no-refine", "--out", tmp_path / "o1")
+    rc, err = segment(
+        capsys, tmp_path / "x.png", "--classes-file", tmp_path / "classes.txt", "--no-refine", "--out", tmp_path / "o1"
+    )
     assert rc == 0, err
-    assert [c["name"] for c in json.loads((tmp_path / "o1" / "x.json").read_text())["classes"]] == ["sofa, couch", "floor"]
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "sofa, couch; floor", "--no-refine", "--out", tmp_path / "o2")
+    assert [c["name"] for c in json.loads((tmp_path / "o1" / "x.json").read_text())["classes"]] == [
+        "sofa, couch",
+        "floor",
+    ]
+    rc, err = segment(
+        capsys, tmp_path / "x.png", "--classes", "sofa, couch; floor", "--no-refine", "--out", tmp_path / "o2"
+    )
     assert rc == 0 and (tmp_path / "o1" / "x.png").read_bytes() == (tmp_path / "o2" / "x.png").read_bytes()
     (tmp_path / "dup.txt").write_text("floor\nFloor\n")  # the same class: case and spacing do not make a new one
     rc, err = segment(capsys, tmp_path / "x.png", "--classes-file", tmp_path / "dup.txt", "--out", tmp_path / "o3")
@@ -180,8 +243,17 @@ def test_many_classes_give_16_bit_labels_and_text_only_is_explicit(capsys, tmp_p
     classes = "; ".join(f"thing {i}" for i in range(256))
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat, lamp", "--out", tmp_path / "o", bank=False)
     assert rc == 2 and "--text-only" in err and len(err.strip().splitlines()) == 1
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", classes, "--text-only", "--no-refine", "--out", tmp_path / "o",
-                      checkpoint=artifacts().ckpt_unchunked)
+    rc, err = segment(
+        capsys,
+        tmp_path / "x.png",
+        "--classes",
+        classes,
+        "--text-only",
+        "--no-refine",
+        "--out",
+        tmp_path / "o",
+        checkpoint=artifacts().ckpt_unchunked,
+    )
     assert rc == 0 and "DEGRADED" in err
     label = Image.open(tmp_path / "o" / "x.png")
     assert label.mode == "I;16" and np.asarray(label).max() < 256
@@ -190,8 +262,19 @@ def test_many_classes_give_16_bit_labels_and_text_only_is_explicit(capsys, tmp_p
 
 def test_tiles_and_min_score_from_the_command_line(capsys, tmp_path):
     Image.fromarray(scene(100, 120, seed=9)).save(tmp_path / "big.png")
-    rc, err = segment(capsys, tmp_path / "big.png", "--classes", "cat, lamp", "--tile", "64", "--min-score", "0.5",
-                      "--no-refine", "--out", tmp_path / "o")
+    rc, err = segment(
+        capsys,
+        tmp_path / "big.png",
+        "--classes",
+        "cat, lamp",
+        "--tile",
+        "64",
+        "--min-score",
+        "0.5",
+        "--no-refine",
+        "--out",
+        tmp_path / "o",
+    )
     assert rc == 0, err
     info = json.loads((tmp_path / "o" / "big.json").read_text())
     assert info["tile"] == 64 and info["size"] == [100, 120] and info["min_score"] == 0.5 and not info["refined"]
@@ -209,27 +292,61 @@ def test_mismatched_checkpoint_and_bank_are_one_line_errors(capsys, tmp_path):
     shutil.copy(a.ckpt_text / "config.json", mixed / "config.json")  # text model's config, dual model's weights
     shutil.copy(a.ckpt / "model.safetensors", mixed / "model.safetensors")
     for ckpt, needle in [(mixed, "unexpected"), (tmp_path / "nowhere", "does not exist")]:
-        rc = main(["segment", str(tmp_path / "x.png"), "--classes", "cat", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")])
+        rc = main(
+            [
+                "segment",
+                str(tmp_path / "x.png"),
+                "--classes",
+                "cat",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
         err = capsys.readouterr().err
-        assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:") and needle in err.lower(), err
-    rc = main(["segment", str(tmp_path / "x.png"), "--classes", "cat", "--checkpoint", str(a.ckpt_text), "--bank", str(a.bank),
-               "--out", str(tmp_path / "o")])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:") and needle in err.lower(), (
+            err
+        )
+    rc = main(
+        [
+            "segment",
+            str(tmp_path / "x.png"),
+            "--classes",
+            "cat",
+            "--checkpoint",
+            str(a.ckpt_text),
+            "--bank",
+            str(a.bank),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "built with another" in err and len(err.strip().splitlines()) == 1
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat, giraffe", "--out", tmp_path / "o")
     assert rc == 2 and "lacks 1 of the 2 classes (giraffe)" in err
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda t: ["--out", t / "x.png"], "--out {t}/x.png is an existing file; give a folder"),
-    (lambda t: ["--out", t / "x.png" / "sub"], "--out {t}/x.png/sub: {t}/x.png is a file, so the folder cannot be created"),
-    (lambda t: ["--out", t / "o", "--tile", "100"], "--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got 100"),
-    (lambda t: ["--out", t / "o", "--tile", "16"], "--tile must be 0 (off) or a multiple of 32"),
-    (lambda t: ["--out", t / "o", "--tile", "-64"], "--tile must be 0 (off) or a multiple of 32"),
-    (lambda t: ["--out", t / "o", "--max-pixels", "-5"], "--max-pixels must be positive"),
-    (lambda t: ["--out", t / "o", "--device", "gpu0"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
-    (lambda t: ["--out", t / "o", "--device", "meta"], "--device='meta' is not supported; use auto, cpu or cuda"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t: ["--out", t / "x.png"], "--out {t}/x.png is an existing file; give a folder"),
+        (
+            lambda t: ["--out", t / "x.png" / "sub"],
+            "--out {t}/x.png/sub: {t}/x.png is a file, so the folder cannot be created",
+        ),
+        (
+            lambda t: ["--out", t / "o", "--tile", "100"],
+            "--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got 100",
+        ),
+        (lambda t: ["--out", t / "o", "--tile", "16"], "--tile must be 0 (off) or a multiple of 32"),
+        (lambda t: ["--out", t / "o", "--tile", "-64"], "--tile must be 0 (off) or a multiple of 32"),
+        (lambda t: ["--out", t / "o", "--max-pixels", "-5"], "--max-pixels must be positive"),
+        (lambda t: ["--out", t / "o", "--device", "gpu0"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+        (lambda t: ["--out", t / "o", "--device", "meta"], "--device='meta' is not supported; use auto, cpu or cuda"),
+    ],
+)
 def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatch, make_args, message):
     """Issue 17 #5/#7: a bad --out or --tile used to surface after the model had loaded (a traceback, or exit 1 per
     image); now exit 2 with one line, and no model is loaded."""
@@ -251,15 +368,33 @@ def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(c
     config = json.loads((toy / "config.json").read_text())
     (toy / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))  # as `dpseg quickstart` exports
     Image.fromarray(scene()).save(tmp_path / "x.png")
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat; red striped star; blue dotted sofa", "--text-only",
-                      "--no-refine", "--out", tmp_path / "o", checkpoint=toy)
+    rc, err = segment(
+        capsys,
+        tmp_path / "x.png",
+        "--classes",
+        "cat; red striped star; blue dotted sofa",
+        "--text-only",
+        "--no-refine",
+        "--out",
+        tmp_path / "o",
+        checkpoint=toy,
+    )
     assert rc == 0, err
     assert err.count("note: this is the toy model of `dpseg quickstart`") == 1
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1
     assert "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
-    rc, err = segment(capsys, tmp_path / "x.png", "--classes", "red striped star", "--text-only", "--no-refine",
-                      "--out", tmp_path / "o", checkpoint=toy)
+    rc, err = segment(
+        capsys,
+        tmp_path / "x.png",
+        "--classes",
+        "red striped star",
+        "--text-only",
+        "--no-refine",
+        "--out",
+        tmp_path / "o",
+        checkpoint=toy,
+    )
     assert rc == 0 and "note: this is the toy" in err and "warning:" not in err
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat", "--no-refine", "--out", tmp_path / "o")
     assert rc == 0 and "toy model" not in err and "warning:" not in err  # a real model: nothing to say

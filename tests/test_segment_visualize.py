@@ -27,7 +27,11 @@ def test_overlay_tints_marks_borders_keeps_unlabelled_and_adds_a_legend():
     assert (tinted[2, 2] == img[2, 2]).all()  # unlabelled pixels keep the image colour
     assert tinted[20, 30].sum() < tinted[20, 45].sum()  # the class border is darkened
     full = overlay(img, labels, ["sky", "sea"], [labels.size // 2 - 100, labels.size // 2])
-    assert full.height >= 40 and full.width > 60 and np.array_equal(np.asarray(full)[:40, :60], blend(img, labels, palette(2)))
+    assert (
+        full.height >= 40
+        and full.width > 60
+        and np.array_equal(np.asarray(full)[:40, :60], blend(img, labels, palette(2)))
+    )
     entries = legend_entries(["sky", "sea", "none"], [700, 1200, 0], total=2400)
     assert entries == [(1, "sea", 0.5), (0, "sky", pytest.approx(700 / 2400))]
     html = legend_html(["a<b", "sea"], [3, 1], 4)

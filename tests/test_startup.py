@@ -13,13 +13,23 @@ from segment_helpers import artifacts
 from dpseg.build import load_model
 from dpseg.weights import read_state_dict, skip_random_init
 
-HEAVY = ("gradio", "diffusers", "matplotlib", "torch.utils.tensorboard", "cv2", "dpseg.data.synthetic",
-         "dpseg.quickstart.run", "dpseg.engine")
+HEAVY = (
+    "gradio",
+    "diffusers",
+    "matplotlib",
+    "torch.utils.tensorboard",
+    "cv2",
+    "dpseg.data.synthetic",
+    "dpseg.quickstart.run",
+    "dpseg.engine",
+)
 
 
 def test_segment_imports_no_heavy_package():
-    code = ("import sys, dpseg.commands.segment, dpseg.commands.calibrate, dpseg.segmenter; "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys, dpseg.commands.segment, dpseg.commands.calibrate, dpseg.segmenter; "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

@@ -39,7 +39,9 @@ def test_captions_never_use_the_vocabulary_pattern_words_with_the_text_gap(text_
     attrs = np.array([k.indices for k in seen_classes()] * 4)  # (B, 3)
     words = set()
     for _ in range(5):
-        _, captions = batch_captions(attrs, list(rng.integers(80, size=len(attrs))), caption_universe(), templates, settings, rng)
+        _, captions = batch_captions(
+            attrs, list(rng.integers(80, size=len(attrs))), caption_universe(), templates, settings, rng
+        )
         text = " ".join(captions)
         words |= set(VOCABULARY_PATTERN.findall(text)) | set(CAPTION_PATTERN.findall(text))
     if text_gap:
@@ -72,8 +74,12 @@ def test_pretraining_sees_scene_resolution_mosaics_and_gap_captions(tmp_path, mo
 
     monkeypatch.setattr(ImageTower, "forward", spy_forward)
     monkeypatch.setattr(clip_pretrain, "make_tokenizer", spy_tokenizer)
-    path = pretrained_clip(build_config("synthetic"), tmp_path, PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1),
-                           log=lambda m: None)
+    path = pretrained_clip(
+        build_config("synthetic"),
+        tmp_path,
+        PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1),
+        log=lambda m: None,
+    )
     assert path.is_file() and shapes == [(2, 3, 128, 128)] * 2  # 8 tiles = two 2x2 mosaics at the scene resolution
     assert captions and not any(VOCABULARY_PATTERN.search(c) for c in captions)
 
@@ -126,13 +132,19 @@ def test_object_embedding_is_the_coverage_weighted_mean_of_its_cells():
 
 
 def test_zero_shot_runs_at_the_scene_resolution(tmp_path, monkeypatch):
-    path = pretrained_clip(build_config("synthetic"), tmp_path, PretrainSettings(steps=1, batch_size=8, pool_size=16, warmup=1),
-                           log=lambda m: None)
+    path = pretrained_clip(
+        build_config("synthetic"),
+        tmp_path,
+        PretrainSettings(steps=1, batch_size=8, pool_size=16, warmup=1),
+        log=lambda m: None,
+    )
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
     shapes = []
     forward = ImageTower.forward
     monkeypatch.setattr(ImageTower, "forward", lambda self, x: shapes.append(tuple(x.shape[-2:])) or forward(self, x))
-    report = evaluate_zero_shot(cfg, per_class=1, vocabs=("unseen", "all"), kinds=("scene-objects", "dense"), words="caption")
+    report = evaluate_zero_shot(
+        cfg, per_class=1, vocabs=("unseen", "all"), kinds=("scene-objects", "dense"), words="caption"
+    )
     assert set(shapes) == {(128, 128)}  # the segmenter's resolution, not the 64-px prompt size
     entry = report["unseen-among-all/scene-objects"]
     assert entry["classes"] == 75 and entry["images"] == 16 and entry["chance"] == pytest.approx(1 / 75)

@@ -25,8 +25,13 @@ def test_layout_and_class_files(world):
     assert read_classes(world.unseen) == [k.name for k in unseen_classes()]
     assert read_classes(world.all) == [k.name for k in seen_classes() + unseen_classes()]
     assert read_classes(world.unseen_all) == read_classes(world.all)
-    for folder, split, n in ((world.seen, "train", 6), (world.seen, "val", 3), (world.unseen, "val", 3), (world.all, "val", 3),
-                             (world.unseen_all, "val", 3)):
+    for folder, split, n in (
+        (world.seen, "train", 6),
+        (world.seen, "val", 3),
+        (world.unseen, "val", 3),
+        (world.all, "val", 3),
+        (world.unseen_all, "val", 3),
+    ):
         images = sorted(p.name for p in (folder / "images" / split).glob("*.png"))
         labels = sorted(p.name for p in (folder / "labels" / split).glob("*.png"))
         assert images == labels and len(images) == n

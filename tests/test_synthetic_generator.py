@@ -23,8 +23,17 @@ def dark_fraction(image: np.ndarray, mask: np.ndarray) -> float:
     return float((lum < 0.75 * np.median(lum[lum >= np.percentile(lum, 40)])).mean())
 
 
-@pytest.mark.parametrize("phrase", ["red striped star", "blue dotted circle", "yellow solid triangle",
-                                    "green solid square", "purple striped cross", "green dotted star"])
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "red striped star",
+        "blue dotted circle",
+        "yellow solid triangle",
+        "green solid square",
+        "purple striped cross",
+        "green dotted star",
+    ],
+)
 def test_generator_draws_the_requested_class(phrase):
     colour, pattern, shape = phrase.split()
     gen = SyntheticGenerator(size=64)
@@ -40,8 +49,13 @@ def test_generator_draws_the_requested_class(phrase):
         expected = {"solid": (0.0, 0.06), "dotted": (0.12, 0.42), "striped": (0.3, 0.7)}[pattern]
         assert expected[0] <= dark <= expected[1], (pattern, dark)
         ratio, solidity = shape_descriptors(mask)
-        want = {"circle": (2.9, 3.3, 0.95), "square": (1.8, 2.15, 0.95), "triangle": (1.15, 1.45, 0.95),
-                "star": (1.1, 1.45, 0.0), "cross": (1.7, 2.15, 0.0)}[shape]
+        want = {
+            "circle": (2.9, 3.3, 0.95),
+            "square": (1.8, 2.15, 0.95),
+            "triangle": (1.15, 1.45, 0.95),
+            "star": (1.1, 1.45, 0.0),
+            "cross": (1.7, 2.15, 0.0),
+        }[shape]
         assert want[0] <= ratio <= want[1], (shape, ratio)
         assert (solidity >= want[2]) if want[2] else (solidity < 0.8), (shape, solidity)
 
@@ -66,7 +80,7 @@ def test_template_words_change_the_rendering():
     assert modifiers_of("a black and white photo of the red solid star.") == ("black and white",)
     assert modifiers_of("a photo of my red solid star.") == ()
     gen = SyntheticGenerator()
-    (bw, _), = gen.generate_with_masks(["a black and white photo of a red solid star."], [0])
+    ((bw, _),) = gen.generate_with_masks(["a black and white photo of a red solid star."], [0])
     assert np.abs(bw[..., 0].astype(int) - bw[..., 1]).max() == 0  # grey
     dark = np.mean([np.asarray(x).mean() for x in gen.generate(["a dark photo of a red solid star."] * 8, range(8))])
     plain = np.mean([np.asarray(x).mean() for x in gen.generate(["a photo of a red solid star."] * 8, range(8))])
@@ -90,7 +104,9 @@ def test_bad_inputs_raise_clear_errors():
 def test_generator_understands_vocabulary_words_and_caption_synonyms():
     gen = SyntheticGenerator()
     for vocab_word, synonym in (("solid", "plain"), ("striped", "stripy"), ("dotted", "spotted")):
-        pairs = gen.generate_with_masks([f"a photo of a blue {vocab_word} square.", f"a photo of a blue {synonym} square."], [3, 3])
+        pairs = gen.generate_with_masks(
+            [f"a photo of a blue {vocab_word} square.", f"a photo of a blue {synonym} square."], [3, 3]
+        )
         fractions = [dark_fraction(image, mask) for image, mask in pairs]
         expected = {"solid": (0.0, 0.06), "dotted": (0.12, 0.42), "striped": (0.3, 0.7)}[vocab_word]
         assert all(expected[0] <= f <= expected[1] for f in fractions), (vocab_word, fractions)
@@ -111,7 +127,11 @@ def test_prompt_style_differs_from_the_scene_style():
     from dpseg.data.synthetic.render import random_scene
     from dpseg.data.synthetic.world import seen_classes
 
-    texts = ["a photo of a red striped star.", "a photo of a green solid square.", "a photo of a yellow dotted circle."] * 4
+    texts = [
+        "a photo of a red striped star.",
+        "a photo of a green solid square.",
+        "a photo of a yellow dotted circle.",
+    ] * 4
     stats = {}
     for style in ("prompt", "scene"):
         gen = SyntheticGenerator(style=style)

@@ -26,10 +26,13 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
     assert rc == 0
     out = root / "out"
     results = json.loads((out / "results.json").read_text())
-    assert (out / "figure.png").stat().st_size > 10_000 and (out / "results.md").read_text().startswith("# dpseg quickstart")
+    assert (out / "figure.png").stat().st_size > 10_000 and (out / "results.md").read_text().startswith(
+        "# dpseg quickstart"
+    )
     assert set(results["runs"]) == {"text", "dual"}
     dual = results["runs"]["dual"]["0"]
-    assert set(dual) == {"seen", "unseen"} and set(dual["unseen"]) == {"pass1", "pass2"}  # refinement ran
+    assert set(dual) == {"seen", "unseen", "unseen-all"}  # unseen-all: unseen scenes scored against all 75 names
+    assert all(set(dual[split]) == {"pass1", "pass2"} for split in dual)  # refinement ran
     assert set(results["runs"]["text"]["0"]["unseen"]) == {"pass1"}  # a text-only model has no visual prompts to refine
     for by_seed in results["runs"].values():
         for split in by_seed["0"].values():
@@ -42,7 +45,11 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
     zero_shot = results["tiny_clip_zero_shot"]["seen/scene-objects"]  # checked at the scene resolution
     assert zero_shot["accuracy"] > 2 * zero_shot["chance"], zero_shot
     model, bank = default_artifacts(root / "cache")  # what `dpseg demo` shows: the dual model, seed 0, with its bank
-    assert model.name == "final" and model.parent.name.startswith("dual-seed0-") and bank == Path(results["prompt_bank"]).resolve()
+    assert (
+        model.name == "final"
+        and model.parent.name.startswith("dual-seed0-")
+        and bank == Path(results["prompt_bank"]).resolve()
+    )
     # its score threshold (segment's and the demo's default) was chosen on the seen-class validation scenes
     calibration = read_calibration(model)
     assert calibration["dataset"] == str(Path(results["datasets"]) / "seen")
@@ -124,9 +131,14 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
     with socket.socket() as s:  # the demo as pasted, on a free port; stopped once it serves its page
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "dpseg", *demo[1:], "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpseg", *demo[1:], "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     page = ""
     try:
         deadline = time.time() + 300

@@ -38,7 +38,9 @@ def test_summary_and_verdicts_respect_the_spread():
     assert s["text"]["unseen"]["pass1"] == {"mean": 32.0, "std": 2.0, "seeds": 3}
     assert "-> holds" in compare(s, ("dual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x")
     s = summarize(_runs([30, 35, 40], [33, 36, 39]))  # gap 1 < spread 5
-    assert "no difference (inside the spread)" in compare(s, ("dual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x")
+    assert "no difference (inside the spread)" in compare(
+        s, ("dual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x"
+    )
     s = summarize(_runs([40, 41, 42], [30, 31, 32]))
     assert "does NOT hold (reversed)" in compare(s, ("dual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x")
     s = summarize(_runs([30], [40]))
@@ -50,7 +52,9 @@ def test_summary_and_verdicts_respect_the_spread():
 
 def test_table_and_figure(tmp_path):
     s = summarize(_runs([30, 31, 32], [40, 41, 42]))
-    table = markdown_table(s, {k: v.title for k, v in VARIANTS.items()}, {"seen": 0.8, "unseen": 3.3}, {"seen": 2.0, "unseen": 9.0})
+    table = markdown_table(
+        s, {k: v.title for k, v in VARIANTS.items()}, {"seen": 0.8, "unseen": 3.3}, {"seen": 2.0, "unseen": 9.0}
+    )
     assert "| text prompts, no visual cost volumes (SED-like baseline) | 7.8 ± 0.2 | - | 31.0 ± 1.0 | - |" in table
     assert "chance" in table and "CLIP dense" in table
     img = np.zeros((32, 32, 3), np.uint8)

@@ -28,9 +28,21 @@ from dpseg.data.synthetic.world import (
 from dpseg.errors import InputError
 
 UNSEEN = [
-    "red striped circle", "red striped star", "red dotted circle", "red dotted star", "green striped circle",
-    "green striped star", "green dotted circle", "green dotted star", "blue solid square", "blue solid triangle",
-    "blue dotted square", "blue dotted triangle", "yellow solid square", "yellow solid triangle", "yellow dotted square",
+    "red striped circle",
+    "red striped star",
+    "red dotted circle",
+    "red dotted star",
+    "green striped circle",
+    "green striped star",
+    "green dotted circle",
+    "green dotted star",
+    "blue solid square",
+    "blue solid triangle",
+    "blue dotted square",
+    "blue dotted triangle",
+    "yellow solid square",
+    "yellow solid triangle",
+    "yellow dotted square",
     "yellow dotted triangle",
 ]
 
@@ -72,7 +84,9 @@ def test_parse_and_find_phrases():
     assert find_class_in_text("a black and white photo of the green solid cross.").name == "green solid cross"
     # the caption-only pattern synonyms name the same classes
     assert find_class_in_text("a photo of the red spotted star.") == parse_class("red dotted star")
-    assert find_class_in_text("green plain cross") == parse_class("green solid cross") == parse_class("green plain cross")
+    assert (
+        find_class_in_text("green plain cross") == parse_class("green solid cross") == parse_class("green plain cross")
+    )
     assert parse_class("blue stripy circle").name == "blue striped circle"
     with pytest.raises(InputError, match="'pink' is not a colour"):
         parse_class("pink striped star")
@@ -99,7 +113,9 @@ def test_single_object_mask_area_matches_geometry():
     h = w = 96
     for shape, expected in (("square", 2 * 20**2), ("circle", np.pi * (0.88 * 20) ** 2)):
         k = parse_class(f"red solid {shape}")
-        scene = render_placements([Placement(k, 48.0, 48.0, 20.0, 0.3)], [parse_class("red solid star"), k], np.random.default_rng(0), h, w)
+        scene = render_placements(
+            [Placement(k, 48.0, 48.0, 20.0, 0.3)], [parse_class("red solid star"), k], np.random.default_rng(0), h, w
+        )
         area = int((scene.label == 1).sum())
         assert abs(area - expected) / expected < 0.04, (shape, area, expected)
         assert (scene.label == IGNORE).sum() == h * w - area  # everything else is background = ignore

@@ -27,8 +27,12 @@ def text_model():
 
 
 def test_only_models_that_read_visual_prompts_hold_an_encoder_for_them():
-    for overrides, has in ((TEXT_ONLY, False), (("model.prompt_type=text", "model.guidance=none"), False),
-                           (("model.prompt_type=text",), True), (("model.guidance=upsampled",), True)):
+    for overrides, has in (
+        (TEXT_ONLY, False),
+        (("model.prompt_type=text", "model.guidance=none"), False),
+        (("model.prompt_type=text",), True),
+        (("model.guidance=upsampled",), True),
+    ):
         model, _ = tiny_model(*overrides)
         assert (model.prompt_encoder is not None) == has == model.needs_visual_prompts, overrides
     with torch.device("meta"):
@@ -66,7 +70,9 @@ def test_checkpoints_counts_and_banks_of_a_text_only_model(text_model, tmp_path,
 
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         assert f.metadata()["prompt_encoder"] == "none"
-    assert main(["prompts", "build", "--checkpoint", str(ckpt), "--vocab", "voc20", "--out", str(tmp_path / "bank")]) == 2
+    assert (
+        main(["prompts", "build", "--checkpoint", str(ckpt), "--vocab", "voc20", "--out", str(tmp_path / "bank")]) == 2
+    )
     assert "uses text prompts only" in capsys.readouterr().err
     assert main(["summary", "--preset", "dpseg-tiny", *sum((["--set", o] for o in TEXT_ONLY), [])]) == 0
     assert "visual-prompt encoder" not in capsys.readouterr().out

@@ -110,7 +110,9 @@ def test_corrupt_and_mismatched_checkpoints(tiny_cfg, tmp_path):
     wrong = dict(good)
     wrong["visual.head.proj.weight"] = torch.zeros(7, 128)
     save_safetensors(wrong, tmp_path / "wrong.safetensors")
-    with pytest.raises(CheckpointError, match=r"shape mismatch: visual.head.proj.weight \(file \(7, 128\), model \(32, 128\)\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatch: visual.head.proj.weight \(file \(7, 128\), model \(32, 128\)\)"
+    ):
         load(tmp_path / "wrong.safetensors")
     bad_sfx = tmp_path / "clip.ckpt"
     bad_sfx.write_bytes(b"x")

@@ -23,7 +23,6 @@ CLASSES = ("red square", "blue square", "green square")
 COLOURS = ((200, 30, 30), (30, 30, 200), (30, 200, 30))
 
 
-
 def make_dataset(root, n_train=4, n_val=2, size=(72, 88), seed=0) -> Path:
     """A custom-dataset folder: coloured squares on dark noise, labels 0..2, 255 (ignore) elsewhere."""
     root, rng = Path(root), np.random.default_rng(seed)
@@ -38,7 +37,7 @@ def make_dataset(root, n_train=4, n_val=2, size=(72, 88), seed=0) -> Path:
             image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
             for k, colour in enumerate(COLOURS):
                 y, x = rng.integers(0, h - 24), rng.integers(0, w - 24)
-                label[y:y + 24, x:x + 24], image[y:y + 24, x:x + 24] = k, colour
+                label[y : y + 24, x : x + 24], image[y : y + 24, x : x + 24] = k, colour
             Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
             Image.fromarray(label).save(root / "labels" / split / f"{i:03d}.png")
     return root
@@ -46,10 +45,21 @@ def make_dataset(root, n_train=4, n_val=2, size=(72, 88), seed=0) -> Path:
 
 def text_only(out, data, *overrides):
     """The tiny preset as a text-only model (no prompt bank needed), fast settings."""
-    return build_config("dpseg-tiny", overrides=[
-        f"data.train_dataset={data}", f"data.val_dataset={data}:val", "model.prompt_type=text",
-        "model.guidance=upsampled", f"train.output_dir={out}", "train.tensorboard=false", "train.log_every=1",
-        "train.eval_every=0", "eval.num_workers=0", *overrides])
+    return build_config(
+        "dpseg-tiny",
+        overrides=[
+            f"data.train_dataset={data}",
+            f"data.val_dataset={data}:val",
+            "model.prompt_type=text",
+            "model.guidance=upsampled",
+            f"train.output_dir={out}",
+            "train.tensorboard=false",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "eval.num_workers=0",
+            *overrides,
+        ],
+    )
 
 
 def make_bank(cfg, root, names):
@@ -65,8 +75,14 @@ def make_bank(cfg, root, names):
     text = model.encode_text_prompts(list(names), templates)  # (K, M, d)
     visual, stages = model.encode_visual_prompts(torch.rand(K * M, 3, S, S, generator=torch.Generator().manual_seed(0)))
     for k, name in enumerate(names):
-        bank.write_class(name, text[k], visual.view(K, M, -1)[k], [s.view(K, M, -1)[k] for s in stages],
-                         source="test", seeds=list(range(M)))
+        bank.write_class(
+            name,
+            text[k],
+            visual.view(K, M, -1)[k],
+            [s.view(K, M, -1)[k] for s in stages],
+            source="test",
+            seeds=list(range(M)),
+        )
     return root
 
 
@@ -81,10 +97,32 @@ def test_cli_trains_the_dual_prompt_model_end_to_end(tmp_path, capsys):
     cfg = build_config("dpseg-tiny")
     bank = make_bank(cfg, tmp_path / "bank", CLASSES)
     out = tmp_path / "run"
-    args = ["train", "--preset", "dpseg-tiny", "--no-progress", "--set", f"data.train_dataset={data}",
-            "--set", f"data.val_dataset={data}:val", "--set", f"prompts.bank={bank}", "--set", f"train.output_dir={out}",
-            "--set", "train.iterations=4", "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=1",
-            "--set", "train.eval_every=2", "--set", "train.log_every=1", "--set", "eval.num_workers=0"]
+    args = [
+        "train",
+        "--preset",
+        "dpseg-tiny",
+        "--no-progress",
+        "--set",
+        f"data.train_dataset={data}",
+        "--set",
+        f"data.val_dataset={data}:val",
+        "--set",
+        f"prompts.bank={bank}",
+        "--set",
+        f"train.output_dir={out}",
+        "--set",
+        "train.iterations=4",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.keep_checkpoints=1",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "eval.num_workers=0",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "cpu x 1 process(es)" in text and "2 per process x 1 = 2 (effective)" in text and "fp32" in text
@@ -122,8 +160,15 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=5)
 
     def config(out, *extra):
-        cfg = text_only(out, data, "train.iterations=5", "train.checkpoint_every=2", "train.keep_checkpoints=0",
-                        "train.eval_every=2", *extra)
+        cfg = text_only(
+            out,
+            data,
+            "train.iterations=5",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=0",
+            "train.eval_every=2",
+            *extra,
+        )
         cfg.model.clip_model_cfg["vision_cfg"]["timm_drop_path"] = 0.2  # the global RNG must be restored too
         return cfg
 
@@ -141,7 +186,10 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
 
     assert whole["step"] == resumed["step"] == 5 and whole["best"] == resumed["best"]
     assert [r["mIoU"] for r in records(tmp_path / "a", "eval")] == [r["mIoU"] for r in records(tmp_path / "b", "eval")]
-    a, b = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "a" / "final" / "model.safetensors"),
+        load_file(tmp_path / "b" / "final" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     opt_a = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])[1]["optimizer"]["state"]
     opt_b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])[1]["optimizer"]["state"]
@@ -152,8 +200,15 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=2, size=(64, 64))
-    cfg = text_only(tmp_path / "run", data, "train.iterations=10", "train.lr=0.005", "data.color_jitter=false",
-                    "data.flip=false", "train.checkpoint_every=0")
+    cfg = text_only(
+        tmp_path / "run",
+        data,
+        "train.iterations=10",
+        "train.lr=0.005",
+        "data.color_jitter=false",
+        "data.flip=false",
+        "train.checkpoint_every=0",
+    )
     train(cfg, progress=False)
     losses = [r["loss"] for r in records(tmp_path / "run")]
     assert len(losses) == 10 and np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
@@ -187,7 +242,9 @@ def test_out_of_memory_suggests_smaller_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DPSeg, "forward", oom)
     cfg = text_only(tmp_path / "run", make_dataset(tmp_path / "data", n_train=2), "train.iterations=2")
-    with pytest.raises(TrainingError, match=r"out of GPU memory at step 1 \(batch 2 per GPU, crop 64.*train.batch_size.*data.crop_size"):
+    with pytest.raises(
+        TrainingError, match=r"out of GPU memory at step 1 \(batch 2 per GPU, crop 64.*train.batch_size.*data.crop_size"
+    ):
         train(cfg, progress=False)
 
 
@@ -207,12 +264,21 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
     assert "validation set (data.val_dataset" in capsys.readouterr().err
 
     with pytest.raises(BankError, match="this model needs visual prompts.*give a prompt bank"):
-        train(build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", "train.eval_every=0",
-                                                    f"train.output_dir={tmp_path / 'r1'}"]), progress=False)
-    cfg = build_config("dpseg-tiny", overrides=[f"data.train_dataset={data}", f"train.output_dir={tmp_path / 'r2'}",
-                                                "train.eval_every=0"])
+        train(
+            build_config(
+                "dpseg-tiny",
+                overrides=[f"data.train_dataset={data}", "train.eval_every=0", f"train.output_dir={tmp_path / 'r1'}"],
+            ),
+            progress=False,
+        )
+    cfg = build_config(
+        "dpseg-tiny",
+        overrides=[f"data.train_dataset={data}", f"train.output_dir={tmp_path / 'r2'}", "train.eval_every=0"],
+    )
     cfg.prompts.bank = str(make_bank(cfg, tmp_path / "bank", CLASSES[:2]))
-    with pytest.raises(BankError, match=r"the training vocabulary of data:train: .*lacks 1 of the 3 classes \(green square\)"):
+    with pytest.raises(
+        BankError, match=r"the training vocabulary of data:train: .*lacks 1 of the 3 classes \(green square\)"
+    ):
         train(cfg, progress=False)
     cfg.prompts.num_templates = 3  # a model for M = 3 cannot use a bank of M = 4 prompts
     with pytest.raises(BankError, match=r"another template set \(4 templates\).*\(3 templates\)"):
@@ -240,12 +306,22 @@ def test_classes_per_step_is_wired_into_the_training_step(tmp_path, monkeypatch)
 
     seen = []
     forward = SegmentationLoss.forward
-    monkeypatch.setattr(SegmentationLoss, "forward", lambda self, logits, labels: (
-        seen.append((logits.shape[1], set(labels.unique().tolist()))), forward(self, logits, labels))[1])
-    monkeypatch.setattr(engine, "sample_step_classes", lambda labels, k, limit, seed: torch.tensor([0, 2]) if limit else None)
+    monkeypatch.setattr(
+        SegmentationLoss,
+        "forward",
+        lambda self, logits, labels: (
+            seen.append((logits.shape[1], set(labels.unique().tolist()))),
+            forward(self, logits, labels),
+        )[1],
+    )
+    monkeypatch.setattr(
+        engine, "sample_step_classes", lambda labels, k, limit, seed: torch.tensor([0, 2]) if limit else None
+    )
     data = make_dataset(tmp_path / "data", n_train=2, size=(64, 64))
-    train(text_only(tmp_path / "run", data, "train.iterations=2", "train.classes_per_step=2", "train.checkpoint_every=0"),
-          progress=False)
+    train(
+        text_only(tmp_path / "run", data, "train.iterations=2", "train.classes_per_step=2", "train.checkpoint_every=0"),
+        progress=False,
+    )
     assert [k for k, _ in seen] == [2, 2] and all(v <= {-1, 0, 1} for _, v in seen)
     with pytest.raises(Exception, match="train.classes_per_step"):
         build_config("dpseg-tiny", overrides=["train.classes_per_step=-1"])

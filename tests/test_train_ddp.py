@@ -26,14 +26,32 @@ from dpseg.weights import state_fingerprint
 SETTINGS = ["train.iterations=3", "train.checkpoint_every=2", "train.batch_size=2", "data.num_workers=0"]
 
 
-
 def test_two_processes_keep_equal_replicas_and_match_one_process(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4)
     ddp_out = tmp_path / "ddp"
-    sets = [f"data.train_dataset={data}", "model.prompt_type=text", "model.guidance=upsampled", "train.eval_every=0",
-            f"train.output_dir={ddp_out}", "train.tensorboard=false", "train.log_every=1", *SETTINGS]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dpseg", "train", "--preset", "dpseg-tiny", "--no-progress"]
+    sets = [
+        f"data.train_dataset={data}",
+        "model.prompt_type=text",
+        "model.guidance=upsampled",
+        "train.eval_every=0",
+        f"train.output_dir={ddp_out}",
+        "train.tensorboard=false",
+        "train.log_every=1",
+        *SETTINGS,
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dpseg",
+        "train",
+        "--preset",
+        "dpseg-tiny",
+        "--no-progress",
+    ]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -51,7 +69,10 @@ def test_two_processes_keep_equal_replicas_and_match_one_process(tmp_path):
 
     single = train(text_only(tmp_path / "one", data, *SETTINGS), progress=False)
     assert single["step"] == 3
-    many, one = load_file(ddp_out / "final" / "model.safetensors"), load_file(tmp_path / "one" / "final" / "model.safetensors")
+    many, one = (
+        load_file(ddp_out / "final" / "model.safetensors"),
+        load_file(tmp_path / "one" / "final" / "model.safetensors"),
+    )
     assert many.keys() == one.keys()
     worst = max((many[k].float() - one[k].float()).abs().max().item() for k in many)
     assert worst < 1e-5, worst

@@ -18,8 +18,14 @@ from dpseg.errors import DPSegError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("dpseg.commands.quickstart", "run the whole method end to end on the built-in synthetic world (CPU, minutes)"),
-    "prepare": ("dpseg.commands.prepare", "convert an official dataset archive to the evaluation layout, or verify one"),
+    "quickstart": (
+        "dpseg.commands.quickstart",
+        "run the whole method end to end on the built-in synthetic world (CPU, minutes)",
+    ),
+    "prepare": (
+        "dpseg.commands.prepare",
+        "convert an official dataset archive to the evaluation layout, or verify one",
+    ),
     "prompts": ("dpseg.commands.prompts", "build, extend and inspect prompt banks (text + visual prompts)"),
     "train": ("dpseg.commands.train", "train DPSeg (torchrun for several GPUs)"),
     "eval": ("dpseg.commands.evaluate", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
@@ -28,7 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("dpseg.commands.calibrate", "choose a checkpoint's default score threshold on a labelled dataset"),
     "check": ("dpseg.commands.check", "verify the content hashes of checkpoints, training runs and prompt banks"),
     "summary": ("dpseg.commands.summary", "print the model's parameter counts per component"),
-    "convert": ("dpseg.commands.convert", "turn SED's released checkpoints into dpseg checkpoints (presets sed-b, sed-l)"),
+    "convert": (
+        "dpseg.commands.convert",
+        "turn SED's released checkpoints into dpseg checkpoints (presets sed-b, sed-l)",
+    ),
     "config": ("dpseg.commands.config", "print the resolved config of a preset, YAML file and --set overrides"),
 }
 
@@ -41,7 +50,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_positional: boo
         parser.add_argument("--config", help="YAML file with deltas from the preset defaults")
     parser.add_argument("--preset", help="base preset: dpseg-b (default), dpseg-l, sed-b, sed-l, dpseg-tiny, synthetic")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one config value, e.g. --set train.lr=1e-4 (repeatable)",
     )
 
@@ -83,7 +96,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: 'dpseg {name}' is not implemented yet in this version ({help_})", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"dpseg {name}", description=(module.__doc__ or help_).strip().split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"dpseg {name}", description=(module.__doc__ or help_).strip().split("\n\n")[0]
+    )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

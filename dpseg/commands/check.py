@@ -27,8 +27,12 @@ from dpseg.weights import safetensors_integrity
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint folder, training run or checkpoint, "
-                        "prompt bank, or .safetensors file")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="checkpoint folder, training run or checkpoint, prompt bank, or .safetensors file",
+    )
 
 
 def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
@@ -36,13 +40,18 @@ def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
     if path.is_file() and path.suffix == ".safetensors":
         return "file", [(str(path), *safetensors_integrity(path))]
     if not path.is_dir():
-        raise InputError(f"{path} does not exist" if not path.exists() else
-                         f"{path} is not a dpseg file (give a checkpoint folder, run, bank or .safetensors file)")
+        raise InputError(
+            f"{path} does not exist"
+            if not path.exists()
+            else f"{path} is not a dpseg file (give a checkpoint folder, run, bank or .safetensors file)"
+        )
     if (path / MANIFEST).is_file():
         report = PromptBank.open(path).verify()
         rows = [(str(path / CLASS_DIR / f), "ok", "") for f in report["ok"]]
-        rows += [(str(path / CLASS_DIR / f), "unverified", "no content hash (written by an older dpseg)")
-                 for f in report["unverified"]]
+        rows += [
+            (str(path / CLASS_DIR / f), "unverified", "no content hash (written by an older dpseg)")
+            for f in report["unverified"]
+        ]
         fix = f"rebuild it with 'dpseg prompts build --out {path} ...' (damaged class files are rebuilt)"
         rows += [(str(path / CLASS_DIR / f), "damaged", f"{why}; {fix}") for f, why in report["damaged"]]
         return "prompt bank", rows
@@ -56,8 +65,10 @@ def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
         rows = [row for ckpt in checkpoints for row in checkpoint_integrity(ckpt)]
         rows += [row for export in exports for row in check_model_dir(export)]
         return "training run", rows
-    raise InputError(f"{path} is not a dpseg checkpoint folder, training run or checkpoint, or prompt bank "
-                     "(no config.json + model.safetensors, checkpoints/step-N, or manifest.json in it)")
+    raise InputError(
+        f"{path} is not a dpseg checkpoint folder, training run or checkpoint, or prompt bank "
+        "(no config.json + model.safetensors, checkpoints/step-N, or manifest.json in it)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"unverified  {file}: {detail}")
             else:
                 print(f"ok          {file}")
-        summary = f"{spec} ({kind}): {len(rows)} file(s), {counts['ok']} ok, {counts['unverified']} unverified, " \
-                  f"{counts['damaged']} damaged"
+        summary = (
+            f"{spec} ({kind}): {len(rows)} file(s), {counts['ok']} ok, {counts['unverified']} unverified, "
+            f"{counts['damaged']} damaged"
+        )
         print(summary, file=sys.stderr if counts["damaged"] else sys.stdout)
         damaged += counts["damaged"]
     return 2 if damaged else 0

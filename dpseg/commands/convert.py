@@ -29,11 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    done = convert_sed(args.checkpoint, args.out, preset=args.preset, config_file=args.config,
-                       overrides=args.overrides, overwrite=args.force)
+    done = convert_sed(
+        args.checkpoint,
+        args.out,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=args.overrides,
+        overwrite=args.force,
+    )
     ignored = f"; not needed: {', '.join(k.rsplit('.', 1)[-1] for k in done.ignored)}" if done.ignored else ""
-    print(f"converted {args.checkpoint} into {done.directory} (preset {done.preset}, {done.tensors} tensors, "
-          f"{done.parameters / 1e6:.2f}M parameters{ignored}) in {done.seconds:.1f} s", file=sys.stderr)
-    print(f"segment a photo: dpseg segment photo.jpg --checkpoint {done.directory} --classes \"person, sky, tree\" "
-          "--out out/", file=sys.stderr)
+    print(
+        f"converted {args.checkpoint} into {done.directory} (preset {done.preset}, {done.tensors} tensors, "
+        f"{done.parameters / 1e6:.2f}M parameters{ignored}) in {done.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    print(
+        f'segment a photo: dpseg segment photo.jpg --checkpoint {done.directory} --classes "person, sky, tree" '
+        "--out out/",
+        file=sys.stderr,
+    )
     return 0

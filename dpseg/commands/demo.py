@@ -47,11 +47,13 @@ from dpseg.segmenter import Segmenter
 from dpseg.visualize import legend_html, overlay
 from dpseg.vocab import parse_class_list
 
-QUICKSTART_NOTE = ("**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it "
-                   "knows rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; "
-                   "other class names get a warning. The background is not a class in that world, so pixels below the "
-                   "threshold (chosen on the world's validation scenes) stay unlabelled. Start the demo with "
-                   "`--checkpoint` to use a real model.")
+QUICKSTART_NOTE = (
+    "**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it "
+    "knows rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; "
+    "other class names get a warning. The background is not a class in that world, so pixels below the "
+    "threshold (chosen on the world's validation scenes) stay unlabelled. Start the demo with "
+    "`--checkpoint` to use a real model."
+)
 RESULTS_KEPT = 16  # downloadable results kept on disk (older ones are deleted)
 
 
@@ -84,8 +86,9 @@ def quickstart_example(folder: Path) -> Optional[list]:
         import numpy as np
         from PIL import Image
 
-
-        scene = random_scene(unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3))
+        scene = random_scene(
+            unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3)
+        )
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(scene.image).save(folder / "synthetic_scene.png")
         return [str(folder / "synthetic_scene.png"), "; ".join(pl.cls.name for pl in scene.placements)]
@@ -102,8 +105,14 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
     counter = itertools.count()
     toy = is_toy(seg.cfg)
 
-    def segment(image_path: Optional[str], classes: str, refine: bool = True, min_score: Optional[float] = None,
-                opacity: float = 0.5, text_only_switch: bool = False):
+    def segment(
+        image_path: Optional[str],
+        classes: str,
+        refine: bool = True,
+        min_score: Optional[float] = None,
+        opacity: float = 0.5,
+        text_only_switch: bool = False,
+    ):
         if not image_path:
             raise InputError("upload an image first")
         names = parse_class_list(classes or "")
@@ -111,9 +120,12 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
             raise InputError(f"{len(names)} classes given; the demo accepts up to {limits.max_classes}")
         if not 0 <= float(opacity) <= 1:
             raise InputError(f"the overlay opacity must be between 0 and 1, got {opacity}")
-        image = read_image(image_path, int(limits.max_megapixels * 1e6),  # the upload's name, not its server path
-                           label=f"the uploaded file {Path(image_path).name}",
-                           limit_hint="start the demo with a larger --max-megapixels")
+        image = read_image(
+            image_path,
+            int(limits.max_megapixels * 1e6),  # the upload's name, not its server path
+            label=f"the uploaded file {Path(image_path).name}",
+            limit_hint="start the demo with a larger --max-megapixels",
+        )
         start = time.perf_counter()
         with lock:
             seg.set_vocabulary(names, text_only=text_only or bool(text_only_switch))
@@ -125,9 +137,11 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
         picture = overlay(rgb, result.labels, names, result.pixels, float(opacity), max_side=1600)
         h, w = result.size
         unlabelled = result.unlabelled_pixels / max(1, result.labels.size)
-        info = (f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
-                f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
-                f"pixels (best class probability below {result.min_score:g}).")
+        info = (
+            f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
+            f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
+            f"pixels (best class probability below {result.min_score:g})."
+        )
         warning = outside_world_warning(names) if toy else None
         if warning:
             info = f"**Warning:** {warning}.\n\n{info}"
@@ -146,8 +160,12 @@ def _write_downloads(root: Path, number: int, stem: str, result, names: list[str
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "image"
     label_path, json_path = folder / f"{stem}_labels.png", folder / f"{stem}.json"
     save_atomic(label_image(result.labels, len(names)), label_path)
-    info = {"image": stem, "label_png": label_path.name, "label_format": "palette PNG" if len(names) <= 255 else
-            "16-bit grayscale PNG", **result.to_dict()}
+    info = {
+        "image": stem,
+        "label_png": label_path.name,
+        "label_format": "palette PNG" if len(names) <= 255 else "16-bit grayscale PNG",
+        **result.to_dict(),
+    }
     atomic_write_text(json_path, json.dumps(info, indent=2))
     for old in sorted(p for p in root.iterdir() if p.is_dir())[:-RESULTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
@@ -161,8 +179,15 @@ def recolour(state: Optional[dict], opacity: float):
     return overlay(state["image"], state["labels"], state["names"], state["pixels"], float(opacity), max_side=1600)
 
 
-def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: bool = False,
-              example: Optional[list] = None, min_score: Optional[float] = None, results_dir: Optional[Path] = None):
+def build_app(
+    seg,
+    limits: Limits = Limits(),
+    model_note: str = "",
+    text_only: bool = False,
+    example: Optional[list] = None,
+    min_score: Optional[float] = None,
+    results_dir: Optional[Path] = None,
+):
     """The gradio Blocks app around a Segmenter (not launched); ``example`` = [image path, classes];
     ``min_score`` starts the threshold slider (default: the checkpoint's eval.min_score)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -186,37 +211,65 @@ def build_app(seg, limits: Limits = Limits(), model_note: str = "", text_only: b
         gr.Markdown("## DPSeg: segment an image into the classes you name\n" + model_note, elem_id="dpseg-note")
         with gr.Row():
             with gr.Column():
-                image = gr.File(label="Image (JPEG, PNG, WebP, BMP, TIFF, GIF)", type="filepath", file_count="single",
-                                elem_id="dpseg-image")  # a file, not gr.Image: dpseg's reader decodes it (module doc)
-                classes = gr.Textbox(label="Classes (commas between classes; or ';' between classes and commas "
-                                     "between synonyms)", value=_example_classes(seg), elem_id="dpseg-classes")
+                image = gr.File(
+                    label="Image (JPEG, PNG, WebP, BMP, TIFF, GIF)",
+                    type="filepath",
+                    file_count="single",
+                    elem_id="dpseg-image",
+                )  # a file, not gr.Image: dpseg's reader decodes it (module doc)
+                classes = gr.Textbox(
+                    label="Classes (commas between classes; or ';' between classes and commas between synonyms)",
+                    value=_example_classes(seg),
+                    elem_id="dpseg-classes",
+                )
                 with gr.Row():
-                    refine = gr.Checkbox(value=can_refine and seg.refine_default, interactive=can_refine,
-                                         label="two-pass prompt refinement", elem_id="dpseg-refine")
-                    switch = ("text prompts only (no visual prompts; degraded for this model)"
-                              if seg.model.needs_visual_prompts else "text prompts only (this model's)")
-                    text_only_box = gr.Checkbox(value=text_only, interactive=can_switch, label=switch,
-                                                elem_id="dpseg-text-only")
-                threshold = gr.Slider(0.0, 0.95, value=min_score, step=0.05, elem_id="dpseg-threshold",
-                                      label="leave pixels below this probability unlabelled (start: the checkpoint's)")
+                    refine = gr.Checkbox(
+                        value=can_refine and seg.refine_default,
+                        interactive=can_refine,
+                        label="two-pass prompt refinement",
+                        elem_id="dpseg-refine",
+                    )
+                    switch = (
+                        "text prompts only (no visual prompts; degraded for this model)"
+                        if seg.model.needs_visual_prompts
+                        else "text prompts only (this model's)"
+                    )
+                    text_only_box = gr.Checkbox(
+                        value=text_only, interactive=can_switch, label=switch, elem_id="dpseg-text-only"
+                    )
+                threshold = gr.Slider(
+                    0.0,
+                    0.95,
+                    value=min_score,
+                    step=0.05,
+                    elem_id="dpseg-threshold",
+                    label="leave pixels below this probability unlabelled (start: the checkpoint's)",
+                )
                 run = gr.Button("Segment", variant="primary", elem_id="dpseg-run")
                 if example:
-                    gr.Examples([example], [image, classes], label="Example (click it, then Segment)",
-                                elem_id="dpseg-example")
+                    gr.Examples(
+                        [example], [image, classes], label="Example (click it, then Segment)", elem_id="dpseg-example"
+                    )
             with gr.Column():
                 result = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="dpseg-overlay")
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="overlay opacity", elem_id="dpseg-opacity")
                 legend = gr.HTML(elem_id="dpseg-legend")
                 info = gr.Markdown(elem_id="dpseg-info")
-                downloads = gr.File(label="Downloads: label map (palette PNG, pixel value = class index) and JSON "
-                                    "summary", file_count="multiple", interactive=False, elem_id="dpseg-downloads")
+                downloads = gr.File(
+                    label="Downloads: label map (palette PNG, pixel value = class index) and JSON summary",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="dpseg-downloads",
+                )
         state = gr.State(None)
         inputs = [image, classes, refine, threshold, opacity, text_only_box]
         outputs = [result, legend, info, downloads, state]
         run.click(clear, None, outputs, api_name=False, queue=False).then(
-            on_click, inputs, outputs, api_name="segment", concurrency_limit=1)
+            on_click, inputs, outputs, api_name="segment", concurrency_limit=1
+        )
         classes.submit(clear, None, outputs, api_name=False, queue=False).then(
-            on_click, inputs, outputs, api_name=False, concurrency_limit=1)
+            on_click, inputs, outputs, api_name=False, concurrency_limit=1
+        )
         opacity.release(recolour, [state, opacity], [result], api_name=False)
     app.queue(max_size=32)
     return app
@@ -226,10 +279,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the quickstart model)")
-    parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank / the quickstart bank)")
-    parser.add_argument("--text-only", action="store_true", help="run without visual prompts (degraded for models "
-                        "trained with them)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--bank", help="prompt bank folder (default: the checkpoint's prompts.bank / the quickstart bank)"
+    )
+    parser.add_argument(
+        "--text-only", action="store_true", help="run without visual prompts (degraded for models trained with them)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share-on-lan", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -253,8 +311,10 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
     if text_only:
         seg.default_bank = None
     elif seg.default_bank is None and seg.model.needs_visual_prompts:
-        raise InputError(f"checkpoint {checkpoint} was trained with visual prompts; give --bank BANK (dpseg prompts build) "
-                         "or accept a degraded text-only mode with --text-only")
+        raise InputError(
+            f"checkpoint {checkpoint} was trained with visual prompts; give --bank BANK (dpseg prompts build) "
+            "or accept a degraded text-only mode with --text-only"
+        )
     source = f"prompt bank `{seg.default_bank}`" if seg.default_bank else "text prompts only"
     return seg, f"{note}\n\nModel: `{checkpoint}`; {source}; device {seg.device}."
 
@@ -274,13 +334,27 @@ def run(args: argparse.Namespace) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)
     try:  # quiet: gradio would advertise share=True, which this demo never uses
-        app.launch(server_name=host, server_port=args.port, share=False, max_file_size=f"{args.max_upload_mb}mb",
-                   show_error=True, ssr_mode=False, inbrowser=False, quiet=True, prevent_thread_lock=True)
+        app.launch(
+            server_name=host,
+            server_port=args.port,
+            share=False,
+            max_file_size=f"{args.max_upload_mb}mb",
+            show_error=True,
+            ssr_mode=False,
+            inbrowser=False,
+            quiet=True,
+            prevent_thread_lock=True,
+        )
     except OSError as e:
-        raise InputError(f"cannot listen on {host}:{args.port} ({str(e).splitlines()[0]}); pick another --port") from None
+        raise InputError(
+            f"cannot listen on {host}:{args.port} ({str(e).splitlines()[0]}); pick another --port"
+        ) from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "every machine that can reach it"
-    print(f"dpseg demo: open http://{shown}:{args.port} (listening on {host}: {where}; no public link is made). "
-          "Ctrl+C stops it.", flush=True)
+    print(
+        f"dpseg demo: open http://{shown}:{args.port} (listening on {host}: {where}; no public link is made). "
+        "Ctrl+C stops it.",
+        flush=True,
+    )
     app.block_thread()
     return 0

@@ -36,23 +36,42 @@ from dpseg.weights import state_fingerprint
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("checkpoint", nargs="?", help="checkpoint directory (config.json + model.safetensors) or hub "
-                        "id (default: the model of the last `dpseg quickstart`, with its prompt bank)")
-    parser.add_argument("--datasets", help="comma-separated: a847,pc459,a150,pc59,voc20,voc20b,coco171 or custom PATH[:SPLIT] "
-                                           "(default: the config's eval.datasets)")
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint directory (config.json + model.safetensors) or hub "
+        "id (default: the model of the last `dpseg quickstart`, with its prompt bank)",
+    )
+    parser.add_argument(
+        "--datasets",
+        help="comma-separated: a847,pc459,a150,pc59,voc20,voc20b,coco171 or custom PATH[:SPLIT] "
+        "(default: the config's eval.datasets)",
+    )
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--bank", help="prompt bank directory (dpseg prompts build)")
     src.add_argument("--text-only", action="store_true", help="no visual prompts: text prompts only (text-only models)")
     parser.add_argument("--root", help="datasets root (default: data.root, $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--output", help="results folder (default: CHECKPOINT/eval)")
-    parser.add_argument("--protocol", choices=["whole", "slide"], help="whole image (SED, default) or sliding window (CAT-Seg)")
-    parser.add_argument("--two-pass", action=argparse.BooleanOptionalAction, default=None, help="report the refined second pass too")
-    parser.add_argument("--max-images", type=int, help="evaluate only the first N images of each dataset (quick checks)")
+    parser.add_argument(
+        "--protocol", choices=["whole", "slide"], help="whole image (SED, default) or sliding window (CAT-Seg)"
+    )
+    parser.add_argument(
+        "--two-pass", action=argparse.BooleanOptionalAction, default=None, help="report the refined second pass too"
+    )
+    parser.add_argument(
+        "--max-images", type=int, help="evaluate only the first N images of each dataset (quick checks)"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cuda, cuda:1, cpu")
     parser.add_argument("--force", action="store_true", help="recompute datasets already in the results file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
-                        help="override an eval setting, e.g. --set eval.class_chunk=64 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="override an eval setting, e.g. --set eval.class_chunk=64 (repeatable)",
+    )
 
 
 def _distributed(device_arg: str) -> tuple[int, torch.device]:
@@ -72,12 +91,17 @@ def _distributed(device_arg: str) -> tuple[int, torch.device]:
 def _eval_config(cfg, args):
     for text in args.overrides:
         if not text.strip().startswith("eval."):
-            raise InputError(f"--set {text}: only eval.* settings can change at evaluation (the model is fixed by the checkpoint)")
+            raise InputError(
+                f"--set {text}: only eval.* settings can change at evaluation (the model is fixed by the checkpoint)"
+            )
     if args.max_images is not None and args.max_images < 0:
         raise InputError("--max-images must be >= 0 (0 = all images)")
     full = build_config(preset=cfg.preset, delta=cfg.to_dict(), overrides=args.overrides)
-    changes = {k: v for k, v in (("protocol", args.protocol), ("two_pass", args.two_pass), ("max_images", args.max_images))
-               if v is not None}
+    changes = {
+        k: v
+        for k, v in (("protocol", args.protocol), ("two_pass", args.two_pass), ("max_images", args.max_images))
+        if v is not None
+    }
     return dataclasses.replace(full.eval, **changes)
 
 
@@ -108,8 +132,9 @@ class _Prompts:
         self.source = f"bank {Path(self.bank).resolve()}" if self.bank else "text-only"
 
     def __call__(self, vocabulary: list[str], device):
-        return resolve_prompts(self.model, self.templates, vocabulary, bank=self.bank, device=device,
-                               what="the evaluation vocabulary").prompts
+        return resolve_prompts(
+            self.model, self.templates, vocabulary, bank=self.bank, device=device, what="the evaluation vocabulary"
+        ).prompts
 
 
 def _fingerprint(prompts) -> str:
@@ -150,12 +175,25 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(ecfg.precision, device, what="config key 'eval.precision'")
     for name, ds in datasets.items():
         prompts = prompts_for(ds.vocabulary, device)
-        settings = {"model": model_fp, "prompts": _fingerprint(prompts), "prompt_source": prompts_for.source,
-                    "protocol": ecfg.protocol, "short_side": ecfg.short_side, "max_side": ecfg.max_side,
-                    "input_size": ecfg.input_size, "two_pass": ecfg.two_pass, "max_images": ecfg.max_images,
-                    "precision": precision, "images_in_dataset": len(ds),
-                    **({"early_rejection_topk": ecfg.early_rejection_topk} if ecfg.early_rejection_topk else {}),
-                    **({"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap} if ecfg.protocol == "slide" else {})}
+        settings = {
+            "model": model_fp,
+            "prompts": _fingerprint(prompts),
+            "prompt_source": prompts_for.source,
+            "protocol": ecfg.protocol,
+            "short_side": ecfg.short_side,
+            "max_side": ecfg.max_side,
+            "input_size": ecfg.input_size,
+            "two_pass": ecfg.two_pass,
+            "max_images": ecfg.max_images,
+            "precision": precision,
+            "images_in_dataset": len(ds),
+            **({"early_rejection_topk": ecfg.early_rejection_topk} if ecfg.early_rejection_topk else {}),
+            **(
+                {"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap}
+                if ecfg.protocol == "slide"
+                else {}
+            ),
+        }
         if is_finished(results, name, settings, args.force, out_dir / "results.json"):
             if rank == 0:
                 print(f"{name}: already in {out_dir / 'results.json'}, skipped (--force to redo)")
@@ -164,7 +202,9 @@ def run(args: argparse.Namespace) -> int:
             res = evaluate(model, prompts, ds, ecfg, device=device, progress=not args.no_progress and rank == 0)
         results["datasets"][name] = {"settings": settings, "title": getattr(ds, "name", name), **res}
         if rank == 0:
-            passes = ", ".join(f"{k} mIoU {res[k]['mIoU']:.2f}" for k in ("pass1", "pass2") if k in res and res[k]["mIoU"] is not None)
+            passes = ", ".join(
+                f"{k} mIoU {res[k]['mIoU']:.2f}" for k in ("pass1", "pass2") if k in res and res[k]["mIoU"] is not None
+            )
             print(f"{name}: {passes} ({res['num_images']} images, {res['seconds']:.0f} s)")
             save_results(results, out_dir)
     if rank == 0:

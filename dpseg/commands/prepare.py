@@ -28,10 +28,23 @@ CONVERTERS = {
     "pc459": ("pascal", "prepare_pc459", "VOCdevkit/VOC2010", ("pc459",)),
     "voc": ("pascal", "prepare_voc", "VOCdevkit/VOC2012", ("voc20", "voc20b")),
 }
-ALIASES = {"coco": "coco_stuff", "coco171": "coco_stuff", "coco_stuff_171": "coco_stuff", "ade150": "a150",
-           "ade20k_150": "a150", "ade847": "a847", "ade20k_847": "a847", "ade20k_full": "a847",
-           "pascal_context_59": "pc59", "pascal_context_459": "pc459", "voc20": "voc", "voc20b": "voc",
-           "pas20": "voc", "pas20b": "voc", "voc2012": "voc"}
+ALIASES = {
+    "coco": "coco_stuff",
+    "coco171": "coco_stuff",
+    "coco_stuff_171": "coco_stuff",
+    "ade150": "a150",
+    "ade20k_150": "a150",
+    "ade847": "a847",
+    "ade20k_847": "a847",
+    "ade20k_full": "a847",
+    "pascal_context_59": "pc59",
+    "pascal_context_459": "pc459",
+    "voc20": "voc",
+    "voc20b": "voc",
+    "pas20": "voc",
+    "pas20b": "voc",
+    "voc2012": "voc",
+}
 
 
 def resolve(name: str) -> str:
@@ -81,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list(root)
     if not args.dataset:
-        raise InputError("name a dataset to prepare or verify (coco_stuff, a150, a847, pc59, pc459, voc), or pass --list")
+        raise InputError(
+            "name a dataset to prepare or verify (coco_stuff, a150, a847, pc59, pc459, voc), or pass --list"
+        )
     if args.workers < 1:
         raise InputError("--workers must be >= 1")
     key = resolve(args.dataset)
@@ -91,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     module, func, folder, _ = CONVERTERS[key]
     src = Path(args.src).expanduser() if args.src else root / folder
     if not src.is_dir():
-        raise InputError(f"--src {src} is not a folder; point it at the unpacked official {folder.split('/')[-1]} download")
+        raise InputError(
+            f"--src {src} is not a folder; point it at the unpacked official {folder.split('/')[-1]} download"
+        )
     import importlib
 
     convert = getattr(importlib.import_module(f"dpseg.data.prepare.{module}"), func)

@@ -33,14 +33,26 @@ from dpseg.vocab import read_class_list
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="generate and encode the visual prompts (and text prompts) of a vocabulary")
-    b.add_argument("--vocab", required=True, help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file (.txt one per line, or .json list)")
+    b.add_argument(
+        "--vocab",
+        required=True,
+        help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file (.txt one per line, or .json list)",
+    )
     b.add_argument("--out", required=True, help="bank directory (created, or resumed if it exists)")
-    b.add_argument("--generator", help="diffusers pipeline folder or hub id, or 'synthetic' (default: prompts.generator)")
-    b.add_argument("--images-per-class", type=int, help="share N images across the templates instead of one per template (a deviation)")
+    b.add_argument(
+        "--generator", help="diffusers pipeline folder or hub id, or 'synthetic' (default: prompts.generator)"
+    )
+    b.add_argument(
+        "--images-per-class",
+        type=int,
+        help="share N images across the templates instead of one per template (a deviation)",
+    )
     b.add_argument("--keep-images", action="store_true", default=None, help="also save the generated images as PNG")
     b.add_argument("--batch-size", type=int, help="images per generator call (default: prompts.batch_size)")
     _model_arguments(b, add_config_arguments)
-    e = sub.add_parser("add-exemplars", help="set classes' visual prompts from your own images (folder/<class name>/*.jpg)")
+    e = sub.add_parser(
+        "add-exemplars", help="set classes' visual prompts from your own images (folder/<class name>/*.jpg)"
+    )
     e.add_argument("--bank", required=True, help="bank directory (created if it does not exist)")
     e.add_argument("--folder", required=True, help="folder with one sub-folder of images per class")
     _model_arguments(e, add_config_arguments)
@@ -51,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
-    p.add_argument("--checkpoint", help="DPSeg checkpoint folder or hub id: use its encoders (else the CLIP of the config)")
+    p.add_argument(
+        "--checkpoint", help="DPSeg checkpoint folder or hub id: use its encoders (else the CLIP of the config)"
+    )
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda:$LOCAL_RANK if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(p)
@@ -75,8 +89,10 @@ def load_encoders(args, device: str):
     if args.checkpoint:
         model, ckpt_cfg = load_model(args.checkpoint)
         if model.prompt_encoder is None:
-            raise InputError(f"checkpoint {args.checkpoint} uses text prompts only (preset {ckpt_cfg.preset}) and has no "
-                             "visual-prompt encoder, so a prompt bank means nothing to it; it needs no bank")
+            raise InputError(
+                f"checkpoint {args.checkpoint} uses text prompts only (preset {ckpt_cfg.preset}) and has no "
+                "visual-prompt encoder, so a prompt bank means nothing to it; it needs no bank"
+            )
         cfg = build_config(delta=ckpt_cfg.to_dict(), overrides=args.overrides)
         prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
     else:
@@ -115,20 +131,35 @@ def _build(args) -> int:
         bank.check_key(key)
         bank.check_generation(generator.identity, p.seed, p.images_per_class)
     t0 = time.perf_counter()
-    report = build_bank(bank, 
-        names, generator, prompt_encoder, text_tower, templates, batch_size=p.batch_size,
-        keep_images=p.keep_images, rank=rank, world_size=world, progress=rank == 0 and not args.quiet,
+    report = build_bank(
+        bank,
+        names,
+        generator,
+        prompt_encoder,
+        text_tower,
+        templates,
+        batch_size=p.batch_size,
+        keep_images=p.keep_images,
+        rank=rank,
+        world_size=world,
+        progress=rank == 0 and not args.quiet,
     )
     dt = time.perf_counter() - t0
     who = f"rank {rank}/{world}: " if world > 1 else ""
     rate = f", {report.images / dt:.2f} img/s" if report.images and dt > 0 else ""
-    print(f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; {report.skipped} already in the bank")
+    print(
+        f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; {report.skipped} already in the bank"
+    )
     if report.repaired:
-        print(f"{who}rebuilt {len(report.repaired)} damaged class file(s) (content hash mismatch): "
-              f"{short_list(report.repaired)}")
+        print(
+            f"{who}rebuilt {len(report.repaired)} damaged class file(s) (content hash mismatch): "
+            f"{short_list(report.repaired)}"
+        )
     missing = bank.missing(names)
     if missing:
-        print(f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; other ranks are still building {len(missing)}")
+        print(
+            f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; other ranks are still building {len(missing)}"
+        )
     else:
         print(f"{who}bank {bank.root} is complete for {args.vocab} ({len(names)} classes x {len(templates)} templates)")
     return 0
@@ -141,7 +172,9 @@ def _add_exemplars(args) -> int:
         bank = PromptBank.open(args.bank)
     else:
         templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
-        bank = PromptBank.create(args.bank, make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size))
+        bank = PromptBank.create(
+            args.bank, make_key(prompt_encoder, text_tower, templates, cfg.model.prompt_image_size)
+        )
     done = add_exemplars(bank, found, prompt_encoder, text_tower, progress=not args.quiet)
     n = sum(len(v) for v in found.values())
     print(f"set visual prompts of {len(done)} classes from {n} exemplar images in bank {bank.root}")
@@ -158,19 +191,35 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     rows = [
-        ("bank", info["path"]), ("classes", f"{info['num_classes']} ({', '.join(f'{v} {k}' for k, v in info['sources'].items()) or 'none'})"),
+        ("bank", info["path"]),
+        ("classes", f"{info['num_classes']} ({', '.join(f'{v} {k}' for k, v in info['sources'].items()) or 'none'})"),
         ("templates", f"{info['num_templates']} (id {info['templates_id']})"),
-        ("visual-prompt encoder", info["prompt_encoder"]), ("text tower", info["text_tower"]),
-        ("generator", info["generator"] or "(none: exemplars only)"), ("generator source", info["generator_spec"] or "-"),
+        ("visual-prompt encoder", info["prompt_encoder"]),
+        ("text tower", info["text_tower"]),
+        ("generator", info["generator"] or "(none: exemplars only)"),
+        ("generator source", info["generator_spec"] or "-"),
         ("seed / images per class", f"{info['seed']} / {info['images_per_class'] or 'one per template'}"),
-        ("prompt image size", info["prompt_image_size"]), ("dims d / D2-D4", f"{info['embed_dim']} / {info['stage_dims']}"),
-        ("kept images", info["kept_images"]), ("size", f"{info['size_mb']} MB"), ("created", info.get("created", "?")),
+        ("prompt image size", info["prompt_image_size"]),
+        ("dims d / D2-D4", f"{info['embed_dim']} / {info['stage_dims']}"),
+        ("kept images", info["kept_images"]),
+        ("size", f"{info['size_mb']} MB"),
+        ("created", info.get("created", "?")),
     ]
     rows.append(("integrity", _integrity_line(info["integrity"], bank)))
     if info["temp_files"]:
-        rows.append(("stray temp files", f"{info['temp_files']} (from an interrupted write; ignored, removed by the next build)"))
+        rows.append(
+            (
+                "stray temp files",
+                f"{info['temp_files']} (from an interrupted write; ignored, removed by the next build)",
+            )
+        )
     if args.vocab:
-        rows.append((f"missing of {args.vocab}", f"{len(info['missing'])}" + (f": {short_list(info['missing'])}" if info["missing"] else "")))
+        rows.append(
+            (
+                f"missing of {args.vocab}",
+                f"{len(info['missing'])}" + (f": {short_list(info['missing'])}" if info["missing"] else ""),
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -184,8 +233,10 @@ def _integrity_line(integrity: dict, bank) -> str:
         parts.append(f"{old} without a content hash (written by an older dpseg; cannot be checked)")
     if bad:
         why = bad[0][1]
-        parts.append(f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
-                     f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files")
+        parts.append(
+            f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
+            f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files"
+        )
     return "; ".join(parts)
 
 
@@ -195,5 +246,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-
     sys.exit(main(["prompts", *sys.argv[1:]]))

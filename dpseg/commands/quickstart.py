@@ -21,22 +21,37 @@ from dpseg.quickstart.run import BUDGETS, Budget, quickstart
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true", help="a two-minute smoke run (tiny sizes, one seed)")
     parser.add_argument("--out", default="runs/quickstart", help="where results.md/json and figure.png go")
-    parser.add_argument("--cache", help="datasets, CLIP, prompt bank and runs (default: $DPSEG_CACHE/quickstart if "
-                        "DPSEG_CACHE is set, else .dpseg_cache/quickstart)")
+    parser.add_argument(
+        "--cache",
+        help="datasets, CLIP, prompt bank and runs (default: $DPSEG_CACHE/quickstart if "
+        "DPSEG_CACHE is set, else .dpseg_cache/quickstart)",
+    )
     parser.add_argument("--seeds", type=int, help="training seeds per variant (default 2; --fast: 1)")
     parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
     # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
     # claim that visual prompts bridge a gap between text and image.
-    parser.add_argument("--no-text-gap", action="store_true",
-                        help="the tiny CLIP's captions use the vocabulary's pattern words (solid/striped/dotted)")
-    parser.add_argument("--no-style-gap", action="store_true",
-                        help="prompt images drawn in the scenes' style (prompts.generator=synthetic:style=scene)")
+    parser.add_argument(
+        "--no-text-gap",
+        action="store_true",
+        help="the tiny CLIP's captions use the vocabulary's pattern words (solid/striped/dotted)",
+    )
+    parser.add_argument(
+        "--no-style-gap",
+        action="store_true",
+        help="prompt images drawn in the scenes' style (prompts.generator=synthetic:style=scene)",
+    )
     # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
     # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
     # spinning against each other (seen: 3.5 s vs 0.35 s per CLIP step).
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the main process (default 0 = torch's default)")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads of the main process (default 0 = torch's default)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))",
+    )
     add_config_arguments(parser)
 
 
@@ -55,12 +70,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.preset not in (None, "synthetic"):
-        raise InputError(f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)")
+        raise InputError(
+            f"quickstart runs the 'synthetic' preset; drop --preset {args.preset} (use --set to change it)"
+        )
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
     cache = Path(args.cache) if args.cache else default_cache()
     overrides = [*args.overrides, *(["prompts.generator=synthetic:style=scene"] if args.no_style_gap else [])]
-    results = quickstart(budget, cache, Path(args.out), getattr(args, "config", None), overrides, workers,
-                         text_gap=not args.no_text_gap)
+    results = quickstart(
+        budget, cache, Path(args.out), getattr(args, "config", None), overrides, workers, text_gap=not args.no_text_gap
+    )
     print(results["markdown"])
     print(next_commands(Path(args.out), cache))
     return 0
@@ -74,9 +92,11 @@ def next_commands(out: Path, cache: Path) -> str:
         checkpoint, bank = default_artifacts(cache)
         with_bank = f" --bank {bank}" if bank else ""
         model, evaluated = f" --checkpoint {checkpoint}{with_bank}", f" {checkpoint}{with_bank}"
-    return "\n".join([
-        "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
-        f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
-        f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
-        f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
-    ])
+    return "\n".join(
+        [
+            "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
+            f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
+            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
+            f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
+        ]
+    )

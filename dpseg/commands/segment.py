@@ -51,31 +51,58 @@ from dpseg.vocab import parse_class_list, read_class_list
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("images", nargs="+", help="image files, folders (their images, not sub-folders) and globs "
-                        "(quote them; '**' matches sub-folders)")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        help="image files, folders (their images, not sub-folders) and globs (quote them; '**' matches sub-folders)",
+    )
     classes = parser.add_mutually_exclusive_group(required=True)
     classes.add_argument("--classes", help='class names, e.g. "cat, sofa, lamp" or "sofa, couch; cat" (see below)')
     classes.add_argument("--classes-file", help="class list file (one per line, or JSON) or a vocabulary name")
-    parser.add_argument("--checkpoint", help="checkpoint folder (config.json + model.safetensors) or hub id "
-                        "(default: the model of the last `dpseg quickstart`, a toy)")
+    parser.add_argument(
+        "--checkpoint",
+        help="checkpoint folder (config.json + model.safetensors) or hub id "
+        "(default: the model of the last `dpseg quickstart`, a toy)",
+    )
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank if it exists)")
-    parser.add_argument("--exemplars", help="folder of your own prompt images, EXEMPLARS/<class name>/*.jpg "
-                        "(with --bank, the bank covers the other classes)")
-    parser.add_argument("--text-only", action="store_true", help="no visual prompts; DEGRADED for models trained "
-                        "with visual prompts (allowed only with this flag)")
+    parser.add_argument(
+        "--exemplars",
+        help="folder of your own prompt images, EXEMPLARS/<class name>/*.jpg "
+        "(with --bank, the bank covers the other classes)",
+    )
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="no visual prompts; DEGRADED for models trained with visual prompts (allowed only with this flag)",
+    )
     refine = parser.add_mutually_exclusive_group()
-    refine.add_argument("--refine", dest="refine", action="store_true", default=None,
-                        help="two-pass prompt refinement (default: the checkpoint's eval.two_pass)")
+    refine.add_argument(
+        "--refine",
+        dest="refine",
+        action="store_true",
+        default=None,
+        help="two-pass prompt refinement (default: the checkpoint's eval.two_pass)",
+    )
     refine.add_argument("--no-refine", dest="refine", action="store_false", help="one pass only (faster)")
-    parser.add_argument("--tile", type=int, default=0, help="segment large images in N x N tiles at native "
-                        "resolution (multiple of 32, e.g. 1024): more detail on small objects")
-    parser.add_argument("--min-score", type=float, help="leave pixels unlabelled (255, or 65535 in 16-bit maps) when "
-                        "their best class probability is below this (default: the checkpoint's eval.min_score; 0 = "
-                        "label every pixel)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        help="segment large images in N x N tiles at native "
+        "resolution (multiple of 32, e.g. 1024): more detail on small objects",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        help="leave pixels unlabelled (255, or 65535 in 16-bit maps) when "
+        "their best class probability is below this (default: the checkpoint's eval.min_score; 0 = "
+        "label every pixel)",
+    )
     parser.add_argument("--save-masks", action="store_true", help="also write one binary PNG per class present")
-    parser.add_argument("--save-scores", action="store_true", help="also write the winning probability as a 16-bit "
-                        "PNG (value / 65535)")
+    parser.add_argument(
+        "--save-scores", action="store_true", help="also write the winning probability as a 16-bit PNG (value / 65535)"
+    )
     parser.add_argument("--protocol", choices=["whole", "slide"], help="override the checkpoint's eval.protocol")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--max-pixels", type=int, default=0, help="refuse images larger than this (default: 179 MP)")
@@ -96,7 +123,9 @@ def expand_inputs(specs: list[str], out_dir: Path) -> tuple[list[Path], list[tup
         elif path.exists():
             found = [path]
         elif glob.has_magic(spec):
-            found = sorted(p for p in map(Path, glob.glob(os.path.expanduser(spec), recursive=True)) if is_image_file(p))
+            found = sorted(
+                p for p in map(Path, glob.glob(os.path.expanduser(spec), recursive=True)) if is_image_file(p)
+            )
             if not found:
                 errors.append((spec, "pattern matches no image files"))
         else:
@@ -133,8 +162,11 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
     K = len(result.class_names)
     save_atomic(label_image(result.labels, K), out / f"{name}.png")
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    save_atomic(overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha), out / f"{name}_overlay.jpg",
-                quality=90)
+    save_atomic(
+        overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha),
+        out / f"{name}_overlay.jpg",
+        quality=90,
+    )
     files: dict = {}
     if args.save_masks:
         files["masks"] = {}
@@ -145,9 +177,16 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
     if args.save_scores:
         save_atomic(score_image(result.scores), out / f"{name}_scores.png")
         files.update(scores_png=f"{name}_scores.png", scores_scale=65535)
-    info = {"image": str(path), "label_png": f"{name}.png", "label_bits": 8 if K <= 255 else 16,
-            "label_format": "palette PNG" if K <= 255 else "16-bit grayscale PNG",
-            "overlay": f"{name}_overlay.jpg", **files, **extra, **result.to_dict()}
+    info = {
+        "image": str(path),
+        "label_png": f"{name}.png",
+        "label_bits": 8 if K <= 255 else 16,
+        "label_format": "palette PNG" if K <= 255 else "16-bit grayscale PNG",
+        "overlay": f"{name}_overlay.jpg",
+        **files,
+        **extra,
+        **result.to_dict(),
+    }
     atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
     return info
 
@@ -218,8 +257,11 @@ def run(args: argparse.Namespace) -> int:
     seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
     min_score = seg.min_score if args.min_score is None else args.min_score
     why = "--min-score" if args.min_score is not None else "the checkpoint's eval.min_score"
-    print(f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}; pixels below probability "
-          f"{min_score:g} stay unlabelled ({why})", file=sys.stderr)
+    print(
+        f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}; pixels below probability "
+        f"{min_score:g} stay unlabelled ({why})",
+        file=sys.stderr,
+    )
     out.mkdir(parents=True, exist_ok=True)
     extra = {"checkpoint": str(checkpoint), "tile": args.tile}
     done, start = [], time.perf_counter()
@@ -242,10 +284,18 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
     bar.close()
 
-    summary = {"checkpoint": str(checkpoint), "classes": names, "prompts": seg.prompt_source, "min_score": min_score,
-               "seconds": round(time.perf_counter() - start, 2), "images": done,
-               "failed": [{"input": s, "error": e} for s, e in failures]}
+    summary = {
+        "checkpoint": str(checkpoint),
+        "classes": names,
+        "prompts": seg.prompt_source,
+        "min_score": min_score,
+        "seconds": round(time.perf_counter() - start, 2),
+        "images": done,
+        "failed": [{"input": s, "error": e} for s, e in failures],
+    }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
-          file=sys.stderr)
+    print(
+        f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
+        file=sys.stderr,
+    )
     return 1 if failures else 0

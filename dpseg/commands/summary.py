@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     model = build_model(cfg, load_clip_weights=False)
-    print(f"preset {cfg.preset}: {cfg.model.clip_model}, M = {model.num_templates} templates, "
-          f"prompts {cfg.model.prompt_type}, guidance {cfg.model.guidance}")
+    print(
+        f"preset {cfg.preset}: {cfg.model.clip_model}, M = {model.num_templates} templates, "
+        f"prompts {cfg.model.prompt_type}, guidance {cfg.model.guidance}"
+    )
     print(format_counts(component_counts(model)))
     return 0

@@ -10,9 +10,11 @@ from dpseg.errors import InputError
 from dpseg.vocab import split_synonyms
 
 TOY_PRESET = "synthetic"
-TOY_NOTE = ("this is the toy model of `dpseg quickstart`, trained on the built-in synthetic world: it knows rendered "
-            "shapes named 'colour pattern shape' (e.g. 'red striped star'), not photos; pass --checkpoint for a "
-            "real model")
+TOY_NOTE = (
+    "this is the toy model of `dpseg quickstart`, trained on the built-in synthetic world: it knows rendered "
+    "shapes named 'colour pattern shape' (e.g. 'red striped star'), not photos; pass --checkpoint for a "
+    "real model"
+)
 
 
 def is_toy(cfg) -> bool:
@@ -44,6 +46,8 @@ def outside_world_warning(names: Sequence[str]) -> Optional[str]:
     from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES
 
     shown = ", ".join(repr(n) for n in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
-    return (f"{len(bad)} of {len(names)} classes are not in the toy model's world: {shown}; it only knows "
-            f"'colour pattern shape' names with colour in {'/'.join(COLOURS)}, pattern in {'/'.join(PATTERNS)}, "
-            f"shape in {'/'.join(SHAPES)} - its output for these classes means nothing")
+    return (
+        f"{len(bad)} of {len(names)} classes are not in the toy model's world: {shown}; it only knows "
+        f"'colour pattern shape' names with colour in {'/'.join(COLOURS)}, pattern in {'/'.join(PATTERNS)}, "
+        f"shape in {'/'.join(SHAPES)} - its output for these classes means nothing"
+    )

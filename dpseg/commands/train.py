@@ -16,9 +16,13 @@ from dpseg.engine.train import train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, config_positional=True)
     parser.add_argument(
-        "--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="RUN_OR_CHECKPOINT",
         help="continue a run: bare = the newest checkpoint of train.output_dir (a new run if there is none); "
-             "or a run directory / checkpoint directory (its saved config is used unless CONFIG or --preset is given)",
+        "or a run directory / checkpoint directory (its saved config is used unless CONFIG or --preset is given)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 

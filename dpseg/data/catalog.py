@@ -44,31 +44,121 @@ class CatalogEntry:
 _VOC10 = "VOCdevkit/VOC2010"
 _VOC12 = "VOCdevkit/VOC2012"
 ENTRIES: tuple[CatalogEntry, ...] = (
-    CatalogEntry("coco_stuff_171_train", "COCO-Stuff-171 train2017", "train", "coco-stuff/images/train2017",
-                 "coco-stuff/annotations_detectron2/train2017", ".png", 255, "coco", 118287, "coco_stuff",
-                 "coco-stuff", ("coco171_train", "coco_2017_train_stuff_all_sem_seg")),
-    CatalogEntry("coco_stuff_171_val", "COCO-Stuff-171 val2017", "val", "coco-stuff/images/val2017",
-                 "coco-stuff/annotations_detectron2/val2017", ".png", 255, "coco", 5000, "coco_stuff",
-                 "coco-stuff", ("coco171", "coco171_val", "coco_stuff", "coco_2017_test_stuff_all_sem_seg")),
-    CatalogEntry("a150", "ADE20K-150 validation", "val", "ADEChallengeData2016/images/validation",
-                 "ADEChallengeData2016/annotations_detectron2/validation", ".png", 255, "ade150", 2000, "a150",
-                 "ADEChallengeData2016", ("ade150", "ade20k_150", "ade20k_150_test_sem_seg")),
-    CatalogEntry("a847", "ADE20K-847 (full, 2021_17_01) validation", "val", "ADE20K_2021_17_01/images_detectron2/validation",
-                 "ADE20K_2021_17_01/annotations_detectron2/validation", ".tif", 65535, "ade847", 2000, "a847",
-                 "ADE20K_2021_17_01", ("ade847", "ade20k_847", "ade20k_full_sem_seg_freq_val_all")),
-    CatalogEntry("pc59", "Pascal-Context-59 validation", "val", f"{_VOC10}/JPEGImages",
-                 f"{_VOC10}/annotations_detectron2/pc59_val", ".png", 255, "pc59", 5010, "pc59", _VOC10,
-                 ("pascal_context_59", "context_59_test_sem_seg")),
-    CatalogEntry("pc459", "Pascal-Context-459 validation", "val", f"{_VOC10}/JPEGImages",
-                 f"{_VOC10}/annotations_detectron2/pc459_val", ".tif", 459, "pc459", 5010, "pc459", _VOC10,
-                 ("pascal_context_459", "context_459_test_sem_seg")),
-    CatalogEntry("voc20", "Pascal VOC 2012 val, 20 classes (background ignored)", "val", f"{_VOC12}/JPEGImages",
-                 f"{_VOC12}/annotations_detectron2/val", ".png", 255, "voc20", 1449, "voc", _VOC12,
-                 ("pas20", "voc", "voc_2012_test_sem_seg")),
-    CatalogEntry("voc20b", "Pascal VOC 2012 val, 20 classes + background (59-name vocabulary)", "val", f"{_VOC12}/JPEGImages",
-                 f"{_VOC12}/annotations_detectron2_bg/val", ".png", 255, "voc20", 1449, "voc", _VOC12,
-                 ("pas20b", "voc_2012_test_background_sem_seg"), vocabulary="voc20b", extra_class="background",
-                 merge_predictions_from=20),
+    CatalogEntry(
+        "coco_stuff_171_train",
+        "COCO-Stuff-171 train2017",
+        "train",
+        "coco-stuff/images/train2017",
+        "coco-stuff/annotations_detectron2/train2017",
+        ".png",
+        255,
+        "coco",
+        118287,
+        "coco_stuff",
+        "coco-stuff",
+        ("coco171_train", "coco_2017_train_stuff_all_sem_seg"),
+    ),
+    CatalogEntry(
+        "coco_stuff_171_val",
+        "COCO-Stuff-171 val2017",
+        "val",
+        "coco-stuff/images/val2017",
+        "coco-stuff/annotations_detectron2/val2017",
+        ".png",
+        255,
+        "coco",
+        5000,
+        "coco_stuff",
+        "coco-stuff",
+        ("coco171", "coco171_val", "coco_stuff", "coco_2017_test_stuff_all_sem_seg"),
+    ),
+    CatalogEntry(
+        "a150",
+        "ADE20K-150 validation",
+        "val",
+        "ADEChallengeData2016/images/validation",
+        "ADEChallengeData2016/annotations_detectron2/validation",
+        ".png",
+        255,
+        "ade150",
+        2000,
+        "a150",
+        "ADEChallengeData2016",
+        ("ade150", "ade20k_150", "ade20k_150_test_sem_seg"),
+    ),
+    CatalogEntry(
+        "a847",
+        "ADE20K-847 (full, 2021_17_01) validation",
+        "val",
+        "ADE20K_2021_17_01/images_detectron2/validation",
+        "ADE20K_2021_17_01/annotations_detectron2/validation",
+        ".tif",
+        65535,
+        "ade847",
+        2000,
+        "a847",
+        "ADE20K_2021_17_01",
+        ("ade847", "ade20k_847", "ade20k_full_sem_seg_freq_val_all"),
+    ),
+    CatalogEntry(
+        "pc59",
+        "Pascal-Context-59 validation",
+        "val",
+        f"{_VOC10}/JPEGImages",
+        f"{_VOC10}/annotations_detectron2/pc59_val",
+        ".png",
+        255,
+        "pc59",
+        5010,
+        "pc59",
+        _VOC10,
+        ("pascal_context_59", "context_59_test_sem_seg"),
+    ),
+    CatalogEntry(
+        "pc459",
+        "Pascal-Context-459 validation",
+        "val",
+        f"{_VOC10}/JPEGImages",
+        f"{_VOC10}/annotations_detectron2/pc459_val",
+        ".tif",
+        459,
+        "pc459",
+        5010,
+        "pc459",
+        _VOC10,
+        ("pascal_context_459", "context_459_test_sem_seg"),
+    ),
+    CatalogEntry(
+        "voc20",
+        "Pascal VOC 2012 val, 20 classes (background ignored)",
+        "val",
+        f"{_VOC12}/JPEGImages",
+        f"{_VOC12}/annotations_detectron2/val",
+        ".png",
+        255,
+        "voc20",
+        1449,
+        "voc",
+        _VOC12,
+        ("pas20", "voc", "voc_2012_test_sem_seg"),
+    ),
+    CatalogEntry(
+        "voc20b",
+        "Pascal VOC 2012 val, 20 classes + background (59-name vocabulary)",
+        "val",
+        f"{_VOC12}/JPEGImages",
+        f"{_VOC12}/annotations_detectron2_bg/val",
+        ".png",
+        255,
+        "voc20",
+        1449,
+        "voc",
+        _VOC12,
+        ("pas20b", "voc_2012_test_background_sem_seg"),
+        vocabulary="voc20b",
+        extra_class="background",
+        merge_predictions_from=20,
+    ),
 )
 _BY_NAME = {n: e for e in ENTRIES for n in (e.name, *e.aliases)}
 _SPLIT_FAMILIES = {"coco_stuff_171": {"train": "coco_stuff_171_train", "val": "coco_stuff_171_val"}}
@@ -121,7 +211,9 @@ def build_dataset(
     if not any(c in spec for c in "/\\.") and spec.lower() not in _BY_NAME:
         names = ", ".join(e.name for e in ENTRIES)
         raise DataError(f"unknown dataset '{spec}' (catalog: {names}; or a custom folder PATH[:SPLIT])")
-    raise DataError(f"custom dataset folder {path} does not exist (expected PATH/classes.txt, PATH/images/<split>, PATH/labels/<split>)")
+    raise DataError(
+        f"custom dataset folder {path} does not exist (expected PATH/classes.txt, PATH/images/<split>, PATH/labels/<split>)"
+    )
 
 
 def _build_catalog(entry: CatalogEntry, root: Path, transform) -> SegmentationDataset:
@@ -132,14 +224,24 @@ def _build_catalog(entry: CatalogEntry, root: Path, transform) -> SegmentationDa
             f"set --root / $DETECTRON2_DATASETS to your datasets folder or run: {prepare_hint(entry, root)}"
         )
     if not label_dir.is_dir():
-        raise DataError(f"dataset '{entry.name}' is not prepared: label folder {label_dir} is missing; run: {prepare_hint(entry, root)}")
+        raise DataError(
+            f"dataset '{entry.name}' is not prepared: label folder {label_dir} is missing; run: {prepare_hint(entry, root)}"
+        )
     pairs = list_pairs(image_dir, label_dir, (entry.label_ext,), IMAGE_SUFFIXES)
     if not pairs:
-        raise DataError(f"dataset '{entry.name}' is not prepared: no {entry.label_ext} labels in {label_dir}; run: {prepare_hint(entry, root)}")
+        raise DataError(
+            f"dataset '{entry.name}' is not prepared: no {entry.label_ext} labels in {label_dir}; run: {prepare_hint(entry, root)}"
+        )
     vocab = builtin_class_names(entry.vocabulary) if entry.vocabulary else None
     return SegmentationDataset(
-        entry.name, pairs, entry.class_names(), (entry.ignore_value,), transform=transform,
-        vocabulary=vocab, merge_predictions_from=entry.merge_predictions_from, root=root,
+        entry.name,
+        pairs,
+        entry.class_names(),
+        (entry.ignore_value,),
+        transform=transform,
+        vocabulary=vocab,
+        merge_predictions_from=entry.merge_predictions_from,
+        root=root,
     )
 
 
@@ -156,12 +258,24 @@ def describe_dataset(name: str, root: Union[str, Path] = "") -> dict:
         status, count = "not prepared", 0
     else:
         count = sum(1 for e in os.scandir(label_dir) if e.name.endswith(entry.label_ext) and not e.name.startswith("."))
-        status = "ready" if count == entry.num_images else f"incomplete ({count}/{entry.num_images}; run dpseg prepare {entry.prepare} --verify)"
+        status = (
+            "ready"
+            if count == entry.num_images
+            else f"incomplete ({count}/{entry.num_images}; run dpseg prepare {entry.prepare} --verify)"
+        )
     return {
-        "name": entry.name, "aliases": list(entry.aliases), "title": entry.title, "split": entry.split,
-        "classes": len(entry.class_names()), "vocabulary": entry.vocabulary or entry.class_list,
-        "expected_images": entry.num_images, "images": str(root / entry.image_dir), "labels": str(label_dir),
-        "status": status, "labelled_images": count, "prepare": prepare_hint(entry, root),
+        "name": entry.name,
+        "aliases": list(entry.aliases),
+        "title": entry.title,
+        "split": entry.split,
+        "classes": len(entry.class_names()),
+        "vocabulary": entry.vocabulary or entry.class_list,
+        "expected_images": entry.num_images,
+        "images": str(root / entry.image_dir),
+        "labels": str(label_dir),
+        "status": status,
+        "labelled_images": count,
+        "prepare": prepare_hint(entry, root),
     }
 
 

@@ -32,7 +32,9 @@ def read_label_array(path: os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I", "1"):
-                raise DataError(f"label file {path} has image mode {img.mode}; expected a single-channel 8- or 16-bit map")
+                raise DataError(
+                    f"label file {path} has image mode {img.mode}; expected a single-channel 8- or 16-bit map"
+                )
             arr = np.array(img)
     except OSError as e:
         raise DataError(f"cannot read label file {path}: {e}") from None
@@ -62,11 +64,14 @@ def to_train_ids(raw: np.ndarray, num_classes: int, ignore_values, path: os.Path
     return torch.from_numpy(label)
 
 
-def list_pairs(image_dir: Path, label_dir: Path, label_exts: Sequence[str], image_exts: Sequence[str]) -> list[tuple[Path, Path]]:
+def list_pairs(
+    image_dir: Path, label_dir: Path, label_exts: Sequence[str], image_exts: Sequence[str]
+) -> list[tuple[Path, Path]]:
     """(image, label) pairs matched by file stem, driven by the label files (as detectron2's load_sem_seg:
     PC-59 reads a 5010-label subset of the 21k-image VOC2010 folder). A label without an image is an error."""
     labels = sorted(
-        e.name for e in os.scandir(label_dir)
+        e.name
+        for e in os.scandir(label_dir)
         if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in label_exts
     )
     images: dict[str, str] = {}
@@ -164,5 +169,7 @@ def custom_folder(root: Path, split: str, transform=None) -> SegmentationDataset
     if not pairs:
         raise DataError(f"custom dataset {root} split '{split}' has no label PNGs in {label_dir}")
     if len(names) > 255 and read_label_array(pairs[0][1]).dtype == np.uint8:
-        raise DataError(f"custom dataset {root} has {len(names)} classes but 8-bit labels; store labels as 16-bit PNG (65535 = ignore)")
+        raise DataError(
+            f"custom dataset {root} has {len(names)} classes but 8-bit labels; store labels as 16-bit PNG (65535 = ignore)"
+        )
     return SegmentationDataset(f"{root.name}:{split}", pairs, names, AUTO_IGNORE, transform=transform, root=root)

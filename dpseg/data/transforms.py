@@ -100,8 +100,13 @@ class PhotometricJitterSSD:
     (contrast, saturation, hue) or (saturation, hue, contrast); each step applied with probability 0.5;
     contrast and saturation factors in [0.5, 1.5], hue shift +-18 on OpenCV's 0..179 hue scale."""
 
-    def __init__(self, brightness: float = 32, contrast: Sequence[float] = (0.5, 1.5),
-                 saturation: Sequence[float] = (0.5, 1.5), hue: int = 18):
+    def __init__(
+        self,
+        brightness: float = 32,
+        contrast: Sequence[float] = (0.5, 1.5),
+        saturation: Sequence[float] = (0.5, 1.5),
+        hue: int = 18,
+    ):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, tuple(contrast), tuple(saturation), hue
 
     @staticmethod

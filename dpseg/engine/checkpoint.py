@@ -48,8 +48,10 @@ FROZEN_PREFIXES = ("prompt_encoder.", "text_encoder.")
 TRAINABLE, STATE, CONFIG = "trainable.safetensors", "state.pt", "config.yaml"
 FORMAT, VERSION = "dpseg-train-state", 1
 STATE_HASH = "state_sha256"  # in trainable.safetensors' metadata
-FIX = ("resume from the run directory (dpseg train --resume RUN_DIR continues from the newest intact checkpoint) "
-       "or delete this checkpoint directory")
+FIX = (
+    "resume from the run directory (dpseg train --resume RUN_DIR continues from the newest intact checkpoint) "
+    "or delete this checkpoint directory"
+)
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -88,12 +90,20 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
     expected = trainable_state(model)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
-                 for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)) if keys]
-        raise CheckpointError(f"{source} does not fit the model of this config ({'; '.join(parts)}); resume with the config the run was started with")
+        parts = [
+            f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{source} does not fit the model of this config ({'; '.join(parts)}); resume with the config the run was started with"
+        )
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith(FROZEN_PREFIXES) for k in result.missing_keys)
 
@@ -104,9 +114,17 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
 def capture_rng() -> dict:
     """This process's RNG states as weights_only-loadable values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    out = {"python": random.getstate(), "torch": torch.get_rng_state(),
-           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                     "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    out = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -176,14 +194,26 @@ def checkpoint_integrity(path: Path) -> list[tuple[str, str, str]]:
     try:
         if stored is not None:
             actual = file_sha256(path / STATE)
-            rows.append((str(path / STATE), "ok", actual) if actual == stored else (str(path / STATE), "damaged", (
-                f"its content does not match the SHA-256 stored when it was written (stored {stored[:12]}…, "
-                f"now {actual[:12]}…): the file was corrupted or modified")))
+            rows.append(
+                (str(path / STATE), "ok", actual)
+                if actual == stored
+                else (
+                    str(path / STATE),
+                    "damaged",
+                    (
+                        f"its content does not match the SHA-256 stored when it was written (stored {stored[:12]}…, "
+                        f"now {actual[:12]}…): the file was corrupted or modified"
+                    ),
+                )
+            )
         else:  # older checkpoint (or weights already damaged): the zip CRCs still catch flipped bits and truncation
             with zipfile.ZipFile(path / STATE) as z:
                 bad = z.testzip()
-            rows.append((str(path / STATE), "damaged", f"member {bad} fails its CRC check") if bad else
-                        (str(path / STATE), "unverified", "no content hash (written by an older dpseg); zip CRCs pass"))
+            rows.append(
+                (str(path / STATE), "damaged", f"member {bad} fails its CRC check")
+                if bad
+                else (str(path / STATE), "unverified", "no content hash (written by an older dpseg); zip CRCs pass")
+            )
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
         rows.append((str(path / STATE), "damaged", f"truncated or unreadable ({reason})"))
@@ -203,7 +233,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(trainable state, training state) of a checkpoint directory, read without executing any pickled code,
     after checking the content hashes."""
     if not is_checkpoint(path):
-        raise CheckpointError(f"{path} is not a training checkpoint (expected a step-N directory with {TRAINABLE} and {STATE})")
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (expected a step-N directory with {TRAINABLE} and {STATE})"
+        )
     rows = checkpoint_integrity(path)
     problem = _problem(rows)
     if problem:
@@ -215,11 +247,15 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or unsafe file
         reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"cannot read {path / STATE}: truncated, or not written by dpseg train ({reason})") from None
+        raise CheckpointError(
+            f"cannot read {path / STATE}: truncated, or not written by dpseg train ({reason})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path / STATE} is not a dpseg training state")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path / STATE} has format version {state.get('version')}; this dpseg reads version {VERSION}")
+        raise CheckpointError(
+            f"{path / STATE} has format version {state.get('version')}; this dpseg reads version {VERSION}"
+        )
     return weights, state
 
 
@@ -253,8 +289,10 @@ def newest_intact(run_dir, notes: list) -> Optional[Path]:
             return path
         skipped.append(f"skipped damaged checkpoint {path}: {problem}")
     if found:
-        raise CheckpointError(f"every checkpoint of {run_dir} is damaged (newest: {skipped[0].split(': ', 1)[1]}); "
-                              "restore them from a backup, or start a new run with another train.output_dir")
+        raise CheckpointError(
+            f"every checkpoint of {run_dir} is damaged (newest: {skipped[0].split(': ', 1)[1]}); "
+            "restore them from a backup, or start a new run with another train.output_dir"
+        )
     return None
 
 
@@ -282,12 +320,16 @@ def resume_target(output_dir, resume: Optional[str], notes: Optional[list] = Non
     if is_checkpoint(path):
         problem = checkpoint_problem(path)
         if problem:
-            raise CheckpointError(f"--resume {path}: the checkpoint is damaged ({problem}); pass the run directory "
-                                  f"{path.parent.parent} to continue from its newest intact checkpoint")
+            raise CheckpointError(
+                f"--resume {path}: the checkpoint is damaged ({problem}); pass the run directory "
+                f"{path.parent.parent} to continue from its newest intact checkpoint"
+            )
         return path
     newest = newest_intact(path, notes)
     if newest is None:
-        raise CheckpointError(f"--resume {path}: no complete checkpoint there (expected {path}/checkpoints/step-N or a step-N directory)")
+        raise CheckpointError(
+            f"--resume {path}: no complete checkpoint there (expected {path}/checkpoints/step-N or a step-N directory)"
+        )
     return newest
 
 
@@ -302,12 +344,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_changes(old: dict, new: dict) -> list[str]:
     """``section.key: old -> new`` for every setting that differs (output_dir excluded: runs may move)."""
     a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and k != "train.output_dir"]
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k != "train.output_dir"
+    ]
 
 
-def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, frozen: dict,
-                     rank: int, world_size: int) -> tuple[dict, list[str]]:
+def restore_training(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, frozen: dict, rank: int, world_size: int
+) -> tuple[dict, list[str]]:
     """Load checkpoint ``path`` into model, optimizer, loss scaler and this rank's RNG.
 
     ``frozen`` holds the fingerprints of the frozen towers as built now; they must equal the saved ones. Returns
@@ -324,7 +370,9 @@ def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     names = [g["name"] for g in optimizer.param_groups]
     saved = [g.get("name") for g in state["optimizer"]["param_groups"]]
     if names != saved:
-        raise CheckpointError(f"{path}: optimizer groups {saved} do not match this model's {names}; resume with the run's config")
+        raise CheckpointError(
+            f"{path}: optimizer groups {saved} do not match this model's {names}; resume with the run's config"
+        )
     current = [(g["lr_mult"], g["weight_decay"]) for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
     for g, (mult, wd) in zip(optimizer.param_groups, current):  # settings given now win over saved ones
@@ -337,6 +385,8 @@ def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         restore_rng(rngs[rank])
     else:  # data order and augmentation are position-seeded and stay exact; only e.g. drop path is reseeded
         seed_all(mix_seed(0x7A1, rank, state["step"]))
-        notes.append(f"the run had {len(rngs)} processes and now has {world_size}: the data order is kept, the "
-                     "other random streams (drop path) are reseeded, so this continuation is not bit-exact")
+        notes.append(
+            f"the run had {len(rngs)} processes and now has {world_size}: the data order is kept, the "
+            "other random streams (drop path) are reseeded, so this continuation is not bit-exact"
+        )
     return state, notes

@@ -36,9 +36,13 @@ class PositionSeededDataset(torch.utils.data.Dataset):
 def collate(items: list[dict]) -> dict:
     shapes = {tuple(it["image"].shape) for it in items}
     if len(shapes) != 1:
-        raise DataError(f"training crops have different sizes {sorted(shapes)}; data.crop_size must pad every crop to one size")
-    return {"image": torch.stack([it["image"] for it in items]),  # B x (3, S, S) uint8 -> (B, 3, S, S)
-            "label": torch.stack([it["label"] for it in items])}  # B x (S, S) int64 -> (B, S, S)
+        raise DataError(
+            f"training crops have different sizes {sorted(shapes)}; data.crop_size must pad every crop to one size"
+        )
+    return {
+        "image": torch.stack([it["image"] for it in items]),  # B x (3, S, S) uint8 -> (B, 3, S, S)
+        "label": torch.stack([it["label"] for it in items]),
+    }  # B x (S, S) int64 -> (B, S, S)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -50,7 +54,9 @@ def _worker_init(_worker_id: int) -> None:
 def build_train_dataset(cfg: Config):
     """The raw training dataset (no transform): a catalog name or a custom folder, split ``train``."""
     if cfg.data.crop_size % 32:
-        raise ConfigError(f"config key 'data.crop_size' must be a multiple of 32 (the encoder's stride), got {cfg.data.crop_size}")
+        raise ConfigError(
+            f"config key 'data.crop_size' must be a multiple of 32 (the encoder's stride), got {cfg.data.crop_size}"
+        )
     build_train_transform(cfg.data)  # check the augmentation settings before any data is read
     return build_dataset(cfg.data.train_dataset, root=cfg.data.root, split="train")
 
@@ -58,13 +64,21 @@ def build_train_dataset(cfg: Config):
 def build_train_loader(cfg: Config, dataset, ctx: DistContext, start_position: int) -> torch.utils.data.DataLoader:
     """An infinite loader of this rank's ``{"image": uint8 (b, 3, S, S), "label": int64 (b, S, S)}`` batches."""
     local = local_batch_size(cfg.train.batch_size, ctx.world_size)
-    sampler = ShardedInfiniteSampler(len(dataset), cfg.train.batch_size, ctx.rank, ctx.world_size,
-                                     cfg.train.seed, start_position)
+    sampler = ShardedInfiniteSampler(
+        len(dataset), cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, start_position
+    )
     workers = cfg.data.num_workers
     return torch.utils.data.DataLoader(
         PositionSeededDataset(dataset, build_train_transform(cfg.data), cfg.train.seed),
-        batch_size=local, sampler=sampler, num_workers=workers, collate_fn=collate,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,
-        worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None,
-        generator=torch.Generator().manual_seed(cfg.train.seed),  # the loader's base-seed draw must not touch the global RNG
+        batch_size=local,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(
+            cfg.train.seed
+        ),  # the loader's base-seed draw must not touch the global RNG
     )

@@ -60,8 +60,15 @@ def _finite(x: float) -> Optional[float]:
 class TrainLogger:
     """Rank 0 logs; on other ranks every method is a no-op."""
 
-    def __init__(self, output_dir, enabled: bool, start_step: int, total_steps: int, tensorboard: bool = True,
-                 progress: bool = True):
+    def __init__(
+        self,
+        output_dir,
+        enabled: bool,
+        start_step: int,
+        total_steps: int,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ):
         self.enabled = enabled
         self.start_step, self.total = start_step, total_steps
         self.tb = None
@@ -94,13 +101,23 @@ class TrainLogger:
             f.write(line)
             f.flush()
 
-    def train(self, step: int, loss: float, lr: float, grad_norm: float, it_per_s: float, extra: Optional[dict] = None) -> None:
+    def train(
+        self, step: int, loss: float, lr: float, grad_norm: float, it_per_s: float, extra: Optional[dict] = None
+    ) -> None:
         """One training record: the loss averaged since the previous record, the lr, the last gradient norm."""
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self._t0
-        record = {"kind": "train", "step": step, "loss": _finite(loss), "lr": lr, "grad_norm": _finite(grad_norm),
-                  "it_per_s": round(it_per_s, 4), "elapsed_s": round(elapsed, 2), **(extra or {})}
+        record = {
+            "kind": "train",
+            "step": step,
+            "loss": _finite(loss),
+            "lr": lr,
+            "grad_norm": _finite(grad_norm),
+            "it_per_s": round(it_per_s, 4),
+            "elapsed_s": round(elapsed, 2),
+            **(extra or {}),
+        }
         self._append(self.jsonl, json.dumps(record) + "\n")
         self._append(self.csv, ",".join("" if record[k] is None else f"{record[k]}" for k in CSV_FIELDS) + "\n")
         if self.tb is not None:
@@ -111,23 +128,40 @@ class TrainLogger:
             self.bar.set_postfix(f"loss={loss:.4f}, lr={lr:.2e}")
         else:  # no bar (not a terminal, or --no-progress): one plain line per record
             eta = (self.total - step) / it_per_s if it_per_s > 0 else float("nan")
-            eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) and eta < 86400 else f"{eta / 3600:.1f} h"
-            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  grad norm {grad_norm:.3g}  "
-                  f"{it_per_s:.2f} it/s  ETA {eta_text}", flush=True)
+            eta_text = (
+                time.strftime("%H:%M:%S", time.gmtime(eta))
+                if math.isfinite(eta) and eta < 86400
+                else f"{eta / 3600:.1f} h"
+            )
+            print(
+                f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  grad norm {grad_norm:.3g}  "
+                f"{it_per_s:.2f} it/s  ETA {eta_text}",
+                flush=True,
+            )
 
     def eval(self, step: int, dataset: str, results: dict, best: Optional[dict] = None) -> None:
         if not self.enabled:
             return
         summary = {k: results["pass1"][k] for k in ("mIoU", "fwIoU", "mAcc", "pAcc")}
-        record = {"kind": "eval", "step": step, "dataset": dataset, **summary, "num_images": results["num_images"],
-                  "seconds": results["seconds"], "per_class_IoU": results["pass1"]["per_class_IoU"], "best": best}
+        record = {
+            "kind": "eval",
+            "step": step,
+            "dataset": dataset,
+            **summary,
+            "num_images": results["num_images"],
+            "seconds": results["seconds"],
+            "per_class_IoU": results["pass1"]["per_class_IoU"],
+            "best": best,
+        }
         self._append(self.jsonl, json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in summary.items():
                 if value is not None:
                     self.tb.add_scalar(f"eval/{key}", value, step)
-        self.message(f"eval @ step {step} on {dataset}: " + ", ".join(
-            f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in summary.items()))
+        self.message(
+            f"eval @ step {step} on {dataset}: "
+            + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in summary.items())
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -140,7 +174,9 @@ def format_table(title: str, rows: list[tuple[str, ...]], header: Optional[tuple
     """A plain aligned text table; with a header the value columns are right-aligned (numbers), else left."""
     all_rows = ([header] if header else []) + rows
     widths = [max(len(str(r[i])) for r in all_rows) for i in range(len(all_rows[0]))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if i and header else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()  # noqa: E731
+    fmt = lambda r: "  ".join(
+        str(c).rjust(w) if i and header else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+    ).rstrip()  # noqa: E731
     lines = [title, "-" * max(len(title), sum(widths) + 2 * (len(widths) - 1))]
     if header:
         lines.append(fmt(header))
@@ -151,8 +187,12 @@ def format_table(title: str, rows: list[tuple[str, ...]], header: Optional[tuple
 def setup_table(model, facts: list[tuple[str, str]]) -> str:
     """Start-up report: run facts, then trainable / frozen parameters per model component."""
     counts = [(name, human_count(tr), human_count(total - tr)) for name, total, tr in component_counts(model)]
-    return "\n\n".join([format_table("training run", facts),
-                        format_table("parameters", counts, header=("component", "trainable", "frozen"))])
+    return "\n\n".join(
+        [
+            format_table("training run", facts),
+            format_table("parameters", counts, header=("component", "trainable", "frozen")),
+        ]
+    )
 
 
 def human_count(n: int) -> str:

@@ -19,7 +19,12 @@ from dpseg.config import TrainConfig
 from dpseg.errors import ConfigError
 
 NO_DECAY_MODULES: tuple[type, ...] = (
-    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase, nn.Embedding, nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._NormBase,
+    nn.Embedding,
+    nn.EmbeddingBag,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 WARMUP_FACTOR = 0.001  # detectron2's default start of the linear warm-up
 
@@ -46,8 +51,14 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
         for decay in (True, False):
             chosen = [p for p in params if (names[id(p)] not in skip) == decay]
             if chosen:
-                groups.append({"params": chosen, "lr_mult": mults.get(role, 1.0), "name": f"{role}/{'decay' if decay else 'no_decay'}",
-                               "weight_decay": cfg.weight_decay if decay else 0.0})
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr_mult": mults.get(role, 1.0),
+                        "name": f"{role}/{'decay' if decay else 'no_decay'}",
+                        "weight_decay": cfg.weight_decay if decay else 0.0,
+                    }
+                )
     grouped = [id(p) for g in groups for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     if len(grouped) != len(set(grouped)) or set(grouped) != set(trainable):
@@ -57,7 +68,9 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
 
 def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.encoder_lr_mult < 0 or cfg.grad_clip < 0:
-        raise ConfigError("config keys 'train.lr' (> 0), 'train.weight_decay', 'train.encoder_lr_mult', 'train.grad_clip' (>= 0) are out of range")
+        raise ConfigError(
+            "config keys 'train.lr' (> 0), 'train.weight_decay', 'train.encoder_lr_mult', 'train.grad_clip' (>= 0) are out of range"
+        )
     groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]

@@ -65,8 +65,9 @@ from dpseg.weights import state_fingerprint
 StepCallback = Callable[[int, dict], None]
 
 
-def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCallback] = None,
-          progress: bool = True) -> dict:
+def train(
+    cfg: Config, resume: Optional[str] = None, callback: Optional[StepCallback] = None, progress: bool = True
+) -> dict:
     """Run (or continue) training; returns {"step", "final", "best", "loss", "output_dir"} (same on every rank).
 
     ``resume``: None = new run (refused if the output directory already holds checkpoints); ``"auto"`` = continue
@@ -92,20 +93,29 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             try:
                 val_set = build_dataset(cfg.data.val_dataset, root=cfg.data.root, split="val")
             except DataError as e:
-                raise DataError(f"validation set (data.val_dataset, evaluated every train.eval_every={tc.eval_every} "
-                                f"steps): {e}; or --set train.eval_every=0 to train without evaluation") from None
+                raise DataError(
+                    f"validation set (data.val_dataset, evaluated every train.eval_every={tc.eval_every} "
+                    f"steps): {e}; or --set train.eval_every=0 to train without evaluation"
+                ) from None
 
         # ---- model, prompts (computed once, kept on the device), optimizer
         precision = resolve_precision(tc.precision, ctx.device)
         model = build_model(cfg)  # seeded above: identical random init on every rank and after a restart
         init = init_from_checkpoint(model, tc.init_from) if tc.init_from and ckpt is None else None  # a resume has them
-        frozen = {name: state_fingerprint(tower) for name, tower in
-                  (("prompt_encoder", model.prompt_encoder), ("text_encoder", model.text_encoder)) if tower is not None}
+        frozen = {
+            name: state_fingerprint(tower)
+            for name, tower in (("prompt_encoder", model.prompt_encoder), ("text_encoder", model.text_encoder))
+            if tower is not None
+        }
         model.to(ctx.device)
-        train_prompts = vocabulary_prompts(cfg, model, train_set.class_names, ctx.device, f"the training vocabulary of {train_set.name}")
+        train_prompts = vocabulary_prompts(
+            cfg, model, train_set.class_names, ctx.device, f"the training vocabulary of {train_set.name}"
+        )
         val_prompts = None
         if val_set is not None:
-            val_prompts = vocabulary_prompts(cfg, model, val_set.vocabulary, ctx.device, f"the validation vocabulary of {val_set.name}")
+            val_prompts = vocabulary_prompts(
+                cfg, model, val_set.vocabulary, ctx.device, f"the validation vocabulary of {val_set.name}"
+            )
         optimizer = build_optimizer(model, tc, ctx.device)
         scaler = make_scaler(precision, ctx.device)
         criterion = SegmentationLoss(tc.loss_ignore)
@@ -116,7 +126,9 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             step, consumed, best = state["step"], state["consumed_samples"], state["best"]
             changed = config_changes(state["config"], cfg.to_dict())
             if changed:
-                notes.append("resuming with changed settings (exactness holds only if none matter): " + "; ".join(changed))
+                notes.append(
+                    "resuming with changed settings (exactness holds only if none matter): " + "; ".join(changed)
+                )
         else:
             seed_all(mix_seed(tc.seed, 0x7A1, ctx.rank))  # per-rank runtime randomness (drop path)
         if ctx.is_main:
@@ -125,27 +137,55 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
         net = model
         if ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                broadcast_buffers=False, gradient_as_bucket_view=True)
+                model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
         if tc.compile:
             net = torch.compile(net)
         loader = iter(build_train_loader(cfg, train_set, ctx, start_position=consumed))
 
         logger = TrainLogger(out, ctx.is_main, step, tc.iterations, tc.tensorboard, progress)
         facts = [
-            ("device", f"{ctx.device} x {ctx.world_size} process(es)"), ("precision", precision),
+            ("device", f"{ctx.device} x {ctx.world_size} process(es)"),
+            ("precision", precision),
             ("batch", f"{local_batch} per process x {ctx.world_size} = {tc.batch_size} (effective)"),
             ("iterations", f"{tc.iterations}" + (f" (resuming at step {step} from {ckpt})" if ckpt else "")),
-            ("initial weights", f"{tc.init_from}: {len(init.loaded)} tensors loaded, {len(init.fresh) + len(init.mismatched)} "
-                                "fresh (list below)" if init else f"from the checkpoint {ckpt}" if ckpt else "fresh"),
-            ("classes per step", f"present + random absent up to {tc.classes_per_step}" if tc.classes_per_step else "all"),
-            ("optimizer", f"AdamW lr {tc.lr:g}, image encoder x{tc.encoder_lr_mult:g}, wd {tc.weight_decay:g} "
-                          f"(0 on norm/bias/embedding), grad clip {tc.grad_clip:g}"),
+            (
+                "initial weights",
+                f"{tc.init_from}: {len(init.loaded)} tensors loaded, {len(init.fresh) + len(init.mismatched)} "
+                "fresh (list below)"
+                if init
+                else f"from the checkpoint {ckpt}"
+                if ckpt
+                else "fresh",
+            ),
+            (
+                "classes per step",
+                f"present + random absent up to {tc.classes_per_step}" if tc.classes_per_step else "all",
+            ),
+            (
+                "optimizer",
+                f"AdamW lr {tc.lr:g}, image encoder x{tc.encoder_lr_mult:g}, wd {tc.weight_decay:g} "
+                f"(0 on norm/bias/embedding), grad clip {tc.grad_clip:g}",
+            ),
             ("schedule", f"cosine to 0 over {tc.iterations} steps, warm-up {tc.warmup_iters}"),
-            ("train data", f"{train_set.name}: {len(train_set)} images, {len(train_set.class_names)} classes, crop {cfg.data.crop_size}"),
-            ("prompts", f"bank {cfg.prompts.bank}" if cfg.prompts.bank else f"text tower, {train_prompts.num_templates} templates"),
+            (
+                "train data",
+                f"{train_set.name}: {len(train_set)} images, {len(train_set.class_names)} classes, crop {cfg.data.crop_size}",
+            ),
+            (
+                "prompts",
+                f"bank {cfg.prompts.bank}"
+                if cfg.prompts.bank
+                else f"text tower, {train_prompts.num_templates} templates",
+            ),
             ("evaluation", f"{val_set.name} every {tc.eval_every} steps" if val_set else "off"),
-            ("output", f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})"),
+            (
+                "output",
+                f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})",
+            ),
         ]
         logger.message(setup_table(model, facts))
         if init is not None:
@@ -154,8 +194,9 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             if ctx.is_main:
                 atomic_write_text(out / "init_from.json", json.dumps(init.to_dict(), indent=2))
         elif tc.init_from:
-            notes.append(f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds "
-                         "its weights")
+            notes.append(
+                f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds its weights"
+            )
         for note in skipped + notes:
             logger.message(note)
 
@@ -163,13 +204,24 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             rngs = gather_objects(ctx, capture_rng())  # every rank's RNG, so each resumes its own stream
             replicas = gather_objects(ctx, state_fingerprint(trainable_state(model)) if ctx.distributed else None)
             if len(set(replicas)) > 1:  # DDP keeps replicas equal; anything else is a bug worth stopping for
-                raise TrainingError(f"the {ctx.world_size} processes hold different weights at step {step} ({replicas}); "
-                                    "this is a bug in the training engine, please report it")
+                raise TrainingError(
+                    f"the {ctx.world_size} processes hold different weights at step {step} ({replicas}); "
+                    "this is a bug in the training engine, please report it"
+                )
             if ctx.is_main:
-                state = {"step": step, "consumed_samples": consumed, "global_batch": tc.batch_size, "replicas": replicas,
-                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                         "schedule": {"name": "cosine", "total": tc.iterations, "warmup": tc.warmup_iters},
-                         "best": dict(best), "frozen": frozen, "config": cfg.to_dict()}
+                state = {
+                    "step": step,
+                    "consumed_samples": consumed,
+                    "global_batch": tc.batch_size,
+                    "replicas": replicas,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rngs,
+                    "schedule": {"name": "cosine", "total": tc.iterations, "warmup": tc.warmup_iters},
+                    "best": dict(best),
+                    "frozen": frozen,
+                    "config": cfg.to_dict(),
+                }
                 save_checkpoint(out, step, model, state, cfg)
                 prune_checkpoints(out, tc.keep_checkpoints)
             barrier(ctx)
@@ -186,8 +238,9 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             labels = batch["label"].to(ctx.device, non_blocking=True)  # (b, S, S), -1 = ignore
             step_prompts = train_prompts
             if tc.classes_per_step:
-                classes = sample_step_classes(labels, train_prompts.num_classes, tc.classes_per_step,
-                                              mix_seed(tc.seed, 0xC1A55, ctx.rank, step))  # seeded by step: resume-exact
+                classes = sample_step_classes(
+                    labels, train_prompts.num_classes, tc.classes_per_step, mix_seed(tc.seed, 0xC1A55, ctx.rank, step)
+                )  # seeded by step: resume-exact
                 if classes is not None:
                     step_prompts = train_prompts.select(classes.tolist())
                     labels = remap_labels(labels, classes, train_prompts.num_classes)
@@ -235,7 +288,9 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
                     best = {"mIoU": miou, "step": step}
                     if ctx.is_main:
                         save_model(model, cfg, out / "best")
-                        atomic_write_text(out / "best" / "best.json", json.dumps({**best, "dataset": val_set.name}, indent=2))
+                        atomic_write_text(
+                            out / "best" / "best.json", json.dumps({**best, "dataset": val_set.name}, indent=2)
+                        )
                 logger.eval(step, val_set.name, results, best)
                 window_t0 = time.perf_counter()  # evaluation time is not training speed
             if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or last_step:
@@ -250,8 +305,14 @@ def train(cfg: Config, resume: Optional[str] = None, callback: Optional[StepCall
             save_model(model, cfg, out / "final")
             if calibration is not None:
                 write_calibration(out / "final", calibration)
-            logger.message(f"done: {step} steps; final model in {out / 'final'}"
-                           + (f"; best mIoU {best['mIoU']:.2f} at step {best['step']} in {out / 'best'}" if best["mIoU"] is not None else ""))
+            logger.message(
+                f"done: {step} steps; final model in {out / 'final'}"
+                + (
+                    f"; best mIoU {best['mIoU']:.2f} at step {best['step']} in {out / 'best'}"
+                    if best["mIoU"] is not None
+                    else ""
+                )
+            )
         barrier(ctx)
         return {"step": step, "final": str(out / "final"), "best": best, "loss": loss_value, "output_dir": str(out)}
     finally:
@@ -295,8 +356,17 @@ def _calibrate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision
     try:
         with torch.random.fork_rng(devices=devices), autocast(precision, ctx.device):
             images = cfg.train.eval_max_images or TRAINING_CALIBRATION_IMAGES
-            return calibrate(model, prompts, dataset, cfg.eval, ctx.device, cfg.eval.background_class, two, images,
-                             progress=progress and ctx.is_main)
+            return calibrate(
+                model,
+                prompts,
+                dataset,
+                cfg.eval,
+                ctx.device,
+                cfg.eval.background_class,
+                two,
+                images,
+                progress=progress and ctx.is_main,
+            )
     finally:
         model.train()
 
@@ -307,7 +377,15 @@ def _evaluate(cfg: Config, model, prompts, dataset, ctx: DistContext, precision:
     model.eval()
     try:
         with torch.random.fork_rng(devices=devices), autocast(precision, ctx.device):
-            return evaluate(model, prompts, dataset, cfg.eval, device=ctx.device, two_pass=False,
-                            max_images=cfg.train.eval_max_images, progress=False)
+            return evaluate(
+                model,
+                prompts,
+                dataset,
+                cfg.eval,
+                device=ctx.device,
+                two_pass=False,
+                max_images=cfg.train.eval_max_images,
+                progress=False,
+            )
     finally:
         model.train()

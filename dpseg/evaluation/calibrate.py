@@ -76,8 +76,10 @@ class Calibration:
         best = self.scores.get(self.min_score)
         zero = self.scores.get(0.0)
         gain = "" if best is None or zero is None else f" (mIoU with 'unlabelled' {best:.1f} vs {zero:.1f} at 0)"
-        return (f"score threshold eval.min_score = {self.min_score:g}, chosen on {self.dataset} "
-                f"({self.num_images} images, {self.prediction}){gain}")
+        return (
+            f"score threshold eval.min_score = {self.min_score:g}, chosen on {self.dataset} "
+            f"({self.num_images} images, {self.prediction}){gain}"
+        )
 
     def table(self) -> str:
         rows = [f"{'min_score':>9}  mIoU (K + unlabelled)"]
@@ -101,9 +103,19 @@ def _rank_world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def calibrate(model, prompts, dataset, eval_cfg, device="cpu", background_class: Optional[bool] = None,
-              two_pass: bool = False, max_images: int = 0, progress: bool = True, forward=None,
-              thresholds=THRESHOLDS) -> Calibration:
+def calibrate(
+    model,
+    prompts,
+    dataset,
+    eval_cfg,
+    device="cpu",
+    background_class: Optional[bool] = None,
+    two_pass: bool = False,
+    max_images: int = 0,
+    progress: bool = True,
+    forward=None,
+    thresholds=THRESHOLDS,
+) -> Calibration:
     """Choose ``eval.min_score`` on ``dataset`` (items ``{"image", "label"}``, ``class_names``; optional
     ``vocabulary`` and ``merge_predictions_from`` as the evaluator reads them) by the criterion of the module doc.
     ``forward`` replaces the model call (tests); ``two_pass`` thresholds the refined map. Distributed: every rank
@@ -118,8 +130,9 @@ def calibrate(model, prompts, dataset, eval_cfg, device="cpu", background_class:
     if not thresholds or thresholds[0] != 0 or thresholds[-1] >= 1:
         raise InputError(f"thresholds must start at 0 and stay below 1, got {thresholds}")
     if forward is None:
-        forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk,
-                                refine=refine_policy(eval_cfg))
+        forward = model_forward(
+            model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk, refine=refine_policy(eval_cfg)
+        )
     protocol = protocol_from_config(eval_cfg)
     K = len(dataset.class_names)
     vocab_size = len(getattr(dataset, "vocabulary", dataset.class_names))
@@ -208,16 +221,27 @@ def read_calibration(directory: Union[str, Path]) -> Optional[dict]:
     return done if same else None
 
 
-def calibrate_checkpoint(checkpoint: Union[str, Path], dataset: str, *, root: str = "", bank: Optional[str] = None,
-                         background_class: Optional[bool] = None, device=None, max_images: int = 0,
-                         two_pass: Optional[bool] = None, progress: bool = True) -> Calibration:
+def calibrate_checkpoint(
+    checkpoint: Union[str, Path],
+    dataset: str,
+    *,
+    root: str = "",
+    bank: Optional[str] = None,
+    background_class: Optional[bool] = None,
+    device=None,
+    max_images: int = 0,
+    two_pass: Optional[bool] = None,
+    progress: bool = True,
+) -> Calibration:
     """(Re)choose the threshold of a checkpoint folder on ``dataset`` (a catalog name or a custom folder
     ``PATH[:SPLIT]``, its ``val`` split by default) and write it into the folder (:func:`write_calibration`).
     ``two_pass=None`` thresholds the map ``segment`` makes by default; ``bank`` defaults to the checkpoint's."""
     folder = Path(checkpoint).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a checkpoint folder on this machine (config.json + "
-                              "model.safetensors); calibration writes into the folder, so give a local one")
+        raise CheckpointError(
+            f"{checkpoint} is not a checkpoint folder on this machine (config.json + "
+            "model.safetensors); calibration writes into the folder, so give a local one"
+        )
     if max_images < 0:
         raise InputError(f"max_images must be >= 0 (0 = the whole split), got {max_images}")
     data = build_dataset(dataset, root=root, split="val")  # a missing dataset fails before the model is built
@@ -226,8 +250,9 @@ def calibrate_checkpoint(checkpoint: Union[str, Path], dataset: str, *, root: st
     if bank is None and cfg.prompts.bank and Path(cfg.prompts.bank).is_dir():
         bank = cfg.prompts.bank
     vocab = list(getattr(data, "vocabulary", data.class_names))
-    prompts = resolve_prompts(model, model_templates(cfg), vocab, bank=bank, device=device,
-                              what=f"the vocabulary of {data.name}").prompts
+    prompts = resolve_prompts(
+        model, model_templates(cfg), vocab, bank=bank, device=device, what=f"the vocabulary of {data.name}"
+    ).prompts
     refines = model.needs_visual_prompts and prompts.has_visual
     two = (cfg.eval.two_pass and refines) if two_pass is None else (two_pass and refines)
     precision = resolve_precision(cfg.eval.precision, device, what="config key 'eval.precision'")

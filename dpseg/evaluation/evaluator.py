@@ -24,10 +24,17 @@ class SemSegEvaluator:
     prompted with 20 VOC names + 39 background-like names and anything past the first 20 is "background").
     """
 
-    def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None,
-                 merge_predictions_from: Optional[int] = None, device=None):
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Optional[Sequence[str]] = None,
+        merge_predictions_from: Optional[int] = None,
+        device=None,
+    ):
         if merge_predictions_from is not None and merge_predictions_from != num_classes - 1:
-            raise InputError(f"merge_predictions_from={merge_predictions_from} must be the last class ({num_classes - 1})")
+            raise InputError(
+                f"merge_predictions_from={merge_predictions_from} must be the last class ({num_classes - 1})"
+            )
         self.class_names = list(class_names) if class_names is not None else None
         self.merge_from = merge_predictions_from
         self.conf = ConfusionMatrix(num_classes, device)
@@ -61,8 +68,18 @@ def _collate(items):
 
 
 @torch.no_grad()
-def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional[bool] = None,
-             max_images: Optional[int] = None, progress: bool = True, forward=None, desc: str = "") -> dict:
+def evaluate(
+    model,
+    prompts,
+    dataset,
+    eval_cfg,
+    device="cpu",
+    two_pass: Optional[bool] = None,
+    max_images: Optional[int] = None,
+    progress: bool = True,
+    forward=None,
+    desc: str = "",
+) -> dict:
     """Evaluate on ``dataset`` with the protocol of ``eval_cfg`` (an EvalConfig).
 
     ``dataset`` yields items ``{"image", "label"}`` and has ``class_names`` (label order); ``prompts`` must hold
@@ -77,21 +94,35 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
     num_classes = len(dataset.class_names)
     ds_name = getattr(dataset, "name", type(dataset).__name__)
     if prompts is not None and len(prompts.class_names) != len(vocab):
-        raise InputError(f"prompts hold {len(prompts.class_names)} classes but dataset '{ds_name}' is prompted with {len(vocab)}")
+        raise InputError(
+            f"prompts hold {len(prompts.class_names)} classes but dataset '{ds_name}' is prompted with {len(vocab)}"
+        )
     if forward is None:
-        forward = model_forward(model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk,
-                                refine=refine_policy(eval_cfg), early_rejection_topk=eval_cfg.early_rejection_topk)
+        forward = model_forward(
+            model,
+            prompts,
+            two_pass=two_pass,
+            class_chunk=eval_cfg.class_chunk,
+            refine=refine_policy(eval_cfg),
+            early_rejection_topk=eval_cfg.early_rejection_topk,
+        )
     limit = eval_cfg.max_images if max_images is None else max_images
     n = len(dataset) if not limit else min(limit, len(dataset))
     rank, world = _rank_world()
     indices = list(range(rank, n, world))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=max(1, eval_cfg.batch_size), shuffle=False,
-        num_workers=eval_cfg.num_workers, collate_fn=_collate, persistent_workers=False,
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=max(1, eval_cfg.batch_size),
+        shuffle=False,
+        num_workers=eval_cfg.num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,
     )
     # created up front so that every rank all-reduces the same matrices even if it got no images
-    evaluators = {key: SemSegEvaluator(num_classes, dataset.class_names, merge, "cpu")
-                  for key in (("pass1", "pass2") if two_pass else ("pass1",))}
+    evaluators = {
+        key: SemSegEvaluator(num_classes, dataset.class_names, merge, "cpu")
+        for key in (("pass1", "pass2") if two_pass else ("pass1",))
+    }
     bar = progress_bar(len(indices), desc or ds_name, unit="img", enabled=progress and rank == 0)
     start = time.perf_counter()
     for batch in loader:
@@ -104,7 +135,14 @@ def evaluate(model, prompts, dataset, eval_cfg, device="cpu", two_pass: Optional
         bar.update(len(batch))
     bar.close()
     out: dict = {key: ev.compute() for key, ev in sorted(evaluators.items())}
-    out.update(num_images=n, seconds=round(time.perf_counter() - start, 2),
-               protocol={"name": protocol.name, "short_side": protocol.short_side, "input_size": protocol.input_size,
-                         **({"window": protocol.window, "overlap": protocol.overlap} if protocol.name == "slide" else {})})
+    out.update(
+        num_images=n,
+        seconds=round(time.perf_counter() - start, 2),
+        protocol={
+            "name": protocol.name,
+            "short_side": protocol.short_side,
+            "input_size": protocol.input_size,
+            **({"window": protocol.window, "overlap": protocol.overlap} if protocol.name == "slide" else {}),
+        },
+    )
     return out

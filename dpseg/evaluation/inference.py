@@ -58,18 +58,33 @@ class Protocol:
 
 
 def protocol_from_config(eval_cfg) -> Protocol:
-    return Protocol(eval_cfg.protocol, eval_cfg.short_side, eval_cfg.max_side, eval_cfg.input_size,
-                    eval_cfg.slide_window, eval_cfg.slide_overlap, eval_cfg.class_chunk)
+    return Protocol(
+        eval_cfg.protocol,
+        eval_cfg.short_side,
+        eval_cfg.max_side,
+        eval_cfg.input_size,
+        eval_cfg.slide_window,
+        eval_cfg.slide_overlap,
+        eval_cfg.class_chunk,
+    )
 
 
 def refine_policy(eval_cfg) -> RefinePolicy:
     """The two-pass refinement policy of the ``eval`` section."""
-    return RefinePolicy(eval_cfg.refine_min_score, eval_cfg.refine_min_area, eval_cfg.refine_max_classes,
-                        eval_cfg.refine_scope)
+    return RefinePolicy(
+        eval_cfg.refine_min_score, eval_cfg.refine_min_area, eval_cfg.refine_max_classes, eval_cfg.refine_scope
+    )
 
 
-def model_forward(model, prompts, two_pass: bool = False, class_chunk: int = 0,
-                  refine: RefinePolicy = RefinePolicy(), refine_fn=None, early_rejection_topk: int = 0) -> ForwardFn:
+def model_forward(
+    model,
+    prompts,
+    two_pass: bool = False,
+    class_chunk: int = 0,
+    refine: RefinePolicy = RefinePolicy(),
+    refine_fn=None,
+    early_rejection_topk: int = 0,
+) -> ForwardFn:
     """Wrap a DPSeg model as ``images -> {"pass1": logits[, "pass2": logits]}``. With ``early_rejection_topk``
     (SED's category early rejection) rejected classes come back at ``REJECTED_LOGIT``: probability exactly 0."""
 
@@ -100,7 +115,9 @@ def _to_float(images: torch.Tensor, device) -> torch.Tensor:
 
 
 def _squash(x: torch.Tensor, size: int) -> torch.Tensor:
-    return x if x.shape[-2:] == (size, size) else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (
+        x if x.shape[-2:] == (size, size) else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    )
 
 
 def _check_logits(logits: torch.Tensor, n: int, k: Optional[int]) -> torch.Tensor:
@@ -109,8 +126,9 @@ def _check_logits(logits: torch.Tensor, n: int, k: Optional[int]) -> torch.Tenso
     return logits.float()
 
 
-def chunked_argmax(scores_for: Callable[[int, int], torch.Tensor], num_classes: int, out_hw: tuple[int, int],
-                   class_chunk: int, device) -> Prediction:
+def chunked_argmax(
+    scores_for: Callable[[int, int], torch.Tensor], num_classes: int, out_hw: tuple[int, int], class_chunk: int, device
+) -> Prediction:
     """Argmax over classes of full-resolution maps produced ``chunk`` classes at a time by ``scores_for(k0, k1)``
     -> (k1 - k0, H, W). Ties go to the lower class index, as a global argmax would."""
     h, w = out_hw
@@ -129,8 +147,9 @@ def chunked_argmax(scores_for: Callable[[int, int], torch.Tensor], num_classes: 
 
 
 @torch.no_grad()
-def predict_whole(forward: ForwardFn, images: Sequence[torch.Tensor], p: Protocol, device="cpu",
-                  num_classes: Optional[int] = None) -> list[dict]:
+def predict_whole(
+    forward: ForwardFn, images: Sequence[torch.Tensor], p: Protocol, device="cpu", num_classes: Optional[int] = None
+) -> list[dict]:
     """SED protocol for a batch of uint8 (3, H_i, W_i) images of any sizes -> per image {pass: Prediction}."""
     views = []
     for img in images:
@@ -156,8 +175,9 @@ def predict_whole(forward: ForwardFn, images: Sequence[torch.Tensor], p: Protoco
 
 
 @torch.no_grad()
-def predict_slide(forward: ForwardFn, image: torch.Tensor, p: Protocol, device="cpu",
-                  num_classes: Optional[int] = None) -> dict:
+def predict_slide(
+    forward: ForwardFn, image: torch.Tensor, p: Protocol, device="cpu", num_classes: Optional[int] = None
+) -> dict:
     """CAT-Seg protocol for one uint8 (3, H, W) image -> {pass: Prediction}."""
     h, w = image.shape[-2:]
     small = _to_float(resize_image(image, shortest_edge_size(h, w, p.short_side, p.max_side))[None], device)
@@ -189,8 +209,9 @@ def predict_slide(forward: ForwardFn, image: torch.Tensor, p: Protocol, device="
     return res
 
 
-def predict(forward: ForwardFn, images: Sequence[torch.Tensor], p: Protocol, device="cpu",
-            num_classes: Optional[int] = None) -> list[dict]:
+def predict(
+    forward: ForwardFn, images: Sequence[torch.Tensor], p: Protocol, device="cpu", num_classes: Optional[int] = None
+) -> list[dict]:
     """Run the selected protocol on uint8 (3, H, W) images -> per image {"pass1": Prediction[, "pass2": ...]}."""
     for img in images:
         if img.ndim != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:

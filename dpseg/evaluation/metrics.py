@@ -90,8 +90,13 @@ def metrics_from_confusion(conf, class_names: Optional[Sequence[str]] = None) ->
         fwiou = float((iou[present] * gt[present] / total).sum())
         pacc = tp.sum() / total
     return {
-        "mIoU": _pct(miou), "fwIoU": _pct(fwiou), "mAcc": _pct(macc), "pAcc": _pct(pacc),
-        "num_classes": k, "classes_present": int(present.sum()), "pixels": int(total),
+        "mIoU": _pct(miou),
+        "fwIoU": _pct(fwiou),
+        "mAcc": _pct(macc),
+        "pAcc": _pct(pacc),
+        "num_classes": k,
+        "classes_present": int(present.sum()),
+        "pixels": int(total),
         "per_class_IoU": {n: _pct(v) for n, v in zip(names, iou)},
         "per_class_Acc": {n: _pct(v) for n, v in zip(names, acc)},
     }

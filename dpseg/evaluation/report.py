@@ -22,8 +22,15 @@ from dpseg.errors import InputError
 FORMAT, VERSION = "dpseg-eval", 1
 # the paper's column order, then the rest
 PAPER_ORDER = ["a847", "pc459", "a150", "pc59", "voc20", "voc20b", "coco_stuff_171_val"]
-TITLES = {"a847": "A-847", "pc459": "PC-459", "a150": "A-150", "pc59": "PC-59", "voc20": "PAS-20", "voc20b": "PAS-20b",
-          "coco_stuff_171_val": "COCO-171"}
+TITLES = {
+    "a847": "A-847",
+    "pc459": "PC-459",
+    "a150": "A-150",
+    "pc59": "PC-59",
+    "voc20": "PAS-20",
+    "voc20b": "PAS-20b",
+    "coco_stuff_171_val": "COCO-171",
+}
 PASS_TITLES = {"pass1": "pass 1", "pass2": "pass 2 (refined prompts)"}
 
 
@@ -87,8 +94,10 @@ def markdown_table(results: dict) -> str:
         for p in passes:
             if p in r:
                 m = r[p]
-                lines.append(f"| {TITLES.get(n, n)} | {p[-1]} | {_fmt(m['mIoU'])} | {_fmt(m['fwIoU'])} | {_fmt(m['mAcc'])} | "
-                             f"{_fmt(m['pAcc'])} | {r.get('num_images', '?')} | {proto} | {r.get('seconds', '?')} |")
+                lines.append(
+                    f"| {TITLES.get(n, n)} | {p[-1]} | {_fmt(m['mIoU'])} | {_fmt(m['fwIoU'])} | {_fmt(m['mAcc'])} | "
+                    f"{_fmt(m['pAcc'])} | {r.get('num_images', '?')} | {proto} | {r.get('seconds', '?')} |"
+                )
     return "\n".join(lines) + "\n"
 
 

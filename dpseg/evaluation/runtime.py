@@ -19,8 +19,12 @@ from dpseg.errors import ConfigError, DPSegError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_device(request: Union[str, torch.device, None] = "auto", local_rank: int = 0, what: str = "the device",
-                   error: type[DPSegError] = ConfigError) -> torch.device:
+def resolve_device(
+    request: Union[str, torch.device, None] = "auto",
+    local_rank: int = 0,
+    what: str = "the device",
+    error: type[DPSegError] = ConfigError,
+) -> torch.device:
     """``request`` -> a usable torch.device (``what`` names the setting in errors, e.g. "config key 'train.device'";
     ``error`` is the class raised: ConfigError for config keys, InputError for flags and arguments)."""
     if request is None or request == "auto":

@@ -44,7 +44,11 @@ class SpatialAggregation(nn.Module):
         super().__init__()
         layers = []
         for d in dilations:
-            layers += [nn.Conv2d(dim, dim, 3, padding=d, dilation=d, bias=False), nn.GroupNorm(group_count(dim), dim), nn.GELU()]
+            layers += [
+                nn.Conv2d(dim, dim, 3, padding=d, dilation=d, bias=False),
+                nn.GroupNorm(group_count(dim), dim),
+                nn.GELU(),
+            ]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

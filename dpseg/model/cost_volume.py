@@ -90,7 +90,9 @@ class VisualCostEmbedding(nn.Module):
             return torch.einsum("bdhw,kcd->bkchw", f, u)  # (B, D, h, w) · (K, c, D) -> (B, K, c, h, w)
         return torch.einsum("bdhw,bkcd->bkchw", f, u)  # per-image prompts (B, K, c, D)
 
-    def class_statistics(self, stage_features: Tensor, stage_prompts: Tensor, chunks: list[slice]) -> tuple[Tensor, Tensor]:
+    def class_statistics(
+        self, stage_features: Tensor, stage_prompts: Tensor, chunks: list[slice]
+    ) -> tuple[Tensor, Tensor]:
         """Mean and std over all K classes of the mixed map, chunk by chunk: 2 × (B, 1, c, h, w).
 
         The classes differ by ~1e-3 of the common value, so the sums are taken around the first class's map (the
@@ -108,15 +110,19 @@ class VisualCostEmbedding(nn.Module):
         mean = total / K
         return shift + mean, (squares / K - mean.square()).clamp(min=0).sqrt()
 
-    def forward(self, stage_features: Tensor, stage_prompts: Tensor,
-                statistics: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+    def forward(
+        self, stage_features: Tensor, stage_prompts: Tensor, statistics: Optional[tuple[Tensor, Tensor]] = None
+    ) -> Tensor:
         """(B, D_j, h, w) encoder stage × (K or B×K, M, D_j) prompts -> (B, K, c, h, w). With ``norm="class"``,
         ``statistics`` are :meth:`class_statistics` over the whole vocabulary (computed here when not given, which
         is only right when ``stage_prompts`` hold every class)."""
         out = self.mixed(stage_features, stage_prompts)
         if self.norm == "class":
-            mean, std = statistics if statistics is not None else self.class_statistics(
-                stage_features, stage_prompts, [slice(0, stage_prompts.shape[-3])])
+            mean, std = (
+                statistics
+                if statistics is not None
+                else self.class_statistics(stage_features, stage_prompts, [slice(0, stage_prompts.shape[-3])])
+            )
             out = (out - mean) / (std + self.eps)
         out = out + self.proj.bias.view(1, 1, -1, 1, 1)
         if self.batch_norm is not None:

@@ -27,16 +27,28 @@ from dpseg.model.aggregation import group_count
 class DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(group_count(cout), cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(group_count(cout), cout), nn.ReLU(),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(group_count(cout), cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.GroupNorm(group_count(cout), cout),
+            nn.ReLU(),
         )
 
 
 class DecoderStage(nn.Module):
     """Aggregate at resolution h×w (``spatial``, ``classes``), then upsample ×2 and fuse with E_j and the guidance."""
 
-    def __init__(self, spatial: nn.Module, classes: nn.Module, cin: int, cout: int, encoder_dim: int,
-                 encoder_guidance: int, cost_guidance: int):
+    def __init__(
+        self,
+        spatial: nn.Module,
+        classes: nn.Module,
+        cin: int,
+        cout: int,
+        encoder_dim: int,
+        encoder_guidance: int,
+        cost_guidance: int,
+    ):
         super().__init__()
         if encoder_guidance >= cin:
             raise ValueError(f"encoder guidance width {encoder_guidance} must be below the stage width {cin}")

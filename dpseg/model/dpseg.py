@@ -34,11 +34,19 @@ REJECTED_LOGIT = -1e4
 
 
 class DPSeg(nn.Module):
-    def __init__(self, image_encoder: ImageTower, prompt_encoder: Optional[ImageTower], text_encoder: TextTower,
-                 cost_embedding: CostEmbedding, decoder: CostVolumeGuidedDecoder,
-                 upsampled_cost: Optional[UpsampledCostGuidance] = None,
-                 visual_cost: Optional[dict[int, VisualCostEmbedding]] = None, prompt_type: str = "dual",
-                 detach_guidance: bool = True, prompt_image_size: int = 320):
+    def __init__(
+        self,
+        image_encoder: ImageTower,
+        prompt_encoder: Optional[ImageTower],
+        text_encoder: TextTower,
+        cost_embedding: CostEmbedding,
+        decoder: CostVolumeGuidedDecoder,
+        upsampled_cost: Optional[UpsampledCostGuidance] = None,
+        visual_cost: Optional[dict[int, VisualCostEmbedding]] = None,
+        prompt_type: str = "dual",
+        detach_guidance: bool = True,
+        prompt_image_size: int = 320,
+    ):
         """``visual_cost`` maps encoder stage j (2, 3, 4) to its visual cost embedding; decoder stage s = 4 - j
         gets F_v^j. ``upsampled_cost`` (SED's guidance) feeds every decoder stage. ``prompt_encoder`` is None for a
         model that uses no visual prompts."""
@@ -110,8 +118,10 @@ class DPSeg(nn.Module):
     def encode_visual_prompts(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Visual-prompt images (N, 3, S, S) in [0, 1] -> V (N, d) normalised, [v_2, v_3, v_4] (N, D_j)."""
         if self.prompt_encoder is None:
-            raise InputError("this model uses text prompts only and holds no visual-prompt encoder; visual prompts "
-                             "(exemplars, banks, refinement) do not apply to it")
+            raise InputError(
+                "this model uses text prompts only and holds no visual-prompt encoder; visual prompts "
+                "(exemplars, banks, refinement) do not apply to it"
+            )
         return self.prompt_encoder.encode_prompts(images)
 
     # ------------------------------------------------------------------------------------------- decoding
@@ -123,7 +133,9 @@ class DPSeg(nn.Module):
                 f"M={self.num_templates}; build the prompts with the model's template set"
             )
         if prompts.text.shape[-1] != self.text_encoder.embed_dim:
-            raise InputError(f"text prompts have width {prompts.text.shape[-1]}, the model's CLIP {self.text_encoder.embed_dim}")
+            raise InputError(
+                f"text prompts have width {prompts.text.shape[-1]}, the model's CLIP {self.text_encoder.embed_dim}"
+            )
         if self.prompt_type != "text" and prompts.visual is None:
             raise InputError(
                 f"model.prompt_type={self.prompt_type} needs visual prompts; pass a prompt bank "
@@ -137,10 +149,13 @@ class DPSeg(nn.Module):
                 )
             for j, v in zip((2, 3, 4), prompts.visual_stages):
                 if v.shape[-1] != self.image_encoder.stage_dims[j - 2]:
-                    raise InputError(f"visual stage-{j} prompts have width {v.shape[-1]}, the encoder {self.image_encoder.stage_dims[j - 2]}")
+                    raise InputError(
+                        f"visual stage-{j} prompts have width {v.shape[-1]}, the encoder {self.image_encoder.stage_dims[j - 2]}"
+                    )
 
-    def decode(self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0,
-               early_rejection_topk: int = 0) -> dict:
+    def decode(
+        self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0, early_rejection_topk: int = 0
+    ) -> dict:
         """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
         "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
 
@@ -155,8 +170,10 @@ class DPSeg(nn.Module):
         self.check_prompts(prompts)
         aux_heads = self.decoder.aux_heads
         if early_rejection_topk and aux_heads is None:
-            raise InputError("early rejection ranks classes by the auxiliary heads, which this model lacks; "
-                             "set eval.early_rejection_topk=0")
+            raise InputError(
+                "early rejection ranks classes by the auxiliary heads, which this model lacks; "
+                "set eval.early_rejection_topk=0"
+            )
         dense = feats.dense  # E: (B, d, h5, w5)
         E = [s.detach() if self.detach_guidance else s for s in feats.stages]  # E_2..E_5
         R = dual_prompt(prompts.text, prompts.visual, self.prompt_type).to(dense.dtype)  # (…, K, M, d)
@@ -167,10 +184,16 @@ class DPSeg(nn.Module):
         alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
         aux: list[Tensor] = []
         with record_function("dpseg.decode"):
-            projected = [stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
-            statistics = {j: m.class_statistics(E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype),
-                                                class_chunks(K, class_chunk))
-                          for j, m in self.visual_cost.items() if m.norm == "class"}  # F_v^j over all K classes
+            projected = [
+                stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)
+            ]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
+            statistics = {
+                j: m.class_statistics(
+                    E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, class_chunk)
+                )
+                for j, m in self.visual_cost.items()
+                if m.norm == "class"
+            }  # F_v^j over all K classes
 
             def stage_input(s: int, x: Optional[Tensor], c: slice) -> Tensor:
                 """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
@@ -216,8 +239,16 @@ class DPSeg(nn.Module):
         out[:, alive] = values
         return out
 
-    def stage_guidance(self, s: int, c: Union[slice, Tensor], feats: ImageFeatures, E: list[Tensor], R: Tensor,
-                       prompts: PromptSet, statistics: Optional[dict] = None) -> Optional[Tensor]:
+    def stage_guidance(
+        self,
+        s: int,
+        c: Union[slice, Tensor],
+        feats: ImageFeatures,
+        E: list[Tensor],
+        R: Tensor,
+        prompts: PromptSet,
+        statistics: Optional[dict] = None,
+    ) -> Optional[Tensor]:
         """Cost guidance of decoder stage ``s`` for the classes ``c`` (a slice or indices of the vocabulary):
         (B, k, g_s, h_j, w_j) or None."""
         parts = []
@@ -229,7 +260,9 @@ class DPSeg(nn.Module):
         if str(j) in self.visual_cost:
             with record_function("dpseg.visual_cost_volume"):
                 v = prompts.visual_stages[j - 2][..., c, :, :].to(E[j - 2].dtype)  # (…, k, M, D_j)
-                parts.append(self.visual_cost[str(j)](E[j - 2], v, (statistics or {}).get(str(j))))  # (B, k, c_j, h_j, w_j)
+                parts.append(
+                    self.visual_cost[str(j)](E[j - 2], v, (statistics or {}).get(str(j)))
+                )  # (B, k, c_j, h_j, w_j)
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # concatenated on the channel axis

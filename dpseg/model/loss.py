@@ -32,7 +32,9 @@ class SegmentationLoss(nn.Module):
             raise InputError(f"labels must have shape (B={B}, H, W), got {tuple(labels.shape)}")
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= K))
         if bad.any():
-            raise InputError(f"labels hold values outside [0, {K}) other than the ignore value -1: {labels[bad].unique()[:5].tolist()}")
+            raise InputError(
+                f"labels hold values outside [0, {K}) other than the ignore value -1: {labels[bad].unique()[:5].tolist()}"
+            )
         up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
         valid = labels != IGNORE_INDEX
         target = torch.zeros_like(up)

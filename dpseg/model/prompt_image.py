@@ -92,8 +92,9 @@ def prompt_frame(region: tuple[int, int, int, int], hw: tuple[int, int], fill: f
     return inside(top, H), inside(left, W), side
 
 
-def prepare_prompt_image(image: ImageLike, size: int, mask: Optional[ImageLike] = None,
-                         fill: float = OBJECT_FILL) -> Tensor:
+def prepare_prompt_image(
+    image: ImageLike, size: int, mask: Optional[ImageLike] = None, fill: float = OBJECT_FILL
+) -> Tensor:
     """A visual-prompt image as float (3, size, size) in [0, 1] on the input's device (rule in the module doc).
 
     ``image``: PIL image (an alpha channel marks the object and its transparent pixels), uint8 or float [0, 1]

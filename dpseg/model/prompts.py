@@ -44,10 +44,14 @@ class PromptSet:
             raise InputError(f"duplicate class names: {describe_duplicates(dup)}; each class must appear once")
         for name, t in self._tensors():
             if t.ndim not in (3, 4) or t.shape[-3] != k:
-                raise InputError(f"prompt tensor '{name}' has shape {tuple(t.shape)}; expected (K={k}, M, dim) or (B, K, M, dim)")
+                raise InputError(
+                    f"prompt tensor '{name}' has shape {tuple(t.shape)}; expected (K={k}, M, dim) or (B, K, M, dim)"
+                )
         m = self.text.shape[-2]
         if self.visual is not None and self.visual.shape[-1] != self.text.shape[-1]:
-            raise InputError(f"visual prompts have width {self.visual.shape[-1]} but text prompts {self.text.shape[-1]}")
+            raise InputError(
+                f"visual prompts have width {self.visual.shape[-1]} but text prompts {self.text.shape[-1]}"
+            )
         for name, t in self._tensors():
             if t.shape[-2] not in (m, 1):
                 raise InputError(f"prompt tensor '{name}' has {t.shape[-2]} templates but the text prompts have {m}")
@@ -77,7 +81,7 @@ class PromptSet:
     def batched(self) -> bool:
         return any(t.ndim == 4 for _, t in self._tensors())
 
-    def to(self, device=None, dtype=None) -> "PromptSet":
+    def to(self, device=None, dtype=None) -> PromptSet:
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return replace(
             self,
@@ -86,7 +90,7 @@ class PromptSet:
             visual_stages=None if self.visual_stages is None else [move(v) for v in self.visual_stages],
         )
 
-    def select(self, indices: Sequence[int]) -> "PromptSet":
+    def select(self, indices: Sequence[int]) -> PromptSet:
         """The prompts of a subset of classes, in the given order."""
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.text.device)
         pick = lambda t: None if t is None else t.index_select(t.ndim - 3, idx)  # noqa: E731
@@ -97,7 +101,7 @@ class PromptSet:
             visual_stages=None if self.visual_stages is None else [pick(v) for v in self.visual_stages],
         )
 
-    def text_only(self) -> "PromptSet":
+    def text_only(self) -> PromptSet:
         return PromptSet(self.class_names, self.text)
 
 

@@ -62,8 +62,9 @@ def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0, min_
 
 
 @torch.no_grad()
-def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
-                   policy: RefinePolicy = RefinePolicy()) -> tuple[PromptSet, Tensor]:
+def refine_prompts(
+    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy()
+) -> tuple[PromptSet, Tensor]:
     """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
     if not prompts.has_visual:
         raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
@@ -94,8 +95,14 @@ def refine_prompts(model, images: Tensor, logits: Tensor, prompts: PromptSet,
     return refined, detected
 
 
-def two_pass(model, images: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy(),
-             class_chunk: int = 0, early_rejection_topk: int = 0) -> dict:
+def two_pass(
+    model,
+    images: Tensor,
+    prompts: PromptSet,
+    policy: RefinePolicy = RefinePolicy(),
+    class_chunk: int = 0,
+    early_rejection_topk: int = 0,
+) -> dict:
     """Inference I, refinement, Inference II. Returns logits of both passes, detected classes, refined prompts.
 
     ``policy.scope``: ``"all"`` re-decodes every class (the paper); ``"present"`` re-decodes only the classes

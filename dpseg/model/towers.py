@@ -128,7 +128,9 @@ def resolve_pretrained(model_name: str, source: str) -> Path:
 def create_clip(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     """Build the OpenCLIP model of ``cfg``; load ``cfg.clip_pretrained`` strictly when asked and set."""
     mc = clip_model_config(cfg)
-    model = open_clip.model.CLIP(mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=mc.get("quick_gelu", False))
+    model = open_clip.model.CLIP(
+        mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=mc.get("quick_gelu", False)
+    )
     if load_weights and cfg.clip_pretrained:
         path = resolve_pretrained(cfg.clip_model, cfg.clip_pretrained)
         state = read_state_dict(path, "CLIP weight")
@@ -153,7 +155,9 @@ class ImageFeatures:
 class ImageTower(nn.Module):
     """ConvNeXt CLIP image tower that exposes its pyramid. Takes RGB in [0, 1]; normalises internally."""
 
-    def __init__(self, visual: nn.Module, mean: Sequence[float], std: Sequence[float], grad_checkpointing: bool = False):
+    def __init__(
+        self, visual: nn.Module, mean: Sequence[float], std: Sequence[float], grad_checkpointing: bool = False
+    ):
         super().__init__()
         if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "stages"):
             raise ConfigError("the OpenCLIP image tower is not a timm ConvNeXt (no trunk.stages)")
@@ -225,7 +229,11 @@ class TextTower(nn.Module):
         self.pool_type = clip.text_pool_type
         self.eos_id = getattr(clip, "text_eos_id", None)
         self.tokenizer = tokenizer
-        self.embed_dim = int(clip.text_projection.shape[1] if isinstance(clip.text_projection, Tensor) else clip.text_projection.out_features)
+        self.embed_dim = int(
+            clip.text_projection.shape[1]
+            if isinstance(clip.text_projection, Tensor)
+            else clip.text_projection.out_features
+        )
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
         """(N, L) token ids -> (N, d) unnormalised sentence embeddings (EOT pooling + projection)."""
@@ -305,8 +313,9 @@ def make_tokenizer(cfg: ModelConfig) -> LazyTokenizer:
     return LazyTokenizer(mc["text_cfg"].get("context_length", 77))
 
 
-def build_towers(cfg: ModelConfig, load_weights: bool = True,
-                 prompt_encoder: bool = True) -> tuple[ImageTower, Optional[ImageTower], TextTower]:
+def build_towers(
+    cfg: ModelConfig, load_weights: bool = True, prompt_encoder: bool = True
+) -> tuple[ImageTower, Optional[ImageTower], TextTower]:
     """(trainable image encoder, frozen visual-prompt encoder or None when not asked for, frozen text tower) from
     one CLIP."""
     clip = create_clip(cfg, load_weights=load_weights)

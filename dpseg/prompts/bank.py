@@ -79,10 +79,17 @@ class PromptBank:
 
     # ------------------------------------------------------------------------------------ create / open
     @classmethod
-    def create(cls, root, key: dict, generator: str = "", generator_spec: str = "", seed: int = 0, images_per_class: int = 0) -> "PromptBank":
+    def create(
+        cls, root, key: dict, generator: str = "", generator_spec: str = "", seed: int = 0, images_per_class: int = 0
+    ) -> PromptBank:
         """Open ``root`` if it holds a bank with this key (else BankError naming the difference) or start a new one."""
         root = Path(root).expanduser()
-        gen = {"generator": generator, "generator_spec": generator_spec, "seed": int(seed), "images_per_class": int(images_per_class)}
+        gen = {
+            "generator": generator,
+            "generator_spec": generator_spec,
+            "seed": int(seed),
+            "images_per_class": int(images_per_class),
+        }
         if (root / MANIFEST).exists():
             bank = cls.open(root)
             bank.check_key(key)
@@ -96,22 +103,28 @@ class PromptBank:
         if root.exists() and not root.is_dir():
             raise BankError(f"prompt bank path {root} is a file; pass a directory")
         if root.is_dir() and any(p for p in root.iterdir() if not p.name.startswith(".")):
-            raise BankError(f"{root} is not empty and holds no {MANIFEST}; choose a new or empty directory for the bank")
+            raise BankError(
+                f"{root} is not empty and holds no {MANIFEST}; choose a new or empty directory for the bank"
+            )
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, **key, **gen, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))  # first: a kill leaves an empty dir or a bank
+        atomic_write_text(
+            root / MANIFEST, json.dumps(manifest, indent=2)
+        )  # first: a kill leaves an empty dir or a bank
         (root / CLASS_DIR).mkdir(exist_ok=True)
         return cls(root, manifest)
 
     @classmethod
-    def open(cls, root, wait: float = 0.0) -> "PromptBank":
+    def open(cls, root, wait: float = 0.0) -> PromptBank:
         """Read a bank's manifest; ``wait`` seconds for it to appear (other ranks wait for rank 0)."""
         root = Path(root).expanduser()
         path, deadline = root / MANIFEST, time.monotonic() + wait
         while not path.is_file() and time.monotonic() < deadline:
             time.sleep(0.5)
         if not path.is_file():
-            raise BankError(f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'")
+            raise BankError(
+                f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'"
+            )
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as e:
@@ -119,7 +132,9 @@ class PromptBank:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise BankError(f"{path} is not a dpseg prompt-bank manifest")
         if manifest.get("version") != VERSION:
-            raise BankError(f"prompt bank {root} has format version {manifest.get('version')}; this dpseg reads version {VERSION}")
+            raise BankError(
+                f"prompt bank {root} has format version {manifest.get('version')}; this dpseg reads version {VERSION}"
+            )
         return cls(root, manifest)
 
     # ------------------------------------------------------------------------------------------- checks
@@ -174,8 +189,10 @@ class PromptBank:
             return None
 
     def _belongs(self, meta: Optional[dict], name: str) -> bool:
-        return bool(meta) and meta.get("class_name") == name and all(
-            meta.get(f) == str(self.manifest[f]) for f in ("prompt_encoder", "text_tower", "templates_id")
+        return (
+            bool(meta)
+            and meta.get("class_name") == name
+            and all(meta.get(f) == str(self.manifest[f]) for f in ("prompt_encoder", "text_tower", "templates_id"))
         )
 
     def has(self, name: str) -> bool:
@@ -195,19 +212,35 @@ class PromptBank:
                 out.append(meta)
         return sorted(out, key=lambda m: m["class_name"])
 
-    def write_class(self, name: str, text: Tensor, visual: Tensor, stages: Sequence[Tensor], source: str,
-                    seeds: Sequence[int], extra: Optional[dict] = None) -> Path:
+    def write_class(
+        self,
+        name: str,
+        text: Tensor,
+        visual: Tensor,
+        stages: Sequence[Tensor],
+        source: str,
+        seeds: Sequence[int],
+        extra: Optional[dict] = None,
+    ) -> Path:
         """Atomically write one class's prompts (shapes checked against the manifest)."""
         name, m = canonical_name(name), len(self.manifest["templates"])
         dims = [self.manifest["embed_dim"], self.manifest["embed_dim"], *self.manifest["stage_dims"]]
         tensors = {"text": text, "visual": visual, **dict(zip(STAGE_KEYS, stages))}
         for (key, t), d in zip(tensors.items(), dims):
             if tuple(t.shape) != (m, d):
-                raise InputError(f"prompt tensor '{key}' of class {name!r} has shape {tuple(t.shape)}, expected ({m}, {d})")
+                raise InputError(
+                    f"prompt tensor '{key}' of class {name!r} has shape {tuple(t.shape)}, expected ({m}, {d})"
+                )
         tensors = {k: t.detach().float().cpu() for k, t in tensors.items()}
         tensors["seeds"] = torch.tensor(list(seeds), dtype=torch.int64)  # (N_images,)
-        meta = {"class_name": name, "source": source, "seed": self.manifest["seed"], "num_images": len(seeds),
-                **{f: self.manifest[f] for f in ("prompt_encoder", "text_tower", "templates_id")}, **(extra or {})}
+        meta = {
+            "class_name": name,
+            "source": source,
+            "seed": self.manifest["seed"],
+            "num_images": len(seeds),
+            **{f: self.manifest[f] for f in ("prompt_encoder", "text_tower", "templates_id")},
+            **(extra or {}),
+        }
         return save_safetensors(tensors, self.class_path(name), metadata=meta)
 
     def damaged(self, name: str) -> Optional[str]:
@@ -218,14 +251,19 @@ class PromptBank:
         status, detail = safetensors_integrity(path)
         if status == "unverified" and str(self.root) not in _NOTED:
             _NOTED.add(str(self.root))
-            log.warning("note: prompt bank %s was written by an older dpseg: its class files have no content hash, so "
-                        "corruption in them cannot be detected", self.root)
+            log.warning(
+                "note: prompt bank %s was written by an older dpseg: its class files have no content hash, so "
+                "corruption in them cannot be detected",
+                self.root,
+            )
         return detail if status == "damaged" else None
 
     def repair_hint(self) -> str:
         gen = self.manifest.get("generator_spec") or "GENERATOR"
-        return (f"rebuild it with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {gen}' "
-                "(it rebuilds damaged class files), or for an exemplar class 'dpseg prompts add-exemplars'")
+        return (
+            f"rebuild it with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {gen}' "
+            "(it rebuilds damaged class files), or for an exemplar class 'dpseg prompts add-exemplars'"
+        )
 
     def load_class(self, name: str) -> dict:
         """{text, visual, visual_stages, seeds, meta} of one class; BankError if absent, invalid or damaged."""
@@ -234,13 +272,23 @@ class PromptBank:
         name, path = canonical_name(name), self.class_path(name)
         meta = self._metadata(path)
         if not self._belongs(meta, name):
-            raise BankError(f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it")
+            raise BankError(
+                f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it"
+            )
         problem = self.damaged(name)
         if problem:
-            raise BankError(f"prompt bank {self.root}: the file of class {name!r} ({CLASS_DIR}/{path.name}) is "
-                            f"damaged: {problem}; {self.repair_hint()}")
+            raise BankError(
+                f"prompt bank {self.root}: the file of class {name!r} ({CLASS_DIR}/{path.name}) is "
+                f"damaged: {problem}; {self.repair_hint()}"
+            )
         t = {k: v.clone() for k, v in load_file(str(path)).items()}  # detach from the file's memory map
-        return {"text": t["text"], "visual": t["visual"], "visual_stages": [t[k] for k in STAGE_KEYS], "seeds": t["seeds"], "meta": meta}
+        return {
+            "text": t["text"],
+            "visual": t["visual"],
+            "visual_stages": [t[k] for k in STAGE_KEYS],
+            "seeds": t["seeds"],
+            "meta": meta,
+        }
 
     def clean_temp_files(self, older_than: float = 60.0) -> int:
         """Remove hidden temp files left by killed writers (only old ones: a live writer's file is young)."""
@@ -255,8 +303,15 @@ class PromptBank:
         return removed
 
     # ------------------------------------------------------------------------------------- consumers
-    def prompt_set(self, class_names: Sequence[str], model=None, *, prompt_encoder=None, text_tower=None,
-                   device: Union[str, torch.device, None] = None) -> PromptSet:
+    def prompt_set(
+        self,
+        class_names: Sequence[str],
+        model=None,
+        *,
+        prompt_encoder=None,
+        text_tower=None,
+        device: Union[str, torch.device, None] = None,
+    ) -> PromptSet:
         """The prompts of ``class_names`` (in that order), after checking the bank against the model's encoders.
 
         ``model``: anything with ``prompt_encoder`` and ``text_encoder`` attributes (a DPSeg); or pass the encoders.
@@ -265,13 +320,20 @@ class PromptBank:
         if model is not None:
             prompt_encoder, text_tower = model.prompt_encoder, model.text_encoder
         if prompt_encoder is None and text_tower is None:
-            raise InputError("prompt_set needs model= (or prompt_encoder= / text_tower=) so the bank can be checked against it")
+            raise InputError(
+                "prompt_set needs model= (or prompt_encoder= / text_tower=) so the bank can be checked against it"
+            )
         names = check_class_list(class_names)
         self.check_encoders(prompt_encoder, text_tower)
-        wanted = {"num_templates": len(self.manifest["templates"]), "prompt_image_size": self.manifest["prompt_image_size"]}
+        wanted = {
+            "num_templates": len(self.manifest["templates"]),
+            "prompt_image_size": self.manifest["prompt_image_size"],
+        }
         for attr, have in wanted.items():  # a DPSeg knows its M and its prompt size: a bank for others would not fit
             if getattr(model, attr, have) != have:
-                raise BankError(f"prompt bank {self.root} has {attr} {have} but the model uses {getattr(model, attr)}; build a bank with the model's settings")
+                raise BankError(
+                    f"prompt bank {self.root} has {attr} {have} but the model uses {getattr(model, attr)}; build a bank with the model's settings"
+                )
         missing = [n for n in names if not self.has(n)]
         if missing:
             raise BankError(
@@ -307,7 +369,9 @@ class PromptBank:
             "num_templates": len(self.manifest["templates"]),
             "num_classes": len(classes),
             "sources": sources,
-            "kept_images": sum(1 for p in files if p.suffix == ".png" and IMAGE_DIR in p.relative_to(self.root).parts[:1]),
+            "kept_images": sum(
+                1 for p in files if p.suffix == ".png" and IMAGE_DIR in p.relative_to(self.root).parts[:1]
+            ),
             "temp_files": sum(1 for p in files if p.name.startswith(".") and p.name.endswith(".tmp")),
             "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 2),
             "integrity": self.verify(),

@@ -160,11 +160,15 @@ def add_exemplars(
         text = text_tower.encode([name], templates)[0]  # (1, M, d) -> (M, d)
         files = [Path(s).name for s in sources if isinstance(s, (str, os.PathLike))]
         bank.write_class(
-            name, text, mean_v.expand(m, -1), [s.expand(m, -1) for s in mean_stages], "exemplar",  # (d,) -> (M, d)
-            [-1] * len(sources), extra={"exemplars": json.dumps(files[:200])},
+            name,
+            text,
+            mean_v.expand(m, -1),
+            [s.expand(m, -1) for s in mean_stages],
+            "exemplar",  # (d,) -> (M, d)
+            [-1] * len(sources),
+            extra={"exemplars": json.dumps(files[:200])},
         )
         done.append(name)
         bar.update()
     bar.close()
     return done
-

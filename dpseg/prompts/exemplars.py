@@ -56,7 +56,9 @@ def find_exemplars(folder: Union[str, Path]) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
-            p for p in sub.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            p
+            for p in sub.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not files:
             raise DataError(f"exemplar class folder {sub} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -68,6 +70,8 @@ def find_exemplars(folder: Union[str, Path]) -> dict[str, list[Path]]:
     except ValueError as e:  # a folder named only by spaces and commas
         raise DataError(f"exemplar folder {folder}: {e}; rename that sub-folder after its class") from None
     if dup:
-        raise DataError(f"exemplar folder {folder} has sub-folders for {describe_duplicates(dup)} more than once; "
-                        "merge them into one folder per class")
+        raise DataError(
+            f"exemplar folder {folder} has sub-folders for {describe_duplicates(dup)} more than once; "
+            "merge them into one folder per class"
+        )
     return found

@@ -66,7 +66,9 @@ def resolve_pipeline_dir(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.exists() or not _looks_like_hub_id(spec):
         if not path.exists():
-            raise BankError(f"generator directory {path} does not exist; pass a diffusers pipeline folder, a hub id or 'synthetic'")
+            raise BankError(
+                f"generator directory {path} does not exist; pass a diffusers pipeline folder, a hub id or 'synthetic'"
+            )
         if not (path / "model_index.json").is_file():
             raise BankError(f"generator {path} is not a diffusers pipeline directory (no model_index.json in it)")
         return path
@@ -94,7 +96,9 @@ def resolve_pipeline_dir(spec: str) -> Path:
             return Path(DiffusionPipeline.download(repo))
         except Exception as e:  # noqa: BLE001
             last = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise WeightsUnavailableError(f"could not download generator '{spec}' ({last}); pass a local pipeline folder with --generator")
+    raise WeightsUnavailableError(
+        f"could not download generator '{spec}' ({last}); pass a local pipeline folder with --generator"
+    )
 
 
 def pipeline_files(path: Path) -> list[Path]:
@@ -185,7 +189,9 @@ class DiffusersGenerator:
         vae = _read_json(self.path / "vae" / "config.json")
         factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
         if cfg.resolution % factor:
-            raise ConfigError(f"config key 'prompts.resolution' ({cfg.resolution}) must be a multiple of {factor} for this pipeline")
+            raise ConfigError(
+                f"config key 'prompts.resolution' ({cfg.resolution}) must be a multiple of {factor} for this pipeline"
+            )
         if cfg.scheduler != "default" and "scheduler" in index:
             import diffusers
 
@@ -207,10 +213,16 @@ class DiffusersGenerator:
     def _load(self):
         from diffusers import DiffusionPipeline
 
-        extra = {} if self.cfg.safety_checker or not self._has_safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        extra = (
+            {}
+            if self.cfg.safety_checker or not self._has_safety_checker
+            else {"safety_checker": None, "requires_safety_checker": False}
+        )
         try:
             with _quiet_diffusers():
-                pipe = DiffusionPipeline.from_pretrained(str(self.path), torch_dtype=self.dtype, local_files_only=True, **extra)
+                pipe = DiffusionPipeline.from_pretrained(
+                    str(self.path), torch_dtype=self.dtype, local_files_only=True, **extra
+                )
         except Exception as e:  # noqa: BLE001 - any failure here means an incomplete or foreign folder
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BankError(f"cannot load the diffusers pipeline in {self.path}: {reason[:200]}") from None
@@ -273,7 +285,9 @@ def register_generator(name: str, factory: GeneratorFactory) -> None:
 def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -> Generator:
     """A registered name (``synthetic[:options]``) -> its generator; anything else -> a diffusers pipeline."""
     if not spec:
-        raise BankError("no generator given; pass --generator with a diffusers pipeline folder, a hub id or 'synthetic'")
+        raise BankError(
+            "no generator given; pass --generator with a diffusers pipeline folder, a hub id or 'synthetic'"
+        )
     name, _, options = spec.partition(":")
     if name in NAMED_GENERATORS:
         gen = NAMED_GENERATORS[name](options, cfg, device)
@@ -282,4 +296,12 @@ def get_generator(spec: str, cfg: PromptsConfig, device: Optional[str] = None) -
     return DiffusersGenerator(resolve_pipeline_dir(spec), cfg, device=device, source=spec)
 
 
-__all__ = ["Generator", "DiffusersGenerator", "get_generator", "register_generator", "generator_prompt", "image_seed", "resolve_pipeline_dir"]
+__all__ = [
+    "Generator",
+    "DiffusersGenerator",
+    "get_generator",
+    "register_generator",
+    "generator_prompt",
+    "image_seed",
+    "resolve_pipeline_dir",
+]

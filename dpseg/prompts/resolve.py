@@ -69,12 +69,16 @@ def _exemplar_prompts(model, names: Sequence[str], folder: str, num_templates: i
     for name in names:
         if name in found:
             images = [load_image(p) for p in found[name]]
-            v, stages = encode_prompt_images(model.prompt_encoder, images, model.prompt_image_size)  # (N, d), [(N, D_j)]
+            v, stages = encode_prompt_images(
+                model.prompt_encoder, images, model.prompt_image_size
+            )  # (N, d), [(N, D_j)]
             mean_v, mean_stages = average_prompts(v, stages)  # (d,), [(D_j,)]
             out[name] = (mean_v.expand(num_templates, -1), [s.expand(num_templates, -1) for s in mean_stages])  # (M, ·)
     if not out:
-        raise InputError(f"exemplar folder {folder} has no sub-folder named like any class ({short_list(list(names))}); "
-                         "name each folder exactly as its class")
+        raise InputError(
+            f"exemplar folder {folder} has no sub-folder named like any class ({short_list(list(names))}); "
+            "name each folder exactly as its class"
+        )
     return out
 
 
@@ -86,9 +90,17 @@ class ResolvedPrompts:
 
 
 @torch.no_grad()
-def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, bank: Optional[str] = None,
-                    exemplars: Optional[str] = None, text_only: bool = False, device="cpu",
-                    what: str = "the vocabulary") -> ResolvedPrompts:
+def resolve_prompts(
+    model,
+    templates: Sequence[str],
+    names: Sequence[str],
+    *,
+    bank: Optional[str] = None,
+    exemplars: Optional[str] = None,
+    text_only: bool = False,
+    device="cpu",
+    what: str = "the vocabulary",
+) -> ResolvedPrompts:
     """The prompts of ``names`` (in label order) on ``device`` by the rules of the module doc."""
     names, M = list(names), len(templates)
     if text_only and (bank is not None or exemplars is not None):
@@ -110,8 +122,10 @@ def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, ba
                 "(DIR/<class>/*.jpg), or accept the degraded text-only mode (text_only=True / --text-only)"
             )
         zeros = [torch.zeros(len(names), M, d, device=device) for d in model.image_encoder.stage_dims[:3]]
-        source = (f"text only - DEGRADED: this model was trained with visual prompts (prompt_type={model.prompt_type}); "
-                  "V is replaced by T and the visual cost volumes get no prompt; refinement helps the classes it finds")
+        source = (
+            f"text only - DEGRADED: this model was trained with visual prompts (prompt_type={model.prompt_type}); "
+            "V is replaced by T and the visual cost volumes get no prompt; refinement helps the classes it finds"
+        )
         return ResolvedPrompts(PromptSet(names, text, text.clone(), zeros), source, True)  # V := T, v_j := 0
 
     parts, rows = [], {}
@@ -124,8 +138,10 @@ def resolve_prompts(model, templates: Sequence[str], names: Sequence[str], *, ba
         parts.append(f"exemplars {exemplars} ({len(found)} classes)")
     rest = [n for n in names if n not in rows]
     if rest and bank is None:
-        raise InputError(f"exemplar folder {exemplars} has no images for {len(rest)} classes ({short_list(rest)}); add "
-                         f"{exemplars}/<class name>/ folders or also give a prompt bank")
+        raise InputError(
+            f"exemplar folder {exemplars} has no images for {len(rest)} classes ({short_list(rest)}); add "
+            f"{exemplars}/<class name>/ folders or also give a prompt bank"
+        )
     if rest:
         opened = PromptBank.open(bank)
         if opened.manifest.get("templates_id") != templates_id(list(templates)):

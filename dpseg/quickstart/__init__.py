@@ -31,8 +31,10 @@ def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path
     cache = Path(cache) if cache is not None else default_cache()
     pointer = cache / "latest.json"
     if not pointer.is_file():
-        raise CheckpointError(f"no quickstart model in {cache} (no latest.json): run `dpseg quickstart` first "
-                              "(or set DPSEG_CACHE to where it ran), or pass --checkpoint")
+        raise CheckpointError(
+            f"no quickstart model in {cache} (no latest.json): run `dpseg quickstart` first "
+            "(or set DPSEG_CACHE to where it ran), or pass --checkpoint"
+        )
     try:
         info = json.loads(pointer.read_text())
         model, bank = Path(info["model"]), info.get("bank")

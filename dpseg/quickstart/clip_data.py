@@ -122,7 +122,7 @@ def render_pool(
         cls = classes[rng.integers(len(classes))]
         t = int(rng.integers(len(templates)))
         text = templates[t].format(caption_name(cls, text_gap))
-        (img, _), = gen.generate_with_masks([text], [int(rng.integers(2**31))])
+        ((img, _),) = gen.generate_with_masks([text], [int(rng.integers(2**31))])
         images.append(img)
         attrs.append(cls.indices)
         tmpl.append(t)
@@ -136,7 +136,9 @@ def render_pool(
         scenes=stack(scene_images, GRID * TILE),
         cover=torch.from_numpy(np.stack(covers)) if covers else torch.zeros(cover_shape),
         scene_attrs=np.stack(scene_attrs) if scene_attrs else np.zeros((0, MAX_OBJECTS, 3), int),
-        tiles=stack(images, TILE), tile_attrs=np.asarray(attrs).reshape(-1, 3), tile_templates=tmpl,
+        tiles=stack(images, TILE),
+        tile_attrs=np.asarray(attrs).reshape(-1, 3),
+        tile_templates=tmpl,
     )
 
 

@@ -84,7 +84,9 @@ class PretrainSettings:
     seed: int = 0
 
 
-def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def multi_positive_loss(
+    img: torch.Tensor, txt: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE where ``positives`` (B, C) bool marks every true (image, caption) pair.
 
     Image -> text runs over all C captions; text -> image over the batch images, for captions true of some image.
@@ -99,7 +101,11 @@ def multi_positive_loss(img: torch.Tensor, txt: torch.Tensor, positives: torch.T
 
 
 def batch_captions(
-    attrs: np.ndarray, tmpl: list[int], universe: np.ndarray, templates: list[str], settings: PretrainSettings,
+    attrs: np.ndarray,
+    tmpl: list[int],
+    universe: np.ndarray,
+    templates: list[str],
+    settings: PretrainSettings,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, list[str]]:
     """One caption per tile (attributes ``attrs`` (B, 3)), then the caption universe (U, 3), in words and as
@@ -119,13 +125,22 @@ def batch_captions(
     return cap_attrs, captions
 
 
-def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
+def pretrain(
+    cfg: Config, settings: PretrainSettings, log: Callable[[str], None] = print
+) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP of ``cfg.model`` from scratch; returns (model in eval mode, training stats)."""
     torch.manual_seed(settings.seed)
     templates = get_templates("imagenet80")
     t0, c0 = time.time(), time.process_time()
-    pool = render_pool(settings.scenes, settings.pool_size, settings.crop_fraction, templates, settings.seed,
-                       settings.text_gap, settings.style_gap)
+    pool = render_pool(
+        settings.scenes,
+        settings.pool_size,
+        settings.crop_fraction,
+        templates,
+        settings.seed,
+        settings.text_gap,
+        settings.style_gap,
+    )
     render_seconds = time.time() - t0
     log(f"rendered {len(pool.scenes)} seen-class scenes and {len(pool.tiles)} tiles in {render_seconds:.1f}s")
     n_scenes = round(settings.scene_fraction * settings.batch_size / (GRID * GRID))
@@ -138,7 +153,9 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=settings.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=settings.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     gen = torch.Generator().manual_seed(settings.seed)
     rng = np.random.default_rng([settings.seed, 11])
@@ -181,17 +198,32 @@ def pretrain(cfg: Config, settings: PretrainSettings, log: Callable[[str], None]
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
         if (step + 1) % max(1, settings.steps // 10) == 0:
-            log(f"tiny CLIP step {step + 1}/{settings.steps}  loss {np.mean(losses[-20:]):.3f}  {time.time() - t1:.0f}s")
-    stats = {"render_seconds": round(render_seconds, 1), "train_seconds": round(time.time() - t1, 1),
-             "cpu_seconds": round(time.process_time() - c0, 1), "train_cpu_seconds": round(time.process_time() - c1, 1),
-             "threads": torch.get_num_threads(), "final_loss": float(np.mean(losses[-20:]))}
+            log(
+                f"tiny CLIP step {step + 1}/{settings.steps}  loss {np.mean(losses[-20:]):.3f}  {time.time() - t1:.0f}s"
+            )
+    stats = {
+        "render_seconds": round(render_seconds, 1),
+        "train_seconds": round(time.time() - t1, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
+        "train_cpu_seconds": round(time.process_time() - c1, 1),
+        "threads": torch.get_num_threads(),
+        "final_loss": float(np.mean(losses[-20:])),
+    }
     return model.eval(), stats
 
 
 def settings_key(cfg: Config, settings: PretrainSettings) -> str:
     import hashlib
 
-    blob = json.dumps({"world": WORLD_VERSION, "recipe": PRETRAIN_VERSION, "clip": clip_model_config(cfg.model), "settings": asdict(settings)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "world": WORLD_VERSION,
+            "recipe": PRETRAIN_VERSION,
+            "clip": clip_model_config(cfg.model),
+            "settings": asdict(settings),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -201,18 +233,27 @@ def pretrained_clip(
     """The tiny CLIP weight file for ``cfg`` and ``settings``: trained once, then reused from ``cache_dir``."""
     settings = settings or PretrainSettings()
     if settings.steps < 1 or settings.batch_size < 4 or settings.batch_size % (GRID * GRID):
-        raise InputError("tiny CLIP pretraining needs steps >= 1 and a batch_size that is a positive multiple of 4 "
-                         "(64-px tiles' worth of 128-px images)")
+        raise InputError(
+            "tiny CLIP pretraining needs steps >= 1 and a batch_size that is a positive multiple of 4 "
+            "(64-px tiles' worth of 128-px images)"
+        )
     if not 0 <= settings.scene_fraction <= 1 or settings.scenes < 0 or settings.pool_size < 0:
         raise InputError("tiny CLIP pretraining needs 0 <= scene_fraction <= 1 and scenes, pool_size >= 0")
-    if not 0 <= settings.prompt_fraction <= 1 - settings.scene_fraction or settings.prompt_size < 32 \
-            or settings.prompt_size % 32:
-        raise InputError("tiny CLIP pretraining needs 0 <= prompt_fraction <= 1 - scene_fraction and a prompt_size "
-                         "that is a multiple of 32")
+    if (
+        not 0 <= settings.prompt_fraction <= 1 - settings.scene_fraction
+        or settings.prompt_size < 32
+        or settings.prompt_size % 32
+    ):
+        raise InputError(
+            "tiny CLIP pretraining needs 0 <= prompt_fraction <= 1 - scene_fraction and a prompt_size "
+            "that is a multiple of 32"
+        )
     no_scenes, no_tiles = settings.scenes < 1, settings.pool_size < GRID * GRID
     if (settings.scene_fraction > 0 and no_scenes) or (settings.scene_fraction < 1 and no_tiles):
-        raise InputError("tiny CLIP pretraining draws scenes (scene_fraction > 0) and tiles (scene_fraction < 1): "
-                         "give scenes >= 1 and pool_size >= 4 for the kinds it draws")
+        raise InputError(
+            "tiny CLIP pretraining draws scenes (scene_fraction > 0) and tiles (scene_fraction < 1): "
+            "give scenes >= 1 and pool_size >= 4 for the kinds it draws"
+        )
     key = settings_key(cfg, settings)
     path = Path(cache_dir) / f"tiny-clip-{key}.safetensors"
     if path.is_file():

@@ -58,13 +58,17 @@ VARIANTS = {
         Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
         Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
         Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
-        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"),
+        Variant(
+            "dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"
+        ),
         Variant("dual-both", "dual", "both", "dual prompts, F_v beside the upsampled F_c"),
     )
 }
 
 
-def run_config(base: Config, variant: Variant, seed: int, datasets: WorldDatasets, bank: Path, out_root: Path) -> Config:
+def run_config(
+    base: Config, variant: Variant, seed: int, datasets: WorldDatasets, bank: Path, out_root: Path
+) -> Config:
     """The training config of one (variant, seed); its output folder is keyed by everything that shapes the run."""
     cfg = copy.deepcopy(base)
     cfg.model.prompt_type, cfg.model.guidance = variant.prompt_type, variant.guidance
@@ -128,8 +132,16 @@ def evaluate_model(model_dir: Path, splits: dict[str, Path], variant: Variant, m
     for name, folder in splits.items():
         dataset = build_dataset(str(folder), split="val")
         prompts = _prompts(cfg, model, list(dataset.class_names))
-        res = evaluate(model, prompts, dataset, cfg.eval, device="cpu", two_pass=variant.two_pass,
-                       max_images=max_images or None, progress=False)
+        res = evaluate(
+            model,
+            prompts,
+            dataset,
+            cfg.eval,
+            device="cpu",
+            two_pass=variant.two_pass,
+            max_images=max_images or None,
+            progress=False,
+        )
         out[name] = {k: res[k] for k in ("pass1", "pass2") if k in res}
     return out
 
@@ -164,7 +176,9 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
     # the configured synthetic generator (synthetic:style=scene switches the world's style gap off)
     spec = cfg.prompts.generator if cfg.prompts.generator.startswith("synthetic") else "synthetic"
     generator = get_generator(spec, cfg.prompts)
-    tag = hashlib.sha256(json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    tag = hashlib.sha256(
+        json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()
+    ).hexdigest()[:10]
     path = root / f"bank-{tag}"
     bank = PromptBank.create(path, key, generator.identity, "synthetic", cfg.prompts.seed, cfg.prompts.images_per_class)
     report = build_bank(bank, class_names, generator, prompt_encoder, text_tower, templates, progress=False)
@@ -176,7 +190,6 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     """mIoU (%) of the CLIP alone: argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training)."""
     import torch.nn.functional as F
-
 
     image_tower, _, text_tower = build_towers(cfg.model)
     image_tower.eval()
@@ -202,9 +215,18 @@ def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
     forward = model_forward(model, prompts, two_pass=two_pass)
-    preds = predict(forward, [it["image"] for it in items], protocol_from_config(cfg.eval), "cpu", num_classes=len(dataset.class_names))
-    out = {"images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
-           "labels": [it["label"].numpy() for it in items], "class_names": list(dataset.class_names)}
+    preds = predict(
+        forward,
+        [it["image"] for it in items],
+        protocol_from_config(cfg.eval),
+        "cpu",
+        num_classes=len(dataset.class_names),
+    )
+    out = {
+        "images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
+        "labels": [it["label"].numpy() for it in items],
+        "class_names": list(dataset.class_names),
+    }
     for key in preds[0]:
         out[key] = [p[key].labels.cpu().numpy() for p in preds]
     return out

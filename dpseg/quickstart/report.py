@@ -31,8 +31,13 @@ def summarize(runs: dict) -> dict:
             for split, passes in seed_result.items():
                 for p, metrics in passes.items():
                     out.setdefault(variant, {}).setdefault(split, {}).setdefault(p, []).append(metrics["mIoU"])
-    return {v: {s: {p: dict(zip(("mean", "std"), mean_std(x)), seeds=len(x)) for p, x in ps.items()}
-                for s, ps in splits.items()} for v, splits in out.items()}
+    return {
+        v: {
+            s: {p: dict(zip(("mean", "std"), mean_std(x)), seeds=len(x)) for p, x in ps.items()}
+            for s, ps in splits.items()
+        }
+        for v, splits in out.items()
+    }
 
 
 def _cell(entry: Optional[dict]) -> str:
@@ -49,9 +54,14 @@ def markdown_table(summary: dict, titles: dict, chance: dict, clip_dense: dict) 
     for variant, by_split in summary.items():
         cells = [_cell(by_split.get(s, {}).get(p)) for s in splits for p in PASSES]
         lines.append(f"| {titles.get(variant, variant)} | " + " | ".join(cells) + " |")
-    lines.append("| CLIP dense cost volume only, no decoder (argmax of cos(E, T)) | "
-                 + " | ".join(f"{clip_dense[s]:.1f} | -" for s in splits) + " |")
-    lines.append("| chance (uniformly random class per pixel) | " + " | ".join(f"{chance[s]:.1f} | -" for s in splits) + " |")
+    lines.append(
+        "| CLIP dense cost volume only, no decoder (argmax of cos(E, T)) | "
+        + " | ".join(f"{clip_dense[s]:.1f} | -" for s in splits)
+        + " |"
+    )
+    lines.append(
+        "| chance (uniformly random class per pixel) | " + " | ".join(f"{chance[s]:.1f} | -" for s in splits) + " |"
+    )
     return "\n".join(lines)
 
 
@@ -79,11 +89,21 @@ def verdicts(summary: dict, chance: dict) -> list[str]:
             ("dual prompts >= text prompts", ("dual", split, "pass1"), ("text", split, "pass1")),
             ("dual prompts >= visual prompts", ("dual", split, "pass1"), ("visual", split, "pass1")),
             ("visual prompts >= text prompts", ("visual", split, "pass1"), ("text", split, "pass1")),
-            ("F_v in place of the upsampled F_c helps (dual)", ("dual", split, "pass1"),
-             ("dual-upsampled", split, "pass1")),
-            ("F_v beside the upsampled F_c >= the upsampled F_c alone (dual)", ("dual-both", split, "pass1"),
-             ("dual-upsampled", split, "pass1")),
-            ("F_v beside the upsampled F_c >= F_v alone (dual)", ("dual-both", split, "pass1"), ("dual", split, "pass1")),
+            (
+                "F_v in place of the upsampled F_c helps (dual)",
+                ("dual", split, "pass1"),
+                ("dual-upsampled", split, "pass1"),
+            ),
+            (
+                "F_v beside the upsampled F_c >= the upsampled F_c alone (dual)",
+                ("dual-both", split, "pass1"),
+                ("dual-upsampled", split, "pass1"),
+            ),
+            (
+                "F_v beside the upsampled F_c >= F_v alone (dual)",
+                ("dual-both", split, "pass1"),
+                ("dual", split, "pass1"),
+            ),
             ("pass 2 >= pass 1 (dual)", ("dual", split, "pass2"), ("dual", split, "pass1")),
         ):
             line = compare(summary, a, b, f"{split}: {what}")
@@ -91,13 +111,25 @@ def verdicts(summary: dict, chance: dict) -> list[str]:
                 lines.append(line)
         best = summary.get("dual", {}).get(split, {}).get("pass1")
         if best:
-            lines.append(f"- {split}: DPSeg (dual, pass 1) {best['mean']:.1f} vs chance {chance[split]:.1f} -> "
-                         + ("clearly above chance" if best["mean"] - best["std"] > 2 * chance[split] else "NOT clearly above chance"))
+            lines.append(
+                f"- {split}: DPSeg (dual, pass 1) {best['mean']:.1f} vs chance {chance[split]:.1f} -> "
+                + (
+                    "clearly above chance"
+                    if best["mean"] - best["std"] > 2 * chance[split]
+                    else "NOT clearly above chance"
+                )
+            )
     return lines
 
 
-def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], predictions: dict,
-           class_names: Sequence[str], title: str) -> Path:
+def figure(
+    path: Path,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    predictions: dict,
+    class_names: Sequence[str],
+    title: str,
+) -> Path:
     """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions``.
 
     Pixels that are background in the ground truth (not scored) are dimmed in the prediction columns.
@@ -107,7 +139,6 @@ def figure(path: Path, images: Sequence[np.ndarray], labels: Sequence[np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
 
     colours = palette(len(class_names))
     cols = ["image", "ground truth"] + list(predictions)

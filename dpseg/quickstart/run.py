@@ -37,12 +37,33 @@ from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
 
 BUDGETS = {
     # the README numbers: about 10 minutes on 2 free CPU cores (measured: see README "Quickstart")
-    "default": dict(num_train=600, num_val=30, clip_steps=400, clip_batch=128, clip_pool=4000, clip_scenes=1000,
-                    iterations=260, seeds=2, variants=("text", "visual", "dual", "dual-upsampled", "dual-both"),
-                    zero_shot_per_class=10, examples=4),
+    "default": dict(
+        num_train=600,
+        num_val=30,
+        clip_steps=400,
+        clip_batch=128,
+        clip_pool=4000,
+        clip_scenes=1000,
+        iterations=260,
+        seeds=2,
+        variants=("text", "visual", "dual", "dual-upsampled", "dual-both"),
+        zero_shot_per_class=10,
+        examples=4,
+    ),
     # a smoke run (tests, CI): every stage with tiny sizes, one seed, two variants
-    "fast": dict(num_train=64, num_val=8, clip_steps=100, clip_batch=64, clip_pool=400, clip_scenes=200,
-                 iterations=100, seeds=1, variants=("text", "dual"), zero_shot_per_class=3, examples=2),
+    "fast": dict(
+        num_train=64,
+        num_val=8,
+        clip_steps=100,
+        clip_batch=64,
+        clip_pool=400,
+        clip_scenes=200,
+        iterations=100,
+        seeds=1,
+        variants=("text", "dual"),
+        zero_shot_per_class=3,
+        examples=2,
+    ),
 }
 
 
@@ -68,8 +89,9 @@ def _log(t0: float):
     return log
 
 
-def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrides=(), workers: int = 1,
-               text_gap: bool = True) -> dict:
+def quickstart(
+    budget: Budget, cache: Path, out: Path, config_file=None, overrides=(), workers: int = 1, text_gap: bool = True
+) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``.
 
     ``text_gap`` is the tiny CLIP's text gap; the style gap follows ``prompts.generator`` (``synthetic:style=scene``
@@ -81,8 +103,10 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
     clip_cfg = build_config("synthetic", file=config_file, overrides=list(overrides))
     spec = clip_cfg.prompts.generator or "synthetic"
     if spec.split(":")[0] != "synthetic":
-        raise ConfigError(f"quickstart renders its prompts with the synthetic world's generator; drop "
-                          f"prompts.generator={spec} (synthetic:style=scene switches the style gap off)")
+        raise ConfigError(
+            f"quickstart renders its prompts with the synthetic world's generator; drop "
+            f"prompts.generator={spec} (synthetic:style=scene switches the style gap off)"
+        )
     style = get_generator(spec, clip_cfg.prompts).style
 
     def stage(name: str, start: float) -> None:
@@ -95,14 +119,21 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
 
     s = time.time()
     log(f"2/6 tiny CLIP: contrastive pretraining on seen-class objects ({budget.clip_steps} steps)")
-    settings = PretrainSettings(steps=budget.clip_steps, batch_size=budget.clip_batch, pool_size=budget.clip_pool,
-                                scenes=budget.clip_scenes, text_gap=text_gap, style_gap=style == "prompt",
-                                prompt_size=clip_cfg.model.prompt_image_size)
+    settings = PretrainSettings(
+        steps=budget.clip_steps,
+        batch_size=budget.clip_batch,
+        pool_size=budget.clip_pool,
+        scenes=budget.clip_scenes,
+        text_gap=text_gap,
+        style_gap=style == "prompt",
+        prompt_size=clip_cfg.model.prompt_image_size,
+    )
     clip = pretrained_clip(clip_cfg, cache, settings, log=log)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
-    zero_shot = evaluate_zero_shot(base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"),
-                                   style=style)
+    zero_shot = evaluate_zero_shot(
+        base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"), style=style
+    )
     stage("tiny_clip", s)
 
     s = time.time()
@@ -112,16 +143,23 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
 
     s = time.time()
     splits = {"seen": ds.seen, "unseen": ds.unseen, "unseen-all": ds.unseen_all}
-    jobs = [(ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"), v, seed, splits, budget.num_val)
-            for v in budget.variants for seed in range(budget.seeds)]
-    log(f"4/6 training and evaluating {len(jobs)} runs ({len(budget.variants)} variants x {budget.seeds} seeds, "
-        f"{budget.iterations} steps each, {workers} at a time; training logs in each run's quickstart.log)")
+    jobs = [
+        (ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"), v, seed, splits, budget.num_val)
+        for v in budget.variants
+        for seed in range(budget.seeds)
+    ]
+    log(
+        f"4/6 training and evaluating {len(jobs)} runs ({len(budget.variants)} variants x {budget.seeds} seeds, "
+        f"{budget.iterations} steps each, {workers} at a time; training logs in each run's quickstart.log)"
+    )
     runs: dict = {}
     dirs: dict = {}
     for v_name, seed, model_dir, result, seconds, reused in _run_all(jobs, workers):
         dirs[(v_name, seed)] = model_dir
         runs.setdefault(v_name, {})[seed] = result
-        brief = ", ".join(f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items())
+        brief = ", ".join(
+            f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
+        )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
         log(f"    {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     stage("train_and_evaluate", s)
@@ -151,19 +189,44 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
             if key in examples:
                 predictions[f"{name} {key.replace('pass', 'pass ')}"] = examples[key]
     out.mkdir(parents=True, exist_ok=True)
-    figure = report.figure(out / "figure.png", examples["images"], examples["labels"], predictions, examples["class_names"],
-                           "unseen classes (never seen in training): seed-0 models; dimmed = background (not scored)")
+    figure = report.figure(
+        out / "figure.png",
+        examples["images"],
+        examples["labels"],
+        predictions,
+        examples["class_names"],
+        "unseen classes (never seen in training): seed-0 models; dimmed = background (not scored)",
+    )
     timings["total"] = round(time.time() - t0, 1)
     markdown = _markdown(budget, table, lines, zero_shot, chance, timings, [k.name for k in unseen_classes()])
-    results = {"budget": asdict(budget), "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
-               "summary": summary, "chance": chance, "clip_dense": clip_dense, "tiny_clip_zero_shot": zero_shot,
-               "verdicts": lines, "timings_s": timings, "clip_weights": str(clip), "prompt_bank": str(bank),
-               "datasets": str(ds.root), "figure": str(figure), "markdown": markdown}
+    results = {
+        "budget": asdict(budget),
+        "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
+        "summary": summary,
+        "chance": chance,
+        "clip_dense": clip_dense,
+        "tiny_clip_zero_shot": zero_shot,
+        "verdicts": lines,
+        "timings_s": timings,
+        "clip_weights": str(clip),
+        "prompt_bank": str(bank),
+        "datasets": str(ds.root),
+        "figure": str(figure),
+        "markdown": markdown,
+    }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
     if demo_run is not None:  # the model `dpseg demo` shows by default
         uses_bank = ex.VARIANTS[demo_run].uses_bank
-        atomic_write_text(cache / "latest.json", json.dumps({"model": str(dirs[(demo_run, 0)].resolve()), "variant": demo_run,
-                                                             "bank": str(Path(bank).resolve()) if uses_bank else None}))
+        atomic_write_text(
+            cache / "latest.json",
+            json.dumps(
+                {
+                    "model": str(dirs[(demo_run, 0)].resolve()),
+                    "variant": demo_run,
+                    "bank": str(Path(bank).resolve()) if uses_bank else None,
+                }
+            ),
+        )
     atomic_write_text(out / "results.md", markdown)
     example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
@@ -173,7 +236,6 @@ def quickstart(budget: Budget, cache: Path, out: Path, config_file=None, overrid
 def _run_one(job) -> tuple:
     """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
     import contextlib
-
 
     cfg, v_name, seed, splits, max_images = job
     start = time.time()
@@ -213,19 +275,33 @@ def _run_all(jobs: list, workers: int):
 
 
 def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
-    return "\n".join([
-        "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world", "",
-        f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes and on scenes of the "
-        f"{len(unseen)} **unseen** "
-        f"classes ({', '.join(unseen)}), each with its own vocabulary. mIoU in %, mean ± sample standard deviation over "
-        f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, {budget.num_val} test images per "
-        "vocabulary. Background pixels are not a class (ignore label) and are not scored.", "",
-        table, "",
-        "Chance = expected mIoU of a uniformly random class per pixel (from the test labels' class frequencies). A gap "
-        "inside the spread over seeds is reported as no difference. Columns are not comparable with each other: the "
-        f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.", "",
-        "## The method's claims in this world", "", *lines, "",
-        "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, stride-32 dense embedding)", "",
-        format_report(zero_shot), "",
-        "## Time (seconds)", "", " | ".join(f"{k} {v}" for k, v in timings.items()), "",
-    ])
+    return "\n".join(
+        [
+            "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
+            "",
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes and on scenes of the "
+            f"{len(unseen)} **unseen** "
+            f"classes ({', '.join(unseen)}), each with its own vocabulary. mIoU in %, mean ± sample standard deviation over "
+            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, {budget.num_val} test images per "
+            "vocabulary. Background pixels are not a class (ignore label) and are not scored.",
+            "",
+            table,
+            "",
+            "Chance = expected mIoU of a uniformly random class per pixel (from the test labels' class frequencies). A gap "
+            "inside the spread over seeds is reported as no difference. Columns are not comparable with each other: the "
+            f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
+            "",
+            "## The method's claims in this world",
+            "",
+            *lines,
+            "",
+            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, stride-32 dense embedding)",
+            "",
+            format_report(zero_shot),
+            "",
+            "## Time (seconds)",
+            "",
+            " | ".join(f"{k} {v}" for k, v in timings.items()),
+            "",
+        ]
+    )

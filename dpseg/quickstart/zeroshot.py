@@ -130,8 +130,12 @@ def class_text_embeddings(text_tower, classes: Sequence[ObjectClass], templates:
 def score(emb: torch.Tensor, y: torch.Tensor, prototypes: torch.Tensor, classes: Sequence[ObjectClass]) -> dict:
     """Accuracy of nearest-prototype classification and of each attribute of the predicted class."""
     pred = (emb @ prototypes.T).argmax(1)  # (N, d) @ (d, K) -> (N, K) -> (N,)
-    entry = {"classes": len(classes), "images": len(y), "accuracy": float((pred == y).float().mean()),
-             "chance": 1 / len(classes)}
+    entry = {
+        "classes": len(classes),
+        "images": len(y),
+        "accuracy": float((pred == y).float().mean()),
+        "chance": 1 / len(classes),
+    }
     for a, name in enumerate(ATTRIBUTES):
         got = torch.tensor([classes[p].indices[a] for p in pred.tolist()])
         want = torch.tensor([classes[t].indices[a] for t in y.tolist()])
@@ -156,8 +160,13 @@ def dense_miou(dense: torch.Tensor, labels: torch.Tensor, text: torch.Tensor) ->
 
 
 def evaluate_zero_shot(
-    cfg: Config, per_class: int = 20, seed: int = 0, vocabs: Sequence[str] = ("seen", "unseen", "all"),
-    kinds: Sequence[str] = KINDS, words: str = "vocabulary", style: str = "prompt",
+    cfg: Config,
+    per_class: int = 20,
+    seed: int = 0,
+    vocabs: Sequence[str] = ("seen", "unseen", "all"),
+    kinds: Sequence[str] = KINDS,
+    words: str = "vocabulary",
+    style: str = "prompt",
 ) -> dict:
     """Zero-shot checks (module docstring) of ``cfg.model``'s CLIP (weights from ``cfg.model.clip_pretrained``).
 
@@ -166,8 +175,10 @@ def evaluate_zero_shot(
     """
     bad_vocab = any(v not in ("seen", "unseen", "all") for v in vocabs)
     if words not in WORDS or any(k not in KINDS for k in kinds) or bad_vocab:
-        raise InputError(f"zero-shot check: words must be one of {WORDS}, kinds among {KINDS}, vocabularies among "
-                         f"seen, unseen, all; got {words!r}, {tuple(kinds)}, {tuple(vocabs)}")
+        raise InputError(
+            f"zero-shot check: words must be one of {WORDS}, kinds among {KINDS}, vocabularies among "
+            f"seen, unseen, all; got {words!r}, {tuple(kinds)}, {tuple(vocabs)}"
+        )
     image_tower, prompt_tower, text_tower = build_towers(cfg.model, load_weights=True)
     image_tower.eval()
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
@@ -213,9 +224,12 @@ def _multiple_of_four(tiles: torch.Tensor) -> torch.Tensor:
 
 def format_report(report: dict) -> str:
     """A Markdown table of :func:`evaluate_zero_shot`'s result (classification rows, then dense cost-volume rows)."""
-    lines = [f"class texts in {report.get('words', 'vocabulary')} words", "",
-             "| test set / kind | K | accuracy % | chance % | colour % | pattern % | shape % | stride-32 ceiling % |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"class texts in {report.get('words', 'vocabulary')} words",
+        "",
+        "| test set / kind | K | accuracy % | chance % | colour % | pattern % | shape % | stride-32 ceiling % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     dense = []
     for key, e in report.items():
         if isinstance(e, dict) and "accuracy" in e:
@@ -237,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     import time
 
-
     parser = argparse.ArgumentParser(prog="python -m dpseg.quickstart.zeroshot", description=main.__doc__)
     parser.add_argument("--cache", default=".dpseg_cache/synthetic", help="where the weight file is kept")
     parser.add_argument("--steps", type=int, default=PretrainSettings.steps)
@@ -251,13 +264,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    settings = PretrainSettings(steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap,
-                                style_gap=not args.no_style_gap)
+    settings = PretrainSettings(
+        steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap, style_gap=not args.no_style_gap
+    )
     path = pretrained_clip(build_config("synthetic"), args.cache, settings)
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
     style = "prompt" if settings.style_gap else "scene"
-    reports = {w: evaluate_zero_shot(cfg, per_class=args.per_class, words=w, style=style)
-               for w in (WORDS if settings.text_gap else WORDS[:1])}
+    reports = {
+        w: evaluate_zero_shot(cfg, per_class=args.per_class, words=w, style=style)
+        for w in (WORDS if settings.text_gap else WORDS[:1])
+    }
     for report in reports.values():
         print(format_report(report), end="\n\n")
     if args.json:

@@ -66,8 +66,9 @@ def prepare_a150(src: Path, root: Path, workers: int = 1, force: bool = False, p
     out_root = root / "ADEChallengeData2016"
     out_dir = out_root / "annotations_detectron2" / "validation"
     jobs = [Job((out_dir / p.name,), convert_a150_label, (p, out_dir / p.name)) for p in sorted(ann_dir.glob("*.png"))]
-    require_inputs(jobs, "a150 validation",
-                   f"expected the label PNGs (ADE_val_*.png) of ADEChallengeData2016.zip in {ann_dir}")
+    require_inputs(
+        jobs, "a150 validation", f"expected the label PNGs (ADE_val_*.png) of ADEChallengeData2016.zip in {ann_dir}"
+    )
     stats = run_jobs(jobs, "a150 validation", workers, force, progress)
     finish({"a150 validation": stats}, [link_folder(src / "images" / "validation", out_root / "images" / "validation")])
 
@@ -101,7 +102,9 @@ def convert_a847(image_src: Path, image_dst: Path, label_dst: Path, lut: np.ndar
     with Image.open(seg_path) as s:
         lab = decode_ade_seg(np.asarray(s))
     if lab.shape != img.shape[:2]:
-        raise ValueError(f"{seg_path.name} is {lab.shape[1]}x{lab.shape[0]} but the image is {img.shape[1]}x{img.shape[0]}")
+        raise ValueError(
+            f"{seg_path.name} is {lab.shape[1]}x{lab.shape[0]} but the image is {img.shape[1]}x{img.shape[0]}"
+        )
     h, w = img.shape[:2]
     nh, nw = a847_size(h, w)
     if (nh, nw) != (h, w):
@@ -157,43 +160,62 @@ def load_ade_index(path: Path) -> dict:
     except pickle.UnpicklingError as e:
         reason = str(e)
         if reason.startswith(("global", "a persistent")):
-            raise DataError(f"{path} refers to {reason}, which the official ADE20K index never holds; refusing to load "
-                            "it (a pickle can run code): download index_ade20k.pkl again from the ADE20K site") \
-                from None
-        raise DataError(f"{path} is truncated or not a pickle file ({reason[:120]}); download index_ade20k.pkl "
-                        "again") from None
+            raise DataError(
+                f"{path} refers to {reason}, which the official ADE20K index never holds; refusing to load "
+                "it (a pickle can run code): download index_ade20k.pkl again from the ADE20K site"
+            ) from None
+        raise DataError(
+            f"{path} is truncated or not a pickle file ({reason[:120]}); download index_ade20k.pkl again"
+        ) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as e:
-        raise DataError(f"{path} is truncated or not a pickle file ({type(e).__name__}: {str(e)[:120]}); "
-                        "download index_ade20k.pkl again") from None
+        raise DataError(
+            f"{path} is truncated or not a pickle file ({type(e).__name__}: {str(e)[:120]}); "
+            "download index_ade20k.pkl again"
+        ) from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     if not isinstance(index, dict):
-        raise DataError(f"{path} holds a {type(index).__name__}, not the ADE20K index dict; download "
-                        "index_ade20k.pkl again")
+        raise DataError(
+            f"{path} holds a {type(index).__name__}, not the ADE20K index dict; download index_ade20k.pkl again"
+        )
     return index
 
 
 def a847_val_entries(src: Path) -> list[tuple[Path, str]]:
     index_file = src / "index_ade20k.pkl"
     if not index_file.is_file():
-        raise DataError(f"{index_file} not found; --src must be the unzipped ADE20K_2021_17_01 folder (full ADE20K release)")
+        raise DataError(
+            f"{index_file} not found; --src must be the unzipped ADE20K_2021_17_01 folder (full ADE20K release)"
+        )
     index = load_ade_index(index_file)
     try:
         folders, names = list(index["folder"]), list(index["filename"])
     except (KeyError, TypeError):
-        raise DataError(f"{index_file} has no 'folder'/'filename' entries; is it the ADE20K 2021_17_01 index?") from None
+        raise DataError(
+            f"{index_file} has no 'folder'/'filename' entries; is it the ADE20K 2021_17_01 index?"
+        ) from None
     if len(folders) != len(names):
         raise DataError(f"{index_file} lists {len(names)} file names but {len(folders)} folders; download it again")
-    return [(_resolve_folder(src, str(d)) / str(n), str(n)) for d, n in zip(folders, names) if str(n).split("_")[1:2] == ["val"]]
+    return [
+        (_resolve_folder(src, str(d)) / str(n), str(n))
+        for d, n in zip(folders, names)
+        if str(n).split("_")[1:2] == ["val"]
+    ]
 
 
 def prepare_a847(src: Path, root: Path, workers: int = 1, force: bool = False, progress: bool = True) -> None:
     entries = a847_val_entries(src)
-    require_inputs(entries, "a847 validation", f"{src / 'index_ade20k.pkl'} lists no ADE_val_* images; expected the "
-                   "2000 validation entries of the ADE20K_2021_17_01 index")
+    require_inputs(
+        entries,
+        "a847 validation",
+        f"{src / 'index_ade20k.pkl'} lists no ADE_val_* images; expected the "
+        "2000 validation entries of the ADE20K_2021_17_01 index",
+    )
     missing = [p for p, _ in entries if not p.is_file()]
     if missing:
-        raise DataError(f"{len(missing)} of {len(entries)} validation images listed in index_ade20k.pkl are missing (e.g. {missing[0]})")
+        raise DataError(
+            f"{len(missing)} of {len(entries)} validation images listed in index_ade20k.pkl are missing (e.g. {missing[0]})"
+        )
     out_root = root / "ADE20K_2021_17_01"
     img_dir = out_root / "images_detectron2" / "validation"
     lab_dir = out_root / "annotations_detectron2" / "validation"

@@ -60,8 +60,10 @@ def prepare_coco_stuff(src: Path, root: Path, workers: int = 1, force: bool = Fa
             notes.append(f"note: {src}/annotations/{split} not found; {split} skipped")
             continue
         ann_dir, out_dir = src / "annotations" / split, out_root / "annotations_detectron2" / split
-        jobs = [Job((out_dir / p.name,), convert_coco_label, (p, out_dir / p.name, lut))
-                for p in sorted(ann_dir.glob("*.png"))]
+        jobs = [
+            Job((out_dir / p.name,), convert_coco_label, (p, out_dir / p.name, lut))
+            for p in sorted(ann_dir.glob("*.png"))
+        ]
         require_inputs(jobs, f"coco-stuff {split}", f"expected the stuffthingmaps PNGs of {split} in {ann_dir}")
         stats[f"coco-stuff {split}"] = run_jobs(jobs, f"coco-stuff {split}", workers, force, progress)
         notes.append(link_folder(src / "images" / split, out_root / "images" / split))

@@ -73,7 +73,9 @@ def link_folder(src: Path, dst: Path) -> str:
     try:
         os.symlink(src.resolve(), dst, target_is_directory=True)
     except OSError as e:
-        raise DataError(f"cannot link {dst} -> {src} ({e.strerror}); move or copy the images to {dst} yourself") from None
+        raise DataError(
+            f"cannot link {dst} -> {src} ({e.strerror}); move or copy the images to {dst} yourself"
+        ) from None
     return f"linked {dst} -> {src.resolve()}"
 
 
@@ -161,4 +163,6 @@ def finish(stats_by_part: dict[str, RunStats], notes: Sequence[str] = ()) -> Non
     if failed:
         for f in failed[:10]:
             print(f"  failed: {f}", file=sys.stderr)
-        raise DataError(f"{len(failed)} file(s) could not be converted (first: {failed[0]}); fix them and rerun (finished files are kept)")
+        raise DataError(
+            f"{len(failed)} file(s) could not be converted (first: {failed[0]}); fix them and rerun (finished files are kept)"
+        )

@@ -60,7 +60,9 @@ def convert_pc59(dst: Path, height: int, width: int, segmentations: list, catego
 def prepare_pc59(src: Path, root: Path, workers: int = 1, force: bool = False, progress: bool = True) -> None:
     json_path = src / "trainval_merged.json"
     if not json_path.is_file():
-        raise DataError(f"{json_path} not found; download trainval_merged.json (PASCAL-Context, Detail API) into the VOC2010 folder")
+        raise DataError(
+            f"{json_path} not found; download trainval_merged.json (PASCAL-Context, Detail API) into the VOC2010 folder"
+        )
     print(f"reading {json_path} ...")
     try:
         data = json.loads(json_path.read_text())
@@ -105,7 +107,9 @@ def pc459_val_ids() -> list[str]:
 def prepare_pc459(src: Path, root: Path, workers: int = 1, force: bool = False, progress: bool = True) -> None:
     mat_dir = src / "trainval"
     if not mat_dir.is_dir():
-        raise DataError(f"{mat_dir} not found; unpack trainval.tar.gz (PASCAL-Context 459-class .mat files) into the VOC2010 folder")
+        raise DataError(
+            f"{mat_dir} not found; unpack trainval.tar.gz (PASCAL-Context 459-class .mat files) into the VOC2010 folder"
+        )
     ids = pc459_val_ids()
     notes = []
     user_list = src / "pascalcontext_val.txt"
@@ -114,10 +118,16 @@ def prepare_pc459(src: Path, root: Path, workers: int = 1, force: bool = False, 
     out_root = root / "VOCdevkit" / "VOC2010"
     out_dir = out_root / "annotations_detectron2" / "pc459_val"
     present = [i for i in ids if (mat_dir / f"{i}.mat").is_file()]
-    notes.append(f"pc459: {len(present)} of the {len(ids)} listed val ids have a .mat file (the official archive gives 5010)")
+    notes.append(
+        f"pc459: {len(present)} of the {len(ids)} listed val ids have a .mat file (the official archive gives 5010)"
+    )
     jobs = [Job((out_dir / f"{i}.tif",), convert_pc459, (mat_dir / f"{i}.mat", out_dir / f"{i}.tif")) for i in present]
-    require_inputs(jobs, "pc459 val", f"none of the {len(ids)} listed val ids has a .mat file in {mat_dir} (expected "
-                   f"e.g. {mat_dir / (ids[0] + '.mat')}); unpack trainval.tar.gz (PASCAL-Context 459 labels) there")
+    require_inputs(
+        jobs,
+        "pc459 val",
+        f"none of the {len(ids)} listed val ids has a .mat file in {mat_dir} (expected "
+        f"e.g. {mat_dir / (ids[0] + '.mat')}); unpack trainval.tar.gz (PASCAL-Context 459 labels) there",
+    )
     stats = run_jobs(jobs, "pc459 val", workers, force, progress)
     notes.append(link_folder(src / "JPEGImages", out_root / "JPEGImages"))
     finish({"pc459 val": stats}, notes)
@@ -150,21 +160,32 @@ def prepare_voc(src: Path, root: Path, workers: int = 1, force: bool = False, pr
     label_dir, notes = src / "SegmentationClassAug", []
     if not label_dir.is_dir():
         if not (src / "SegmentationClass").is_dir():
-            raise DataError(f"neither {label_dir} nor {src / 'SegmentationClass'} exists; unzip SegmentationClassAug.zip into {src}")
+            raise DataError(
+                f"neither {label_dir} nor {src / 'SegmentationClass'} exists; unzip SegmentationClassAug.zip into {src}"
+            )
         label_dir = src / "SegmentationClass"
-        notes.append("note: SegmentationClassAug not found; using SegmentationClass (same class ids for the val images)")
+        notes.append(
+            "note: SegmentationClassAug not found; using SegmentationClass (same class ids for the val images)"
+        )
     ids = list_file.read_text().split()
     if not ids:
         raise DataError(f"voc val: nothing to convert; {list_file} lists no image ids (expected the 1449 val ids)")
     missing = [i for i in ids if not (label_dir / f"{i}.png").is_file()]
     if missing:
-        raise DataError(f"{len(missing)} of the {len(ids)} val labels are missing from {label_dir} (e.g. {missing[0]}.png)")
+        raise DataError(
+            f"{len(missing)} of the {len(ids)} val labels are missing from {label_dir} (e.g. {missing[0]}.png)"
+        )
     out_root = root / "VOCdevkit" / "VOC2012"
     plain, with_bg = voc_luts()
     stats = {}
-    for what, sub, lut in (("voc20 val", "annotations_detectron2", plain), ("voc20b val", "annotations_detectron2_bg", with_bg)):
+    for what, sub, lut in (
+        ("voc20 val", "annotations_detectron2", plain),
+        ("voc20b val", "annotations_detectron2_bg", with_bg),
+    ):
         out_dir = out_root / sub / "val"
-        jobs = [Job((out_dir / f"{i}.png",), convert_voc, (label_dir / f"{i}.png", out_dir / f"{i}.png", lut)) for i in ids]
+        jobs = [
+            Job((out_dir / f"{i}.png",), convert_voc, (label_dir / f"{i}.png", out_dir / f"{i}.png", lut)) for i in ids
+        ]
         stats[what] = run_jobs(jobs, what, workers, force, progress)
     notes.append(link_folder(src / "JPEGImages", out_root / "JPEGImages"))
     finish(stats, notes)

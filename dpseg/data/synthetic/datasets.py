@@ -45,7 +45,12 @@ from dpseg.vocab import read_class_list
 
 IGNORE_ON_DISK = 255
 # (vocabulary folder, split, split id used in the per-image seed, vocabulary the scenes draw objects from)
-SPLITS: tuple[tuple[str, str, int], ...] = (("seen", "train", 0), ("seen", "val", 1), ("unseen", "val", 2), ("all", "val", 3))
+SPLITS: tuple[tuple[str, str, int], ...] = (
+    ("seen", "train", 0),
+    ("seen", "val", 1),
+    ("unseen", "val", 2),
+    ("all", "val", 3),
+)
 # Folders that hold another folder's scenes with labels indexed into a larger vocabulary: (folder, source, split).
 RELABELLED: tuple[tuple[str, str, str], ...] = (("unseen-all", "unseen", "val"),)
 FOLDER_VOCABULARY = {"seen": "seen", "unseen": "unseen", "all": "all", "unseen-all": "all"}
@@ -120,8 +125,11 @@ def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
     for folder, split, split_id in SPLITS:
         count = key["num_train"] if split == "train" else key["num_val"]
         log(f"rendering {count} {folder}/{split} scenes at {key['size']}px")
-        copies = [(target, _relabel_table(folder, target))
-                  for target, source, source_split in RELABELLED if (source, source_split) == (folder, split)]
+        copies = [
+            (target, _relabel_table(folder, target))
+            for target, source, source_split in RELABELLED
+            if (source, source_split) == (folder, split)
+        ]
         for out in [folder] + [target for target, _ in copies]:
             for sub in ("images", "labels"):
                 (tmp / out / sub / split).mkdir(parents=True)
@@ -185,7 +193,9 @@ def build_datasets(
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{root.name}.tmp-"))
     except OSError as e:
-        raise DataError(f"cannot write synthetic datasets to {cache_dir}: {e.strerror}; choose a writable directory") from None
+        raise DataError(
+            f"cannot write synthetic datasets to {cache_dir}: {e.strerror}; choose a writable directory"
+        ) from None
     try:
         shutil.rmtree(tmp)
         _write_all(tmp, key, log)

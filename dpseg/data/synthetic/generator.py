@@ -40,7 +40,16 @@ from dpseg.prompts.generate import register_generator
 
 # Template words the generator reacts to (checked as whole-word substrings of the lower-cased sentence).
 FRAMING = ("many", "small", "large", "close-up", "cropped")
-DEGRADATIONS = ("dark", "bright", "hard to see", "blurry", "low resolution", "pixelated", "black and white", "jpeg corrupted")
+DEGRADATIONS = (
+    "dark",
+    "bright",
+    "hard to see",
+    "blurry",
+    "low resolution",
+    "pixelated",
+    "black and white",
+    "jpeg corrupted",
+)
 
 
 def _has(text: str, phrase: str) -> bool:
@@ -151,8 +160,10 @@ def _from_spec(spec_options: str, cfg: PromptsConfig, device: Optional[str] = No
         name, _, value = part.strip().rpartition("=")
         name = name or "size"
         if name not in options or (name == "size" and not value.isdigit()) or not value:
-            raise BankError(f"generator spec '{spec}' must look like synthetic, synthetic:size=N, "
-                            "synthetic:style=prompt|scene or synthetic:size=N,style=scene")
+            raise BankError(
+                f"generator spec '{spec}' must look like synthetic, synthetic:size=N, "
+                "synthetic:style=prompt|scene or synthetic:size=N,style=scene"
+            )
         options[name] = value
     if options["style"] not in STYLES:
         raise BankError(f"generator spec '{spec}': style must be prompt or scene, got '{options['style']}'")

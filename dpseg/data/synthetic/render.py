@@ -81,7 +81,10 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     if kind == 1:  # faint neutral stripes: the background can be "striped" too, only objects are coloured
         a = rng.uniform(0, math.pi)
         period = rng.uniform(5, 14)
-        base += rng.uniform(6, 14) * np.sign(np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period))[..., None]
+        base += (
+            rng.uniform(6, 14)
+            * np.sign(np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period))[..., None]
+        )
     elif kind == 2:  # fine speckle texture
         base += rng.uniform(6, 12) * _smooth_noise(rng, h, w, max(4, min(h, w) // 3))[..., None]
     return np.clip(base, 0, 255)
@@ -109,7 +112,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(1.1 * r if k % 2 == 0 else 0.47 * r, -math.pi / 2 + k * math.pi / 5) for k in range(10)]
     elif shape == "cross":
         a, b = 0.34 * r, r  # arm half-width, arm length
-        corners = [(a, b), (a, a), (b, a), (b, -a), (a, -a), (a, -b), (-a, -b), (-a, -a), (-b, -a), (-b, a), (-a, a), (-a, b)]
+        corners = [
+            (a, b),
+            (a, a),
+            (b, a),
+            (b, -a),
+            (a, -a),
+            (a, -b),
+            (-a, -b),
+            (-a, -a),
+            (-b, -a),
+            (-b, a),
+            (-a, a),
+            (-a, b),
+        ]
         pts = [(math.hypot(x, y), math.atan2(y, x)) for x, y in corners]
     else:
         raise ValueError(f"no polygon for shape {shape!r}")
@@ -185,7 +201,9 @@ def finish(canvas: np.ndarray, rng: np.random.Generator, noise: float = 3.0) -> 
 # ------------------------------------------------------------------------------------------------- scenes
 
 
-def render_placements(placements: Sequence[Placement], vocab: Sequence[ObjectClass], rng: np.random.Generator, h: int, w: int) -> Scene:
+def render_placements(
+    placements: Sequence[Placement], vocab: Sequence[ObjectClass], rng: np.random.Generator, h: int, w: int
+) -> Scene:
     """Draw ``placements`` in order on a fresh background; label = vocabulary index of the topmost object."""
     index = {k: i for i, k in enumerate(vocab)}
     canvas = background(rng, h, w)
@@ -256,7 +274,12 @@ def object_crops(scene: Scene, size: int = 64, margin: float = 0.15) -> list[tup
             continue
         side = (1 + 2 * margin) * max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
         cx, cy = (xs.max() + xs.min() + 1) / 2, (ys.max() + ys.min() + 1) / 2
-        box = (int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(cx + side / 2)), int(round(cy + side / 2)))
+        box = (
+            int(round(cx - side / 2)),
+            int(round(cy - side / 2)),
+            int(round(cx + side / 2)),
+            int(round(cy + side / 2)),
+        )
         crop = Image.fromarray(scene.image).crop(box)  # outside the image is black, as for a crop at a border
         out.append((np.asarray(crop.resize((size, size), Image.BILINEAR)), p.cls))
     return out

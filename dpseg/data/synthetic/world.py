@@ -130,7 +130,9 @@ def parse_class(name: str) -> ObjectClass:
     """'red striped star' (or 'red stripy star') -> ObjectClass; raises InputError naming the bad word."""
     words = name.strip().lower().split()
     if len(words) != 3:
-        raise InputError(f"synthetic class {name!r} must be three words: colour pattern shape (e.g. 'red striped star')")
+        raise InputError(
+            f"synthetic class {name!r} must be three words: colour pattern shape (e.g. 'red striped star')"
+        )
     colour, pattern, shape = words
     patterns = (*PATTERNS, *CAPTION_PATTERN_WORDS)
     for word, valid, what in ((colour, COLOURS, "colour"), (pattern, patterns, "pattern"), (shape, SHAPES, "shape")):
