@@ -16,16 +16,18 @@ Modes, on random-weight models (speed does not depend on weight values), M templ
 * ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
 * ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features), the paper's
   re-decoding of every class (``eval.refine_scope=all``);
-* ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map (``eval.refine_scope=present``).
+* ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map
+  (``eval.refine_scope=present``).
 
 Prompts are precomputed (a cached bank), so prompt encoding is not timed. Random weights give a pass-1 label map
 in which almost every class wins a few pixels, unlike a trained model (an ADE20K image holds about 8-10 classes),
 so for ``two_pass`` the real pass-1 logits are computed and then given a realistic layout: ``--detected`` classes
 each win one horizontal band of the image (a large bias added to their logits there). Refinement then crops and
-encodes those classes, and ``eval.refine_scope=present`` re-decodes only them. Each (mode, K) runs in a fresh subprocess: latency is the median of
-``--repeat`` timed calls after one warm-up call; peak memory is the process peak RSS on CPU (weights included)
-or ``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes from one extra profiled call
-(labels ``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of latency/memory against K.
+encodes those classes, and ``eval.refine_scope=present`` re-decodes only them. Each (mode, K) runs in a fresh
+subprocess: latency is the median of ``--repeat`` timed calls after one warm-up call; peak memory is the process
+peak RSS on CPU (weights included) or ``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes
+from one extra profiled call (labels ``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of
+latency/memory against K.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
     print(
-        f"{r['preset']} {r['device']} {r['precision']}: batch {r['batch']} x {r['crop']}², K={r['classes']}, M={r['templates']}: "
+        f"{r['preset']} {r['device']} {r['precision']}: batch {r['batch']} x {r['crop']}², "
+        f"K={r['classes']}, M={r['templates']}: "
         f"{r['step_s']:.2f} s/step, peak {r['peak_mem_gib']:.2f} GiB"
     )
 

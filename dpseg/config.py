@@ -4,7 +4,8 @@ A run is described by one :class:`Config` (sections ``model``, ``prompts``, ``da
 Sources are applied in order, each holding only *deltas* from what came before:
 
 1. the dataclass defaults of :mod:`dpseg.config_schema` (= the paper's ConvNeXt-B recipe, preset ``dpseg-b``);
-2. a preset (``dpseg-b``, ``dpseg-l``, ``sed-b``, ``sed-l``, ``dpseg-tiny``, ``synthetic``), a YAML delta shipped in ``dpseg/presets``;
+2. a preset (``dpseg-b``, ``dpseg-l``, ``sed-b``, ``sed-l``, ``dpseg-tiny``, ``synthetic``), a YAML delta shipped
+   in ``dpseg/presets``;
 3. a user YAML file (it may name its own ``preset:``);
 4. ``--set section.key=value`` overrides (values parsed as YAML, then type-checked).
 

@@ -125,7 +125,8 @@ def builtin_class_names(key: str) -> list[str]:
     names = _read_json_list(CLASS_NAME_DIR / f"{key}.json")
     if len(names) != BUILTIN_LISTS[key]:
         raise DataError(
-            f"package file class_names/{key}.json has {len(names)} names, expected {BUILTIN_LISTS[key]}; reinstall dpseg"
+            f"package file class_names/{key}.json has {len(names)} names, "
+            f"expected {BUILTIN_LISTS[key]}; reinstall dpseg"
         )
     return names
 

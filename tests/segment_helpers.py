@@ -33,7 +33,7 @@ def scene(h=72, w=96, seed=0) -> np.ndarray:
     return img
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def artifacts() -> SimpleNamespace:
     root = Path(tempfile.mkdtemp(prefix="dpseg-segment-tests-"))
     atexit.register(shutil.rmtree, root, True)

@@ -99,7 +99,8 @@ def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
     prompt, text, _, _ = towers
     with pytest.raises(
         BankError,
-        match=r"lacks 2 of the 3 classes \(cow, horse\); add them with 'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'",
+        match=r"lacks 2 of the 3 classes \(cow, horse\); add them with "
+        r"'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'",
     ):
         bank.prompt_set(["cat", "cow", "horse"], prompt_encoder=prompt, text_tower=text)
     assert bank.missing(["cow", "dog", "horse "]) == ["cow", "horse"]

@@ -18,10 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 from segment_helpers import artifacts, scene  # noqa: E402
 
-from dpseg.commands import (
-    demo,  # noqa: E402
-    main,  # noqa: E402
-)
+from dpseg.commands import demo, main  # noqa: E402
 from dpseg.errors import CheckpointError, DPSegError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = (

@@ -71,7 +71,7 @@ def test_protocols_segment_any_size(name, size):
 
 def test_whole_batches_images_of_different_sizes():
     model = ColourMatcher()
-    (a, la), (b, lb) = scene(50, 90, 1), scene(120, 40, 2)
+    (a, _), (b, _) = scene(50, 90, 1), scene(120, 40, 2)
     outs = predict(model_forward(model, colour_prompts()), [a, b], small("whole"))
     assert model.calls == [(2, 3, 64, 64)]
     assert outs[0]["pass1"].labels.shape == (50, 90) and outs[1]["pass1"].labels.shape == (120, 40)

@@ -50,8 +50,8 @@ def test_count_values_size_and_split_problems(tmp_path):
     assert "not ADE_val_* validation files (e.g. ADE_train_00000001)" in text
     assert "1 label(s) hold out-of-range values: ADE_val_00000001.png (e.g. ADE_val_00000001.png: values [150]" in text
     assert (
-        "1 label(s) differ in size from their image: ADE_val_00000002.png (e.g. ADE_val_00000002.png: label 2x1, image 2x3)"
-        in text
+        "1 label(s) differ in size from their image: ADE_val_00000002.png "
+        "(e.g. ADE_val_00000002.png: label 2x1, image 2x3)" in text
     )
 
 

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--vocab",
         required=True,
-        help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file (.txt one per line, or .json list)",
+        help="dataset vocabulary name (ade150, ade847, coco, ...) or a class-list file "
+        "(.txt one per line, or .json list)",
     )
     b.add_argument("--out", required=True, help="bank directory (created, or resumed if it exists)")
     b.add_argument(
@@ -148,7 +149,8 @@ def _build(args) -> int:
     who = f"rank {rank}/{world}: " if world > 1 else ""
     rate = f", {report.images / dt:.2f} img/s" if report.images and dt > 0 else ""
     print(
-        f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; {report.skipped} already in the bank"
+        f"{who}built {len(report.built)} classes ({report.images} images) in {dt:.1f}s{rate}; "
+        f"{report.skipped} already in the bank"
     )
     if report.repaired:
         print(
@@ -158,7 +160,8 @@ def _build(args) -> int:
     missing = bank.missing(names)
     if missing:
         print(
-            f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; other ranks are still building {len(missing)}"
+            f"{who}bank {bank.root}: {len(names) - len(missing)}/{len(names)} classes present; "
+            f"other ranks are still building {len(missing)}"
         )
     else:
         print(f"{who}bank {bank.root} is complete for {args.vocab} ({len(names)} classes x {len(templates)} templates)")

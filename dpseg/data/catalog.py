@@ -212,7 +212,8 @@ def build_dataset(
         names = ", ".join(e.name for e in ENTRIES)
         raise DataError(f"unknown dataset '{spec}' (catalog: {names}; or a custom folder PATH[:SPLIT])")
     raise DataError(
-        f"custom dataset folder {path} does not exist (expected PATH/classes.txt, PATH/images/<split>, PATH/labels/<split>)"
+        f"custom dataset folder {path} does not exist "
+        "(expected PATH/classes.txt, PATH/images/<split>, PATH/labels/<split>)"
     )
 
 
@@ -225,12 +226,14 @@ def _build_catalog(entry: CatalogEntry, root: Path, transform) -> SegmentationDa
         )
     if not label_dir.is_dir():
         raise DataError(
-            f"dataset '{entry.name}' is not prepared: label folder {label_dir} is missing; run: {prepare_hint(entry, root)}"
+            f"dataset '{entry.name}' is not prepared: label folder {label_dir} is missing; "
+            f"run: {prepare_hint(entry, root)}"
         )
     pairs = list_pairs(image_dir, label_dir, (entry.label_ext,), IMAGE_SUFFIXES)
     if not pairs:
         raise DataError(
-            f"dataset '{entry.name}' is not prepared: no {entry.label_ext} labels in {label_dir}; run: {prepare_hint(entry, root)}"
+            f"dataset '{entry.name}' is not prepared: no {entry.label_ext} labels in {label_dir}; "
+            f"run: {prepare_hint(entry, root)}"
         )
     vocab = builtin_class_names(entry.vocabulary) if entry.vocabulary else None
     return SegmentationDataset(

@@ -170,6 +170,7 @@ def custom_folder(root: Path, split: str, transform=None) -> SegmentationDataset
         raise DataError(f"custom dataset {root} split '{split}' has no label PNGs in {label_dir}")
     if len(names) > 255 and read_label_array(pairs[0][1]).dtype == np.uint8:
         raise DataError(
-            f"custom dataset {root} has {len(names)} classes but 8-bit labels; store labels as 16-bit PNG (65535 = ignore)"
+            f"custom dataset {root} has {len(names)} classes but 8-bit labels; "
+            "store labels as 16-bit PNG (65535 = ignore)"
         )
     return SegmentationDataset(f"{root.name}:{split}", pairs, names, AUTO_IGNORE, transform=transform, root=root)

@@ -102,7 +102,8 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
             if keys
         ]
         raise CheckpointError(
-            f"{source} does not fit the model of this config ({'; '.join(parts)}); resume with the config the run was started with"
+            f"{source} does not fit the model of this config ({'; '.join(parts)}); "
+            "resume with the config the run was started with"
         )
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith(FROZEN_PREFIXES) for k in result.missing_keys)
@@ -308,8 +309,8 @@ def resume_target(output_dir, resume: Optional[str], notes: Optional[list] = Non
         found = list_checkpoints(output_dir)
         if found:
             raise ConfigError(
-                f"train.output_dir {output_dir} already holds checkpoints of a run (latest {found[-1].name}); pass --resume "
-                "to continue it, or choose another --set train.output_dir=..."
+                f"train.output_dir {output_dir} already holds checkpoints of a run (latest {found[-1].name}); "
+                "pass --resume to continue it, or choose another --set train.output_dir=..."
             )
         return None
     if resume == "auto":
@@ -364,8 +365,8 @@ def restore_training(
     for name, fingerprint in frozen.items():
         if state["frozen"].get(name) != fingerprint:
             raise CheckpointError(
-                f"{path}: the frozen {name} differs from the one this run was trained with (model.clip_pretrained or the "
-                "CLIP weights file changed); resume with the original CLIP weights"
+                f"{path}: the frozen {name} differs from the one this run was trained with "
+                "(model.clip_pretrained or the CLIP weights file changed); resume with the original CLIP weights"
             )
     names = [g["name"] for g in optimizer.param_groups]
     saved = [g.get("name") for g in state["optimizer"]["param_groups"]]

@@ -1,7 +1,7 @@
 """AdamW with the peers' parameter groups, the cosine schedule, and mixed precision.
 
-Groups (SED / CAT-Seg; docs/paper-choices.md, Training recipe): the image encoder at ``lr × train.encoder_lr_mult``, everything
-else trainable at ``lr``; weight decay ``train.weight_decay`` except on parameters owned by normalisation or
+Groups (SED / CAT-Seg; docs/paper-choices.md, Training recipe): the image encoder at ``lr × train.encoder_lr_mult``,
+everything else trainable at ``lr``; weight decay ``train.weight_decay`` except on parameters owned by normalisation or
 embedding modules (detectron2 ``WEIGHT_DECAY_NORM = 0``, embeddings 0) and on biases. Frozen towers are not in
 the optimizer. The schedule is detectron2's ``WarmupCosineLR``: ``0.5 (1 + cos(pi t / T))`` from the base lr to
 0 over the whole run, multiplied during the optional warm-up by a linear ramp from 0.001 to 1. It is a pure
@@ -69,7 +69,8 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
 def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     if cfg.lr <= 0 or cfg.weight_decay < 0 or cfg.encoder_lr_mult < 0 or cfg.grad_clip < 0:
         raise ConfigError(
-            "config keys 'train.lr' (> 0), 'train.weight_decay', 'train.encoder_lr_mult', 'train.grad_clip' (>= 0) are out of range"
+            "config keys 'train.lr' (> 0), 'train.weight_decay', 'train.encoder_lr_mult', 'train.grad_clip' (>= 0) "
+            "are out of range"
         )
     groups = param_groups(model, cfg)
     for g in groups:

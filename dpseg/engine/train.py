@@ -173,7 +173,8 @@ def train(
             ("schedule", f"cosine to 0 over {tc.iterations} steps, warm-up {tc.warmup_iters}"),
             (
                 "train data",
-                f"{train_set.name}: {len(train_set)} images, {len(train_set.class_names)} classes, crop {cfg.data.crop_size}",
+                f"{train_set.name}: {len(train_set)} images, {len(train_set.class_names)} classes, "
+                f"crop {cfg.data.crop_size}",
             ),
             (
                 "prompts",
@@ -184,7 +185,8 @@ def train(
             ("evaluation", f"{val_set.name} every {tc.eval_every} steps" if val_set else "off"),
             (
                 "output",
-                f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, keep {tc.keep_checkpoints or 'all'})",
+                f"{out} (checkpoint every {tc.checkpoint_every or '-'} steps and at the end, "
+                f"keep {tc.keep_checkpoints or 'all'})",
             ),
         ]
         logger.message(setup_table(model, facts))
@@ -258,7 +260,8 @@ def train(
                 if not math.isfinite(loss_value) or (precision != "fp16" and not math.isfinite(norm)):
                     last = list_checkpoints(out)
                     raise TrainingError(
-                        f"non-finite loss or gradient at step {step + 1}: loss {loss_value}, gradient norm {norm}, lr {lr:.3g}; "
+                        f"non-finite loss or gradient at step {step + 1}: loss {loss_value}, gradient norm {norm}, "
+                        f"lr {lr:.3g}; "
                         f"the last good weights are in {last[-1] if last else '(no checkpoint yet)'}; lower train.lr, "
                         "check the data, or use train.precision=fp32"
                     )
@@ -268,7 +271,8 @@ def train(
             except torch.cuda.OutOfMemoryError:
                 raise TrainingError(
                     f"out of GPU memory at step {step + 1} (batch {local_batch} per GPU, crop {cfg.data.crop_size}, "
-                    f"{len(train_set.class_names)} classes, {precision}); lower train.batch_size (global, now {tc.batch_size}) "
+                    f"{len(train_set.class_names)} classes, {precision}); "
+                    f"lower train.batch_size (global, now {tc.batch_size}) "
                     "or data.crop_size, or --set model.grad_checkpointing=true"
                 ) from None
             step, consumed = step + 1, consumed + tc.batch_size

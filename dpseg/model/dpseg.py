@@ -150,7 +150,8 @@ class DPSeg(nn.Module):
             for j, v in zip((2, 3, 4), prompts.visual_stages):
                 if v.shape[-1] != self.image_encoder.stage_dims[j - 2]:
                     raise InputError(
-                        f"visual stage-{j} prompts have width {v.shape[-1]}, the encoder {self.image_encoder.stage_dims[j - 2]}"
+                        f"visual stage-{j} prompts have width {v.shape[-1]}, "
+                        f"the encoder {self.image_encoder.stage_dims[j - 2]}"
                     )
 
     def decode(

@@ -33,7 +33,8 @@ class SegmentationLoss(nn.Module):
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= K))
         if bad.any():
             raise InputError(
-                f"labels hold values outside [0, {K}) other than the ignore value -1: {labels[bad].unique()[:5].tolist()}"
+                f"labels hold values outside [0, {K}) other than the ignore value -1: "
+                f"{labels[bad].unique()[:5].tolist()}"
             )
         up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, K, H, W)
         valid = labels != IGNORE_INDEX

@@ -147,8 +147,9 @@ class PromptBank:
             if key[field] != self.manifest.get(field):
                 what = ENCODER_FIELDS.get(field, field)
                 raise BankError(
-                    f"prompt bank {self.root} was built for another {what} ({field} {self.manifest.get(field)} in the bank, "
-                    f"{key[field]} here); use the model/settings it was built with or build a new bank with another --out"
+                    f"prompt bank {self.root} was built for another {what} "
+                    f"({field} {self.manifest.get(field)} in the bank, {key[field]} here); "
+                    "use the model/settings it was built with or build a new bank with another --out"
                 )
 
     def check_generation(self, generator: str, seed: int, images_per_class: int) -> None:
@@ -158,7 +159,8 @@ class PromptBank:
         for field in GENERATION_FIELDS:
             if here[field] != self.manifest.get(field):
                 raise BankError(
-                    f"prompt bank {self.root} was generated with {field} {self.manifest.get(field)!r}, not {here[field]!r}; "
+                    f"prompt bank {self.root} was generated with {field} {self.manifest.get(field)!r}, "
+                    f"not {here[field]!r}; "
                     "resume with the same generator settings or build a new bank with another --out"
                 )
 
@@ -273,7 +275,8 @@ class PromptBank:
         meta = self._metadata(path)
         if not self._belongs(meta, name):
             raise BankError(
-                f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); run 'dpseg prompts build' again to (re)make it"
+                f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); "
+                "run 'dpseg prompts build' again to (re)make it"
             )
         problem = self.damaged(name)
         if problem:
@@ -332,13 +335,15 @@ class PromptBank:
         for attr, have in wanted.items():  # a DPSeg knows its M and its prompt size: a bank for others would not fit
             if getattr(model, attr, have) != have:
                 raise BankError(
-                    f"prompt bank {self.root} has {attr} {have} but the model uses {getattr(model, attr)}; build a bank with the model's settings"
+                    f"prompt bank {self.root} has {attr} {have} but the model uses {getattr(model, attr)}; "
+                    "build a bank with the model's settings"
                 )
         missing = [n for n in names if not self.has(n)]
         if missing:
             raise BankError(
-                f"prompt bank {self.root} lacks {len(missing)} of the {len(names)} classes ({short_list(missing)}); add them with "
-                f"'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {self.manifest.get('generator_spec') or 'GENERATOR'}' "
+                f"prompt bank {self.root} lacks {len(missing)} of the {len(names)} classes ({short_list(missing)}); "
+                f"add them with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST "
+                f"--generator {self.manifest.get('generator_spec') or 'GENERATOR'}' "
                 "(classes already in the bank are skipped) or 'dpseg prompts add-exemplars'"
             )
         entries = [self.load_class(n) for n in names]

@@ -86,7 +86,8 @@ def resolve_pipeline_dir(spec: str) -> Path:
         raise WeightsUnavailableError(
             f"generator weights '{spec}' are not in the local Hugging Face cache and the hub is unreachable; "
             f"download the pipeline on a connected machine (huggingface-cli download {repos[-1]}) and pass its "
-            "folder with --generator /path/to/pipeline (the folder holding model_index.json), or use --generator synthetic"
+            "folder with --generator /path/to/pipeline (the folder holding model_index.json), "
+            "or use --generator synthetic"
         )
     from diffusers import DiffusionPipeline
 
@@ -200,7 +201,8 @@ class DiffusersGenerator:
             wanted = SCHEDULERS[cfg.scheduler][0]
             if wanted not in allowed:
                 raise ConfigError(
-                    f"config key 'prompts.scheduler': {cfg.scheduler} ({wanted}) does not fit this pipeline's {current}; "
+                    f"config key 'prompts.scheduler': {cfg.scheduler} ({wanted}) "
+                    f"does not fit this pipeline's {current}; "
                     "use --set prompts.scheduler=default"
                 )
 

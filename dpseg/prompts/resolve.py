@@ -147,7 +147,8 @@ def resolve_prompts(
         if opened.manifest.get("templates_id") != templates_id(list(templates)):
             raise BankError(
                 f"prompt bank {bank} was built with another template set ({len(opened.templates)} templates) than the "
-                f"model's ({M} templates); rebuild it with the model's templates ('dpseg prompts build --checkpoint CKPT')"
+                f"model's ({M} templates); "
+                "rebuild it with the model's templates ('dpseg prompts build --checkpoint CKPT')"
             )
         try:
             ps = opened.prompt_set(rest, model=model, device=device)

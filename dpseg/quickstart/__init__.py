@@ -21,13 +21,19 @@ from dpseg.errors import CheckpointError
 
 
 def default_cache() -> Path:
-    """The quickstart cache unless --cache says otherwise: ``$DPSEG_CACHE/quickstart``, else ``.dpseg_cache/quickstart``."""
+    """The quickstart cache unless --cache says otherwise.
+
+    ``$DPSEG_CACHE/quickstart``, else ``.dpseg_cache/quickstart``.
+    """
     root = os.environ.get("DPSEG_CACHE")
     return Path(root).expanduser() / "quickstart" if root else Path(".dpseg_cache") / "quickstart"
 
 
 def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
-    """(model folder, prompt bank folder or None) of the last finished quickstart in ``cache`` (what ``dpseg demo`` shows)."""
+    """(model folder, prompt bank folder or None) of the last finished quickstart in ``cache``.
+
+    This is what ``dpseg demo`` shows.
+    """
     cache = Path(cache) if cache is not None else default_cache()
     pointer = cache / "latest.json"
     if not pointer.is_file():

@@ -125,7 +125,10 @@ def _prompts(cfg: Config, model, names: list[str]):
 
 
 def evaluate_model(model_dir: Path, splits: dict[str, Path], variant: Variant, max_images: int = 0) -> dict:
-    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, each split with its own vocabulary."""
+    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator.
+
+    Each split is scored with its own vocabulary.
+    """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
     out = {}
@@ -188,7 +191,10 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 
 @torch.no_grad()
 def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
-    """mIoU (%) of the CLIP alone: argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training)."""
+    """mIoU (%) of the CLIP alone.
+
+    Argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training).
+    """
     import torch.nn.functional as F
 
     image_tower, _, text_tower = build_towers(cfg.model)
@@ -208,7 +214,10 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
 
 
 def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
-    """Label maps of a few validation images through the evaluator's inference path: {"images", "labels", pass: [...]}."""
+    """Label maps of a few validation images through the evaluator's inference path.
+
+    Returns {"images", "labels", pass: [...]}.
+    """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
     dataset = build_dataset(str(folder), split="val")

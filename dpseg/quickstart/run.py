@@ -279,16 +279,20 @@ def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
         [
             "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
             "",
-            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes and on scenes of the "
-            f"{len(unseen)} **unseen** "
-            f"classes ({', '.join(unseen)}), each with its own vocabulary. mIoU in %, mean ± sample standard deviation over "
-            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, {budget.num_val} test images per "
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes "
+            f"and on scenes of the {len(unseen)} **unseen** "
+            f"classes ({', '.join(unseen)}), each with its own vocabulary. "
+            "mIoU in %, mean ± sample standard deviation over "
+            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
+            f"{budget.num_val} test images per "
             "vocabulary. Background pixels are not a class (ignore label) and are not scored.",
             "",
             table,
             "",
-            "Chance = expected mIoU of a uniformly random class per pixel (from the test labels' class frequencies). A gap "
-            "inside the spread over seeds is reported as no difference. Columns are not comparable with each other: the "
+            "Chance = expected mIoU of a uniformly random class per pixel "
+            "(from the test labels' class frequencies). A gap "
+            "inside the spread over seeds is reported as no difference. "
+            "Columns are not comparable with each other: the "
             f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
             "",
             "## The method's claims in this world",

@@ -214,7 +214,8 @@ def prepare_a847(src: Path, root: Path, workers: int = 1, force: bool = False, p
     missing = [p for p, _ in entries if not p.is_file()]
     if missing:
         raise DataError(
-            f"{len(missing)} of {len(entries)} validation images listed in index_ade20k.pkl are missing (e.g. {missing[0]})"
+            f"{len(missing)} of {len(entries)} validation images listed in index_ade20k.pkl are missing "
+            f"(e.g. {missing[0]})"
         )
     out_root = root / "ADE20K_2021_17_01"
     img_dir = out_root / "images_detectron2" / "validation"

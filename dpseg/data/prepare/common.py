@@ -164,5 +164,6 @@ def finish(stats_by_part: dict[str, RunStats], notes: Sequence[str] = ()) -> Non
         for f in failed[:10]:
             print(f"  failed: {f}", file=sys.stderr)
         raise DataError(
-            f"{len(failed)} file(s) could not be converted (first: {failed[0]}); fix them and rerun (finished files are kept)"
+            f"{len(failed)} file(s) could not be converted (first: {failed[0]}); "
+            "fix them and rerun (finished files are kept)"
         )

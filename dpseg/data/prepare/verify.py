@@ -114,7 +114,8 @@ def split_problems(entry: CatalogEntry, root: Path, stems: set[str]) -> list[str
         extra = stems - listed
         if extra:
             out.append(
-                f"wrong split list: {len(extra)} label(s) are not in the PC-459 val list (5104 ids) (e.g. {_examples(extra)}); "
+                f"wrong split list: {len(extra)} label(s) are not in the PC-459 val list (5104 ids) "
+                f"(e.g. {_examples(extra)}); "
                 "they were generated from another list; delete the folder and rerun dpseg prepare pc459"
             )
         pc59_dir = root / get_entry("pc59").label_dir
@@ -122,8 +123,9 @@ def split_problems(entry: CatalogEntry, root: Path, stems: set[str]) -> list[str
             pc59 = set(_stems(pc59_dir, (".png",)))
             if pc59 and pc59 != stems:
                 out.append(
-                    f"PC-459 and PC-59 label sets differ: {len(stems - pc59)} only in pc459 ({_examples(stems - pc59)}), "
-                    f"{len(pc59 - stems)} only in pc59 ({_examples(pc59 - stems)}); both must be the same 5010 val images"
+                    f"PC-459 and PC-59 label sets differ: {len(stems - pc59)} only in pc459 "
+                    f"({_examples(stems - pc59)}), {len(pc59 - stems)} only in pc59 ({_examples(pc59 - stems)}); "
+                    "both must be the same 5010 val images"
                 )
     elif entry.name in ("voc20", "voc20b"):
         list_file = root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
@@ -131,7 +133,8 @@ def split_problems(entry: CatalogEntry, root: Path, stems: set[str]) -> list[str
             extra = stems - set(list_file.read_text().split())
             if extra:
                 out.append(
-                    f"wrong split list: {len(extra)} label(s) are not in ImageSets/Segmentation/val.txt (e.g. {_examples(extra)})"
+                    f"wrong split list: {len(extra)} label(s) are not in ImageSets/Segmentation/val.txt "
+                    f"(e.g. {_examples(extra)})"
                 )
     elif entry.name in ("a150", "a847"):
         extra = {s for s in stems if not s.startswith("ADE_val_")}
