@@ -25,6 +25,7 @@ import torch
 from dpseg.build import WEIGHTS_NAME, build_model, save_model
 from dpseg.config import Config, build_config
 from dpseg.errors import CheckpointError
+from dpseg.model.dpseg import DPSeg
 
 CLIP, DECODER = "sem_seg_head.predictor.clip_model.", "sem_seg_head.predictor.transformer."
 IGNORED = {CLIP + "logit_scale": "CLIP's logit scale, which SED never reads"}
@@ -114,7 +115,7 @@ def _short(names: Sequence[str], n: int = 6) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def sed_state_for(cfg: Config, state: dict[str, torch.Tensor], source: str) -> tuple[torch.nn.Module, dict]:
+def sed_state_for(cfg: Config, state: dict[str, torch.Tensor], source: str) -> tuple[DPSeg, dict]:
     """(the dpseg model of ``cfg`` on the meta device, its state dict taken from SED's ``state``); a one-line
     CheckpointError naming every missing, unexpected or mis-shaped SED tensor."""
     with torch.device("meta"):  # names and shapes only: nothing is allocated or initialised
@@ -127,19 +128,20 @@ def sed_state_for(cfg: Config, state: dict[str, torch.Tensor], source: str) -> t
             f"the config (preset {cfg.preset}) is not SED's architecture: SED has no tensor for "
             f"{_short(foreign)}; convert with preset sed-b or sed-l"
         )
-    wanted = set(names.values())
-    missing = [v for v in names.values() if v not in state]
+    sed_names = {k: v for k, v in names.items() if v is not None}  # all of them (no foreign key above)
+    wanted = set(sed_names.values())
+    missing = [v for v in sed_names.values() if v not in state]
     unexpected = [k for k in state if k not in wanted and k not in IGNORED]
     mismatched = [
         f"{v} (file {tuple(state[v].shape)}, {cfg.preset} {tuple(expected[k].shape)})"
-        for k, v in names.items()
+        for k, v in sed_names.items()
         if v in state and state[v].shape != expected[k].shape
     ]
     found = (("missing keys", missing, 6), ("unexpected keys", unexpected, 6), ("shape mismatch", mismatched, 3))
     problems = [f"{what}: {_short(keys, n)}" for what, keys, n in found if keys]
     if problems:
         raise CheckpointError(f"{source} does not fit SED of preset {cfg.preset}: " + "; ".join(problems))
-    return model, {k: state[v].to(expected[k].dtype) for k, v in names.items()}
+    return model, {k: state[v].to(expected[k].dtype) for k, v in sed_names.items()}
 
 
 @dataclass

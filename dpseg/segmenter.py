@@ -35,7 +35,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from dpseg.errors import BankError, InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
+from dpseg.model.prompts import PromptSet
 from dpseg.prompts.resolve import resolve_prompts, source_key
 from dpseg.prompts.templates import model_templates
 from dpseg.vocab import check_class_list, parse_class_list
@@ -189,7 +190,7 @@ class Segmenter:
         self.cache_size = cache_size
         self.checkpoint: Optional[str] = None
         self.class_names: Optional[list[str]] = None
-        self.prompts = None
+        self.prompts: Optional[PromptSet] = None
         self.prompt_source = "none (call set_vocabulary first)"
         self.degraded = False
         self._cache: OrderedDict = OrderedDict()
@@ -260,8 +261,14 @@ class Segmenter:
         """Any supported input -> uint8 (3, H, W) RGB (rules in :mod:`dpseg.image_io`)."""
         return to_image_tensor(image, self.max_pixels)
 
+    def _vocabulary(self) -> tuple[PromptSet, list[str]]:
+        """(prompts, class names) of the current vocabulary."""
+        if self.prompts is None or self.class_names is None:
+            raise InputError("no vocabulary: call set_vocabulary(classes, ...) before segment()")
+        return self.prompts, self.class_names
+
     def _refine(self, refine: Optional[bool]) -> bool:
-        uses = self.model.needs_visual_prompts and self.prompts.has_visual
+        uses = self.model.needs_visual_prompts and self._vocabulary()[0].has_visual
         if refine is None:
             return self.refine_default and uses
         if refine and not uses:
@@ -287,10 +294,10 @@ class Segmenter:
         min_score = self.min_score if min_score is None else float(min_score)
         if not 0 <= min_score < 1:
             raise InputError(f"min_score must be in [0, 1), got {min_score}")
-        if self.prompts is None:
-            raise InputError("no vocabulary: call set_vocabulary(classes, ...) before segment()")
+        prompts, _ = self._vocabulary()
         single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
+        # a list or tuple is a batch; anything else is one image (load() refuses what is not an image)
+        items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [cast(ImageInput, images)]
         if not items:
             raise InputError("no images given")
         if tile and (tile < 32 or tile % 32):
@@ -298,7 +305,7 @@ class Segmenter:
         two = self._refine(refine)
         forward = model_forward(
             self.model,
-            self.prompts,
+            prompts,
             two_pass=two,
             class_chunk=self.protocol.class_chunk,
             refine=self.refine_policy,
@@ -315,7 +322,8 @@ class Segmenter:
 
     def _predict(self, forward, images: list[torch.Tensor], tile: int) -> list[dict]:
         """uint8 images -> per image {pass: (labels (H, W) compact dtype, scores (H, W) float32)}."""
-        K, dtype = len(self.class_names), label_dtype(len(self.class_names))
+        K = len(self._vocabulary()[1])
+        dtype = label_dtype(K)
         out: list = [None] * len(images)
         plain = [i for i, im in enumerate(images) if not tile and im.shape[1] * im.shape[2] <= self.max_full_pixels]
         if plain:
@@ -331,10 +339,11 @@ class Segmenter:
         H, W = img.shape[-2:]
         s = math.sqrt(self.max_full_pixels / (H * W))
         size = (max(1, int(W * s)), max(1, int(H * s)))
-        small = Image.fromarray(img.permute(1, 2, 0).numpy()).resize(size, Image.BILINEAR, reducing_gap=3.0)
+        small = Image.fromarray(img.permute(1, 2, 0).numpy()).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         work = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
-        pred = predict(forward, [work], self.protocol, self.device, len(self.class_names))[0]
-        dtype = label_dtype(len(self.class_names))
+        K = len(self._vocabulary()[1])
+        pred = predict(forward, [work], self.protocol, self.device, K)[0]
+        dtype = label_dtype(K)
         return {
             key: (resize_label(p.labels.to(dtype), (H, W)), resize_label(p.scores.float(), (H, W)))
             for key, p in pred.items()
@@ -344,14 +353,15 @@ class Segmenter:
         H, W = img.shape[-2:]
         stride = tile - tile // 4
         spans = [_cores(window_starts(n, min(tile, n), stride), min(tile, n), n) for n in (H, W)]
+        K = len(self._vocabulary()[1])
         maps: dict = {}
         for y, y0, y1 in spans[0]:
             for x, x0, x1 in spans[1]:
                 crop = img[:, y : y + tile, x : x + tile]
-                pred = predict(forward, [crop], self.protocol, self.device, len(self.class_names))[0]
+                pred = predict(forward, [crop], self.protocol, self.device, K)[0]
                 for key, p in pred.items():
                     if key not in maps:
-                        maps[key] = (torch.zeros(H, W, dtype=label_dtype(len(self.class_names))), torch.zeros(H, W))
+                        maps[key] = (torch.zeros(H, W, dtype=label_dtype(K)), torch.zeros(H, W))
                     maps[key][0][y0:y1, x0:x1] = p.labels[y0 - y : y1 - y, x0 - x : x1 - x].to(maps[key][0].dtype)
                     maps[key][1][y0:y1, x0:x1] = p.scores[y0 - y : y1 - y, x0 - x : x1 - x]
         return maps
@@ -360,11 +370,12 @@ class Segmenter:
         labels, scores = pred["pass2" if two else "pass1"]
         if min_score > 0:
             labels = labels.masked_fill(scores < min_score, 255 if labels.dtype == torch.uint8 else -1)
-        pixels, sums = class_stats(labels, scores, len(self.class_names))
+        names = self._vocabulary()[1]
+        pixels, sums = class_stats(labels, scores, len(names))
         return SegmentationResult(
             labels=_numpy_labels(labels),
             scores=scores.numpy(),
-            class_names=list(self.class_names),
+            class_names=list(names),
             pixels=pixels,
             score_sums=sums,
             prompt_source=self.prompt_source,

@@ -160,7 +160,7 @@ def predict_whole(
     outs = {key: _check_logits(v, len(images), num_classes) for key, v in forward(batch).items()}
     results = []
     for i, img in enumerate(images):
-        hw = tuple(img.shape[-2:])
+        hw = (int(img.shape[-2]), int(img.shape[-1]))
         res = {}
         for key, logits in outs.items():
             one = logits[i : i + 1]  # (1, K, h, w)

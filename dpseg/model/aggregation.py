@@ -154,7 +154,8 @@ class ClassAggregation(nn.Module):
         z: Optional[Tensor] = None
         for s in pieces:  # sweep 1: global key/value statistics over all classes
             kv_s, z_s = self._keys_values(self._tokens(x[:, s]))
-            kv, z = (kv_s, z_s) if kv is None else (kv + kv_s, z + z_s)
+            kv, z = (kv_s, z_s) if kv is None or z is None else (kv + kv_s, z + z_s)
+        assert kv is not None and z is not None, "class_chunks gives at least one chunk"
         out = []
         for s in pieces:  # sweep 2: each class chunk reads the global statistics
             delta = self._update(self._tokens(x[:, s]), kv, z)  # (B*h'*w', k, C)

@@ -98,14 +98,17 @@ class VisualCostEmbedding(nn.Module):
         The classes differ by ~1e-3 of the common value, so the sums are taken around the first class's map (the
         shifted-data formula): a plain E[x²] - E[x]² would cancel to float32 noise.
         """
-        shift = total = squares = None
+        shift: Optional[Tensor] = None
+        sums: Optional[tuple[Tensor, Tensor]] = None  # (Σ d, Σ d²) over the classes seen so far
         for c in chunks:
             x = self.mixed(stage_features, stage_prompts[..., c, :, :])  # (B, k, c, h, w)
             if shift is None:
                 shift = x[:, :1].detach()
             d = x - shift
             s1, s2 = d.sum(dim=1, keepdim=True), d.square().sum(dim=1, keepdim=True)
-            total, squares = (s1, s2) if total is None else (total + s1, squares + s2)
+            sums = (s1, s2) if sums is None else (sums[0] + s1, sums[1] + s2)
+        assert shift is not None and sums is not None, "class_statistics needs at least one class chunk"
+        total, squares = sums
         K = stage_prompts.shape[-3]
         mean = total / K
         return shift + mean, (squares / K - mean.square()).clamp(min=0).sqrt()

@@ -79,7 +79,7 @@ class ClassHead(nn.Conv2d):
     def __init__(self, dim: int):
         super().__init__(dim, 1, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         B, k, C, h, w = x.shape
         return super().forward(x.reshape(B * k, C, h, w)).view(B, k, h, w)  # (B*k, 1, h, w) -> (B, k, h, w)
 

@@ -14,7 +14,7 @@ refinement re-uses the image features this way).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from torch.profiler import record_function
 from dpseg.errors import InputError
 from dpseg.model.aggregation import class_chunks
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
-from dpseg.model.decoder import CostVolumeGuidedDecoder
+from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.prompts import PromptSet, dual_prompt
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
@@ -181,7 +181,8 @@ class DPSeg(nn.Module):
         if R.ndim == 4 and R.shape[0] != dense.shape[0]:
             raise InputError(f"per-image prompts are for {R.shape[0]} images but the batch has {dense.shape[0]}")
         K = prompts.num_classes
-        stages = self.decoder.stages
+        stages = cast(Sequence[DecoderStage], self.decoder.stages)  # an nn.ModuleList of DecoderStage
+        visual_stages = prompts.visual_stages or []  # present whenever visual_cost is not empty (check_prompts)
         alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
         aux: list[Tensor] = []
         with record_function("dpseg.decode"):
@@ -190,9 +191,9 @@ class DPSeg(nn.Module):
             ]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
             statistics = {
                 j: m.class_statistics(
-                    E[int(j) - 2], prompts.visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, class_chunk)
+                    E[int(j) - 2], visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, class_chunk)
                 )
-                for j, m in self.visual_cost.items()
+                for j, m in cast(Mapping[str, VisualCostEmbedding], self.visual_cost).items()  # an nn.ModuleDict
                 if m.norm == "class"
             }  # F_v^j over all K classes
 
@@ -203,6 +204,7 @@ class DPSeg(nn.Module):
                     with record_function("dpseg.cost_volume"):
                         F_c = cosine_cost_volume(dense, R[..., ids, :, :])  # (B, k, M, h5, w5)
                         return self.cost_embedding(F_c)  # (B, k, C_0, h5, w5)
+                assert x is not None  # the maps stage s - 1 produced
                 guidance = self.stage_guidance(s - 1, ids, feats, E, R, prompts, statistics)
                 return stages[s - 1].upsample_fuse(x[:, c], projected[s - 1], guidance)  # (B, k, C_s, 2h, 2w)
 
@@ -226,7 +228,7 @@ class DPSeg(nn.Module):
                 x = stage.classes(x, class_chunk)  # attention across all (alive) classes
             chunks = class_chunks(K if alive is None else len(alive), class_chunk)
             logits = torch.cat([self.decoder.head(stage_input(3, x, c)) for c in chunks], dim=1)  # (B, K_alive, H/4, …)
-        out = {"logits": self._in_vocabulary(logits, alive, K)}
+        out: dict[str, Union[Tensor, list[Tensor]]] = {"logits": self._in_vocabulary(logits, alive, K)}
         if aux_heads is not None:
             out["aux"] = aux
         return out
@@ -259,6 +261,7 @@ class DPSeg(nn.Module):
                 parts.append(self.upsampled_cost(F_c, s))
         j = 4 - s  # decoder stage s fuses encoder stage j
         if str(j) in self.visual_cost:
+            assert prompts.visual_stages is not None  # check_prompts requires them for visual cost volumes
             with record_function("dpseg.visual_cost_volume"):
                 v = prompts.visual_stages[j - 2][..., c, :, :].to(E[j - 2].dtype)  # (…, k, M, D_j)
                 parts.append(

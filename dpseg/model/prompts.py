@@ -82,22 +82,27 @@ class PromptSet:
         return any(t.ndim == 4 for _, t in self._tensors())
 
     def to(self, device=None, dtype=None) -> PromptSet:
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        def move(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype)
+
         return replace(
             self,
             text=move(self.text),
-            visual=move(self.visual),
+            visual=None if self.visual is None else move(self.visual),
             visual_stages=None if self.visual_stages is None else [move(v) for v in self.visual_stages],
         )
 
     def select(self, indices: Sequence[int]) -> PromptSet:
         """The prompts of a subset of classes, in the given order."""
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.text.device)
-        pick = lambda t: None if t is None else t.index_select(t.ndim - 3, idx)  # noqa: E731
+
+        def pick(t: Tensor) -> Tensor:
+            return t.index_select(t.ndim - 3, idx)
+
         return PromptSet(
             class_names=[self.class_names[i] for i in idx.tolist()],
             text=pick(self.text),
-            visual=pick(self.visual),
+            visual=None if self.visual is None else pick(self.visual),
             visual_stages=None if self.visual_stages is None else [pick(v) for v in self.visual_stages],
         )
 

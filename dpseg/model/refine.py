@@ -66,7 +66,7 @@ def refine_prompts(
     model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy()
 ) -> tuple[PromptSet, Tensor]:
     """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
-    if not prompts.has_visual:
+    if prompts.visual is None or prompts.visual_stages is None:  # not prompts.has_visual
         raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
     B, _, H, W = images.shape
     detected = detected_classes(logits, policy.min_area, policy.max_classes, policy.min_score)  # (B, K)

@@ -16,7 +16,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import open_clip
 import timm
@@ -125,7 +125,7 @@ def resolve_pretrained(model_name: str, source: str) -> Path:
     raise WeightsUnavailableError(f"could not download OpenCLIP weights {model_name}/{source} from {repo}: {last}")
 
 
-def create_clip(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
+def create_clip(cfg: ModelConfig, load_weights: bool = True) -> open_clip.model.CLIP:
     """Build the OpenCLIP model of ``cfg``; load ``cfg.clip_pretrained`` strictly when asked and set."""
     mc = clip_model_config(cfg)
     model = open_clip.model.CLIP(
@@ -155,8 +155,17 @@ class ImageFeatures:
 class ImageTower(nn.Module):
     """ConvNeXt CLIP image tower that exposes its pyramid. Takes RGB in [0, 1]; normalises internally."""
 
+    trunk: Any  # the timm ConvNeXt inside open_clip's TimmModel (open_clip is untyped)
+    head: nn.Module
+    mean: Tensor
+    std: Tensor
+
     def __init__(
-        self, visual: nn.Module, mean: Sequence[float], std: Sequence[float], grad_checkpointing: bool = False
+        self,
+        visual: open_clip.timm_model.TimmModel,
+        mean: Sequence[float],
+        std: Sequence[float],
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "stages"):
@@ -218,7 +227,14 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     """Frozen CLIP text tower: class names x templates -> (K, M, d) L2-normalised embeddings."""
 
-    def __init__(self, clip: nn.Module, tokenizer):
+    token_embedding: nn.Embedding
+    positional_embedding: Tensor
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: Union[Tensor, nn.Linear]
+    attn_mask: Tensor
+
+    def __init__(self, clip: open_clip.model.CLIP, tokenizer):
         super().__init__()
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
