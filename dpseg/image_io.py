@@ -55,14 +55,14 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str, limit_hint
         )
 
 
-def load_image(path: Union[str, Path], exif: bool = True) -> Image.Image:
+def load_image(path: Union[str, os.PathLike], exif: bool = True) -> Image.Image:
     """Decode an image file as RGB (or RGBA when it has transparency); 16-bit and float grayscale are scaled to
     8 bits. ``exif``: apply the EXIF orientation (what a viewer shows). Dataset images keep their stored pixel
     array (``exif=False``) because their labels were drawn on it."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im) if exif else im
+        with Image.open(path) as opened:
+            im: Image.Image = ImageOps.exif_transpose(opened) if exif else opened
             im.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import html
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -46,7 +46,8 @@ def palette(num_classes: int) -> np.ndarray:
     for i in range(len(colours), num_classes):
         hue = (i * 0.618033988749895) % 1.0
         sat, val = (0.85, 0.95) if i % 3 == 0 else (0.55, 0.85) if i % 3 == 1 else (0.95, 0.65)
-        colours.append(tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, val)))
+        r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, val))
+        colours.append((r, g, b))
     return np.array(colours, dtype=np.uint8).reshape(num_classes, 3)
 
 
@@ -58,7 +59,7 @@ def colorize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 
 def legend_entries(
-    class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None
+    class_names: Sequence[str], pixels: Union[Sequence[int], np.ndarray], total: Optional[int] = None
 ) -> list[tuple[int, str, float]]:
     """(index, name, share of ``total`` pixels) of the classes present, largest first (ties by index)."""
     total = max(1, int(total if total is not None else sum(int(p) for p in pixels)))
@@ -80,7 +81,7 @@ def _fit(image: np.ndarray, labels: np.ndarray, max_side: int) -> tuple[np.ndarr
         return image, labels
     s = max_side / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=3.0))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
     rows = (np.arange(size[1]) * h // size[1]).clip(max=h - 1)
     cols = (np.arange(size[0]) * w // size[0]).clip(max=w - 1)
     return small, labels[rows][:, cols]
@@ -153,15 +154,14 @@ def overlay(
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     colours = palette(len(class_names))
-    if pixels is None:
-        pixels = np.bincount(labels.ravel().astype(np.int64), minlength=len(class_names))
+    counts = pixels if pixels is not None else np.bincount(labels.ravel().astype(np.int64), minlength=len(class_names))
     small, small_labels = _fit(image, labels, max_side)
     tinted = Image.fromarray(blend(small, small_labels, colours, alpha))
     if not legend:
         return tinted
     font_size = int(min(40, max(12, round(max(tinted.size) / 45))))
-    unlabelled = 1 - int(np.sum(pixels)) / max(1, labels.size)
-    panel = draw_legend(legend_entries(class_names, pixels, labels.size), colours, font_size, tinted.height, unlabelled)
+    unlabelled = 1 - int(np.sum(counts)) / max(1, labels.size)
+    panel = draw_legend(legend_entries(class_names, counts, labels.size), colours, font_size, tinted.height, unlabelled)
     canvas = Image.new("RGB", (tinted.width + panel.width, max(tinted.height, panel.height)), "white")
     canvas.paste(tinted, (0, 0))
     canvas.paste(panel, (tinted.width, 0))

@@ -24,7 +24,7 @@ import socket
 import threading
 import weakref
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -157,6 +157,7 @@ def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> 
         )
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} file {path} is empty (0 bytes); re-download or re-save it")
+    obj: Any  # whatever the file holds; checked below to be a state dict of tensors
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 from dpseg.atomic import atomic_write_text
 from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
@@ -264,15 +264,20 @@ def build_app(
         state = gr.State(None)
         inputs = [image, classes, refine, threshold, opacity, text_only_box]
         outputs = [result, legend, info, downloads, state]
-        run.click(clear, None, outputs, api_name=False, queue=False).then(
+        run.click(clear, None, outputs, api_name=_NO_API, queue=False).then(
             on_click, inputs, outputs, api_name="segment", concurrency_limit=1
         )
-        classes.submit(clear, None, outputs, api_name=False, queue=False).then(
-            on_click, inputs, outputs, api_name=False, concurrency_limit=1
+        classes.submit(clear, None, outputs, api_name=_NO_API, queue=False).then(
+            on_click, inputs, outputs, api_name=_NO_API, concurrency_limit=1
         )
-        opacity.release(recolour, [state, opacity], [result], api_name=False)
+        opacity.release(recolour, [state, opacity], [result], api_name=_NO_API)
     app.queue(max_size=32)
     return app
+
+
+# api_name=False keeps an event off the client API (gradio 4 to 6); gradio 6 still accepts it but annotates api_name
+# as str | None, so the value is typed loosely here rather than silenced at each call
+_NO_API: Any = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -302,21 +307,24 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
     if text_only and bank:
         raise InputError("--text-only cannot be combined with --bank")
     default = checkpoint is None
-    if default:
-        checkpoint, qs_bank = quickstart_artifacts()
+    model_dir: Union[str, Path]
+    if checkpoint is None:
+        model_dir, qs_bank = quickstart_artifacts()
         if not text_only:
             bank = bank or (None if qs_bank is None else str(qs_bank))
-    seg = Segmenter.from_pretrained(checkpoint, device=device, bank=bank)
+    else:
+        model_dir = checkpoint
+    seg = Segmenter.from_pretrained(model_dir, device=device, bank=bank)
     note = QUICKSTART_NOTE if default or is_toy(seg.cfg) else ""
     if text_only:
         seg.default_bank = None
     elif seg.default_bank is None and seg.model.needs_visual_prompts:
         raise InputError(
-            f"checkpoint {checkpoint} was trained with visual prompts; give --bank BANK (dpseg prompts build) "
+            f"checkpoint {model_dir} was trained with visual prompts; give --bank BANK (dpseg prompts build) "
             "or accept a degraded text-only mode with --text-only"
         )
     source = f"prompt bank `{seg.default_bank}`" if seg.default_bank else "text prompts only"
-    return seg, f"{note}\n\nModel: `{checkpoint}`; {source}; device {seg.device}."
+    return seg, f"{note}\n\nModel: `{model_dir}`; {source}; device {seg.device}."
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ def _verify(key: str, root: Path, workers: int, progress: bool) -> int:
     failed = 0
     for name in CONVERTERS[key][3]:
         entry = get_entry(name)
+        assert entry is not None  # CONVERTERS names catalog entries
         problems, info = verify_entry(entry, root, workers, progress)
         status = "FAIL" if problems else "OK"
         print(f"{status} {entry.name} ({entry.title}), labels in {root / entry.label_dir}")

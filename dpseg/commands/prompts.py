@@ -73,7 +73,9 @@ def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
 
 
 def _dist() -> tuple[int, int, int]:
-    env = lambda k, d: int(os.environ.get(k, d))  # noqa: E731 - set by torchrun
+    def env(key: str, default: int) -> int:  # set by torchrun
+        return int(os.environ.get(key, default))
+
     return env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
 
 
@@ -103,7 +105,9 @@ def load_encoders(args, device: str):
                 "config key 'model.clip_pretrained' is empty, so the encoders would be random and the bank useless; "
                 "pass --checkpoint or set it to a CLIP tag or weight file (--set model.clip_pretrained=...)"
             )
-        _, prompt_encoder, text_tower = build_towers(cfg.model, load_weights=True)
+        _, built_encoder, text_tower = build_towers(cfg.model, load_weights=True)
+        assert built_encoder is not None  # build_towers makes one unless told not to
+        prompt_encoder = built_encoder
     return cfg, prompt_encoder.to(device).eval(), text_tower.to(device).eval()
 
 
@@ -112,9 +116,9 @@ def _build(args) -> int:
     names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
         raise InputError(f"--images-per-class must be >= 0, got {args.images_per_class}")
-    for key in ("images_per_class", "keep_images", "batch_size"):
-        if getattr(args, key) is not None:
-            args.overrides.append(f"prompts.{key}={getattr(args, key)}")
+    for option in ("images_per_class", "keep_images", "batch_size"):
+        if getattr(args, option) is not None:
+            args.overrides.append(f"prompts.{option}={getattr(args, option)}")
     device = _device(args)
     if args.generator or not args.checkpoint:  # no weights -> fails here, before any heavy loading
         early = config_from_args(args).prompts

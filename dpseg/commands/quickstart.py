@@ -15,7 +15,7 @@ import torch
 from dpseg.commands import add_config_arguments
 from dpseg.errors import InputError
 from dpseg.quickstart import default_artifacts, default_cache
-from dpseg.quickstart.run import BUDGETS, Budget, quickstart
+from dpseg.quickstart.run import BUDGETS, quickstart
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    budget = Budget(**BUDGETS["fast" if args.fast else "default"])
+    budget = BUDGETS["fast" if args.fast else "default"]  # changed below only through replace()
     if args.seeds is not None:
         if args.seeds < 1:
             raise InputError(f"--seeds must be >= 1, got {args.seeds}")

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.resume not in (None, "auto") and not (args.config or args.preset):
         ckpt = resume_target(None, args.resume)  # the newest intact checkpoint; train() reports what it skipped
+        assert ckpt is not None  # only resume=None gives None
         saved = load_config(ckpt / CONFIG)
         cfg = build_config(delta=saved.to_dict(), overrides=args.overrides)
         cfg.train.output_dir = str(ckpt.parent.parent)

@@ -118,10 +118,10 @@ class PhotometricJitterSSD:
         img = np.ascontiguousarray(item["image"].permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3) RGB
 
         def contrast(im):
-            return self._affine(im, _uniform(*self.contrast, g), 0) if _randint(0, 2, g) else im
+            return self._affine(im, _uniform(self.contrast[0], self.contrast[1], g), 0) if _randint(0, 2, g) else im
 
         def sat_hue(im):
-            do_sat, sat = _randint(0, 2, g), _uniform(*self.saturation, g)
+            do_sat, sat = _randint(0, 2, g), _uniform(self.saturation[0], self.saturation[1], g)
             do_hue, shift = _randint(0, 2, g), _randint(-self.hue, self.hue + 1, g)
             if not (do_sat or do_hue):
                 return im

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Union, cast
 
 import numpy as np
 import torch
@@ -69,7 +69,14 @@ def list_checkpoints(output_dir) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and is_checkpoint(p)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    return sorted(found, key=_step_of)
+
+
+def _step_of(path: Path) -> int:
+    """N of a ``step-N`` checkpoint folder (one that :func:`is_checkpoint` accepted)."""
+    match = _NAME.match(path.name)
+    assert match is not None, path
+    return int(match.group(1))
 
 
 def find_checkpoint(path: Union[str, os.PathLike]) -> Optional[Path]:
@@ -114,7 +121,9 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
 
 def capture_rng() -> dict:
     """This process's RNG states as weights_only-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # legacy=True (the default) returns the tuple form; numpy's stubs also allow the dict form
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = state
     out = {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
@@ -335,7 +344,7 @@ def resume_target(output_dir, resume: Optional[str], notes: Optional[list] = Non
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         out.update(_flatten(v, key + ".") if isinstance(v, dict) and prefix.count(".") < 1 else {key: v})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -127,12 +127,14 @@ class ShardedInfiniteSampler(torch.utils.data.Sampler):
         self.size, self.global_batch, self.rank, self.world_size = size, global_batch, rank, world_size
         self.local = local_batch_size(global_batch, world_size)
         self.seed, self.start = seed, start
-        self._epoch, self._perm = -1, None
+        self._epoch: int = -1
+        self._perm: Optional[torch.Tensor] = None
 
     def permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(mix_seed(self.seed, 0x5A3E, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.size, generator=g)
+        assert self._perm is not None, "epochs count from 0"
         return self._perm
 
     def key(self, position: int) -> tuple[int, int]:

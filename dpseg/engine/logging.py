@@ -18,7 +18,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from dpseg.build import component_counts
 from dpseg.config import atomic_write_text
@@ -170,9 +170,9 @@ class TrainLogger:
         self.tb = None
 
 
-def format_table(title: str, rows: list[tuple[str, ...]], header: Optional[tuple[str, ...]] = None) -> str:
+def format_table(title: str, rows: Sequence[tuple[str, ...]], header: Optional[tuple[str, ...]] = None) -> str:
     """A plain aligned text table; with a header the value columns are right-aligned (numbers), else left."""
-    all_rows = ([header] if header else []) + rows
+    all_rows = ([header] if header else []) + list(rows)
     widths = [max(len(str(r[i])) for r in all_rows) for i in range(len(all_rows[0]))]
     fmt = lambda r: "  ".join(
         str(c).rjust(w) if i and header else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))

@@ -11,6 +11,7 @@ function of the step, so resuming needs no scheduler state beyond the step itsel
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     mults = {"image_encoder": cfg.encoder_lr_mult}
     names = {id(p): n for n, p in model.named_parameters()}
     skip = no_decay_names(model)
-    groups = []
+    groups: list[dict[str, Any]] = []
     for role, params in roles.items():
         for decay in (True, False):
             chosen = [p for p in params if (names[id(p)] not in skip) == decay]

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 
@@ -120,7 +120,9 @@ def train(
         scaler = make_scaler(precision, ctx.device)
         criterion = SegmentationLoss(tc.loss_ignore)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        step, consumed, best, notes = 0, 0, {"mIoU": None, "step": None}, []
+        step, consumed = 0, 0
+        best: dict[str, Optional[float]] = {"mIoU": None, "step": None}
+        notes: list[str] = []
         if ckpt is not None:
             state, notes = restore_training(ckpt, model, optimizer, scaler, frozen, ctx.rank, ctx.world_size)
             step, consumed, best = state["step"], state["consumed_samples"], state["best"]
@@ -134,7 +136,7 @@ def train(
         if ctx.is_main:
             _prepare_output(out, cfg)
 
-        net = model
+        net: torch.nn.Module = model
         if ctx.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model,
@@ -143,7 +145,7 @@ def train(
                 gradient_as_bucket_view=True,
             )
         if tc.compile:
-            net = torch.compile(net)
+            net = cast(torch.nn.Module, torch.compile(net))  # compiling a Module gives an OptimizedModule (a Module)
         loader = iter(build_train_loader(cfg, train_set, ctx, start_position=consumed))
 
         logger = TrainLogger(out, ctx.is_main, step, tc.iterations, tc.tensorboard, progress)

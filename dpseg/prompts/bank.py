@@ -191,10 +191,10 @@ class PromptBank:
             return None
 
     def _belongs(self, meta: Optional[dict], name: str) -> bool:
-        return (
-            bool(meta)
-            and meta.get("class_name") == name
-            and all(meta.get(f) == str(self.manifest[f]) for f in ("prompt_encoder", "text_tower", "templates_id"))
+        if not meta:
+            return False
+        return meta.get("class_name") == name and all(
+            meta.get(f) == str(self.manifest[f]) for f in ("prompt_encoder", "text_tower", "templates_id")
         )
 
     def has(self, name: str) -> bool:

@@ -31,7 +31,8 @@ def encode_prompt_images(
     if not len(images):
         raise InputError("no images to encode")
     param = next(prompt_encoder.parameters())
-    globals_, stages = [], [[], [], []]
+    globals_: list[Tensor] = []
+    stages: list[list[Tensor]] = [[], [], []]
     for i in range(0, len(images), max(1, batch_size)):
         batch = torch.stack([prepare_prompt_image(im, size) for im in images[i : i + batch_size]])  # (b, 3, s, s)
         v, pooled = prompt_encoder.encode_prompts(batch.to(device=param.device, dtype=param.dtype))

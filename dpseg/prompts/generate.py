@@ -32,6 +32,7 @@ from dpseg.weights import hub_reachable
 @runtime_checkable
 class Generator(Protocol):
     identity: str
+    source: str  # the --generator spec it was made from (set by get_generator)
 
     def generate(self, texts: list[str], seeds: list[int]) -> list[Image.Image]: ...
 
@@ -141,26 +142,26 @@ def _read_json(path: Path) -> dict:
 @contextlib.contextmanager
 def _quiet_diffusers():
     """Silence diffusers/transformers loading chatter (progress bars, advisory warnings) while loading."""
-    import diffusers
-    import transformers
+    from diffusers.utils import logging as d_logging  # what diffusers.logging / transformers.logging re-export
+    from transformers.utils import logging as t_logging
 
-    d_level, t_level = diffusers.logging.get_verbosity(), transformers.logging.get_verbosity()
-    d_bar, t_bar = diffusers.logging.is_progress_bar_enabled(), transformers.logging.is_progress_bar_enabled()
-    diffusers.logging.set_verbosity_error()
-    transformers.logging.set_verbosity_error()
-    diffusers.logging.disable_progress_bar()
-    transformers.logging.disable_progress_bar()
+    d_level, t_level = d_logging.get_verbosity(), t_logging.get_verbosity()
+    d_bar, t_bar = d_logging.is_progress_bar_enabled(), t_logging.is_progress_bar_enabled()
+    d_logging.set_verbosity_error()
+    t_logging.set_verbosity_error()
+    d_logging.disable_progress_bar()
+    t_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # e.g. torch_dtype renamed dtype in new diffusers
             yield
     finally:
-        diffusers.logging.set_verbosity(d_level)
-        transformers.logging.set_verbosity(t_level)
+        d_logging.set_verbosity(d_level)
+        t_logging.set_verbosity(t_level)
         if d_bar:
-            diffusers.logging.enable_progress_bar()
+            d_logging.enable_progress_bar()
         if t_bar:
-            transformers.logging.enable_progress_bar()
+            t_logging.enable_progress_bar()
 
 
 class DiffusersGenerator:

@@ -130,11 +130,11 @@ def resolve_prompts(
 
     parts, rows = [], {}
     if exemplars is not None:
-        visual = _exemplar_prompts(model, names, exemplars, M)
-        found = [n for n in names if n in visual]
+        from_exemplars = _exemplar_prompts(model, names, exemplars, M)
+        found = [n for n in names if n in from_exemplars]
         text = model.encode_text_prompts(found, list(templates)).to(device)  # (K_e, M, d)
         for i, n in enumerate(found):
-            rows[n] = (text[i], visual[n][0].to(device), [s.to(device) for s in visual[n][1]])
+            rows[n] = (text[i], from_exemplars[n][0].to(device), [s.to(device) for s in from_exemplars[n][1]])
         parts.append(f"exemplars {exemplars} ({len(found)} classes)")
     rest = [n for n in names if n not in rows]
     if rest and bank is None:
@@ -154,6 +154,7 @@ def resolve_prompts(
             ps = opened.prompt_set(rest, model=model, device=device)
         except BankError as e:
             raise BankError(f"{what}: {e}") from None
+        assert ps.visual is not None and ps.visual_stages is not None  # a bank always holds visual prompts
         for i, n in enumerate(rest):
             rows[n] = (ps.text[i], ps.visual[i], [s[i] for s in ps.visual_stages])
         parts.append(f"bank {bank} ({len(rest)} classes)")

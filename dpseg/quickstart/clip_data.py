@@ -106,7 +106,12 @@ def render_pool(
     classes = seen_classes()
     gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene")
     n_crops = int(tiles * crop_fraction)
-    scene_images, covers, scene_attrs, images, attrs, tmpl = [], [], [], [], [], []
+    scene_images: list[np.ndarray] = []
+    covers: list[np.ndarray] = []
+    scene_attrs: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    attrs: list = []
+    tmpl: list[int] = []
     while len(scene_images) < scenes or len(images) < n_crops:  # crops come from the pool scenes (more if needed)
         scene = random_scene(classes, rng, size=TILE * GRID)
         if len(scene_images) < scenes:

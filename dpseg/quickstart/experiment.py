@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ from dpseg.prompts.templates import get_templates
 @dataclass(frozen=True)
 class Variant:
     name: str
-    prompt_type: str  # text | visual | dual: what R = the cost volume's class embedding is made of
-    guidance: str  # visual (F_v^j, DPSeg) | upsampled (the initial cost volume, SED)
+    prompt_type: Literal["text", "visual", "dual"]  # what R = the cost volume's class embedding is made of
+    guidance: Literal["none", "upsampled", "visual", "both"]  # visual (F_v^j, DPSeg) | upsampled (the initial F_c, SED)
     title: str
 
     @property

@@ -20,9 +20,11 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from dpseg.config import atomic_write_text, build_config
 from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes, unseen_classes
 from dpseg.errors import ConfigError
 from dpseg.prompts.generate import get_generator
@@ -35,9 +37,25 @@ from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 from dpseg.quickstart.example import write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
 
-BUDGETS = {
+
+@dataclass(frozen=True)  # BUDGETS' values are shared: change a copy (dataclasses.replace)
+class Budget:
+    num_train: int
+    num_val: int
+    clip_steps: int
+    clip_batch: int
+    clip_pool: int
+    clip_scenes: int
+    iterations: int
+    seeds: int
+    variants: tuple[str, ...]
+    zero_shot_per_class: int
+    examples: int
+
+
+BUDGETS: dict[str, Budget] = {
     # the README numbers: about 10 minutes on 2 free CPU cores (measured: see README "Quickstart")
-    "default": dict(
+    "default": Budget(
         num_train=600,
         num_val=30,
         clip_steps=400,
@@ -51,7 +69,7 @@ BUDGETS = {
         examples=4,
     ),
     # a smoke run (tests, CI): every stage with tiny sizes, one seed, two variants
-    "fast": dict(
+    "fast": Budget(
         num_train=64,
         num_val=8,
         clip_steps=100,
@@ -65,21 +83,6 @@ BUDGETS = {
         examples=2,
     ),
 }
-
-
-@dataclass
-class Budget:
-    num_train: int
-    num_val: int
-    clip_steps: int
-    clip_batch: int
-    clip_pool: int
-    clip_scenes: int
-    iterations: int
-    seeds: int
-    variants: tuple
-    zero_shot_per_class: int
-    examples: int
 
 
 def _log(t0: float):
@@ -107,7 +110,7 @@ def quickstart(
             f"quickstart renders its prompts with the synthetic world's generator; drop "
             f"prompts.generator={spec} (synthetic:style=scene switches the style gap off)"
         )
-    style = get_generator(spec, clip_cfg.prompts).style
+    style = cast(SyntheticGenerator, get_generator(spec, clip_cfg.prompts)).style  # a synthetic spec (checked above)
 
     def stage(name: str, start: float) -> None:
         timings[name] = round(time.time() - start, 1)
@@ -188,6 +191,7 @@ def quickstart(
         for key in ("pass1", "pass2"):
             if key in examples:
                 predictions[f"{name} {key.replace('pass', 'pass ')}"] = examples[key]
+    assert examples is not None, "every budget trains the text and dual variants"
     out.mkdir(parents=True, exist_ok=True)
     figure = report.figure(
         out / "figure.png",

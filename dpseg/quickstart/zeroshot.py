@@ -59,7 +59,10 @@ def test_scenes(classes: Sequence[ObjectClass], per_class: int, seed: int) -> di
     rng = np.random.default_rng([seed, 1000, WORLD_VERSION])
     index = {k: i for i, k in enumerate(classes)}
     counts = np.zeros(len(classes), int)
-    images, labels, objects, crops = [], [], [], []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    objects: list[tuple[int, int]] = []
+    crops: list[np.ndarray] = []
     while counts.min() < per_class:
         scene = random_scene(list(classes), rng, size=SCENE)
         counted = False

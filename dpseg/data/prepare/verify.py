@@ -43,14 +43,14 @@ def _check_label(
         sha = hashlib.sha256(raw).hexdigest()
         with Image.open(path) as img:
             fmt, arr = img.format, np.array(img)
-        want = ("TIFF", np.uint16) if label_ext == ".tif" else ("PNG", np.uint8)
-        if (fmt, arr.dtype) != want or arr.ndim != 2:
+        want_format, want_type = ("TIFF", np.uint16) if label_ext == ".tif" else ("PNG", np.uint8)
+        if fmt != want_format or arr.dtype != want_type or arr.ndim != 2:
             return LabelStats(
                 name,
                 sha,
                 (
                     "have the wrong file type",
-                    f"{fmt} {arr.dtype} {arr.shape}, expected single-channel {want[1].__name__} {want[0]}",
+                    f"{fmt} {arr.dtype} {arr.shape}, expected single-channel {want_type.__name__} {want_format}",
                 ),
             )
         values = np.unique(arr)
@@ -92,7 +92,7 @@ def _check_star(args):
 
 
 def _stems(folder: Path, exts) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for e in os.scandir(folder):
         stem, ext = os.path.splitext(e.name)
         if ext.lower() in exts and not e.name.startswith("."):
@@ -118,7 +118,9 @@ def split_problems(entry: CatalogEntry, root: Path, stems: set[str]) -> list[str
                 f"(e.g. {_examples(extra)}); "
                 "they were generated from another list; delete the folder and rerun dpseg prepare pc459"
             )
-        pc59_dir = root / get_entry("pc59").label_dir
+        pc59_entry = get_entry("pc59")
+        assert pc59_entry is not None  # a catalog name
+        pc59_dir = root / pc59_entry.label_dir
         if pc59_dir.is_dir():
             pc59 = set(_stems(pc59_dir, (".png",)))
             if pc59 and pc59 != stems:
@@ -196,12 +198,15 @@ def verify_entry(
             bar.update()
     bar.close()
     by_kind: dict[str, list[LabelStats]] = {}
+    first_detail: dict[str, str] = {}
     for r in results:
         if r.problem:
-            by_kind.setdefault(r.problem[0], []).append(r)
+            kind, detail = r.problem
+            by_kind.setdefault(kind, []).append(r)
+            first_detail.setdefault(kind, detail)
     for kind, rs in by_kind.items():
         problems.append(
-            f"{len(rs)} label(s) {kind}: {_examples(r.name for r in rs)} (e.g. {rs[0].name}: {rs[0].problem[1]})"
+            f"{len(rs)} label(s) {kind}: {_examples(r.name for r in rs)} (e.g. {rs[0].name}: {first_detail[kind]})"
         )
     seen = sorted({v for r in results for v in r.values})
     classes = [v for v in seen if v != entry.ignore_value]

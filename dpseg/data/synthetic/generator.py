@@ -95,7 +95,7 @@ def _degrade(image: np.ndarray, modifiers: Sequence[str], rng: np.random.Generat
         img = img.filter(ImageFilter.GaussianBlur(size / 40))
     if "low resolution" in modifiers or "pixelated" in modifiers:
         small = max(8, size // 4)
-        img = img.resize((small, small), Image.BILINEAR).resize((size, size), Image.NEAREST)
+        img = img.resize((small, small), Image.Resampling.BILINEAR).resize((size, size), Image.Resampling.NEAREST)
     if "black and white" in modifiers:
         img = img.convert("L").convert("RGB")
     if "jpeg corrupted" in modifiers:
@@ -121,6 +121,8 @@ class SyntheticGenerator:
     ``identity`` names everything that changes its output (world version, image size, style), so prompt banks
     built with it are keyed correctly.
     """
+
+    source = "synthetic"  # the --generator spec; get_generator sets the full one
 
     def __init__(self, size: int = 64, device: Optional[str] = None, style: str = "prompt", **_ignored):
         if not isinstance(size, int) or size < 16:

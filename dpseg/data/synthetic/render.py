@@ -67,7 +67,7 @@ class Scene:
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a random (cells x cells) grid upsampled bilinearly to (h, w)."""
     grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -281,5 +281,5 @@ def object_crops(scene: Scene, size: int = 64, margin: float = 0.15) -> list[tup
             int(round(cy + side / 2)),
         )
         crop = Image.fromarray(scene.image).crop(box)  # outside the image is black, as for a crop at a border
-        out.append((np.asarray(crop.resize((size, size), Image.BILINEAR)), p.cls))
+        out.append((np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)), p.cls))
     return out
