@@ -31,8 +31,9 @@ class ModelConfig:
     guidance: Literal["none", "upsampled", "visual", "both"] = "visual"
     visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
     # standardise the embedded F_v^j before fusion: across the K classes per pixel ("class"), BatchNorm ("batch"),
-    # or not ("none"); raw stage-feature cosines barely vary across classes (docs/paper-choices.md #8)
-    visual_cost_norm: Literal["none", "class", "batch"] = "none"
+    # or not ("none"); raw stage-feature cosines barely vary across classes (docs/paper-choices.md #7). "class" was
+    # chosen on seen-class validation scenes of the synthetic world (docs/method-study.md section 2)
+    visual_cost_norm: Literal["none", "class", "batch"] = "class"
     decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
     encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
     cost_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # embedded F_v^j or upsampled F_c
@@ -140,7 +141,9 @@ class EvalConfig:
     slide_overlap: float = 0.333
     two_pass: bool = True  # report pass 1 and pass 2 (semantic-guided prompt refinement)
     # --- two-pass inference: semantic-guided prompt refinement; policy, not architecture ---
-    refine_min_score: float = 0.0  # a pixel counts for its best class only if that class's probability >= this
+    # a pixel counts for its best class only if that class's probability >= this (0.3: the best of 12 settings on
+    # seen-class validation scenes of the synthetic world, all within seed noise; docs/method-study.md section 3)
+    refine_min_score: float = 0.3
     refine_min_area: float = 0.001  # a class is "detected" if it holds at least this fraction of the pass-1 map
     refine_max_classes: int = 0  # refine at most this many detected classes per image, largest first (0 = all)
     # pass 2 re-decodes all K classes (the paper) or only those detected in pass 1 ("present": the others keep their

@@ -76,7 +76,8 @@ def test_prompt_types_differ_and_text_only_model_needs_no_bank():
 @pytest.mark.parametrize(
     "overrides",
     [
-        [],
+        [],  # the default (class standardisation)
+        ["model.visual_cost_norm=none"],
         ["model.visual_cost_norm=class"],
         ["model.visual_cost_norm=batch"],
         ["model.guidance=both", "model.visual_cost_norm=class"],

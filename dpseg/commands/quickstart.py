@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, help="training seeds per variant (default 2; --fast: 1)")
     parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
+    parser.add_argument(
+        "--num-val", type=int, help="test scenes per vocabulary (seen, unseen, unseen-all; default 30; --fast: 8)"
+    )
     # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
     # claim that visual prompts bridge a gap between text and image.
     parser.add_argument(
@@ -65,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if args.iterations < 1:
             raise InputError(f"--iterations must be >= 1, got {args.iterations}")
         budget = replace(budget, iterations=args.iterations)
+    if args.num_val is not None:
+        if args.num_val < 1:
+            raise InputError(f"--num-val must be >= 1, got {args.num_val}")
+        budget = replace(budget, num_val=args.num_val)
     if args.threads < 0 or args.jobs < 0:
         raise InputError("--threads and --jobs must be >= 0 (0 = automatic)")
     if args.threads:

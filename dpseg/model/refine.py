@@ -28,7 +28,7 @@ from dpseg.model.prompts import PromptSet
 class RefinePolicy:
     """Which pass-1 classes get refined, and how much is re-decoded (``eval.refine_*``; see the module doc)."""
 
-    min_score: float = 0.0  # a pixel votes for its best class only if that class's probability is >= this
+    min_score: float = 0.3  # a pixel votes for its best class only if that class's probability is >= this
     min_area: float = 0.001  # a class is detected if its votes cover at least this fraction of the map
     max_classes: int = 0  # at most this many detected classes per image, largest first (0 = all)
     scope: str = "all"  # "all" re-decodes every class (the paper), "present" only the detected ones

@@ -13,13 +13,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
 
 from dpseg.build import load_model
 from dpseg.config import Config
+from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
@@ -124,13 +125,24 @@ def _prompts(cfg: Config, model, names: list[str]):
     return vocabulary_prompts(cfg, model, names, torch.device("cpu"), f"{len(names)} synthetic classes")
 
 
-def evaluate_model(model_dir: Path, splits: dict[str, Path], variant: Variant, max_images: int = 0) -> dict:
+def evaluate_model(
+    model_dir: Path,
+    splits: dict[str, Path],
+    variant: Variant,
+    max_images: int = 0,
+    eval_cfg: Optional[EvalConfig] = None,
+) -> dict:
     """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator.
 
-    Each split is scored with its own vocabulary.
+    Each split is scored with its own vocabulary. ``eval_cfg`` (the experiment's inference settings) replaces the
+    checkpoint's own ``eval`` section: a trained run is reused across changes of inference settings (its key leaves
+    ``eval`` out), and calibration writes a score threshold into the demo run's checkpoint that the other seeds'
+    checkpoints do not have.
     """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
+    if eval_cfg is not None:
+        cfg.eval = eval_cfg
     out = {}
     for name, folder in splits.items():
         dataset = build_dataset(str(folder), split="val")

@@ -248,13 +248,19 @@ def _run_one(job) -> tuple:
     reused = ex.is_trained(cfg)
     with open(run_dir / "quickstart.log", "a") as f, contextlib.redirect_stdout(f):
         model_dir = ex.trained_model_dir(cfg)
-        key = {"splits": {k: str(v) for k, v in splits.items()}, "max_images": max_images, "variant": v_name}
+        # the inference settings are part of the key: a trained run is reused when only they change
+        key = {
+            "splits": {k: str(v) for k, v in splits.items()},
+            "max_images": max_images,
+            "variant": v_name,
+            "eval": cfg.to_dict()["eval"],
+        }
         path = run_dir / "quickstart_eval.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("key") == key:
             result = cached["result"]
         else:
-            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images)
+            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
             atomic_write_text(path, json.dumps({"key": key, "result": result}))
     return v_name, seed, model_dir, result, time.time() - start, reused
 
