@@ -71,6 +71,23 @@ def test_rerun_reuses_every_stage(fast_run, capsys):
     assert (root / "out" / "results.json").stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
+def test_changed_inference_settings_reevaluate_the_reused_runs(fast_run, tmp_path, capsys):
+    """A trained run is reused when only ``eval`` settings change, but it is evaluated again, with the experiment's
+    settings rather than those saved in its checkpoint (the demo run's checkpoint also holds a calibrated
+    threshold)."""
+    root, _ = fast_run
+    out = tmp_path / "out"
+    never = ["--set", "eval.refine_min_score=0.99", "--set", "eval.refine_min_area=0.999"]  # nothing is refined
+    assert main(["quickstart", "--fast", "--out", str(out), "--cache", str(root / "cache"), *never]) == 0
+    assert capsys.readouterr().out.count("reusing the trained run") == 2
+    dual = json.loads((out / "results.json").read_text())["runs"]["dual"]["0"]
+    for split in dual.values():
+        assert split["pass2"]["mIoU"] == split["pass1"]["mIoU"]
+    (cached,) = (root / "cache" / "runs").glob("dual-seed0-*/quickstart_eval.json")
+    assert json.loads(cached.read_text())["key"]["eval"]["refine_min_score"] == 0.99
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["quickstart", "--fast", "--seeds", "0", "--cache", str(tmp_path)]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err

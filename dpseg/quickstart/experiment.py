@@ -25,7 +25,7 @@ from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
 from dpseg.errors import DataError
-from dpseg.evaluation.calibrate import CALIBRATED_KEYS, calibrate_checkpoint, read_calibration
+from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
@@ -86,18 +86,16 @@ def run_config(
 
 
 def is_trained(cfg: Config) -> bool:
-    """Whether the run of ``cfg`` has exported its final model with exactly this config."""
+    """Whether the run of ``cfg`` has exported its final model with exactly this training config.
+
+    The ``eval`` section (inference settings, and the threshold calibration writes) is not part of a run: like the
+    run's folder key it is left out, and :func:`evaluate_model` takes it from the experiment."""
     final = Path(cfg.train.output_dir) / "final"
     if not ((final / "model.safetensors").is_file() and (final / "config.json").is_file()):
         return False
     saved = json.loads((final / "config.json").read_text())
     saved.pop("dpseg", None)  # save_model's metadata
-    return _uncalibrated(saved) == _uncalibrated(cfg.to_dict())
-
-
-def _uncalibrated(config: dict) -> dict:
-    """A config dict without the keys calibration writes after training (see :func:`calibrate_run`)."""
-    return {**config, "eval": {k: v for k, v in config.get("eval", {}).items() if k not in CALIBRATED_KEYS}}
+    return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
 
 
 def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0) -> float:
