@@ -11,13 +11,11 @@ import torch
 
 from dpseg.build import build_model
 from dpseg.engine.checkpoint import (
-    capture_rng,
     config_changes,
     list_checkpoints,
     load_checkpoint,
     load_trainable,
     prune_checkpoints,
-    restore_rng,
     resume_target,
     save_checkpoint,
     trainable_state,
@@ -26,6 +24,7 @@ from dpseg.engine.data import PositionSeededDataset
 from dpseg.engine.distributed import ShardedInfiniteSampler, pick_device
 from dpseg.engine.logging import TrainLogger
 from dpseg.engine.optim import build_optimizer, lr_factor, param_groups
+from dpseg.engine.rng import capture_rng, restore_rng
 from dpseg.errors import CheckpointError, ConfigError
 from dpseg.evaluation.runtime import resolve_precision
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from dpseg.build import load_model, save_model
 from dpseg.commands import main
-from dpseg.engine.checkpoint import capture_rng, load_checkpoint, resume_target, save_checkpoint
+from dpseg.engine.checkpoint import load_checkpoint, resume_target, save_checkpoint
+from dpseg.engine.rng import capture_rng
 from dpseg.errors import CheckpointError
 from dpseg.segmenter import Segmenter
 from dpseg.weights import HASH_KEY, safetensors_integrity, save_safetensors

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic directories, strict loading, RNG capture, pruning.
+"""Training checkpoints: atomic directories, strict loading, pruning (RNG states: :mod:`dpseg.engine.rng`).
 
 Layout of a run's ``OUTPUT/checkpoints/step-00005000/``:
 
@@ -20,20 +20,19 @@ hashes existed are checked as far as possible (``state.pt``'s zip CRCs) and load
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional, Union, cast
+from typing import Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from dpseg.config import Config, save_config
 from dpseg.engine.distributed import mix_seed
+from dpseg.engine.rng import restore_rng, seed_all
 from dpseg.errors import CheckpointError, ConfigError
 from dpseg.weights import (
     file_sha256,
@@ -114,46 +113,6 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
         )
     result = model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith(FROZEN_PREFIXES) for k in result.missing_keys)
-
-
-# ----------------------------------------------------------------------------------------------- RNG
-
-
-def capture_rng() -> dict:
-    """This process's RNG states as weights_only-loadable values."""
-    # legacy=True (the default) returns the tuple form; numpy's stubs also allow the dict form
-    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-    kind, keys, pos, has_gauss, gauss = state
-    out = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every GPU) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------------ save/load

@@ -29,14 +29,12 @@ from dpseg.config import Config, atomic_write_text, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
 from dpseg.engine.checkpoint import (
-    capture_rng,
     config_changes,
     list_checkpoints,
     prune_checkpoints,
     restore_training,
     resume_target,
     save_checkpoint,
-    seed_all,
     trainable_state,
 )
 from dpseg.engine.data import build_train_dataset, build_train_loader
@@ -53,6 +51,7 @@ from dpseg.engine.distributed import (
 )
 from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import build_optimizer, lr_factor, make_scaler, set_lr
+from dpseg.engine.rng import capture_rng, seed_all
 from dpseg.engine.vocabulary import remap_labels, sample_step_classes
 from dpseg.errors import ConfigError, DataError, DPSegError
 from dpseg.evaluation.calibrate import TRAINING_CALIBRATION_IMAGES, calibrate, write_calibration
