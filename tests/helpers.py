@@ -1,9 +1,10 @@
-"""Shared test helpers: tiny models and random prompts."""
+"""Shared test helpers: tiny models, random prompts, a minimal training state."""
 
 import torch
 
 from dpseg.build import build_model
 from dpseg.config import build_config
+from dpseg.engine.rng import capture_rng
 from dpseg.model.prompts import PromptSet
 
 
@@ -59,3 +60,16 @@ def strip_content_hash(path):
     with safe_open(str(path), "pt") as f:
         meta = {k: v for k, v in (f.metadata() or {}).items() if k != "dpseg_sha256"}
     save_file({k: v.clone() for k, v in load_file(str(path)).items()}, str(path), metadata=meta)
+
+
+def train_state(step):
+    """The smallest training state save_checkpoint accepts at ``step`` (empty optimizer, this process's RNG)."""
+    return {
+        "step": step,
+        "consumed_samples": 2 * step,
+        "rng": [capture_rng()],
+        "best": {"mIoU": None, "step": None},
+        "frozen": {},
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {},
+    }

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import train_state
 
 from dpseg.build import build_model
 from dpseg.engine.checkpoint import (
@@ -157,25 +158,13 @@ def test_augmentation_is_seeded_by_sample_position(tiny_cfg):
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def _state(step):
-    return {
-        "step": step,
-        "consumed_samples": 2 * step,
-        "rng": [capture_rng()],
-        "best": {"mIoU": None, "step": None},
-        "frozen": {},
-        "optimizer": {"state": {}, "param_groups": []},
-        "scaler": {},
-    }
-
-
 def test_checkpoints_are_atomic_listed_loaded_and_pruned(tiny, tmp_path):
     model, cfg = tiny
     (tmp_path / "checkpoints" / ".step-00000009.x.tmp").mkdir(parents=True)  # a crash mid-write
     (tmp_path / "checkpoints" / "step-00000010").mkdir()  # incomplete: no state.pt
     for step in (2, 4, 6):
-        save_checkpoint(tmp_path, step, model, _state(step), cfg)
-    save_checkpoint(tmp_path, 4, model, _state(4), cfg)  # re-written after resuming from an older one
+        save_checkpoint(tmp_path, step, model, train_state(step), cfg)
+    save_checkpoint(tmp_path, 4, model, train_state(4), cfg)  # re-written after resuming from an older one
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000004", "step-00000006"]
     weights, state = load_checkpoint(list_checkpoints(tmp_path)[-1])
     assert state["step"] == 6 and state["consumed_samples"] == 12
@@ -199,7 +188,7 @@ def _strip_hashes(path):
 
 def test_checkpoint_loading_rejects_bad_files(tiny, tmp_path):
     model, cfg = tiny
-    path = save_checkpoint(tmp_path, 1, model, _state(1), cfg)
+    path = save_checkpoint(tmp_path, 1, model, train_state(1), cfg)
     weights, _ = load_checkpoint(path)
     weights.pop(sorted(weights)[0])
     with pytest.raises(CheckpointError, match="missing keys"):
@@ -233,7 +222,7 @@ def test_resume_target_and_config_changes(tiny, tmp_path):
         resume_target(tmp_path, str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         resume_target(tmp_path, str(tmp_path))
-    path = save_checkpoint(tmp_path, 3, model, _state(3), cfg)
+    path = save_checkpoint(tmp_path, 3, model, train_state(3), cfg)
     with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
         resume_target(tmp_path, None)
     assert resume_target(tmp_path, "auto") == path == resume_target(tmp_path, str(path))

@@ -7,14 +7,13 @@ import zipfile
 
 import pytest
 import torch
-from helpers import flip_tensor_bit, strip_content_hash, tiny_model
+from helpers import flip_tensor_bit, strip_content_hash, tiny_model, train_state
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dpseg.build import load_model, save_model
 from dpseg.commands import main
 from dpseg.engine.checkpoint import load_checkpoint, resume_target, save_checkpoint
-from dpseg.engine.rng import capture_rng
 from dpseg.errors import CheckpointError
 from dpseg.segmenter import Segmenter
 from dpseg.weights import HASH_KEY, safetensors_integrity, save_safetensors
@@ -34,18 +33,6 @@ def saved(tiny, tmp_path_factory):
 @pytest.fixture
 def ckpt(saved, tmp_path):
     return shutil.copytree(saved, tmp_path / "ckpt")
-
-
-def _state(step):
-    return {
-        "step": step,
-        "consumed_samples": 2 * step,
-        "rng": [capture_rng()],
-        "best": {"mIoU": None, "step": None},
-        "frozen": {},
-        "optimizer": {"state": {}, "param_groups": []},
-        "scaler": {},
-    }
 
 
 def _flip_state_byte(path):
@@ -112,7 +99,7 @@ def test_checkpoint_without_a_hash_loads_with_a_note(ckpt, tiny, caplog):
 
 def test_damaged_training_checkpoints_are_refused(tiny, tmp_path):
     model, cfg = tiny
-    a = save_checkpoint(tmp_path / "a", 1, model, _state(1), cfg)
+    a = save_checkpoint(tmp_path / "a", 1, model, train_state(1), cfg)
     flip_tensor_bit(a / "trainable.safetensors")
     with pytest.raises(
         CheckpointError,
@@ -120,7 +107,7 @@ def test_damaged_training_checkpoints_are_refused(tiny, tmp_path):
         r"match.*--resume RUN_DIR continues from the newest intact checkpoint",
     ):
         load_checkpoint(a)
-    b = save_checkpoint(tmp_path / "b", 1, model, _state(1), cfg)
+    b = save_checkpoint(tmp_path / "b", 1, model, train_state(1), cfg)
     _flip_state_byte(b / "state.pt")
     with pytest.raises(CheckpointError, match="damaged: state.pt its content does not match"):
         load_checkpoint(b)
@@ -128,7 +115,7 @@ def test_damaged_training_checkpoints_are_refused(tiny, tmp_path):
 
 def test_old_training_checkpoints_load_with_a_note_and_their_zip_crcs_checked(tiny, tmp_path, caplog):
     model, cfg = tiny
-    path = save_checkpoint(tmp_path, 1, model, _state(1), cfg)
+    path = save_checkpoint(tmp_path, 1, model, train_state(1), cfg)
     strip_content_hash(path / "trainable.safetensors")
     with caplog.at_level(logging.WARNING, logger="dpseg"):
         _, state = load_checkpoint(path)
@@ -140,7 +127,7 @@ def test_old_training_checkpoints_load_with_a_note_and_their_zip_crcs_checked(ti
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, tmp_path):
     model, cfg = tiny
-    steps = [save_checkpoint(tmp_path, s, model, _state(s), cfg) for s in (1, 2, 3)]
+    steps = [save_checkpoint(tmp_path, s, model, train_state(s), cfg) for s in (1, 2, 3)]
     flip_tensor_bit(steps[2] / "trainable.safetensors")
     (steps[1] / "state.pt").write_bytes((steps[1] / "state.pt").read_bytes()[:100])  # truncated
     notes = []
@@ -190,7 +177,7 @@ def test_check_reports_checkpoint_folders_runs_and_files(tiny, ckpt, tmp_path, c
     out = capsys.readouterr().out
     assert "ok          " in out and "model.safetensors" in out and "0 damaged" in out
     run = tmp_path / "run"
-    steps = [save_checkpoint(run, s, model, _state(s), cfg) for s in (1, 2)]
+    steps = [save_checkpoint(run, s, model, train_state(s), cfg) for s in (1, 2)]
     shutil.copytree(ckpt, run / "final")
     assert main(["check", str(run)]) == 0
     assert "training run): 6 file(s), 6 ok" in capsys.readouterr().out  # 2 x (trainable, state) + final's 2
