@@ -56,14 +56,15 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
     m = cfg.model
     image, prompt, text = build_towers(m, load_weights=load_clip_weights, prompt_encoder=uses_visual_prompts(m))
     M = len(model_templates(cfg))
+    upsample_first = image.dense_stride > image.stage_strides[2]  # F_c below E_4's resolution (stride 32 vs 16)
     try:
         return DPSeg(
             image,
             prompt,
             text,
             CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
-            build_decoder(m, image.stage_dims),
-            upsampled_cost=_upsampled_cost(m, M),
+            build_decoder(m, image.stage_dims, upsample_first),
+            upsampled_cost=_upsampled_cost(m, M, upsample_first),
             visual_cost=_visual_costs(m, M),
             prompt_type=m.prompt_type,
             detach_guidance=m.detach_guidance,
@@ -82,10 +83,10 @@ def uses_visual_prompts(m: ModelConfig) -> bool:
     return m.prompt_type != "text" or bool(_visual_scales(m))
 
 
-def _upsampled_cost(m: ModelConfig, num_templates: int) -> Optional[UpsampledCostGuidance]:
+def _upsampled_cost(m: ModelConfig, num_templates: int, upsample_first: bool) -> Optional[UpsampledCostGuidance]:
     if m.guidance not in ("upsampled", "both"):
         return None
-    return UpsampledCostGuidance(num_templates, m.cost_guidance_dims)
+    return UpsampledCostGuidance(num_templates, m.cost_guidance_dims, upsample_first)
 
 
 def _visual_costs(m: ModelConfig, num_templates: int) -> dict[int, VisualCostEmbedding]:
@@ -96,8 +97,9 @@ def _visual_costs(m: ModelConfig, num_templates: int) -> dict[int, VisualCostEmb
     }
 
 
-def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDecoder:
-    """The three decoder stages (widths cost_embed_dim -> decoder_dims) fusing E_4, E_3, E_2 and their guidance."""
+def build_decoder(m: ModelConfig, stage_dims: list[int], upsample_first: bool = True) -> CostVolumeGuidedDecoder:
+    """The three decoder stages (widths cost_embed_dim -> decoder_dims) fusing E_4, E_3, E_2 and their guidance;
+    without ``upsample_first`` (a dense embedding at E_4's stride) stage 0 projects instead of upsampling."""
     widths = [m.cost_embed_dim] + list(m.decoder_dims)
     encoder_dims = [stage_dims[2], stage_dims[1], stage_dims[0]]  # D_4, D_3, D_2 for decoder stages 0, 1, 2
     scales = _visual_scales(m)
@@ -121,6 +123,7 @@ def build_decoder(m: ModelConfig, stage_dims: list[int]) -> CostVolumeGuidedDeco
                 encoder_dims[s],
                 m.encoder_guidance_dims[s],
                 guidance,
+                upsample=s > 0 or upsample_first,
             )
         )
     head = ClassHead(widths[-1])

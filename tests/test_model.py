@@ -232,3 +232,29 @@ def test_bad_inputs(model):
         PromptSet([], prompts.text[:0])
     with pytest.raises(InputError, match="shape"):
         PromptSet(["a", "b"], prompts.text)
+
+
+@pytest.mark.parametrize("guidance", ["visual", "upsampled", "both"])
+def test_a_dense_embedding_at_stride_16_decodes_to_stride_4(guidance):
+    """A dilated tower (E_5 and E at stride 16, as E_4): stage 0 and SED's first guidance step project instead of
+    upsampling, and the logits and auxiliary maps keep their strides (4; 16, 16, 8)."""
+    from dpseg.build import build_model
+    from dpseg.config import build_config
+
+    torch.manual_seed(0)
+    cfg = build_config("dpseg-tiny", overrides=[f"model.guidance={guidance}", "model.aux_heads=true"])
+    cfg.model.clip_model_cfg["vision_cfg"]["timm_model_name"] = "dpseg_convnext_nano_os16"
+    model = build_model(cfg)
+    assert model.image_encoder.stage_strides == [4, 8, 16, 16]
+    x = torch.rand(2, 3, 64, 96)
+    for K in (1, 17):
+        out = model(x, random_prompts(model, K))
+        assert out["logits"].shape == (2, K, 16, 24)
+        assert [a.shape[-2:] for a in out["aux"]] == [(4, 6), (4, 6), (8, 12)]
+    out["logits"].mean().backward()
+    assert model.decoder.stages[0].up.weight.grad is not None
+
+
+def test_the_default_tower_still_upsamples_in_every_stage(model):
+    assert model.image_encoder.stage_strides == [4, 8, 16, 32]
+    assert all(isinstance(s.up, torch.nn.ConvTranspose2d) for s in model.decoder.stages)

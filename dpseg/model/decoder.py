@@ -1,6 +1,7 @@
 """Cost-Volume-Guided Decoder (docs/paper-choices.md #8-#12): the parts of its three stages and its head.
 
-Each stage s takes class maps at stride 32 / 2^s (24 → 48 → 96 at 768²) one step up:
+Each stage s takes class maps at stride 32 / 2^s (24 → 48 → 96 at 768²) one step up (with a dense embedding at
+stride 16 - the synthetic preset's dilated tower - stage 0 stays at stride 16 and only projects):
 
 1. spatial aggregation per class map, then class aggregation across the K classes, at the input resolution;
 2. ×2 transposed-conv upsampling per class;
@@ -48,19 +49,27 @@ class DecoderStage(nn.Module):
         encoder_dim: int,
         encoder_guidance: int,
         cost_guidance: int,
+        upsample: bool = True,
     ):
         super().__init__()
         if encoder_guidance >= cin:
             raise ValueError(f"encoder guidance width {encoder_guidance} must be below the stage width {cin}")
         self.spatial = spatial
         self.classes = classes
-        self.up = nn.ConvTranspose2d(cin, cin - encoder_guidance, 2, stride=2)
+        # a tower whose dense embedding is at the stride of E_4 (a dilated last stage) enters stage 0 at E_4's
+        # resolution already: that stage projects without upsampling
+        self.up = (
+            nn.ConvTranspose2d(cin, cin - encoder_guidance, 2, stride=2)
+            if upsample
+            else nn.Conv2d(cin, cin - encoder_guidance, 1)
+        )
         self.encoder_proj = nn.Sequential(nn.Conv2d(encoder_dim, encoder_guidance, 3, padding=1), nn.ReLU())
         self.cost_guidance = cost_guidance
         self.fuse = DoubleConv(cin + cost_guidance, cout)
 
     def upsample_fuse(self, x: Tensor, encoder_guidance: Tensor, cost_guidance: Optional[Tensor]) -> Tensor:
-        """(B, k, C_in, h, w) -> (B, k, C_out, 2h, 2w); encoder_guidance is the projected E_j (B, g_e, 2h, 2w)."""
+        """(B, k, C_in, h, w) -> (B, k, C_out, 2h, 2w) (h, w without upsampling); encoder_guidance is the projected
+        E_j (B, g_e, 2h, 2w)."""
         B, k, C, h, w = x.shape
         up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
         parts = [up, encoder_guidance.repeat_interleave(k, dim=0)]  # (B, g_e, 2h, 2w) -> (B*k, g_e, 2h, 2w)

@@ -55,6 +55,12 @@ if "dpseg_convnext_pico" not in timm.list_models("dpseg_*"):
         return _tiny_convnext((1, 1, 2, 1), (32, 64, 128, 256), **kwargs)
 
     @register_model
+    def dpseg_convnext_nano_os16(pretrained: bool = False, **kwargs):
+        """The synthetic-world tower with its last stage dilated instead of downsampled (timm ``output_stride=16``):
+        stage strides 4/8/16/16, so the dense embedding of a 128-px scene is 8x8 cells instead of 4x4."""
+        return _tiny_convnext((1, 1, 2, 1), (32, 64, 128, 256), output_stride=16, **kwargs)
+
+    @register_model
     def dpseg_convnext_femto(pretrained: bool = False, **kwargs):
         """ConvNeXt with widths 8/16/32/64, one block per stage: the tower of the SED equality fixture."""
         return _tiny_convnext((1, 1, 1, 1), (8, 16, 32, 64), **kwargs)
@@ -175,6 +181,9 @@ class ImageTower(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.stage_dims = [self._stage_width(s) for s in self.trunk.stages]
+        # pixels per cell of E_5 and of the dense embedding: 32 for every OpenCLIP ConvNeXt, 16 for a dilated one
+        self.stage_strides = [int(f["reduction"]) for f in self.trunk.feature_info]  # E_2..E_5: 4/8/16/32
+        self.dense_stride = self.stage_strides[-1]
         self.embed_dim = self._embed_dim()
         self.grad_checkpointing = grad_checkpointing
 

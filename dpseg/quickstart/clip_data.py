@@ -1,9 +1,10 @@
 """What the tiny CLIP learns from: seen-class object tiles, their captions, and 2x2 mosaics at the scene resolution.
 
 **Scenes.** 128-px scenes of seen classes, drawn like the segmenter's (scene style, 2-4 objects, random poses).
-The segmenter reads the CLIP's *dense* embedding E (the CLIP head at every stride-32 position,
+The segmenter reads the CLIP's *dense* embedding E (the CLIP head at every cell of the last stage - stride 16 with the
+synthetic preset's dilated tower -
 :meth:`dpseg.model.towers.ImageTower.dense_head`) on such scenes, so that is what is trained: each object of a
-scene is embedded by the mean of the (per-cell L2-normalised) E over the stride-32 cells it covers, each cell
+scene is embedded by the mean of the (per-cell L2-normalised) E over the dense cells it covers, each cell
 weighted by the share of it that the object's visible pixels fill - the embedding
 :mod:`~dpseg.quickstart.zeroshot` tests.
 
@@ -48,7 +49,7 @@ from dpseg.data.synthetic.world import (
 
 TILE = 64  # pixels per mosaic tile (= the generator's prompt image size)
 GRID = 2  # tiles per mosaic side: 128-px mosaics, the scene resolution
-STRIDE = 32  # the image tower's output stride: cells of the dense embedding
+STRIDE = 32  # the image tower's output stride (cells of the dense embedding) unless the tower says otherwise
 MAX_OBJECTS = 4  # objects per scene at most (render.random_scene's default)
 BARE_TEMPLATES = ("{}", "a {}.")
 
@@ -80,7 +81,7 @@ class Pool:
     """Everything the pretraining batches are drawn from (rendered once)."""
 
     scenes: Tensor  # (N_s, 3, 128, 128) uint8
-    cover: Tensor  # (N_s, O, 4, 4) float: share of each stride-32 cell filled by object slot o's visible pixels
+    cover: Tensor  # (N_s, O, h, w) float: share of each dense cell (8x8 at stride 16) filled by object slot o
     scene_attrs: np.ndarray  # (N_s, O, 3) attribute indices, -1 for an empty slot
     tiles: Tensor  # (N_t, 3, 64, 64) uint8
     tile_attrs: np.ndarray  # (N_t, 3)
@@ -99,9 +100,17 @@ def object_cover(label: np.ndarray, classes: list[ObjectClass], stride: int = ST
 
 
 def render_pool(
-    scenes: int, tiles: int, crop_fraction: float, templates: list[str], seed: int, text_gap: bool, style_gap: bool
+    scenes: int,
+    tiles: int,
+    crop_fraction: float,
+    templates: list[str],
+    seed: int,
+    text_gap: bool,
+    style_gap: bool,
+    stride: int = STRIDE,
 ) -> Pool:
-    """Render the seen-class pool: ``scenes`` scenes, and ``tiles`` tiles of which ``crop_fraction`` scene crops."""
+    """Render the seen-class pool: ``scenes`` scenes, and ``tiles`` tiles of which ``crop_fraction`` scene crops;
+    scene covers on the dense grid of a tower with output stride ``stride``."""
     rng = np.random.default_rng([seed, 7, WORLD_VERSION])
     classes = seen_classes()
     gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene")
@@ -115,7 +124,7 @@ def render_pool(
     while len(scene_images) < scenes or len(images) < n_crops:  # crops come from the pool scenes (more if needed)
         scene = random_scene(classes, rng, size=TILE * GRID)
         if len(scene_images) < scenes:
-            cover, a = object_cover(scene.label, classes)
+            cover, a = object_cover(scene.label, classes, stride)
             scene_images.append(scene.image)
             covers.append(cover)
             scene_attrs.append(a)
@@ -136,7 +145,7 @@ def render_pool(
         x = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
-    cover_shape = (0, MAX_OBJECTS, GRID * TILE // STRIDE, GRID * TILE // STRIDE)
+    cover_shape = (0, MAX_OBJECTS, GRID * TILE // stride, GRID * TILE // stride)
     return Pool(
         scenes=stack(scene_images, GRID * TILE),
         cover=torch.from_numpy(np.stack(covers)) if covers else torch.zeros(cover_shape),

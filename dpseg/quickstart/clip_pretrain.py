@@ -132,6 +132,8 @@ def pretrain(
     torch.manual_seed(settings.seed)
     templates = get_templates("imagenet80")
     t0, c0 = time.time(), time.process_time()
+    model = create_clip(cfg.model, load_weights=False).train()
+    tower = ImageTower(model.visual, open_clip.constants.OPENAI_DATASET_MEAN, open_clip.constants.OPENAI_DATASET_STD)
     pool = render_pool(
         settings.scenes,
         settings.pool_size,
@@ -140,14 +142,13 @@ def pretrain(
         settings.seed,
         settings.text_gap,
         settings.style_gap,
+        stride=tower.dense_stride,
     )
     render_seconds = time.time() - t0
     log(f"rendered {len(pool.scenes)} seen-class scenes and {len(pool.tiles)} tiles in {render_seconds:.1f}s")
     n_scenes = round(settings.scene_fraction * settings.batch_size / (GRID * GRID))
     n_prompts = round(settings.prompt_fraction * settings.batch_size / (GRID * GRID))  # 128-px images cost 4 tiles
     n_tiles = settings.batch_size - GRID * GRID * (n_scenes + n_prompts)
-    model = create_clip(cfg.model, load_weights=False).train()
-    tower = ImageTower(model.visual, open_clip.constants.OPENAI_DATASET_MEAN, open_clip.constants.OPENAI_DATASET_STD)
     tokenizer = make_tokenizer(cfg.model)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]

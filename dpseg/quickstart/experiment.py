@@ -203,7 +203,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     """mIoU (%) of the CLIP alone.
 
-    Argmax over classes of cos(E, T) at stride 32, upsampled (no decoder, no training).
+    Argmax over classes of cos(E, T) at the dense stride, upsampled (no decoder, no training).
     """
     import torch.nn.functional as F
 

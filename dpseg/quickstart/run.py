@@ -309,7 +309,7 @@ def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
             "",
             *lines,
             "",
-            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, stride-32 dense embedding)",
+            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, the dense embedding E)",
             "",
             format_report(zero_shot),
             "",
