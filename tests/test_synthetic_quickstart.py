@@ -119,6 +119,7 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
     import socket
     import subprocess
     import sys
+    import threading
     import time
     import urllib.request
 
@@ -156,6 +157,9 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
         text=True,
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
     )
+    lines: list = []  # the demo's output, read as it comes: its "open http://..." line follows the server's start
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
     page = ""
     try:
         deadline = time.time() + 300
@@ -165,9 +169,13 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
                     page = response.read().decode()
             except OSError:
                 time.sleep(1)
+        while page and time.time() < deadline and not any("open http" in line for line in lines):
+            time.sleep(0.2)  # served before launch() returned: wait for the line rather than kill the demo first
     finally:
         proc.terminate()
-        output = proc.communicate(timeout=60)[0]
+        proc.wait(timeout=60)
+        reader.join(timeout=60)
+    output = "".join(lines)
     assert "dpseg demo" in page, output[-3000:]
     assert f"open http://127.0.0.1:{port}" in output and "no public link is made" in output
     assert "share=True" not in output
