@@ -3,12 +3,12 @@
     python benchmarks/probe_clip_attributes.py                                  # the synthetic tower: stride 32
     python benchmarks/probe_clip_attributes.py --output-stride 16 --steps 1000 --layer-scale 1
 
-The tiny CLIP's tower (ConvNeXt widths 32/64/128/256, depths 1/1/2/1) plus a CLIP-like head (LayerNorm + linear
-to 64 dims) is trained from scratch, with no text, to predict each object's colour, pattern and shape from the
-embedding the segmenter's cost volume reads: the cover-weighted mean of the per-cell L2-normalised dense embedding
-over the cells the object fills (as in the tiny CLIP's pretraining). Test: objects of scenes from other seeds.
-``--output-stride 16`` keeps the last stage at stride 16 (timm's ``output_stride``: dilated instead of
-downsampled), so the dense grid of a 128-px scene is 8x8 instead of 4x4. ``--objects 1`` draws one object per
+The tiny CLIP's tower (`dpseg_convnext_nano`; `dpseg_convnext_nano_os16` for stride 16) plus a CLIP-like head
+(LayerNorm + linear to 64 dims) is trained from scratch, with no text, to predict each object's colour, pattern and
+shape from the embedding the segmenter's cost volume reads: the cover-weighted mean of the per-cell L2-normalised
+dense embedding over the cells the object fills (as in the tiny CLIP's pretraining). Test: objects of scenes from
+other seeds. ``--output-stride 16`` takes the tower whose last stage is dilated instead of downsampled (timm's
+``output_stride``), so the dense grid of a 128-px scene is 8x8 instead of 4x4. ``--objects 1`` draws one object per
 scene; ``--pool global`` replaces the cover-weighted mean by global average pooling (sensible with one object).
 
 One seed per call: a feasibility check, not a claim about the method. Prints the three test accuracies (chance:
@@ -23,17 +23,18 @@ import math
 import time
 
 import numpy as np
+import open_clip
+import timm
 import torch
 import torch.nn.functional as F
-from timm.models.convnext import _create_convnext
 from torch import nn
 
 from dpseg.data.synthetic.render import random_scene
 from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, seen_classes
+from dpseg.model import towers as _towers  # noqa: F401 - registers the dpseg_convnext_* trunks with timm
 from dpseg.quickstart.clip_data import MAX_OBJECTS, object_cover
 
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as the tiny CLIP uses
-STD = (0.26862954, 0.26130258, 0.27577711)
+TOWERS = {32: "dpseg_convnext_nano", 16: "dpseg_convnext_nano_os16"}  # output stride -> the tiny CLIP's trunk
 
 
 def scenes(n: int, seed: int, stride: int, objects: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -54,20 +55,11 @@ def scenes(n: int, seed: int, stride: int, objects: int) -> tuple[torch.Tensor, 
 class Probe(nn.Module):
     def __init__(self, output_stride: int, layer_scale: float):
         super().__init__()
-        self.trunk = _create_convnext(
-            "convnext_atto",
-            pretrained=False,
-            depths=(1, 1, 2, 1),
-            dims=(32, 64, 128, 256),
-            output_stride=output_stride,
-            ls_init_value=layer_scale,
-            num_classes=0,
-            global_pool="",
-        )
+        self.trunk = timm.create_model(TOWERS[output_stride], ls_init_value=layer_scale, num_classes=0, global_pool="")
         self.norm, self.proj = nn.LayerNorm(256), nn.Linear(256, 64)
         self.heads = nn.ModuleList(nn.Linear(64, n) for n in (len(COLOURS), len(PATTERNS), len(SHAPES)))
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(open_clip.constants.OPENAI_DATASET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(open_clip.constants.OPENAI_DATASET_STD).view(1, 3, 1, 1))
 
     def objects(self, x: torch.Tensor, cover: torch.Tensor, pool: str) -> torch.Tensor:
         """(n, 3, H, W) images, (n, O, h, w) covers -> (n, O, 64) L2-normalised object embeddings."""

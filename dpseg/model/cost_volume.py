@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpseg.model.decoder import step_up
+
 
 def cosine_cost_volume(features: Tensor, prompts: Tensor) -> Tensor:
     """cos(features, prompts): (B, D, h, w) × (K, M, D) or (B, K, M, D) -> (B, K, M, h, w)."""
@@ -147,23 +149,19 @@ def visual_cost_volume(stage_features: Tensor, stage_prompts: Tensor, num_templa
 
 
 class UpsampledCostGuidance(nn.Module):
-    """SED's guidance: raw F_c (B, K, M, h5, w5) through ConvTranspose(×2)+ReLU steps, one output per stage."""
+    """SED's guidance: raw F_c (B, K, M, h5, w5) through ConvTranspose(×2)+ReLU steps, one output per stage (the
+    first step a 1×1 projection instead when F_c is at E_4's stride already: ``upsample_first=False``)."""
 
     def __init__(self, num_templates: int, dims: list[int], upsample_first: bool = True):
         super().__init__()
         chans = [num_templates] + list(dims)
-
-        def step(i: int) -> nn.Module:  # the first step only projects when F_c is at E_4's stride already
-            up = i > 0 or upsample_first
-            conv = (
-                nn.ConvTranspose2d(chans[i], chans[i + 1], 2, stride=2) if up else nn.Conv2d(chans[i], chans[i + 1], 1)
-            )
-            return nn.Sequential(conv, nn.ReLU())
-
-        self.steps = nn.ModuleList(step(i) for i in range(len(dims)))
+        self.steps = nn.ModuleList(
+            nn.Sequential(step_up(chans[i], chans[i + 1], i > 0 or upsample_first), nn.ReLU()) for i in range(len(dims))
+        )
 
     def forward(self, volume: Tensor, stage: int) -> Tensor:
-        """Guidance for decoder stage ``stage`` (0, 1, 2): (B, K, g_s, h5·2^(s+1), w5·2^(s+1))."""
+        """Guidance for decoder stage ``stage`` (0, 1, 2): (B, K, g_s, h5·2^(s+1), w5·2^(s+1)) (2^s without
+        ``upsample_first``)."""
         B, K, M, h, w = volume.shape
         x = volume.reshape(B * K, M, h, w)  # classes folded into the batch
         for step in self.steps[: stage + 1]:

@@ -25,6 +25,12 @@ from torch import Tensor, nn
 from dpseg.model.aggregation import group_count
 
 
+def step_up(cin: int, cout: int, upsample: bool = True) -> nn.Module:
+    """One step up the decoder's pyramid: a ×2 transposed conv, or a 1×1 projection where the maps are at the target
+    stride already (a tower whose dense embedding is at E_4's stride - a dilated last stage - enters stage 0 there)."""
+    return nn.ConvTranspose2d(cin, cout, 2, stride=2) if upsample else nn.Conv2d(cin, cout, 1)
+
+
 class DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(
@@ -56,13 +62,7 @@ class DecoderStage(nn.Module):
             raise ValueError(f"encoder guidance width {encoder_guidance} must be below the stage width {cin}")
         self.spatial = spatial
         self.classes = classes
-        # a tower whose dense embedding is at the stride of E_4 (a dilated last stage) enters stage 0 at E_4's
-        # resolution already: that stage projects without upsampling
-        self.up = (
-            nn.ConvTranspose2d(cin, cin - encoder_guidance, 2, stride=2)
-            if upsample
-            else nn.Conv2d(cin, cin - encoder_guidance, 1)
-        )
+        self.up = step_up(cin, cin - encoder_guidance, upsample)
         self.encoder_proj = nn.Sequential(nn.Conv2d(encoder_dim, encoder_guidance, 3, padding=1), nn.ReLU())
         self.cost_guidance = cost_guidance
         self.fuse = DoubleConv(cin + cost_guidance, cout)
