@@ -31,6 +31,7 @@ from dpseg.model.dpseg import DPSeg
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import model_templates
 from dpseg.weights import (
+    INIT_PATCH_LOCK,
     hub_reachable,
     load_strict,
     read_state_dict,
@@ -54,24 +55,25 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
     """DPSeg from a resolved config: every part is built here and handed to the network (which reads no config).
     CLIP weights come from ``model.clip_pretrained`` unless told not to."""
     m = cfg.model
-    image, prompt, text = build_towers(m, load_weights=load_clip_weights, prompt_encoder=uses_visual_prompts(m))
-    M = len(model_templates(cfg))
-    upsample_first = image.dense_stride > image.stage_strides[2]  # F_c below E_4's resolution (stride 32 vs 16)
-    try:
-        return DPSeg(
-            image,
-            prompt,
-            text,
-            CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
-            build_decoder(m, image.stage_dims, upsample_first),
-            upsampled_cost=_upsampled_cost(m, M, upsample_first),
-            visual_cost=_visual_costs(m, M),
-            prompt_type=m.prompt_type,
-            detach_guidance=m.detach_guidance,
-            prompt_image_size=m.prompt_image_size,
-        )
-    except ValueError as e:
-        raise ConfigError(f"the model section of the config is inconsistent: {e}") from None
+    with INIT_PATCH_LOCK:  # random initialisation while no other thread has torch.nn.init patched
+        image, prompt, text = build_towers(m, load_weights=load_clip_weights, prompt_encoder=uses_visual_prompts(m))
+        M = len(model_templates(cfg))
+        upsample_first = image.dense_stride > image.stage_strides[2]  # F_c below E_4's resolution (stride 32 vs 16)
+        try:
+            return DPSeg(
+                image,
+                prompt,
+                text,
+                CostEmbedding(M, m.cost_embed_dim, m.cost_embed_kernel),
+                build_decoder(m, image.stage_dims, upsample_first),
+                upsampled_cost=_upsampled_cost(m, M, upsample_first),
+                visual_cost=_visual_costs(m, M),
+                prompt_type=m.prompt_type,
+                detach_guidance=m.detach_guidance,
+                prompt_image_size=m.prompt_image_size,
+            )
+        except ValueError as e:
+            raise ConfigError(f"the model section of the config is inconsistent: {e}") from None
 
 
 def _visual_scales(m: ModelConfig) -> list[int]:

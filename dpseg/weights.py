@@ -330,6 +330,13 @@ _RANDOM_INITS = {
 
 _SKIPPING = threading.local()
 
+# torch.nn.init's functions are module globals, replaced for the whole process by whoever builds a model without
+# drawing its weights: skip_random_init below, and transformers' / diffusers' from_pretrained (their no_init_weights).
+# Each saves what it finds and puts it back on exit, so two of them overlapping in two threads can leave the other's
+# no-op in place for good (every later model then keeps torch.empty's garbage: NaN on some machines). Everything here
+# that patches, or loads through a library that patches, holds this lock.
+INIT_PATCH_LOCK = threading.RLock()
+
 
 def init_skipped() -> bool:
     """Whether this thread is inside :func:`skip_random_init` (a model being built for a checkpoint's weights)."""
@@ -341,11 +348,13 @@ def skip_random_init():
     """Within the block, in this thread only, the random initialisers of ``torch.nn.init`` (and timm's) leave their
     tensor as it is: for building a model whose every parameter is then loaded strictly from a checkpoint. Drawing
     random numbers that are thrown away costs a dpseg-b model ~3 CPU s of its ~3.5 s load (benchmarks/bench_startup.py).
-    Buffers computed in constructors (causal masks, normalisation constants) are not random and are built as usual."""
+    Buffers computed in constructors (causal masks, normalisation constants) are not random and are built as usual.
+    Holds :data:`INIT_PATCH_LOCK`: another thread's model load waits, another thread's plain initialisation does not."""
     import importlib
 
     owner = threading.get_ident()
     saved = []
+    INIT_PATCH_LOCK.acquire()
 
     def skipping(original):
         @functools.wraps(original)
@@ -373,3 +382,4 @@ def skip_random_init():
         _SKIPPING.active = False
         for module, name, original in reversed(saved):
             setattr(module, name, original)
+        INIT_PATCH_LOCK.release()

@@ -58,6 +58,49 @@ def test_skip_random_init_is_scoped_to_its_block_and_thread():
     assert torch.nn.init.normal_ is original and torch.nn.init.normal_(torch.zeros(4)).abs().sum() > 0  # restored
 
 
+def _run_in_thread(work):
+    """Start ``work`` in another thread; (thread, list that receives its result or exception)."""
+    out: list = []
+
+    def target():
+        try:
+            out.append(work())
+        except Exception as e:  # noqa: BLE001 - handed back to the test
+            out.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("work", ["random-init model", "diffusers pipeline"])
+def test_a_load_in_another_thread_waits_while_the_initialisers_are_patched(work, tmp_path):
+    """torch.nn.init is patched process-wide by skip_random_init and by diffusers/transformers' from_pretrained; two
+    overlapping patchers in two threads can leave a no-op in place for good (every later model then keeps
+    uninitialised memory). A model build or a pipeline load in another thread must wait for the block to end."""
+    from helpers import tiny_model
+
+    from dpseg.config import build_config
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
+
+    if work == "random-init model":
+        job = lambda: tiny_model()[0]  # noqa: E731
+    else:
+        folder = make_tiny_pipeline(tmp_path / "tiny-sd")
+        generator = get_generator(str(folder), build_config("dpseg-tiny").prompts, device="cpu")
+        job = lambda: generator.pipeline  # noqa: E731
+    with skip_random_init():
+        thread, out = _run_in_thread(job)
+        thread.join(timeout=3)
+        assert thread.is_alive() and not out  # waiting for the block to end
+    thread.join(timeout=120)
+    assert out and not isinstance(out[0], Exception), out
+    if work == "random-init model":  # built after the block: the same random weights as a build in this thread
+        built, reference = out[0].state_dict(), tiny_model()[0].state_dict()
+        assert all(torch.equal(built[k], v) for k, v in reference.items())
+
+
 def test_the_frozen_encoders_fingerprints_come_from_the_verified_file(tmp_path, monkeypatch):
     import shutil
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from dpseg.config import ModelConfig
 from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
 from dpseg.vocab import split_synonyms
-from dpseg.weights import hub_reachable, init_skipped, load_strict, read_state_dict
+from dpseg.weights import INIT_PATCH_LOCK, hub_reachable, init_skipped, load_strict, read_state_dict
 
 # ------------------------------------------------------------------------------------- tiny ConvNeXt trunks
 # Registered with timm so that an OpenCLIP model config can name them like any timm trunk.
@@ -134,9 +134,10 @@ def resolve_pretrained(model_name: str, source: str) -> Path:
 def create_clip(cfg: ModelConfig, load_weights: bool = True) -> open_clip.model.CLIP:
     """Build the OpenCLIP model of ``cfg``; load ``cfg.clip_pretrained`` strictly when asked and set."""
     mc = clip_model_config(cfg)
-    model = open_clip.model.CLIP(
-        mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=mc.get("quick_gelu", False)
-    )
+    with INIT_PATCH_LOCK:  # its random initialisation must not meet another thread's patched torch.nn.init
+        model = open_clip.model.CLIP(
+            mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=mc.get("quick_gelu", False)
+        )
     if load_weights and cfg.clip_pretrained:
         path = resolve_pretrained(cfg.clip_model, cfg.clip_pretrained)
         state = read_state_dict(path, "CLIP weight")

@@ -26,7 +26,7 @@ from PIL import Image
 from dpseg.config import PromptsConfig
 from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
 from dpseg.vocab import split_synonyms
-from dpseg.weights import hub_reachable
+from dpseg.weights import INIT_PATCH_LOCK, hub_reachable
 
 
 @runtime_checkable
@@ -222,7 +222,7 @@ class DiffusersGenerator:
             else {"safety_checker": None, "requires_safety_checker": False}
         )
         try:
-            with _quiet_diffusers():
+            with INIT_PATCH_LOCK, _quiet_diffusers():  # from_pretrained patches torch.nn.init process-wide
                 pipe = DiffusionPipeline.from_pretrained(
                     str(self.path), torch_dtype=self.dtype, local_files_only=True, **extra
                 )
