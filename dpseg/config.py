@@ -16,6 +16,7 @@ resolved config is written as a complete YAML next to every run's outputs (:func
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -118,8 +119,25 @@ def _apply(obj: Any, delta: dict, prefix: str) -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _apply(current, value, key)
+        elif isinstance(current, dict):  # a free-form mapping (model.clip_model_cfg): a delta too, not a replacement
+            setattr(obj, name, {} if value is None else merge_patch(current, _coerce(value, dict, key)))
         else:
             setattr(obj, name, _coerce(value, types_[name], key))
+
+
+def merge_patch(base: dict, patch: dict) -> dict:
+    """``base`` with ``patch`` merged in, as JSON Merge Patch (RFC 7396) does: mappings merge key by key, a ``null``
+    value removes its key, anything else replaces. ``--set model.clip_model_cfg.vision_cfg.image_size=160`` changes
+    one leaf and keeps its siblings; ``--set model.clip_model_cfg=null`` empties the mapping. A new copy."""
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_patch(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def _read_yaml(path: Path) -> dict:

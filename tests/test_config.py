@@ -73,6 +73,31 @@ def test_yaml_delta_file_with_preset(tmp_path):
         build_config(file=f)
 
 
+def test_a_mapping_key_is_a_delta_too(tmp_path):
+    """model.clip_model_cfg is a free-form mapping: a dotted --set or a YAML delta changes the named leaves and keeps
+    the rest (it used to replace the whole mapping, silently dropping the preset's other keys); null removes."""
+    preset = build_config("synthetic").model.clip_model_cfg
+    cfg = build_config("synthetic", overrides=["model.clip_model_cfg.vision_cfg.timm_model_name=convnext_atto"])
+    vision = cfg.model.clip_model_cfg["vision_cfg"]
+    assert vision["timm_model_name"] == "convnext_atto"
+    assert {k: v for k, v in vision.items() if k != "timm_model_name"} == {
+        k: v for k, v in preset["vision_cfg"].items() if k != "timm_model_name"
+    }
+    assert cfg.model.clip_model_cfg["text_cfg"] == preset["text_cfg"]
+    assert build_config("synthetic").model.clip_model_cfg == preset  # the preset's mapping itself left alone
+    f = tmp_path / "run.yaml"
+    f.write_text(
+        "preset: synthetic\nmodel:\n  clip_model_cfg:\n"
+        "    text_cfg:\n      heads: 1\n    vision_cfg:\n      timm_drop: null\n"
+    )
+    cfg = build_config(file=f)
+    assert cfg.model.clip_model_cfg["text_cfg"] == {**preset["text_cfg"], "heads": 1}
+    assert cfg.model.clip_model_cfg["vision_cfg"] == {k: v for k, v in preset["vision_cfg"].items() if k != "timm_drop"}
+    assert build_config("synthetic", overrides=["model.clip_model_cfg=null"]).model.clip_model_cfg == {}
+    with pytest.raises(ConfigError, match="config key 'model.clip_model_cfg' expects dict"):
+        build_config("synthetic", overrides=["model.clip_model_cfg=3"])
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'dpseg-xl'"):
         build_config("dpseg-xl")
