@@ -1,8 +1,15 @@
 """dpseg quickstart --fast: every stage runs through the real code, writes its outputs, and a rerun reuses the cache."""
 
+import contextlib
 import json
 import math
 import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,10 +124,6 @@ def test_the_readme_quickstart_section_ends_with_the_next_commands():
 def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch, capsys):
     import os
     import socket
-    import subprocess
-    import sys
-    import threading
-    import time
     import urllib.request
 
     from PIL import Image
@@ -179,3 +182,52 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
     assert "dpseg demo" in page, output[-3000:]
     assert f"open http://127.0.0.1:{port}" in output and "no public link is made" in output
     assert "share=True" not in output
+
+
+def _children(pid: int) -> set[int]:
+    kids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux's /proc")
+def test_sigterm_stops_the_training_processes_too(fast_run, tmp_path):
+    """SIGTERM (a scheduler's time limit, kill) ends the quickstart like Ctrl-C: its training processes stop with it
+    instead of running on as orphans, and the command says it was interrupted (exit 128 + 15)."""
+    root, _ = fast_run
+    cache = shutil.copytree(root / "cache", tmp_path / "cache", ignore=shutil.ignore_patterns("runs"))
+    cmd = [sys.executable, "-m", "dpseg", "quickstart", "--fast", "--jobs", "2", "--seeds", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "--cache", str(cache), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    workers: set[int] = set()
+    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+        time.sleep(0.5)
+        if any("4/6 training" in line for line in lines):  # the runs' pool is up: its processes are children
+            workers = {pid for pid in _children(proc.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+    assert len(workers) >= 2, "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, "".join(lines)
+    reader.join(timeout=10)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers), "training processes outlived the quickstart"
+    assert "interrupted; finished work is kept" in "".join(lines)

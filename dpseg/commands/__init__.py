@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from dpseg import __version__
@@ -101,14 +103,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    previous = _terminate_like_ctrl_c()
     try:
         return int(module.run(args) or 0)
     except DPSegError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted; finished work is kept and the command can be resumed", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``), raised where the command is, so that it unwinds as after
+    Ctrl-C: worker processes stopped, temporary files removed. Python's default would end the process on the spot
+    and leave a quickstart's training processes running."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _terminate_like_ctrl_c():
+    """Install the SIGTERM handler; the previous handler, or None where signals cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

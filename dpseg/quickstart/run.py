@@ -16,7 +16,10 @@ Every intermediate artefact is cached under ``--cache``, keyed by what produced 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -280,8 +283,17 @@ def _run_all(jobs: list, workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+    try:
         yield from pool.map(_run_one, jobs)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: stop the runs in flight, do not wait for them
+        pids = list(getattr(pool, "_processes", None) or {})  # pid -> Process; no public way before Python 3.14
+        pool.shutdown(wait=False, cancel_futures=True)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        raise
+    pool.shutdown()
 
 
 def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
