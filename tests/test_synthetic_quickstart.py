@@ -231,3 +231,27 @@ def test_sigterm_stops_the_training_processes_too(fast_run, tmp_path):
         time.sleep(0.2)
     assert not any(_running(pid) for pid in workers), "training processes outlived the quickstart"
     assert "interrupted; finished work is kept" in "".join(lines)
+
+
+@pytest.mark.slow
+def test_choosing_on_seen_classes_reuses_the_quickstart_runs_and_scores_them_alike(fast_run, tmp_path):
+    """benchmarks/choose_on_seen.py (method study sections 2-3) trains and scores exactly as the quickstart does: on
+    the quickstart's cache it reuses the DPSeg run and reproduces its seen-class numbers; an inference option that
+    refines nothing gives pass 2 = pass 1 from the same trained run."""
+    root, _ = fast_run
+    script = Path(__file__).parents[1] / "benchmarks" / "choose_on_seen.py"
+    never = "eval.refine_min_score=0.99 eval.refine_min_area=0.999"
+    cmd = [sys.executable, str(script), "--budget", "fast", "--variant", "dual", "--seeds", "1", "--num-val", "8"]
+    out = subprocess.run(
+        [*cmd, "--cache", str(root / "cache"), "--eval", "", "--eval", never, "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    quickstart = json.loads((root / "out" / "results.json").read_text())["runs"]["dual"]["0"]["seen"]
+    assert results["(preset) | (preset)"] == [{p: m["mIoU"] for p, m in quickstart.items()}]
+    (never_refined,) = results[f"(preset) | {never}"]
+    assert never_refined["pass2"] == never_refined["pass1"] == quickstart["pass1"]["mIoU"]
+    assert out.stdout.count("(trained run reused)") == 2 and "| (preset) | (preset) | " in out.stdout

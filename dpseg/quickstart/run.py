@@ -125,16 +125,7 @@ def quickstart(
 
     s = time.time()
     log(f"2/6 tiny CLIP: contrastive pretraining on seen-class objects ({budget.clip_steps} steps)")
-    settings = PretrainSettings(
-        steps=budget.clip_steps,
-        batch_size=budget.clip_batch,
-        pool_size=budget.clip_pool,
-        scenes=budget.clip_scenes,
-        text_gap=text_gap,
-        style_gap=style == "prompt",
-        prompt_size=clip_cfg.model.prompt_image_size,
-    )
-    clip = pretrained_clip(clip_cfg, cache, settings, log=log)
+    clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, text_gap, style), log=log)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
     zero_shot = evaluate_zero_shot(
@@ -238,6 +229,19 @@ def quickstart(
     example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
+
+
+def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> PretrainSettings:
+    """The tiny CLIP's pretraining settings of ``budget`` (part of its cache key)."""
+    return PretrainSettings(
+        steps=budget.clip_steps,
+        batch_size=budget.clip_batch,
+        pool_size=budget.clip_pool,
+        scenes=budget.clip_scenes,
+        text_gap=text_gap,
+        style_gap=style == "prompt",
+        prompt_size=clip_cfg.model.prompt_image_size,
+    )
 
 
 def _run_one(job) -> tuple:
