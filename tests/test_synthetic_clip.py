@@ -108,7 +108,7 @@ def test_save_load_round_trip_is_bit_identical_and_keyed(tmp_path):
     assert not torch.equal(fresh.visual.head.proj.weight, state["visual.head.proj.weight"])  # loading did something
     stamp = path.stat().st_mtime_ns
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_mtime_ns == stamp
-    for switch in ({"text_gap": False}, {"style_gap": False}):  # each gap switch is part of the cache key
+    for switch in ({"text_gap": False}, {"style_gap": False}, {"attribute_weight": 1.0}):  # part of the cache key
         other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
         assert clip_pretrain.settings_key(cfg, other) != clip_pretrain.settings_key(cfg, settings)
     path.write_bytes(b"broken")  # a damaged cache file is retrained, not trusted
@@ -177,3 +177,17 @@ def test_cell_oracle_loses_objects_that_never_dominate_a_cell():
     labels[0, 24:32, 24:32] = 1  # class 1: a small object inside the same cell, never its majority
     labels[0, 32:, 32:] = 2  # class 2 fills cell (1, 1)
     assert cell_oracle_accuracy(labels, torch.tensor([[0, 0], [0, 1], [0, 2]])) == pytest.approx(2 / 3)
+
+
+def test_attribute_heads_add_a_loss_only_when_weighted(tmp_path):
+    """The optional image-side attribute heads (method study 1d): weight 0 draws no extra random numbers and leaves
+    the recipe and its cache key as they were; a weight trains the tower through them (different weights)."""
+    cfg = build_config("synthetic")
+    small = dict(steps=2, batch_size=8, pool_size=16, scenes=8, warmup=1)
+    plain, _ = clip_pretrain.pretrain(cfg, PretrainSettings(**small), log=lambda m: None)
+    weighted, _ = clip_pretrain.pretrain(cfg, PretrainSettings(**small, attribute_weight=1.0), log=lambda m: None)
+    again, _ = clip_pretrain.pretrain(cfg, PretrainSettings(**small, attribute_weight=0.0), log=lambda m: None)
+    a, b, c = plain.state_dict(), weighted.state_dict(), again.state_dict()
+    assert a.keys() == b.keys()  # the heads are not part of the CLIP
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert not torch.equal(a["visual.head.proj.weight"], b["visual.head.proj.weight"])

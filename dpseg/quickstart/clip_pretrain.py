@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dpseg.config import Config
-from dpseg.data.synthetic.world import WORLD_VERSION
+from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, WORLD_VERSION
 from dpseg.errors import InputError
 from dpseg.model.towers import ImageTower, clip_model_config, create_clip, make_tokenizer
 from dpseg.prompts.templates import get_templates
@@ -60,6 +60,8 @@ from dpseg.weights import read_state_dict, save_safetensors
 # v3: 128-px mosaics of 2x2 tiles, tile embedding = mean of the dense head over the tile's cells.
 # v4: a share of whole prompt images embedded by the pooled (global) path, at the prompt size.
 PRETRAIN_VERSION = 4
+
+ATTRIBUTE_VALUES = (len(COLOURS), len(PATTERNS), len(SHAPES))  # classes of the optional attribute heads
 
 
 @dataclass
@@ -82,6 +84,10 @@ class PretrainSettings:
     text_gap: bool = True  # captions never use the vocabulary's pattern words (world README)
     style_gap: bool = True  # the pool's generator images are in the prompt style (world README)
     seed: int = 0
+    # weight of an image-side auxiliary loss: linear heads (discarded after pretraining) name each object
+    # embedding's colour, pattern and shape (cross-entropy, seen-class objects only; no text, so the text gap stays).
+    # 0 = off (the default; method study section 1d)
+    attribute_weight: float = 0.0
 
 
 def multi_positive_loss(
@@ -152,6 +158,11 @@ def pretrain(
     tokenizer = make_tokenizer(cfg.model)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    heads = torch.nn.ModuleList()  # made only when used: a run without them draws the same random numbers as before
+    if settings.attribute_weight:
+        heads.extend(torch.nn.Linear(tower.embed_dim, n) for n in ATTRIBUTE_VALUES)
+        decay += [h.weight for h in heads]
+        rest += [h.bias for h in heads]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=settings.lr,
@@ -192,6 +203,10 @@ def pretrain(
         img = torch.cat(parts)  # (P, d)
         txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
         loss = multi_positive_loss(img, txt, positives, model.logit_scale.exp())
+        if settings.attribute_weight:
+            truth = torch.from_numpy(obj_attrs).long()  # (P, 3): colour, pattern, shape indices
+            named = sum(F.cross_entropy(head(img), truth[:, a]) for a, head in enumerate(heads)) / len(heads)
+            loss = loss + settings.attribute_weight * named
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -221,7 +236,8 @@ def settings_key(cfg: Config, settings: PretrainSettings) -> str:
             "world": WORLD_VERSION,
             "recipe": PRETRAIN_VERSION,
             "clip": clip_model_config(cfg.model),
-            "settings": asdict(settings),
+            # a setting added later is left out at its "off" value: caches made before it existed stay valid
+            "settings": {k: v for k, v in asdict(settings).items() if not (k == "attribute_weight" and v == 0)},
         },
         sort_keys=True,
     )

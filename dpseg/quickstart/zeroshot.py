@@ -270,13 +270,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="timm name of the image tower (default: the synthetic preset's dpseg_convnext_nano_os16, dense "
         "embedding at stride 16; dpseg_convnext_nano = the plain ConvNeXt, stride 32)",
     )
+    parser.add_argument(
+        "--attribute-weight",
+        type=float,
+        default=PretrainSettings.attribute_weight,
+        help="weight of the image-side colour/pattern/shape heads during pretraining (0 = off)",
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     settings = PretrainSettings(
-        steps=args.steps, seed=args.seed, text_gap=not args.no_text_gap, style_gap=not args.no_style_gap
+        steps=args.steps,
+        seed=args.seed,
+        text_gap=not args.no_text_gap,
+        style_gap=not args.no_style_gap,
+        attribute_weight=args.attribute_weight,
     )
     base = build_config("synthetic")
     if args.tower:
