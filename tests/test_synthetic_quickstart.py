@@ -98,6 +98,8 @@ def test_changed_inference_settings_reevaluate_the_reused_runs(fast_run, tmp_pat
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["quickstart", "--fast", "--seeds", "0", "--cache", str(tmp_path)]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["quickstart", "--fast", "--clip-steps", "0", "--cache", str(tmp_path)]) == 2
+    assert "--clip-steps must be >= 1" in capsys.readouterr().err
     assert main(["quickstart", "--fast", "--preset", "dpseg-b", "--cache", str(tmp_path)]) == 2
     assert "quickstart runs the 'synthetic' preset" in capsys.readouterr().err
     assert main(["quickstart", "--fast", "--cache", str(tmp_path), "--set", "prompts.generator=/some/sd15"]) == 2

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, help="training seeds per variant (default 2; --fast: 1)")
     parser.add_argument("--iterations", type=int, help="training steps per run (default: the budget's)")
     parser.add_argument(
+        "--clip-steps",
+        type=int,
+        help="the tiny CLIP's pretraining steps (default 400; --fast: 100); longer learns shape better "
+        "(docs/method-study.md, section 1d)",
+    )
+    parser.add_argument(
         "--num-val", type=int, help="test scenes per vocabulary (seen, unseen, unseen-all; default 30; --fast: 8)"
     )
     # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
@@ -68,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         if args.iterations < 1:
             raise InputError(f"--iterations must be >= 1, got {args.iterations}")
         budget = replace(budget, iterations=args.iterations)
+    if args.clip_steps is not None:
+        if args.clip_steps < 1:
+            raise InputError(f"--clip-steps must be >= 1, got {args.clip_steps}")
+        budget = replace(budget, clip_steps=args.clip_steps)
     if args.num_val is not None:
         if args.num_val < 1:
             raise InputError(f"--num-val must be >= 1, got {args.num_val}")
