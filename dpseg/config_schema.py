@@ -32,7 +32,8 @@ class ModelConfig:
     visual_scales: list[int] = field(default_factory=lambda: [2, 3, 4])  # stages j that get F_v^j
     # standardise the embedded F_v^j before fusion: across the K classes per pixel ("class"), BatchNorm ("batch"),
     # or not ("none"); raw stage-feature cosines barely vary across classes (docs/paper-choices.md #7). "class" was
-    # chosen on seen-class validation scenes of the synthetic world (docs/method-study.md section 2)
+    # chosen on seen-class validation scenes of the synthetic world with its stride-32 tower (docs/method-study.md
+    # section 2); with the stride-16 tower the same test prefers "none", which the synthetic preset sets (2b)
     visual_cost_norm: Literal["none", "class", "batch"] = "class"
     decoder_dims: list[int] = field(default_factory=lambda: [64, 32, 16])
     encoder_guidance_dims: list[int] = field(default_factory=lambda: [32, 16, 8])  # projected E_4, E_3, E_2
