@@ -57,7 +57,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # the README numbers: about 15 minutes on 2 free CPU cores (measured: see README "Quickstart")
+    # the README numbers: about 9 minutes on 2 free CPU cores (measured: see README "Quickstart")
     "default": Budget(
         num_train=600,
         num_val=30,
