@@ -79,7 +79,7 @@ def main() -> None:
         work = [(cfg, variant.name, seed, {"seen": ds.seen}, budget.num_val) for _, cfg, seed in batch]
         for ((t, e), _, _), (_, seed, _, result, seconds, reused) in zip(batch, _run_all(work, args.jobs)):
             passes = {p: m["mIoU"] for p, m in result["seen"].items()}
-            results.setdefault(f"{t} | {e}", []).append(passes)
+            results.setdefault((t, e), []).append(passes)
             log(
                 f"{t} | {e} | seed {seed}: "
                 + ", ".join(f"{p} {v:.1f}" for p, v in passes.items())
@@ -88,14 +88,13 @@ def main() -> None:
     print(f"\nseen-class mIoU on {budget.num_val} seen/val scenes, {variant.title}, {args.seeds} seeds")
     print("| training option | inference option | per seed (pass 1) | pass 1 | pass 2 | pass 2 - pass 1 |")
     print("|---|---|---|---|---|---|")
-    for key, runs in results.items():
-        t, e = key.split(" | ")
+    for (t, e), runs in results.items():
         p1 = [r["pass1"] for r in runs]
         p2 = [r["pass2"] for r in runs if "pass2" in r]
         diff = [b - a for a, b in zip(p1, p2)]
         print(f"| {t} | {e} | {' / '.join(f'{v:.1f}' for v in p1)} | {_spread(p1)} | {_spread(p2)} | {_spread(diff)} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({f"{t} | {e}": runs for (t, e), runs in results.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -354,7 +354,6 @@ def skip_random_init():
 
     owner = threading.get_ident()
     saved = []
-    INIT_PATCH_LOCK.acquire()
 
     def skipping(original):
         @functools.wraps(original)
@@ -365,21 +364,21 @@ def skip_random_init():
 
         return init
 
-    try:
-        for module_name, names in _RANDOM_INITS.items():
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            for name in names:
-                original = getattr(module, name, None)
-                if callable(original):
-                    saved.append((module, name, original))
-                    setattr(module, name, skipping(original))
-        _SKIPPING.active = True
-        yield
-    finally:
-        _SKIPPING.active = False
-        for module, name, original in reversed(saved):
-            setattr(module, name, original)
-        INIT_PATCH_LOCK.release()
+    with INIT_PATCH_LOCK:
+        try:
+            for module_name, names in _RANDOM_INITS.items():
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError:
+                    continue
+                for name in names:
+                    original = getattr(module, name, None)
+                    if callable(original):
+                        saved.append((module, name, original))
+                        setattr(module, name, skipping(original))
+            _SKIPPING.active = True
+            yield
+        finally:
+            _SKIPPING.active = False
+            for module, name, original in reversed(saved):
+                setattr(module, name, original)

@@ -63,6 +63,10 @@ PRETRAIN_VERSION = 4
 
 ATTRIBUTE_VALUES = (len(COLOURS), len(PATTERNS), len(SHAPES))  # classes of the optional attribute heads
 
+# settings added after recipe v4, with the value that gives v4's training: left out of the cache key at that value,
+# so that weights trained before a setting existed stay valid
+ADDED_LATER = {"attribute_weight": 0.0}
+
 
 @dataclass
 class PretrainSettings:
@@ -236,8 +240,7 @@ def settings_key(cfg: Config, settings: PretrainSettings) -> str:
             "world": WORLD_VERSION,
             "recipe": PRETRAIN_VERSION,
             "clip": clip_model_config(cfg.model),
-            # a setting added later is left out at its "off" value: caches made before it existed stay valid
-            "settings": {k: v for k, v in asdict(settings).items() if not (k == "attribute_weight" and v == 0)},
+            "settings": {k: v for k, v in asdict(settings).items() if k not in ADDED_LATER or v != ADDED_LATER[k]},
         },
         sort_keys=True,
     )

@@ -246,8 +246,6 @@ def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> Pretr
 
 def _run_one(job) -> tuple:
     """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
-    import contextlib
-
     cfg, v_name, seed, splits, max_images = job
     start = time.time()
     run_dir = Path(cfg.train.output_dir)
