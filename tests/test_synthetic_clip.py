@@ -191,3 +191,32 @@ def test_attribute_heads_add_a_loss_only_when_weighted(tmp_path):
     assert a.keys() == b.keys()  # the heads are not part of the CLIP
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert not torch.equal(a["visual.head.proj.weight"], b["visual.head.proj.weight"])
+
+
+def test_a_shipped_clip_is_used_only_for_its_own_settings_and_can_be_bypassed(tmp_path, monkeypatch):
+    cfg = build_config("synthetic")
+    settings = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1)
+    trained = pretrained_clip(cfg, tmp_path / "maker", settings, log=lambda m: None)
+    shipped_dir = tmp_path / "shipped"
+    monkeypatch.setattr(clip_pretrain, "SHIPPED_DIR", shipped_dir)
+    shipped = clip_pretrain.ship(trained, report={"seen": 1.0})
+    assert shipped == shipped_dir / trained.name and shipped.stat().st_size < 0.6 * trained.stat().st_size
+    from safetensors import safe_open
+
+    with safe_open(str(shipped), framework="pt") as f:
+        assert f.get_tensor("visual.head.proj.weight").dtype == torch.float16
+        assert f.metadata()["key"] == clip_pretrain.settings_key(cfg, settings) and "zero_shot" in f.metadata()
+    logs: list[str] = []
+    assert pretrained_clip(cfg, tmp_path / "user", settings, log=logs.append) == shipped
+    assert "shipped" in logs[-1] and not (tmp_path / "user").exists()  # nothing trained, nothing cached
+    loaded = create_clip(build_config("synthetic", overrides=[f"model.clip_pretrained={shipped}"]).model)
+    assert loaded.visual.head.proj.weight.dtype == torch.float32  # cast back on load, like OpenCLIP's fp16 files
+    own = pretrained_clip(cfg, tmp_path / "user", settings, log=lambda m: None, use_shipped=False)
+    assert own == tmp_path / "user" / trained.name  # --retrain-clip trains its own
+    other = PretrainSettings(steps=3, batch_size=8, pool_size=16, warmup=1)  # other settings: never the shipped file
+    assert pretrained_clip(cfg, tmp_path / "user", other, log=lambda m: None).parent == tmp_path / "user"
+    (tmp_path / "user" / trained.name).unlink()
+    shipped.write_bytes(b"broken")  # a damaged installation trains its own and says so
+    logs.clear()
+    assert pretrained_clip(cfg, tmp_path / "user", settings, log=logs.append).parent == tmp_path / "user"
+    assert any("unreadable" in m for m in logs)

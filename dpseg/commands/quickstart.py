@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(docs/method-study.md, section 1d)",
     )
     parser.add_argument(
+        "--retrain-clip",
+        action="store_true",
+        help="pretrain the tiny CLIP here (minutes) even where dpseg ships one pretrained with the same settings",
+    )
+    parser.add_argument(
         "--num-val", type=int, help="test scenes per vocabulary (seen, unseen, unseen-all; default 30; --fast: 8)"
     )
     # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
@@ -94,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache) if args.cache else default_cache()
     overrides = [*args.overrides, *(["prompts.generator=synthetic:style=scene"] if args.no_style_gap else [])]
     results = quickstart(
-        budget, cache, Path(args.out), getattr(args, "config", None), overrides, workers, text_gap=not args.no_text_gap
+        budget,
+        cache,
+        Path(args.out),
+        getattr(args, "config", None),
+        overrides,
+        workers,
+        text_gap=not args.no_text_gap,
+        retrain_clip=args.retrain_clip,
     )
     print(results["markdown"])
     print(next_commands(Path(args.out), cache))

@@ -84,6 +84,12 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
     )
 
 
+def cpu_fused_adamw() -> bool:
+    """Whether this torch has AdamW's fused kernel for CPU tensors (torch >= 2.4)."""
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4)
+
+
 def lr_factor(step: int, total: int, warmup: int = 0) -> float:
     """Multiplier of the base lr for the update made at ``step`` (0-based) of ``total``."""
     factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))

@@ -96,12 +96,20 @@ def _log(t0: float):
 
 
 def quickstart(
-    budget: Budget, cache: Path, out: Path, config_file=None, overrides=(), workers: int = 1, text_gap: bool = True
+    budget: Budget,
+    cache: Path,
+    out: Path,
+    config_file=None,
+    overrides=(),
+    workers: int = 1,
+    text_gap: bool = True,
+    retrain_clip: bool = False,
 ) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``.
 
     ``text_gap`` is the tiny CLIP's text gap; the style gap follows ``prompts.generator`` (``synthetic:style=scene``
-    switches it off) and is passed on to the CLIP's pretraining pool.
+    switches it off) and is passed on to the CLIP's pretraining pool. ``retrain_clip``: pretrain the tiny CLIP here
+    even when dpseg ships one for these settings.
     """
     t0 = time.time()
     log = _log(t0)
@@ -125,7 +133,8 @@ def quickstart(
 
     s = time.time()
     log(f"2/6 tiny CLIP: contrastive pretraining on seen-class objects ({budget.clip_steps} steps)")
-    clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, text_gap, style), log=log)
+    settings = clip_settings(budget, clip_cfg, text_gap, style)
+    clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
     zero_shot = evaluate_zero_shot(

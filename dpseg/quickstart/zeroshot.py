@@ -43,7 +43,7 @@ from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import get_templates
 from dpseg.quickstart.clip_data import TILE, caption_name, normalised_tile_embeddings
-from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
+from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip, ship
 
 KINDS = ("scene-objects", "mosaic-tiles", "prompt-images", "scene-objects-by-prompts", "dense")
 WORDS = ("vocabulary", "caption")
@@ -276,6 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=PretrainSettings.attribute_weight,
         help="weight of the image-side colour/pattern/shape heads during pretraining (0 = off)",
     )
+    parser.add_argument("--scenes", type=int, default=PretrainSettings.scenes, help="rendered scenes in the pool")
+    parser.add_argument(
+        "--pool-size", type=int, default=PretrainSettings.pool_size, help="rendered 64-px tiles in the pool"
+    )
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="(maintainers) copy the weights, float16, with this report, into the package's shipped weights",
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -287,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text_gap=not args.no_text_gap,
         style_gap=not args.no_style_gap,
         attribute_weight=args.attribute_weight,
+        scenes=args.scenes,
+        pool_size=args.pool_size,
     )
     base = build_config("synthetic")
     if args.tower:
@@ -301,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for report in reports.values():
         print(format_report(report), end="\n\n")
+    if args.ship:
+        print(f"shipped: {ship(path, reports)}")
     if args.json:
         blob = {"weights": str(path), "seconds": round(time.time() - t0, 1), "settings": vars(args), **reports}
         atomic_write_text(args.json, json.dumps(blob, indent=2))
