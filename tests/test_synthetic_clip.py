@@ -220,3 +220,16 @@ def test_a_shipped_clip_is_used_only_for_its_own_settings_and_can_be_bypassed(tm
     logs.clear()
     assert pretrained_clip(cfg, tmp_path / "user", settings, log=logs.append).parent == tmp_path / "user"
     assert any("unreadable" in m for m in logs)
+
+
+def test_the_default_quickstart_clip_is_shipped_and_loads_strictly():
+    from dpseg.prompts.generate import get_generator
+    from dpseg.quickstart.run import BUDGETS, clip_settings
+
+    cfg = build_config("synthetic")
+    style = get_generator("synthetic", cfg.prompts).style
+    key = clip_pretrain.settings_key(cfg, clip_settings(BUDGETS["default"], cfg, True, style))
+    path = clip_pretrain.SHIPPED_DIR / f"tiny-clip-{key}.safetensors"
+    assert path.is_file(), f"no shipped tiny CLIP for the default budget's settings (key {key}): re-ship it"
+    model = create_clip(build_config("synthetic", overrides=[f"model.clip_pretrained={path}"]).model)
+    assert torch.isfinite(model.visual.head.proj.weight).all()
