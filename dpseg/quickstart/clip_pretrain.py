@@ -55,7 +55,7 @@ from dpseg.quickstart.clip_data import (
     render_pool,
     scene_object_embeddings,
 )
-from dpseg.weights import read_state_dict, save_safetensors
+from dpseg.weights import read_state_dict, safetensors_metadata, save_safetensors
 
 # Bump when the training recipe changes: part of the cache key of the saved weights.
 # v3: 128-px mosaics of 2x2 tiles, tile embedding = mean of the dense head over the tile's cells.
@@ -248,12 +248,9 @@ def ship(path: str | Path, report: Optional[dict] = None, out_dir: str | Path = 
     float16 halves the file (most of it is the 49408 x 64 token embedding); the loader casts back to the model's
     float32, as it does for OpenCLIP's own float16 checkpoints.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
     state = read_state_dict(path, "tiny CLIP")
+    meta = safetensors_metadata(path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if report is not None:
         meta["zero_shot"] = json.dumps(report, sort_keys=True)
@@ -309,21 +306,19 @@ def pretrained_clip(
         )
     key = settings_key(cfg, settings)
     path = Path(cache_dir) / f"tiny-clip-{key}.safetensors"
-    if path.is_file():
-        try:
-            read_state_dict(path, "tiny CLIP")
-            log(f"reusing tiny CLIP {path}")
-            return path
-        except Exception:  # noqa: BLE001 - a broken cache file is retrained
-            log(f"tiny CLIP cache {path} is unreadable; retraining")
-    shipped = SHIPPED_DIR / path.name
-    if use_shipped and shipped.is_file():
-        try:
-            read_state_dict(shipped, "tiny CLIP")
-            log(f"using the tiny CLIP shipped with dpseg, pretrained with these settings: {shipped}")
-            return shipped
-        except Exception as e:  # noqa: BLE001 - a damaged installation trains its own, and says why
-            log(f"the shipped tiny CLIP {shipped} is unreadable ({e}); training one")
+    candidates = [(path, "reusing tiny CLIP")]  # trained here before, then the copy shipped for these settings
+    if use_shipped:
+        candidates.append(
+            (SHIPPED_DIR / path.name, "using the tiny CLIP shipped with dpseg, pretrained with these settings:")
+        )
+    for candidate, using in candidates:
+        if candidate.is_file():
+            try:
+                read_state_dict(candidate, "tiny CLIP")
+                log(f"{using} {candidate}")
+                return candidate
+            except Exception as e:  # noqa: BLE001 - a broken cache file or installation: train one, and say why
+                log(f"tiny CLIP {candidate} is unreadable ({e}); training one")
     model, stats = pretrain(cfg, settings, log)
     meta = {"key": key, "world_version": WORLD_VERSION, "settings": json.dumps(asdict(settings)), **stats}
     save_safetensors(model.state_dict(), path, metadata=meta)

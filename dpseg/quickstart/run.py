@@ -133,7 +133,7 @@ def quickstart(
     stage("datasets", s)
 
     s = time.time()
-    log(f"2/6 tiny CLIP: contrastive pretraining on seen-class objects ({budget.clip_steps} steps)")
+    log(f"2/6 tiny CLIP, pretrained contrastively on seen-class objects ({budget.clip_steps} steps)")
     settings = clip_settings(budget, clip_cfg, text_gap, style)
     clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
