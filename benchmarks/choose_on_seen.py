@@ -66,8 +66,11 @@ def main() -> None:
     train_options, eval_options = args.train or [""], args.eval or [""]
     jobs: list[list] = [[] for _ in eval_options]  # one batch per inference option: the first trains every run
     for t in train_options:
-        cfg_t = build_config("synthetic", overrides=[f"model.clip_pretrained={clip}", *_overrides(t)])
-        cfg_t.train.iterations = budget.iterations
+        # the budget's length first, so that a training option may change it (``train.iterations=400``)
+        cfg_t = build_config(
+            "synthetic",
+            overrides=[f"train.iterations={budget.iterations}", f"model.clip_pretrained={clip}", *_overrides(t)],
+        )
         for i, e in enumerate(eval_options):
             inference = build_config("synthetic", overrides=[*_overrides(t), *_overrides(e)]).eval
             for seed in range(args.seeds):
