@@ -270,6 +270,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
     if not 0 <= e.refine_min_score < 1:
         raise ConfigError("config key 'eval.refine_min_score' must be in [0, 1)")
+    if not 0 < e.refine_crop_weight <= 1:
+        raise ConfigError(
+            f"config key 'eval.refine_crop_weight' must be in (0, 1] (1 = the crop replaces the prompt), "
+            f"got {e.refine_crop_weight}"
+        )
     if not 0 <= e.min_score < 1:
         raise ConfigError(f"config key 'eval.min_score' must be in [0, 1) (0 = label every pixel), got {e.min_score}")
     if e.refine_max_classes < 0 or e.class_chunk < 0:

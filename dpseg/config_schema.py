@@ -150,6 +150,9 @@ class EvalConfig:
     # pass 2 re-decodes all K classes (the paper) or only those detected in pass 1 ("present": the others keep their
     # pass-1 logits; much faster at large K)
     refine_scope: Literal["all", "present"] = "all"
+    # 1 = a detected class's crop replaces its generated visual prompts (the paper); < 1 blends weight * crop +
+    # (1 - weight) * generated prompt
+    refine_crop_weight: float = 1.0
     class_chunk: int = 128  # classes decoded at a time (0 = all at once): bounds memory, same result
     # SED's category early rejection (SED-fast: 8): after each auxiliary head only the classes among the top k at
     # some pixel of the batch stay in the decoder; the others get probability 0. 0 = off. Needs model.aux_heads.

@@ -123,3 +123,22 @@ def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
         calls.clear()
         full = two_pass(model, x, prompts, RefinePolicy(scope="all"))
     assert torch.allclose(fast["logits"], full["logits"], atol=1e-6)
+
+
+def test_a_crop_weight_below_one_blends_the_crop_into_each_templates_prompt():
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 3)
+    x = torch.rand(1, 3, 64, 64)
+    logits = torch.full((1, 3, 16, 16), -4.0)
+    logits[0, 1] = 4  # only class 1 is detected
+    replaced, _ = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01))
+    blended, _ = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01, crop_weight=0.25))
+    crop = replaced.visual[0, 1, 0]
+    assert torch.allclose(blended.visual[0, 1], 0.25 * crop + 0.75 * prompts.visual[1], atol=1e-6)
+    for r, b, p in zip(replaced.visual_stages, blended.visual_stages, prompts.visual_stages):
+        assert torch.allclose(b[0, 1], 0.25 * r[0, 1] + 0.75 * p[1], atol=1e-6)
+    assert torch.equal(blended.visual[0, 0], prompts.visual[0])  # undetected classes are untouched
+    for bad in (0.0, 1.5):
+        with pytest.raises(InputError, match="crop_weight must be in"):
+            RefinePolicy(crop_weight=bad)

@@ -72,7 +72,11 @@ def protocol_from_config(eval_cfg) -> Protocol:
 def refine_policy(eval_cfg) -> RefinePolicy:
     """The two-pass refinement policy of the ``eval`` section."""
     return RefinePolicy(
-        eval_cfg.refine_min_score, eval_cfg.refine_min_area, eval_cfg.refine_max_classes, eval_cfg.refine_scope
+        eval_cfg.refine_min_score,
+        eval_cfg.refine_min_area,
+        eval_cfg.refine_max_classes,
+        eval_cfg.refine_scope,
+        eval_cfg.refine_crop_weight,
     )
 
 

@@ -5,7 +5,8 @@ where it is the argmax and its probability is at least ``min_score`` - cover at 
 map (:class:`RefinePolicy`). Its voting pixels are framed in the *input image* by the one prompt-image rule of
 :func:`dpseg.model.prompt_image.prepare_prompt_image` (a square around them, the region filling 70 % of it, context
 kept - as the objects of generated prompt images are framed), encoded by the frozen visual-prompt encoder in one
-batch, and replace that class's visual prompts: global V for all M templates and the pooled stage features v_j.
+batch, and replace that class's visual prompts: global V for all M templates and the pooled stage features v_j
+(``crop_weight`` < 1 blends them instead: weight·crop + (1 − weight)·generated prompt, per template).
 Undetected classes and all text prompts are unchanged. Pass 2 re-runs only the cost volumes and the decoder: the
 image features of pass 1 are reused. Inference only; no training is involved.
 """
@@ -32,12 +33,15 @@ class RefinePolicy:
     min_area: float = 0.001  # a class is detected if its votes cover at least this fraction of the map
     max_classes: int = 0  # at most this many detected classes per image, largest first (0 = all)
     scope: str = "all"  # "all" re-decodes every class (the paper), "present" only the detected ones
+    crop_weight: float = 1.0  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
 
     def __post_init__(self):
         if self.scope not in ("all", "present"):
             raise InputError(f"refinement scope must be 'all' or 'present', got {self.scope!r}")
         if not (0 <= self.min_score < 1 and 0 <= self.min_area < 1 and self.max_classes >= 0):
             raise InputError("refinement needs 0 <= min_score < 1, 0 <= min_area < 1 and max_classes >= 0")
+        if not 0 < self.crop_weight <= 1:
+            raise InputError(f"refinement crop_weight must be in (0, 1] (1 = replace), got {self.crop_weight}")
 
 
 def voting_labels(logits: Tensor, min_score: float) -> Tensor:
@@ -88,9 +92,11 @@ def refine_prompts(
             v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
-        visual[idx_b, idx_k] = v_crop[:, None].to(visual.dtype)  # (N, 1, d) broadcast over the M templates
+        w = policy.crop_weight
+        # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
+        visual[idx_b, idx_k] = w * v_crop[:, None].to(visual.dtype) + (1 - w) * visual[idx_b, idx_k]
         for t, s in zip(stages, stage_crops):
-            t[idx_b, idx_k] = s[:, None].to(t.dtype)
+            t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
     refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
     return refined, detected
 
