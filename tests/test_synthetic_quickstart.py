@@ -93,6 +93,27 @@ def test_changed_inference_settings_reevaluate_the_reused_runs(fast_run, tmp_pat
         assert split["pass2"]["mIoU"] == split["pass1"]["mIoU"]
     (cached,) = (root / "cache" / "runs").glob("dual-seed0-*/quickstart_eval.json")
     assert json.loads(cached.read_text())["key"]["eval"]["refine_min_score"] == 0.99
+    # the model `dpseg segment` and the demo use adopts them too, and its threshold is chosen again with them
+    model, _ = default_artifacts(root / "cache")
+    saved = json.loads((model / "config.json").read_text())["eval"]
+    assert (saved["refine_min_score"], saved["refine_min_area"]) == (0.99, 0.999)
+    assert read_calibration(model) is not None
+
+
+def test_a_model_folder_adopts_the_experiments_refinement_settings(tmp_path):
+    from dpseg.config import build_config
+    from dpseg.quickstart.experiment import adopt_inference_settings
+
+    inference = build_config("synthetic").eval
+    folder = tmp_path / "final"
+    folder.mkdir()
+    old = {"eval": {"two_pass": True, "refine_min_score": 0.3, "min_score": 0.2}, "model": {"x": 1}}
+    (folder / "config.json").write_text(json.dumps(old))  # written before refine_crop_weight existed
+    assert adopt_inference_settings(folder, inference)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["eval"]["refine_crop_weight"] == inference.refine_crop_weight == 0.25
+    assert saved["eval"]["min_score"] == 0.2 and saved["model"] == {"x": 1}  # everything else kept
+    assert not adopt_inference_settings(folder, inference)  # already holds them
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):

@@ -18,6 +18,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
+from dpseg.atomic import atomic_write_text
 from dpseg.build import load_model
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
@@ -98,12 +99,40 @@ def is_trained(cfg: Config) -> bool:
     return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
 
 
-def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0) -> float:
+# The inference settings a model folder carries for `dpseg segment` and the demo that are not part of its run's key
+# (is_trained ignores the eval section): a run trained before a preset changed them still holds the old values.
+REFINEMENT_KEYS = (
+    "two_pass",
+    "refine_min_score",
+    "refine_min_area",
+    "refine_max_classes",
+    "refine_scope",
+    "refine_crop_weight",
+)
+
+
+def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
+    """Write the experiment's refinement settings into the model folder's ``config.json`` (atomically, weights
+    untouched), so that ``dpseg segment`` and the demo refine as the quickstart's table did. True if it changed."""
+    path = Path(model_dir) / "config.json"
+    data = json.loads(path.read_text())
+    wanted = {k: getattr(inference, k) for k in REFINEMENT_KEYS}
+    if all(data["eval"].get(k) == v for k, v in wanted.items()):
+        return False
+    data["eval"].update(wanted)
+    atomic_write_text(path, json.dumps(data, indent=2))
+    return True
+
+
+def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0, inference: Optional[EvalConfig] = None) -> float:
     """The run's default score threshold (``eval.min_score``: what ``dpseg segment`` and the demo leave unlabelled),
     chosen on the validation split of ``folder`` (the seen classes) by the public calibration
-    (:func:`dpseg.evaluation.calibrate.calibrate_checkpoint`); reused when already chosen on that split."""
+    (:func:`dpseg.evaluation.calibrate.calibrate_checkpoint`); reused when already chosen on that split with the same
+    refinement settings. ``inference``: the experiment's eval section, whose refinement settings the folder adopts
+    first (the threshold is chosen on the map that ``segment`` makes, pass 2 included)."""
+    changed = inference is not None and adopt_inference_settings(model_dir, inference)
     done = read_calibration(model_dir)
-    if done and done.get("dataset") == str(folder) and done.get("num_images") == max_images:
+    if not changed and done and done.get("dataset") == str(folder) and done.get("num_images") == max_images:
         return float(done["min_score"])
     return calibrate_checkpoint(model_dir, str(folder), device="cpu", max_images=max_images, progress=False).min_score
 

@@ -173,7 +173,7 @@ def quickstart(
     demo_run = next((v for v in ("dual", *budget.variants) if (v, 0) in dirs), None)
     if demo_run is not None:  # the model `dpseg segment` / `dpseg demo` use by default: its score threshold
         s = time.time()  # chosen on the seen-class validation scenes
-        ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val)
+        ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
         stage("calibration", s)
 
     s = time.time()
