@@ -7,7 +7,7 @@ import torch
 from dpseg.data.synthetic.datasets import build_datasets
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.quickstart.experiment import VARIANTS, chance_miou
-from dpseg.quickstart.report import compare, figure, markdown_table, summarize, verdicts
+from dpseg.quickstart.report import compare, compare_passes, figure, markdown_table, summarize, verdicts
 
 
 def test_chance_matches_random_predictions_through_the_metrics(tmp_path):
@@ -48,6 +48,24 @@ def test_summary_and_verdicts_respect_the_spread():
     assert compare(s, ("visual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x") is None  # variant not run
     lines = verdicts(summarize(_runs([30, 31, 32], [40, 41, 42])), {"unseen": 3.3, "seen": 0.8})
     assert any("clearly above chance" in line for line in lines)
+
+
+def test_pass_two_is_judged_against_pass_one_of_the_same_models():
+    def runs(pairs):
+        return {"dual": {s: {"unseen": {"pass1": {"mIoU": a}, "pass2": {"mIoU": b}}} for s, (a, b) in enumerate(pairs)}}
+
+    # the seeds differ by far more than the passes, but every model loses about a point in pass 2
+    r = runs([(30, 29), (60, 58.8), (45, 44.2)])
+    line = compare_passes(r, "dual", "unseen", "x")
+    assert "pass 2 - pass 1 per seed -1.0 ± 0.2, higher for 0/3 seeds" in line and "does NOT hold (reversed)" in line
+    s = summarize(r)  # unpaired, the same numbers are inside the seeds' spread
+    assert "no difference" in compare(s, ("dual", "unseen", "pass2"), ("dual", "unseen", "pass1"), "x")
+    assert "-> holds" in compare_passes(runs([(30, 31), (60, 60.8), (45, 46.2)]), "dual", "unseen", "x")
+    assert "no difference" in compare_passes(runs([(30, 31), (60, 59), (45, 45.5)]), "dual", "unseen", "x")
+    assert "single seed" in compare_passes(runs([(30, 31)]), "dual", "unseen", "x")
+    assert compare_passes(runs([(30, 31)]), "dual", "seen", "x") is None  # that split was not evaluated
+    lines = verdicts(s, {"unseen": 3.3}, r)
+    assert any("pass 2 >= pass 1 (dual)" in line and "does NOT hold" in line for line in lines)
 
 
 def test_table_and_figure(tmp_path):

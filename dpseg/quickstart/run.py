@@ -186,7 +186,7 @@ def quickstart(
     summary = report.summarize(runs)
     titles = {k: v.title for k, v in ex.VARIANTS.items()}
     table = report.markdown_table(summary, titles, chance, clip_dense)
-    lines = report.verdicts(summary, chance)
+    lines = report.verdicts(summary, chance, runs)
     fig_runs = {name: dirs[(name, 0)] for name in ("dual", "text") if (name, 0) in dirs}
     predictions, examples = {}, None
     for name, model_dir in fig_runs.items():
@@ -325,7 +325,8 @@ def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
             "",
             "Chance = expected mIoU of a uniformly random class per pixel "
             "(from the test labels' class frequencies). A gap "
-            "inside the spread over seeds is reported as no difference. "
+            "inside the spread over seeds is reported as no difference; pass 2 is compared with pass 1 of the same "
+            "models, seed by seed (the spread of the per-seed differences). "
             "Columns are not comparable with each other: the "
             f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
             "",
