@@ -46,7 +46,7 @@ def test_summary_and_verdicts_respect_the_spread():
     s = summarize(_runs([30], [40]))
     assert "single seed" in compare(s, ("dual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x")
     assert compare(s, ("visual", "unseen", "pass1"), ("text", "unseen", "pass1"), "x") is None  # variant not run
-    lines = verdicts(summarize(_runs([30, 31, 32], [40, 41, 42])), {"unseen": 3.3, "seen": 0.8})
+    lines = verdicts(_runs([30, 31, 32], [40, 41, 42]), {"unseen": 3.3, "seen": 0.8})
     assert any("clearly above chance" in line for line in lines)
 
 
@@ -64,7 +64,7 @@ def test_pass_two_is_judged_against_pass_one_of_the_same_models():
     assert "no difference" in compare_passes(runs([(30, 31), (60, 59), (45, 45.5)]), "dual", "unseen", "x")
     assert "single seed" in compare_passes(runs([(30, 31)]), "dual", "unseen", "x")
     assert compare_passes(runs([(30, 31)]), "dual", "seen", "x") is None  # that split was not evaluated
-    lines = verdicts(s, {"unseen": 3.3}, r)
+    lines = verdicts(r, {"unseen": 3.3})
     assert any("pass 2 >= pass 1 (dual)" in line and "does NOT hold" in line for line in lines)
 
 

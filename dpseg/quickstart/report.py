@@ -74,13 +74,17 @@ def compare(summary: dict, a: tuple[str, str, str], b: tuple[str, str, str], wha
     except KeyError:
         return None
     gap, spread = ea["mean"] - eb["mean"], max(ea["std"], eb["std"])
-    if ea["seeds"] < 2 or eb["seeds"] < 2:
-        verdict = "single seed: no spread, no verdict"
-    elif abs(gap) <= spread:
-        verdict = "no difference (inside the spread)"
-    else:
-        verdict = "holds" if gap > 0 else "does NOT hold (reversed)"
+    verdict = _verdict(gap, spread, min(ea["seeds"], eb["seeds"]))
     return f"- {what}: {ea['mean']:.1f} vs {eb['mean']:.1f} (gap {gap:+.1f}, spread {spread:.1f}) -> {verdict}"
+
+
+def _verdict(gap: float, spread: float, seeds: int) -> str:
+    """The module doc's rule: a gap counts only outside the spread, and needs two seeds to have one."""
+    if seeds < 2:
+        return "single seed: no spread, no verdict"
+    if abs(gap) <= spread:
+        return "no difference (inside the spread)"
+    return "holds" if gap > 0 else "does NOT hold (reversed)"
 
 
 def compare_passes(runs: dict, variant: str, split: str, what: str) -> Optional[str]:
@@ -95,21 +99,16 @@ def compare_passes(runs: dict, variant: str, split: str, what: str) -> Optional[
     p1, p2 = (mean_std(x)[0] for x in zip(*pairs))
     gap, spread = mean_std([b - a for a, b in pairs])
     higher = sum(b > a for a, b in pairs)
-    if len(pairs) < 2:
-        verdict = "single seed: no spread, no verdict"
-    elif abs(gap) <= spread:
-        verdict = "no difference (inside the spread)"
-    else:
-        verdict = "holds" if gap > 0 else "does NOT hold (reversed)"
     return (
         f"- {what}: {p2:.1f} vs {p1:.1f} (pass 2 - pass 1 per seed {gap:+.1f} ± {spread:.1f}, higher for "
-        f"{higher}/{len(pairs)} seeds) -> {verdict}"
+        f"{higher}/{len(pairs)} seeds) -> {_verdict(gap, spread, len(pairs))}"
     )
 
 
-def verdicts(summary: dict, chance: dict, runs: Optional[dict] = None) -> list[str]:
-    """The method's claims, checked on the unseen classes (and pass 2 vs pass 1 on both splits). With ``runs``
-    (the per-seed results ``summary`` was made from) pass 2 vs pass 1 is judged paired, model by model."""
+def verdicts(runs: dict, chance: dict) -> list[str]:
+    """The method's claims on each split of ``chance``, from the per-seed results ``runs`` (see :func:`summarize`);
+    pass 2 vs pass 1 is judged paired, model by model (:func:`compare_passes`)."""
+    summary = summarize(runs)
     lines = []
     for split in [s for s in ("unseen", "unseen-all", "seen") if s in chance]:
         for what, a, b in (
@@ -135,12 +134,7 @@ def verdicts(summary: dict, chance: dict, runs: Optional[dict] = None) -> list[s
             line = compare(summary, a, b, f"{split}: {what}")
             if line:
                 lines.append(line)
-        what = f"{split}: pass 2 >= pass 1 (dual)"
-        line = (
-            compare_passes(runs, "dual", split, what)
-            if runs is not None
-            else compare(summary, ("dual", split, "pass2"), ("dual", split, "pass1"), what)
-        )
+        line = compare_passes(runs, "dual", split, f"{split}: pass 2 >= pass 1 (dual)")
         if line:
             lines.append(line)
         best = summary.get("dual", {}).get(split, {}).get("pass1")

@@ -186,7 +186,7 @@ def quickstart(
     summary = report.summarize(runs)
     titles = {k: v.title for k, v in ex.VARIANTS.items()}
     table = report.markdown_table(summary, titles, chance, clip_dense)
-    lines = report.verdicts(summary, chance, runs)
+    lines = report.verdicts(runs, chance)
     fig_runs = {name: dirs[(name, 0)] for name in ("dual", "text") if (name, 0) in dirs}
     predictions, examples = {}, None
     for name, model_dir in fig_runs.items():
