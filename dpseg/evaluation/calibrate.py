@@ -196,6 +196,17 @@ def write_calibration(directory: Union[str, Path], calibration: Calibration) -> 
     ``config.json`` (everything else kept byte for byte in meaning; written atomically) and ``calibration.json``.
     The weights are not touched, so their content hash stays valid."""
     directory = Path(directory)
+    update_eval_config(
+        directory, {"min_score": calibration.min_score, "background_class": calibration.background_class}
+    )
+    atomic_write_text(directory / CALIBRATION_NAME, json.dumps(calibration.to_dict(), indent=2))  # last: marks it done
+    return directory / CONFIG_NAME
+
+
+def update_eval_config(directory: Union[str, Path], values: dict) -> bool:
+    """Set these ``eval`` keys in a checkpoint folder's ``config.json`` (everything else kept; written atomically,
+    only if something changes; the weights are not touched). True if it changed."""
+    directory = Path(directory)
     path = directory / CONFIG_NAME
     try:
         data = json.loads(path.read_text())
@@ -203,10 +214,11 @@ def write_calibration(directory: Union[str, Path], calibration: Calibration) -> 
         raise CheckpointError(f"cannot read {path} ({e}); is {directory} a dpseg checkpoint folder?") from None
     if not isinstance(data.get("eval"), dict):
         raise CheckpointError(f"{path} has no eval section; is {directory} a dpseg checkpoint folder?")
-    data["eval"]["min_score"], data["eval"]["background_class"] = calibration.min_score, calibration.background_class
+    if all(k in data["eval"] and data["eval"][k] == v for k, v in values.items()):
+        return False
+    data["eval"].update(values)
     atomic_write_text(path, json.dumps(data, indent=2))
-    atomic_write_text(directory / CALIBRATION_NAME, json.dumps(calibration.to_dict(), indent=2))  # last: marks it done
-    return path
+    return True
 
 
 def read_calibration(directory: Union[str, Path]) -> Optional[dict]:

@@ -18,7 +18,6 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
-from dpseg.atomic import atomic_write_text
 from dpseg.build import load_model
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
@@ -26,7 +25,7 @@ from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
 from dpseg.errors import DataError
-from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration
+from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
@@ -114,14 +113,7 @@ REFINEMENT_KEYS = (
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
     """Write the experiment's refinement settings into the model folder's ``config.json`` (atomically, weights
     untouched), so that ``dpseg segment`` and the demo refine as the quickstart's table did. True if it changed."""
-    path = Path(model_dir) / "config.json"
-    data = json.loads(path.read_text())
-    wanted = {k: getattr(inference, k) for k in REFINEMENT_KEYS}
-    if all(data["eval"].get(k) == v for k, v in wanted.items()):
-        return False
-    data["eval"].update(wanted)
-    atomic_write_text(path, json.dumps(data, indent=2))
-    return True
+    return update_eval_config(model_dir, {k: getattr(inference, k) for k in REFINEMENT_KEYS})
 
 
 def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0, inference: Optional[EvalConfig] = None) -> float:
