@@ -38,14 +38,15 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import dpseg.build as build
+    import dpseg.checkpoint as checkpoint
     from dpseg import weights
     from dpseg.config import build_config
 
     cfg = build_config(args.preset)
     folder = tempfile.mkdtemp(prefix="dpseg-bench-hash-")
     try:
-        build.save_model(build.build_model(cfg, load_clip_weights=False), cfg, folder)
-        path = os.path.join(folder, build.WEIGHTS_NAME)
+        checkpoint.save_model(build.build_model(cfg, load_clip_weights=False), cfg, folder)
+        path = os.path.join(folder, checkpoint.WEIGHTS_NAME)
         real = weights.safetensors_integrity
 
         def sha256_stream():
@@ -61,11 +62,11 @@ def main() -> int:
         def load(with_check: bool):
             weights._digests.cache_clear()
             stub = real if with_check else (lambda _: ("ok", "stub"))
-            weights.safetensors_integrity = build.safetensors_integrity = stub
+            weights.safetensors_integrity = checkpoint.safetensors_integrity = stub
             try:
-                build.load_model(folder)
+                checkpoint.load_model(folder)
             finally:
-                weights.safetensors_integrity = build.safetensors_integrity = real
+                weights.safetensors_integrity = checkpoint.safetensors_integrity = real
 
         cases = {
             "hashlib sha256, streamed": sha256_stream,

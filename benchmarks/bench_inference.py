@@ -77,7 +77,7 @@ def child(args) -> dict:
 
     from dpseg.build import build_model
     from dpseg.config import build_config
-    from dpseg.model.prompts import PromptSet
+    from dpseg.model.dual_prompt import PromptSet
     from dpseg.model.refine import RefinePolicy, two_pass
 
     torch.set_grad_enabled(False)

@@ -39,8 +39,8 @@ def _timed(fn, device):
 def run(args) -> dict:
     import torch
 
+    from dpseg.clip_loading import build_towers
     from dpseg.config import build_config
-    from dpseg.model.towers import build_towers
     from dpseg.prompts.bank import PromptBank, make_key
     from dpseg.prompts.builder import build_bank
     from dpseg.prompts.exemplars import encode_prompt_images

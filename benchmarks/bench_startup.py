@@ -77,7 +77,8 @@ def make_checkpoint(preset: str, folder: Path) -> tuple[Path, Path, list[str]]:
     import torch
     from PIL import Image
 
-    from dpseg.build import build_model, save_model
+    from dpseg.build import build_model
+    from dpseg.checkpoint import save_model
     from dpseg.config import build_config
     from dpseg.prompts.bank import PromptBank, make_key
     from dpseg.prompts.builder import add_exemplars

@@ -26,8 +26,8 @@ def run(args) -> dict:
     from dpseg.config import build_config
     from dpseg.engine.optim import build_optimizer, make_scaler
     from dpseg.evaluation.runtime import autocast, resolve_precision
+    from dpseg.model.dual_prompt import PromptSet
     from dpseg.model.loss import SegmentationLoss
-    from dpseg.model.prompts import PromptSet
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,9 +11,9 @@ _LAZY = {
     "Segmenter": "dpseg.segmenter",
     "build_config": "dpseg.config",
     "build_model": "dpseg.build",
-    "load_model": "dpseg.build",
-    "save_model": "dpseg.build",
-    "PromptSet": "dpseg.model.prompts",
+    "load_model": "dpseg.checkpoint",
+    "save_model": "dpseg.checkpoint",
+    "PromptSet": "dpseg.model.dual_prompt",
     "PromptBank": "dpseg.prompts.bank",
 }
 

@@ -22,7 +22,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from dpseg.build import WEIGHTS_NAME, build_model, save_model
+from dpseg.build import build_model
+from dpseg.checkpoint import WEIGHTS_NAME, save_model
 from dpseg.config import Config, build_config
 from dpseg.errors import CheckpointError
 from dpseg.model.dpseg import DPSeg

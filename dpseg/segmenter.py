@@ -41,14 +41,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dpseg.build import load_model
-from dpseg.checkpoint_paths import missing_bank_message
+from dpseg.checkpoint import load_model, missing_bank_message
 from dpseg.data.transforms import resize_label
 from dpseg.errors import BankError, InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.resolve import resolve_prompts, source_key
 from dpseg.prompts.templates import model_templates
 from dpseg.vocab import check_class_list, parse_class_list

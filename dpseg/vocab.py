@@ -6,7 +6,7 @@
   :func:`canonical_name` strips each synonym, collapses runs of inner whitespace and joins them with ", ", so
   "sofa ,couch " and "sofa,  couch" are the same class; two names whose canonical forms differ only in letter
   case are also the same class (:func:`class_key`). Every class-list reader - user lists, class files, dataset
-  ``classes.txt``, prompt banks, :class:`~dpseg.model.prompts.PromptSet`, exemplar folder names - refuses such
+  ``classes.txt``, prompt banks, :class:`~dpseg.model.dual_prompt.PromptSet`, exemplar folder names - refuses such
   duplicates with :func:`check_class_list` / :func:`duplicate_groups`.
 * :func:`read_class_list` reads the shipped benchmark lists (package data, the peers' files byte for byte: label i
   means the same class as in their numbers) and user files: a JSON list of strings, or text with one class per

@@ -5,7 +5,7 @@ import torch
 from dpseg.build import build_model
 from dpseg.config import build_config
 from dpseg.engine.rng import capture_rng
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 
 
 def tiny_model(*overrides, seed=0):

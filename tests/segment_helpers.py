@@ -13,7 +13,7 @@ import numpy as np
 from helpers import tiny_model
 from PIL import Image
 
-from dpseg.build import save_model
+from dpseg.checkpoint import save_model
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import add_exemplars
 from dpseg.prompts.templates import model_templates

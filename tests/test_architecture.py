@@ -18,10 +18,10 @@ PACKAGE = ROOT / "dpseg"
 LAYERS: list[tuple[str, ...]] = [
     ("dpseg.errors", "dpseg.atomic", "dpseg.progress"),
     ("dpseg.config_schema", "dpseg.config"),
-    ("dpseg.weights", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
+    ("dpseg.weights", "dpseg.init_patch", "dpseg.hub", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),
     ("dpseg.prompts",),
-    ("dpseg.build", "dpseg.convert", "dpseg.checkpoint_paths"),
+    ("dpseg.clip_loading", "dpseg.build", "dpseg.checkpoint", "dpseg.init_from", "dpseg.convert"),
     ("dpseg.data",),
     ("dpseg.evaluation",),
     ("dpseg.engine",),

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from dpseg.clip_loading import build_towers
 from dpseg.config import build_config
 from dpseg.errors import BankError, InputError
-from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.exemplars import encode_prompt_images

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from helpers import flip_tensor_bit, strip_content_hash
 from PIL import Image
 
+from dpseg.clip_loading import build_towers
 from dpseg.errors import BankError, DataError, InputError
-from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import PromptBank, make_key, text_only_prompt_set
 from dpseg.prompts.builder import add_exemplars, build_bank
 from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars

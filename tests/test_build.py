@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import random_prompts, tiny_model
 
-from dpseg.build import component_counts, load_model, save_model
+from dpseg.build import component_counts
+from dpseg.checkpoint import load_model, save_model
 from dpseg.errors import CheckpointError
 
 

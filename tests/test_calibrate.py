@@ -11,7 +11,7 @@ from PIL import Image
 from segment_helpers import artifacts, scene
 from test_train import make_dataset
 
-from dpseg.build import load_model, save_model
+from dpseg.checkpoint import load_model, save_model
 from dpseg.commands import main
 from dpseg.config import EvalConfig, build_config
 from dpseg.errors import CheckpointError, ConfigError, DataError
@@ -167,7 +167,7 @@ def test_dpseg_calibrate_bad_inputs_are_one_line_errors(capsys, tmp_path, monkey
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("dpseg.build.load_model", never)
+    monkeypatch.setattr("dpseg.checkpoint.load_model", never)
     ckpt = copy_checkpoint(tmp_path)
     assert main(["calibrate", *make_args(tmp_path, ckpt)]) == 2
     err = capsys.readouterr().err.strip()

@@ -277,7 +277,7 @@ def toy_server(tmp_path_factory):
     """The demo as `dpseg demo` shows the quickstart's toy: a tiny model dressed as the synthetic world's (preset
     synthetic), a bank holding the one-click example's classes, and a threshold known to split the example: the
     grid value that leaves closest to half of its pixels unlabelled, written as the checkpoint's calibration."""
-    from dpseg.build import load_model
+    from dpseg.checkpoint import load_model
     from dpseg.evaluation.calibrate import THRESHOLDS, Calibration, write_calibration
     from dpseg.prompts.bank import PromptBank
     from dpseg.prompts.builder import add_exemplars

@@ -11,7 +11,11 @@ import torch
 from helpers import train_state
 
 from dpseg.build import build_model
-from dpseg.engine.checkpoint import (
+from dpseg.engine.data import PositionSeededDataset
+from dpseg.engine.distributed import ShardedInfiniteSampler, pick_device
+from dpseg.engine.logging import TrainLogger
+from dpseg.engine.optim import build_optimizer, lr_factor, param_groups
+from dpseg.engine.resume import (
     config_changes,
     list_checkpoints,
     load_checkpoint,
@@ -21,10 +25,6 @@ from dpseg.engine.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from dpseg.engine.data import PositionSeededDataset
-from dpseg.engine.distributed import ShardedInfiniteSampler, pick_device
-from dpseg.engine.logging import TrainLogger
-from dpseg.engine.optim import build_optimizer, lr_factor, param_groups
 from dpseg.engine.rng import capture_rng, restore_rng
 from dpseg.errors import CheckpointError, ConfigError
 from dpseg.evaluation.runtime import resolve_precision

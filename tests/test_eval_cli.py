@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpseg.build import save_model
+from dpseg.checkpoint import save_model
 from dpseg.commands import main
 
 

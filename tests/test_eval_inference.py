@@ -14,7 +14,7 @@ from dpseg.errors import ConfigError, InputError
 from dpseg.evaluation import inference
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import Protocol, chunked_argmax, model_forward, predict, window_starts
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.1, 0.9], [0.1, 0.8, 0.1], [0.9, 0.9, 0.2]])
 

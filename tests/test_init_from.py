@@ -11,7 +11,7 @@ from test_train import CLASSES, make_bank, make_dataset, records
 from dpseg.build import build_model
 from dpseg.config import build_config
 from dpseg.convert import convert_sed
-from dpseg.engine.checkpoint import list_checkpoints
+from dpseg.engine.resume import list_checkpoints
 from dpseg.engine.train import train
 from dpseg.errors import CheckpointError
 

@@ -11,9 +11,9 @@ from helpers import flip_tensor_bit, strip_content_hash, tiny_model, train_state
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dpseg.build import load_model, save_model
+from dpseg.checkpoint import load_model, save_model
 from dpseg.commands import main
-from dpseg.engine.checkpoint import load_checkpoint, resume_target, save_checkpoint
+from dpseg.engine.resume import load_checkpoint, resume_target, save_checkpoint
 from dpseg.errors import CheckpointError
 from dpseg.segmenter import Segmenter
 from dpseg.weights import HASH_KEY, safetensors_integrity, save_safetensors
@@ -150,7 +150,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, tmp_path):
 def test_train_resume_says_which_checkpoint_it_skipped(tmp_path, capsys):
     from test_train import make_dataset, records, text_only
 
-    from dpseg.engine.checkpoint import list_checkpoints
+    from dpseg.engine.resume import list_checkpoints
     from dpseg.engine.train import train
 
     data = make_dataset(tmp_path / "data", n_train=2, n_val=1)

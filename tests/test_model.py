@@ -4,8 +4,8 @@ from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
 from dpseg.model.cost_volume import VisualCostEmbedding, cosine_cost_volume, visual_cost_volume
+from dpseg.model.dual_prompt import PromptSet, dual_prompt
 from dpseg.model.loss import SegmentationLoss
-from dpseg.model.prompts import PromptSet, dual_prompt
 
 
 @pytest.fixture(scope="module")

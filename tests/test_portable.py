@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from segment_helpers import artifacts, scene
 
-from dpseg.build import load_model, save_model
+from dpseg.checkpoint import load_model, save_model
 from dpseg.commands import main
 from dpseg.errors import BankError, CheckpointError
 from dpseg.prompts.templates import get_templates

@@ -116,8 +116,8 @@ def test_evaluation_prints_lines(capsys, monkeypatch):
 
 
 def test_prompt_bank_builds_print_lines(capsys, tmp_path, monkeypatch):
+    from dpseg.clip_loading import build_towers
     from dpseg.config import build_config
-    from dpseg.model.towers import build_towers
     from dpseg.prompts.bank import PromptBank, make_key
     from dpseg.prompts.builder import build_bank
     from dpseg.prompts.templates import get_templates

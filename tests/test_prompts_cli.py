@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dpseg.clip_loading import build_towers, create_clip
 from dpseg.commands import main
 from dpseg.config import build_config
-from dpseg.model.towers import build_towers, create_clip
 from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 from dpseg.vocab import read_class_list as load_vocabulary
@@ -131,7 +131,8 @@ def test_add_exemplars(files, tmp_path, capsys):
 
 
 def test_build_from_a_checkpoint_fits_the_checkpoint_and_the_clip_it_came_from(files, tmp_path, capsys):
-    from dpseg.build import build_model, load_model, save_model
+    from dpseg.build import build_model
+    from dpseg.checkpoint import load_model, save_model
 
     prompts = [
         f"prompts.generator={files['pipe']}",

@@ -3,10 +3,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dpseg.clip_loading import build_towers
 from dpseg.errors import DataError, InputError
 from dpseg.image_io import CLIP_MEAN, load_image
 from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image, prompt_frame
-from dpseg.model.towers import build_towers
 from dpseg.prompts.exemplars import (
     average_prompts,
     encode_prompt_images,

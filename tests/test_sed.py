@@ -11,14 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dpseg.build import build_model, component_counts, load_model
+from dpseg.build import build_model, component_counts
+from dpseg.checkpoint import load_model
 from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.convert import convert_sed, sed_key
 from dpseg.errors import CheckpointError, ConfigError, InputError
 from dpseg.evaluation.inference import Protocol, model_forward, predict_whole
 from dpseg.model.dpseg import REJECTED_LOGIT
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.templates import model_templates
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sed"

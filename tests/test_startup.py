@@ -10,8 +10,9 @@ import pytest
 import torch
 from segment_helpers import artifacts
 
-from dpseg.build import load_model
-from dpseg.weights import read_state_dict, skip_random_init
+from dpseg.checkpoint import load_model
+from dpseg.init_patch import skip_random_init
+from dpseg.weights import read_state_dict
 
 HEAVY = (
     "gradio",

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from dpseg.clip_loading import create_clip
 from dpseg.config import build_config
 from dpseg.data.synthetic.world import CAPTION_PATTERN_WORDS, PATTERNS, seen_classes
 from dpseg.errors import InputError
-from dpseg.model.towers import ImageTower, create_clip
+from dpseg.model.towers import ImageTower
 from dpseg.prompts.templates import get_templates
 from dpseg.quickstart import clip_pretrain, zeroshot
 from dpseg.quickstart.clip_data import caption_universe, mosaics, phrase_of, tile_embeddings

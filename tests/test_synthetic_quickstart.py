@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dpseg.build import load_model
+from dpseg.checkpoint import load_model
 from dpseg.commands import main
 from dpseg.evaluation.calibrate import read_calibration
 from dpseg.quickstart import default_artifacts

@@ -10,7 +10,8 @@ from helpers import tiny_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from dpseg.build import build_model, component_counts, load_model, save_model
+from dpseg.build import build_model, component_counts
+from dpseg.checkpoint import load_model, save_model
 from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.errors import InputError

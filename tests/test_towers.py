@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dpseg.clip_loading import build_towers, create_clip, make_tokenizer, resolve_pretrained
 from dpseg.config import build_config
 from dpseg.errors import CheckpointError, ConfigError, InputError, WeightsUnavailableError
-from dpseg.model.towers import ImageTower, build_towers, create_clip, make_tokenizer, resolve_pretrained
+from dpseg.model.towers import ImageTower
 from dpseg.weights import read_state_dict, save_safetensors
 
 

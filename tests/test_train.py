@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dpseg.build import build_model, load_model
+from dpseg.build import build_model
+from dpseg.checkpoint import load_model
 from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.engine import TrainingError
-from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
+from dpseg.engine.resume import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.errors import BankError
 from dpseg.evaluation.calibrate import read_calibration
@@ -286,7 +287,7 @@ def test_bad_inputs_fail_early_with_one_line(tmp_path, capsys):
 
 
 def test_step_class_sampling_keeps_every_present_class():
-    from dpseg.engine.vocabulary import remap_labels, sample_step_classes
+    from dpseg.engine.class_sampling import remap_labels, sample_step_classes
 
     labels = torch.tensor([[[-1, 3, 3], [7, -1, 3]]])  # (1, 2, 3): classes 3 and 7 present
     picked = sample_step_classes(labels, num_classes=10, limit=4, seed=0)

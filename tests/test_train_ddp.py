@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 from test_train import make_dataset, records, text_only
 
-from dpseg.engine.checkpoint import list_checkpoints, load_checkpoint
+from dpseg.engine.resume import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.weights import state_fingerprint
 

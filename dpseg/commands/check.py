@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpseg.build import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
-from dpseg.engine.checkpoint import checkpoint_integrity, is_checkpoint, list_checkpoints
+from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
+from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
 from dpseg.errors import InputError
 from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
 from dpseg.weights import safetensors_integrity

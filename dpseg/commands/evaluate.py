@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from dpseg.build import load_model
+from dpseg.checkpoint import load_model
 from dpseg.config import build_config
 from dpseg.data.catalog import build_dataset
 from dpseg.errors import DataError, InputError
 from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.report import is_finished, load_results, markdown_table, save_results
+from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
 from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
 from dpseg.prompts.resolve import resolve_prompts
 from dpseg.prompts.templates import model_templates

@@ -17,11 +17,11 @@ import sys
 import time
 
 import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
-from dpseg.build import load_model
+from dpseg.checkpoint import load_model
+from dpseg.clip_loading import build_towers
 from dpseg.commands import add_config_arguments, config_from_args, main
 from dpseg.config import build_config
 from dpseg.errors import ConfigError, InputError
-from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
 from dpseg.prompts.builder import add_exemplars, build_bank
 from dpseg.prompts.exemplars import find_exemplars

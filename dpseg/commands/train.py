@@ -9,7 +9,7 @@ import argparse
 
 from dpseg.commands import add_config_arguments, config_from_args
 from dpseg.config import build_config, load_config
-from dpseg.engine.checkpoint import CONFIG, resume_target
+from dpseg.engine.resume import CONFIG, resume_target
 from dpseg.engine.train import train
 
 

@@ -3,9 +3,9 @@
 * :mod:`~dpseg.engine.distributed` — torchrun / DDP context, the deterministic sharded infinite sampler;
 * :mod:`~dpseg.engine.data` — the training loader whose augmentation is seeded by sample position;
 * :mod:`~dpseg.engine.optim` — AdamW parameter groups, the cosine schedule, precision;
-* :mod:`~dpseg.engine.checkpoint` — atomic checkpoints, RNG capture, strict trainable-state loading;
+* :mod:`~dpseg.engine.resume` — atomic checkpoints, RNG capture, strict trainable-state loading;
 * :mod:`~dpseg.engine.logging` — progress bar, JSONL / CSV / TensorBoard logs, the start-up table;
-* :mod:`~dpseg.engine.vocabulary` — the prompts of a dataset's vocabulary (bank or text tower).
+* :mod:`~dpseg.engine.class_sampling` — the prompts of a dataset's vocabulary (bank or text tower).
 """
 
 from dpseg.errors import DPSegError

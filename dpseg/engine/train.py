@@ -24,19 +24,12 @@ from typing import Callable, Optional, cast
 
 import torch
 
-from dpseg.build import build_model, checkpoint_files, init_from_checkpoint, save_model
+from dpseg.build import build_model
+from dpseg.checkpoint import checkpoint_files, save_model
 from dpseg.config import Config, atomic_write_text, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
-from dpseg.engine.checkpoint import (
-    config_changes,
-    list_checkpoints,
-    prune_checkpoints,
-    restore_training,
-    resume_target,
-    save_checkpoint,
-    trainable_state,
-)
+from dpseg.engine.class_sampling import remap_labels, sample_step_classes
 from dpseg.engine.data import build_train_dataset, build_train_loader
 from dpseg.engine.distributed import (
     DistContext,
@@ -51,12 +44,21 @@ from dpseg.engine.distributed import (
 )
 from dpseg.engine.logging import TrainLogger, setup_table
 from dpseg.engine.optim import build_optimizer, lr_factor, make_scaler, set_lr
+from dpseg.engine.resume import (
+    config_changes,
+    list_checkpoints,
+    prune_checkpoints,
+    restore_training,
+    resume_target,
+    save_checkpoint,
+    trainable_state,
+)
 from dpseg.engine.rng import capture_rng, seed_all
-from dpseg.engine.vocabulary import remap_labels, sample_step_classes
 from dpseg.errors import ConfigError, DataError, DPSegError
 from dpseg.evaluation.calibrate import TRAINING_CALIBRATION_IMAGES, calibrate, write_calibration
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.runtime import autocast, resolve_precision
+from dpseg.init_from import init_from_checkpoint
 from dpseg.model.loss import SegmentationLoss
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.weights import state_fingerprint

@@ -35,7 +35,7 @@ from typing import Optional, Union
 import torch
 
 from dpseg.atomic import atomic_write_text
-from dpseg.build import CONFIG_NAME, load_model
+from dpseg.checkpoint import CONFIG_NAME, load_model
 from dpseg.data.catalog import build_dataset
 from dpseg.errors import CheckpointError, DataError, InputError
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy

@@ -24,13 +24,23 @@ from dpseg.errors import InputError
 from dpseg.model.aggregation import class_chunks
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
-from dpseg.model.prompts import PromptSet, dual_prompt
+from dpseg.model.dual_prompt import PromptSet, dual_prompt
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
 PROMPT_TYPES = ("text", "visual", "dual")
 # The logit of a class dropped by early rejection: sigmoid gives exactly 0 in fp32, bf16 and fp16 (as SED's zero
 # probability) while, unlike -inf, bilinear resizing and the BCE stay finite.
 REJECTED_LOGIT = -1e4
+
+
+# The frozen towers: the CLIP text tower and the visual-prompt encoder. Never trained, never taken from another model
+# (train.init_from), not part of a training checkpoint's trainable state; their weights define the prompts.
+FROZEN_TOWERS = ("prompt_encoder", "text_encoder")
+
+
+def is_frozen_tower(name: str) -> bool:
+    """Whether a state-dict key or parameter name belongs to a frozen tower."""
+    return name.split(".", 1)[0] in FROZEN_TOWERS
 
 
 class DPSeg(nn.Module):

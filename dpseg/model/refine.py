@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
+from dpseg.model.dual_prompt import PromptSet
 from dpseg.model.prompt_image import prepare_prompt_image
-from dpseg.model.prompts import PromptSet
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from dpseg.config import atomic_write_text
 from dpseg.errors import BankError, InputError
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.templates import templates_id
 from dpseg.vocab import canonical_name, check_class_list
 from dpseg.weights import safetensors_integrity, save_safetensors, state_fingerprint

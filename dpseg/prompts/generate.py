@@ -25,8 +25,9 @@ from PIL import Image
 
 from dpseg.config import PromptsConfig
 from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
+from dpseg.hub import hub_reachable
+from dpseg.init_patch import INIT_PATCH_LOCK
 from dpseg.vocab import split_synonyms
-from dpseg.weights import INIT_PATCH_LOCK, hub_reachable
 
 
 @runtime_checkable

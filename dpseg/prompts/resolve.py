@@ -24,7 +24,7 @@ import torch
 
 from dpseg.errors import BankError, InputError
 from dpseg.image_io import load_image
-from dpseg.model.prompts import PromptSet
+from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank, class_stem, short_list
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import model_templates, templates_id

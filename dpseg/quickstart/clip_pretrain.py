@@ -1,7 +1,7 @@
 """A tiny CLIP for the synthetic world, pretrained contrastively on rendered image/caption pairs.
 
 The model is the open_clip ``CLIP`` of the ``synthetic`` preset (``model.clip_model_cfg``), built by
-:func:`dpseg.model.towers.create_clip`; the result is saved in OpenCLIP layout as safetensors and loaded back
+:func:`dpseg.clip_loading.create_clip`; the result is saved in OpenCLIP layout as safetensors and loaded back
 through ``model.clip_pretrained=/path/file.safetensors``, the path real OpenCLIP weights take.
 
 Data (:mod:`~dpseg.quickstart.clip_data`): 64-px tiles of seen-class objects (scene crops and generator
@@ -38,11 +38,12 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from dpseg.clip_loading import clip_model_config, create_clip, make_tokenizer
 from dpseg.config import Config
 from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, WORLD_VERSION
 from dpseg.engine.optim import cpu_fused_adamw
 from dpseg.errors import InputError
-from dpseg.model.towers import ImageTower, clip_model_config, create_clip, make_tokenizer
+from dpseg.model.towers import ImageTower
 from dpseg.prompts.templates import get_templates
 from dpseg.quickstart.clip_data import (
     BARE_TEMPLATES,

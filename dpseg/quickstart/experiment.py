@@ -1,7 +1,7 @@
 """One DPSeg run of the quickstart experiment: train a variant on the seen classes, evaluate it zero-shot.
 
 Everything goes through the real code paths: :func:`dpseg.engine.train.train` (the training engine, with the
-custom-dataset folder ``seen`` and the prompt bank), :func:`dpseg.build.load_model` (the exported model) and
+custom-dataset folder ``seen`` and the prompt bank), :func:`dpseg.checkpoint.load_model` (the exported model) and
 :func:`dpseg.evaluation.evaluator.evaluate` (the evaluator, pass 1 and pass 2). Variants differ only in config
 switches: the prompts the cost volume is built from, and the decoder's guidance.
 """
@@ -18,7 +18,8 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
-from dpseg.build import load_model
+from dpseg.checkpoint import load_model
+from dpseg.clip_loading import build_towers
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
@@ -29,7 +30,6 @@ from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, u
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
-from dpseg.model.towers import build_towers
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpseg.clip_loading import build_towers
 from dpseg.config import Config, atomic_write_text, build_config
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.render import IGNORE, object_crops, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
 from dpseg.errors import InputError
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
-from dpseg.model.towers import build_towers
 from dpseg.prompts.templates import get_templates
 from dpseg.quickstart.clip_data import TILE, caption_name, normalised_tile_embeddings
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip, ship

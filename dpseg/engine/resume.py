@@ -34,6 +34,7 @@ from dpseg.config import Config, save_config
 from dpseg.engine.distributed import mix_seed
 from dpseg.engine.rng import restore_rng, seed_all
 from dpseg.errors import CheckpointError, ConfigError
+from dpseg.model.dpseg import is_frozen_tower
 from dpseg.weights import (
     file_sha256,
     note_unverified,
@@ -43,7 +44,6 @@ from dpseg.weights import (
     save_safetensors,
 )
 
-FROZEN_PREFIXES = ("prompt_encoder.", "text_encoder.")
 TRAINABLE, STATE, CONFIG = "trainable.safetensors", "state.pt", "config.yaml"
 FORMAT, VERSION = "dpseg-train-state", 1
 STATE_HASH = "state_sha256"  # in trainable.safetensors' metadata
@@ -88,7 +88,7 @@ def find_checkpoint(path: Union[str, os.PathLike]) -> Optional[Path]:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+    return {k: v for k, v in model.state_dict().items() if not is_frozen_tower(k)}
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -112,7 +112,7 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], source: str
             "resume with the config the run was started with"
         )
     result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys and all(k.startswith(FROZEN_PREFIXES) for k in result.missing_keys)
+    assert not result.unexpected_keys and all(is_frozen_tower(k) for k in result.missing_keys)
 
 
 # ------------------------------------------------------------------------------------------ save/load
