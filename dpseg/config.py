@@ -258,14 +258,38 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.spatial_kernel' must be odd (a centred depthwise kernel), got {m.spatial_kernel}"
         )
-    e = cfg.eval
-    if e.early_rejection_topk < 0:
-        raise ConfigError("config key 'eval.early_rejection_topk' must be >= 0 (0 = off)")
-    if e.early_rejection_topk and not m.aux_heads:
+    validate_eval(cfg.eval)
+    if cfg.eval.early_rejection_topk and not m.aux_heads:
         raise ConfigError(
             "config key 'eval.early_rejection_topk' ranks classes with the auxiliary heads, which this model "
             "lacks (model.aux_heads=false); set it to 0 or use an SED preset (sed-b, sed-l)"
         )
+    if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
+        raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
+    if cfg.train.classes_per_step < 0:
+        raise ConfigError("config key 'train.classes_per_step' must be >= 0 (0 = every class at every step)")
+
+
+def check_types(section: Any, name: str) -> None:
+    """Type-check every field of one config section (a section built in Python gets the checks a YAML file gets)."""
+    for key, tp in _field_types(type(section)).items():
+        _coerce(getattr(section, key), tp, f"{name}.{key}")
+
+
+def validate_eval(e: EvalConfig) -> None:
+    """The checks of the ``eval`` section alone: run by :func:`validate` and by every inference built from settings
+    (:class:`dpseg.evaluation.inference.Inference`)."""
+    check_types(e, "eval")
+    if e.input_size < 32 or e.input_size % 32:
+        raise ConfigError(f"config key 'eval.input_size' must be a positive multiple of 32, got {e.input_size}")
+    if e.short_side < 1 or e.slide_window < 1:
+        raise ConfigError("config keys 'eval.short_side' and 'eval.slide_window' must be >= 1")
+    if e.max_side < 0:
+        raise ConfigError(f"config key 'eval.max_side' must be >= 0 (0 = no cap), got {e.max_side}")
+    if not 0 <= e.slide_overlap < 1:
+        raise ConfigError(f"config key 'eval.slide_overlap' must be in [0, 1), got {e.slide_overlap}")
+    if e.early_rejection_topk < 0:
+        raise ConfigError("config key 'eval.early_rejection_topk' must be >= 0 (0 = off)")
     if not 0 <= e.refine_min_area < 1:
         raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
     if not 0 <= e.refine_min_score < 1:
@@ -279,10 +303,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.min_score' must be in [0, 1) (0 = label every pixel), got {e.min_score}")
     if e.refine_max_classes < 0 or e.class_chunk < 0:
         raise ConfigError("config keys 'eval.refine_max_classes' and 'eval.class_chunk' must be >= 0")
-    if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
-        raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
-    if cfg.train.classes_per_step < 0:
-        raise ConfigError("config key 'train.classes_per_step' must be >= 0 (0 = every class at every step)")
 
 
 # Keys that moved between sections; configs written by older versions are read with them in their new place.

@@ -27,21 +27,15 @@ from dpseg.model.prompt_image import prepare_prompt_image
 
 @dataclass(frozen=True)
 class RefinePolicy:
-    """Which pass-1 classes get refined, and how much is re-decoded (``eval.refine_*``; see the module doc)."""
+    """Which pass-1 classes get refined, and how much is re-decoded: ``eval.refine_X`` is field ``X`` (defaults,
+    ranges and meanings in :class:`dpseg.config_schema.EvalConfig`; built by
+    :func:`dpseg.evaluation.inference.refine_policy`)."""
 
-    min_score: float = 0.3  # a pixel votes for its best class only if that class's probability is >= this
-    min_area: float = 0.001  # a class is detected if its votes cover at least this fraction of the map
-    max_classes: int = 0  # at most this many detected classes per image, largest first (0 = all)
-    scope: str = "all"  # "all" re-decodes every class (the paper), "present" only the detected ones
-    crop_weight: float = 1.0  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
-
-    def __post_init__(self):
-        if self.scope not in ("all", "present"):
-            raise InputError(f"refinement scope must be 'all' or 'present', got {self.scope!r}")
-        if not (0 <= self.min_score < 1 and 0 <= self.min_area < 1 and self.max_classes >= 0):
-            raise InputError("refinement needs 0 <= min_score < 1, 0 <= min_area < 1 and max_classes >= 0")
-        if not 0 < self.crop_weight <= 1:
-            raise InputError(f"refinement crop_weight must be in (0, 1] (1 = replace), got {self.crop_weight}")
+    min_score: float  # a pixel votes for its best class only if that class's probability is >= this
+    min_area: float  # a class is detected if its votes cover at least this fraction of the map
+    max_classes: int  # at most this many detected classes per image, largest first (0 = all)
+    scope: str  # "all" re-decodes every class (the paper), "present" only the detected ones
+    crop_weight: float  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
 
 
 def voting_labels(logits: Tensor, min_score: float) -> Tensor:
@@ -67,7 +61,7 @@ def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0, min_
 
 @torch.no_grad()
 def refine_prompts(
-    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy()
+    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy
 ) -> tuple[PromptSet, Tensor]:
     """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
     if prompts.visual is None or prompts.visual_stages is None:  # not prompts.has_visual
@@ -105,7 +99,7 @@ def two_pass(
     model,
     images: Tensor,
     prompts: PromptSet,
-    policy: RefinePolicy = RefinePolicy(),
+    policy: RefinePolicy,
     class_chunk: int = 0,
     early_rejection_topk: int = 0,
 ) -> dict:

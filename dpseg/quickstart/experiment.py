@@ -28,7 +28,7 @@ from dpseg.engine.train import train
 from dpseg.errors import DataError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import build_bank
@@ -98,18 +98,6 @@ def is_trained(cfg: Config) -> bool:
     return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
 
 
-# The inference settings a model folder carries for `dpseg segment` and the demo that are not part of its run's key
-# (is_trained ignores the eval section): a run trained before a preset changed them still holds the old values.
-REFINEMENT_KEYS = (
-    "two_pass",
-    "refine_min_score",
-    "refine_min_area",
-    "refine_max_classes",
-    "refine_scope",
-    "refine_crop_weight",
-)
-
-
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
     """Write the experiment's refinement settings into the model folder's ``config.json`` (atomically, weights
     untouched), so that ``dpseg segment`` and the demo refine as the quickstart's table did. True if it changed."""
@@ -166,16 +154,8 @@ def evaluate_model(
     for name, folder in splits.items():
         dataset = build_dataset(str(folder), split="val")
         prompts = _prompts(cfg, model, list(dataset.class_names))
-        res = evaluate(
-            model,
-            prompts,
-            dataset,
-            cfg.eval,
-            device="cpu",
-            two_pass=variant.two_pass,
-            max_images=max_images or None,
-            progress=False,
-        )
+        inference = Inference(model, prompts, cfg.eval, two_pass=variant.two_pass, device="cpu")
+        res = evaluate(inference, dataset, max_images=max_images or None, progress=False)
         out[name] = {k: res[k] for k in ("pass1", "pass2") if k in res}
     return out
 
@@ -254,14 +234,7 @@ def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass
     dataset = build_dataset(str(folder), split="val")
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
-    forward = model_forward(model, prompts, two_pass=two_pass)
-    preds = predict(
-        forward,
-        [it["image"] for it in items],
-        protocol_from_config(cfg.eval),
-        "cpu",
-        num_classes=len(dataset.class_names),
-    )
+    preds = Inference(model, prompts, cfg.eval, two_pass=two_pass, device="cpu").predict([it["image"] for it in items])
     out = {
         "images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
         "labels": [it["label"].numpy() for it in items],

@@ -8,11 +8,15 @@ are a difference only when their mean exceeds their own spread.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from dpseg.data.synthetic.world import unseen_classes
+from dpseg.quickstart.experiment import VARIANTS
+from dpseg.quickstart.zeroshot import format_report
 from dpseg.visualize import colorize, palette
 
 PASSES = ("pass1", "pass2")
@@ -194,3 +198,68 @@ def figure(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ results files
+
+
+def results(budget, runs, chance, clip_dense, zero_shot, timings, clip, bank, datasets, figure) -> dict:
+    """results.json's content, its Markdown rendering included."""
+    summary = summarize(runs)
+    titles = {k: v.title for k, v in VARIANTS.items()}
+    table = markdown_table(summary, titles, chance, clip_dense)
+    lines = verdicts(runs, chance)
+    markdown = results_markdown(budget, table, lines, zero_shot, chance, timings, [k.name for k in unseen_classes()])
+    return {
+        "budget": asdict(budget),
+        "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
+        "summary": summary,
+        "chance": chance,
+        "clip_dense": clip_dense,
+        "tiny_clip_zero_shot": zero_shot,
+        "verdicts": lines,
+        "timings_s": timings,
+        "clip_weights": str(clip),
+        "prompt_bank": str(bank),
+        "datasets": str(datasets),
+        "figure": str(figure),
+        "markdown": markdown,
+    }
+
+
+def results_markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
+    return "\n".join(
+        [
+            "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
+            "",
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes "
+            f"and on scenes of the {len(unseen)} **unseen** "
+            f"classes ({', '.join(unseen)}), each with its own vocabulary. "
+            "mIoU in %, mean ± sample standard deviation over "
+            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
+            f"{budget.num_val} test images per "
+            "vocabulary. Background pixels are not a class (ignore label) and are not scored.",
+            "",
+            table,
+            "",
+            "Chance = expected mIoU of a uniformly random class per pixel "
+            "(from the test labels' class frequencies). A gap "
+            "inside the spread over seeds is reported as no difference; pass 2 is compared with pass 1 of the same "
+            "models, seed by seed (the spread of the per-seed differences). "
+            "Columns are not comparable with each other: the "
+            f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
+            "",
+            "## The method's claims in this world",
+            "",
+            *lines,
+            "",
+            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, the dense embedding E)",
+            "",
+            format_report(zero_shot),
+            "",
+            "## Time (seconds)",
+            "",
+            " | ".join(f"{k} {v}" for k, v in timings.items()),
+            "",
+        ]
+    )
