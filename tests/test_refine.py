@@ -3,6 +3,7 @@ import torch
 from helpers import policy, random_prompts, tiny_model
 
 from dpseg.errors import ConfigError, InputError
+from dpseg.image_io import CLIP_MEAN
 from dpseg.model.prompt_image import prepare_prompt_image
 from dpseg.model.refine import detected_classes, refine_prompts, two_pass
 
@@ -142,3 +143,36 @@ def test_a_crop_weight_below_one_blends_the_crop_into_each_templates_prompt():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="refine_crop_weight' must be in"):
             policy(crop_weight=bad)
+
+
+def test_crop_framing_and_which_prompts_a_crop_replaces():
+    """eval.refine_framing decides what the prompt encoder sees of a detected class; eval.refine_replace which of its
+    visual prompts (V, v_j) the crop's embedding replaces."""
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 3)
+    x = torch.rand(1, 3, 64, 64)
+    logits = torch.full((1, 3, 16, 16), -4.0)
+    logits[0, 1, 4:8, 4:12] = 4  # class 1 holds a 16 x 32 block of the input; the rest votes for nothing
+    seen = []
+    original = model.encode_visual_prompts
+    model.encode_visual_prompts = lambda crops: seen.append(crops) or original(crops)
+    for framing in ("context", "tight", "masked"):
+        refine_prompts(model, x, logits, prompts, policy(min_area=0.01, framing=framing))
+    context, tight, masked = (c[0] for c in seen)
+    size = model.prompt_image_size
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    assert torch.allclose(masked[:, : size // 4], mean.expand(3, size // 4, size))  # above the block: masked out
+    assert not torch.allclose(context[:, : size // 4], mean.expand(3, size // 4, size))  # context keeps it
+    block = torch.nn.functional.interpolate(x[:, :, 16:32, 16:48], size=(size // 2, size))[0]  # the block, framed
+    assert torch.allclose(tight[:, size // 4 : 3 * size // 4], block, atol=0.15)  # tight: the block spans the frame
+    both, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01))
+    only_v, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01, replace="global"))
+    only_stages, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01, replace="stages"))
+    assert torch.equal(only_v.visual, both.visual) and torch.equal(only_stages.visual[0], prompts.visual)
+    for b, v, s, p in zip(both.visual_stages, only_v.visual_stages, only_stages.visual_stages, prompts.visual_stages):
+        assert torch.equal(v[0], p) and torch.equal(s, b) and not torch.equal(b[0, 1], p[1])
+    with pytest.raises(ConfigError, match="eval.refine_framing"):
+        policy(framing="loose")
+    with pytest.raises(ConfigError, match="eval.refine_replace"):
+        policy(replace="text")

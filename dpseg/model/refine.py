@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from dpseg.errors import InputError
 from dpseg.model.dual_prompt import PromptSet
-from dpseg.model.prompt_image import prepare_prompt_image
+from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ class RefinePolicy:
     max_classes: int  # at most this many detected classes per image, largest first (0 = all)
     scope: str  # "all" re-decodes every class (the paper), "present" only the detected ones
     crop_weight: float  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
+    framing: str  # "context" | "tight" | "masked": how the crop is framed (CROP_FRAMING)
+    replace: str  # "both" | "global" | "stages": which visual prompts the crop replaces
+
+
+# framing -> (share of the frame's side the class's pixels span, pixels outside them at the CLIP mean colour)
+CROP_FRAMING = {"context": (OBJECT_FILL, False), "tight": (1.0, False), "masked": (OBJECT_FILL, True)}
 
 
 def voting_labels(logits: Tensor, min_score: float) -> Tensor:
@@ -81,16 +87,23 @@ def refine_prompts(
     pairs = detected.nonzero().tolist()
     if pairs:
         with record_function("dpseg.refine_crops"):
-            size = model.prompt_image_size
-            crops = torch.stack([prepare_prompt_image(images[b], size, mask=labels[b] == k) for b, k in pairs])
+            size, (fill, outside) = model.prompt_image_size, CROP_FRAMING[policy.framing]
+            crops = torch.stack(
+                [
+                    prepare_prompt_image(images[b], size, mask=labels[b] == k, fill=fill, mask_outside=outside)
+                    for b, k in pairs
+                ]
+            )
             v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
         w = policy.crop_weight
-        # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
-        visual[idx_b, idx_k] = w * v_crop[:, None].to(visual.dtype) + (1 - w) * visual[idx_b, idx_k]
-        for t, s in zip(stages, stage_crops):
-            t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
+        if policy.replace in ("both", "global"):
+            # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
+            visual[idx_b, idx_k] = w * v_crop[:, None].to(visual.dtype) + (1 - w) * visual[idx_b, idx_k]
+        if policy.replace in ("both", "stages"):
+            for t, s in zip(stages, stage_crops):
+                t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
     refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
     return refined, detected
 

@@ -56,15 +56,27 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
-        Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
-        Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
-        Variant(
-            "dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"
-        ),
+        # the paper's factors: the prompts of F_c = cos(E, R) (Table 2a) x the decoder's guidance (Table 3)
+        Variant("text", "text", "upsampled", "text prompts, upsampled F_c (SED-like baseline)"),
+        Variant("text-fv", "text", "visual", "text prompts, visual cost volumes F_v"),
+        Variant("text-both", "text", "both", "text prompts, F_v beside the upsampled F_c"),
+        Variant("visual-fc", "visual", "upsampled", "visual prompts, upsampled F_c"),
+        Variant("visual", "visual", "visual", "visual prompts, visual cost volumes F_v"),
+        Variant("visual-both", "visual", "both", "visual prompts, F_v beside the upsampled F_c"),
+        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v"),
+        Variant("dual", "dual", "visual", "dual prompts, visual cost volumes F_v (DPSeg)"),
         Variant("dual-both", "dual", "both", "dual prompts, F_v beside the upsampled F_c"),
     )
 }
+# single-factor comparisons: (claim, A, B) - A and B differ in one factor only
+CLAIMS = (
+    ("dual prompts >= text prompts (guidance F_v)", "dual", "text-fv"),
+    ("dual prompts >= visual prompts (guidance F_v)", "dual", "visual"),
+    ("visual prompts >= text prompts (guidance F_v)", "visual", "text-fv"),
+    ("dual prompts >= text prompts (guidance upsampled F_c)", "dual-upsampled", "text"),
+    ("F_v in place of the upsampled F_c (dual prompts)", "dual", "dual-upsampled"),
+    ("F_v beside the upsampled F_c >= the upsampled F_c alone (dual prompts)", "dual-both", "dual-upsampled"),
+)
 
 
 def run_config(

@@ -65,7 +65,7 @@ BUDGETS: dict[str, Budget] = {
         clip_scenes=4000,
         iterations=260,
         seeds=2,
-        variants=("text", "visual", "dual", "dual-upsampled", "dual-both"),
+        variants=("text", "text-fv", "visual", "dual", "dual-upsampled"),
         zero_shot_per_class=10,
         examples=4,
     ),
