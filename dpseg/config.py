@@ -268,6 +268,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
     if cfg.train.classes_per_step < 0:
         raise ConfigError("config key 'train.classes_per_step' must be >= 0 (0 = every class at every step)")
+    if not cfg.train.negatives_temperature > 0:
+        raise ConfigError(
+            f"config key 'train.negatives_temperature' must be > 0, got {cfg.train.negatives_temperature}"
+        )
 
 
 def check_types(section: Any, name: str) -> None:

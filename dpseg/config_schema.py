@@ -112,6 +112,11 @@ class TrainConfig:
     # the batch plus random absent ones up to N: the decoder's cost is linear in the classes, so a step is ~K/N
     # times cheaper (the synthetic preset uses it to train on a CPU in minutes).
     classes_per_step: int = 0
+    # which absent classes fill a step up to classes_per_step: "uniform" (at random) or "similar" (drawn without
+    # replacement with weights exp(s / negatives_temperature), s = the cosine similarity of the class's prompt R to the
+    # closest present class's: confusable classes are negatives far more often)
+    negatives: Literal["uniform", "similar"] = "uniform"
+    negatives_temperature: float = 0.05
     # auto = bf16 autocast on a CUDA GPU that supports it, else fp32; fp16 = autocast + loss scaling (V100-class GPUs)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False

@@ -16,6 +16,7 @@ from dpseg.checkpoint import checkpoint_files
 from dpseg.config import Config, atomic_write_text, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.distributed import broadcast_object
+from dpseg.engine.class_sampling import prompt_similarity
 from dpseg.engine.data import build_train_dataset
 from dpseg.engine.distributed import DistContext, local_batch_size, mix_seed
 from dpseg.engine.logging import TrainLogger, setup_table
@@ -56,6 +57,7 @@ class Run:
     consumed: int = 0  # samples consumed: the data position
     best: dict = field(default_factory=lambda: {"mIoU": None, "step": None})
     loss: float = float("nan")
+    class_similarity: Optional[torch.Tensor] = None  # (K, K) for train.negatives=similar
 
 
 def set_up(cfg: Config, ctx: DistContext, resume: Optional[str]) -> Run:
@@ -109,6 +111,8 @@ def set_up(cfg: Config, ctx: DistContext, resume: Optional[str]) -> Run:
     if ctx.is_main:
         _prepare_output(out, cfg)
     run.net = _wrap(model, ctx, tc.compile)
+    if tc.classes_per_step and tc.negatives == "similar":
+        run.class_similarity = prompt_similarity(train_prompts, cfg.model.prompt_type)
     return run
 
 
@@ -156,7 +160,12 @@ def announce(run: Run, logger: TrainLogger) -> None:
         ("batch", f"{local_batch} per process x {ctx.world_size} = {tc.batch_size} (effective)"),
         ("iterations", f"{tc.iterations}" + (f" (resuming at step {run.step} from {run.ckpt})" if run.ckpt else "")),
         ("initial weights", weights),
-        ("classes per step", f"present + random absent up to {tc.classes_per_step}" if tc.classes_per_step else "all"),
+        (
+            "classes per step",
+            f"present + {'similar' if tc.negatives == 'similar' else 'random'} absent up to {tc.classes_per_step}"
+            if tc.classes_per_step
+            else "all",
+        ),
         (
             "optimizer",
             f"AdamW lr {tc.lr:g}, image encoder x{tc.encoder_lr_mult:g}, wd {tc.weight_decay:g} "

@@ -128,8 +128,13 @@ def _train_step(run: Run, batch: dict, lr: float) -> tuple[float, float]:
     prompts = run.train_prompts
     if tc.classes_per_step:
         classes = sample_step_classes(
-            labels, prompts.num_classes, tc.classes_per_step, mix_seed(tc.seed, 0xC1A55, ctx.rank, run.step)
-        )  # seeded by step: resume-exact
+            labels,
+            prompts.num_classes,
+            tc.classes_per_step,
+            mix_seed(tc.seed, 0xC1A55, ctx.rank, run.step),  # seeded by step: resume-exact
+            run.class_similarity,
+            tc.negatives_temperature,
+        )
         if classes is not None:
             labels = remap_labels(labels, classes, prompts.num_classes)
             prompts = prompts.select(classes.tolist())
