@@ -22,20 +22,11 @@ from pathlib import Path
 
 from dpseg.atomic import atomic_write_text
 from dpseg.quickstart import default_cache
+from dpseg.quickstart.experiment import VARIANTS
 from dpseg.quickstart.run import BUDGETS, quickstart
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "docs" / "study"
-ALL_VARIANTS = (
-    "text",
-    "text-fv",
-    "text-both",
-    "visual-fc",
-    "visual",
-    "visual-both",
-    "dual-upsampled",
-    "dual",
-    "dual-both",
-)
+ALL_VARIANTS = tuple(VARIANTS)  # prompts {text, visual, dual} x guidance {upsampled F_c, F_v, both}
 KEY_VARIANTS = ("text", "visual", "dual", "dual-upsampled")  # text+F_c, visual+F_v, dual+F_v (DPSeg), dual+F_c
 
 # world -> (what it tests, variants, seeds, quickstart keyword arguments, extra --set overrides)
