@@ -32,9 +32,13 @@ def unsafe_char(text: str, allow: str = "") -> tuple[int, str] | None:
     return None
 
 
+_C0_NAMES = {0: "NUL", 7: "BEL", 8: "BACKSPACE", 9: "TAB", 10: "LINE FEED", 11: "VERTICAL TAB", 12: "FORM FEED"}
+_C0_NAMES.update({13: "CARRIAGE RETURN", 27: "ESC", 127: "DEL", 0x85: "NEXT LINE"})
+
+
 def char_name(c: str) -> str:
-    """'U+001B' plus its name where Unicode has one ('U+2028 LINE SEPARATOR')."""
-    name = unicodedata.name(c, "")
+    """'U+001B ESC', 'U+2028 LINE SEPARATOR': the code point and its name where one is known."""
+    name = _C0_NAMES.get(ord(c)) or unicodedata.name(c, "")
     return f"U+{ord(c):04X}" + (f" {name}" if name else "")
 
 

@@ -10,7 +10,9 @@ Input rules (one place, shared by :class:`~dpseg.segmenter.Segmenter`, ``dpseg s
   torch tensors (3, H, W) or (H, W) as uint8 or float in [0, 1] (the model's channel-first convention).
 
 Reading a file checks its size from the header before decoding, so an over-large image is refused without
-allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``).
+allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``). Only regular
+files are opened (:func:`dpseg.safe_load.open_regular`): a FIFO or a device named ``.png`` is refused up front
+instead of blocking the reader forever.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dpseg.atomic import atomic_target
 from dpseg.errors import DataError, InputError
+from dpseg.safe_load import open_regular
 from dpseg.visualize import palette
 
 # The one list of image file suffixes dpseg reads (segment inputs, exemplars, dataset folders).
@@ -61,9 +64,11 @@ def load_image(path: Union[str, os.PathLike], exif: bool = True) -> Image.Image:
     array (``exif=False``) because their labels were drawn on it."""
     path = Path(path)
     try:
-        with Image.open(path) as opened:
+        with open_regular(path, "image", DataError) as f, Image.open(f) as opened:
             im: Image.Image = ImageOps.exif_transpose(opened) if exif else opened
             im.load()
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits
@@ -97,8 +102,10 @@ def read_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
+            with open_regular(path, label, DataError, show_path=False) as f, Image.open(f) as im:  # the header only
                 width, height = im.size
+    except DataError:
+        raise
     except Image.DecompressionBombError:
         raise DataError(
             f"{label} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels "

@@ -48,16 +48,18 @@ def _type_word(value: Any) -> str:
 # ------------------------------------------------------------------------------------------------- bytes
 
 
-def open_regular(path: PathLike, what: str, error: ErrorType = DataError) -> IO[bytes]:
-    """Open ``path`` for binary reading if it is a regular file (symlinks followed); else ``error``.
+def open_regular(path: PathLike, what: str, error: ErrorType = DataError, show_path: bool = True) -> IO[bytes]:
+    """Open ``path`` for binary reading if it is a regular file (symlinks followed); else ``error`` saying
+    "``what`` ``path`` is a FIFO ..." (``show_path=False``: "``what`` is a FIFO ...").
 
     Non-blocking open plus a type check on the descriptor: a FIFO never blocks, a device is never read, and a file
     swapped for one between a check and the open is still caught."""
+    name = f"{what} {printable(str(path), 300)}" if show_path else what
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
         why = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror or e})"
-        raise error(f"{what} {printable(str(path), 300)} {why}") from None
+        raise error(f"{name} {why}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -72,7 +74,7 @@ def open_regular(path: PathLike, what: str, error: ErrorType = DataError) -> IO[
                 if stat.S_ISSOCK(mode)
                 else "not a regular file"
             )
-            raise error(f"{what} {printable(str(path), 300)} is {kind}, not a regular file; dpseg reads only files")
+            raise error(f"{name} is {kind}, not a regular file; dpseg reads only files")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
