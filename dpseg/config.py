@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from dpseg.atomic import atomic_write_text  # noqa: F401 - re-exported for callers of dpseg.config
+from dpseg.atomic import atomic_write_text, json_text  # atomic_write_text: re-exported for callers of dpseg.config
 from dpseg.config_schema import (  # noqa: F401 - re-exported
     GENERIC_RULE,
     INT_LIMIT,
@@ -338,11 +338,9 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: Union[str, Path]) -> Path:
     """Write the complete resolved config atomically (YAML if the suffix is .yaml/.yml, else JSON)."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(cfg.to_dict(), indent=2) if path.suffix == ".json" else dump_config(cfg)
+    text = json_text(cfg.to_dict()) if path.suffix == ".json" else dump_config(cfg)
     atomic_write_text(path, text)
     return path
 

@@ -69,7 +69,8 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
     """A user's value for an error message: repr-like ('text', 1.5, [1, 2, ...]), escaped, at most ``limit``
     characters. Bounded work: a YAML alias bomb or a 1 MB string is never expanded or copied whole."""
     if isinstance(value, str):
-        out, used = [], 2
+        out: list[str] = []
+        used = 2
         for c in value:
             piece = _escape(c) if unsafe_char(c) else c
             if used + len(piece) > limit - 5:

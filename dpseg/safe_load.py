@@ -36,7 +36,7 @@ MAX_DEPTH = 32  # nesting levels of any JSON/YAML value dpseg reads (its own fil
 MAX_JSON_BYTES = 64 << 20  # a JSON file (the largest dpseg writes, results.json, is kilobytes)
 MAX_YAML_BYTES = 1 << 20  # a YAML config (a complete resolved config is ~5 KB)
 MAX_YAML_NODES = 100_000  # scalars + collections of a YAML document with every alias expanded
-_KINDS = {dict: "a mapping", list: "a list", str: "a string"}
+_KINDS: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
 
 
 def _type_word(value: Any) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shutil
 import sys
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
 from dpseg.data.synthetic.render import random_scene
 from dpseg.data.synthetic.world import all_classes, unseen_classes
@@ -166,7 +165,7 @@ def _write_downloads(root: Path, number: int, stem: str, result, names: list[str
         "label_format": "palette PNG" if len(names) <= 255 else "16-bit grayscale PNG",
         **result.to_dict(),
     }
-    atomic_write_text(json_path, json.dumps(info, indent=2))
+    atomic_write_json(json_path, info)
     for old in sorted(p for p in root.iterdir() if p.is_dir())[:-RESULTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
     return [str(label_path), str(json_path)]

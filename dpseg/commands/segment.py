@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import json
 import os
 import re
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
 from dpseg.errors import DPSegError, InputError
 from dpseg.evaluation.runtime import resolve_device
@@ -187,7 +186,7 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
         **extra,
         **result.to_dict(),
     }
-    atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
+    atomic_write_json(out / f"{name}.json", info)
     return info
 
 
@@ -293,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         "images": done,
         "failed": [{"input": s, "error": e} for s, e in failures],
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     print(
         f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
         file=sys.stderr,

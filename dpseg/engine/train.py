@@ -16,7 +16,6 @@ A resumed run ends with the same weights as an uninterrupted one (bit-identical 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -24,9 +23,10 @@ from typing import Callable, Optional, cast
 
 import torch
 
+from dpseg.atomic import atomic_write_json
 from dpseg.build import build_model
 from dpseg.checkpoint import checkpoint_files, save_model
-from dpseg.config import Config, atomic_write_text, save_config
+from dpseg.config import Config, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.engine import TrainingError
 from dpseg.engine.class_sampling import remap_labels, sample_step_classes
@@ -197,7 +197,7 @@ def train(
             for line in init.lines(model):
                 logger.message(line)
             if ctx.is_main:
-                atomic_write_text(out / "init_from.json", json.dumps(init.to_dict(), indent=2))
+                atomic_write_json(out / "init_from.json", init.to_dict())
         elif tc.init_from:
             notes.append(
                 f"train.init_from={tc.init_from} is not applied: the run resumes from {ckpt}, which holds its weights"
@@ -295,9 +295,7 @@ def train(
                     best = {"mIoU": miou, "step": step}
                     if ctx.is_main:
                         save_model(model, cfg, out / "best")
-                        atomic_write_text(
-                            out / "best" / "best.json", json.dumps({**best, "dataset": val_set.name}, indent=2)
-                        )
+                        atomic_write_json(out / "best" / "best.json", {**best, "dataset": val_set.name})
                 logger.eval(step, val_set.name, results, best)
                 window_t0 = time.perf_counter()  # evaluation time is not training speed
             if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or last_step:

@@ -17,7 +17,6 @@ Every intermediate artefact is cached under ``--cache``, keyed by what produced 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -25,11 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
 from dpseg.data.synthetic.datasets import build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes, unseen_classes
-from dpseg.errors import ConfigError
+from dpseg.errors import ConfigError, DPSegError
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import (
     default_cache,  # noqa: F401 - part of the runner's interface
@@ -39,6 +39,7 @@ from dpseg.quickstart import experiment as ex
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 from dpseg.quickstart.example import write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)  # BUDGETS' values are shared: change a copy (dataclasses.replace)
@@ -222,18 +223,17 @@ def quickstart(
         "figure": str(figure),
         "markdown": markdown,
     }
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_json(out / "results.json", results, default=str)
     if demo_run is not None:  # the model `dpseg demo` shows by default
         uses_bank = ex.VARIANTS[demo_run].uses_bank
-        atomic_write_text(
+        atomic_write_json(
             cache / "latest.json",
-            json.dumps(
-                {
-                    "model": str(dirs[(demo_run, 0)].resolve()),
-                    "variant": demo_run,
-                    "bank": str(Path(bank).resolve()) if uses_bank else None,
-                }
-            ),
+            {
+                "model": str(dirs[(demo_run, 0)].resolve()),
+                "variant": demo_run,
+                "bank": str(Path(bank).resolve()) if uses_bank else None,
+            },
+            indent=None,
         )
     atomic_write_text(out / "results.md", markdown)
     example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
@@ -271,12 +271,15 @@ def _run_one(job) -> tuple:
             "eval": cfg.to_dict()["eval"],
         }
         path = run_dir / "quickstart_eval.json"
-        cached = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            cached = read_json(path, "evaluation cache", dict) if path.is_file() else {}
+        except DPSegError:  # unreadable: evaluated again
+            cached = {}
         if cached.get("key") == key:
             result = cached["result"]
         else:
             result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
-            atomic_write_text(path, json.dumps({"key": key, "result": result}))
+            atomic_write_json(path, {"key": key, "result": result}, indent=None)
     return v_name, seed, model_dir, result, time.time() - start, reused
 
 
