@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+from PIL import Image
 
 from dpseg.atomic import atomic_write_json
 from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
@@ -159,6 +162,10 @@ def mask_file_name(index: int, name: str, num_classes: int) -> str:
     return f"{index:0{len(str(num_classes - 1))}d}_{slug}.png"
 
 
+def _mask(labels, index: int) -> Image.Image:
+    return mask_image(labels == index)
+
+
 def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra: dict) -> dict:
     """Write one image's outputs; the label map and the overlay are drawn before any file is written, and a failure
     part-way removes this image's files again (no partial outputs)."""
@@ -166,7 +173,7 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
     label_png = label_image(result.labels, K)
     overlay_jpg = overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha)
-    writes = [
+    writes: list[tuple[Path, Callable[[], Image.Image], dict]] = [
         (out / f"{name}.png", lambda: label_png, {}),
         (out / f"{name}_overlay.jpg", lambda: overlay_jpg, {"quality": 90}),
     ]
@@ -175,7 +182,7 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
         files["masks"] = {}
         for c in result.present:
             rel = f"{name}_masks/{mask_file_name(c.index, c.name, K)}"
-            writes.append((out / rel, lambda i=c.index: mask_image(result.labels == i), {}))
+            writes.append((out / rel, functools.partial(_mask, result.labels, c.index), {}))
             files["masks"][c.name] = rel
     if args.save_scores:
         writes.append((out / f"{name}_scores.png", lambda: score_image(result.scores), {}))
