@@ -244,7 +244,7 @@ def check_model_dir(directory: Union[str, os.PathLike]) -> list[tuple[str, str, 
         rows.append((str(cfg_path), "ok", "a config this version reads"))
     except (CheckpointError, ConfigError) as e:
         rows.append((str(cfg_path), "damaged", f"unreadable ({str(e)[:300]})"))
-    if not weights.is_file():
+    if not weights.exists():
         rows.append((str(weights), "damaged", "missing"))
     else:
         status, detail = safetensors_check(weights)

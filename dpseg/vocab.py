@@ -166,7 +166,7 @@ def read_class_list(source: Union[str, Path]) -> list[str]:
     if isinstance(source, str) and source in BUILTIN_LISTS:
         return builtin_class_names(source)
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # FIFOs, devices: refused by the reader, naming what they are
         what = "is not a file" if path.exists() else "not found"
         raise DataError(
             f"class list {path} {what} (give a .json list, a .txt with one name per line, or one of: "

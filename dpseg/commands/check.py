@@ -45,7 +45,7 @@ def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
             if not path.exists()
             else f"{path} is not a dpseg file (give a checkpoint folder, run, bank or .safetensors file)"
         )
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).exists():
         return "prompt bank", bank_rows(path)
     if is_checkpoint(path):
         return "training checkpoint", checkpoint_integrity(path)

@@ -137,9 +137,9 @@ class PromptBank:
         """Read a bank's manifest; ``wait`` seconds for it to appear (other ranks wait for rank 0)."""
         root = Path(root).expanduser()
         path, deadline = root / MANIFEST, time.monotonic() + wait
-        while not path.is_file() and time.monotonic() < deadline:
+        while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
-        if not path.is_file():
+        if not path.exists():  # a FIFO or a device is refused by the reader below, naming what it is
             raise BankError(
                 f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'"
             )

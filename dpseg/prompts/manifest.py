@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from dpseg.atomic import atomic_write_json
+from dpseg.atomic import atomic_write_json, finite_json
 from dpseg.config import check_number
 from dpseg.config_schema import NumberRule
 from dpseg.errors import BankError, quote
@@ -46,7 +46,7 @@ def manifest_digest(manifest: dict) -> str:
 
 def write_manifest(root: Path, manifest: dict) -> None:
     """Write ``manifest.json`` atomically with its content hash."""
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_HASH}
+    body = finite_json({k: v for k, v in manifest.items() if k != MANIFEST_HASH})  # hashed as it is written
     atomic_write_json(Path(root) / MANIFEST, {**body, MANIFEST_HASH: manifest_digest(body)})
 
 

@@ -28,7 +28,7 @@ def get_templates(name_or_file: str, num: int = 0) -> list[str]:
         templates = list(TEMPLATE_SETS[name_or_file])
     else:
         path = Path(name_or_file)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():  # a FIFO or device is refused by the reader, naming what it is
             raise ConfigError(
                 f"config key 'prompts.templates': '{name_or_file}' is neither a template set "
                 f"({', '.join(TEMPLATE_SETS)}) nor a file"
