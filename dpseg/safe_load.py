@@ -232,8 +232,9 @@ def loads_yaml(
 ) -> Any:
     """Parse YAML text with the safe constructor and every bound of the module doc. ``invalid``: returned instead
     of an error when the text is not valid YAML (a bound exceeded is always an error)."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader refuses control characters already here (a YAMLError)
         value = loader.get_single_data()
     except _BoundedError as e:
         raise error(f"{what} {e}") from None
@@ -247,7 +248,8 @@ def loads_yaml(
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise error(f"{what} is not valid YAML{where}: {printable(str(problem), 160)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _check_type(value, expect, what, error)
 
 

@@ -116,7 +116,7 @@ def safetensors_integrity(path: PathLike) -> tuple[str, str]:
     if stored != actual:
         return "damaged", (
             f"its content does not match the SHA-256 stored when it was written "
-            f"(stored {stored[:12]}…, now {actual[:12]}…): the file was corrupted or modified"
+            f"(stored {quote(str(stored)[:12])}…, now {actual[:12]}…): the file was corrupted or modified"
         )
     return "ok", actual
 

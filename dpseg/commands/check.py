@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
 from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
-from dpseg.errors import BankError, InputError
+from dpseg.errors import BankError, InputError, printable
 from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
 from dpseg.weights import safetensors_check
 
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.paths:
         kind, rows = integrity_rows(Path(spec).expanduser())
         counts = {s: sum(1 for _, status, _ in rows if status == s) for s in ("ok", "unverified", "damaged")}
-        for file, status, detail in rows:
+        for file, status, detail in rows:  # details quote file contents (a stored hash, a JSON error): escaped
+            file, detail = printable(file, 500), printable(detail)
             if status == "damaged":
                 print(f"DAMAGED     {file}: {detail}")
             elif status == "unverified":

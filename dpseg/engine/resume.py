@@ -34,7 +34,7 @@ from torch import nn
 from dpseg.config import Config, save_config
 from dpseg.engine.distributed import mix_seed
 from dpseg.engine.rng import restore_rng, seed_all
-from dpseg.errors import CheckpointError, ConfigError
+from dpseg.errors import CheckpointError, ConfigError, quote
 from dpseg.model.dpseg import is_frozen_tower
 from dpseg.weights import (
     file_sha256,
@@ -189,7 +189,7 @@ def checkpoint_integrity(path: Path) -> list[tuple[str, str, str]]:
 
 def _mismatch(stored: str, actual: str) -> str:
     return (
-        f"its content does not match the SHA-256 stored when it was written (stored {stored[:12]}…, "
+        f"its content does not match the SHA-256 stored when it was written (stored {quote(str(stored)[:12])}…, "
         f"now {actual[:12]}…): the file was corrupted or modified"
     )
 

@@ -86,7 +86,7 @@ def manifest_status(root) -> tuple[str, str]:
     actual = manifest_digest(manifest)
     if stored != actual:
         return "damaged", (
-            f"its content does not match the SHA-256 stored when it was written (stored {str(stored)[:12]}…, "
+            f"its content does not match the SHA-256 stored when it was written (stored {quote(str(stored)[:12])}…, "
             f"now {actual[:12]}…): the manifest was corrupted or edited by hand"
         )
     return "ok", actual
