@@ -37,7 +37,7 @@ from dpseg.config_schema import (  # noqa: F401 - re-exported
     PromptsConfig,
     TrainConfig,
 )
-from dpseg.errors import ConfigError, quote
+from dpseg.errors import ConfigError, char_name, quote, unsafe_char
 from dpseg.safe_load import loads_yaml, read_json, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -112,6 +112,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise bad
+        unsafe = unsafe_char(value, allow="\t")
+        if unsafe is not None:  # a path or name holding ESC or a line separator is an attack or an accident
+            raise ConfigError(
+                f"config key '{key}' holds the control character {char_name(unsafe[1])} ({quote(value, 80)}); "
+                "config strings must be printable text"
+            )
         return value
     raise bad
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from dpseg.commands import main
-from dpseg.errors import DPSegError, printable, quote
+from dpseg.errors import DPSegError, printable, quote, unsafe_char
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
 BOMB = "\n".join(
@@ -187,6 +187,14 @@ EARLY = {
     "recursive alias": (
         lambda w: ["config", write(w / "loop.yaml", "train: &a {x: *a}\n")],
         "used inside its own anchor",
+    ),
+    "control character in a YAML file (found by the fuzzer)": (
+        lambda w: ["config", write(w / "bel.yaml", "train:\n  output_dir: a\x07b\n")],
+        "is not valid YAML",
+    ),
+    "control character in a --set value": (
+        lambda w: ["config", "--preset", "dpseg-tiny", "--set", "train.output_dir=a\x1b[2Jb"],
+        "config key 'train.output_dir' holds the control character U+001B ESC ('a\\x1b[2Jb')",
     ),
     "python object tag": (
         lambda w: ["config", write(w / "tag.yaml", "train: !!python/object/apply:os.system ['touch pwned']\n")],
@@ -450,6 +458,10 @@ CHECK = {
         "header length points beyond the end",
     ),
     "FIFO named .safetensors": (lambda w: fifo(w / "f.safetensors"), "is not a dpseg file"),
+    "stored hash holding control characters (found by the fuzzer)": (
+        lambda w: _hash_with_control_characters(w / "h.safetensors"),
+        "its content does not match the SHA-256 stored",
+    ),
     "checkpoint config.json nested deep": (
         lambda w: fake_checkpoint(w / "ckpt", '{"model": ' + DEEP_JSON + "}"),
         "nested more than 32 levels",
@@ -462,6 +474,17 @@ CHECK = {
     "checkpoint with a FIFO config.json": (lambda w: _fifo_config(w / "ckpt"), "is a FIFO (named pipe)"),
     "checkpoint with a FIFO model.safetensors": (lambda w: _fifo_weights(w / "ckpt"), "FIFO"),
 }
+
+
+def _hash_with_control_characters(path: Path) -> Path:
+    """A valid file whose stored hash (same length) holds DEL and ESC: printed escaped, never raw."""
+    from dpseg.weights import save_safetensors
+
+    save_safetensors({"w": torch.zeros(2)}, path)
+    raw = path.read_bytes()
+    at = raw.index(b'"dpseg_sha256":"') + len(b'"dpseg_sha256":"')
+    path.write_bytes(raw[:at] + b"\\u001b\\u007f" + raw[at + 12 :])
+    return path
 
 
 def _fifo_weights(root: Path) -> Path:
@@ -483,6 +506,7 @@ def test_check_reports_hostile_files_as_damaged(work, capsys, setup, needle):
     out, err = capsys.readouterr()
     assert rc == 2 and "Traceback" not in out + err
     assert needle in out + err, out + err
+    assert unsafe_char(out + err, allow="\n") is None, repr(out + err)
     assert all(len(line) < 2100 for line in (out + err).splitlines())
     assert snapshot(work) == before
 
