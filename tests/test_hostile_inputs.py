@@ -1016,3 +1016,16 @@ def test_input_paths_are_escaped_in_error_lines(work, capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b[2J.png: pattern matches no image files" in err and "Traceback" not in err
     assert snapshot(work) == before
+
+
+def test_exemplar_images_are_size_checked_before_decoding(tmp_path, monkeypatch):
+    """Exemplar images are read by load_image directly: the pixel limit holds there too (from the header)."""
+    import dpseg.image_io as image_io
+    from dpseg.errors import DataError
+
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match="is 300x200 = 0.1 megapixels, above the limit"):
+        image_io.load_image(tmp_path / "big.png", max_pixels=1000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's own bomb limit (2x this) is one line too
+    with pytest.raises(DataError, match="exceeds Pillow's safety limit"):
+        image_io.load_image(tmp_path / "big.png", max_pixels=0)
