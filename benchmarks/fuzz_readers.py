@@ -14,7 +14,9 @@ Targets (each gets generated and mutated inputs from hypothesis strategies):
 * ``safetensors``: a valid weight file mutated (flipped bytes, truncated, header replaced by JSON of any shape),
   read by ``dpseg check``'s ``safetensors_check`` and by the loader ``read_state_dict``;
 * ``bank_manifest``: a prompt bank's ``manifest.json`` (valid manifests with one hostile field, and any JSON);
-* ``image``: PNG, JPEG, GIF, BMP, TIFF and WebP files mutated byte by byte and truncated, read by ``read_image``.
+* ``image``: PNG, JPEG, GIF, BMP, TIFF and WebP files mutated byte by byte and truncated, read by ``read_image``;
+* ``exemplars``: exemplar folders (class sub-folders with hostile names; images, mutated or not) read by
+  ``find_exemplars`` and ``load_image``.
 
 The properties: a reader returns what it promises or raises a :class:`~dpseg.errors.DPSegError` whose message is
 one printable line (no control character, at most 2000 characters); anything else (another exception, a control
@@ -274,7 +276,7 @@ def target_safetensors(data, tmp: Path) -> None:
     try:
         state = read_state_dict(path, "fuzzed weights", fix="(fuzz)")
     except CheckpointError:
-        return
+        raise  # refused (its message is checked by the runner)
     if status == "damaged":
         raise Finding(f"check said damaged ({detail[:80]}) but the loader accepted the file")
     for name, t in state.items():
@@ -360,6 +362,32 @@ def target_image(data, tmp: Path) -> None:
         raise Finding(f"read_image returned {t.dtype} {tuple(t.shape)}")
 
 
+def target_exemplars(data, tmp: Path) -> None:
+    """An exemplar folder: class sub-folders with hostile names, files that are images or not."""
+    from dpseg.image_io import load_image
+    from dpseg.prompts.exemplars import find_exemplars
+
+    if not SEEDS:
+        SEEDS.extend(_image_seeds())
+    folders = [
+        (
+            data.draw(UNSAFE_TEXT.filter(lambda n: n not in ("", ".", "..") and "\x00" not in n)),
+            data.draw(st.one_of(st.sampled_from(SEEDS), st.binary(max_size=64))),
+        )
+        for _ in range(data.draw(st.integers(1, 4)))
+    ]  # everything drawn first: what happens on disk never changes what is drawn
+    root = Path(tempfile.mkdtemp(dir=tmp))
+    try:
+        for i, (name, raw) in enumerate(folders):
+            (root / name).mkdir(exist_ok=True)
+            (root / name / f"{i}.png").write_bytes(raw)
+        for files in find_exemplars(root).values():  # folder names are checked as class names when matched
+            for f in files:
+                load_image(f)
+    finally:
+        shutil.rmtree(root)
+
+
 TARGETS: dict[str, Callable] = {
     "class_text": target_class_text,
     "class_json": target_class_json,
@@ -370,6 +398,7 @@ TARGETS: dict[str, Callable] = {
     "safetensors": target_safetensors,
     "bank_manifest": target_bank_manifest,
     "image": target_image,
+    "exemplars": target_exemplars,
 }
 
 
