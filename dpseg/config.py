@@ -268,20 +268,24 @@ def check_numbers(cfg: Config) -> None:
     next to the field in :mod:`dpseg.config_schema`, else finite floats and bounded ints)."""
     for section in dataclasses.fields(cfg):
         obj = getattr(cfg, section.name)
-        if not dataclasses.is_dataclass(obj):
-            continue
-        for f in dataclasses.fields(obj):
-            rule = f.metadata.get("number", GENERIC_RULE)
-            value = getattr(obj, f.name)
-            key = f"{section.name}.{f.name}"
-            if isinstance(value, dict):
-                _free_form_numbers(value, key)
-            elif isinstance(value, list):
-                for i, v in enumerate(value):
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        check_number(f"config key '{key}' ({'element ' + str(i)})", v, rule)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                check_number(f"config key '{key}'", value, rule)
+        if dataclasses.is_dataclass(obj):
+            check_section_numbers(obj, section.name)
+
+
+def check_section_numbers(obj: Any, name: str) -> None:
+    """:func:`check_numbers` of one section (``name``: its key prefix, e.g. "eval")."""
+    for f in dataclasses.fields(obj):
+        rule = f.metadata.get("number", GENERIC_RULE)
+        value = getattr(obj, f.name)
+        key = f"{name}.{f.name}"
+        if isinstance(value, dict):
+            _free_form_numbers(value, key)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    check_number(f"config key '{key}' (element {i})", v, rule)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(f"config key '{key}'", value, rule)
 
 
 def validate(cfg: Config) -> None:
@@ -302,12 +306,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.spatial_kernel' must be odd (a centred depthwise kernel), got {m.spatial_kernel}"
         )
-    e = cfg.eval
-    if e.early_rejection_topk and not m.aux_heads:
+    validate_eval(cfg.eval)
+    if cfg.eval.early_rejection_topk and not m.aux_heads:
         raise ConfigError(
             "config key 'eval.early_rejection_topk' ranks classes with the auxiliary heads, which this model "
             "lacks (model.aux_heads=false); set it to 0 or use an SED preset (sed-b, sed-l)"
         )
+
+
+def check_types(section: Any, name: str) -> None:
+    """Type-check every field of one config section (a section built in Python gets the checks a YAML file gets)."""
+    for key, tp in _field_types(type(section)).items():
+        _coerce(getattr(section, key), tp, f"{name}.{key}")
+
+
+def validate_eval(e: EvalConfig) -> None:
+    """The checks of the ``eval`` section alone: run by :func:`validate` and by every inference built from settings
+    (:class:`dpseg.evaluation.inference.Inference`): types, then every key's numeric rule (ranges live next to the
+    fields in :mod:`dpseg.config_schema`)."""
+    check_types(e, "eval")
+    check_section_numbers(e, "eval")
 
 
 # Keys that moved between sections; configs written by older versions are read with them in their new place.

@@ -219,7 +219,7 @@ class EvalConfig:
     protocol: Literal["whole", "slide"] = "whole"  # SED: whole image at input_size; CAT-Seg: sliding window
     short_side: int = num(640, ge=1, le=65536)
     # cap on the long side after the short-side resize (detectron2 test mapper)
-    max_side: int = num(2560, ge=1, le=65536)
+    max_side: int = num(2560, ge=0, le=65536)
     input_size: int = num(768, ge=32, le=16384, multiple_of=32)
     slide_window: int = num(384, ge=1, le=65536)
     slide_overlap: float = num(0.333, ge=0, lt=1)
@@ -238,6 +238,13 @@ class EvalConfig:
     # 1 = a detected class's crop replaces its generated visual prompts (the paper); < 1 blends weight * crop +
     # (1 - weight) * generated prompt
     refine_crop_weight: float = num(1.0, gt=0, le=1)
+    # how a detected class's crop is framed (docs/paper-choices.md #18): "context" = the square frame around its
+    # pixels at the generated objects' 70 % fill, surroundings kept; "tight" = the frame around its pixels at 100 %,
+    # surroundings kept; "masked" = the 70 % frame with every pixel outside the class's pixels at the CLIP mean colour
+    refine_framing: Literal["context", "tight", "masked"] = "masked"
+    # which visual prompts the crop replaces: the global V and the pooled stage features v_j ("both", the paper),
+    # only V ("global") or only v_j ("stages")
+    refine_replace: Literal["both", "global", "stages"] = "both"
     class_chunk: int = num(128, ge=0)  # classes decoded at a time (0 = all at once): bounds memory, same result
     # SED's category early rejection (SED-fast: 8): after each auxiliary head only the classes among the top k at
     # some pixel of the batch stay in the decoder; the others get probability 0. 0 = off. Needs model.aux_heads.

@@ -259,7 +259,7 @@ def build_app(
                 )
                 with gr.Row():
                     refine = gr.Checkbox(
-                        value=can_refine and seg.refine_default,
+                        value=can_refine and seg.settings.two_pass,
                         interactive=can_refine,
                         label="two-pass prompt refinement",
                         elem_id="dpseg-refine",

@@ -20,6 +20,7 @@ from dpseg.checkpoint import load_model
 from dpseg.clip_loading import build_towers
 from dpseg.commands import add_config_arguments, config_from_args, main
 from dpseg.config import build_config
+from dpseg.distributed import launched
 from dpseg.errors import ConfigError, InputError
 from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
 from dpseg.prompts.builder import add_exemplars, build_bank
@@ -71,13 +72,6 @@ def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
     add_config_arguments(p)
 
 
-def _dist() -> tuple[int, int, int]:
-    def env(key: str, default: int) -> int:  # set by torchrun
-        return int(os.environ.get(key, default))
-
-    return env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
-
-
 def _device(args) -> str:
     import torch
 
@@ -85,7 +79,7 @@ def _device(args) -> str:
         from dpseg.evaluation.runtime import resolve_device
 
         return str(resolve_device(args.device, what="--device", error=InputError))
-    return f"cuda:{_dist()[2]}" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{launched()[2]}" if torch.cuda.is_available() else "cpu"
 
 
 def load_encoders(args, device: str):
@@ -113,7 +107,7 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
-    rank, world, _ = _dist()
+    rank, world, _ = launched()
     names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
         raise InputError(f"--images-per-class must be >= 0, got {args.images_per_class}")

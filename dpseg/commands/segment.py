@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     if args.protocol:
-        seg.protocol = dataclasses.replace(seg.protocol, name=args.protocol)
+        seg.settings = dataclasses.replace(seg.settings, protocol=args.protocol)
     if args.max_pixels:
         seg.max_pixels = args.max_pixels
     seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)

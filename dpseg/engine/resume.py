@@ -80,15 +80,6 @@ def _step_of(path: Path) -> int:
     return int(match.group(1))
 
 
-def find_checkpoint(path: Union[str, os.PathLike]) -> Optional[Path]:
-    """``path`` itself if it is a checkpoint, else the newest checkpoint of the run directory ``path`` (or None)."""
-    path = Path(path).expanduser()
-    if is_checkpoint(path):
-        return path
-    found = list_checkpoints(path)
-    return found[-1] if found else None
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not is_frozen_tower(k)}
 
