@@ -64,6 +64,8 @@ def load_image(path: Union[str, os.PathLike], exif: bool = True, max_pixels: int
     array (``exif=False``) because their labels were drawn on it. The size is checked against ``max_pixels``
     from the header, before decoding (exemplar images come here directly)."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"cannot read image {path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
