@@ -132,7 +132,7 @@ def test_old_configs_keep_todays_behaviour_and_bad_values_are_refused(tmp_path):
     (ckpt / "config.json").write_text(json.dumps(data))
     cfg = load_model(ckpt)[1]
     assert cfg.eval.min_score == 0.0 and cfg.eval.background_class is None
-    with pytest.raises(ConfigError, match="'eval.min_score' must be in \\[0, 1\\)"):
+    with pytest.raises(ConfigError, match="'eval.min_score' must be a finite number in \\[0, 1\\)"):
         build_config("dpseg-tiny", overrides=["eval.min_score=1"])
     with pytest.raises(ConfigError, match="'eval.background_class' expects bool or null"):
         build_config("dpseg-tiny", overrides=["eval.background_class=maybe"])

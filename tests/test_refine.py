@@ -141,7 +141,7 @@ def test_a_crop_weight_below_one_blends_the_crop_into_each_templates_prompt():
         assert torch.allclose(b[0, 1], 0.25 * r[0, 1] + 0.75 * p[1], atol=1e-6)
     assert torch.equal(blended.visual[0, 0], prompts.visual[0])  # undetected classes are untouched
     for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match="refine_crop_weight' must be in"):
+        with pytest.raises(ConfigError, match="refine_crop_weight' must be a finite number in"):
             policy(crop_weight=bad)
 
 

@@ -11,7 +11,6 @@ A build can be interrupted at any time and resumed by running the same command a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -76,8 +75,10 @@ def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
 def _device(args) -> str:
     import torch
 
-    if args.device:
-        return args.device
+    if args.device:  # checked like every --device: a CUDA request without CUDA is one line, not a driver traceback
+        from dpseg.evaluation.runtime import resolve_device
+
+        return str(resolve_device(args.device, what="--device", error=InputError))
     return f"cuda:{launched()[2]}" if torch.cuda.is_available() else "cpu"
 
 
@@ -189,7 +190,9 @@ def _info(args) -> int:
         names = read_class_list(args.vocab)
         info["vocab"], info["missing"] = args.vocab, bank.missing(names)
     if args.json:
-        print(json.dumps(info, indent=2))
+        from dpseg.atomic import json_text
+
+        print(json_text(info))
         return 0
     rows = [
         ("bank", info["path"]),
@@ -230,6 +233,8 @@ def _info(args) -> int:
 def _integrity_line(integrity: dict, bank) -> str:
     ok, old, bad = len(integrity["ok"]), len(integrity["unverified"]), integrity["damaged"]
     parts = [f"{ok} class file(s) verified (SHA-256)"]
+    if integrity["manifest"][0] != "ok":
+        parts.append(f"manifest.json {integrity['manifest'][0]}: {integrity['manifest'][1]}")
     if old:
         parts.append(f"{old} without a content hash (written by an older dpseg; cannot be checked)")
     if bad:

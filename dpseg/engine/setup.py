@@ -4,16 +4,16 @@ the optimizer, the state of the checkpoint resumed from, and the start-up table.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, cast
 
 import torch
 
+from dpseg.atomic import atomic_write_json
 from dpseg.build import build_model
 from dpseg.checkpoint import checkpoint_files
-from dpseg.config import Config, atomic_write_text, save_config
+from dpseg.config import Config, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.distributed import broadcast_object
 from dpseg.engine.class_sampling import prompt_similarity
@@ -195,7 +195,7 @@ def announce(run: Run, logger: TrainLogger) -> None:
         for line in run.init.lines(run.model):
             logger.message(line)
         if ctx.is_main:
-            atomic_write_text(run.out / "init_from.json", json.dumps(run.init.to_dict(), indent=2))
+            atomic_write_json(run.out / "init_from.json", run.init.to_dict())
     elif tc.init_from:
         run.notes.append(
             f"train.init_from={tc.init_from} is not applied: the run resumes from {run.ckpt}, which holds its weights"

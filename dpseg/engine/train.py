@@ -16,15 +16,15 @@ A resumed run ends with the same weights as an uninterrupted one (bit-identical 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any, Callable, Optional
 
 import torch
 
+from dpseg.atomic import atomic_write_json
 from dpseg.checkpoint import save_model
-from dpseg.config import Config, atomic_write_text
+from dpseg.config import Config
 from dpseg.distributed import all_reduce_sum, barrier, gather_objects
 from dpseg.engine import TrainingError
 from dpseg.engine.class_sampling import remap_labels, sample_step_classes
@@ -184,9 +184,7 @@ def _validate(run: Run, logger: TrainLogger) -> None:
         run.best = {"mIoU": miou, "step": run.step}
         if run.ctx.is_main:
             save_model(run.model, run.cfg, run.out / "best")
-            atomic_write_text(
-                run.out / "best" / "best.json", json.dumps({**run.best, "dataset": run.val_set.name}, indent=2)
-            )
+            atomic_write_json(run.out / "best" / "best.json", {**run.best, "dataset": run.val_set.name})
     logger.eval(run.step, run.val_set.name, results, run.best)
 
 

@@ -27,24 +27,24 @@ at the end of training when a validation set exists (:mod:`dpseg.engine.train`),
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.checkpoint import CONFIG_NAME, load_model
 from dpseg.data.catalog import build_dataset
 from dpseg.distributed import all_reduce_sum, rank_world
-from dpseg.errors import CheckpointError, DataError, InputError
+from dpseg.errors import CheckpointError, DataError, DPSegError, InputError
 from dpseg.evaluation.inference import Inference
 from dpseg.evaluation.metrics import metrics_from_confusion
 from dpseg.evaluation.runtime import resolve_device
 from dpseg.progress import progress as progress_bar
 from dpseg.prompts.resolve import resolve_prompts
 from dpseg.prompts.templates import model_templates
+from dpseg.safe_load import read_json
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0, 0.05, ..., 0.95
 COVERED_IGNORE_FRACTION = 0.01
@@ -167,7 +167,7 @@ def write_calibration(directory: Union[str, Path], calibration: Calibration) -> 
     update_eval_config(
         directory, {"min_score": calibration.min_score, "background_class": calibration.background_class}
     )
-    atomic_write_text(directory / CALIBRATION_NAME, json.dumps(calibration.to_dict(), indent=2))  # last: marks it done
+    atomic_write_json(directory / CALIBRATION_NAME, calibration.to_dict())  # last: marks it done
     return directory / CONFIG_NAME
 
 
@@ -177,15 +177,15 @@ def update_eval_config(directory: Union[str, Path], values: dict) -> bool:
     directory = Path(directory)
     path = directory / CONFIG_NAME
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}); is {directory} a dpseg checkpoint folder?") from None
+        data = read_json(path, "checkpoint config", dict, CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; is {directory} a dpseg checkpoint folder?") from None
     if not isinstance(data.get("eval"), dict):
         raise CheckpointError(f"{path} has no eval section; is {directory} a dpseg checkpoint folder?")
     if all(k in data["eval"] and data["eval"][k] == v for k, v in values.items()):
         return False
     data["eval"].update(values)
-    atomic_write_text(path, json.dumps(data, indent=2))
+    atomic_write_json(path, data)
     return True
 
 
@@ -193,9 +193,11 @@ def read_calibration(directory: Union[str, Path]) -> Optional[dict]:
     """The ``calibration.json`` of a checkpoint folder when its ``config.json`` still holds that choice, else None
     (never calibrated, or exported again since)."""
     try:
-        done = json.loads((Path(directory) / CALIBRATION_NAME).read_text())
-        ev = json.loads((Path(directory) / CONFIG_NAME).read_text())["eval"]
-    except (OSError, ValueError, KeyError, TypeError):
+        done = read_json(Path(directory) / CALIBRATION_NAME, "calibration", dict)
+        ev = read_json(Path(directory) / CONFIG_NAME, "checkpoint config", dict)["eval"]
+        if not isinstance(ev, dict):
+            return None
+    except (DPSegError, KeyError):
         return None
     same = ev.get("min_score") == done.get("min_score") and ev.get("background_class") == done.get("background_class")
     return done if same else None

@@ -12,12 +12,12 @@ what ``dpseg segment`` and ``dpseg demo`` use when no checkpoint is given; it st
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 from dpseg.errors import CheckpointError
+from dpseg.safe_load import read_json
 
 
 def default_cache() -> Path:
@@ -42,9 +42,9 @@ def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path
             "(or set DPSEG_CACHE to where it ran), or pass --checkpoint"
         )
     try:
-        info = json.loads(pointer.read_text())
+        info = read_json(pointer, "quickstart pointer", dict, CheckpointError)
         model, bank = Path(info["model"]), info.get("bank")
-    except (ValueError, KeyError, TypeError) as e:
+    except (CheckpointError, KeyError, TypeError) as e:
         raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
     if not (model / "config.json").is_file():
         raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")

@@ -25,7 +25,7 @@ from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
-from dpseg.errors import DataError
+from dpseg.errors import DataError, DPSegError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
@@ -35,6 +35,7 @@ from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.prompts.templates import get_templates
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,10 @@ def is_trained(cfg: Config) -> bool:
     final = Path(cfg.train.output_dir) / "final"
     if not ((final / "model.safetensors").is_file() and (final / "config.json").is_file()):
         return False
-    saved = json.loads((final / "config.json").read_text())
+    try:
+        saved = read_json(final / "config.json", "checkpoint config", dict)
+    except DPSegError:  # unreadable: trained again
+        return False
     saved.pop("dpseg", None)  # save_model's metadata
     return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
 

@@ -17,7 +17,6 @@ Every intermediate artefact is cached under ``--cache``, keyed by what produced 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -25,17 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
 from dpseg.data.synthetic.datasets import build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes
-from dpseg.errors import ConfigError
+from dpseg.errors import ConfigError, DPSegError
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex
 from dpseg.quickstart import report
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 from dpseg.quickstart.example import write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)  # BUDGETS' values are shared: change a copy (dataclasses.replace)
@@ -135,7 +136,7 @@ def quickstart(
     figure = _figure(out, dirs, ds.unseen, budget.examples)
     clock.timings["total"] = round(clock.elapsed(), 1)
     results = report.results(budget, runs, chance, clip_dense, zero_shot, clock.timings, clip, bank, ds.root, figure)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_json(out / "results.json", results, default=str)
     if demo_run is not None:  # the model `dpseg demo` shows by default
         _point_demo_at(cache, dirs[(demo_run, 0)], bank if ex.VARIANTS[demo_run].uses_bank else None, demo_run)
     atomic_write_text(out / "results.md", results["markdown"])
@@ -232,7 +233,7 @@ def _point_demo_at(cache: Path, model_dir: Path, bank, variant: str) -> None:
         "variant": variant,
         "bank": str(Path(bank).resolve()) if bank else None,
     }
-    atomic_write_text(cache / "latest.json", json.dumps(pointer))
+    atomic_write_json(cache / "latest.json", pointer, indent=None)
 
 
 def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> PretrainSettings:
@@ -265,12 +266,15 @@ def _run_one(job) -> tuple:
             "eval": cfg.to_dict()["eval"],
         }
         path = run_dir / "quickstart_eval.json"
-        cached = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            cached = read_json(path, "evaluation cache", dict) if path.is_file() else {}
+        except DPSegError:  # unreadable: evaluated again
+            cached = {}
         if cached.get("key") == key:
             result = cached["result"]
         else:
             result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
-            atomic_write_text(path, json.dumps({"key": key, "result": result}))
+            atomic_write_json(path, {"key": key, "result": result}, indent=None)
     return v_name, seed, model_dir, result, time.time() - start, reused
 
 
