@@ -17,7 +17,7 @@ variance is not in the spread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -86,7 +86,7 @@ class Paired:
         }
 
 
-def paired_t_p(diffs: Sequence[float]) -> Optional[float]:
+def paired_t_p(diffs: Union[Sequence[float], np.ndarray]) -> Optional[float]:
     """Two-sided p-value of the paired t-test of H0: mean difference = 0 (None below MIN_SEEDS seeds)."""
     d = np.asarray(diffs, float)
     if len(d) < MIN_SEEDS:
