@@ -17,11 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
-from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
 from dpseg.errors import InputError
-from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
-from dpseg.weights import safetensors_integrity
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
     """(what PATH is, [(file, ok|unverified|damaged, detail)])."""
+    from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir  # here: `dpseg check --help` is instant
+    from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
+    from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
+    from dpseg.weights import safetensors_integrity
+
     if path.is_file() and path.suffix == ".safetensors":
         return "file", [(str(path), *safetensors_integrity(path))]
     if not path.is_dir():

@@ -17,20 +17,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from dpseg.checkpoint import load_model
-from dpseg.config import build_config
-from dpseg.data.catalog import build_dataset
 from dpseg.errors import DataError, InputError
-from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
-from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
-from dpseg.prompts.resolve import resolve_prompts
-from dpseg.prompts.templates import model_templates
 from dpseg.quickstart import default_artifacts
-from dpseg.weights import state_fingerprint
+
+# torch and the evaluation machinery are imported where they are used: `dpseg eval --help` stays instant
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _distributed(device_arg: str) -> tuple[int, torch.device]:
     """Initialise torch.distributed under torchrun; returns (rank, device)."""
+    import torch
+
+    from dpseg.evaluation.runtime import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
     if world > 1 and not torch.distributed.is_initialized():
@@ -89,6 +87,8 @@ def _distributed(device_arg: str) -> tuple[int, torch.device]:
 
 
 def _eval_config(cfg, args):
+    from dpseg.config import build_config
+
     for text in args.overrides:
         if not text.strip().startswith("eval."):
             raise InputError(
@@ -106,6 +106,8 @@ def _eval_config(cfg, args):
 
 
 def _build_datasets(names: list[str], root: str) -> dict:
+    from dpseg.data.catalog import build_dataset
+
     out, errors = {}, []
     for name in names:
         try:
@@ -122,6 +124,8 @@ class _Prompts:
     """Prompts per vocabulary through the one resolver; evaluation never runs a visual-prompt model degraded."""
 
     def __init__(self, model, cfg, bank_dir: str, text_only: bool):
+        from dpseg.prompts.templates import model_templates
+
         self.model, self.templates = model, model_templates(cfg)
         self.bank = None if text_only or not bank_dir else bank_dir
         if text_only and model.needs_visual_prompts:
@@ -132,12 +136,16 @@ class _Prompts:
         self.source = f"bank {Path(self.bank).resolve()}" if self.bank else "text-only"
 
     def __call__(self, vocabulary: list[str], device):
+        from dpseg.prompts.resolve import resolve_prompts
+
         return resolve_prompts(
             self.model, self.templates, vocabulary, bank=self.bank, device=device, what="the evaluation vocabulary"
         ).prompts
 
 
 def _fingerprint(prompts) -> str:
+    from dpseg.weights import state_fingerprint
+
     tensors = {"text": prompts.text}
     if prompts.visual is not None:
         tensors["visual"] = prompts.visual
@@ -147,6 +155,14 @@ def _fingerprint(prompts) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpseg.checkpoint import load_model
+    from dpseg.evaluation.evaluator import evaluate
+    from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
+    from dpseg.evaluation.runtime import autocast, resolve_precision
+    from dpseg.weights import state_fingerprint
+
     rank, device = _distributed(args.device)
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as `dpseg segment` and the demo do

@@ -16,18 +16,11 @@ import os
 import sys
 import time
 
-import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
-from dpseg.checkpoint import load_model
-from dpseg.clip_loading import build_towers
 from dpseg.commands import add_config_arguments, config_from_args, main
-from dpseg.config import build_config
 from dpseg.errors import ConfigError, InputError
-from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
-from dpseg.prompts.builder import add_exemplars, build_bank
-from dpseg.prompts.exemplars import find_exemplars
-from dpseg.prompts.generate import get_generator
-from dpseg.prompts.templates import get_templates
 from dpseg.vocab import read_class_list
+
+# the models, banks and generators are imported where they are used: `dpseg prompts --help` stays instant
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +82,10 @@ def _device(args) -> str:
 
 def load_encoders(args, device: str):
     """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
+    from dpseg.checkpoint import load_model
+    from dpseg.clip_loading import build_towers
+    from dpseg.config import build_config
+
     if args.checkpoint:
         model, ckpt_cfg = load_model(args.checkpoint)
         if model.prompt_encoder is None:
@@ -112,6 +109,12 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
+    import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
+    from dpseg.prompts.bank import PromptBank, make_key, short_list
+    from dpseg.prompts.builder import build_bank
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.templates import get_templates
+
     rank, world, _ = _dist()
     names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
@@ -173,6 +176,11 @@ def _build(args) -> int:
 
 
 def _add_exemplars(args) -> int:
+    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
+    from dpseg.prompts.builder import add_exemplars
+    from dpseg.prompts.exemplars import find_exemplars
+    from dpseg.prompts.templates import get_templates
+
     found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
     cfg, prompt_encoder, text_tower = load_encoders(args, _device(args))
     if os.path.exists(os.path.join(os.path.expanduser(args.bank), MANIFEST)):
@@ -189,6 +197,8 @@ def _add_exemplars(args) -> int:
 
 
 def _info(args) -> int:
+    from dpseg.prompts.bank import PromptBank, short_list
+
     bank = PromptBank.open(args.bank)
     info = bank.info()
     if args.vocab:

@@ -37,7 +37,7 @@ from dpseg.quickstart import (
 )
 from dpseg.quickstart import experiment as ex
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
-from dpseg.quickstart.example import write_example
+from dpseg.quickstart.example import check_example, write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
 
 
@@ -161,20 +161,25 @@ def quickstart(
     )
     runs: dict = {}
     dirs: dict = {}
-    for v_name, seed, model_dir, result, seconds, reused in _run_all(jobs, workers):
+    for done, (v_name, seed, model_dir, result, seconds, reused) in enumerate(_run_all(jobs, workers), 1):
         dirs[(v_name, seed)] = model_dir
         runs.setdefault(v_name, {})[seed] = result
         brief = ", ".join(
             f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
         )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
-        log(f"    {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
+        left = (time.time() - s) / done * (len(jobs) - done)  # runs take about as long as each other
+        eta = f", about {left / 60:.1f} min left" if done < len(jobs) else ""
+        log(f"    run {done}/{len(jobs)}{eta}: {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     stage("train_and_evaluate", s)
     demo_run = next((v for v in ("dual", *budget.variants) if (v, 0) in dirs), None)
     if demo_run is not None:  # the model `dpseg segment` / `dpseg demo` use by default: its score threshold
         s = time.time()  # chosen on the seen-class validation scenes
         ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
         stage("calibration", s)
+    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
+    demo_bank = bank if demo_run is not None and ex.VARIANTS[demo_run].uses_bank else None
+    example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, cache, log) if demo_run else None
 
     s = time.time()
     log("5/6 references: chance and the CLIP's dense cost volume alone")
@@ -207,6 +212,7 @@ def quickstart(
     )
     timings["total"] = round(time.time() - t0, 1)
     markdown = _markdown(budget, table, lines, zero_shot, chance, timings, [k.name for k in unseen_classes()])
+    markdown += f"\n## The example scenes\n\n{example_check['summary']}\n" if example_check else ""
     results = {
         "budget": asdict(budget),
         "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
@@ -220,6 +226,7 @@ def quickstart(
         "prompt_bank": str(bank),
         "datasets": str(ds.root),
         "figure": str(figure),
+        "example_check": example_check or None,
         "markdown": markdown,
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
@@ -236,7 +243,6 @@ def quickstart(
             ),
         )
     atomic_write_text(out / "results.md", markdown)
-    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
 
