@@ -88,5 +88,13 @@ def toy_refusal(names: Sequence[str], retry: Sequence[str]) -> Optional[str]:
         f"{shown} {'is' if len(bad) == 1 else 'are'} not in the toy model's world: the model of `dpseg quickstart` "
         f"knows only {world_description()}, and no prompt bank or text-only mode can teach it other names. "
         f"For photos use SED's released model: download {SED_FILE} (README, section \"SED's released "
-        f'checkpoints"), then `{CONVERT_COMMAND}` and `{shlex.join([*retry, "--checkpoint", PHOTO_CHECKPOINT])}`'
+        f'checkpoints"), then `{CONVERT_COMMAND}` and `{shell_join([*retry, "--checkpoint", PHOTO_CHECKPOINT])}`'
+    )
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """A command line to paste: arguments that need quoting in double quotes when that is safe (as people write
+    them), else as shlex quotes them."""
+    return " ".join(
+        f'"{a}"' if shlex.quote(a) != a and not any(c in a for c in '"$`\\!') else shlex.quote(a) for a in argv
     )
