@@ -53,7 +53,7 @@ def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
             (str(path / CLASS_DIR / f), "unverified", "no content hash (written by an older dpseg)")
             for f in report["unverified"]
         ]
-        fix = f"rebuild it with 'dpseg prompts build --out {path} ...' (damaged class files are rebuilt)"
+        fix = f"rebuild it with '{PromptBank.open(path).build_command()}' (damaged class files are rebuilt)"
         rows += [(str(path / CLASS_DIR / f), "damaged", f"{why}; {fix}") for f, why in report["damaged"]]
         return "prompt bank", rows
     if is_checkpoint(path):

@@ -252,7 +252,7 @@ def _integrity_line(integrity: dict, bank) -> str:
         why = bad[0][1]
         parts.append(
             f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
-            f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files"
+            f"'{bank.build_command()}', which rebuilds damaged files"
         )
     return "; ".join(parts)
 

@@ -212,8 +212,11 @@ def check_options(args: argparse.Namespace) -> None:
     missing = [
         what
         for what, given in (
-            ('the classes to find (--classes "cat, sofa" or --classes-file FILE)', args.classes or args.classes_file),
-            ("an output folder (--out DIR)", args.out),
+            (
+                'the classes to find (--classes "cat, sofa" or --classes-file FILE)',
+                args.classes is not None or args.classes_file is not None,
+            ),
+            ("an output folder (--out DIR)", args.out is not None),
         )
         if not given
     ]
