@@ -218,7 +218,7 @@ def test_the_demos_example_shows_on_the_page_what_the_python_api_gives(quickstar
         box.clear()
         box.send_keys("person, sky, cat")
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
-        wait.until(lambda d: "Not in the toy model's world" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
+        wait.until(lambda d: "not in the toy model's world" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
         text = " ".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-info").text.split())
         assert "dpseg convert sed sed_b.pth checkpoints/sed-b" in text and "--text-only" not in text
         driver.save_screenshot(str(tmp_path / "demo-photo-classes.png"))

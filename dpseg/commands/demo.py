@@ -183,7 +183,7 @@ def _write_downloads(root: Path, number: int, stem: str, result, names: list[str
         **result.to_dict(),
     }
     atomic_write_text(json_path, json.dumps(info, indent=2))
-    for old in sorted(p for p in root.iterdir() if p.is_dir())[:-RESULTS_KEPT]:
+    for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())[:-RESULTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
     return [str(label_path), str(json_path)]
 
@@ -212,6 +212,7 @@ def build_app(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    results_dir = Path(results_dir) if results_dir is not None else _temporary_folder()
     handler = make_handler(seg, limits, text_only, results_dir)
     min_score = seg.min_score if min_score is None else min_score
 
@@ -222,7 +223,7 @@ def build_app(
         try:
             return handler(image_path, classes, refine, min_score, opacity, text_only_switch)
         except OutsideWorld as e:  # on the page, where it stays, with its commands as code
-            return None, "", f"**Not in the toy model's world.** {e}", None, None
+            return None, "", f"**The toy model cannot segment these classes.** {e}", None, None
         except BankError as e:  # the bank lacks classes: the switch on this page is the other way, degraded
             hint = " Or tick *text prompts only* above (degraded: see its label)." if can_switch else ""
             raise gr.Error(f"{e}{hint}", print_exception=False) from None
@@ -234,6 +235,11 @@ def build_app(
 
     if isinstance(example, (list, tuple)):
         example = {"image": example[0], "classes": example[1]}
+    if example:  # a copy in the demo's own folder: gradio serves files from there wherever the demo was started
+        copy = results_dir / "example" / Path(example["image"]).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(example["image"], copy)
+        example = {**example, "image": str(copy)}
     with gr.Blocks(title="dpseg demo", delete_cache=(3600, 3600)) as app:
         gr.Markdown("## DPSeg: segment an image into the classes you name\n" + model_note, elem_id="dpseg-note")
         with gr.Row():

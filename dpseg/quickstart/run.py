@@ -168,7 +168,8 @@ def quickstart(
             f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
         )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
-        left = (time.time() - s) / done * (len(jobs) - done)  # runs take about as long as each other
+        per_run = (time.time() - s) / done * min(workers, done)  # runs take about as long as each other, in parallel
+        left = per_run * (len(jobs) - done) / max(1, workers)
         eta = f", about {left / 60:.1f} min left" if done < len(jobs) else ""
         log(f"    run {done}/{len(jobs)}{eta}: {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     stage("train_and_evaluate", s)
