@@ -13,7 +13,7 @@ HEAVY = ("torch", "open_clip", "gradio", "numpy", "PIL", "diffusers", "matplotli
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_help_imports_no_heavy_package(name):
+def test_help_imports_no_heavy_package_and_shows_no_markup(name):
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['dpseg', {name!r}, '--help']\n"
@@ -26,6 +26,7 @@ def test_help_imports_no_heavy_package(name):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"usage: dpseg {name}" in out.stdout
+    assert not any(markup in out.stdout for markup in ("``", ":func:", ":mod:", ":class:", ":meth:")), out.stdout
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stdout[-500:]
 
 

@@ -6,8 +6,8 @@
   dpseg check banks/ade150                a prompt bank: every class file
   dpseg check some.safetensors            one file
 
-Prints one line per file: ``ok`` (its SHA-256 matches the one stored when it was written), ``unverified`` (written
-by an older dpseg, without a hash: it loads, but corruption cannot be detected) or ``DAMAGED`` (with the reason and
+Prints one line per file: "ok" (its SHA-256 matches the one stored when it was written), "unverified" (written
+by an older dpseg, without a hash: it loads, but corruption cannot be detected) or "DAMAGED" (with the reason and
 the fix). Exit status: 0 = nothing damaged, 2 = something damaged or the path is not a dpseg file.
 """
 
