@@ -92,7 +92,7 @@ def test_gradio_client_segments_and_reports_errors(server):
         ("", "class list is empty"),
         ("a; b; c; d; e; f", "up to 5"),
         ("cat, cat", "more than once"),
-        ("cat, giraffe", "lacks 1 of the 2 classes"),
+        ("cat, giraffe", r"lacks 1 of the 2 classes.*Or tick \*text prompts only\* above"),  # the page's other way
     ]:
         with pytest.raises(AppError, match=message):
             client.predict(

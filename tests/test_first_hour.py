@@ -136,7 +136,8 @@ def _chromium():
 
 
 def _start_demo(cwd: Path, env: dict, *args: str):
-    """`dpseg demo ARGS` on a free port in a subprocess; (process, url, its output lines so far)."""
+    """`dpseg demo ARGS` on a free port in a subprocess, in ``cwd``, without $DPSEG_CACHE; (process, url, its output
+    lines so far)."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dpseg", "demo", "--port", str(port), *args],
@@ -144,7 +145,7 @@ def _start_demo(cwd: Path, env: dict, *args: str):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env},
+        env={**{k: v for k, v in os.environ.items() if k != "DPSEG_CACHE"}, "GRADIO_ANALYTICS_ENABLED": "False", **env},
     )
     lines: list = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
@@ -179,21 +180,20 @@ def test_the_demos_example_shows_on_the_page_what_the_python_api_gives(quickstar
     model, bank = default_artifacts(root / "cache")
     seg = Segmenter.from_pretrained(model, device="cpu", bank=str(bank)).set_vocabulary(example["classes"])
     expected = seg.segment(example["image"])  # the Python API, the demo's defaults: threshold, refinement
-    env = {"TMPDIR": str(temp), "DPSEG_CACHE": ""}
-    env.pop("DPSEG_CACHE")
-    proc, url, lines = _start_demo(tmp_path, {"TMPDIR": str(temp)}, *([] if "DPSEG_CACHE" not in os.environ else []))
+    proc, url, _ = _start_demo(tmp_path, {"TMPDIR": str(temp)})  # no --checkpoint: ./.dpseg_cache/quickstart
     driver = _chromium()
     try:
         driver.get(url)
         wait = WebDriverWait(driver, 120)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example-use"))
+        box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
+        assert box.get_property("value") == ""  # no classes of some other image before the user chooses
         caption = " ".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-example-caption").text.split())
         assert all(f"{o['class']} {o['verdict']}" in caption for o in example["objects"]), caption
         assert driver.find_element(By.CSS_SELECTOR, "#dpseg-example-image img").get_property("naturalWidth") > 0
         driver.save_screenshot(str(tmp_path / "demo-before.png"))
         driver.find_element(By.CSS_SELECTOR, "#dpseg-example-use").click()
         wait.until(lambda d: "00000" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)
-        box = driver.find_element(By.CSS_SELECTOR, "#dpseg-classes textarea, #dpseg-classes input")
         assert box.get_property("value") == example["classes"]
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "Unlabelled:" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)
