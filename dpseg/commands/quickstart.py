@@ -152,7 +152,7 @@ def next_commands(out: Path, cache: Path) -> str:
         [
             "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
             f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
-            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
+            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, press 'Use the example', then 'Segment'",
             f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
         ]
     )
