@@ -48,21 +48,6 @@ def outside_world(names: Sequence[str]) -> list[str]:
     return [n for n in names if not known(n)]
 
 
-def outside_world_warning(names: Sequence[str]) -> Optional[str]:
-    """One line naming the classes the toy world does not have, or None."""
-    bad = outside_world(names)
-    if not bad:
-        return None
-    from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES
-
-    shown = ", ".join(repr(n) for n in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
-    return (
-        f"{len(bad)} of {len(names)} classes are not in the toy model's world: {shown}; it only knows "
-        f"'colour pattern shape' names with colour in {'/'.join(COLOURS)}, pattern in {'/'.join(PATTERNS)}, "
-        f"shape in {'/'.join(SHAPES)} - its output for these classes means nothing"
-    )
-
-
 def world_description() -> str:
     """What the toy knows, in one clause: its naming rule and the words it knows."""
     from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES
