@@ -76,9 +76,10 @@ def child(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from dpseg.build import build_model
-    from dpseg.config import build_config
+    from dpseg.config import EvalConfig, build_config
+    from dpseg.evaluation.inference import refine_policy
     from dpseg.model.dual_prompt import PromptSet
-    from dpseg.model.refine import RefinePolicy, two_pass
+    from dpseg.model.refine import two_pass
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -123,7 +124,7 @@ def child(args) -> dict:
             if args.mode.startswith("two_pass"):
                 model.decode.first = True
                 scope = "present" if args.mode == "two_pass_present" else "all"
-                out = two_pass(model, x, prompts, RefinePolicy(scope=scope), class_chunk=chunk)
+                out = two_pass(model, x, prompts, refine_policy(EvalConfig(refine_scope=scope)), class_chunk=chunk)
                 call.detected = int(out["detected"].sum())
                 return out["logits"]
             return model(x, prompts, class_chunk=chunk, early_rejection_topk=reject)["logits"]

@@ -212,7 +212,7 @@ def test_existing_bank_refuses_other_settings(env, tmp_path):
     with pytest.raises(BankError, match="is not a prompt bank"):
         PromptBank.open(tmp_path / "other")
     (tmp_path / "other" / "manifest.json").write_text("{not json")
-    with pytest.raises(BankError, match="cannot read"):
+    with pytest.raises(BankError, match="manifest .*manifest.json is not valid JSON"):
         PromptBank.open(tmp_path / "other")
     (tmp_path / "other" / "manifest.json").write_text('{"format": "dpseg-prompt-bank", "version": 99}')
     with pytest.raises(BankError, match="format version 99"):

@@ -215,7 +215,7 @@ def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine
     same = PromptBank.open(pristine).load_class("dog")  # seeded per (class, image): rebuilt bit for bit
     assert torch.equal(bank.load_class("dog")["visual"], same["visual"])
     assert main(["check", str(bank.root)]) == 0
-    assert "3 file(s), 3 ok" in capsys.readouterr().out
+    assert "4 file(s), 4 ok" in capsys.readouterr().out  # the manifest and 3 class files
 
 
 def test_bank_written_before_hashes_loads_with_a_note(bank, towers, caplog, capsys):

@@ -260,7 +260,7 @@ def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     assert "(best class probability below 0.5)" in handler(str(tmp_path / "x.png"), "cat; lamp", False)[2]
     assert "Prompts: bank" in info
     assert "DEGRADED" in handler(str(tmp_path / "x.png"), "cat; lamp", False, 0, 0.5, True)[2]  # the text-only switch
-    with pytest.raises(InputError, match="opacity must be between 0 and 1"):
+    with pytest.raises(InputError, match=r"opacity must be a finite number in \[0, 1\]"):
         handler(str(tmp_path / "x.png"), "cat", False, 0, 1.5)
     for _ in range(demo.RESULTS_KEPT + 2):
         handler(str(tmp_path / "x.png"), "cat", False, 0)

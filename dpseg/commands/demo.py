@@ -18,6 +18,10 @@ threshold slider stay unlabelled; it starts at the checkpoint's eval.min_score, 
 (dpseg calibrate). "Text prompts only" runs without visual prompts (degraded for models trained with them). A
 request that fails clears the previous result, so nothing stale stays on screen.
 
+Every request passes dpseg.http_guard.RequestGuard first (guard_options): requests from another origin (a web page
+driving the demo from the same browser) and, on loopback, addressed to another host name are refused; every request
+body is capped (uploads at --max-upload-mb, everything else at 1 MB).
+
 An upload is taken as a file, not as an image: gradio never decodes it. It goes through the reader of
 dpseg segment (dpseg.image_io.read_image), which checks the size from the header before decoding, so a text file,
 a truncated image or a decompression bomb gets a one-line message on the page that names the upload (never the
@@ -29,7 +33,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import itertools
-import json
 import os
 import shutil
 import sys
@@ -40,9 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.commands.toy import PHOTO_CHECKPOINT, TOY_NOTE, is_toy, toy_refusal
+from dpseg.config import check_number
+from dpseg.config_schema import NumberRule
 from dpseg.errors import BankError, DPSegError, InputError
+from dpseg.http_guard import LOOPBACK_HOSTS, RequestGuard
 from dpseg.quickstart import default_artifacts, demo_example
 from dpseg.vocab import parse_class_list
 
@@ -128,14 +134,17 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
     ):
         if not image_path:
             raise InputError("upload an image first")
+        if not isinstance(image_path, str):
+            raise InputError("the image must be one uploaded file")
         names = parse_class_list(classes or "")
         if len(names) > limits.max_classes:
             raise InputError(f"{len(names)} classes given; the demo accepts up to {limits.max_classes}")
         refusal = toy_refusal(names, retry=["dpseg", "demo"]) if toy else None
         if refusal:  # before any work: nothing the toy would paint for these names means anything
             raise OutsideWorld(refusal)
-        if not 0 <= float(opacity) <= 1:
-            raise InputError(f"the overlay opacity must be between 0 and 1, got {opacity}")
+        opacity = _number("the overlay opacity", opacity, NumberRule(ge=0, le=1))
+        if min_score is not None:
+            min_score = _number("the threshold", min_score, NumberRule(ge=0, lt=1))
         image = read_image(
             image_path,
             int(limits.max_megapixels * 1e6),  # the upload's name, not its server path
@@ -165,6 +174,32 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
     return segment
 
 
+def _number(what: str, value: Any, rule: NumberRule) -> float:
+    """A number from the page or the API (which may send a string, NaN or anything else), checked by the numeric
+    rule of the config keys."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    check_number(what, value, rule, InputError)
+    return float(value)
+
+
+def guard_options(limits: Limits, host: str) -> dict:
+    """``launch()`` keyword arguments that put :class:`~dpseg.http_guard.RequestGuard` in front of every route:
+    same-origin requests only, loopback host names while listening on loopback, every body capped."""
+    from starlette.middleware import Middleware
+
+    loopback = host in LOOPBACK_HOSTS
+    guard = Middleware(
+        RequestGuard,
+        upload_limit=int(limits.max_upload_mb) << 20,
+        allowed_hosts=LOOPBACK_HOSTS if loopback else None,
+    )
+    return {"app_kwargs": {"middleware": [guard]}}
+
+
 def _write_downloads(root: Path, number: int, stem: str, result, names: list[str]) -> list[str]:
     """The label map (palette PNG, as `dpseg segment` writes it) and a JSON summary, in a folder per request; only
     the last RESULTS_KEPT folders are kept."""
@@ -182,7 +217,7 @@ def _write_downloads(root: Path, number: int, stem: str, result, names: list[str
         "label_format": "palette PNG" if len(names) <= 255 else "16-bit grayscale PNG",
         **result.to_dict(),
     }
-    atomic_write_text(json_path, json.dumps(info, indent=2))
+    atomic_write_json(json_path, info)
     for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())[:-RESULTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
     return [str(label_path), str(json_path)]
@@ -258,7 +293,7 @@ def build_app(
                 )
                 with gr.Row():
                     refine = gr.Checkbox(
-                        value=can_refine and seg.refine_default,
+                        value=can_refine and seg.settings.two_pass,
                         interactive=can_refine,
                         label="two-pass prompt refinement",
                         elem_id="dpseg-refine",
@@ -388,9 +423,13 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
 
 
 def run(args: argparse.Namespace) -> int:
-    for key in ("max_upload_mb", "max_megapixels", "max_classes"):
-        if getattr(args, key) <= 0:
-            raise InputError(f"--{key.replace('_', '-')} must be positive")
+    for key, rule in (
+        ("max_upload_mb", NumberRule(ge=1, le=1 << 20)),
+        ("max_megapixels", NumberRule(gt=0, le=1e4)),
+        ("max_classes", NumberRule(ge=1, le=65535)),
+        ("port", NumberRule(ge=1, le=65535)),
+    ):
+        check_number(f"--{key.replace('_', '-')}", getattr(args, key), rule, InputError)
     host = "0.0.0.0" if args.share_on_lan and args.host == "127.0.0.1" else args.host
     seg, note = load_segmenter(args.checkpoint, args.bank, args.text_only, args.device)
     limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
@@ -412,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
             inbrowser=False,
             quiet=True,
             prevent_thread_lock=True,
+            **guard_options(limits, host),
         )
     except OSError as e:
         raise InputError(

@@ -27,23 +27,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import glob
-import json
 import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.commands.toy import TOY_NOTE, is_toy, toy_refusal
-from dpseg.errors import DPSegError, InputError
+from dpseg.config import check_number
+from dpseg.config_schema import NumberRule
+from dpseg.errors import DPSegError, InputError, printable
 from dpseg.progress import progress as progress_bar
 from dpseg.quickstart import default_artifacts
 from dpseg.vocab import parse_class_list, read_class_list
 
-# torch, the model and the image writers are imported where they are used: `dpseg segment --help` stays instant
+# torch, PIL, the model and the image writers are imported where they are used: `dpseg segment --help` stays instant
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,27 +163,35 @@ def mask_file_name(index: int, name: str, num_classes: int) -> str:
     return f"{index:0{len(str(num_classes - 1))}d}_{slug}.png"
 
 
+def _mask(labels, index: int) -> Image.Image:
+    from dpseg.image_io import mask_image
+
+    return mask_image(labels == index)
+
+
 def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra: dict) -> dict:
-    from dpseg.image_io import label_image, mask_image, save_atomic, score_image
+    """Write one image's outputs; the label map and the overlay are drawn before any file is written, and a failure
+    part-way removes this image's files again (no partial outputs)."""
+    from dpseg.image_io import label_image, save_atomic, score_image
     from dpseg.visualize import class_palette, overlay
 
     K = len(result.class_names)
-    save_atomic(label_image(result.labels, K, class_palette(result.class_names)), out / f"{name}.png")
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    save_atomic(
-        overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha),
-        out / f"{name}_overlay.jpg",
-        quality=90,
-    )
+    label_png = label_image(result.labels, K, class_palette(result.class_names))
+    overlay_jpg = overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha)
+    writes: list[tuple[Path, Callable[[], Image.Image], dict]] = [
+        (out / f"{name}.png", lambda: label_png, {}),
+        (out / f"{name}_overlay.jpg", lambda: overlay_jpg, {"quality": 90}),
+    ]
     files: dict = {}
-    if args.save_masks:
+    if args.save_masks:  # drawn one at a time while writing: a mask per class of a huge image is large
         files["masks"] = {}
         for c in result.present:
             rel = f"{name}_masks/{mask_file_name(c.index, c.name, K)}"
-            save_atomic(mask_image(result.labels == c.index), out / rel)
+            writes.append((out / rel, functools.partial(_mask, result.labels, c.index), {}))
             files["masks"][c.name] = rel
     if args.save_scores:
-        save_atomic(score_image(result.scores), out / f"{name}_scores.png")
+        writes.append((out / f"{name}_scores.png", lambda: score_image(result.scores), {}))
         files.update(scores_png=f"{name}_scores.png", scores_scale=65535)
     info = {
         "image": str(path),
@@ -190,7 +203,18 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
         **extra,
         **result.to_dict(),
     }
-    atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
+    written: list[Path] = []
+    try:
+        for target, draw, kwargs in writes:
+            save_atomic(draw(), target, **kwargs)
+            written.append(target)
+        atomic_write_json(out / f"{name}.json", info)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        if args.save_masks and (out / f"{name}_masks").is_dir() and not any((out / f"{name}_masks").iterdir()):
+            (out / f"{name}_masks").rmdir()
+        raise
     return info
 
 
@@ -224,10 +248,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"give {' and '.join(missing)}")
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
-    if args.min_score is not None and not 0 <= args.min_score < 1:
-        raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
-    if not 0 <= args.alpha <= 1:
-        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.min_score is not None:  # the numeric rule of the config keys (dpseg.config.check_number)
+        check_number("--min-score", args.min_score, NumberRule(ge=0, lt=1), InputError)
+    check_number("--alpha", args.alpha, NumberRule(ge=0, le=1), InputError)
     if args.tile and (args.tile < 32 or args.tile % 32):
         raise InputError(f"--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got {args.tile}")
     if args.max_pixels < 0:
@@ -270,9 +293,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     files, failures = expand_inputs(args.images, out)
     if not files:  # one line, naming each input and why it gave no image
-        raise InputError("; ".join(f"{spec}: {err}" for spec, err in failures) or "no images to segment")
+        raise InputError("; ".join(f"{printable(spec, 300)}: {err}" for spec, err in failures) or "no images")
     for spec, err in failures:
-        print(f"error: {spec}: {err}", file=sys.stderr)
+        print(f"error: {printable(spec, 300)}: {err}", file=sys.stderr)
 
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as the demo does
@@ -289,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(refusal)
         print(f"note: {TOY_NOTE}", file=sys.stderr)
     if args.protocol:
-        seg.protocol = dataclasses.replace(seg.protocol, name=args.protocol)
+        seg.settings = dataclasses.replace(seg.settings, protocol=args.protocol)
     if args.max_pixels:
         seg.max_pixels = args.max_pixels
     with _quiet("dpseg.segmenter"):  # the prompt source is printed below, once
@@ -312,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
             done.append(_write_outputs(result, image, path, name, out, args, extra))
         except DPSegError as e:
             failures.append((str(path), str(e)))
-            bar.write(f"error: {path}: {e}", file=sys.stderr)
+            bar.write(f"error: {printable(str(path), 300)}: {e}", file=sys.stderr)
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
@@ -321,7 +344,10 @@ def run(args: argparse.Namespace) -> int:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             failures.append((str(path), "out of memory"))
-            bar.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
+            bar.write(
+                f"error: {printable(str(path), 300)}: out of memory; try --tile 1024 (or smaller) or --device cpu",
+                file=sys.stderr,
+            )
         bar.update(1)
     bar.close()
 
@@ -334,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         "images": done,
         "failed": [{"input": s, "error": e} for s, e in failures],
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     print(
         f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
         file=sys.stderr,

@@ -13,12 +13,12 @@ the quickstart measured on it (:func:`demo_example`); it stays cheap to import.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 from dpseg.errors import CheckpointError
+from dpseg.safe_load import read_json
 
 
 def default_cache() -> Path:
@@ -43,9 +43,9 @@ def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path
             "(or set DPSEG_CACHE to where it ran), or pass --checkpoint"
         )
     try:
-        info = json.loads(pointer.read_text())
+        info = read_json(pointer, "quickstart pointer", dict, CheckpointError)
         model, bank = Path(info["model"]), info.get("bank")
-    except (ValueError, KeyError, TypeError) as e:
+    except (CheckpointError, KeyError, TypeError) as e:
         raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
     if not (model / "config.json").is_file():
         raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")
@@ -59,9 +59,9 @@ def demo_example(cache: Optional[Path] = None) -> Optional[dict]:
     folder deleted)."""
     cache = Path(cache) if cache is not None else default_cache()
     try:
-        info = json.loads((cache / "example.json").read_text())
+        info = read_json(cache / "example.json", "quickstart example pointer", dict, CheckpointError)
         image, classes = Path(info["image"]), str(info["classes"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (CheckpointError, KeyError, TypeError):
         return None
     try:  # made with the model the demo shows (the pointers are written at different moments of a run)
         same = Path(info.get("model", "")).resolve() == default_artifacts(cache)[0].resolve()

@@ -38,6 +38,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from dpseg.atomic import json_text
 from dpseg.clip_loading import clip_model_config, create_clip, make_tokenizer
 from dpseg.config import Config
 from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, WORLD_VERSION
@@ -254,7 +255,7 @@ def ship(path: str | Path, report: Optional[dict] = None, out_dir: str | Path = 
     meta = safetensors_metadata(path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if report is not None:
-        meta["zero_shot"] = json.dumps(report, sort_keys=True)
+        meta["zero_shot"] = json_text(report, indent=None, sort_keys=True)
     return save_safetensors(half, Path(out_dir or SHIPPED_DIR) / path.name, metadata=meta)
 
 

@@ -7,7 +7,6 @@ or unlabelled, and names the demo's example scene and its verdicts for the demo 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.errors import DataError
 from dpseg.vocab import read_class_list
 
@@ -117,9 +116,10 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: P
     names = read_class_list(example / "classes.txt")
     seg = Segmenter.from_pretrained(model_dir, device="cpu", bank=None if bank is None else str(bank))
     seg.set_vocabulary(names)
-    scenes = []
+    scenes, refined = [], False
     for path in sorted((example / "images" / "val").glob("*.png")):
         result = seg.segment(path)
+        refined = result.refined
         label = np.asarray(Image.open(example / "labels" / "val" / path.name))
         objects = score_objects(label, result.labels, names, result.unlabelled_value)
         scenes.append({"image": path.name, "objects": objects, "unlabelled": result.unlabelled_pixels / label.size})
@@ -128,7 +128,7 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: P
     demo = scenes[0]
     summary = (
         f"example scenes ({len(scenes)} unseen-class test scenes in {example}, segmented as `dpseg segment` and the "
-        f"demo do, threshold {seg.min_score:g}, {'two passes' if seg.refine_default else 'one pass'}): "
+        f"demo do, threshold {seg.min_score:g}, {'two passes' if refined else 'one pass'}): "
         f"{counts['right']} of {total} objects right, {counts['wrong']} wrong, {counts['unlabelled']} unlabelled; "
         f"the demo's example ({demo['image']}): {describe(demo['objects'])}"
     )
@@ -136,7 +136,7 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: P
         "model": str(model_dir),
         "bank": None if bank is None else str(bank),
         "min_score": seg.min_score,
-        "refine": seg.refine_default,
+        "refine": refined,
         "classes": names,
         "min_object_pixels": MIN_OBJECT_PIXELS,
         "scenes": scenes,
@@ -149,6 +149,6 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: P
         },
         "summary": summary,
     }
-    atomic_write_text(cache / POINTER, json.dumps(results["demo_example"], indent=2))
+    atomic_write_json(cache / POINTER, results["demo_example"])
     log(summary)
     return results

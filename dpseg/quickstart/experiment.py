@@ -25,16 +25,17 @@ from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.datasets import WorldDatasets
 from dpseg.engine.train import train
-from dpseg.errors import DataError
+from dpseg.errors import DataError, DPSegError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.prompts.templates import get_templates
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,27 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
-        Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
-        Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
-        Variant(
-            "dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"
-        ),
+        # the paper's factors: the prompts of F_c = cos(E, R) (Table 2a) x the decoder's guidance (Table 3)
+        Variant("text", "text", "upsampled", "text prompts, upsampled F_c (SED-like baseline)"),
+        Variant("text-fv", "text", "visual", "text prompts, visual cost volumes F_v"),
+        Variant("text-both", "text", "both", "text prompts, F_v beside the upsampled F_c"),
+        Variant("visual-fc", "visual", "upsampled", "visual prompts, upsampled F_c"),
+        Variant("visual", "visual", "visual", "visual prompts, visual cost volumes F_v"),
+        Variant("visual-both", "visual", "both", "visual prompts, F_v beside the upsampled F_c"),
+        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v"),
+        Variant("dual", "dual", "visual", "dual prompts, visual cost volumes F_v (DPSeg)"),
         Variant("dual-both", "dual", "both", "dual prompts, F_v beside the upsampled F_c"),
     )
 }
+# single-factor comparisons: (claim, A, B) - A and B differ in one factor only
+CLAIMS = (
+    ("dual prompts >= text prompts (guidance F_v)", "dual", "text-fv"),
+    ("dual prompts >= visual prompts (guidance F_v)", "dual", "visual"),
+    ("visual prompts >= text prompts (guidance F_v)", "visual", "text-fv"),
+    ("dual prompts >= text prompts (guidance upsampled F_c)", "dual-upsampled", "text"),
+    ("F_v in place of the upsampled F_c (dual prompts)", "dual", "dual-upsampled"),
+    ("F_v beside the upsampled F_c >= the upsampled F_c alone (dual prompts)", "dual-both", "dual-upsampled"),
+)
 
 
 def run_config(
@@ -93,21 +106,12 @@ def is_trained(cfg: Config) -> bool:
     final = Path(cfg.train.output_dir) / "final"
     if not ((final / "model.safetensors").is_file() and (final / "config.json").is_file()):
         return False
-    saved = json.loads((final / "config.json").read_text())
+    try:
+        saved = read_json(final / "config.json", "checkpoint config", dict)
+    except DPSegError:  # unreadable: trained again
+        return False
     saved.pop("dpseg", None)  # save_model's metadata
     return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
-
-
-# The inference settings a model folder carries for `dpseg segment` and the demo that are not part of its run's key
-# (is_trained ignores the eval section): a run trained before a preset changed them still holds the old values.
-REFINEMENT_KEYS = (
-    "two_pass",
-    "refine_min_score",
-    "refine_min_area",
-    "refine_max_classes",
-    "refine_scope",
-    "refine_crop_weight",
-)
 
 
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
@@ -166,16 +170,8 @@ def evaluate_model(
     for name, folder in splits.items():
         dataset = build_dataset(str(folder), split="val")
         prompts = _prompts(cfg, model, list(dataset.class_names))
-        res = evaluate(
-            model,
-            prompts,
-            dataset,
-            cfg.eval,
-            device="cpu",
-            two_pass=variant.two_pass,
-            max_images=max_images or None,
-            progress=False,
-        )
+        inference = Inference(model, prompts, cfg.eval, two_pass=variant.two_pass, device="cpu")
+        res = evaluate(inference, dataset, max_images=max_images or None, progress=False)
         out[name] = {k: res[k] for k in ("pass1", "pass2") if k in res}
     return out
 
@@ -254,14 +250,7 @@ def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass
     dataset = build_dataset(str(folder), split="val")
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
-    forward = model_forward(model, prompts, two_pass=two_pass)
-    preds = predict(
-        forward,
-        [it["image"] for it in items],
-        protocol_from_config(cfg.eval),
-        "cpu",
-        num_classes=len(dataset.class_names),
-    )
+    preds = Inference(model, prompts, cfg.eval, two_pass=two_pass, device="cpu").predict([it["image"] for it in items])
     out = {
         "images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
         "labels": [it["label"].numpy() for it in items],

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpseg.atomic import atomic_write_json
 from dpseg.clip_loading import build_towers
-from dpseg.config import Config, atomic_write_text, build_config
+from dpseg.config import Config, build_config
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.render import IGNORE, object_crops, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
@@ -253,7 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """python -m dpseg.quickstart.zeroshot [--cache DIR] [--steps N] [--no-text-gap] [--no-style-gap]."""
     import argparse
     import copy
-    import json
     import time
 
     parser = argparse.ArgumentParser(prog="python -m dpseg.quickstart.zeroshot", description=main.__doc__)
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shipped: {ship(path, reports)}")
     if args.json:
         blob = {"weights": str(path), "seconds": round(time.time() - t0, 1), "settings": vars(args), **reports}
-        atomic_write_text(args.json, json.dumps(blob, indent=2))
+        atomic_write_json(args.json, blob)
     return 0
 
 
