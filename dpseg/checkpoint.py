@@ -180,9 +180,12 @@ def _resolve_checkpoint(source: str) -> Path:
         raise CheckpointError(
             f"{path} is a file; a dpseg checkpoint is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+    parent = path.parent
+    if source.count("/") != 1 or source.startswith((".", "/", "~")) or parent.is_dir():  # a local path, not an id
+        where = f"{parent} holds no folder {path.name}" if parent.is_dir() else f"no folder {path} here"
         raise CheckpointError(
-            f"checkpoint {source} does not exist (expected a directory or a Hugging Face hub id org/name)"
+            f"checkpoint {source} does not exist ({where}; expected a checkpoint folder or a Hugging Face hub id "
+            "org/name)"
         )
     from huggingface_hub import snapshot_download
 
@@ -192,8 +195,9 @@ def _resolve_checkpoint(source: str) -> Path:
         pass
     if not hub_reachable():
         raise WeightsUnavailableError(
-            f"checkpoint {source} is neither a local directory nor in the Hugging Face cache, and the hub is "
-            "unreachable; download it on a connected machine and pass the directory"
+            f"checkpoint {source} is no folder here (no {path.parent}/ in {Path.cwd()}) and no Hugging Face hub id "
+            "in the local cache, and the hub is unreachable; check the path, or download the hub model on a "
+            "connected machine and pass its folder"
         )
     return Path(snapshot_download(source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 

@@ -201,9 +201,10 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+def label_image(labels: np.ndarray, num_classes: int, colours: Optional[np.ndarray] = None) -> Image.Image:
     """(H, W) class indices -> PNG-ready image. K <= 255: a palette PNG (mode "P"): every viewer shows the classes
-    in the colours of :func:`dpseg.visualize.palette` (those of the overlay), while the pixel values are still the
+    in ``colours`` ((K, 3) uint8; pass :func:`dpseg.visualize.class_palette` of the class names, the overlay's
+    colours; default :func:`dpseg.visualize.palette`), while the pixel values are still the
     class indices (``np.asarray(Image.open(f))`` gives them back). K > 255: 16-bit grayscale (mode I;16), which no
     palette can index: it looks dark in viewers, the values are the indices. Every label file of one vocabulary has
     the same format. Unlabelled pixels (255 / 65535 / -1 in memory) are written as 255 (black in the palette) in
@@ -220,9 +221,9 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
         )
     if num_classes <= 255:
         image = Image.fromarray(labels.astype(np.uint8), "L")
-        colours = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black
-        colours[:num_classes] = palette(num_classes)
-        image.putpalette(colours.tobytes())  # "L" -> "P": the same bytes, now with colours
+        table = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black
+        table[:num_classes] = palette(num_classes) if colours is None else colours
+        image.putpalette(table.tobytes())  # "L" -> "P": the same bytes, now with colours
         return image
     return Image.fromarray(labels.astype(np.uint16))  # mode I;16
 

@@ -159,7 +159,7 @@ def test_truncated_class_file_is_reported_and_rebuilt(env, tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     assert bank.missing(["cat", "bed"]) == ["cat"]
     with pytest.raises(
-        BankError, match=r"lacks 1 of the 2 classes \(cat\).*dpseg prompts build --out .* --generator tiny-sd"
+        BankError, match=r"lacks 1 of the 2 classes \(cat\).*dpseg prompts build .* --generator tiny-sd --out "
     ):
         bank.prompt_set(["cat", "bed"], prompt_encoder=prompt, text_tower=text)
     assert _build(env, bank, classes=["cat", "bed"]).built == ["cat"]

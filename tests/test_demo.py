@@ -92,7 +92,7 @@ def test_gradio_client_segments_and_reports_errors(server):
         ("", "class list is empty"),
         ("a; b; c; d; e; f", "up to 5"),
         ("cat, cat", "more than once"),
-        ("cat, giraffe", "lacks 1 of the 2 classes"),
+        ("cat, giraffe", r"lacks 1 of the 2 classes.*Or tick \*text prompts only\* above"),  # the page's other way
     ]:
         with pytest.raises(AppError, match=message):
             client.predict(
@@ -175,8 +175,7 @@ def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_pa
     monkeypatch.setattr(demo, "default_artifacts", lambda: (a.ckpt, a.bank))  # the contract of dpseg.quickstart
     seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
-    image, classes = demo.quickstart_example(tmp_path / "example")  # a rendered scene and the classes in it
-    assert Image.open(image).size == (192, 192) and len(classes.split("; ")) == 3
+    assert demo.quickstart_example(tmp_path) is None  # no quickstart has named its example scene there
     monkeypatch.undo()  # the real dpseg.quickstart: the last run's latest.json under $DPSEG_CACHE/quickstart
     monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
@@ -266,10 +265,21 @@ def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     for _ in range(demo.RESULTS_KEPT + 2):
         handler(str(tmp_path / "x.png"), "cat", False, 0)
     assert len(list((tmp_path / "results").iterdir())) == demo.RESULTS_KEPT  # old downloads are deleted
-    seg.cfg.preset = "synthetic"  # the toy world's model: classes outside its world are named
+    seg.cfg.preset = "synthetic"  # the toy world's model: classes outside its world are refused, with the route
     toy = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
-    info = toy(str(tmp_path / "x.png"), "cat; red striped star", False, 0, 0.5, True)[2]
-    assert info.startswith("**Warning:** 1 of 2 classes are not in the toy model's world: 'cat'")
+    with pytest.raises(demo.OutsideWorld, match="'cat' is not in the toy model's world.*dpseg convert sed"):
+        toy(str(tmp_path / "x.png"), "cat; red striped star", False, 0, 0.5, True)
+
+
+def rendered_example(folder: Path) -> tuple[str, str]:
+    """A rendered synthetic scene of three objects (unseen classes first) and the classes in it."""
+    from dpseg.data.synthetic.render import random_scene
+    from dpseg.data.synthetic.world import all_classes, unseen_classes
+
+    scene = random_scene(unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3))
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene.image).save(folder / "synthetic_scene.png")
+    return str(folder / "synthetic_scene.png"), "; ".join(pl.cls.name for pl in scene.placements)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +297,7 @@ def toy_server(tmp_path_factory):
     ckpt, bank = shutil.copytree(a.ckpt, root / "ckpt"), shutil.copytree(a.bank, root / "bank")
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))
-    image, classes = demo.quickstart_example(root / "example")
+    image, classes = rendered_example(root / "example")
     model, _ = load_model(ckpt)
     rng = np.random.default_rng(0)
     add_exemplars(
@@ -334,12 +344,12 @@ def test_chromium_the_toy_example_is_partly_labelled_and_an_error_clears_the_res
     try:
         driver.get(toy_server.url)
         wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example tr.tr-body"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example-use"))
         note = " ".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text.split())
         assert "This is the toy model of dpseg quickstart" in note  # said once, on the page
         shown = driver.find_element(By.CSS_SELECTOR, "#dpseg-threshold input[type=number]").get_attribute("value")
         assert float(shown) == pytest.approx(toy_server.threshold)  # the slider starts at the checkpoint's threshold
-        driver.find_element(By.CSS_SELECTOR, "#dpseg-example tr.tr-body td").click()  # the one-click example
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-example-use").click()  # the example fills the inputs
         wait.until(lambda d: "synthetic_scene" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "Unlabelled:" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)

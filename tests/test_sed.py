@@ -228,8 +228,11 @@ def test_converter_names_every_problem(fixture, tmp_path):
     with pytest.raises(CheckpointError, match=r"weights_only=True.*never runs pickled code"):
         convert_sed(tmp_path / "unsafe.pth", tmp_path / "out")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read SED checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         convert_sed(tmp_path / "text.pth", tmp_path / "out")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "unsafe.pth").read_bytes()[:300])  # a download cut short
+    with pytest.raises(CheckpointError, match="cannot read SED checkpoint .*; download it again$"):
+        convert_sed(tmp_path / "cut.pth", tmp_path / "out")
     with pytest.raises(CheckpointError, match="does not exist"):
         convert_sed(tmp_path / "nope.pth", tmp_path / "out")
     convert(state, config_file=cfg_file)

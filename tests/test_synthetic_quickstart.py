@@ -21,10 +21,8 @@ from dpseg.quickstart import default_artifacts
 
 
 @pytest.fixture(scope="module")
-def fast_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quickstart")
-    rc = main(["quickstart", "--fast", "--out", str(root / "out"), "--cache", str(root / "cache")])
-    return root, rc
+def fast_run(quickstart_fast):
+    return quickstart_fast  # one --fast run per test session (conftest.py)
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@
   dpseg check banks/ade150                a prompt bank: every class file
   dpseg check some.safetensors            one file
 
-Prints one line per file: ``ok`` (its SHA-256 matches the one stored when it was written), ``unverified`` (written
-by an older dpseg, without a hash: it loads, but corruption cannot be detected) or ``DAMAGED`` (with the reason and
+Prints one line per file: "ok" (its SHA-256 matches the one stored when it was written), "unverified" (written
+by an older dpseg, without a hash: it loads, but corruption cannot be detected) or "DAMAGED" (with the reason and
 the fix). Exit status: 0 = nothing damaged, 2 = something damaged or the path is not a dpseg file.
 """
 
@@ -17,11 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
-from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
 from dpseg.errors import BankError, InputError, printable
-from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
-from dpseg.weights import safetensors_check
+
+# the checkpoint, engine and bank modules (torch) are imported where they are used: `dpseg check --help` is instant
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
     """(what PATH is, [(file, ok|unverified|damaged, detail)])."""
+    from dpseg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_model_dir
+    from dpseg.engine.resume import checkpoint_integrity, is_checkpoint, list_checkpoints
+    from dpseg.prompts.bank import MANIFEST
+    from dpseg.weights import safetensors_check
+
     if path.is_file() and path.suffix == ".safetensors":
         return "file", [(str(path), *safetensors_check(path))]
     if not path.is_dir():
@@ -66,7 +69,13 @@ def integrity_rows(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
 def bank_rows(path: Path) -> list[tuple[str, str, str]]:
     """Every file of a prompt bank: the manifest (hash, fields) and each class file (hash, shapes, finite values).
     A manifest that cannot be used is one damaged row, and the class files are then checked by their hashes."""
-    fix = f"rebuild it with 'dpseg prompts build --out {path} ...' (damaged class files are rebuilt)"
+    from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
+    from dpseg.weights import safetensors_check
+
+    fix = (
+        f"rebuild it with 'dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST --generator GENERATOR --out {path}'"
+        " (damaged class files are rebuilt)"
+    )
     try:
         report = PromptBank.open(path).verify()
     except BankError as e:

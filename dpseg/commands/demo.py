@@ -8,25 +8,30 @@ The server listens on 127.0.0.1 only (this machine); --share-on-lan listens on e
 machines of your network can use it (no login: anyone who can reach the port can). No public share link is ever
 made. Uploads above --max-upload-mb and images above --max-megapixels are refused with a message.
 
+With the quickstart's toy model the page offers the quickstart's example scene (one of the scenes the quickstart
+segmented and scored, with what it measured there) and answers class names outside the toy's world with what the
+toy can do and the commands that segment photos instead (SED's released model).
+
 The page shows the overlay (its opacity has a slider), the legend with area shares and the unlabelled share, and
 offers the label map (palette PNG, as `dpseg segment` writes it) and a JSON summary for download. Pixels below the
 threshold slider stay unlabelled; it starts at the checkpoint's eval.min_score, chosen on its validation split
 (dpseg calibrate). "Text prompts only" runs without visual prompts (degraded for models trained with them). A
 request that fails clears the previous result, so nothing stale stays on screen.
 
-Every request passes :class:`dpseg.http_guard.RequestGuard` first (:func:`guard_options`): requests from another
-origin (a web page driving the demo from the same browser) and, on loopback, addressed to another host name are
-refused; every request body is capped (uploads at --max-upload-mb, everything else at 1 MB).
+Every request passes dpseg.http_guard.RequestGuard first (guard_options): requests from another origin (a web page
+driving the demo from the same browser) and, on loopback, addressed to another host name are refused; every request
+body is capped (uploads at --max-upload-mb, everything else at 1 MB).
 
 An upload is taken as a file, not as an image: gradio never decodes it. It goes through the reader of
-``dpseg segment`` (:func:`dpseg.image_io.read_image`), which checks the size from the header before decoding,
-so a text file, a truncated image or a decompression bomb gets a one-line message on the page that names the
-upload (never the server's temporary path) and the demo's own limit.
+dpseg segment (dpseg.image_io.read_image), which checks the size from the header before decoding, so a text file,
+a truncated image or a decompression bomb gets a one-line message on the page that names the upload (never the
+server's temporary path) and the demo's own limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import os
 import shutil
@@ -39,26 +44,22 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from dpseg.atomic import atomic_write_json
-from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
+from dpseg.commands.toy import PHOTO_CHECKPOINT, TOY_NOTE, is_toy, toy_refusal
 from dpseg.config import check_number
 from dpseg.config_schema import NumberRule
-from dpseg.data.synthetic.render import random_scene
-from dpseg.data.synthetic.world import all_classes, unseen_classes
-from dpseg.errors import DPSegError, InputError
+from dpseg.errors import BankError, DPSegError, InputError
 from dpseg.http_guard import LOOPBACK_HOSTS, RequestGuard
-from dpseg.image_io import label_image, read_image, save_atomic
-from dpseg.prompts.bank import PromptBank
-from dpseg.quickstart import default_artifacts
-from dpseg.segmenter import Segmenter
-from dpseg.visualize import legend_html, overlay
+from dpseg.quickstart import default_artifacts, demo_example
 from dpseg.vocab import parse_class_list
+
+# the model, image reader and gradio are imported where they are used: `dpseg demo --help` stays instant
 
 QUICKSTART_NOTE = (
     "**This is the toy model of `dpseg quickstart`**, trained on the built-in synthetic world: it "
     "knows rendered shapes named *colour pattern shape* (e.g. `red striped star`), not real photos; "
-    "other class names get a warning. The background is not a class in that world, so pixels below the "
-    "threshold (chosen on the world's validation scenes) stay unlabelled. Start the demo with "
-    "`--checkpoint` to use a real model."
+    "other class names are answered with what it can do instead. The background is not a class in that world, so "
+    "pixels below the threshold (chosen on the world's validation scenes) stay unlabelled. For photos, start the "
+    f"demo with a real model: `dpseg demo --checkpoint {PHOTO_CHECKPOINT}` (SED's released model, converted)."
 )
 RESULTS_KEPT = 16  # downloadable results kept on disk (older ones are deleted)
 
@@ -76,38 +77,50 @@ def quickstart_artifacts() -> tuple[Path, Optional[Path]]:
     return default_artifacts()
 
 
-def _example_classes(seg) -> str:
-    """A few class names the bank holds, to pre-fill the classes box."""
-    if seg.default_bank is None:
-        return ""
-    try:
-        return "; ".join(m["class_name"] for m in PromptBank.open(seg.default_bank).classes()[:4])
-    except DPSegError:
-        return ""
+class OutsideWorld(InputError):
+    """Class names the toy model cannot know: shown on the page, with the route for photos, not as a passing toast."""
 
 
-def quickstart_example(folder: Path) -> Optional[list]:
-    """[image path, classes] of a rendered synthetic scene (held-out classes first), for the quickstart page."""
-    try:
-        import numpy as np
-        from PIL import Image
+def quickstart_example(cache: Optional[Path] = None) -> Optional[dict]:
+    """The example the page offers with the quickstart's model: one of the scenes the quickstart segmented and
+    scored (``{"image", "classes", "objects": verdicts}``, :func:`dpseg.quickstart.demo_example`), or None."""
+    return demo_example(cache)
 
-        scene = random_scene(
-            unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3)
+
+def example_caption(example: dict) -> str:
+    """What the quickstart measured on the example scene, for the page (markdown)."""
+    objects = example.get("objects") or []
+    verdicts = "; ".join(
+        f"`{o['class']}` {o['verdict']}" + (f" (as `{o['predicted']}`)" if o["verdict"] == "wrong" else "")
+        for o in objects
+    )
+    return (
+        f"**Example**: `{Path(example['image']).name}`, a test scene of classes the model never saw in training, "
+        f"with all {len(example['classes'].split('; '))} of them as the vocabulary. Press *Use the example*, then "
+        "*Segment*."
+        + (
+            f" When the quickstart segmented it with the same settings, object by object: {verdicts}."
+            if objects
+            else ""
         )
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(scene.image).save(folder / "synthetic_scene.png")
-        return [str(folder / "synthetic_scene.png"), "; ".join(pl.cls.name for pl in scene.placements)]
-    except Exception as e:  # noqa: BLE001 - the example is a convenience; the demo works without it
-        print(f"warning: no example scene ({type(e).__name__}: {e})", file=sys.stderr)
-        return None
+    )
+
+
+def _temporary_folder() -> Path:
+    """A folder for the demo's downloads, removed when the process ends (also after a failed start)."""
+    folder = Path(tempfile.mkdtemp(prefix="dpseg-demo-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Optional[Path] = None):
     """The demo's function: (image file, classes text, refine, min score, opacity, text only) -> (overlay, legend
     HTML, info, [label map PNG, JSON summary], state for re-colouring). ``min_score=None``: the checkpoint's."""
+    from dpseg.image_io import read_image
+    from dpseg.visualize import legend_html, overlay
+
     lock = threading.Lock()  # one Segmenter, one vocabulary at a time
-    results_dir = Path(results_dir) if results_dir is not None else Path(tempfile.mkdtemp(prefix="dpseg-demo-results-"))
+    results_dir = Path(results_dir) if results_dir is not None else _temporary_folder()
     counter = itertools.count()
     toy = is_toy(seg.cfg)
 
@@ -126,6 +139,9 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
         names = parse_class_list(classes or "")
         if len(names) > limits.max_classes:
             raise InputError(f"{len(names)} classes given; the demo accepts up to {limits.max_classes}")
+        refusal = toy_refusal(names, retry=["dpseg", "demo"]) if toy else None
+        if refusal:  # before any work: nothing the toy would paint for these names means anything
+            raise OutsideWorld(refusal)
         opacity = _number("the overlay opacity", opacity, NumberRule(ge=0, le=1))
         if min_score is not None:
             min_score = _number("the threshold", min_score, NumberRule(ge=0, lt=1))
@@ -151,9 +167,6 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
             f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
             f"pixels (best class probability below {result.min_score:g})."
         )
-        warning = outside_world_warning(names) if toy else None
-        if warning:
-            info = f"**Warning:** {warning}.\n\n{info}"
         files = _write_downloads(results_dir, next(counter), Path(image_path).stem, result, names)
         state = {"image": rgb, "labels": result.labels, "names": names, "pixels": result.pixels}
         return picture, legend_html(names, result.pixels, result.labels.size), info, files, state
@@ -190,11 +203,14 @@ def guard_options(limits: Limits, host: str) -> dict:
 def _write_downloads(root: Path, number: int, stem: str, result, names: list[str]) -> list[str]:
     """The label map (palette PNG, as `dpseg segment` writes it) and a JSON summary, in a folder per request; only
     the last RESULTS_KEPT folders are kept."""
+    from dpseg.image_io import label_image, save_atomic
+    from dpseg.visualize import class_palette
+
     folder = root / f"{number:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "image"
     label_path, json_path = folder / f"{stem}_labels.png", folder / f"{stem}.json"
-    save_atomic(label_image(result.labels, len(names)), label_path)
+    save_atomic(label_image(result.labels, len(names), class_palette(names)), label_path)
     info = {
         "image": stem,
         "label_png": label_path.name,
@@ -202,7 +218,7 @@ def _write_downloads(root: Path, number: int, stem: str, result, names: list[str
         **result.to_dict(),
     }
     atomic_write_json(json_path, info)
-    for old in sorted(p for p in root.iterdir() if p.is_dir())[:-RESULTS_KEPT]:
+    for old in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())[:-RESULTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
     return [str(label_path), str(json_path)]
 
@@ -211,6 +227,8 @@ def recolour(state: Optional[dict], opacity: float):
     """The last result's overlay at another opacity (no new inference)."""
     if not state:
         return None
+    from dpseg.visualize import overlay
+
     return overlay(state["image"], state["labels"], state["names"], state["pixels"], float(opacity), max_side=1600)
 
 
@@ -219,29 +237,44 @@ def build_app(
     limits: Limits = Limits(),
     model_note: str = "",
     text_only: bool = False,
-    example: Optional[list] = None,
+    example: Union[dict, list, None] = None,
     min_score: Optional[float] = None,
     results_dir: Optional[Path] = None,
 ):
-    """The gradio Blocks app around a Segmenter (not launched); ``example`` = [image path, classes];
-    ``min_score`` starts the threshold slider (default: the checkpoint's eval.min_score)."""
+    """The gradio Blocks app around a Segmenter (not launched); ``example``: {"image", "classes", "objects"} (as
+    :func:`quickstart_example` gives) or [image path, classes]; ``min_score`` starts the threshold slider (default:
+    the checkpoint's eval.min_score)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    results_dir = Path(results_dir) if results_dir is not None else _temporary_folder()
     handler = make_handler(seg, limits, text_only, results_dir)
     min_score = seg.min_score if min_score is None else min_score
+
+    can_refine = seg.model.needs_visual_prompts
+    can_switch = seg.model.needs_visual_prompts and seg.default_bank is not None and not text_only
 
     def on_click(image_path, classes, refine, min_score, opacity, text_only_switch):
         try:
             return handler(image_path, classes, refine, min_score, opacity, text_only_switch)
+        except OutsideWorld as e:  # on the page, where it stays, with its commands as code
+            return None, "", f"**The toy model cannot segment these classes.** {e}", None, None
+        except BankError as e:  # the bank lacks classes: the switch on this page is the other way, degraded
+            hint = " Or tick *text prompts only* above (degraded: see its label)." if can_switch else ""
+            raise gr.Error(f"{e}{hint}", print_exception=False) from None
         except DPSegError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
     def clear():  # runs before every request: a failed one leaves no stale result on screen
         return None, "", "", None, None
 
-    can_refine = seg.model.needs_visual_prompts
-    can_switch = seg.model.needs_visual_prompts and seg.default_bank is not None and not text_only
+    if isinstance(example, (list, tuple)):
+        example = {"image": example[0], "classes": example[1]}
+    if example:  # a copy in the demo's own folder: gradio serves files from there wherever the demo was started
+        copy = results_dir / "example" / Path(example["image"]).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(example["image"], copy)
+        example = {**example, "image": str(copy)}
     with gr.Blocks(title="dpseg demo", delete_cache=(3600, 3600)) as app:
         gr.Markdown("## DPSeg: segment an image into the classes you name\n" + model_note, elem_id="dpseg-note")
         with gr.Row():
@@ -253,8 +286,9 @@ def build_app(
                     elem_id="dpseg-image",
                 )  # a file, not gr.Image: dpseg's reader decodes it (module doc)
                 classes = gr.Textbox(
-                    label="Classes (commas between classes; or ';' between classes and commas between synonyms)",
-                    value=_example_classes(seg),
+                    label="Classes",
+                    info="commas between classes; or ';' between classes and commas between synonyms",
+                    placeholder="red striped star; blue solid square" if is_toy(seg.cfg) else "cat; sofa, couch; lamp",
                     elem_id="dpseg-classes",
                 )
                 with gr.Row():
@@ -281,10 +315,19 @@ def build_app(
                     label="leave pixels below this probability unlabelled (start: the checkpoint's)",
                 )
                 run = gr.Button("Segment", variant="primary", elem_id="dpseg-run")
-                if example:
-                    gr.Examples(
-                        [example], [image, classes], label="Example (click it, then Segment)", elem_id="dpseg-example"
-                    )
+                if example:  # its picture, what the quickstart measured on it, and a button that fills the inputs
+                    with gr.Group(elem_id="dpseg-example"):
+                        gr.Image(
+                            example["image"],
+                            label="Example scene",
+                            type="filepath",
+                            interactive=False,
+                            height=192,
+                            elem_id="dpseg-example-image",
+                        )
+                        gr.Markdown(example_caption(example), elem_id="dpseg-example-caption")
+                        use = gr.Button("Use the example", size="sm", elem_id="dpseg-example-use")
+                    use.click(lambda: (example["image"], example["classes"]), None, [image, classes], api_name=_NO_API)
             with gr.Column():
                 result = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="dpseg-overlay")
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="overlay opacity", elem_id="dpseg-opacity")
@@ -331,9 +374,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share-on-lan", action="store_true", help="listen on all interfaces (0.0.0.0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--max-upload-mb", type=int, default=Limits.max_upload_mb, help="largest upload accepted")
-    parser.add_argument("--max-megapixels", type=float, default=Limits.max_megapixels, help="largest image accepted")
-    parser.add_argument("--max-classes", type=int, default=Limits.max_classes, help="most classes per request")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=Limits.max_upload_mb,
+        help=f"largest upload accepted, in MB (default {Limits.max_upload_mb})",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=Limits.max_megapixels,
+        help=f"largest image accepted, in megapixels (default {Limits.max_megapixels:g})",
+    )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=Limits.max_classes,
+        help=f"most classes per request (default {Limits.max_classes})",
+    )
 
 
 def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bool, device: Optional[str] = None):
@@ -349,6 +407,8 @@ def load_segmenter(checkpoint: Optional[str], bank: Optional[str], text_only: bo
             bank = bank or (None if qs_bank is None else str(qs_bank))
     else:
         model_dir = checkpoint
+    from dpseg.segmenter import Segmenter
+
     seg = Segmenter.from_pretrained(model_dir, device=device, bank=bank)
     note = QUICKSTART_NOTE if default or is_toy(seg.cfg) else ""
     if text_only:
@@ -376,8 +436,8 @@ def run(args: argparse.Namespace) -> int:
     toy = is_toy(seg.cfg)
     if toy:
         print(f"note: {TOY_NOTE}", file=sys.stderr)
-    example = quickstart_example(Path(tempfile.mkdtemp(prefix="dpseg-demo-"))) if toy else None
-    app = build_app(seg, limits, note, args.text_only, example)
+    example = quickstart_example() if toy and args.checkpoint is None else None
+    app = build_app(seg, limits, note, args.text_only, example)  # its downloads' folder goes when the process ends
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)
     try:  # quiet: gradio would advertise share=True, which this demo never uses

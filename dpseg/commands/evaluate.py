@@ -16,22 +16,14 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from dpseg import distributed
-from dpseg.checkpoint import load_model
-from dpseg.config import build_config
-from dpseg.data.catalog import build_dataset
 from dpseg.errors import DataError, InputError
-from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.inference import Inference
-from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
-from dpseg.evaluation.runtime import resolve_device
-from dpseg.prompts.resolve import resolve_prompts
-from dpseg.prompts.templates import model_templates
 from dpseg.quickstart import default_artifacts
-from dpseg.weights import state_fingerprint
+
+# torch and the evaluation machinery are imported where they are used: `dpseg eval --help` stays instant
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _distributed(device_arg: str) -> tuple[int, torch.device]:
     """Start torch.distributed under torchrun; returns (rank, device)."""
+    from dpseg import distributed
+    from dpseg.evaluation.runtime import resolve_device
+
     _, world, local = distributed.launched()
     device = resolve_device(device_arg, local if world > 1 else 0, what="--device", error=InputError)
     distributed.start(device)
@@ -84,6 +79,8 @@ def _distributed(device_arg: str) -> tuple[int, torch.device]:
 
 
 def _eval_config(cfg, args):
+    from dpseg.config import build_config
+
     for text in args.overrides:
         if not text.strip().startswith("eval."):
             raise InputError(
@@ -101,6 +98,8 @@ def _eval_config(cfg, args):
 
 
 def _build_datasets(names: list[str], root: str) -> dict:
+    from dpseg.data.catalog import build_dataset
+
     out, errors = {}, []
     for name in names:
         try:
@@ -117,6 +116,8 @@ class _Prompts:
     """Prompts per vocabulary through the one resolver; evaluation never runs a visual-prompt model degraded."""
 
     def __init__(self, model, cfg, bank_dir: str, text_only: bool):
+        from dpseg.prompts.templates import model_templates
+
         self.model, self.templates = model, model_templates(cfg)
         self.bank = None if text_only or not bank_dir else bank_dir
         if text_only and model.needs_visual_prompts:
@@ -127,12 +128,16 @@ class _Prompts:
         self.source = f"bank {Path(self.bank).resolve()}" if self.bank else "text-only"
 
     def __call__(self, vocabulary: list[str], device):
+        from dpseg.prompts.resolve import resolve_prompts
+
         return resolve_prompts(
             self.model, self.templates, vocabulary, bank=self.bank, device=device, what="the evaluation vocabulary"
         ).prompts
 
 
 def _fingerprint(prompts) -> str:
+    from dpseg.weights import state_fingerprint
+
     tensors = {"text": prompts.text}
     if prompts.visual is not None:
         tensors["visual"] = prompts.visual
@@ -142,6 +147,13 @@ def _fingerprint(prompts) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg import distributed
+    from dpseg.checkpoint import load_model
+    from dpseg.evaluation.evaluator import evaluate
+    from dpseg.evaluation.inference import Inference
+    from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
+    from dpseg.weights import state_fingerprint
+
     rank, device = _distributed(args.device)
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as `dpseg segment` and the demo do

@@ -15,19 +15,12 @@ import os
 import sys
 import time
 
-import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
-from dpseg.checkpoint import load_model
-from dpseg.clip_loading import build_towers
 from dpseg.commands import add_config_arguments, config_from_args, main
-from dpseg.config import build_config
-from dpseg.distributed import launched
 from dpseg.errors import ConfigError, InputError
-from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
-from dpseg.prompts.builder import add_exemplars, build_bank
-from dpseg.prompts.exemplars import find_exemplars
-from dpseg.prompts.generate import get_generator
-from dpseg.prompts.templates import get_templates
 from dpseg.vocab import read_class_list
+
+# the models, banks, generators and torch.distributed are imported where they are used: `dpseg prompts --help` stays
+# instant
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +68,8 @@ def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
 def _device(args) -> str:
     import torch
 
+    from dpseg.distributed import launched
+
     if args.device:  # checked like every --device: a CUDA request without CUDA is one line, not a driver traceback
         from dpseg.evaluation.runtime import resolve_device
 
@@ -84,6 +79,10 @@ def _device(args) -> str:
 
 def load_encoders(args, device: str):
     """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
+    from dpseg.checkpoint import load_model
+    from dpseg.clip_loading import build_towers
+    from dpseg.config import build_config
+
     if args.checkpoint:
         model, ckpt_cfg = load_model(args.checkpoint)
         if model.prompt_encoder is None:
@@ -107,6 +106,13 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
+    import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
+    from dpseg.distributed import launched
+    from dpseg.prompts.bank import PromptBank, make_key, short_list
+    from dpseg.prompts.builder import build_bank
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.templates import get_templates
+
     rank, world, _ = launched()
     names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
@@ -168,6 +174,11 @@ def _build(args) -> int:
 
 
 def _add_exemplars(args) -> int:
+    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
+    from dpseg.prompts.builder import add_exemplars
+    from dpseg.prompts.exemplars import find_exemplars
+    from dpseg.prompts.templates import get_templates
+
     found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
     cfg, prompt_encoder, text_tower = load_encoders(args, _device(args))
     if os.path.exists(os.path.join(os.path.expanduser(args.bank), MANIFEST)):
@@ -184,6 +195,8 @@ def _add_exemplars(args) -> int:
 
 
 def _info(args) -> int:
+    from dpseg.prompts.bank import PromptBank, short_list
+
     bank = PromptBank.open(args.bank)
     info = bank.info()
     if args.vocab:
@@ -241,7 +254,7 @@ def _integrity_line(integrity: dict, bank) -> str:
         why = bad[0][1]
         parts.append(
             f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
-            f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files"
+            f"'{bank.build_command()}', which rebuilds damaged files"
         )
     return "; ".join(parts)
 

@@ -10,12 +10,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from dpseg.commands import add_config_arguments
 from dpseg.errors import InputError
 from dpseg.quickstart import default_artifacts, default_cache
-from dpseg.quickstart.run import BUDGETS, quickstart
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))",
     )
-    add_config_arguments(parser)
+    add_config_arguments(
+        parser, preset_help="synthetic (the default and the only preset the quickstart runs; --set changes it)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, as the experiment: `dpseg quickstart --help` is instant
+
+    from dpseg.quickstart.run import BUDGETS, quickstart
+
     budget = BUDGETS["fast" if args.fast else "default"]  # changed below only through replace()
     if args.seeds is not None:
         if args.seeds < 1:
@@ -108,9 +111,33 @@ def run(args: argparse.Namespace) -> int:
         text_gap=not args.no_text_gap,
         retrain_clip=args.retrain_clip,
     )
-    print(results["markdown"])
+    print(brief(results, Path(args.out)))
     print(next_commands(Path(args.out), cache))
     return 0
+
+
+def brief(results: dict, out: Path) -> str:
+    """What the console shows at the end: the mIoU table, the example check and where the whole report is (the
+    verdicts, the tiny CLIP's checks and the times are in results.md)."""
+    from dpseg.quickstart.experiment import VARIANTS
+    from dpseg.quickstart.report import markdown_table
+
+    titles = {k: v.title for k, v in VARIANTS.items()}
+    table = markdown_table(results["summary"], titles, results["chance"], results["clip_dense"])
+    check = results.get("example_check")
+    return "\n".join(
+        [
+            "",
+            "mIoU % on the test scenes (mean ± std over seeds; background not scored):",
+            "",
+            table,
+            "",
+            *([check["summary"], ""] if check else []),
+            f"The whole report (verdicts on the method's claims, the tiny CLIP's checks, times): {out / 'results.md'};",
+            f"data: {out / 'results.json'}; figure: {results['figure']}.",
+            "",
+        ]
+    )
 
 
 def next_commands(out: Path, cache: Path) -> str:
@@ -125,7 +152,7 @@ def next_commands(out: Path, cache: Path) -> str:
         [
             "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
             f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
-            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
+            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, press 'Use the example', then 'Segment'",
             f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
         ]
     )

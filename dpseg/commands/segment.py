@@ -25,31 +25,30 @@ run (bad class list, checkpoint, bank or options).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import glob
+import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Callable
 
 from dpseg.atomic import atomic_write_json
-from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
+from dpseg.commands.toy import TOY_NOTE, is_toy, toy_refusal
 from dpseg.config import check_number
 from dpseg.config_schema import NumberRule
 from dpseg.errors import DPSegError, InputError, printable
-from dpseg.evaluation.runtime import resolve_device
-from dpseg.image_io import is_image_file, label_image, mask_image, save_atomic, score_image
 from dpseg.progress import progress as progress_bar
 from dpseg.quickstart import default_artifacts
-from dpseg.segmenter import Segmenter
-from dpseg.visualize import overlay
 from dpseg.vocab import parse_class_list, read_class_list
+
+# torch, PIL, the model and the image writers are imported where they are used: `dpseg segment --help` stays instant
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         help="image files, folders (their images, not sub-folders) and globs (quote them; '**' matches sub-folders)",
     )
-    classes = parser.add_mutually_exclusive_group(required=True)
+    classes = parser.add_mutually_exclusive_group()  # required, checked with --out: one message names both
     classes.add_argument("--classes", help='class names, e.g. "cat, sofa, lamp" or "sofa, couch; cat" (see below)')
     classes.add_argument("--classes-file", help="class list file (one per line, or JSON) or a vocabulary name")
     parser.add_argument(
@@ -68,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint folder (config.json + model.safetensors) or hub id "
         "(default: the model of the last `dpseg quickstart`, a toy)",
     )
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--out", help="output folder (created; required)")
     parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank if it exists)")
     parser.add_argument(
         "--exemplars",
@@ -116,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand_inputs(specs: list[str], out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders and globs -> (image paths in order without duplicates, [(input, error)])."""
+    from dpseg.image_io import is_image_file
+
     files, errors, seen = [], [], set()
     out_dir = out_dir.resolve()
     for spec in specs:
@@ -163,15 +164,20 @@ def mask_file_name(index: int, name: str, num_classes: int) -> str:
 
 
 def _mask(labels, index: int) -> Image.Image:
+    from dpseg.image_io import mask_image
+
     return mask_image(labels == index)
 
 
 def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra: dict) -> dict:
     """Write one image's outputs; the label map and the overlay are drawn before any file is written, and a failure
     part-way removes this image's files again (no partial outputs)."""
+    from dpseg.image_io import label_image, save_atomic, score_image
+    from dpseg.visualize import class_palette, overlay
+
     K = len(result.class_names)
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    label_png = label_image(result.labels, K)
+    label_png = label_image(result.labels, K, class_palette(result.class_names))
     overlay_jpg = overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha)
     writes: list[tuple[Path, Callable[[], Image.Image], dict]] = [
         (out / f"{name}.png", lambda: label_png, {}),
@@ -227,6 +233,19 @@ def check_out_dir(out: Path) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every option checked before the model loads, so a typo costs nothing (exit status 2)."""
+    missing = [
+        what
+        for what, given in (
+            (
+                'the classes to find (--classes "cat, sofa" or --classes-file FILE)',
+                args.classes is not None or args.classes_file is not None,
+            ),
+            ("an output folder (--out DIR)", args.out is not None),
+        )
+        if not given
+    ]
+    if missing:
+        raise InputError(f"give {' and '.join(missing)}")
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
     if args.min_score is not None:  # the numeric rule of the config keys (dpseg.config.check_number)
@@ -237,8 +256,28 @@ def check_options(args: argparse.Namespace) -> None:
     if args.max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 = the default 179 MP), got {args.max_pixels}")
     if args.device is not None:
+        from dpseg.evaluation.runtime import resolve_device
+
         resolve_device(args.device, what="--device", error=InputError)  # the resolver eval and the demo use too
     check_out_dir(Path(args.out).expanduser())
+
+
+def retry_command(args: argparse.Namespace) -> list[str]:
+    """The user's command, reduced to its inputs, classes and output folder (for messages that suggest it again)."""
+    classes = ["--classes", args.classes] if args.classes is not None else ["--classes-file", args.classes_file]
+    return ["dpseg", "segment", *args.images, *classes, "--out", args.out]
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Hold back a logger's warnings (the command prints the same information itself)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -253,10 +292,10 @@ def run(args: argparse.Namespace) -> int:
         names = read_class_list(args.classes_file)
     out = Path(args.out).expanduser()
     files, failures = expand_inputs(args.images, out)
+    if not files:  # one line, naming each input and why it gave no image
+        raise InputError("; ".join(f"{printable(spec, 300)}: {err}" for spec, err in failures) or "no images")
     for spec, err in failures:
         print(f"error: {printable(spec, 300)}: {err}", file=sys.stderr)
-    if not files:
-        raise InputError(f"no images to segment in {' '.join(args.images)}")
 
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as the demo does
@@ -264,17 +303,20 @@ def run(args: argparse.Namespace) -> int:
         if bank is None and not args.text_only and not args.exemplars and quickstart_bank is not None:
             bank = str(quickstart_bank)
         print(f"no --checkpoint: using the quickstart model {checkpoint}", file=sys.stderr)
+    from dpseg.segmenter import Segmenter
+
     seg = Segmenter.from_pretrained(checkpoint, device=args.device)
-    if is_toy(seg.cfg):  # said once, before any work
+    if is_toy(seg.cfg):  # said once, before any work; names outside its world: one message with the real route
+        refusal = toy_refusal(names, retry=retry_command(args))
+        if refusal:
+            raise InputError(refusal)
         print(f"note: {TOY_NOTE}", file=sys.stderr)
-        warning = outside_world_warning(names)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
     if args.protocol:
         seg.settings = dataclasses.replace(seg.settings, protocol=args.protocol)
     if args.max_pixels:
         seg.max_pixels = args.max_pixels
-    seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
+    with _quiet("dpseg.segmenter"):  # the prompt source is printed below, once
+        seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
     min_score = seg.min_score if args.min_score is None else args.min_score
     why = "--min-score" if args.min_score is not None else "the checkpoint's eval.min_score"
     print(
@@ -297,6 +339,8 @@ def run(args: argparse.Namespace) -> int:
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
+            import torch
+
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             failures.append((str(path), "out of memory"))

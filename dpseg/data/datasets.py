@@ -63,7 +63,8 @@ def to_train_ids(raw: np.ndarray, num_classes: int, ignore_values, path: os.Path
         vals = np.unique(label[bad])[:8].tolist()
         raise DataError(
             f"label file {path} holds values {vals} that are neither classes 0..{num_classes - 1} nor ignore "
-            f"{list(ignore_values)}; re-run 'dpseg prepare' or check the class list"
+            f"{list(ignore_values)}; prepare it again ('dpseg prepare DATASET --force --root ROOT') or check the "
+            "class list"
         )
     label[ignore] = IGNORE_INDEX
     return torch.from_numpy(label)
@@ -142,7 +143,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if tuple(image.shape[1:]) != tuple(label.shape):
             raise DataError(
                 f"image {image_path} is {image.shape[2]}x{image.shape[1]} but its label {label_path} is "
-                f"{label.shape[1]}x{label.shape[0]}; re-run 'dpseg prepare' for this dataset"
+                f"{label.shape[1]}x{label.shape[0]}; prepare it again ('dpseg prepare DATASET --force --root ROOT')"
             )
         return {"image": image, "label": label, "name": Path(label_path).stem}
 

@@ -141,7 +141,8 @@ class PromptBank:
             time.sleep(0.5)
         if not path.exists():  # a FIFO or a device is refused by the reader below, naming what it is
             raise BankError(
-                f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'"
+                f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --checkpoint CKPT "
+                f"--vocab CLASS_LIST --generator GENERATOR --out {root}'"
             )
         manifest = read_manifest(path)
         if manifest.get("format") != FORMAT:
@@ -283,11 +284,19 @@ class PromptBank:
             )
         return detail if status == "damaged" else None
 
-    def repair_hint(self) -> str:
+    def build_command(self) -> str:
+        """The command that adds or rebuilds classes of this bank (CKPT: the model it was built for, CLASS_LIST: the
+        classes; the generator is the bank's own when it has one)."""
         gen = self.manifest.get("generator_spec") or "GENERATOR"
+        return f"dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST --generator {gen} --out {self.root}"
+
+    def exemplars_command(self) -> str:
+        return f"dpseg prompts add-exemplars --checkpoint CKPT --bank {self.root} --folder EXEMPLARS"
+
+    def repair_hint(self) -> str:
         return (
-            f"rebuild it with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {gen}' "
-            "(it rebuilds damaged class files), or for an exemplar class 'dpseg prompts add-exemplars'"
+            f"rebuild it with '{self.build_command()}' (it rebuilds damaged class files), or for an exemplar class "
+            f"'{self.exemplars_command()}'"
         )
 
     def load_class(self, name: str) -> dict:
@@ -299,7 +308,7 @@ class PromptBank:
         if not self._belongs(meta, name):
             raise BankError(
                 f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); "
-                "run 'dpseg prompts build' again to (re)make it"
+                f"run '{self.build_command()}' again to (re)make it"
             )
         problem = self.damaged(name)
         if problem:
@@ -404,9 +413,8 @@ class PromptBank:
         if missing:
             raise BankError(
                 f"prompt bank {self.root} lacks {len(missing)} of the {len(names)} classes ({short_list(missing)}); "
-                f"add them with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST "
-                f"--generator {self.manifest.get('generator_spec') or 'GENERATOR'}' "
-                "(classes already in the bank are skipped) or 'dpseg prompts add-exemplars'"
+                f"add them with '{self.build_command()}' (classes already in the bank are skipped) or "
+                f"'{self.exemplars_command()}'"
             )
         entries = [self.load_class(n) for n in names]
         if device is None:

@@ -18,7 +18,7 @@ from dpseg.data.synthetic.world import unseen_classes
 from dpseg.quickstart.experiment import CLAIMS, VARIANTS
 from dpseg.quickstart.paired import Paired, judge
 from dpseg.quickstart.zeroshot import format_report
-from dpseg.visualize import colorize, palette
+from dpseg.visualize import class_palette, colorize
 
 PASSES = ("pass1", "pass2")
 
@@ -124,6 +124,25 @@ def verdicts(runs: dict, chance: dict) -> list[str]:
     return lines
 
 
+# What each prediction column of the figure is (keys: "<variant> pass N", as the quickstart names them)
+COLUMN_TITLES = {
+    "dual pass 1": "DPSeg: dual prompts,\npass 1",
+    "dual pass 2": "DPSeg: dual prompts,\npass 2 (refined)",
+    "visual pass 1": "visual prompts only,\npass 1",
+    "visual pass 2": "visual prompts only,\npass 2 (refined)",
+    "text pass 1": "text prompts only\n(SED-like baseline)",
+}
+
+
+def column_title(key: str) -> str:
+    return COLUMN_TITLES.get(key, key)
+
+
+def _drawn(labels: np.ndarray, truth: np.ndarray, num_classes: int) -> list[int]:
+    """The classes a panel's legend lists: those on its scored pixels (not background in the ground truth)."""
+    return [k for k in np.unique(labels[truth >= 0]).tolist() if 0 <= k < num_classes]
+
+
 def figure(
     path: Path,
     images: Sequence[np.ndarray],
@@ -132,9 +151,10 @@ def figure(
     class_names: Sequence[str],
     title: str,
 ) -> Path:
-    """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions``.
-
-    Pixels that are background in the ground truth (not scored) are dimmed in the prediction columns.
+    """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions`` (titled by
+    :data:`COLUMN_TITLES`). Every panel but the image has its own legend: each class drawn in it, in the colours of
+    :func:`dpseg.visualize.class_palette` (a class's colour word, shades within one colour). Pixels that are
+    background in the ground truth (not scored) are dimmed in the prediction columns.
     """
     import matplotlib
 
@@ -142,26 +162,50 @@ def figure(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colours = palette(len(class_names))
-    cols = ["image", "ground truth"] + list(predictions)
-    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.9 * len(images) + 0.6), squeeze=False)
+    colours = class_palette(class_names)
+    cols = ["image", "ground truth"] + [column_title(k) for k in predictions]
+    grid = []  # per row: [(panel, classes in its legend or None)]
     for r, (img, lab) in enumerate(zip(images, labels)):
-        panels = [img, colorize(lab, colours)]
+        panels = [(img, None), (colorize(lab, colours), _drawn(lab, lab, len(class_names)))]
         for preds in predictions.values():
             shown = colorize(preds[r], colours).astype(float)
             shown[lab < 0] *= 0.3
-            panels.append(shown.astype(np.uint8))
-        for c, panel in enumerate(panels):
+            panels.append((shown.astype(np.uint8), _drawn(preds[r], lab, len(class_names))))
+        grid.append(panels)
+    legend_rows = max([len(drawn or ()) for panels in grid for _, drawn in panels] or [1])
+    fig, axes = plt.subplots(
+        max(len(grid), 1), len(cols), figsize=(2.4 * len(cols), (2.45 + 0.13 * legend_rows) * len(grid) + 0.9)
+    )
+    axes = np.asarray(axes).reshape(max(len(grid), 1), len(cols))
+    for r, panels in enumerate(grid):
+        for c, (panel, drawn) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-        present = sorted(set(np.unique(lab).tolist()) - {-1})
-        handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in present]
-        axes[r][1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=6, frameon=False)
+            if drawn is not None:
+                handles = [Patch(facecolor=colours[k] / 255, edgecolor="black", label=class_names[k]) for k in drawn]
+                ax.legend(
+                    handles=handles,
+                    loc="upper center",
+                    bbox_to_anchor=(0.5, 0.0),
+                    fontsize=5.5,
+                    frameon=False,
+                    handlelength=1.0,
+                    borderaxespad=0.2,
+                )
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.text(
+        0.5,
+        0.005,
+        "Colours follow each class's colour word; classes of one colour differ in shade (see each panel's legend). "
+        "Prediction columns: every pixel gets its most probable class (no threshold); background is dimmed.",
+        ha="center",
+        va="bottom",
+        fontsize=6.5,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -195,6 +239,14 @@ def results(budget, runs, chance, clip_dense, zero_shot, timings, clip, bank, da
         "figure": str(figure),
         "markdown": markdown,
     }
+
+
+def add_example_check(results: dict, check: Optional[dict]) -> None:
+    """The example scenes' check (:func:`dpseg.quickstart.example.check_example`) into results.json's content and
+    its one line at the end of the Markdown."""
+    results["example_check"] = check
+    if check:
+        results["markdown"] += f"\n## The example scenes\n\n{check['summary']}\n"
 
 
 def results_markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:

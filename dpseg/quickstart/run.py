@@ -34,7 +34,7 @@ from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex
 from dpseg.quickstart import report
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
-from dpseg.quickstart.example import write_example
+from dpseg.quickstart.example import check_example, write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot
 from dpseg.safe_load import read_json
 
@@ -128,6 +128,10 @@ def quickstart(
     if demo_run is not None:  # the model `dpseg segment` / `dpseg demo` use by default: its score threshold
         with clock.stage("calibration"):  # chosen on the seen-class validation scenes
             ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
+    demo_bank = bank if demo_run is not None and ex.VARIANTS[demo_run].uses_bank else None
+    with clock.stage("example_check"):  # the README's example scenes, segmented as `dpseg segment` and the demo do
+        example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
+        example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, cache, log) if demo_run else None
     with clock.stage("references"):
         log("5/6 references: chance and the CLIP's dense cost volume alone")
         chance = {k: ex.chance_miou(f, budget.num_val) for k, f in splits.items()}
@@ -136,11 +140,11 @@ def quickstart(
     figure = _figure(out, dirs, ds.unseen, budget.examples)
     clock.timings["total"] = round(clock.elapsed(), 1)
     results = report.results(budget, runs, chance, clip_dense, zero_shot, clock.timings, clip, bank, ds.root, figure)
+    report.add_example_check(results, example_check)
     atomic_write_json(out / "results.json", results, default=str)
     if demo_run is not None:  # the model `dpseg demo` shows by default
-        _point_demo_at(cache, dirs[(demo_run, 0)], bank if ex.VARIANTS[demo_run].uses_bank else None, demo_run)
+        _point_demo_at(cache, dirs[(demo_run, 0)], demo_bank, demo_run)
     atomic_write_text(out / "results.md", results["markdown"])
-    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
 
@@ -193,14 +197,18 @@ def _train_and_evaluate(budget: Budget, base, ds, bank: Path, cache: Path, split
     )
     runs: dict = {}
     dirs: dict = {}
-    for v_name, seed, model_dir, result, seconds, reused in _run_all(jobs, workers):
+    start = time.time()
+    for done, (v_name, seed, model_dir, result, seconds, reused) in enumerate(_run_all(jobs, workers), 1):
         dirs[(v_name, seed)] = model_dir
         runs.setdefault(v_name, {})[seed] = result
         brief = ", ".join(
             f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
         )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
-        log(f"    {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
+        per_run = (time.time() - start) / done * min(workers, done)  # runs take about as long as each other
+        left = per_run * (len(jobs) - done) / max(1, workers)  # ... and `workers` of them run at a time
+        eta = f", about {left / 60:.1f} min left" if done < len(jobs) else ""
+        log(f"    run {done}/{len(jobs)}{eta}: {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     return runs, dirs
 
 
