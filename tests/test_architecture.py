@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dpseg.engine",),
     ("dpseg.segmenter",),
     ("dpseg.quickstart",),
+    ("dpseg.demo_app",),
     ("dpseg.commands", "dpseg.__main__"),
 ]
 EXEMPT = {"dpseg"}  # the package root only re-exports names lazily (by string), it imports nothing

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 from segment_helpers import artifacts, scene  # noqa: E402
 
-from dpseg.commands import demo, main  # noqa: E402
+from dpseg import demo_app as demo  # noqa: E402
+from dpseg.commands import main  # noqa: E402
+from dpseg.commands.demo import load_segmenter  # noqa: E402
 from dpseg.errors import CheckpointError, DPSegError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = (
@@ -49,7 +51,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """The demo app on a free loopback port (tiny checkpoint + bank), with tight limits to test them."""
     a = artifacts()
-    seg, note = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, note = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(max_upload_mb=1, max_megapixels=0.02, max_classes=5), note)
     port = free_port()
     app.launch(
@@ -156,8 +158,12 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
         def block_thread(self):
             pass
 
-    monkeypatch.setattr(demo, "load_segmenter", lambda *a: (types.SimpleNamespace(cfg=types.SimpleNamespace()), "note"))
-    monkeypatch.setattr(demo, "build_app", lambda *a: FakeApp())
+    import dpseg.commands.demo as command
+
+    monkeypatch.setattr(
+        command, "load_segmenter", lambda *a: (types.SimpleNamespace(cfg=types.SimpleNamespace()), "note")
+    )
+    monkeypatch.setattr(command, "build_app", lambda *a: FakeApp())
     assert main(["demo", "--checkpoint", "x"]) == 0
     assert main(["demo", "--checkpoint", "x", "--share-on-lan", "--port", "9000", "--max-upload-mb", "3"]) == 0
     assert [k["server_name"] for k in launched] == ["127.0.0.1", "0.0.0.0"]
@@ -173,27 +179,27 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
 def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_path):
     a = artifacts()
     monkeypatch.setattr(demo, "default_artifacts", lambda: (a.ckpt, a.bank))  # the contract of dpseg.quickstart
-    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    seg, note = load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
     assert demo.quickstart_example(tmp_path) is None  # no quickstart has named its example scene there
     monkeypatch.undo()  # the real dpseg.quickstart: the last run's latest.json under $DPSEG_CACHE/quickstart
     monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     cache = tmp_path / "quickstart"
     cache.mkdir()
     (cache / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable.*rerun `dpseg quickstart`"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     (cache / "latest.json").write_text(json.dumps({"model": str(tmp_path / "gone"), "bank": None}))
     with pytest.raises(CheckpointError, match="is gone"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     (cache / "latest.json").write_text(json.dumps({"model": str(a.ckpt), "bank": str(a.bank)}))
-    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    seg, note = load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and Path(seg.default_bank) == Path(a.bank)
     with pytest.raises(InputError, match="--text-only"):
-        demo.load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
-    seg, note = demo.load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
+        load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
+    seg, note = load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
     assert "text prompts only" in note
 
 
@@ -216,7 +222,7 @@ def bad_uploads(folder) -> dict:
 
 def test_uploads_go_through_dpsegs_reader_and_limits(tmp_path):
     a = artifacts()
-    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, _ = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     handler = demo.make_handler(seg, demo.Limits(max_megapixels=0.02))
     for name, message in bad_uploads(tmp_path).items():
         with pytest.raises(DPSegError) as err:
@@ -243,7 +249,7 @@ def test_bad_uploads_get_a_message_on_the_page_and_no_server_traceback(server, c
 
 def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     a = artifacts()
-    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, _ = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     handler = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
     Image.fromarray(scene(seed=2)).save(tmp_path / "x.png")
     faint, _, info, files, state = handler(str(tmp_path / "x.png"), "cat; lamp", False, None, 0.0)
@@ -310,7 +316,7 @@ def toy_server(tmp_path_factory):
     scores = seg.segment(image, min_score=0).scores
     threshold = min(THRESHOLDS, key=lambda t: abs((scores < t).mean() - 0.5))
     write_calibration(ckpt, Calibration(threshold, False, "the example scene"))
-    seg, note = demo.load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
+    seg, note = load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(), note, example=[image, classes], results_dir=root / "results")
     port = free_port()
     app.launch(

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from dpseg.atomic import atomic_write_json
-from dpseg.commands.toy import TOY_NOTE, is_toy, toy_refusal
 from dpseg.config import check_number
 from dpseg.config_schema import NumberRule
 from dpseg.errors import DPSegError, InputError, printable
 from dpseg.progress import progress as progress_bar
 from dpseg.quickstart import default_artifacts
+from dpseg.quickstart.toy import TOY_NOTE, is_toy, toy_refusal
 from dpseg.vocab import parse_class_list, read_class_list
 
 # torch, PIL, the model and the image writers are imported where they are used: `dpseg segment --help` stays instant
