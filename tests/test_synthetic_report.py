@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import build_datasets
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.quickstart.experiment import VARIANTS, chance_miou
 from dpseg.quickstart.report import compare, compare_passes, figure, markdown_table, summarize, verdicts

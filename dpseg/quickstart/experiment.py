@@ -22,7 +22,7 @@ from dpseg.build import load_model
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
-from dpseg.data.synthetic.datasets import WorldDatasets
+from dpseg.data.synthetic.folders import WorldDatasets
 from dpseg.engine.train import train
 from dpseg.errors import DataError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 from dpseg.config import atomic_write_text, build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes, unseen_classes
 from dpseg.errors import ConfigError

@@ -6,7 +6,7 @@
   and prompt drawing styles.
 * :mod:`~dpseg.data.synthetic.generator` - :class:`SyntheticGenerator`, the world's text-to-image generator; importing
   this package registers it as the prompt-bank generator named ``synthetic``.
-* :mod:`~dpseg.data.synthetic.datasets` - the scenes written as custom-dataset folders, cached and keyed.
+* :mod:`~dpseg.data.synthetic.folders` - the scenes written as custom-dataset folders, cached and keyed.
 
 The experiment that runs on the world (the tiny CLIP pretrained at the scene resolution and its zero-shot checks,
 the DPSeg variants, the report) is :mod:`dpseg.quickstart`.

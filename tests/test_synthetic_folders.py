@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpseg.data.synthetic.datasets import build_datasets, read_classes
+from dpseg.data.synthetic.folders import build_datasets, read_classes
 from dpseg.data.synthetic.world import seen_classes, unseen_classes
 from dpseg.errors import InputError
 
