@@ -108,9 +108,16 @@ def test_save_load_round_trip_is_bit_identical_and_keyed(tmp_path):
     assert not torch.equal(fresh.visual.head.proj.weight, state["visual.head.proj.weight"])  # loading did something
     stamp = path.stat().st_mtime_ns
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_mtime_ns == stamp
-    for switch in ({"text_gap": False}, {"style_gap": False}, {"attribute_weight": 1.0}):  # part of the cache key
+    switches = ({"text_gap": False}, {"generator_images": True}, {"attribute_weight": 1.0})
+    for switch in switches:  # part of the cache key
         other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
         assert clip_pretrain.settings_key(cfg, other) != clip_pretrain.settings_key(cfg, settings)
+    # the style gap and the crop share only shape a pool with generator images: one CLIP for both styles without them
+    for switch in ({"style_gap": False}, {"crop_fraction": 0.5}):
+        other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
+        assert clip_pretrain.settings_key(cfg, other) == clip_pretrain.settings_key(cfg, settings)
+        with_generator = [PretrainSettings(steps=2, generator_images=True, **s) for s in ({}, switch)]
+        assert len({clip_pretrain.settings_key(cfg, s) for s in with_generator}) == 2
     path.write_bytes(b"broken")  # a damaged cache file is retrained, not trusted
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_size > 1000
     with pytest.raises(InputError, match="steps >= 1"):
