@@ -6,11 +6,11 @@ through ``model.clip_pretrained=/path/file.safetensors``, the path real OpenCLIP
 
 Data (:mod:`~dpseg.quickstart.clip_data`): 128-px scenes of seen-class objects and 64-px tiles (crops of scene
 objects; no generator images since world v3 unless ``generator_images``) assembled into 128-px 2x2 mosaics, so the
-CLIP is trained at the resolution the segmenter uses it at; each tile is embedded by the mean of the dense joint-
-space head over its cells. Captions name all or some attributes; partial captions make the text tower learn one
-direction per attribute word, which is what lets an *unseen* triple of known words land near its images. Half the
-captions are the bare phrase ("red stripy star", "a red star."): in a long template the few attribute words are a
-small part of what the text tower sees.
+CLIP is trained at the resolution the segmenter uses it at; each tile is embedded by the mean of the dense
+joint-space head over its cells. Captions name all or some attributes; partial captions make the text tower learn
+one direction per attribute word, which is what lets an *unseen* triple of known words land near its images. Half
+the captions are the bare phrase ("red stripy star", "a red star."): in a long template the few attribute words are
+a small part of what the text tower sees.
 
 Every step also embeds the whole *caption universe* (every distinct seen caption: full phrases and every subset of
 their attributes, each in a random template) as extra text candidates for the image -> text loss, so each tile
