@@ -84,6 +84,31 @@ def test_pretraining_sees_scene_resolution_mosaics_and_gap_captions(tmp_path, mo
     assert captions and not any(VOCABULARY_PATTERN.search(c) for c in captions)
 
 
+def test_the_pool_holds_no_generator_images_unless_asked(monkeypatch):
+    """World v3: the pretraining pool is scenes and crops of their objects (scene style) only; generator_images puts
+    world v2's generator images back (drawn faithfully, in the prompt style with the style gap on)."""
+    from dpseg.data.synthetic.generator import SyntheticGenerator
+    from dpseg.quickstart.clip_data import render_pool
+
+    made = []
+    original = SyntheticGenerator.generate_with_masks
+
+    def spy(self, texts, seeds):
+        made.append((self.style, self.failures, len(texts)))
+        return original(self, texts, seeds)
+
+    monkeypatch.setattr(SyntheticGenerator, "generate_with_masks", spy)
+    templates = get_templates("imagenet80")
+    pool = render_pool(3, 20, 0.3, templates, 0, True, True, stride=16)
+    assert made == [] and len(pool.tiles) == 20 and len(pool.scenes) == 3
+    assert PretrainSettings().generator_images is False
+    v2 = render_pool(3, 20, 0.3, templates, 0, True, True, stride=16, generator_images=True)
+    assert len(v2.tiles) == 20 and len(made) == 20 - int(20 * 0.3)
+    assert {(style, failures) for style, failures, _ in made} == {("prompt", 0.0)}
+    # crops are the same scene crops either way: the first tiles of both pools are identical
+    assert torch.equal(pool.tiles[:6], v2.tiles[:6])
+
+
 def test_multi_positive_loss_prefers_true_pairs():
     img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     pos = torch.eye(4, dtype=torch.bool)

@@ -122,7 +122,7 @@ def render_pool(
     scene covers on the dense grid of a tower with output stride ``stride``."""
     rng = np.random.default_rng([seed, 7, WORLD_VERSION])
     classes = seen_classes()
-    gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene")
+    gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene", failures=0.0)
     n_crops = int(tiles * crop_fraction) if generator_images else tiles
     scene_images: list[np.ndarray] = []
     covers: list[np.ndarray] = []
