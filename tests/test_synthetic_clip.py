@@ -188,6 +188,55 @@ def test_zero_shot_runs_at_the_scene_resolution(tmp_path, monkeypatch):
     assert zeroshot.KINDS[0] == "scene-objects"
 
 
+def test_zero_shot_prompt_and_crop_kinds(tmp_path, monkeypatch):
+    """The visual kinds: prompt images (with the generator's failures, encoded as the bank encodes them), ground-truth
+    crops framed as pass 2 frames a region, dual prototypes; the hard/other split of the generator's classes."""
+    from dpseg.data.synthetic.generator import SyntheticGenerator
+
+    path = pretrained_clip(
+        build_config("synthetic"),
+        tmp_path,
+        PretrainSettings(steps=1, batch_size=8, pool_size=16, warmup=1),
+        log=lambda m: None,
+    )
+    cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
+    made, sizes = [], []
+    generate, encode = SyntheticGenerator.generate_with_masks, zeroshot.encode_prompt_images
+    monkeypatch.setattr(
+        SyntheticGenerator,
+        "generate_with_masks",
+        lambda self, texts, seeds: made.append((self.failures, *texts)) or generate(self, texts, seeds),
+    )
+    monkeypatch.setattr(
+        zeroshot,
+        "encode_prompt_images",
+        lambda tower, images, size, **kw: sizes.append(size) or encode(tower, images, size, **kw),
+    )
+    kinds = (
+        "prompt-images",
+        "scene-objects-by-prompts",
+        "scene-objects-by-crops",
+        "crops-by-prompts",
+        "scene-objects-by-dual",
+    )
+    report = evaluate_zero_shot(cfg, per_class=2, vocabs=("unseen",), kinds=kinds, failures=0.5)
+    templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+    assert {m[0] for m in made} == {0.5} and set(sizes) == {cfg.model.prompt_image_size}
+    assert {t for m in made for t in m[1:]} >= {
+        templates[0].format("red striped circle"),
+        templates[1].format("red striped circle"),
+    }
+    for kind in kinds:
+        entry = report[f"unseen/{kind}"]
+        assert entry["classes"] == 16 and 0 <= entry["accuracy"] <= 1
+        if kind != "scene-objects-by-crops":
+            assert 0 <= entry["hard_classes_accuracy"] <= 1 and 0 <= entry["other_classes_accuracy"] <= 1
+    assert report["unseen/crops-by-prompts"]["images"] == report["unseen/scene-objects-by-dual"]["images"] == 32
+    assert "| unseen/scene-objects-by-crops | 16 |" in format_report(report) and "failures x0.5" in format_report(
+        report
+    )
+
+
 def test_short_pretraining_beats_chance_at_the_scene_resolution(tmp_path):
     torch.manual_seed(0)
     cfg = build_config("synthetic")

@@ -12,10 +12,10 @@ from dpseg.quickstart.report import compare, compare_passes, figure, markdown_ta
 
 def test_chance_matches_random_predictions_through_the_metrics(tmp_path):
     world = build_datasets(tmp_path, seed=3, size=64, num_train=1, num_val=6)
-    expected = chance_miou(world.unseen)
+    expected = chance_miou(world.unseen, split="test")
     from dpseg.data.catalog import build_dataset
 
-    ds = build_dataset(str(world.unseen), split="val")
+    ds = build_dataset(str(world.unseen), split="test")
     g = torch.Generator().manual_seed(0)
     trials = []
     for _ in range(20):  # Monte-Carlo: uniformly random labels scored by the evaluator's own metrics

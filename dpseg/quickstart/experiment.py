@@ -150,8 +150,9 @@ def evaluate_model(
     variant: Variant,
     max_images: int = 0,
     eval_cfg: Optional[EvalConfig] = None,
+    split: str = "val",
 ) -> dict:
-    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator.
+    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, on split ``split`` of each folder.
 
     Each split is scored with its own vocabulary. ``eval_cfg`` (the experiment's inference settings) replaces the
     checkpoint's own ``eval`` section: a trained run is reused across changes of inference settings (its key leaves
@@ -164,7 +165,7 @@ def evaluate_model(
         cfg.eval = eval_cfg
     out = {}
     for name, folder in splits.items():
-        dataset = build_dataset(str(folder), split="val")
+        dataset = build_dataset(str(folder), split=split)
         prompts = _prompts(cfg, model, list(dataset.class_names))
         res = evaluate(
             model,
@@ -180,14 +181,14 @@ def evaluate_model(
     return out
 
 
-def chance_miou(folder: Path, max_images: int = 0) -> float:
+def chance_miou(folder: Path, max_images: int = 0, split: str = "val") -> float:
     """Expected mIoU (%) of a predictor that labels every pixel with a uniformly random class of the vocabulary.
 
     With n_c ground-truth pixels of class c, N in all and K classes, its expected confusion row is n_c / K for
     every class, so IoU_c = (n_c / K) / (n_c + N / K - n_c / K); the mean runs over classes present in the GT,
     as the evaluator's does.
     """
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     k = len(dataset.class_names)
     counts = np.zeros(k)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
@@ -221,7 +222,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 
 
 @torch.no_grad()
-def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
+def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0, split: str = "val") -> float:
     """mIoU (%) of the CLIP alone.
 
     Argmax over classes of cos(E, T) at the dense stride, upsampled (no decoder, no training).
@@ -230,7 +231,7 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
 
     image_tower, _, text_tower = build_towers(cfg.model)
     image_tower.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
     text = F.normalize(text_tower.encode(list(dataset.class_names), templates).mean(1), dim=-1)  # (K, M, d) -> (K, d)
     conf = ConfusionMatrix(len(dataset.class_names))
@@ -244,14 +245,14 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     return float(metrics_from_confusion(conf.mat)["mIoU"])
 
 
-def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
+def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool, split: str = "val") -> dict:
     """Label maps of a few validation images through the evaluator's inference path.
 
     Returns {"images", "labels", pass: [...]}.
     """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
     forward = model_forward(model, prompts, two_pass=two_pass)

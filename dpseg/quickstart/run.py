@@ -1,12 +1,13 @@
 """dpseg quickstart [--fast]: the whole method, end to end, on the built-in synthetic world (CPU, minutes).
 
-1. render the world's datasets (custom-dataset folders: seen classes for training, seen/unseen for evaluation);
+1. render the world's datasets (custom-dataset folders: seen/train for training, seen/val for calibration,
+   seen/test and unseen/test for evaluation);
 2. pretrain a tiny CLIP on rendered objects of the seen classes, save it as OpenCLIP safetensors and load it back
    through ``model.clip_pretrained`` (the path real OpenCLIP weights take); report its zero-shot accuracy;
 3. build a prompt bank for all 75 classes with the world's text-to-image generator (Stable Diffusion's role);
 4. train DPSeg variants (text / visual / dual prompts, with and without visual cost volumes) on the seen classes
    with the real training engine, over several seeds;
-5. evaluate every run with the real evaluator on the seen and the **unseen** vocabularies, pass 1 and pass 2,
+5. evaluate every run with the real evaluator on the seen and the **unseen** test splits, pass 1 and pass 2,
    next to two references: chance and the CLIP's own dense cost volume with no decoder;
 6. write ``results.md`` (table, verdicts on the method's claims, spread over seeds), ``results.json`` and
    ``figure.png`` (unseen test images, ground truth, predictions) to ``--out``.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import cast
 
 from dpseg.config import atomic_write_text, build_config
-from dpseg.data.synthetic.folders import build_datasets
+from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes, unseen_classes
 from dpseg.errors import ConfigError
@@ -105,12 +106,14 @@ def quickstart(
     workers: int = 1,
     text_gap: bool = True,
     retrain_clip: bool = False,
+    clip_generator_images: bool = False,
 ) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``.
 
-    ``text_gap`` is the tiny CLIP's text gap; the style gap follows ``prompts.generator`` (``synthetic:style=scene``
-    switches it off) and is passed on to the CLIP's pretraining pool. ``retrain_clip``: pretrain the tiny CLIP here
-    even when dpseg ships one for these settings.
+    ``text_gap`` is the tiny CLIP's text gap; the style gap and the generator's failures follow ``prompts.generator``
+    (``synthetic:style=scene`` / ``synthetic:failures=off`` switch them off); ``clip_generator_images`` puts
+    generator images back into the CLIP's pretraining pool (world v2's pool, in the generator's style).
+    ``retrain_clip``: pretrain the tiny CLIP here even when dpseg ships one for these settings.
     """
     t0 = time.time()
     log = _log(t0)
@@ -129,12 +132,14 @@ def quickstart(
 
     s = time.time()
     log("1/6 rendering the synthetic world's datasets")
-    ds = build_datasets(cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, log=log)
+    ds = build_datasets(
+        cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, num_test=budget.num_val, log=log
+    )
     stage("datasets", s)
 
     s = time.time()
     log(f"2/6 tiny CLIP, pretrained contrastively on seen-class objects ({budget.clip_steps} steps)")
-    settings = clip_settings(budget, clip_cfg, text_gap, style)
+    settings = clip_settings(budget, clip_cfg, text_gap, style, clip_generator_images)
     clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
     base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
@@ -178,8 +183,8 @@ def quickstart(
 
     s = time.time()
     log("5/6 references: chance and the CLIP's dense cost volume alone")
-    chance = {k: ex.chance_miou(f, budget.num_val) for k, f in splits.items()}
-    clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val) for k, f in splits.items()}
+    chance = {k: ex.chance_miou(f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
+    clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
     stage("references", s)
 
     log("6/6 report")
@@ -191,7 +196,8 @@ def quickstart(
     predictions, examples = {}, None
     for name, model_dir in fig_runs.items():
         variant = ex.VARIANTS[name]
-        examples = ex.predict_examples(model_dir, ds.unseen, list(range(budget.examples)), variant.two_pass)
+        indices = list(range(budget.examples))
+        examples = ex.predict_examples(model_dir, ds.unseen, indices, variant.two_pass, split=TEST_SPLIT)
         for key in ("pass1", "pass2"):
             if key in examples:
                 predictions[f"{name} {key.replace('pass', 'pass ')}"] = examples[key]
@@ -236,12 +242,14 @@ def quickstart(
             ),
         )
     atomic_write_text(out / "results.md", markdown)
-    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
+    example = write_example(out, ds.unseen, TEST_SPLIT)  # unseen-class scenes for the README's next commands
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
 
 
-def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> PretrainSettings:
+def clip_settings(
+    budget: Budget, clip_cfg, text_gap: bool, style: str, generator_images: bool = False
+) -> PretrainSettings:
     """The tiny CLIP's pretraining settings of ``budget`` (part of its cache key)."""
     return PretrainSettings(
         steps=budget.clip_steps,
@@ -250,6 +258,7 @@ def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> Pretr
         scenes=budget.clip_scenes,
         text_gap=text_gap,
         style_gap=style == "prompt",
+        generator_images=generator_images,
         prompt_size=clip_cfg.model.prompt_image_size,
     )
 
@@ -265,7 +274,7 @@ def _run_one(job) -> tuple:
         model_dir = ex.trained_model_dir(cfg)
         # the inference settings are part of the key: a trained run is reused when only they change
         key = {
-            "splits": {k: str(v) for k, v in splits.items()},
+            "splits": {k: f"{v}:{TEST_SPLIT}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
@@ -275,7 +284,8 @@ def _run_one(job) -> tuple:
         if cached.get("key") == key:
             result = cached["result"]
         else:
-            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
+            variant = ex.VARIANTS[v_name]
+            result = ex.evaluate_model(model_dir, splits, variant, max_images, eval_cfg=cfg.eval, split=TEST_SPLIT)
             atomic_write_text(path, json.dumps({"key": key, "result": result}))
     return v_name, seed, model_dir, result, time.time() - start, reused
 
@@ -313,8 +323,8 @@ def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
         [
             "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
             "",
-            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes "
-            f"and on scenes of the {len(unseen)} **unseen** "
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class test scenes "
+            f"and on test scenes of the {len(unseen)} **unseen** "
             f"classes ({', '.join(unseen)}), each with its own vocabulary. "
             "mIoU in %, mean ± sample standard deviation over "
             f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
