@@ -41,6 +41,7 @@ classes, :func:`~dpseg.data.synthetic.generator.failure_profile`) and on the oth
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -397,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="(maintainers) copy the weights, float16, with this report, into the package's shipped weights",
     )
+    parser.add_argument(
+        "--weights",
+        help="check this tiny CLIP weight file (e.g. one of an earlier world version) instead of the one pretrained "
+        "with the settings above; the settings then only choose the class words and the generator",
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -415,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = build_config("synthetic")
     if args.tower:
         base.model.clip_model_cfg["vision_cfg"]["timm_model_name"] = args.tower
-    path = pretrained_clip(base, args.cache, settings)
+    if args.weights and args.ship:
+        raise InputError("--ship ships the weights pretrained with these settings; it does not take --weights")
+    path = Path(args.weights) if args.weights else pretrained_clip(base, args.cache, settings)
     cfg = copy.deepcopy(base)
     cfg.model.clip_pretrained = str(path)
     style = "prompt" if settings.style_gap else "scene"
