@@ -229,8 +229,7 @@ def test_zero_shot_prompt_and_crop_kinds(tmp_path, monkeypatch):
     for kind in kinds:
         entry = report[f"unseen/{kind}"]
         assert entry["classes"] == 16 and 0 <= entry["accuracy"] <= 1
-        if kind != "scene-objects-by-crops":
-            assert 0 <= entry["hard_classes_accuracy"] <= 1 and 0 <= entry["other_classes_accuracy"] <= 1
+        assert 0 <= entry["hard_classes_accuracy"] <= 1 and 0 <= entry["other_classes_accuracy"] <= 1
     assert report["unseen/crops-by-prompts"]["images"] == report["unseen/scene-objects-by-dual"]["images"] == 32
     assert "| unseen/scene-objects-by-crops | 16 |" in format_report(report) and "failures x0.5" in format_report(
         report
