@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from dpseg.config import build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import build_datasets
 from dpseg.data.synthetic.world import all_classes
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex

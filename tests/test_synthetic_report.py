@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import build_datasets
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.quickstart.experiment import CLAIMS, VARIANTS, chance_miou
 from dpseg.quickstart.paired import holm, paired_t_p
@@ -13,10 +13,10 @@ from dpseg.quickstart.report import figure, markdown_table, paired_claims, summa
 
 def test_chance_matches_random_predictions_through_the_metrics(tmp_path):
     world = build_datasets(tmp_path, seed=3, size=64, num_train=1, num_val=6)
-    expected = chance_miou(world.unseen)
+    expected = chance_miou(world.unseen, split="test")
     from dpseg.data.catalog import build_dataset
 
-    ds = build_dataset(str(world.unseen), split="val")
+    ds = build_dataset(str(world.unseen), split="test")
     g = torch.Generator().manual_seed(0)
     trials = []
     for _ in range(20):  # Monte-Carlo: uniformly random labels scored by the evaluator's own metrics

@@ -37,10 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrain the tiny CLIP here (minutes) even where dpseg ships one pretrained with the same settings",
     )
     parser.add_argument(
-        "--num-val", type=int, help="test scenes per vocabulary (seen, unseen, unseen-all; default 30; --fast: 8)"
+        "--num-val",
+        type=int,
+        help="scenes per evaluation split: seen/val (calibration) and the seen, unseen and unseen-all test splits "
+        "(default 30; --fast: 8)",
     )
-    # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
-    # claim that visual prompts bridge a gap between text and image.
+    # The world's properties (dpseg/data/synthetic/README.md), each on by default with a switch: they are what lets
+    # the world test the claim that visual prompts bridge a gap between text and image without deciding it.
     parser.add_argument(
         "--no-text-gap",
         action="store_true",
@@ -50,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-style-gap",
         action="store_true",
         help="prompt images drawn in the scenes' style (prompts.generator=synthetic:style=scene)",
+    )
+    parser.add_argument(
+        "--no-generator-failures",
+        action="store_true",
+        help="the generator draws every class faithfully (prompts.generator=synthetic:failures=off)",
+    )
+    parser.add_argument(
+        "--clip-sees-generator-images",
+        action="store_true",
+        help="the tiny CLIP's pretraining pool also holds generator images, as in world v2 (pretrains it here)",
     )
     # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
     # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
@@ -100,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
         )
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
     cache = Path(args.cache) if args.cache else default_cache()
-    overrides = [*args.overrides, *(["prompts.generator=synthetic:style=scene"] if args.no_style_gap else [])]
+    generator = [
+        *(["style=scene"] if args.no_style_gap else []),
+        *(["failures=off"] if args.no_generator_failures else []),
+    ]
+    overrides = [*args.overrides, *([f"prompts.generator=synthetic:{','.join(generator)}"] if generator else [])]
     results = quickstart(
         budget,
         cache,
@@ -110,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         workers,
         text_gap=not args.no_text_gap,
         retrain_clip=args.retrain_clip,
+        clip_generator_images=args.clip_sees_generator_images,
     )
     print(brief(results, Path(args.out)))
     print(next_commands(Path(args.out), cache))

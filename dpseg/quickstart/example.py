@@ -1,9 +1,10 @@
 """What a user segments after the quickstart: a few of its unseen-class test scenes, copied next to the results as
-a custom-dataset folder (``OUT/example``: ``classes.txt``, ``images/val``, ``labels/val``), so that the README's
-next commands (``dpseg segment``, ``dpseg eval``) have short paths that do not depend on cache keys; and the check
-that what they show is what the quickstart measured (:func:`check_example`): the quickstart segments these scenes
-with the model and settings ``dpseg segment`` and ``dpseg demo`` use by default, scores every object right, wrong
-or unlabelled, and names the demo's example scene and its verdicts for the demo page."""
+a custom-dataset folder (``OUT/example``: ``classes.txt``, ``images/val``, ``labels/val`` - the split ``dpseg eval``
+reads by default), so that the README's next commands (``dpseg segment``, ``dpseg eval``) have short paths that do
+not depend on cache keys; and the check that what they show is what the quickstart measured (:func:`check_example`):
+the quickstart segments these scenes with the model and settings ``dpseg segment`` and ``dpseg demo`` use by default,
+scores every object right, wrong or unlabelled, and names the demo's example scene and its verdicts for the demo
+page."""
 
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ IGNORE_ON_DISK = 255  # uint8 label PNGs of the synthetic world: 255 = backgroun
 VERDICTS = ("right", "wrong", "unlabelled")
 
 
-def write_example(out: Path, unseen: Path, count: int = 8) -> Path:
-    """Copy the first ``count`` validation scenes of the dataset folder ``unseen`` (and its classes.txt) to
-    ``out/example``, replacing an older copy; returns that folder."""
-    images = sorted((unseen / "images" / "val").glob("*.png"))[:count]
+def write_example(out: Path, unseen: Path, split: str = "test", count: int = 8) -> Path:
+    """Copy the first ``count`` scenes of split ``split`` of the dataset folder ``unseen`` (and its classes.txt) to
+    ``out/example`` (as its ``val`` split), replacing an older copy; returns that folder."""
+    images = sorted((unseen / "images" / split).glob("*.png"))[:count]
     if not images or not (unseen / "classes.txt").is_file():
-        raise DataError(f"{unseen} holds no validation scenes to copy as the quickstart example")
+        raise DataError(f"{unseen} holds no {split} scenes to copy as the quickstart example")
     out.mkdir(parents=True, exist_ok=True)
     target = out / EXAMPLE_DIR
     tmp = Path(tempfile.mkdtemp(prefix=f".{EXAMPLE_DIR}-", dir=out))
@@ -40,7 +41,7 @@ def write_example(out: Path, unseen: Path, count: int = 8) -> Path:
         for sub in ("images", "labels"):
             (tmp / sub / "val").mkdir(parents=True)
             for image in images:
-                shutil.copyfile(unseen / sub / "val" / image.name, tmp / sub / "val" / image.name)
+                shutil.copyfile(unseen / sub / split / image.name, tmp / sub / "val" / image.name)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{EXAMPLE_DIR}-old-", dir=out))
             os.replace(target, old / EXAMPLE_DIR)

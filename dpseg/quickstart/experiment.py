@@ -23,7 +23,7 @@ from dpseg.clip_loading import build_towers
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
-from dpseg.data.synthetic.datasets import WorldDatasets
+from dpseg.data.synthetic.folders import WorldDatasets
 from dpseg.engine.train import train
 from dpseg.errors import DataError, DPSegError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
@@ -154,8 +154,9 @@ def evaluate_model(
     variant: Variant,
     max_images: int = 0,
     eval_cfg: Optional[EvalConfig] = None,
+    split: str = "val",
 ) -> dict:
-    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator.
+    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, on split ``split`` of each folder.
 
     Each split is scored with its own vocabulary. ``eval_cfg`` (the experiment's inference settings) replaces the
     checkpoint's own ``eval`` section: a trained run is reused across changes of inference settings (its key leaves
@@ -168,7 +169,7 @@ def evaluate_model(
         cfg.eval = eval_cfg
     out = {}
     for name, folder in splits.items():
-        dataset = build_dataset(str(folder), split="val")
+        dataset = build_dataset(str(folder), split=split)
         prompts = _prompts(cfg, model, list(dataset.class_names))
         inference = Inference(model, prompts, cfg.eval, two_pass=variant.two_pass, device="cpu")
         res = evaluate(inference, dataset, max_images=max_images or None, progress=False)
@@ -176,14 +177,14 @@ def evaluate_model(
     return out
 
 
-def chance_miou(folder: Path, max_images: int = 0) -> float:
+def chance_miou(folder: Path, max_images: int = 0, split: str = "val") -> float:
     """Expected mIoU (%) of a predictor that labels every pixel with a uniformly random class of the vocabulary.
 
     With n_c ground-truth pixels of class c, N in all and K classes, its expected confusion row is n_c / K for
     every class, so IoU_c = (n_c / K) / (n_c + N / K - n_c / K); the mean runs over classes present in the GT,
     as the evaluator's does.
     """
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     k = len(dataset.class_names)
     counts = np.zeros(k)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
@@ -217,7 +218,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 
 
 @torch.no_grad()
-def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
+def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0, split: str = "val") -> float:
     """mIoU (%) of the CLIP alone.
 
     Argmax over classes of cos(E, T) at the dense stride, upsampled (no decoder, no training).
@@ -226,7 +227,7 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
 
     image_tower, _, text_tower = build_towers(cfg.model)
     image_tower.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
     text = F.normalize(text_tower.encode(list(dataset.class_names), templates).mean(1), dim=-1)  # (K, M, d) -> (K, d)
     conf = ConfusionMatrix(len(dataset.class_names))
@@ -240,14 +241,14 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     return float(metrics_from_confusion(conf.mat)["mIoU"])
 
 
-def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
+def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool, split: str = "val") -> dict:
     """Label maps of a few validation images through the evaluator's inference path.
 
     Returns {"images", "labels", pass: [...]}.
     """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
     preds = Inference(model, prompts, cfg.eval, two_pass=two_pass, device="cpu").predict([it["image"] for it in items])

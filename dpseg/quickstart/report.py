@@ -254,8 +254,8 @@ def results_markdown(budget, table, lines, zero_shot, chance, timings, unseen) -
         [
             "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
             "",
-            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes "
-            f"and on scenes of the {len(unseen)} **unseen** "
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class test scenes "
+            f"and on test scenes of the {len(unseen)} **unseen** "
             f"classes ({', '.join(unseen)}), each with its own vocabulary. "
             "mIoU in %, mean ± sample standard deviation over "
             f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
@@ -265,9 +265,9 @@ def results_markdown(budget, table, lines, zero_shot, chance, timings, unseen) -
             table,
             "",
             "Chance = expected mIoU of a uniformly random class per pixel "
-            "(from the test labels' class frequencies). A gap "
-            "inside the spread over seeds is reported as no difference; pass 2 is compared with pass 1 of the same "
-            "models, seed by seed (the spread of the per-seed differences). "
+            "(from the test labels' class frequencies). Every claim compares two variants that differ in one factor "
+            "(or pass 2 with pass 1 of the same models), paired by seed: the per-seed differences, how many seeds "
+            "favour A, a paired t-test and Holm's correction over the claims listed (no test below 3 seeds). "
             "Columns are not comparable with each other: the "
             f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
             "",

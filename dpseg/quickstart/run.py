@@ -1,12 +1,13 @@
 """dpseg quickstart [--fast]: the whole method, end to end, on the built-in synthetic world (CPU, minutes).
 
-1. render the world's datasets (custom-dataset folders: seen classes for training, seen/unseen for evaluation);
+1. render the world's datasets (custom-dataset folders: seen/train for training, seen/val for calibration,
+   seen/test and unseen/test for evaluation);
 2. pretrain a tiny CLIP on rendered objects of the seen classes, save it as OpenCLIP safetensors and load it back
    through ``model.clip_pretrained`` (the path real OpenCLIP weights take); report its zero-shot accuracy;
 3. build a prompt bank for all 75 classes with the world's text-to-image generator (Stable Diffusion's role);
 4. train DPSeg variants (text / visual / dual prompts, with and without visual cost volumes) on the seen classes
    with the real training engine, over several seeds;
-5. evaluate every run with the real evaluator on the seen and the **unseen** vocabularies, pass 1 and pass 2,
+5. evaluate every run with the real evaluator on the seen and the **unseen** test splits, pass 1 and pass 2,
    next to two references: chance and the CLIP's own dense cost volume with no decoder;
 6. write ``results.md`` (table, verdicts on the method's claims, spread over seeds), ``results.json`` and
    ``figure.png`` (unseen test images, ground truth, predictions) to ``--out``.
@@ -26,7 +27,7 @@ from typing import cast
 
 from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes
 from dpseg.errors import ConfigError, DPSegError
@@ -96,22 +97,32 @@ def quickstart(
     workers: int = 1,
     text_gap: bool = True,
     retrain_clip: bool = False,
+    clip_generator_images: bool = False,
 ) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``.
 
-    ``text_gap`` is the tiny CLIP's text gap; the style gap follows ``prompts.generator`` (``synthetic:style=scene``
-    switches it off) and is passed on to the CLIP's pretraining pool. ``retrain_clip``: pretrain the tiny CLIP here
-    even when dpseg ships one for these settings.
+    ``text_gap`` is the tiny CLIP's text gap; the style gap and the generator's failures follow ``prompts.generator``
+    (``synthetic:style=scene`` / ``synthetic:failures=off`` switch them off); ``clip_generator_images`` puts
+    generator images back into the CLIP's pretraining pool (world v2's pool, in the generator's style).
+    ``retrain_clip``: pretrain the tiny CLIP here even when dpseg ships one for these settings.
     """
     clock = _Clock()
     log = clock.log
     clip_cfg, style = _clip_config(config_file, overrides)
     with clock.stage("datasets"):
         log("1/6 rendering the synthetic world's datasets")
-        ds = build_datasets(cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, log=log)
+        ds = build_datasets(
+            cache,
+            seed=0,
+            size=128,
+            num_train=budget.num_train,
+            num_val=budget.num_val,
+            num_test=budget.num_val,
+            log=log,
+        )
     with clock.stage("tiny_clip"):
         log(f"2/6 tiny CLIP, pretrained contrastively on seen-class objects ({budget.clip_steps} steps)")
-        settings = clip_settings(budget, clip_cfg, text_gap, style)
+        settings = clip_settings(budget, clip_cfg, text_gap, style, clip_generator_images)
         clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
         base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
         base.train.iterations = budget.iterations
@@ -130,12 +141,12 @@ def quickstart(
             ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
     demo_bank = bank if demo_run is not None and ex.VARIANTS[demo_run].uses_bank else None
     with clock.stage("example_check"):  # the README's example scenes, segmented as `dpseg segment` and the demo do
-        example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
+        example = write_example(out, ds.unseen, TEST_SPLIT)  # unseen-class scenes for the README's next commands
         example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, cache, log) if demo_run else None
     with clock.stage("references"):
         log("5/6 references: chance and the CLIP's dense cost volume alone")
-        chance = {k: ex.chance_miou(f, budget.num_val) for k, f in splits.items()}
-        clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val) for k, f in splits.items()}
+        chance = {k: ex.chance_miou(f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
+        clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
     log("6/6 report")
     figure = _figure(out, dirs, ds.unseen, budget.examples)
     clock.timings["total"] = round(clock.elapsed(), 1)
@@ -218,7 +229,8 @@ def _figure(out: Path, dirs: dict, unseen: Path, examples: int) -> Path:
     for name in ("dual", "text"):
         if (name, 0) not in dirs:
             continue
-        shown = ex.predict_examples(dirs[(name, 0)], unseen, list(range(examples)), ex.VARIANTS[name].two_pass)
+        variant = ex.VARIANTS[name]
+        shown = ex.predict_examples(dirs[(name, 0)], unseen, list(range(examples)), variant.two_pass, split=TEST_SPLIT)
         for key in ("pass1", "pass2"):
             if key in shown:
                 predictions[f"{name} {key.replace('pass', 'pass ')}"] = shown[key]
@@ -244,7 +256,9 @@ def _point_demo_at(cache: Path, model_dir: Path, bank, variant: str) -> None:
     atomic_write_json(cache / "latest.json", pointer, indent=None)
 
 
-def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> PretrainSettings:
+def clip_settings(
+    budget: Budget, clip_cfg, text_gap: bool, style: str, generator_images: bool = False
+) -> PretrainSettings:
     """The tiny CLIP's pretraining settings of ``budget`` (part of its cache key)."""
     return PretrainSettings(
         steps=budget.clip_steps,
@@ -253,6 +267,7 @@ def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> Pretr
         scenes=budget.clip_scenes,
         text_gap=text_gap,
         style_gap=style == "prompt",
+        generator_images=generator_images,
         prompt_size=clip_cfg.model.prompt_image_size,
     )
 
@@ -268,7 +283,7 @@ def _run_one(job) -> tuple:
         model_dir = ex.trained_model_dir(cfg)
         # the inference settings are part of the key: a trained run is reused when only they change
         key = {
-            "splits": {k: str(v) for k, v in splits.items()},
+            "splits": {k: f"{v}:{TEST_SPLIT}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
@@ -281,7 +296,8 @@ def _run_one(job) -> tuple:
         if cached.get("key") == key:
             result = cached["result"]
         else:
-            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
+            variant = ex.VARIANTS[v_name]
+            result = ex.evaluate_model(model_dir, splits, variant, max_images, eval_cfg=cfg.eval, split=TEST_SPLIT)
             atomic_write_json(path, {"key": key, "result": result}, indent=None)
     return v_name, seed, model_dir, result, time.time() - start, reused
 
