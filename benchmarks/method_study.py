@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json, atomic_write_text
 from dpseg.quickstart import default_cache
 from dpseg.quickstart.experiment import VARIANTS
 from dpseg.quickstart.run import BUDGETS, quickstart
@@ -101,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
         results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / f"{args.world}.json", json.dumps(compact(results, args.world, what), indent=1))
+    atomic_write_json(args.out / f"{args.world}.json", compact(results, args.world, what), indent=1)
     atomic_write_text(args.out / f"{args.world}.md", f"<!-- {what} -->\n" + results["markdown"])
     print(f"wrote {args.out / args.world}.json and .md")
 

@@ -38,9 +38,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dpseg.atomic import json_text
 from dpseg.data.synthetic.render import IGNORE, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
-from dpseg.errors import DataError, InputError
+from dpseg.errors import DataError, DPSegError, InputError
+from dpseg.safe_load import read_json
 from dpseg.vocab import read_class_list
 
 IGNORE_ON_DISK = 255
@@ -157,14 +159,14 @@ def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
         "seen_classes": [k.name for k in vocabulary("seen")],
         "unseen_classes": [k.name for k in vocabulary("unseen")],
     }
-    (tmp / "world.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "world.json").write_text(json_text(meta))  # the folder is renamed into place: atomic as a whole
 
 
 def _is_complete(root: Path, key: dict) -> bool:
     try:
-        meta = json.loads((root / "world.json").read_text())
-    except (OSError, ValueError):
-        return False
+        meta = read_json(root / "world.json", "synthetic world index")
+    except DPSegError:
+        return False  # missing or damaged: rebuilt
     if meta.get("key") != key:
         return False
     for name, count in meta.get("counts", {}).items():
