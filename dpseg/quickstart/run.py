@@ -198,7 +198,14 @@ def _train_and_evaluate(budget: Budget, base, ds, bank: Path, cache: Path, split
     """Every (variant, seed) run trained (or reused) and evaluated on every split: ({variant: {seed: result}},
     {(variant, seed): model folder})."""
     jobs = [
-        (ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"), v, seed, splits, budget.num_val)
+        (
+            ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"),
+            v,
+            seed,
+            splits,
+            budget.num_val,
+            TEST_SPLIT,
+        )
         for v in budget.variants
         for seed in range(budget.seeds)
     ]
@@ -273,8 +280,9 @@ def clip_settings(
 
 
 def _run_one(job) -> tuple:
-    """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
-    cfg, v_name, seed, splits, max_images = job
+    """Train (or reuse) and evaluate (or reuse) one run on split ``split`` of each dataset folder of ``splits`` (the
+    quickstart: the test scenes; choices: ``CHOICE_SPLIT``); its training log goes to the run's quickstart.log."""
+    cfg, v_name, seed, splits, max_images, split = job
     start = time.time()
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +291,7 @@ def _run_one(job) -> tuple:
         model_dir = ex.trained_model_dir(cfg)
         # the inference settings are part of the key: a trained run is reused when only they change
         key = {
-            "splits": {k: f"{v}:{TEST_SPLIT}" for k, v in splits.items()},
+            "splits": {k: f"{v}:{split}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
@@ -297,7 +305,7 @@ def _run_one(job) -> tuple:
             result = cached["result"]
         else:
             variant = ex.VARIANTS[v_name]
-            result = ex.evaluate_model(model_dir, splits, variant, max_images, eval_cfg=cfg.eval, split=TEST_SPLIT)
+            result = ex.evaluate_model(model_dir, splits, variant, max_images, eval_cfg=cfg.eval, split=split)
             atomic_write_json(path, {"key": key, "result": result}, indent=None)
     return v_name, seed, model_dir, result, time.time() - start, reused
 
