@@ -840,11 +840,12 @@ def test_request_guard_counts_a_chunked_body_the_app_reads():
 
 
 def test_demo_handler_refuses_values_the_api_may_send(assets):
+    from dpseg import demo_app
     from dpseg.commands import demo
     from dpseg.errors import InputError
 
     seg, _ = demo.load_segmenter(str(assets.ckpt), str(assets.bank), text_only=False, device="cpu")
-    handler = demo.make_handler(seg, demo.Limits())
+    handler = demo_app.make_handler(seg, demo.Limits())
     for args, needle in [
         ((["a", "b"], "cat"), "one uploaded file"),
         (("x.png", "cat", True, "nan"), "the threshold must be a finite number in [0, 1), got nan"),

@@ -299,11 +299,14 @@ def test_demo_runs_the_converted_checkpoint_without_a_bank(converted, tmp_path):
     from PIL import Image
     from segment_helpers import scene
 
+    from dpseg import demo_app
     from dpseg.commands import demo
 
     _, _, root = converted
     seg, note = demo.load_segmenter(str(root / "ckpt"), None, text_only=False, device="cpu")
     assert "text prompts only" in note
     Image.fromarray(scene()).save(tmp_path / "photo.png")
-    picture, legend, info, *_ = demo.make_handler(seg, demo.Limits())(str(tmp_path / "photo.png"), "person, sky, tree")
+    picture, legend, info, *_ = demo_app.make_handler(seg, demo.Limits())(
+        str(tmp_path / "photo.png"), "person, sky, tree"
+    )
     assert picture.width > 96 and "one pass" in info and "text (this model uses text prompts only)" in info

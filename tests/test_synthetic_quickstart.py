@@ -154,7 +154,9 @@ def test_every_world_switch_reaches_the_experiment(flags, generator, text_gap, g
         seen.update(overrides=overrides, **kw)
         return {"markdown": ""}
 
-    monkeypatch.setattr(command, "quickstart", fake)
+    import dpseg.quickstart.run as experiment_run
+
+    monkeypatch.setattr(experiment_run, "quickstart", fake)  # the command imports it when it runs
     monkeypatch.setattr(command, "next_commands", lambda out, cache: "")  # no trained model to point at
     assert main(["quickstart", "--cache", str(tmp_path), *flags]) == 0
     specs = [o.split("=", 1)[1] for o in seen["overrides"] if o.startswith("prompts.generator=")]
@@ -300,8 +302,8 @@ def test_sigterm_stops_the_training_processes_too(fast_run, tmp_path):
 @pytest.mark.slow
 def test_choosing_on_seen_classes_reuses_the_quickstart_runs_and_scores_them_alike(fast_run, tmp_path):
     """benchmarks/choose_on_seen.py (method study sections 2-3) trains and scores exactly as the quickstart does: on
-    the quickstart's cache it reuses the DPSeg run and reproduces its seen-class numbers; an inference option that
-    refines nothing gives pass 2 = pass 1 from the same trained run."""
+    the quickstart's cache it reuses the DPSeg run and scores it on the seen classes' validation scenes as the
+    quickstart's evaluator does; an inference option that refines nothing gives pass 2 = pass 1 from the same run."""
     root, _ = fast_run
     script = Path(__file__).parents[1] / "benchmarks" / "choose_on_seen.py"
     never = "eval.refine_min_score=0.99 eval.refine_min_area=0.999"
@@ -314,8 +316,24 @@ def test_choosing_on_seen_classes_reuses_the_quickstart_runs_and_scores_them_ali
     )
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads((tmp_path / "r.json").read_text())
-    quickstart = json.loads((root / "out" / "results.json").read_text())["runs"]["dual"]["0"]["seen"]
-    assert results["(preset) | (preset)"] == [{p: m["mIoU"] for p, m in quickstart.items()}]
-    (never_refined,) = results[f"(preset) | {never}"]
-    assert never_refined["pass2"] == never_refined["pass1"] == quickstart["pass1"]["mIoU"]
     assert out.stdout.count("(trained run reused)") == 2 and "| (preset) | (preset) | " in out.stdout
+    # the reused DPSeg run scored on the seen classes' validation scenes (choices never see the test scenes) with
+    # the quickstart's evaluator and the run's inference settings, independently of the script
+    from dpseg.config import build_config
+    from dpseg.data.synthetic.folders import CHOICE_SPLIT
+    from dpseg.quickstart import experiment as ex
+
+    records = {p.parent: json.loads(p.read_text()) for p in (root / "cache").glob("runs/*/quickstart_eval.json")}
+    ((run_dir, record),) = [(d, r) for d, r in records.items() if r["key"]["variant"] == "dual"]  # seed 0
+    folder, split = record["key"]["splits"]["seen"].rsplit(":", 1)
+    assert split == CHOICE_SPLIT
+
+    def seen_val(eval_overrides: str) -> dict:
+        eval_cfg = build_config("synthetic", overrides=eval_overrides.split()).eval
+        scored = ex.evaluate_model(run_dir / "final", {"seen": Path(folder)}, ex.VARIANTS["dual"], 8, eval_cfg, split)
+        return {p: m["mIoU"] for p, m in scored["seen"].items()}
+
+    assert results["(preset) | (preset)"] == [seen_val("")]
+    (never_refined,) = results[f"(preset) | {never}"]
+    assert never_refined == seen_val(never) and never_refined["pass2"] == never_refined["pass1"]
+    assert never_refined["pass1"] == results["(preset) | (preset)"][0]["pass1"]
