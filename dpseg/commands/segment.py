@@ -293,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     files, failures = expand_inputs(args.images, out)
     if not files:  # one line, naming each input and why it gave no image
-        raise InputError("; ".join(f"{printable(spec, 300)}: {err}" for spec, err in failures) or "no images")
+        named = "; ".join(f"{printable(spec, 300)}: {err}" for spec, err in failures)
+        raise InputError(named or f"no images to segment in {printable(' '.join(args.images), 300)}")
     for spec, err in failures:
         print(f"error: {printable(spec, 300)}: {err}", file=sys.stderr)
 
