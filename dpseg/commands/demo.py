@@ -81,10 +81,10 @@ class OutsideWorld(InputError):
     """Class names the toy model cannot know: shown on the page, with the route for photos, not as a passing toast."""
 
 
-def quickstart_example(cache: Optional[Path] = None) -> Optional[dict]:
-    """The example the page offers with the quickstart's model: one of the scenes the quickstart segmented and
-    scored (``{"image", "classes", "objects": verdicts}``, :func:`dpseg.quickstart.demo_example`), or None."""
-    return demo_example(cache)
+def quickstart_example(model_dir) -> Optional[dict]:
+    """The example the page offers with a quickstart model: one of the scenes the quickstart segmented and scored
+    with it (``{"image", "classes", "objects": verdicts}``, :func:`dpseg.quickstart.demo_example`), or None."""
+    return demo_example(model_dir)
 
 
 def example_caption(example: dict) -> str:
@@ -436,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     toy = is_toy(seg.cfg)
     if toy:
         print(f"note: {TOY_NOTE}", file=sys.stderr)
-    example = quickstart_example() if toy and args.checkpoint is None else None
+    example = quickstart_example(seg.checkpoint) if toy and seg.checkpoint else None
     app = build_app(seg, limits, note, args.text_only, example)  # its downloads' folder goes when the process ends
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)
