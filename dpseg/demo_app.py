@@ -61,10 +61,10 @@ class OutsideWorld(InputError):
     """Class names the toy model cannot know: shown on the page, with the route for photos, not as a passing toast."""
 
 
-def quickstart_example(cache: Optional[Path] = None) -> Optional[dict]:
-    """The example the page offers with the quickstart's model: one of the scenes the quickstart segmented and
-    scored (``{"image", "classes", "objects": verdicts}``, :func:`dpseg.quickstart.demo_example`), or None."""
-    return demo_example(cache)
+def quickstart_example(model_dir) -> Optional[dict]:
+    """The example the page offers with a quickstart model: one of the scenes the quickstart segmented and scored
+    with it (``{"image", "classes", "objects": verdicts}``, :func:`dpseg.quickstart.demo_example`), or None."""
+    return demo_example(model_dir)
 
 
 def example_caption(example: dict) -> str:

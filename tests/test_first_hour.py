@@ -86,10 +86,11 @@ def test_the_quickstart_checks_its_example_scenes_and_names_the_demos(quickstart
     assert check["counts"]["objects"] == sum(check["counts"][v] for v in ("right", "wrong", "unlabelled")) > 0
     assert check["summary"] in (out / "results.md").read_text()
     assert [s["image"] for s in check["scenes"]] == sorted(p.name for p in (out / "example/images/val").glob("*.png"))
-    example = demo_example(cache)
+    model, bank = default_artifacts(cache)
+    example = demo_example(model)  # named in the demo model's folder: found with or without --checkpoint
     assert example is not None and Path(example["image"]) == (out / "example/images/val/00000.png").resolve()
     assert example["objects"] == check["scenes"][0]["objects"]
-    model, bank = default_artifacts(cache)
+    assert demo_example(root / "cache") is None  # a folder that is no quickstart model
     names = read_class_list(out / "example" / "classes.txt")
     assert example["classes"] == "; ".join(names)
     seg = Segmenter.from_pretrained(model, device="cpu", bank=str(bank)).set_vocabulary(example["classes"])
@@ -176,8 +177,8 @@ def test_the_demos_example_shows_on_the_page_what_the_python_api_gives(quickstar
     (tmp_path / ".dpseg_cache" / "quickstart").symlink_to(root / "cache")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    example = demo_example(root / "cache")
     model, bank = default_artifacts(root / "cache")
+    example = demo_example(model)
     seg = Segmenter.from_pretrained(model, device="cpu", bank=str(bank)).set_vocabulary(example["classes"])
     expected = seg.segment(example["image"])  # the Python API, the demo's defaults: threshold, refinement
     proc, url, _ = _start_demo(tmp_path, {"TMPDIR": str(temp)})  # no --checkpoint: ./.dpseg_cache/quickstart

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     toy = is_toy(seg.cfg)
     if toy:
         print(f"note: {TOY_NOTE}", file=sys.stderr)
-    example = quickstart_example() if toy and args.checkpoint is None else None
+    example = quickstart_example(seg.checkpoint) if toy and seg.checkpoint else None
     app = build_app(seg, limits, note, args.text_only, example)  # its downloads' folder goes when the process ends
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who can reach port {args.port} can use this demo", file=sys.stderr)

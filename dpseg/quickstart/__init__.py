@@ -52,21 +52,19 @@ def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path
     return model, (Path(bank) if bank else None)
 
 
-def demo_example(cache: Optional[Path] = None) -> Optional[dict]:
-    """The demo's example of the last finished quickstart in ``cache`` (written by
+EXAMPLE_POINTER = "quickstart_example.json"  # in the quickstart's demo model folder, next to its config.json
+
+
+def demo_example(model_dir) -> Optional[dict]:
+    """The demo's example of a quickstart model (written into its folder by
     :func:`dpseg.quickstart.example.check_example`): ``{"image": path, "classes": "a; b; ...", "objects": [{"class",
-    "verdict", "predicted", ...}]}``, or None when there is none (a quickstart before the check, or its example
-    folder deleted)."""
-    cache = Path(cache) if cache is not None else default_cache()
+    "verdict", "predicted", ...}]}``, or None when there is none (another model, a quickstart before the check, or
+    its example folder deleted)."""
     try:
-        info = read_json(cache / "example.json", "quickstart example pointer", dict, CheckpointError)
+        info = read_json(Path(model_dir) / EXAMPLE_POINTER, "quickstart example pointer", dict, CheckpointError)
         image, classes = Path(info["image"]), str(info["classes"])
-    except (CheckpointError, KeyError, TypeError):
+    except (CheckpointError, KeyError, TypeError, OSError):
         return None
-    try:  # made with the model the demo shows (the pointers are written at different moments of a run)
-        same = Path(info.get("model", "")).resolve() == default_artifacts(cache)[0].resolve()
-    except CheckpointError:
-        return None
-    if not same or not image.is_file():
+    if not image.is_file():
         return None
     return {**info, "image": str(image), "classes": classes}

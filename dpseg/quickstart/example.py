@@ -19,6 +19,7 @@ from PIL import Image
 
 from dpseg.atomic import atomic_write_json
 from dpseg.errors import DataError
+from dpseg.quickstart import EXAMPLE_POINTER
 from dpseg.vocab import read_class_list
 
 EXAMPLE_DIR = "example"
@@ -60,7 +61,6 @@ def _umask() -> int:
 
 # ------------------------------------------------------------------------------------------------- the check
 MIN_OBJECT_PIXELS = 20  # smaller pieces of a class (an object cut by another in front of it) are not scored
-POINTER = "example.json"  # in the quickstart cache, next to latest.json: the demo's example and its verdicts
 
 
 def ground_truth_objects(label: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS) -> list[tuple[int, np.ndarray]]:
@@ -105,13 +105,13 @@ def describe(objects: list[dict]) -> str:
     )
 
 
-def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: Path, log=print) -> dict:
+def check_example(example: Path, model_dir: Path, bank: Optional[Path], log=print) -> dict:
     """Segment the example scenes (the folder :func:`write_example` wrote) as ``dpseg segment`` and the demo do by
     default - the quickstart's demo model and bank through :class:`~dpseg.segmenter.Segmenter` with the checkpoint's
     own threshold and refinement, every class of ``classes.txt`` - and score every object of the ground truth
     (:func:`score_objects`). The first scene is the demo's example: it is named, with the vocabulary and its
-    verdicts, in ``cache/example.json`` (:func:`dpseg.quickstart.demo_example` reads it). Returns the results
-    (``summary`` is the one line for results.md and the console)."""
+    verdicts, in the model's folder (``quickstart_example.json``; :func:`dpseg.quickstart.demo_example` reads it).
+    Returns the results (``summary`` is the one line for results.md and the console)."""
     from dpseg.segmenter import Segmenter
 
     names = read_class_list(example / "classes.txt")
@@ -150,6 +150,6 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], cache: P
         },
         "summary": summary,
     }
-    atomic_write_json(cache / POINTER, results["demo_example"])
+    atomic_write_json(Path(model_dir) / EXAMPLE_POINTER, results["demo_example"])
     log(summary)
     return results

@@ -142,7 +142,7 @@ def quickstart(
     demo_bank = bank if demo_run is not None and ex.VARIANTS[demo_run].uses_bank else None
     with clock.stage("example_check"):  # the README's example scenes, segmented as `dpseg segment` and the demo do
         example = write_example(out, ds.unseen, TEST_SPLIT)  # unseen-class scenes for the README's next commands
-        example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, cache, log) if demo_run else None
+        example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, log) if demo_run else None
     with clock.stage("references"):
         log("5/6 references: chance and the CLIP's dense cost volume alone")
         chance = {k: ex.chance_miou(f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
