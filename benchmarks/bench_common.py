@@ -3,13 +3,12 @@ inference modes (SED, SED-fast, DPSeg pass 1, the two-pass variants) as one call
 
 Speed does not depend on weight values. Random weights, though, make almost every class win a few pixels of the
 pass-1 map, unlike a trained model (an ADE20K image holds about 8-10 classes), so the two-pass modes give the pass-1
-logits a realistic layout: ``detected`` classes each win one horizontal band of the image (a large bias added to
-their logits there, after the real pass-1 work is done). Refinement then crops and encodes those classes.
+logits a realistic layout: ``detected`` classes each win one rectangle of a grid (a large bias added to their logits
+there, after the real pass-1 work is done; :func:`realistic_layout`). Refinement then crops and encodes those
+classes; their frames all differ, so no two crops coincide.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -73,25 +72,33 @@ def random_prompts(model, K: int, device="cpu", text_only: bool = False, seed: i
     return prompts.text_only() if text_only else prompts
 
 
-class BandedFirstPass:
-    """Wraps ``model.decode``: the first call after :meth:`arm` does the real work, then gives ``detected`` classes
-    one horizontal band each of the pass-1 map (see the module doc); every other call is the real decode."""
+def realistic_layout(logits, detected: int):
+    """Pass-1 logits (B, K, h, w) in which ``detected`` classes each win one rectangle of a grid covering the map
+    (rows of 4; the last row's rectangles share its width), every other class nowhere: a large bias is added."""
+    import math
 
-    def __init__(self, decode: Callable, detected: int):
-        self.decode, self.detected, self.armed = decode, detected, False
+    logits = logits.clone()
+    n, (h, w) = min(detected, logits.shape[1]), logits.shape[-2:]
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        in_row = cols if r < rows - 1 else n - cols * (rows - 1)
+        logits[:, i, r * h // rows : (r + 1) * h // rows, c * w // in_row : (c + 1) * w // in_row] += 1e4
+    return logits
 
-    def arm(self) -> None:
-        self.armed = True
 
-    def __call__(self, feats, prompts, class_chunk=0, **kwargs):
-        out = self.decode(feats, prompts, class_chunk, **kwargs)
-        if self.armed:
-            self.armed = False
-            logits = out["logits"]
-            n, h = min(self.detected, logits.shape[1]), logits.shape[-2]
-            for i in range(n):  # class i wins band i of n
-                logits[:, i, i * h // n : (i + 1) * h // n] += 1e4
-        return out
+def use_realistic_layout(detected: int) -> None:
+    """Make two-pass refinement see :func:`realistic_layout` pass-1 logits (module doc); the pass-1 work is real."""
+    import dpseg.model.refine as refine
+
+    original = getattr(refine.refine_prompts, "original", refine.refine_prompts)
+
+    def refine_prompts(model, images, logits, prompts, policy=refine.RefinePolicy()):
+        return original(model, images, realistic_layout(logits, detected), prompts, policy)
+
+    refine_prompts.original = original
+    refine.refine_prompts = refine_prompts
 
 
 def limit_survivors(survivors: int) -> None:
@@ -118,8 +125,7 @@ def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int
 
     reject = topk if mode in ("sed_fast", "pass1_fast") else 0
     if mode in TWO_PASS_MODES:
-        banded = BandedFirstPass(model.decode, detected)
-        model.decode = banded
+        use_realistic_layout(detected)
         scope = "present" if mode == "two_pass_present" else "all"
         refine = RefinePolicy(scope=scope, **policy)
 
@@ -127,7 +133,6 @@ def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int
         if mode == "encoder":
             return model.encode_image(images).dense
         if mode in TWO_PASS_MODES:
-            banded.arm()
             out = two_pass(model, images, prompts, refine, class_chunk=chunk)
             call.refined = int(out["detected"].sum())
             return out["logits"]

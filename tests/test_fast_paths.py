@@ -10,6 +10,8 @@ from helpers import random_prompts, tiny_model
 
 import dpseg.model.aggregation as aggregation
 from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
+from dpseg.model.decode_state import DecodeState
+from dpseg.model.refine import RefinePolicy, refine_prompts, two_pass, unique_images
 
 SED_SWITCHES = [
     "model.prompt_type=text",
@@ -101,3 +103,54 @@ def test_class_maps_stay_channels_last_through_the_decoder_on_a_cpu():
 def test_elu_plus_one():
     t = torch.linspace(-30, 30, 10001)
     assert torch.allclose(elu_plus_one(t), torch.nn.functional.elu(t) + 1, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.aux_heads=true"]])
+def test_two_pass_reuse_equals_decoding_pass_two_from_scratch(overrides):
+    """Pass 2 of scope 'all' reuses pass 1's stage-0 maps of the unchanged (image, class) pairs and the projected
+    encoder stages; its logits equal a decode of the refined prompts from scratch."""
+    model, _ = tiny_model(*overrides)
+    model.eval()
+    prompts = random_prompts(model, 9)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = two_pass(model, x, prompts, RefinePolicy(min_score=0.0, max_classes=3))
+        assert out["detected"].any() and not out["detected"].all()
+        scratch = model.decode(model.encode_image(x), out["prompts"])
+    assert torch.allclose(out["logits"], scratch["logits"], atol=1e-5)
+
+
+def test_decode_state_fills_and_is_reused_only_for_the_same_features():
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 5)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.encode_image(x)
+        state = DecodeState()
+        first = model.decode(feats, prompts, state=state)["logits"]
+        assert state.stage0 is not None and state.stage0.shape[:2] == (1, 5) and state.matches(feats, 1, 5) is False
+        state.changed = torch.zeros(1, 5, dtype=torch.bool)  # nothing changed: pass 2 == pass 1
+        assert state.matches(feats, 1, 5) and not state.matches(model.encode_image(x), 1, 5)
+        assert torch.allclose(model.decode(feats, prompts, state=state)["logits"], first, atol=1e-6)
+        assert state.stage0 is None  # handed over to pass 2, not kept
+
+
+def test_identical_crops_are_encoded_once(monkeypatch):
+    images = torch.rand(3, 3, 8, 8)
+    crops = torch.stack([images[0], images[1], images[0], images[2], images[1]])
+    unique, inverse = unique_images(crops)
+    assert len(unique) == 3 and torch.equal(unique[inverse], crops)
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 4)
+    x = torch.rand(1, 3, 64, 64)
+    logits = torch.full((1, 4, 16, 16), -5.0)
+    logits[0, 0, :8] = 5  # classes 0 and 1 span the width: the same full-width frame, one crop
+    logits[0, 1, 8:] = 5
+    encoded = []
+    original = model.encode_visual_prompts
+    monkeypatch.setattr(model, "encode_visual_prompts", lambda im: encoded.append(len(im)) or original(im))
+    refined, detected = refine_prompts(model, x, logits, prompts, RefinePolicy())
+    assert detected[0].tolist() == [True, True, False, False] and encoded == [1]
+    assert torch.equal(refined.visual[0, 0], refined.visual[0, 1])

@@ -44,8 +44,8 @@ PIXEL_BLOCK = {"cpu": 2**19, "cuda": 2**25}
 
 
 def class_chunks(num_classes: int, chunk: int):
-    """Slices covering range(K) in pieces of ``chunk`` (0 = one piece)."""
-    step = num_classes if chunk <= 0 else chunk
+    """Slices covering range(K) in pieces of ``chunk`` (0 = one piece; none for K = 0)."""
+    step = max(1, num_classes if chunk <= 0 else chunk)
     return [slice(s, min(s + step, num_classes)) for s in range(0, num_classes, step)]
 
 

@@ -23,6 +23,7 @@ from torch.profiler import record_function
 from dpseg.errors import InputError
 from dpseg.model.aggregation import class_chunks
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
+from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
@@ -167,7 +168,12 @@ class DPSeg(nn.Module):
                     )
 
     def decode(
-        self, feats: ImageFeatures, prompts: PromptSet, class_chunk: int = 0, early_rejection_topk: int = 0
+        self,
+        feats: ImageFeatures,
+        prompts: PromptSet,
+        class_chunk: int = 0,
+        early_rejection_topk: int = 0,
+        state: Optional[DecodeState] = None,
     ) -> dict:
         """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
         "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
@@ -179,6 +185,9 @@ class DPSeg(nn.Module):
         ``early_rejection_topk`` = k > 0 is SED's category early rejection (inference): after each stage's auxiliary
         head only the classes among its k best at some pixel (of any image of the batch) are decoded further, and
         class aggregation then runs over the survivors only, as in SED; the others get ``REJECTED_LOGIT``.
+
+        ``state`` (inference, no early rejection): an empty :class:`DecodeState` is filled with what the next decode
+        of the same ``feats`` can reuse; a filled one whose ``changed`` is set is reused (decode_state.py).
         """
         self.check_prompts(prompts)
         aux_heads = self.decoder.aux_heads
@@ -197,14 +206,22 @@ class DPSeg(nn.Module):
         visual_stages = prompts.visual_stages or []  # present whenever visual_cost is not empty (check_prompts)
         alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
         aux: list[Tensor] = []
+        B = dense.shape[0]
+        if early_rejection_topk or torch.is_grad_enabled():
+            state = None  # survivors differ between passes; training keeps no state
+        reuse = state is not None and state.matches(feats, B, K)
         with record_function("dpseg.decode"):
-            with record_function("dpseg.encoder_guidance"):
-                projected = [
-                    stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)
-                ]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
-                terms = [  # their share of each stage's fusion, once per image: (B, C_s+1, h_j, w_j)
-                    stage.encoder_term(p) if stage.shared_encoder_term else None for stage, p in zip(stages, projected)
-                ]
+            if state is not None and state.feats is feats and state.projected is not None and state.terms is not None:
+                projected, terms = state.projected, state.terms
+            else:
+                with record_function("dpseg.encoder_guidance"):
+                    projected = [
+                        stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)
+                    ]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
+                    terms = [  # their share of each stage's fusion, once per image: (B, C_s+1, h_j, w_j)
+                        stage.encoder_term(p) if stage.shared_encoder_term else None
+                        for stage, p in zip(stages, projected)
+                    ]
             with record_function("dpseg.visual_statistics"):
                 statistics = {
                     j: m.class_statistics(
@@ -218,10 +235,7 @@ class DPSeg(nn.Module):
                 """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
                 ids = c if alive is None else alive[c]  # vocabulary indices of these rows
                 if s == 0:  # dual-prompt cost volume -> cost embedding
-                    with record_function("dpseg.cost_volume"):
-                        F_c = cosine_cost_volume(dense, R[..., ids, :, :])  # (B, k, M, h5, w5)
-                    with record_function("dpseg.cost_embedding"):
-                        return self._class_layout(self.cost_embedding(F_c))  # (B, k, C_0, h5, w5)
+                    return self._cost_embedding(dense, R[..., ids, :, :])
                 assert x is not None  # the maps stage s - 1 produced
                 guidance = self.stage_guidance(s - 1, ids, feats, E, R, prompts, statistics)
                 with record_function(f"dpseg.upsample_fuse.{s - 1}"):
@@ -234,7 +248,21 @@ class DPSeg(nn.Module):
                 n = K if alive is None else len(alive)
                 maps: Optional[Tensor] = None  # this stage's class-aggregation input (B, n, C_s, h, w), by chunks
                 scores = []
-                for c in class_chunks(n, class_chunk):
+                if s == 0 and reuse:  # pass 2: only the changed (image, class) pairs are new (decode_state.py)
+                    assert state is not None and state.stage0 is not None and state.changed is not None
+                    maps, state.stage0 = state.stage0, None  # overwritten in place from here on
+                    scores = [] if state.stage0_aux is None else [state.stage0_aux]
+                    for b, ids in enumerate(state.changed):
+                        ids = ids.nonzero().flatten()  # this image's changed classes
+                        for c in class_chunks(len(ids), class_chunk):
+                            prompt = R[b : b + 1, ids[c]] if R.ndim == 4 else R[ids[c]]  # (1, k, M, d) or (k, M, d)
+                            y = self._cost_embedding(dense[b : b + 1], prompt)
+                            if aux_heads is not None:
+                                with record_function("dpseg.aux_heads"):
+                                    scores[0][b : b + 1, ids[c]] = aux_heads[0](y)  # (1, k, h, w)
+                            with record_function("dpseg.spatial_aggregation.0"):
+                                maps[b : b + 1, ids[c]] = stage.spatial(y)
+                for c in class_chunks(n, class_chunk) if not (s == 0 and reuse) else []:
                     y = stage_input(s, x, c)
                     if aux_heads is not None:
                         with record_function("dpseg.aux_heads"):
@@ -246,6 +274,10 @@ class DPSeg(nn.Module):
                     maps[:, c] = y
                 assert maps is not None  # class_chunks gives at least one chunk
                 x = maps
+                if s == 0 and state is not None and not reuse:  # pass 1: keep what pass 2 can reuse
+                    state.feats, state.projected, state.terms = feats, projected, terms
+                    state.stage0 = maps.clone()
+                    state.stage0_aux = torch.cat(scores, dim=1) if aux_heads is not None else None
                 if aux_heads is not None:
                     aux.append(self._in_vocabulary(torch.cat(scores, dim=1), alive, K))
                 if early_rejection_topk:
@@ -268,6 +300,13 @@ class DPSeg(nn.Module):
         if aux_heads is not None:
             out["aux"] = aux
         return out
+
+    def _cost_embedding(self, dense: Tensor, R: Tensor) -> Tensor:
+        """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
+        with record_function("dpseg.cost_volume"):
+            F_c = cosine_cost_volume(dense, R)  # (B, k, M, h5, w5)
+        with record_function("dpseg.cost_embedding"):
+            return self._class_layout(self.cost_embedding(F_c))
 
     def _class_layout(self, maps: Tensor) -> Tensor:
         """(B, k, C, h, w) class maps in the decoder's memory layout: each class map channels-last where
