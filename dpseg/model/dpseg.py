@@ -34,6 +34,11 @@ PROMPT_TYPES = ("text", "visual", "dual")
 REJECTED_LOGIT = -1e4
 
 
+# On a CPU the per-class steps of the decoder run fastest when a chunk's class maps stay small (they are re-read by
+# each convolution, norm and activation): 4M elements (16 MB fp32) - e.g. 8 classes at the head's 192x192 at 768^2
+# - decoded a K = 150 vocabulary ~30 % faster than chunks of 128 classes on the 2-core reference machine.
+CPU_CHUNK_ELEMENTS = 2**22
+
 # The frozen towers: the CLIP text tower and the visual-prompt encoder. Never trained, never taken from another model
 # (train.init_from), not part of a training checkpoint's trainable state; their weights define the prompts.
 FROZEN_TOWERS = ("prompt_encoder", "text_encoder")
@@ -78,6 +83,7 @@ class DPSeg(nn.Module):
         self.prompt_image_size = prompt_image_size
         # the decoder's class maps channels-last (None: on a CPU, where it is measured faster; see _class_layout)
         self.channels_last: Optional[bool] = None
+        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS  # see _stage_chunk; 0 = class_chunk as given
 
     @property
     def num_templates(self) -> int:
@@ -222,10 +228,15 @@ class DPSeg(nn.Module):
                         stage.encoder_term(p) if stage.shared_encoder_term else None
                         for stage, p in zip(stages, projected)
                     ]
+            # classes per chunk at each stage s (3 = the head), for maps of (C_s, h, w) elements per class
+            sizes = [self.cost_embedding.conv.out_channels * dense.shape[-2] * dense.shape[-1]] + [
+                stage.fuse[3].out_channels * p.shape[-2] * p.shape[-1] for stage, p in zip(stages, projected)
+            ]
+            chunk = [self._stage_chunk(class_chunk, size, dense.device) for size in sizes]
             with record_function("dpseg.visual_statistics"):
                 statistics = {
                     j: m.class_statistics(
-                        E[int(j) - 2], visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, class_chunk)
+                        E[int(j) - 2], visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, chunk[4 - int(j)])
                     )
                     for j, m in cast(Mapping[str, VisualCostEmbedding], self.visual_cost).items()  # an nn.ModuleDict
                     if m.norm == "class"
@@ -254,7 +265,7 @@ class DPSeg(nn.Module):
                     scores = [] if state.stage0_aux is None else [state.stage0_aux]
                     for b, ids in enumerate(state.changed):
                         ids = ids.nonzero().flatten()  # this image's changed classes
-                        for c in class_chunks(len(ids), class_chunk):
+                        for c in class_chunks(len(ids), chunk[0]):
                             prompt = R[b : b + 1, ids[c]] if R.ndim == 4 else R[ids[c]]  # (1, k, M, d) or (k, M, d)
                             y = self._cost_embedding(dense[b : b + 1], prompt)
                             if aux_heads is not None:
@@ -262,7 +273,7 @@ class DPSeg(nn.Module):
                                     scores[0][b : b + 1, ids[c]] = aux_heads[0](y)  # (1, k, h, w)
                             with record_function("dpseg.spatial_aggregation.0"):
                                 maps[b : b + 1, ids[c]] = stage.spatial(y)
-                for c in class_chunks(n, class_chunk) if not (s == 0 and reuse) else []:
+                for c in class_chunks(n, chunk[s]) if not (s == 0 and reuse) else []:
                     y = stage_input(s, x, c)
                     if aux_heads is not None:
                         with record_function("dpseg.aux_heads"):
@@ -285,13 +296,13 @@ class DPSeg(nn.Module):
                     alive = (torch.arange(K, device=keep.device) if alive is None else alive)[keep]
                     x = x.permute(0, 1, 3, 4, 2)[:, keep].permute(0, 1, 4, 2, 3)  # survivors, same layout
                     with record_function(f"dpseg.spatial_aggregation.{s}"):
-                        for c in class_chunks(len(alive), class_chunk):
+                        for c in class_chunks(len(alive), chunk[s]):
                             x[:, c] = stage.spatial(x[:, c])
                 with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
                     x = stage.classes(x, class_chunk, out=None if torch.is_grad_enabled() else x)
             n = K if alive is None else len(alive)
             logits: Optional[Tensor] = None
-            for c in class_chunks(n, class_chunk):
+            for c in class_chunks(n, chunk[3]):
                 y = self._head(stage_input(3, x, c))  # (B, k, H/4, W/4)
                 logits = y.new_empty((y.shape[0], n, *y.shape[2:])) if logits is None else logits
                 logits[:, c] = y
@@ -300,6 +311,15 @@ class DPSeg(nn.Module):
         if aux_heads is not None:
             out["aux"] = aux
         return out
+
+    def _stage_chunk(self, class_chunk: int, per_class: int, device: torch.device) -> int:
+        """Classes per chunk at a stage whose class maps hold ``per_class`` elements each. On a CPU at most
+        :data:`CPU_CHUNK_ELEMENTS` elements of maps at a time (and never more than ``class_chunk``); elsewhere
+        ``class_chunk``. Chunking never changes the result."""
+        if device.type != "cpu" or self.cpu_chunk_elements <= 0:
+            return class_chunk
+        fit = max(1, self.cpu_chunk_elements // per_class)
+        return fit if class_chunk <= 0 else min(class_chunk, fit)
 
     def _cost_embedding(self, dense: Tensor, R: Tensor) -> Tensor:
         """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
@@ -327,8 +347,10 @@ class DPSeg(nn.Module):
 
     def set_fast_paths(self, enabled: bool) -> DPSeg:
         """Switch every exact speed-up of the decoder on (the default) or off (the reference computation, for
-        tests): channels-last class maps, the class attention's pixel blocks, the fusion's shared encoder term."""
+        tests): channels-last class maps, cache-sized class chunks on a CPU, the class attention's pixel blocks, the
+        fusion's shared encoder term."""
         self.channels_last = None if enabled else False
+        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS if enabled else 0
         for m in self.modules():
             if hasattr(m, "pixel_blocks"):
                 m.pixel_blocks = enabled
