@@ -108,7 +108,7 @@ def limit_survivors(survivors: int) -> None:
     them; a trained model keeps a few dozen of an ADE20K image's 150 classes. The real rule still runs (its cost is
     timed); its result is then cut to the first ``survivors`` of the kept classes, the same for SED and DPSeg.
     """
-    import dpseg.model.dpseg as dpseg_module
+    import dpseg.model.early_rejection as dpseg_module
 
     rule = dpseg_module.kept_classes
 

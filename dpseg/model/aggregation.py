@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpseg.model.class_maps import class_maps, is_channels_last_per_class
+
 
 def group_count(channels: int, per_group: int = 16) -> int:
     """Largest divisor of ``channels`` not above channels // per_group (at least 1)."""
@@ -170,7 +172,7 @@ class ClassAggregation(nn.Module):
     def _forward_pixel_blocks(self, x: Tensor, out: Optional[Tensor]) -> Tensor:
         """The test-time path (module doc): every block of positions, all K classes at once."""
         B, K, C, h, w = x.shape
-        if out is None or not _channels_last_per_class(out):
+        if out is None or not is_channels_last_per_class(out):
             dest = class_maps(B, K, C, h, w, x)
             result = dest if out is None else out
         else:
@@ -269,13 +271,3 @@ def elu_plus_one(t: Tensor) -> Tensor:
     """φ(t) = elu(t) + 1 = t + 1 above 0 and exp(t) below (equal up to rounding; torch's CPU elu is ~10x slower
     than exp)."""
     return torch.exp(t.clamp(max=0)).add_(t.clamp(min=0))
-
-
-def class_maps(B: int, K: int, C: int, h: int, w: int, like: Tensor) -> Tensor:
-    """An empty (B, K, C, h, w) tensor whose class maps are each channels-last ((B, K, h, w, C) in memory)."""
-    return like.new_empty((B, K, h, w, C)).permute(0, 1, 4, 2, 3)  # (B, K, h, w, C) -> (B, K, C, h, w)
-
-
-def _channels_last_per_class(x: Tensor) -> bool:
-    """Whether a (B, K, C, h, w) tensor is laid out as :func:`class_maps` makes them."""
-    return x.permute(0, 1, 3, 4, 2).is_contiguous()

@@ -17,7 +17,7 @@ parts run - and the class chunking that bounds memory - reads top-down in :meth:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,7 @@ class DecoderStage(nn.Module):
         self.spatial = spatial
         self.classes = classes
         self.up = step_up(cin, cin - encoder_guidance, upsample)
+        self.up_channels, self.out_channels = cin - encoder_guidance, cout
         self.encoder_proj = nn.Sequential(nn.Conv2d(encoder_dim, encoder_guidance, 3, padding=1), nn.ReLU())
         self.cost_guidance = cost_guidance
         self.fuse = DoubleConv(cin + cost_guidance, cout)
@@ -73,8 +74,8 @@ class DecoderStage(nn.Module):
         """The first fusion convolution's share of the projected E_j, the same for every class (the convolution is
         linear and has no bias, so conv(cat[up, E, g]) = conv_up,g(cat[up, g]) + conv_E(E)): (B, g_e, 2h, 2w) ->
         (B, C_out, 2h, 2w). Computing it once per image instead of once per class is exact up to rounding."""
-        conv = self.fuse[0]
-        start, stop = self.up.out_channels, self.up.out_channels + encoder_guidance.shape[1]
+        conv = cast(nn.Conv2d, self.fuse[0])
+        start, stop = self.up_channels, self.up_channels + encoder_guidance.shape[1]
         return F.conv2d(encoder_guidance, conv.weight[:, start:stop], padding=conv.padding)
 
     def upsample_fuse(
@@ -95,7 +96,7 @@ class DecoderStage(nn.Module):
             return self.upsample_fuse_reference(x, encoder_guidance, cost_guidance)
         B, k, C, h, w = x.shape
         up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
-        conv = self.fuse[0]
+        conv = cast(nn.Conv2d, self.fuse[0])
         start, stop = up.shape[1], up.shape[1] + encoder_guidance.shape[1]
         if self.cost_guidance:
             assert cost_guidance is not None

@@ -21,23 +21,20 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
-from dpseg.model.aggregation import class_chunks
+from dpseg.model import early_rejection
+from dpseg.model.aggregation import ClassAggregation, class_chunks
+from dpseg.model.class_maps import CPU_CHUNK_ELEMENTS, empty_class_maps, stage_chunk, to_class_layout, use_channels_last
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
+from dpseg.model.early_rejection import REJECTED_LOGIT, in_vocabulary, kept_classes
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
+__all__ = ["DPSeg", "FROZEN_TOWERS", "REJECTED_LOGIT", "is_frozen_tower", "kept_classes"]
+
 PROMPT_TYPES = ("text", "visual", "dual")
-# The logit of a class dropped by early rejection: sigmoid gives exactly 0 in fp32, bf16 and fp16 (as SED's zero
-# probability) while, unlike -inf, bilinear resizing and the BCE stay finite.
-REJECTED_LOGIT = -1e4
 
-
-# On a CPU the per-class steps of the decoder run fastest when a chunk's class maps stay small (they are re-read by
-# each convolution, norm and activation): 4M elements (16 MB fp32) - e.g. 8 classes at the head's 192x192 at 768^2
-# - decoded a K = 150 vocabulary ~30 % faster than chunks of 128 classes on the 2-core reference machine.
-CPU_CHUNK_ELEMENTS = 2**22
 
 # The frozen towers: the CLIP text tower and the visual-prompt encoder. Never trained, never taken from another model
 # (train.init_from), not part of a training checkpoint's trainable state; their weights define the prompts.
@@ -81,9 +78,8 @@ class DPSeg(nn.Module):
         self.prompt_type = prompt_type
         self.detach_guidance = detach_guidance
         self.prompt_image_size = prompt_image_size
-        # the decoder's class maps channels-last (None: on a CPU, where it is measured faster; see _class_layout)
-        self.channels_last: Optional[bool] = None
-        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS  # see _stage_chunk; 0 = class_chunk as given
+        self.channels_last: Optional[bool] = None  # class maps channels-last (None: on a CPU; class_maps.py)
+        self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS  # class chunks on a CPU (class_maps.py); 0 = class_chunk
 
     @property
     def num_templates(self) -> int:
@@ -204,9 +200,20 @@ class DPSeg(nn.Module):
             )
         dense = feats.dense  # E: (B, d, h5, w5)
         E = [s.detach() if self.detach_guidance else s for s in feats.stages]  # E_2..E_5
-        R = dual_prompt(prompts.text, prompts.visual, self.prompt_type).to(dense.dtype)  # (…, K, M, d)
-        if R.ndim == 4 and R.shape[0] != dense.shape[0]:
-            raise InputError(f"per-image prompts are for {R.shape[0]} images but the batch has {dense.shape[0]}")
+        batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
+        if batches - {dense.shape[0]}:
+            raise InputError(f"per-image prompts are for {max(batches)} images but the batch has {dense.shape[0]}")
+
+        def R(ids: Union[slice, Tensor], image: Optional[int] = None) -> Tensor:
+            """The dual prompts R of classes ``ids`` (of one image's prompts): (…, k, M, d), built per chunk so that
+            the whole vocabulary's R is never held at once."""
+            text, visual = prompts.text, prompts.visual
+            if image is not None:
+                text = text[image : image + 1] if text.ndim == 4 else text
+                visual = visual[image : image + 1] if visual is not None and visual.ndim == 4 else visual
+            pick = (lambda t: t[..., ids, :, :]) if isinstance(ids, slice) else (lambda t: t.index_select(-3, ids))
+            return dual_prompt(pick(text), None if visual is None else pick(visual), self.prompt_type).to(dense.dtype)
+
         K = prompts.num_classes
         stages = cast(Sequence[DecoderStage], self.decoder.stages)  # an nn.ModuleList of DecoderStage
         visual_stages = prompts.visual_stages or []  # present whenever visual_cost is not empty (check_prompts)
@@ -230,9 +237,9 @@ class DPSeg(nn.Module):
                     ]
             # classes per chunk at each stage s (3 = the head), for maps of (C_s, h, w) elements per class
             sizes = [self.cost_embedding.conv.out_channels * dense.shape[-2] * dense.shape[-1]] + [
-                stage.fuse[3].out_channels * p.shape[-2] * p.shape[-1] for stage, p in zip(stages, projected)
+                stage.out_channels * p.shape[-2] * p.shape[-1] for stage, p in zip(stages, projected)
             ]
-            chunk = [self._stage_chunk(class_chunk, size, dense.device) for size in sizes]
+            chunk = [stage_chunk(class_chunk, size, dense.device, self.cpu_chunk_elements) for size in sizes]
             with record_function("dpseg.visual_statistics"):
                 statistics = {
                     j: m.class_statistics(
@@ -246,9 +253,10 @@ class DPSeg(nn.Module):
                 """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
                 ids = c if alive is None else alive[c]  # vocabulary indices of these rows
                 if s == 0:  # dual-prompt cost volume -> cost embedding
-                    return self._cost_embedding(dense, R[..., ids, :, :])
+                    return self._cost_embedding(dense, R(ids))
                 assert x is not None  # the maps stage s - 1 produced
-                guidance = self.stage_guidance(s - 1, ids, feats, E, R, prompts, statistics)
+                R_ids = R(ids) if self.upsampled_cost is not None else None  # SED's guidance reads F_c again
+                guidance = self.stage_guidance(s - 1, ids, feats, E, R_ids, prompts, statistics)
                 with record_function(f"dpseg.upsample_fuse.{s - 1}"):
                     return stages[s - 1].upsample_fuse(
                         x[:, c], projected[s - 1], guidance, terms[s - 1]
@@ -258,21 +266,10 @@ class DPSeg(nn.Module):
             for s, stage in enumerate(stages):
                 n = K if alive is None else len(alive)
                 maps: Optional[Tensor] = None  # this stage's class-aggregation input (B, n, C_s, h, w), by chunks
-                scores = []
+                scores: list[Tensor] = []
                 if s == 0 and reuse:  # pass 2: only the changed (image, class) pairs are new (decode_state.py)
-                    assert state is not None and state.stage0 is not None and state.changed is not None
-                    maps, state.stage0 = state.stage0, None  # overwritten in place from here on
-                    scores = [] if state.stage0_aux is None else [state.stage0_aux]
-                    for b, ids in enumerate(state.changed):
-                        ids = ids.nonzero().flatten()  # this image's changed classes
-                        for c in class_chunks(len(ids), chunk[0]):
-                            prompt = R[b : b + 1, ids[c]] if R.ndim == 4 else R[ids[c]]  # (1, k, M, d) or (k, M, d)
-                            y = self._cost_embedding(dense[b : b + 1], prompt)
-                            if aux_heads is not None:
-                                with record_function("dpseg.aux_heads"):
-                                    scores[0][b : b + 1, ids[c]] = aux_heads[0](y)  # (1, k, h, w)
-                            with record_function("dpseg.spatial_aggregation.0"):
-                                maps[b : b + 1, ids[c]] = stage.spatial(y)
+                    assert state is not None
+                    maps, scores = self._reused_stage0(state, dense, R, chunk[0])
                 for c in class_chunks(n, chunk[s]) if not (s == 0 and reuse) else []:
                     y = stage_input(s, x, c)
                     if aux_heads is not None:
@@ -281,7 +278,7 @@ class DPSeg(nn.Module):
                     if not early_rejection_topk:
                         with record_function(f"dpseg.spatial_aggregation.{s}"):
                             y = stage.spatial(y)
-                    maps = self._empty_class_maps(y, n) if maps is None else maps
+                    maps = empty_class_maps(y, n) if maps is None else maps
                     maps[:, c] = y
                 assert maps is not None  # class_chunks gives at least one chunk
                 x = maps
@@ -290,9 +287,11 @@ class DPSeg(nn.Module):
                     state.stage0 = maps.clone()
                     state.stage0_aux = torch.cat(scores, dim=1) if aux_heads is not None else None
                 if aux_heads is not None:
-                    aux.append(self._in_vocabulary(torch.cat(scores, dim=1), alive, K))
+                    aux.append(in_vocabulary(torch.cat(scores, dim=1), alive, K))
                 if early_rejection_topk:
-                    keep = kept_classes(torch.cat(scores, dim=1), early_rejection_topk)  # (K_alive,) bool
+                    keep = early_rejection.kept_classes(
+                        torch.cat(scores, dim=1), early_rejection_topk
+                    )  # (K_alive,) bool
                     alive = (torch.arange(K, device=keep.device) if alive is None else alive)[keep]
                     x = x.permute(0, 1, 3, 4, 2)[:, keep].permute(0, 1, 4, 2, 3)  # survivors, same layout
                     with record_function(f"dpseg.spatial_aggregation.{s}"):
@@ -307,43 +306,35 @@ class DPSeg(nn.Module):
                 logits = y.new_empty((y.shape[0], n, *y.shape[2:])) if logits is None else logits
                 logits[:, c] = y
             assert logits is not None
-        out: dict[str, Union[Tensor, list[Tensor]]] = {"logits": self._in_vocabulary(logits, alive, K)}
+        out: dict[str, Union[Tensor, list[Tensor]]] = {"logits": in_vocabulary(logits, alive, K)}
         if aux_heads is not None:
             out["aux"] = aux
         return out
 
-    def _stage_chunk(self, class_chunk: int, per_class: int, device: torch.device) -> int:
-        """Classes per chunk at a stage whose class maps hold ``per_class`` elements each. On a CPU at most
-        :data:`CPU_CHUNK_ELEMENTS` elements of maps at a time (and never more than ``class_chunk``); elsewhere
-        ``class_chunk``. Chunking never changes the result."""
-        if device.type != "cpu" or self.cpu_chunk_elements <= 0:
-            return class_chunk
-        fit = max(1, self.cpu_chunk_elements // per_class)
-        return fit if class_chunk <= 0 else min(class_chunk, fit)
+    def _reused_stage0(self, state: DecodeState, dense: Tensor, R, chunk: int) -> tuple[Tensor, list[Tensor]]:
+        """Stage 0's class maps (and first auxiliary logits) in pass 2: pass 1's, with the pairs in
+        ``state.changed`` computed anew from their new dual prompts ``R(ids, image)``."""
+        assert state.stage0 is not None and state.changed is not None
+        maps, state.stage0 = state.stage0, None  # overwritten in place from here on
+        scores = [] if state.stage0_aux is None else [state.stage0_aux]
+        stage = cast(DecoderStage, self.decoder.stages[0])
+        for b, changed in enumerate(state.changed):
+            ids = changed.nonzero().flatten()  # this image's changed classes
+            for c in class_chunks(len(ids), chunk):
+                y = self._cost_embedding(dense[b : b + 1], R(ids[c], image=b))  # (1, k, C_0, h5, w5)
+                if scores and self.decoder.aux_heads is not None:
+                    with record_function("dpseg.aux_heads"):
+                        scores[0][b : b + 1, ids[c]] = self.decoder.aux_heads[0](y)  # (1, k, h5, w5)
+                with record_function("dpseg.spatial_aggregation.0"):
+                    maps[b : b + 1, ids[c]] = stage.spatial(y)
+        return maps, scores
 
     def _cost_embedding(self, dense: Tensor, R: Tensor) -> Tensor:
         """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
         with record_function("dpseg.cost_volume"):
             F_c = cosine_cost_volume(dense, R)  # (B, k, M, h5, w5)
         with record_function("dpseg.cost_embedding"):
-            return self._class_layout(self.cost_embedding(F_c))
-
-    def _class_layout(self, maps: Tensor) -> Tensor:
-        """(B, k, C, h, w) class maps in the decoder's memory layout: each class map channels-last where
-        :attr:`channels_last` says so (its convolutions and the class attention's pixel blocks are 1.5-3x faster so
-        on a CPU; the values are the same up to rounding)."""
-        use = self.channels_last if self.channels_last is not None else maps.device.type == "cpu"
-        if not use:
-            return maps
-        return maps.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # memory (B, k, h, w, C)
-
-    @staticmethod
-    def _empty_class_maps(like: Tensor, n: int) -> Tensor:
-        """An empty (B, n, C, h, w) for n classes of maps like ``like`` (B, k, C, h, w), in its memory layout."""
-        B, _, C, h, w = like.shape
-        if like.permute(0, 1, 3, 4, 2).is_contiguous() and not like.is_contiguous():
-            return like.new_empty((B, n, h, w, C)).permute(0, 1, 4, 2, 3)  # each class map channels-last
-        return like.new_empty((B, n, C, h, w))
+            return to_class_layout(self.cost_embedding(F_c), use_channels_last(self.channels_last, dense.device))
 
     def set_fast_paths(self, enabled: bool) -> DPSeg:
         """Switch every exact speed-up of the decoder on (the default) or off (the reference computation, for
@@ -352,9 +343,9 @@ class DPSeg(nn.Module):
         self.channels_last = None if enabled else False
         self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS if enabled else 0
         for m in self.modules():
-            if hasattr(m, "pixel_blocks"):
+            if isinstance(m, ClassAggregation):
                 m.pixel_blocks = enabled
-            if hasattr(m, "shared_encoder_term"):
+            if isinstance(m, DecoderStage):
                 m.shared_encoder_term = enabled
         return self
 
@@ -362,31 +353,23 @@ class DPSeg(nn.Module):
         with record_function("dpseg.head"):
             return self.decoder.head(x)
 
-    @staticmethod
-    def _in_vocabulary(values: Tensor, alive: Optional[Tensor], K: int) -> Tensor:
-        """(B, K_alive, h, w) maps of the alive classes -> (B, K, h, w), rejected classes at ``REJECTED_LOGIT``."""
-        if alive is None:
-            return values
-        out = values.new_full((values.shape[0], K, *values.shape[2:]), REJECTED_LOGIT)
-        out[:, alive] = values
-        return out
-
     def stage_guidance(
         self,
         s: int,
         c: Union[slice, Tensor],
         feats: ImageFeatures,
         E: list[Tensor],
-        R: Tensor,
+        R: Optional[Tensor],
         prompts: PromptSet,
         statistics: Optional[dict] = None,
     ) -> Optional[Tensor]:
-        """Cost guidance of decoder stage ``s`` for the classes ``c`` (a slice or indices of the vocabulary):
-        (B, k, g_s, h_j, w_j) or None."""
+        """Cost guidance of decoder stage ``s`` for the classes ``c`` (a slice or indices of the vocabulary), whose
+        dual prompts are ``R`` (…, k, M, d) (needed by SED's upsampled F_c only): (B, k, g_s, h_j, w_j) or None."""
         parts = []
         if self.upsampled_cost is not None:
+            assert R is not None, "SED's upsampled-F_c guidance needs the classes' dual prompts"
             with record_function("dpseg.upsampled_cost"):
-                F_c = cosine_cost_volume(feats.dense, R[..., c, :, :])  # (B, k, M, h5, w5)
+                F_c = cosine_cost_volume(feats.dense, R)  # (B, k, M, h5, w5)
                 parts.append(self.upsampled_cost(F_c, s))
         j = 4 - s  # decoder stage s fuses encoder stage j
         if str(j) in self.visual_cost:
@@ -413,12 +396,3 @@ class DPSeg(nn.Module):
         frozen_ids = {id(p) for m in frozen for p in m.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids | frozen_ids]
         return {"image_encoder": encoder, "decoder": rest}
-
-
-def kept_classes(scores: Tensor, k: int) -> Tensor:
-    """SED's early-rejection rule: (B, K, h, w) auxiliary logits -> (K,) bool, True for the classes that are among
-    the k highest at one pixel of one image at least."""
-    best = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (B, k, h, w)
-    keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-    keep[best.flatten()] = True  # (B*k*h*w,) class indices
-    return keep
