@@ -11,6 +11,7 @@ from helpers import random_prompts, tiny_model
 import dpseg.model.aggregation as aggregation
 from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
 from dpseg.model.decode_state import DecodeState
+from dpseg.model.early_rejection import REJECTED_LOGIT
 from dpseg.model.refine import RefinePolicy, refine_prompts, two_pass, unique_images
 
 SED_SWITCHES = [
@@ -25,6 +26,7 @@ VARIANTS = [
     ["model.guidance=both"],
     ["model.visual_cost_norm=none", "model.prompt_type=visual"],
     ["model.guidance=none"],
+    ["model.aux_heads=true"],  # DPSeg with early rejection
     SED_SWITCHES,
 ]
 
@@ -154,3 +156,17 @@ def test_identical_crops_are_encoded_once(monkeypatch):
     refined, detected = refine_prompts(model, x, logits, prompts, RefinePolicy())
     assert detected[0].tolist() == [True, True, False, False] and encoded == [1]
     assert torch.equal(refined.visual[0, 0], refined.visual[0, 1])
+
+
+def test_dpseg_early_rejection_keeps_the_survivors_and_equals_the_full_decode_when_none_is_rejected():
+    """DPSeg with auxiliary heads: early rejection standardises F_v over the classes still decoded; with k >= K
+    nothing is rejected and the logits are those of the plain decode."""
+    model, _ = tiny_model("model.aux_heads=true", "model.visual_cost_norm=class")
+    model.eval()
+    prompts = random_prompts(model, 9)
+    x = torch.rand(1, 3, 64, 64)
+    full = outputs(model, x, prompts)[0]
+    assert torch.allclose(outputs(model, x, prompts, early_rejection_topk=9)[0], full, atol=1e-5)
+    fast = outputs(model, x, prompts, early_rejection_topk=1)[0]
+    rejected = (fast == REJECTED_LOGIT).flatten(2).all(-1)[0]  # (K,)
+    assert rejected.any() and not rejected.all()

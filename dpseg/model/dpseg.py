@@ -186,7 +186,8 @@ class DPSeg(nn.Module):
 
         ``early_rejection_topk`` = k > 0 is SED's category early rejection (inference): after each stage's auxiliary
         head only the classes among its k best at some pixel (of any image of the batch) are decoded further, and
-        class aggregation then runs over the survivors only, as in SED; the others get ``REJECTED_LOGIT``.
+        class aggregation then runs over the survivors only, as in SED (and so does the standardisation of the
+        visual cost volumes, ``visual_cost_norm=class``); the others get ``REJECTED_LOGIT``.
 
         ``state`` (inference, no early rejection): an empty :class:`DecodeState` is filled with what the next decode
         of the same ``feats`` can reuse; a filled one whose ``changed`` is set is reused (decode_state.py).
@@ -240,14 +241,19 @@ class DPSeg(nn.Module):
                 stage.out_channels * p.shape[-2] * p.shape[-1] for stage, p in zip(stages, projected)
             ]
             chunk = [stage_chunk(class_chunk, size, dense.device, self.cpu_chunk_elements) for size in sizes]
-            with record_function("dpseg.visual_statistics"):
-                statistics = {
-                    j: m.class_statistics(
-                        E[int(j) - 2], visual_stages[int(j) - 2].to(E[0].dtype), class_chunks(K, chunk[4 - int(j)])
-                    )
-                    for j, m in cast(Mapping[str, VisualCostEmbedding], self.visual_cost).items()  # an nn.ModuleDict
-                    if m.norm == "class"
-                }  # F_v^j over all K classes
+            statistics: dict[str, tuple[Tensor, Tensor]] = {}  # F_v^j's class statistics, made when first needed
+
+            def visual_statistics(s: int) -> dict:
+                """The class statistics of F_v^j for decoder stage s (j = 4 - s) over the classes still decoded: all K,
+                or with early rejection its survivors (as the class attention sees them)."""
+                j = str(4 - s)
+                m = cast(Mapping[str, VisualCostEmbedding], self.visual_cost)[j] if j in self.visual_cost else None
+                if m is not None and m.norm == "class" and j not in statistics:
+                    with record_function("dpseg.visual_statistics"):
+                        v = visual_stages[int(j) - 2].to(E[0].dtype)  # (…, K, M, D_j)
+                        v = v if alive is None else v.index_select(-3, alive)
+                        statistics[j] = m.class_statistics(E[int(j) - 2], v, class_chunks(v.shape[-3], chunk[s]))
+                return statistics
 
             def stage_input(s: int, x: Optional[Tensor], c: slice) -> Tensor:
                 """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
@@ -256,7 +262,7 @@ class DPSeg(nn.Module):
                     return self._cost_embedding(dense, R(ids))
                 assert x is not None  # the maps stage s - 1 produced
                 R_ids = R(ids) if self.upsampled_cost is not None else None  # SED's guidance reads F_c again
-                guidance = self.stage_guidance(s - 1, ids, feats, E, R_ids, prompts, statistics)
+                guidance = self.stage_guidance(s - 1, ids, feats, E, R_ids, prompts, visual_statistics(s - 1))
                 with record_function(f"dpseg.upsample_fuse.{s - 1}"):
                     return stages[s - 1].upsample_fuse(
                         x[:, c], projected[s - 1], guidance, terms[s - 1]
