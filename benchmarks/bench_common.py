@@ -101,6 +101,36 @@ def use_realistic_layout(detected: int) -> None:
     refine.refine_prompts = refine_prompts
 
 
+SWITCHES = ("pixel_blocks", "channels_last", "encoder_term", "cpu_chunks", "reuse")
+
+
+def set_switches(model, off: set) -> None:
+    """All the decoder's exact speed-ups on except those named in ``off`` (of :data:`SWITCHES`; "reuse" is pass 2's
+    reuse of pass-1 work, switched off by hiding the decode's ``state`` argument from two_pass)."""
+    from dpseg.model.aggregation import ClassAggregation
+    from dpseg.model.class_maps import CPU_CHUNK_ELEMENTS
+    from dpseg.model.decoder import DecoderStage
+
+    unknown = set(off) - set(SWITCHES)
+    if unknown:
+        raise SystemExit(f"unknown switch {sorted(unknown)}: one of {SWITCHES}")
+    model.set_fast_paths(True)
+    model.channels_last = False if "channels_last" in off else None
+    model.cpu_chunk_elements = 0 if "cpu_chunks" in off else CPU_CHUNK_ELEMENTS
+    for m in model.modules():
+        if isinstance(m, ClassAggregation):
+            m.pixel_blocks = "pixel_blocks" not in off
+        if isinstance(m, DecoderStage):
+            m.shared_encoder_term = "encoder_term" not in off
+    decode = type(model).decode.__get__(model)
+    if "reuse" in off:
+        model.decode = lambda feats, prompts, class_chunk=0, early_rejection_topk=0: decode(
+            feats, prompts, class_chunk, early_rejection_topk
+        )
+    elif "decode" in vars(model):
+        del model.decode
+
+
 def limit_survivors(survivors: int) -> None:
     """Make SED's early rejection keep at most ``survivors`` classes (the first ones alive) at every stage.
 

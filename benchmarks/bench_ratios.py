@@ -8,7 +8,8 @@ once, in the given order, and each mode's time is divided by the base mode's tim
 the process's CPU time (``--clock cpu``, the default: on a machine shared with other jobs it does not count the
 time spent waiting for a core, which wall time does) or wall time (``--clock wall``); both are recorded. A mode
 written ``MODE:ref`` runs the same model with the decoder's exact speed-ups switched off
-(``DPSeg.set_fast_paths(False)``: the computation as it was written before them). Prints every round and the
+(``DPSeg.set_fast_paths(False)``: the computation as it was written before them); ``MODE:-a,b`` runs it with
+only the speed-ups ``a`` and ``b`` off (``bench_common.SWITCHES``). Prints every round and the
 min / median of each ratio; one thread by default so that two contending processes do not thrash.
 """
 
@@ -24,7 +25,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import MODES, TWO_PASS_MODES, build, limit_survivors, make_call, random_prompts  # noqa: E402
+from bench_common import (  # noqa: E402
+    MODES,
+    SWITCHES,
+    TWO_PASS_MODES,
+    build,
+    limit_survivors,
+    make_call,
+    random_prompts,
+    set_switches,
+)
 
 
 def main() -> None:
@@ -53,21 +63,22 @@ def main() -> None:
     calls = {}
     for name in args.modes:
         mode, _, variant = name.partition(":")
-        if mode not in MODES or variant not in ("", "ref"):
-            raise SystemExit(f"unknown mode {name!r}: one of {MODES}, optionally with ':ref'")
+        if mode not in MODES or not (variant in ("", "ref") or variant.startswith("-")):
+            raise SystemExit(f"unknown mode {name!r}: one of {MODES}, optionally with ':ref' or ':-SWITCH,...'")
         key = mode if mode in TWO_PASS_MODES else ("sed" if mode.startswith("sed") else mode)
         if key not in models:  # two-pass modes wrap decode, so they get their own model
             models[key] = build(args.preset, mode, [] if mode.startswith("sed") else args.set)[0]
         model = models[key]
         prompts = random_prompts(model, args.classes, text_only=mode in ("sed", "sed_fast", "text_upsampled"))
         call = make_call(model, mode, x, prompts, args.chunk, args.detected)
-        calls[name] = (model, variant == "ref", call)
+        off = set(SWITCHES) if variant == "ref" else set(variant[1:].split(",")) - {""}
+        calls[name] = (model, off, call)
 
     wall: dict[str, list[float]] = {name: [] for name in args.modes}
 
     def run(name: str) -> float:
-        model, reference, call = calls[name]
-        model.set_fast_paths(not reference)
+        model, off, call = calls[name]
+        set_switches(model, off)
         t, c = time.perf_counter(), time.process_time()
         call()
         wall[name].append(time.perf_counter() - t)
