@@ -94,7 +94,7 @@ def use_realistic_layout(detected: int) -> None:
 
     original = getattr(refine.refine_prompts, "original", refine.refine_prompts)
 
-    def refine_prompts(model, images, logits, prompts, policy=refine.RefinePolicy()):
+    def refine_prompts(model, images, logits, prompts, policy):
         return original(model, images, realistic_layout(logits, detected), prompts, policy)
 
     refine_prompts.original = original
@@ -151,13 +151,15 @@ def limit_survivors(survivors: int) -> None:
 
 def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int = 10, topk: int = 8, **policy):
     """A no-argument function running one inference of ``mode`` (returns the logits, or E for ``encoder``)."""
-    from dpseg.model.refine import RefinePolicy, two_pass
+    from dpseg.config import EvalConfig
+    from dpseg.evaluation.inference import refine_policy
+    from dpseg.model.refine import two_pass
 
     reject = topk if mode in ("sed_fast", "pass1_fast") else 0
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)
         scope = "present" if mode == "two_pass_present" else "all"
-        refine = RefinePolicy(scope=scope, **policy)
+        refine = refine_policy(EvalConfig(refine_scope=scope, **{f"refine_{k}": v for k, v in policy.items()}))
 
     def call():
         if mode == "encoder":

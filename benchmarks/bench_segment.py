@@ -66,9 +66,9 @@ def main() -> int:
         "preset": args.preset,
         "classes": args.classes,
         "image": f"{args.size}x{args.size}",
-        "model_input": seg.protocol.input_size,
-        "protocol": seg.protocol.name,
-        "class_chunk": seg.protocol.class_chunk,
+        "model_input": seg.settings.input_size,
+        "protocol": seg.settings.protocol,
+        "class_chunk": seg.settings.class_chunk,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -76,7 +76,7 @@ def main() -> int:
         "results": rows,
     }
     print(
-        f"{args.preset}, K={args.classes}, image {args.size}² -> model {seg.protocol.input_size}², {info['device']}, "
+        f"{args.preset}, K={args.classes}, image {args.size}² -> model {seg.settings.input_size}², {info['device']}, "
         f"{info['threads']} threads"
     )
     for name, r in rows.items():

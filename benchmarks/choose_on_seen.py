@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from dpseg.config import build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import CHOICE_SPLIT, build_datasets
 from dpseg.data.synthetic.world import all_classes
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex
@@ -55,7 +55,8 @@ def main() -> None:
     budget = dataclasses.replace(BUDGETS[args.budget], num_val=args.num_val)
     cache = Path(args.cache)
     log = print
-    ds = build_datasets(cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, log=log)
+    sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
+    ds = build_datasets(cache, seed=0, size=128, log=log, **sizes)
     clip_cfg = build_config("synthetic")
     style = get_generator("synthetic", clip_cfg.prompts).style
     clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=log)
@@ -79,7 +80,7 @@ def main() -> None:
                 jobs[i].append(((t or "(preset)", e or "(preset)"), cfg, seed))
     results: dict = {}
     for batch in jobs:
-        work = [(cfg, variant.name, seed, {"seen": ds.seen}, budget.num_val) for _, cfg, seed in batch]
+        work = [(cfg, variant.name, seed, {"seen": ds.seen}, budget.num_val, CHOICE_SPLIT) for _, cfg, seed in batch]
         for ((t, e), _, _), (_, seed, _, result, seconds, reused) in zip(batch, _run_all(work, args.jobs)):
             passes = {p: m["mIoU"] for p, m in result["seen"].items()}
             results.setdefault((t, e), []).append(passes)

@@ -3,7 +3,8 @@
     python benchmarks/diagnose_attributes.py RUN_DIR/final DATASET_FOLDER [--max-images 30]
 
 RUN_DIR/final is a model the quickstart trained (`.dpseg_cache/quickstart/runs/<variant>-seed<s>-<key>/final`);
-DATASET_FOLDER one of its synthetic dataset folders (`.../synthetic-<key>/unseen`, `.../seen`, `.../all`). The
+DATASET_FOLDER one of its synthetic dataset folders as `PATH[:SPLIT]` (`.../synthetic-<key>/seen` = its val split,
+`.../seen:test`, `.../unseen:test`; world v3 has no unseen val split). The
 model predicts the validation scenes through the evaluator's inference path (pass 1, and pass 2 where the model
 has visual prompts); over the labelled pixels, the script counts how often the predicted class has the true colour,
 pattern and shape, and all three (= pixel accuracy). It also prints the mIoU after merging classes that differ

@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from dpseg.config import build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.world import all_classes
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex
@@ -41,7 +41,8 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     budget = dataclasses.replace(budget, num_val=args.num_val or budget.num_val)
     cache = Path(args.cache)
-    ds = build_datasets(cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, log=print)
+    sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
+    ds = build_datasets(cache, seed=0, size=128, log=print, **sizes)
     clip_cfg = build_config("synthetic")
     style = get_generator("synthetic", clip_cfg.prompts).style
     clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=print)
@@ -57,7 +58,7 @@ def main() -> None:
         for seed in range(args.seeds):
             cfg = ex.run_config(base, variant, seed, ds, bank, cache / "runs")
             cfg.eval = build_config("synthetic", overrides=[f"eval.early_rejection_topk={k}"]).eval
-            jobs.append((cfg, variant.name, seed, splits, budget.num_val))
+            jobs.append((cfg, variant.name, seed, splits, budget.num_val, TEST_SPLIT))  # the quickstart's test scenes
         for _, seed, model_dir, result, seconds, _ in _run_all(jobs, args.jobs):
             results[name].append(result)
             scores = ", ".join(f"{s} {p} {m['mIoU']:.1f}" for s, r in result.items() for p, m in r.items())

@@ -26,7 +26,6 @@ that is still missing is named, with the fix, when a vocabulary needs it (:class
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Optional, Union
 import torch
 
 from dpseg import __version__
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.build import build_model
 from dpseg.config import Config, config_from_dict
 from dpseg.errors import CheckpointError, ConfigError, WeightsUnavailableError
@@ -45,10 +44,12 @@ from dpseg.hub import hub_reachable
 from dpseg.init_patch import skip_random_init
 from dpseg.model.dpseg import DPSeg
 from dpseg.prompts.templates import TEMPLATE_SETS
+from dpseg.safe_load import read_json
 from dpseg.weights import (
     load_strict,
     read_state_dict,
     remember_fingerprint,
+    safetensors_check,
     safetensors_integrity,
     safetensors_metadata,
     save_safetensors,
@@ -167,7 +168,7 @@ def save_model(model: DPSeg, cfg: Config, directory: Union[str, os.PathLike], me
     }
     data = export_paths(cfg.to_dict(), directory)
     save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata=meta)
-    atomic_write_text(directory / CONFIG_NAME, json.dumps({"dpseg": {**meta, "paths": PATHS_RULE}, **data}, indent=2))
+    atomic_write_json(directory / CONFIG_NAME, {"dpseg": {**meta, "paths": PATHS_RULE}, **data})
     return directory
 
 
@@ -179,9 +180,12 @@ def _resolve_checkpoint(source: str) -> Path:
         raise CheckpointError(
             f"{path} is a file; a dpseg checkpoint is a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+    parent = path.parent
+    if source.count("/") != 1 or source.startswith((".", "/", "~")) or parent.is_dir():  # a local path, not an id
+        where = f"{parent} holds no folder {path.name}" if parent.is_dir() else f"no folder {path} here"
         raise CheckpointError(
-            f"checkpoint {source} does not exist (expected a directory or a Hugging Face hub id org/name)"
+            f"checkpoint {source} does not exist ({where}; expected a checkpoint folder or a Hugging Face hub id "
+            "org/name)"
         )
     from huggingface_hub import snapshot_download
 
@@ -191,8 +195,9 @@ def _resolve_checkpoint(source: str) -> Path:
         pass
     if not hub_reachable():
         raise WeightsUnavailableError(
-            f"checkpoint {source} is neither a local directory nor in the Hugging Face cache, and the hub is "
-            "unreachable; download it on a connected machine and pass the directory"
+            f"checkpoint {source} is no folder here (no {path.parent}/ in {Path.cwd()}) and no Hugging Face hub id "
+            "in the local cache, and the hub is unreachable; check the path, or download the hub model on a "
+            "connected machine and pass its folder"
         )
     return Path(snapshot_download(source, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
 
@@ -203,10 +208,7 @@ def load_model(
     """Load our checkpoint directory (or hub id) strictly; returns (model in eval mode, its config)."""
     cfg_path, weights = checkpoint_files(source)
     directory = cfg_path.parent
-    try:
-        data = json.loads(cfg_path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    data = read_config_json(cfg_path)
     meta = data.pop("dpseg", None)
     data = load_paths(data, directory, isinstance(meta, dict) and meta.get("paths") == PATHS_RULE)
     try:
@@ -230,20 +232,26 @@ def load_model(
     return (model.to(device) if device is not None else model), cfg
 
 
+def read_config_json(path: Path) -> dict:
+    """A checkpoint's ``config.json`` as a dict, through the bounded reader (size, depth, a JSON object)."""
+    return read_json(path, "checkpoint config", dict, CheckpointError)
+
+
 def check_model_dir(directory: Union[str, os.PathLike]) -> list[tuple[str, str, str]]:
-    """Integrity of a checkpoint directory without building the model: [(file, ok|unverified|damaged, detail)]."""
+    """Integrity of a checkpoint directory without building the model: [(file, ok|unverified|damaged, detail)]
+    (the config must be one this version reads; the weights' hash must match and every weight be finite)."""
     directory = Path(directory)
     rows = []
     cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     try:
-        config_from_dict({k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "dpseg"})
+        config_from_dict({k: v for k, v in read_config_json(cfg_path).items() if k != "dpseg"})
         rows.append((str(cfg_path), "ok", "a config this version reads"))
-    except (OSError, ValueError, ConfigError) as e:
-        rows.append((str(cfg_path), "damaged", f"unreadable ({str(e).splitlines()[0][:160]})"))
-    if not weights.is_file():
+    except (CheckpointError, ConfigError) as e:
+        rows.append((str(cfg_path), "damaged", f"unreadable ({str(e)[:300]})"))
+    if not weights.exists():
         rows.append((str(weights), "damaged", "missing"))
     else:
-        status, detail = safetensors_integrity(weights)
+        status, detail = safetensors_check(weights)
         rows.append((str(weights), status, detail if status != "damaged" else f"{detail}; {WEIGHTS_FIX}"))
     return rows
 

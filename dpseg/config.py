@@ -25,9 +25,20 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from dpseg.atomic import atomic_write_text  # noqa: F401 - re-exported for callers of dpseg.config
-from dpseg.config_schema import Config, DataConfig, EvalConfig, ModelConfig, PromptsConfig, TrainConfig  # noqa: F401 - re-exported
-from dpseg.errors import ConfigError
+from dpseg.atomic import atomic_write_text, json_text  # atomic_write_text: re-exported for callers of dpseg.config
+from dpseg.config_schema import (  # noqa: F401 - re-exported
+    GENERIC_RULE,
+    INT_LIMIT,
+    Config,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    NumberRule,
+    PromptsConfig,
+    TrainConfig,
+)
+from dpseg.errors import ConfigError, char_name, quote, unsafe_char
+from dpseg.safe_load import loads_yaml, read_json, read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -52,7 +63,8 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    # built only when raised, and quoting a bounded prefix: repr() of a YAML alias tree would be gigabytes
+    bad = _TypeMismatch(key, tp, value)
     if tp is Any:
         return value
     if origin is Literal:
@@ -93,12 +105,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range
+            raise ConfigError(f"config key '{key}' is {quote(value)}, beyond the range of a float") from None
     if tp is str:
         if not isinstance(value, str):
             raise bad
+        unsafe = unsafe_char(value, allow="\t")
+        if unsafe is not None:  # a path or name holding ESC or a line separator is an attack or an accident
+            raise ConfigError(
+                f"config key '{key}' holds the control character {char_name(unsafe[1])} ({quote(value, 80)}); "
+                "config strings must be printable text"
+            )
         return value
     raise bad
+
+
+class _TypeMismatch(ConfigError):
+    def __init__(self, key: str, tp: Any, value: Any):
+        super().__init__(f"config key '{key}' expects {_type_name(tp)}, got {quote(value)} ({type(value).__name__})")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -115,7 +141,7 @@ def _apply(obj: Any, delta: dict, prefix: str) -> None:
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in types_:
             close = ", ".join(sorted(types_))
-            raise ConfigError(f"unknown config key '{key}' (valid keys here: {close})")
+            raise ConfigError(f"unknown config key {quote(key)} (valid keys here: {close})")
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _apply(current, value, key)
@@ -141,21 +167,8 @@ def merge_patch(base: dict, patch: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
+    """A YAML config file through the bounded reader (:mod:`dpseg.safe_load`: size, depth, alias expansion)."""
+    return read_yaml(path, "config file", dict, ConfigError) or {}
 
 
 def list_presets() -> list[str]:
@@ -177,10 +190,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = loads_yaml(raw, f"--set {quote(key)}", error=ConfigError, invalid=raw) if raw.strip() else ""
     # YAML reads "1e-4" as a string; accept plain float syntax too.
     if isinstance(value, str):
         try:
@@ -229,25 +239,63 @@ def build_config(
     return cfg
 
 
+def check_number(key: str, value: Any, rule: NumberRule = GENERIC_RULE, error: type = ConfigError) -> None:
+    """``error`` naming ``key``, the value (quoted, short) and what is allowed, unless ``rule`` accepts ``value``
+    (a float must be finite, an int bounded, then the rule's range). The one numeric check: every config key
+    (:func:`check_numbers`) and the numeric command-line options use it."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{key} must be {rule.describe(integer)}, got {quote(value)}")
+    if not rule.accepts(value):
+        raise error(f"{key} must be {rule.describe(integer)}, got {quote(value)}")
+
+
+def _free_form_numbers(value: Any, key: str) -> None:
+    """Every number inside a free-form mapping (model.clip_model_cfg) is finite and bounded (no sign rule)."""
+    stack = [(key, value)]
+    while stack:
+        k, v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((f"{k}.{kk}", vv) for kk, vv in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{k}[{i}]", vv) for i, vv in enumerate(v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            check_number(f"config key {quote(k)}", v, NumberRule(ge=-INT_LIMIT, le=INT_LIMIT))
+
+
+def check_numbers(cfg: Config) -> None:
+    """The generic numeric rule of every key of every section (:class:`~dpseg.config_schema.NumberRule`: the rule
+    next to the field in :mod:`dpseg.config_schema`, else finite floats and bounded ints)."""
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(obj):
+            check_section_numbers(obj, section.name)
+
+
+def check_section_numbers(obj: Any, name: str) -> None:
+    """:func:`check_numbers` of one section (``name``: its key prefix, e.g. "eval")."""
+    for f in dataclasses.fields(obj):
+        rule = f.metadata.get("number", GENERIC_RULE)
+        value = getattr(obj, f.name)
+        key = f"{name}.{f.name}"
+        if isinstance(value, dict):
+            _free_form_numbers(value, key)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    check_number(f"config key '{key}' (element {i})", v, rule)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(f"config key '{key}'", value, rule)
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Every key's numeric rule (:func:`check_numbers`), then the cross-field checks that types alone cannot
+    express."""
+    check_numbers(cfg)
     m = cfg.model
-    for j in m.visual_scales:
-        if j not in (2, 3, 4):
-            raise ConfigError(f"config key 'model.visual_scales' holds {j}; allowed stages are 2, 3, 4")
     for key in ("decoder_dims", "encoder_guidance_dims", "cost_guidance_dims"):
         if len(getattr(m, key)) != 3:
             raise ConfigError(f"config key 'model.{key}' needs 3 values (one per decoder stage)")
-    for key in (
-        "cost_embed_dim",
-        "attention_heads",
-        "prompt_image_size",
-        "class_pool_train",
-        "class_pool_test",
-        "spatial_kernel",
-    ):
-        if getattr(m, key) < 1:
-            raise ConfigError(f"config key 'model.{key}' must be >= 1")
     widths = [m.cost_embed_dim] + list(m.decoder_dims[:2])
     for w in widths:
         if w % m.attention_heads:
@@ -258,31 +306,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.spatial_kernel' must be odd (a centred depthwise kernel), got {m.spatial_kernel}"
         )
-    e = cfg.eval
-    if e.early_rejection_topk < 0:
-        raise ConfigError("config key 'eval.early_rejection_topk' must be >= 0 (0 = off)")
-    if e.early_rejection_topk and not m.aux_heads:
+    validate_eval(cfg.eval)
+    if cfg.eval.early_rejection_topk and not m.aux_heads:
         raise ConfigError(
             "config key 'eval.early_rejection_topk' ranks classes with the auxiliary heads, which this model "
             "lacks (model.aux_heads=false); set it to 0 or use an SED preset (sed-b, sed-l)"
         )
-    if not 0 <= e.refine_min_area < 1:
-        raise ConfigError("config key 'eval.refine_min_area' must be in [0, 1)")
-    if not 0 <= e.refine_min_score < 1:
-        raise ConfigError("config key 'eval.refine_min_score' must be in [0, 1)")
-    if not 0 < e.refine_crop_weight <= 1:
-        raise ConfigError(
-            f"config key 'eval.refine_crop_weight' must be in (0, 1] (1 = the crop replaces the prompt), "
-            f"got {e.refine_crop_weight}"
-        )
-    if not 0 <= e.min_score < 1:
-        raise ConfigError(f"config key 'eval.min_score' must be in [0, 1) (0 = label every pixel), got {e.min_score}")
-    if e.refine_max_classes < 0 or e.class_chunk < 0:
-        raise ConfigError("config keys 'eval.refine_max_classes' and 'eval.class_chunk' must be >= 0")
-    if cfg.train.batch_size < 1 or cfg.train.iterations < 1:
-        raise ConfigError("config keys 'train.batch_size' and 'train.iterations' must be >= 1")
-    if cfg.train.classes_per_step < 0:
-        raise ConfigError("config key 'train.classes_per_step' must be >= 0 (0 = every class at every step)")
+
+
+def check_types(section: Any, name: str) -> None:
+    """Type-check every field of one config section (a section built in Python gets the checks a YAML file gets)."""
+    for key, tp in _field_types(type(section)).items():
+        _coerce(getattr(section, key), tp, f"{name}.{key}")
+
+
+def validate_eval(e: EvalConfig) -> None:
+    """The checks of the ``eval`` section alone: run by :func:`validate` and by every inference built from settings
+    (:class:`dpseg.evaluation.inference.Inference`): types, then every key's numeric rule (ranges live next to the
+    fields in :mod:`dpseg.config_schema`)."""
+    check_types(e, "eval")
+    check_section_numbers(e, "eval")
 
 
 # Keys that moved between sections; configs written by older versions are read with them in their new place.
@@ -319,11 +362,9 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: Union[str, Path]) -> Path:
     """Write the complete resolved config atomically (YAML if the suffix is .yaml/.yml, else JSON)."""
-    import json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(cfg.to_dict(), indent=2) if path.suffix == ".json" else dump_config(cfg)
+    text = json_text(cfg.to_dict()) if path.suffix == ".json" else dump_config(cfg)
     atomic_write_text(path, text)
     return path
 
@@ -332,12 +373,7 @@ def load_config(path: Union[str, Path]) -> Config:
     """Read a resolved config written by :func:`save_config` (YAML or JSON)."""
     path = Path(path)
     if path.suffix == ".json":
-        import json
-
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
+        data = read_json(path, "config file", dict, ConfigError)
     else:
         data = _read_yaml(path)
     return config_from_dict(data)

@@ -72,6 +72,12 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
         )
     if path.stat().st_size == 0:
         raise CheckpointError(f"SED checkpoint {path} is empty (0 bytes); download it again")
+    kind = _file_kind(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint ({kind}); pass SED's trained model file, e.g. sed_b.pth (README, "
+            'section "SED\'s released checkpoints")'
+        )
     try:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -80,11 +86,18 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or holding objects weights_only refuses
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        text = str(e)
+        if "weights_only" in text or "Weights only load failed" in text:  # a real checkpoint with pickled objects
+            kept = path.with_name(f"{path.stem}-weights.pth")
+            resave = f"torch.save({{'model': torch.load({str(path)!r}, weights_only=False)['model']}}, {str(kept)!r})"
+            raise CheckpointError(
+                f"SED checkpoint {path} holds pickled Python objects besides its tensors, and torch.load("
+                "weights_only=True) refuses them: dpseg never runs pickled code. If you trust the file, keep its "
+                f'weights alone and convert those: python -c "import torch; {resave}"'
+            ) from None
+        reason = _first_sentence(text) or type(e).__name__
         raise CheckpointError(
-            f"cannot read SED checkpoint {path} with torch.load(weights_only=True) ({reason}); dpseg never runs "
-            "pickled code: if you trust the file, re-save its weights alone "
-            "(torch.save({'model': ckpt['model']}, 'sed.pth'))"
+            f"cannot read SED checkpoint {path}: not a complete PyTorch file ({reason}); download it again"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -95,6 +108,41 @@ def read_sed_checkpoint(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+# the first bytes of files people pass by mistake, and what they are
+_MAGIC = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (WebP image, WAV audio, ...)",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive (unpack it first)",
+    b"{": "a JSON or text file",
+}
+
+
+def _file_kind(path: Path) -> Optional[str]:
+    """What a file that is not a PyTorch checkpoint is (None when it may be one: zip or pickle, or unknown)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith((b"PK", b"\x80")):  # torch.save's zip format; the legacy format is a pickle
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy array file"
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return "its first bytes are neither a zip archive nor a pickle, the two formats torch.save writes"
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first line of an error message, cut at a sentence end when it is long (never mid-word)."""
+    line = (text.strip().splitlines() or [""])[0]
+    if len(line) <= limit:
+        return line
+    cut = max(line.rfind(". ", 0, limit), line.rfind("; ", 0, limit))
+    return line[: cut + 1] if cut > 0 else line[: line.rfind(" ", 0, limit)] + " ..."
 
 
 def sed_preset(state: dict[str, torch.Tensor], source: str = "the checkpoint") -> str:

@@ -10,7 +10,9 @@ Input rules (one place, shared by :class:`~dpseg.segmenter.Segmenter`, ``dpseg s
   torch tensors (3, H, W) or (H, W) as uint8 or float in [0, 1] (the model's channel-first convention).
 
 Reading a file checks its size from the header before decoding, so an over-large image is refused without
-allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``).
+allocating it (``max_pixels``; Pillow itself refuses more than ``2 * PIL.Image.MAX_IMAGE_PIXELS``). Only regular
+files are opened (:func:`dpseg.safe_load.open_regular`): a FIFO or a device named ``.png`` is refused up front
+instead of blocking the reader forever.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dpseg.atomic import atomic_target
-from dpseg.errors import DataError, InputError
+from dpseg.errors import DataError, DPSegError, InputError
+from dpseg.safe_load import open_regular
 from dpseg.visualize import palette
 
 # The one list of image file suffixes dpseg reads (segment inputs, exemplars, dataset folders).
@@ -55,15 +58,27 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str, limit_hint
         )
 
 
-def load_image(path: Union[str, os.PathLike], exif: bool = True) -> Image.Image:
+def load_image(path: Union[str, os.PathLike], exif: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file as RGB (or RGBA when it has transparency); 16-bit and float grayscale are scaled to
     8 bits. ``exif``: apply the EXIF orientation (what a viewer shows). Dataset images keep their stored pixel
-    array (``exif=False``) because their labels were drawn on it."""
+    array (``exif=False``) because their labels were drawn on it. The size is checked against ``max_pixels``
+    from the header, before decoding (exemplar images come here directly)."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"cannot read image {path}: no such file")
     try:
-        with Image.open(path) as opened:
-            im: Image.Image = ImageOps.exif_transpose(opened) if exif else opened
-            im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with open_regular(path, "image", DataError) as f, Image.open(f) as opened:
+                check_pixels(opened.width, opened.height, max_pixels, f"image {path}")
+                im: Image.Image = ImageOps.exif_transpose(opened) if exif else opened
+                im.load()
+    except DPSegError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image {path} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / float grayscale: scale to 8 bits
@@ -97,8 +112,10 @@ def read_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:  # reads the header only
+            with open_regular(path, label, DataError, show_path=False) as f, Image.open(f) as im:  # the header only
                 width, height = im.size
+    except DataError:
+        raise
     except Image.DecompressionBombError:
         raise DataError(
             f"{label} exceeds Pillow's safety limit of {DEFAULT_MAX_PIXELS / 1e6:.0f} megapixels "
@@ -114,7 +131,7 @@ def read_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = load_image(path, exif)  # EXIF orientation, 16-bit grayscale, RGB or RGBA
+            image = load_image(path, exif, max_pixels=0)  # size checked above
     except DataError as e:
         raise DataError(str(e).replace(f"image {path}", label).replace(str(path), "(file)")) from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt data found while decoding
@@ -184,9 +201,10 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+def label_image(labels: np.ndarray, num_classes: int, colours: Optional[np.ndarray] = None) -> Image.Image:
     """(H, W) class indices -> PNG-ready image. K <= 255: a palette PNG (mode "P"): every viewer shows the classes
-    in the colours of :func:`dpseg.visualize.palette` (those of the overlay), while the pixel values are still the
+    in ``colours`` ((K, 3) uint8; pass :func:`dpseg.visualize.class_palette` of the class names, the overlay's
+    colours; default :func:`dpseg.visualize.palette`), while the pixel values are still the
     class indices (``np.asarray(Image.open(f))`` gives them back). K > 255: 16-bit grayscale (mode I;16), which no
     palette can index: it looks dark in viewers, the values are the indices. Every label file of one vocabulary has
     the same format. Unlabelled pixels (255 / 65535 / -1 in memory) are written as 255 (black in the palette) in
@@ -203,9 +221,9 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
         )
     if num_classes <= 255:
         image = Image.fromarray(labels.astype(np.uint8), "L")
-        colours = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black
-        colours[:num_classes] = palette(num_classes)
-        image.putpalette(colours.tobytes())  # "L" -> "P": the same bytes, now with colours
+        table = np.zeros((256, 3), np.uint8)  # index 255 (unlabelled) and unused indices: black
+        table[:num_classes] = palette(num_classes) if colours is None else colours
+        image.putpalette(table.tobytes())  # "L" -> "P": the same bytes, now with colours
         return image
     return Image.fromarray(labels.astype(np.uint16))  # mode I;16
 

@@ -5,7 +5,6 @@ fresh initialisation, and the frozen towers always come from ``model.clip_pretra
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from typing import Union
@@ -16,6 +15,7 @@ from dpseg.build import human_count
 from dpseg.checkpoint import checkpoint_files
 from dpseg.errors import CheckpointError
 from dpseg.model.dpseg import DPSeg, is_frozen_tower
+from dpseg.safe_load import read_json
 from dpseg.weights import read_state_dict
 
 
@@ -94,10 +94,7 @@ def init_from_checkpoint(model: DPSeg, source: Union[str, os.PathLike]) -> InitR
     (e.g. SED converted by ``dpseg convert sed``); the others keep their values. The frozen towers are left alone:
     they define the prompts (and the keys of prompt banks) and come from ``model.clip_pretrained``."""
     cfg_path, weights = checkpoint_files(source)
-    try:
-        preset = str(json.loads(cfg_path.read_text()).get("preset", "?"))
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from None
+    preset = str(read_json(cfg_path, "checkpoint config", dict, CheckpointError).get("preset", "?"))[:100]
     state = read_state_dict(weights, "dpseg checkpoint")
     report = plan_init(model.state_dict(), state, str(source), preset)
     result = model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)

@@ -31,7 +31,6 @@ each overlap), each run through the protocol: more detail for small objects in l
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,11 @@ from typing import Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dpseg.checkpoint import load_model, missing_bank_message
-from dpseg.data.transforms import resize_label
 from dpseg.errors import BankError, InputError
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy, window_starts
-from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
+from dpseg.evaluation.inference import Inference
+from dpseg.evaluation.runtime import resolve_device
 from dpseg.image_io import DEFAULT_MAX_PIXELS, ImageInput, to_image_tensor
 from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.resolve import resolve_prompts, source_key
@@ -134,11 +131,6 @@ class SegmentationResult:
         }
 
 
-def label_dtype(num_classes: int) -> torch.dtype:
-    """uint8 up to 255 classes, int16 (returned as uint16) up to 32767, else int32: the top value / -1 is free."""
-    return torch.uint8 if num_classes <= 255 else torch.int16 if num_classes <= 32767 else torch.int32
-
-
 def class_stats(labels: torch.Tensor, scores: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixels and summed scores per class, counted in bands of rows so that no int64 copy of a huge map is made."""
     pixels = torch.zeros(num_classes, dtype=torch.float64)
@@ -170,13 +162,10 @@ class Segmenter:
         )
         self.model = model.to(self.device).eval()
         self.cfg = cfg
-        # the checkpoint's eval.precision, resolved as `dpseg eval` resolves it: the same numbers on every surface
-        self.precision = resolve_precision(cfg.eval.precision, self.device, what="config key 'eval.precision'")
         self.templates = model_templates(cfg)
-        self.protocol = protocol_from_config(cfg.eval)
-        self.refine_policy = refine_policy(cfg.eval)  # which classes pass 2 refines (eval.refine_*)
-        self.refine_default = bool(cfg.eval.two_pass)
-        self.early_rejection_topk = cfg.eval.early_rejection_topk  # SED's category early rejection (0 = off)
+        # how images become maps (protocol, refinement, early rejection, precision: dpseg.evaluation.inference), as
+        # `dpseg eval` makes them; replace it to change them (dataclasses.replace(seg.settings, protocol="slide"))
+        self.settings = cfg.eval
         # pixels below this probability stay unlabelled unless segment(min_score=) says otherwise: the checkpoint's
         # eval.min_score, chosen on its validation split (dpseg.evaluation.calibrate; 0 in older checkpoints)
         self.min_score = float(cfg.eval.min_score)
@@ -266,17 +255,6 @@ class Segmenter:
             raise InputError("no vocabulary: call set_vocabulary(classes, ...) before segment()")
         return self.prompts, self.class_names
 
-    def _refine(self, refine: Optional[bool]) -> bool:
-        uses = self.model.needs_visual_prompts and self._vocabulary()[0].has_visual
-        if refine is None:
-            return self.refine_default and uses
-        if refine and not uses:
-            raise InputError(
-                "refinement replaces visual prompts, which this model does not use (text prompts only); "
-                "use refine=False / --no-refine"
-            )
-        return bool(refine)
-
     @torch.no_grad()
     def segment(
         self,
@@ -299,74 +277,21 @@ class Segmenter:
         items: list[ImageInput] = list(images) if isinstance(images, (list, tuple)) else [cast(ImageInput, images)]
         if not items:
             raise InputError("no images given")
-        if tile and (tile < 32 or tile % 32):
-            raise InputError(f"tile must be a multiple of 32 (>= 32), got {tile}")
-        two = self._refine(refine)
-        forward = model_forward(
-            self.model,
-            prompts,
-            two_pass=two,
-            class_chunk=self.protocol.class_chunk,
-            refine=self.refine_policy,
-            early_rejection_topk=self.early_rejection_topk,
-        )
+        inference = self.inference(refine)
         results = []
         for start in range(0, len(items), max(1, batch_size)):
             loaded = [self.load(im) for im in items[start : start + max(1, batch_size)]]
-            with autocast(self.precision, self.device):
-                preds = self._predict(forward, loaded, tile)
-            for pred in preds:
-                results.append(self._result(pred, two, min_score))
+            for pred in inference.predict(loaded, tile=tile, max_pixels=self.max_full_pixels):
+                results.append(self._result(pred, inference, min_score))
         return results[0] if single else results
 
-    def _predict(self, forward, images: list[torch.Tensor], tile: int) -> list[dict]:
-        """uint8 images -> per image {pass: (labels (H, W) compact dtype, scores (H, W) float32)}."""
-        K = len(self._vocabulary()[1])
-        dtype = label_dtype(K)
-        out: list = [None] * len(images)
-        plain = [i for i, im in enumerate(images) if not tile and im.shape[1] * im.shape[2] <= self.max_full_pixels]
-        if plain:
-            preds = predict(forward, [images[i] for i in plain], self.protocol, self.device, K)
-            for i, pred in zip(plain, preds):
-                out[i] = {key: (p.labels.to(dtype), p.scores.float()) for key, p in pred.items()}
-        for i, img in enumerate(images):
-            if out[i] is None:
-                out[i] = self._tiled(forward, img, tile) if tile else self._downscaled(forward, img)
-        return out
+    def inference(self, refine: Optional[bool] = None) -> Inference:
+        """The inference of the current vocabulary: ``refine=None`` follows the checkpoint's ``eval.two_pass`` where
+        the model and prompts can refine; True where they cannot is an error."""
+        return Inference(self.model, self._vocabulary()[0], self.settings, two_pass=refine, device=self.device)
 
-    def _downscaled(self, forward, img: torch.Tensor) -> dict:
-        H, W = img.shape[-2:]
-        s = math.sqrt(self.max_full_pixels / (H * W))
-        size = (max(1, int(W * s)), max(1, int(H * s)))
-        small = Image.fromarray(img.permute(1, 2, 0).numpy()).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        work = torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
-        K = len(self._vocabulary()[1])
-        pred = predict(forward, [work], self.protocol, self.device, K)[0]
-        dtype = label_dtype(K)
-        return {
-            key: (resize_label(p.labels.to(dtype), (H, W)), resize_label(p.scores.float(), (H, W)))
-            for key, p in pred.items()
-        }
-
-    def _tiled(self, forward, img: torch.Tensor, tile: int) -> dict:
-        H, W = img.shape[-2:]
-        stride = tile - tile // 4
-        spans = [_cores(window_starts(n, min(tile, n), stride), min(tile, n), n) for n in (H, W)]
-        K = len(self._vocabulary()[1])
-        maps: dict = {}
-        for y, y0, y1 in spans[0]:
-            for x, x0, x1 in spans[1]:
-                crop = img[:, y : y + tile, x : x + tile]
-                pred = predict(forward, [crop], self.protocol, self.device, K)[0]
-                for key, p in pred.items():
-                    if key not in maps:
-                        maps[key] = (torch.zeros(H, W, dtype=label_dtype(K)), torch.zeros(H, W))
-                    maps[key][0][y0:y1, x0:x1] = p.labels[y0 - y : y1 - y, x0 - x : x1 - x].to(maps[key][0].dtype)
-                    maps[key][1][y0:y1, x0:x1] = p.scores[y0 - y : y1 - y, x0 - x : x1 - x]
-        return maps
-
-    def _result(self, pred: dict, two: bool, min_score: float) -> SegmentationResult:
-        labels, scores = pred["pass2" if two else "pass1"]
+    def _result(self, pred: dict, inference: Inference, min_score: float) -> SegmentationResult:
+        labels, scores = pred[inference.final]
         if min_score > 0:
             labels = labels.masked_fill(scores < min_score, 255 if labels.dtype == torch.uint8 else -1)
         names = self._vocabulary()[1]
@@ -378,14 +303,8 @@ class Segmenter:
             pixels=pixels,
             score_sums=sums,
             prompt_source=self.prompt_source,
-            refined=two,
-            labels_pass1=_numpy_labels(pred["pass1"][0]) if two else None,
+            refined=inference.two_pass,
+            labels_pass1=_numpy_labels(pred["pass1"].labels) if inference.two_pass else None,
             min_score=min_score,
-            meta={"protocol": self.protocol.name, "degraded": self.degraded},
+            meta={"protocol": self.settings.protocol, "degraded": self.degraded},
         )
-
-
-def _cores(starts: list[int], tile: int, size: int) -> list[tuple[int, int, int]]:
-    """(start, core_begin, core_end) per tile: each pixel belongs to one tile, seams in the middle of overlaps."""
-    bounds = [0] + [(s1 + s0 + tile) // 2 for s0, s1 in zip(starts, starts[1:])] + [size]
-    return [(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]

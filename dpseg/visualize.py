@@ -1,8 +1,11 @@
 """Colours for label maps: a fixed palette, a blended overlay with class borders, and a legend.
 
-The colour of a class depends only on its index in the vocabulary, so the same class list gives the same
-colours in every image, in the CLI's files and in the demo. The legend lists the classes present in the image,
-largest first, with the share of the image each covers.
+The colours of a vocabulary depend only on its class list, so the same list gives the same colours in every image,
+in the CLI's files, the demo and the quickstart's figure (:func:`class_palette`). A vocabulary whose every class
+name starts with a colour word (the synthetic world's ``red striped star``, ``blue solid square``) is drawn in those
+colours, the classes that share a colour word in shades of it (lighter and darker in list order: read the legend to
+tell them apart); any other vocabulary gets the fixed palette of :func:`palette`, by class index. The legend lists
+the classes present in the image, largest first, with the share of the image each covers.
 """
 
 from __future__ import annotations
@@ -38,6 +41,22 @@ _BASE = [
     (158, 218, 229),
 ]
 MAX_LEGEND_ROWS = 30
+# Colour words and the RGB they are drawn in; the first five are the synthetic world's object colours
+# (dpseg.data.synthetic.world.COLOURS, checked equal by tests/test_segment_visualize.py).
+COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 85, 225),
+    "yellow": (230, 205, 35),
+    "purple": (145, 50, 200),
+    "orange": (245, 130, 30),
+    "pink": (240, 120, 180),
+    "brown": (130, 80, 40),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+    "black": (30, 30, 30),
+    "white": (235, 235, 235),
+}
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -49,6 +68,42 @@ def palette(num_classes: int) -> np.ndarray:
         r, g, b = (int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, sat, val))
         colours.append((r, g, b))
     return np.array(colours, dtype=np.uint8).reshape(num_classes, 3)
+
+
+def colour_word(name: str) -> Optional[str]:
+    """The colour word a class name starts with (its first synonym's first word), or None."""
+    words = name.split(",")[0].split()
+    return words[0].lower() if words and words[0].lower() in COLOUR_WORDS else None
+
+
+def shades(rgb: tuple[int, int, int], n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinguishable shades of one colour, the colour itself first: lighter and darker ones in turn (light
+    colours such as yellow only lighter: a darker yellow reads as olive), lightness steps of up to 0.13 within
+    [0.2, 0.88], with a small hue shift per step."""
+    h, l0, s = colorsys.rgb_to_hls(*(c / 255 for c in rgb))
+    light = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255 > 0.6  # luma: yellow, white
+    step = min(0.13, (0.88 - l0 if light else 0.6) / max(1, n - 1))
+    out = []
+    for i in range(n):
+        k = i if light else (i + 1) // 2 * (1 if i % 2 else -1)  # light: 0, 1, 2, ...; else 0, +1, -1, +2, ...
+        lightness = min(0.88, max(0.2, l0 + k * step))
+        hue = (h + 0.015 * k) % 1.0
+        out.append(tuple(int(round(c * 255)) for c in colorsys.hls_to_rgb(hue, lightness, s)))
+    return out  # type: ignore[return-value]
+
+
+def class_palette(class_names: Sequence[str]) -> np.ndarray:
+    """(K, 3) uint8 colours of a vocabulary (module doc): its colour words when every class name starts with one,
+    else :func:`palette`."""
+    words = [colour_word(n) for n in class_names]
+    if not class_names or any(w is None for w in words):
+        return palette(len(class_names))
+    colours: list = [None] * len(class_names)
+    for word in dict.fromkeys(words):
+        members = [k for k, w in enumerate(words) if w == word]
+        for k, rgb in zip(members, shades(COLOUR_WORDS[word], len(members))):  # type: ignore[index]
+            colours[k] = rgb
+    return np.array(colours, dtype=np.uint8).reshape(len(class_names), 3)
 
 
 def colorize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -153,7 +208,7 @@ def overlay(
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
-    colours = palette(len(class_names))
+    colours = class_palette(class_names)
     counts = pixels if pixels is not None else np.bincount(labels.ravel().astype(np.int64), minlength=len(class_names))
     small, small_labels = _fit(image, labels, max_side)
     tinted = Image.fromarray(blend(small, small_labels, colours, alpha))
@@ -170,7 +225,7 @@ def overlay(
 
 def legend_html(class_names: Sequence[str], pixels: Sequence[int], total: Optional[int] = None) -> str:
     """The legend as HTML (swatch, name, area share), for the demo page."""
-    colours = palette(len(class_names))
+    colours = class_palette(class_names)
     items = []
     for k, name, frac in legend_entries(class_names, pixels, total):
         r, g, b = (int(c) for c in colours[k])

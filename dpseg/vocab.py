@@ -8,26 +8,49 @@
   case are also the same class (:func:`class_key`). Every class-list reader - user lists, class files, dataset
   ``classes.txt``, prompt banks, :class:`~dpseg.model.dual_prompt.PromptSet`, exemplar folder names - refuses such
   duplicates with :func:`check_class_list` / :func:`duplicate_groups`.
+* A class name is printable text of at most :data:`MAX_NAME_CHARS` characters: control characters (ESC, BEL,
+  form feed, ...), format characters (bidi overrides, zero-width) and line separators (U+2028, U+0085) are refused
+  with their name and position, because they would change what a name means (a separator splits one class into
+  two, shifting every later label) or what a terminal shows. A tab counts as a space. A list holds at most
+  :data:`MAX_CLASSES` classes (what a label map can index).
 * :func:`read_class_list` reads the shipped benchmark lists (package data, the peers' files byte for byte: label i
   means the same class as in their numbers) and user files: a JSON list of strings, or text with one class per
-  line where line i names label value i. Blank lines are allowed only at the end (one in the middle would shift
-  every later label); there is no comment syntax (a line starting with '#' is refused, not read as a class).
+  line where line i names label value i (lines end at "\n", with an optional "\r" before it, nothing else).
+  Blank lines are allowed only at the end (one in the middle would shift every later label); there is no comment
+  syntax (a line starting with '#' is refused, not read as a class). Files are read by the bounded reader of
+  :mod:`dpseg.safe_load` (regular files only, size and nesting caps).
 * :func:`parse_class_list` reads a class list typed as one string (CLI ``--classes``, the demo's text box).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence, Union
 
-from dpseg.errors import DataError, InputError
+from dpseg.errors import DataError, InputError, char_name, quote, unsafe_char
+from dpseg.safe_load import read_json, read_text
 
 IGNORE_INDEX = -1  # the label value of unlabelled pixels inside dpseg (never a class index)
 CLASS_NAME_DIR = Path(__file__).parent / "data" / "class_names"
 # builtin list -> expected length (a truncated or edited package file must not give silently wrong numbers)
 BUILTIN_LISTS = {"coco": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20, "voc20b": 59}
+MAX_NAME_CHARS = 300  # a class name (with its synonyms); CLIP reads 77 tokens, the longest shipped name has 113
+MAX_CLASSES = 65535  # classes of one list: the most a 16-bit label map can index
+MAX_LIST_BYTES = 16 << 20  # a class-list file
+
+
+def name_problem(name: str) -> str:
+    """Why ``name`` cannot be a class name ("" if it can): an unsafe character (module doc) or its length."""
+    bad = unsafe_char(name, allow="\t")
+    if bad is not None:
+        return (
+            f"holds the control character {char_name(bad[1])} at position {bad[0] + 1}; class names must be "
+            "printable text (remove it; to give several classes use separate lines or ';')"
+        )
+    if len(name) > MAX_NAME_CHARS:
+        return f"is {len(name):,} characters long; class names have at most {MAX_NAME_CHARS}"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------- class names
@@ -38,10 +61,13 @@ def split_synonyms(name: str) -> list[str]:
     non-string or an empty name."""
     if not isinstance(name, str):
         raise InputError(f"class names must be strings, got {type(name).__name__}")
+    problem = name_problem(name)
+    if problem:
+        raise InputError(f"class name {quote(name, 80)} {problem}")
     parts = [" ".join(p.split()) for p in name.split(",")]
     parts = [p for p in parts if p]
     if not parts:
-        raise InputError(f"class name {name!r} is empty")
+        raise InputError(f"class name {quote(name, 80)} is empty")
     return parts
 
 
@@ -90,6 +116,8 @@ def check_class_list(class_names: Sequence[str], what: str = "the class list") -
     """Canonical names of a non-empty class list naming each class once (case and spacing aside; InputError)."""
     if isinstance(class_names, str):
         raise InputError(f"{what} must be a list of names, not one string")
+    if len(class_names) > MAX_CLASSES:
+        raise InputError(f"{what} has {len(class_names):,} classes; at most {MAX_CLASSES} (what a label map indexes)")
     try:
         names = [canonical_name(n) for n in class_names]
     except InputError as e:
@@ -138,7 +166,7 @@ def read_class_list(source: Union[str, Path]) -> list[str]:
     if isinstance(source, str) and source in BUILTIN_LISTS:
         return builtin_class_names(source)
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # FIFOs, devices: refused by the reader, naming what they are
         what = "is not a file" if path.exists() else "not found"
         raise DataError(
             f"class list {path} {what} (give a .json list, a .txt with one name per line, or one of: "
@@ -155,10 +183,7 @@ def read_class_list(source: Union[str, Path]) -> list[str]:
 
 
 def _read_json_list(path: Path) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"cannot read class list {path}: {e}") from None
+    data = read_json(path, "class list", None, DataError, MAX_LIST_BYTES)
     if isinstance(data, dict):
         data = next((data[k] for k in ("class_names", "classes", "names") if k in data), None)
     if not isinstance(data, list) or not all(isinstance(n, str) and n.strip() for n in data):
@@ -167,14 +192,17 @@ def _read_json_list(path: Path) -> list[str]:
 
 
 def _read_text_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read class list {path}: {e}") from None
+    text = read_text(path, "class list", MAX_LIST_BYTES, DataError, encoding="utf-8-sig")
+    # "\n" alone ends a line: str.splitlines() would also split at form feeds, U+2028 and others, silently making
+    # two classes of one line and shifting every later label (module doc); those are refused below instead
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     names = [ln.strip() for ln in lines]
     for i, n in enumerate(names):
+        problem = name_problem(n)
+        if problem:
+            raise DataError(f"class list {path} line {i + 1} {problem}")
         if not n:
             raise DataError(
                 f"class list {path} line {i + 1} is blank; line i names label value i, so a blank line "

@@ -10,6 +10,11 @@ carries ``dpseg_sha256`` in its metadata, the SHA-256 of the file's header (tens
 left out, as canonical JSON) followed by its tensor data. Loading recomputes it, so a flipped bit anywhere in the
 file is an error naming the file instead of silently different weights. Files written before hashes existed (no
 ``dpseg_sha256``) still load, with a note that they cannot be checked.
+
+Valid but unusable weights: every floating-point tensor read by :func:`read_state_dict` must be finite (a NaN
+checkpoint with a correct hash would otherwise segment every pixel as class 0), and ``dpseg check`` scans for
+non-finite values too (:func:`safetensors_check`). Only regular files are read; the header JSON goes through the
+bounded reader (:mod:`dpseg.safe_load`: depth cap, object type).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import weakref
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -27,7 +33,8 @@ import torch
 from torch import nn
 
 from dpseg.atomic import atomic_target
-from dpseg.errors import CheckpointError
+from dpseg.errors import CheckpointError, quote
+from dpseg.safe_load import loads_json, open_regular
 
 PathLike = Union[str, os.PathLike]
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -47,9 +54,10 @@ def _read_header(f, size: int) -> tuple[dict, int]:
     n = int.from_bytes(raw, "little")
     if n > size - 8 or n > 100_000_000:
         raise ValueError("its header length points beyond the end of the file")
-    header = json.loads(f.read(n))
-    if not isinstance(header, dict):
-        raise ValueError("its header is not a JSON object")
+    try:
+        header = loads_json(f.read(n), "its header", dict, CheckpointError)
+    except CheckpointError as e:  # callers report ValueErrors as "not a valid safetensors file (...)"
+        raise ValueError(str(e)) from None
     return header, 8 + n
 
 
@@ -66,7 +74,7 @@ def _sha256_stream(f, h) -> str:
 @functools.lru_cache(maxsize=4096)
 def _digests(path: str, stamp: tuple) -> tuple[Optional[str], str]:
     """(stored digest or None, computed digest) of a safetensors file; ``stamp`` keys the cache on the file's state."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         header, start = _read_header(f, stamp[1])
         declared = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if declared != stamp[1] - start:
@@ -78,6 +86,16 @@ def _digests(path: str, stamp: tuple) -> tuple[Optional[str], str]:
         table = {**header, "__metadata__": meta}
         h = hashlib.sha256(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
         return stored, _sha256_stream(f, h)
+
+
+def _open(path: PathLike):
+    """A regular file opened for reading (a FIFO or device is a ValueError, reported as an invalid file)."""
+    try:
+        return open_regular(path, "file", CheckpointError)
+    except CheckpointError as e:
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file or directory") from None
+        raise ValueError(str(e).split(" is ", 1)[-1]) from None
 
 
 def _stamp(path: PathLike) -> tuple:
@@ -98,14 +116,14 @@ def safetensors_integrity(path: PathLike) -> tuple[str, str]:
     if stored != actual:
         return "damaged", (
             f"its content does not match the SHA-256 stored when it was written "
-            f"(stored {stored[:12]}…, now {actual[:12]}…): the file was corrupted or modified"
+            f"(stored {quote(str(stored)[:12])}…, now {actual[:12]}…): the file was corrupted or modified"
         )
     return "ok", actual
 
 
 def safetensors_metadata(path: PathLike) -> dict:
     """The ``__metadata__`` of a safetensors file (ValueError/OSError if it cannot be read)."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
     return dict(header.get("__metadata__") or {})
 
@@ -117,7 +135,7 @@ def file_sha256(path: PathLike) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _file_sha256(path: str, stamp: tuple) -> str:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         return _sha256_stream(f, hashlib.sha256())
 
 
@@ -152,6 +170,8 @@ def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> 
         raise CheckpointError(
             f"{what} file {path} has suffix '{path.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}"
         )
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{what} {path} is not a regular file (a FIFO, device or socket); pass the weight file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} file {path} is empty (0 bytes); re-download or re-save it")
     obj: Any  # whatever the file holds; checked below to be a state dict of tensors
@@ -180,7 +200,58 @@ def read_state_dict(path: PathLike, what: str = "checkpoint", fix: str = "") -> 
         raise CheckpointError(f"{what} file {path} does not hold a state dict of tensors")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
+    problem = nonfinite_problem(obj)
+    if problem:
+        raise CheckpointError(f"{what} file {path} {problem}; {fix or 're-download or re-save it'}")
     return obj
+
+
+def _nonfinite_count(t: torch.Tensor) -> int:
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return 0
+    return int(t.numel() - torch.isfinite(t).sum())
+
+
+def nonfinite_problem(state: Mapping[str, torch.Tensor]) -> str:
+    """'' if every floating tensor of ``state`` is finite, else a message naming the first tensor with NaN or
+    Infinity values (a hash-valid file of such weights segments every pixel as one class)."""
+    bad = [(k, n, t.numel()) for k, t in state.items() if (n := _nonfinite_count(t))]
+    return _describe_nonfinite(bad) if bad else ""
+
+
+def safetensors_nonfinite(path: PathLike) -> str:
+    """:func:`nonfinite_problem` of a safetensors file, read one tensor at a time (memory: the largest tensor)."""
+    from safetensors import safe_open
+
+    bad: list[tuple[str, int, int]] = []
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            t = f.get_tensor(key)
+            if n := _nonfinite_count(t):
+                bad.append((key, n, t.numel()))
+    return _describe_nonfinite(bad) if bad else ""
+
+
+def _describe_nonfinite(bad: list[tuple[str, int, int]]) -> str:
+    name, n, total = bad[0]
+    more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+    return (
+        f"holds non-finite weights (NaN or Infinity): tensor {quote(name, 120)} has {n:,} of {total:,} values "
+        f"non-finite{more}; the weights are unusable (a diverged training run?)"
+    )
+
+
+def safetensors_check(path: PathLike) -> tuple[str, str]:
+    """What ``dpseg check`` says of a safetensors file: :func:`safetensors_integrity`, and "damaged" also when a
+    file with a valid (or no) hash holds non-finite weights."""
+    status, detail = safetensors_integrity(path)
+    if status == "damaged":
+        return status, detail
+    try:
+        problem = safetensors_nonfinite(path)
+    except Exception as e:  # noqa: BLE001 - the hash passed, yet the tensors do not parse: damaged all the same
+        return "damaged", f"not a valid safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+    return ("damaged", problem) if problem else (status, detail)
 
 
 def _short(names: list[str], n: int = 6) -> str:

@@ -57,3 +57,14 @@ def tiny_cfg():
     from dpseg.config import build_config
 
     return build_config("dpseg-tiny")
+
+
+@pytest.fixture(scope="session")
+def quickstart_fast(tmp_path_factory):
+    """``dpseg quickstart --fast`` once per test session: (root, exit status); its outputs are in ``root/out`` and its
+    cache in ``root/cache`` (tests/test_synthetic_quickstart.py, tests/test_readme.py, tests/test_first_hour.py)."""
+    from dpseg.commands import main
+
+    root = tmp_path_factory.mktemp("quickstart")
+    rc = main(["quickstart", "--fast", "--out", str(root / "out"), "--cache", str(root / "cache")])
+    return root, rc

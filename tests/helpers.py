@@ -14,6 +14,38 @@ def tiny_model(*overrides, seed=0):
     return build_model(cfg), cfg
 
 
+def policy(**refine):
+    """The refinement policy of the eval config with these ``refine_*`` settings (checked as the config checks them):
+    ``policy(min_area=0.01)`` is eval.refine_min_area=0.01 with every other setting at its default."""
+    from dpseg.config import EvalConfig, validate_eval
+    from dpseg.evaluation.inference import refine_policy
+
+    settings = EvalConfig(**{f"refine_{k}": v for k, v in refine.items()})
+    validate_eval(settings)
+    return refine_policy(settings)
+
+
+class LogitsStub(torch.nn.Module):
+    """A stand-in for DPSeg whose logits are ``fn(images)``: for tests of what is done with them."""
+
+    needs_visual_prompts = False
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, images, prompts, class_chunk=0):
+        return {"logits": self.fn(images)}
+
+
+def stub_inference(fn, settings, num_classes):
+    """The one inference path (:class:`~dpseg.evaluation.inference.Inference`) over :class:`LogitsStub` ``(fn)``."""
+    from dpseg.evaluation.inference import Inference
+
+    prompts = PromptSet([f"c{k}" for k in range(num_classes)], torch.zeros(num_classes, 1, 4))
+    return Inference(LogitsStub(fn), prompts, settings)
+
+
 def random_prompts(model, num_classes, seed=0, templates=None, names=None):
     """Text prompts from the model's tower and visual prompts from random 'generated' images."""
     g = torch.Generator().manual_seed(seed)

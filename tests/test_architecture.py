@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dpseg"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("dpseg.errors", "dpseg.atomic", "dpseg.progress"),
+    ("dpseg.errors", "dpseg.atomic", "dpseg.safe_load", "dpseg.http_guard", "dpseg.progress", "dpseg.distributed"),
     ("dpseg.config_schema", "dpseg.config"),
     ("dpseg.weights", "dpseg.init_patch", "dpseg.hub", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),
@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dpseg.engine",),
     ("dpseg.segmenter",),
     ("dpseg.quickstart",),
+    ("dpseg.demo_app",),
     ("dpseg.commands", "dpseg.__main__"),
 ]
 EXEMPT = {"dpseg"}  # the package root only re-exports names lazily (by string), it imports nothing

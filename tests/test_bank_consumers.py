@@ -100,7 +100,7 @@ def test_missing_classes_are_listed_with_the_command_to_add_them(bank, towers):
     with pytest.raises(
         BankError,
         match=r"lacks 2 of the 3 classes \(cow, horse\); add them with "
-        r"'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST --generator noise'",
+        r"'dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST --generator noise --out .*bank'",
     ):
         bank.prompt_set(["cat", "cow", "horse"], prompt_encoder=prompt, text_tower=text)
     assert bank.missing(["cow", "dog", "horse "]) == ["cow", "horse"]
@@ -198,8 +198,8 @@ def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine
     with pytest.raises(
         BankError,
         match=r"the file of class 'dog' \(classes/dog-\w+\.safetensors\) is damaged: its content "
-        r"does not match the SHA-256.*'dpseg prompts build --out .*bank --vocab YOUR_CLASS_LIST "
-        r"--generator noise'",
+        r"does not match the SHA-256.*'dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST "
+        r"--generator noise --out .*bank'",
     ):
         bank.prompt_set(["cat", "dog"], prompt_encoder=prompt, text_tower=text)
     report = bank.verify()
@@ -215,7 +215,7 @@ def test_damaged_class_file_is_named_reported_and_rebuilt(bank, towers, pristine
     same = PromptBank.open(pristine).load_class("dog")  # seeded per (class, image): rebuilt bit for bit
     assert torch.equal(bank.load_class("dog")["visual"], same["visual"])
     assert main(["check", str(bank.root)]) == 0
-    assert "3 file(s), 3 ok" in capsys.readouterr().out
+    assert "4 file(s), 4 ok" in capsys.readouterr().out  # the manifest and 3 class files
 
 
 def test_bank_written_before_hashes_loads_with_a_note(bank, towers, caplog, capsys):

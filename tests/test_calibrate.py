@@ -2,11 +2,13 @@
 criterion, written into the checkpoint (hash intact), used by default by the Segmenter and `dpseg segment`, and
 re-chosen by `dpseg calibrate`."""
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
+from helpers import stub_inference
 from PIL import Image
 from segment_helpers import artifacts, scene
 from test_train import make_dataset
@@ -18,7 +20,7 @@ from dpseg.errors import CheckpointError, ConfigError, DataError
 from dpseg.evaluation.calibrate import THRESHOLDS, Calibration, calibrate, read_calibration, write_calibration
 from dpseg.segmenter import Segmenter
 
-EVAL = EvalConfig(input_size=32, short_side=32, class_chunk=0, num_workers=0)
+EVAL_SETTINGS = {"input_size": 32, "short_side": 32, "class_chunk": 0, "num_workers": 0}
 
 
 def halves(n=2, ignore_right=True, merge=None):
@@ -38,11 +40,15 @@ def confident_left(images):
     p = torch.full((b, 2, s // 4, s // 4), 0.1)
     p[:, 0, :, : s // 8] = 0.9
     p[:, 1, :, s // 8 :] = 0.3
-    return {"pass1": torch.logit(p)}
+    return torch.logit(p)
+
+
+def stub(**settings):
+    return stub_inference(confident_left, EvalConfig(**{**EVAL_SETTINGS, **settings}), 2)
 
 
 def test_the_threshold_that_leaves_the_unnamed_half_unlabelled_wins():
-    result = calibrate(None, None, halves(), EVAL, forward=confident_left, progress=False)
+    result = calibrate(stub(), halves(), progress=False)
     # at 0 the right half is painted "b"; above 0.3 (its best probability) it is unlabelled and the left half (0.9)
     # keeps its class, up to the blend of the two across the border (bilinear upsampling of the stride-4 maps)
     best, scores = result.min_score, result.scores
@@ -54,18 +60,18 @@ def test_the_threshold_that_leaves_the_unnamed_half_unlabelled_wins():
 
 
 def test_a_vocabulary_that_covers_every_pixel_keeps_zero():
-    assert calibrate(None, None, halves(), EVAL, background_class=True, forward=confident_left).min_score == 0
-    covered = calibrate(None, None, halves(ignore_right=False), EVAL, forward=confident_left, progress=False)
+    assert calibrate(stub(), halves(), background_class=True).min_score == 0
+    covered = calibrate(stub(), halves(ignore_right=False), progress=False)
     assert covered.min_score == 0 and covered.background_class is True and covered.ignore_fraction == 0
-    merged = calibrate(None, None, halves(merge=1), EVAL, forward=confident_left)  # PAS-20b: its own background class
+    merged = calibrate(stub(), halves(merge=1))  # PAS-20b: its own background class
     assert merged.min_score == 0 and merged.background_class is True
 
 
 def test_bad_inputs():
     with pytest.raises(DataError, match="no pixels to calibrate"):
-        calibrate(None, None, halves(n=0), EVAL, forward=confident_left)
+        calibrate(stub(), halves(n=0))
     with pytest.raises(Exception, match="thresholds must start at 0"):
-        calibrate(None, None, halves(), EVAL, forward=confident_left, thresholds=[0.1, 0.5])
+        calibrate(stub(), halves(), thresholds=[0.1, 0.5])
 
 
 def copy_checkpoint(tmp_path):
@@ -126,7 +132,7 @@ def test_old_configs_keep_todays_behaviour_and_bad_values_are_refused(tmp_path):
     (ckpt / "config.json").write_text(json.dumps(data))
     cfg = load_model(ckpt)[1]
     assert cfg.eval.min_score == 0.0 and cfg.eval.background_class is None
-    with pytest.raises(ConfigError, match="'eval.min_score' must be in \\[0, 1\\)"):
+    with pytest.raises(ConfigError, match="'eval.min_score' must be a finite number in \\[0, 1\\)"):
         build_config("dpseg-tiny", overrides=["eval.min_score=1"])
     with pytest.raises(ConfigError, match="'eval.background_class' expects bool or null"):
         build_config("dpseg-tiny", overrides=["eval.background_class=maybe"])
@@ -167,9 +173,55 @@ def test_dpseg_calibrate_bad_inputs_are_one_line_errors(capsys, tmp_path, monkey
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("dpseg.checkpoint.load_model", never)
+    monkeypatch.setattr("dpseg.evaluation.calibrate.load_model", never)
     ckpt = copy_checkpoint(tmp_path)
     assert main(["calibrate", *make_args(tmp_path, ckpt)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err, err
     assert not (ckpt / "calibration.json").exists()
+
+
+def threshold_scores(maps, labels, num_classes):
+    """mIoU over the K classes + 'unlabelled' per threshold (the calibration criterion), from (labels, scores) maps."""
+    from dpseg.evaluation.metrics import metrics_from_confusion
+
+    k = num_classes
+    out = {}
+    for t in THRESHOLDS:
+        conf = torch.zeros(k + 1, k + 1, dtype=torch.int64)
+        for (pred, scores), gt in zip(maps, labels):
+            gt = torch.where(gt < 0, k, gt).reshape(-1)
+            p = torch.where(scores >= t, pred, k).reshape(-1) if t > 0 else pred.reshape(-1)
+            conf += torch.bincount(gt * (k + 1) + p, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+        miou = metrics_from_confusion(conf)["mIoU"]
+        out[t] = None if miou is None else round(miou, 4)
+    return out
+
+
+def test_calibration_thresholds_the_map_segment_makes_with_early_rejection(tmp_path):
+    """SED-fast (eval.early_rejection_topk) changes the map: the threshold must be chosen on the map `dpseg segment`
+    makes with it, not on the map without rejection (calibration once built its own forward without it)."""
+    from dpseg.build import build_model
+    from dpseg.data.catalog import build_dataset
+    from dpseg.evaluation.calibrate import calibrate_checkpoint
+
+    data = make_dataset(tmp_path / "data", n_train=0, n_val=2)
+    overrides = ["model.prompt_type=text", "model.guidance=upsampled", "model.aux_heads=true", "eval.two_pass=false"]
+    torch.manual_seed(0)
+    cfg = build_config("dpseg-tiny", overrides=[*overrides, "eval.early_rejection_topk=1"])
+    save_model(build_model(cfg), cfg, tmp_path / "ckpt")
+    result = calibrate_checkpoint(tmp_path / "ckpt", str(data), device="cpu", progress=False)
+    dataset = build_dataset(str(data), split="val")
+    seg = Segmenter.from_pretrained(tmp_path / "ckpt", device="cpu").set_vocabulary(dataset.class_names)
+    items = [dataset[i] for i in range(len(dataset))]
+    labels = [it["label"] for it in items]
+
+    def maps(topk):
+        seg.settings = dataclasses.replace(seg.settings, early_rejection_topk=topk)
+        runs = [seg.segment(it["image"].permute(1, 2, 0).numpy(), min_score=0) for it in items]
+        return [(torch.from_numpy(r.labels).long(), torch.from_numpy(r.scores)) for r in runs]
+
+    with_rejection = threshold_scores(maps(1), labels, len(dataset.class_names))
+    without = threshold_scores(maps(0), labels, len(dataset.class_names))
+    assert with_rejection != without  # rejection changes the map here, so the test can tell them apart
+    assert result.scores == with_rejection

@@ -52,7 +52,7 @@ def test_set_overrides_are_typed():
         ("model.visual_scales=[5]", "model.visual_scales"),
         ("train.lr", "must look like section.key=value"),
         ("model=3", "config section 'model' must be a mapping"),
-        ("eval.refine_crop_weight=0", "config key 'eval.refine_crop_weight' must be in (0, 1]"),
+        ("eval.refine_crop_weight=0", "config key 'eval.refine_crop_weight' must be a finite number in (0, 1]"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*
 
 from segment_helpers import artifacts, scene  # noqa: E402
 
-from dpseg.commands import demo, main  # noqa: E402
+from dpseg import demo_app as demo  # noqa: E402
+from dpseg.commands import main  # noqa: E402
+from dpseg.commands.demo import load_segmenter  # noqa: E402
 from dpseg.errors import CheckpointError, DPSegError, InputError  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = (
@@ -49,7 +51,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
     """The demo app on a free loopback port (tiny checkpoint + bank), with tight limits to test them."""
     a = artifacts()
-    seg, note = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, note = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(max_upload_mb=1, max_megapixels=0.02, max_classes=5), note)
     port = free_port()
     app.launch(
@@ -92,7 +94,7 @@ def test_gradio_client_segments_and_reports_errors(server):
         ("", "class list is empty"),
         ("a; b; c; d; e; f", "up to 5"),
         ("cat, cat", "more than once"),
-        ("cat, giraffe", "lacks 1 of the 2 classes"),
+        ("cat, giraffe", r"lacks 1 of the 2 classes.*Or tick \*text prompts only\* above"),  # the page's other way
     ]:
         with pytest.raises(AppError, match=message):
             client.predict(
@@ -156,8 +158,12 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
         def block_thread(self):
             pass
 
-    monkeypatch.setattr(demo, "load_segmenter", lambda *a: (types.SimpleNamespace(cfg=types.SimpleNamespace()), "note"))
-    monkeypatch.setattr(demo, "build_app", lambda *a: FakeApp())
+    import dpseg.commands.demo as command
+
+    monkeypatch.setattr(
+        command, "load_segmenter", lambda *a: (types.SimpleNamespace(cfg=types.SimpleNamespace()), "note")
+    )
+    monkeypatch.setattr(command, "build_app", lambda *a: FakeApp())
     assert main(["demo", "--checkpoint", "x"]) == 0
     assert main(["demo", "--checkpoint", "x", "--share-on-lan", "--port", "9000", "--max-upload-mb", "3"]) == 0
     assert [k["server_name"] for k in launched] == ["127.0.0.1", "0.0.0.0"]
@@ -173,28 +179,27 @@ def test_loopback_by_default_lan_only_when_asked(monkeypatch, capsys):
 def test_no_checkpoint_uses_the_quickstart_model_and_says_so(monkeypatch, tmp_path):
     a = artifacts()
     monkeypatch.setattr(demo, "default_artifacts", lambda: (a.ckpt, a.bank))  # the contract of dpseg.quickstart
-    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    seg, note = load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and str(seg.default_bank) == str(a.bank)
-    image, classes = demo.quickstart_example(tmp_path / "example")  # a rendered scene and the classes in it
-    assert Image.open(image).size == (192, 192) and len(classes.split("; ")) == 3
+    assert demo.quickstart_example(tmp_path) is None  # no quickstart has named its example scene there
     monkeypatch.undo()  # the real dpseg.quickstart: the last run's latest.json under $DPSEG_CACHE/quickstart
     monkeypatch.setenv("DPSEG_CACHE", str(tmp_path))
     with pytest.raises(CheckpointError, match="run `dpseg quickstart` first"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     cache = tmp_path / "quickstart"
     cache.mkdir()
     (cache / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable.*rerun `dpseg quickstart`"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     (cache / "latest.json").write_text(json.dumps({"model": str(tmp_path / "gone"), "bank": None}))
     with pytest.raises(CheckpointError, match="is gone"):
-        demo.load_segmenter(None, None, text_only=False)
+        load_segmenter(None, None, text_only=False)
     (cache / "latest.json").write_text(json.dumps({"model": str(a.ckpt), "bank": str(a.bank)}))
-    seg, note = demo.load_segmenter(None, None, text_only=False, device="cpu")
+    seg, note = load_segmenter(None, None, text_only=False, device="cpu")
     assert "dpseg quickstart" in note and Path(seg.default_bank) == Path(a.bank)
     with pytest.raises(InputError, match="--text-only"):
-        demo.load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
-    seg, note = demo.load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
+        load_segmenter(str(a.ckpt), None, text_only=False, device="cpu")
+    seg, note = load_segmenter(str(a.ckpt), None, text_only=True, device="cpu")
     assert "text prompts only" in note
 
 
@@ -217,7 +222,7 @@ def bad_uploads(folder) -> dict:
 
 def test_uploads_go_through_dpsegs_reader_and_limits(tmp_path):
     a = artifacts()
-    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, _ = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     handler = demo.make_handler(seg, demo.Limits(max_megapixels=0.02))
     for name, message in bad_uploads(tmp_path).items():
         with pytest.raises(DPSegError) as err:
@@ -244,7 +249,7 @@ def test_bad_uploads_get_a_message_on_the_page_and_no_server_traceback(server, c
 
 def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     a = artifacts()
-    seg, _ = demo.load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
+    seg, _ = load_segmenter(str(a.ckpt), str(a.bank), text_only=False, device="cpu")
     handler = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
     Image.fromarray(scene(seed=2)).save(tmp_path / "x.png")
     faint, _, info, files, state = handler(str(tmp_path / "x.png"), "cat; lamp", False, None, 0.0)
@@ -261,15 +266,26 @@ def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     assert "(best class probability below 0.5)" in handler(str(tmp_path / "x.png"), "cat; lamp", False)[2]
     assert "Prompts: bank" in info
     assert "DEGRADED" in handler(str(tmp_path / "x.png"), "cat; lamp", False, 0, 0.5, True)[2]  # the text-only switch
-    with pytest.raises(InputError, match="opacity must be between 0 and 1"):
+    with pytest.raises(InputError, match=r"opacity must be a finite number in \[0, 1\]"):
         handler(str(tmp_path / "x.png"), "cat", False, 0, 1.5)
     for _ in range(demo.RESULTS_KEPT + 2):
         handler(str(tmp_path / "x.png"), "cat", False, 0)
     assert len(list((tmp_path / "results").iterdir())) == demo.RESULTS_KEPT  # old downloads are deleted
-    seg.cfg.preset = "synthetic"  # the toy world's model: classes outside its world are named
+    seg.cfg.preset = "synthetic"  # the toy world's model: classes outside its world are refused, with the route
     toy = demo.make_handler(seg, demo.Limits(), results_dir=tmp_path / "results")
-    info = toy(str(tmp_path / "x.png"), "cat; red striped star", False, 0, 0.5, True)[2]
-    assert info.startswith("**Warning:** 1 of 2 classes are not in the toy model's world: 'cat'")
+    with pytest.raises(demo.OutsideWorld, match="'cat' is not in the toy model's world.*dpseg convert sed"):
+        toy(str(tmp_path / "x.png"), "cat; red striped star", False, 0, 0.5, True)
+
+
+def rendered_example(folder: Path) -> tuple[str, str]:
+    """A rendered synthetic scene of three objects (unseen classes first) and the classes in it."""
+    from dpseg.data.synthetic.render import random_scene
+    from dpseg.data.synthetic.world import all_classes, unseen_classes
+
+    scene = random_scene(unseen_classes() + all_classes()[:5], np.random.default_rng(7), size=192, num_objects=(3, 3))
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene.image).save(folder / "synthetic_scene.png")
+    return str(folder / "synthetic_scene.png"), "; ".join(pl.cls.name for pl in scene.placements)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +303,7 @@ def toy_server(tmp_path_factory):
     ckpt, bank = shutil.copytree(a.ckpt, root / "ckpt"), shutil.copytree(a.bank, root / "bank")
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))
-    image, classes = demo.quickstart_example(root / "example")
+    image, classes = rendered_example(root / "example")
     model, _ = load_model(ckpt)
     rng = np.random.default_rng(0)
     add_exemplars(
@@ -300,7 +316,7 @@ def toy_server(tmp_path_factory):
     scores = seg.segment(image, min_score=0).scores
     threshold = min(THRESHOLDS, key=lambda t: abs((scores < t).mean() - 0.5))
     write_calibration(ckpt, Calibration(threshold, False, "the example scene"))
-    seg, note = demo.load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
+    seg, note = load_segmenter(str(ckpt), str(bank), text_only=False, device="cpu")
     app = demo.build_app(seg, demo.Limits(), note, example=[image, classes], results_dir=root / "results")
     port = free_port()
     app.launch(
@@ -334,12 +350,12 @@ def test_chromium_the_toy_example_is_partly_labelled_and_an_error_clears_the_res
     try:
         driver.get(toy_server.url)
         wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example tr.tr-body"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dpseg-example-use"))
         note = " ".join(driver.find_element(By.CSS_SELECTOR, "#dpseg-note").text.split())
         assert "This is the toy model of dpseg quickstart" in note  # said once, on the page
         shown = driver.find_element(By.CSS_SELECTOR, "#dpseg-threshold input[type=number]").get_attribute("value")
         assert float(shown) == pytest.approx(toy_server.threshold)  # the slider starts at the checkpoint's threshold
-        driver.find_element(By.CSS_SELECTOR, "#dpseg-example tr.tr-body td").click()  # the one-click example
+        driver.find_element(By.CSS_SELECTOR, "#dpseg-example-use").click()  # the example fills the inputs
         wait.until(lambda d: "synthetic_scene" in d.find_element(By.CSS_SELECTOR, "#dpseg-image").text)
         driver.find_element(By.CSS_SELECTOR, "#dpseg-run").click()
         wait.until(lambda d: "Unlabelled:" in d.find_element(By.CSS_SELECTOR, "#dpseg-info").text)

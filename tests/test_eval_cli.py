@@ -102,7 +102,10 @@ def test_bank_eval_reports_both_passes(setup, capsys):
             "dataset 'a150' (ADE20K-150 validation): images folder",
         ),
         (["--datasets", "a150,pc459", "--text-only", "--root", "{base}/nodata"], "(also unavailable: pc459)"),
-        (["--datasets", "{base}/ds", "--text-only", "--two-pass"], "--two-pass refines visual prompts"),
+        (
+            ["--datasets", "{base}/ds", "--text-only", "--two-pass"],
+            "refinement (the second pass) replaces visual prompts",
+        ),
         (
             ["--datasets", "{base}/ds", "--text-only", "--set", "model.cost_embed_dim=8"],
             "only eval.* settings can change",

@@ -1,4 +1,5 @@
-"""Inference protocols (whole / slide), chunked argmax, and end-to-end evaluation with a fake and the tiny model."""
+"""The one inference path: protocols (whole / slide), chunked argmax, the two-pass rule, and end-to-end evaluation
+with a fake and the tiny model."""
 
 import dataclasses
 
@@ -11,9 +12,10 @@ from PIL import Image
 from dpseg.config import EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.errors import ConfigError, InputError
-from dpseg.evaluation import inference
+from dpseg.evaluation import inference, protocols
 from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.inference import Protocol, chunked_argmax, model_forward, predict, window_starts
+from dpseg.evaluation.inference import Inference
+from dpseg.evaluation.protocols import chunked_argmax, predict, window_starts
 from dpseg.model.dual_prompt import PromptSet
 
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.1, 0.9], [0.1, 0.8, 0.1], [0.9, 0.9, 0.2]])
@@ -21,6 +23,8 @@ COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.1, 0.9], [0.1, 0.8, 0.1], [0.9,
 
 class ColourMatcher(torch.nn.Module):
     """Same call signature as DPSeg: logits_k = -50 * ||avgpool4(image) - colour_k||^2 at stride 4."""
+
+    needs_visual_prompts = False
 
     def __init__(self):
         super().__init__()
@@ -52,9 +56,8 @@ def scene(h, w, seed=0):
 
 
 def small(name, **kw):
-    return Protocol(
-        name, short_side=64, input_size=64, window=32, overlap=0.333, class_chunk=kw.pop("class_chunk", 2), **kw
-    )
+    settings = {"short_side": 64, "input_size": 64, "slide_window": 32, "slide_overlap": 0.333, "class_chunk": 2}
+    return EvalConfig(protocol=name, **{**settings, "two_pass": False, **kw})
 
 
 @pytest.mark.parametrize("name", ["whole", "slide"])
@@ -62,9 +65,9 @@ def small(name, **kw):
 def test_protocols_segment_any_size(name, size):
     model, prompts = ColourMatcher(), colour_prompts()
     image, label = scene(*size)
-    (out,) = predict(model_forward(model, prompts), [image], small(name))
+    (out,) = Inference(model, prompts, small(name)).predict([image])
     pred = out["pass1"]
-    assert pred.labels.shape == size and pred.labels.dtype == torch.int64 and pred.scores.shape == size
+    assert pred.labels.shape == size and pred.labels.dtype == torch.uint8 and pred.scores.shape == size
     assert (pred.labels == label).float().mean() > 0.9
     assert all(s[-1] == 64 for s in model.calls)  # every view went through the model at input_size
 
@@ -72,7 +75,7 @@ def test_protocols_segment_any_size(name, size):
 def test_whole_batches_images_of_different_sizes():
     model = ColourMatcher()
     (a, _), (b, _) = scene(50, 90, 1), scene(120, 40, 2)
-    outs = predict(model_forward(model, colour_prompts()), [a, b], small("whole"))
+    outs = Inference(model, colour_prompts(), small("whole")).predict([a, b])
     assert model.calls == [(2, 3, 64, 64)]
     assert outs[0]["pass1"].labels.shape == (50, 90) and outs[1]["pass1"].labels.shape == (120, 40)
 
@@ -82,7 +85,7 @@ def test_slide_views_and_window_geometry():
     assert window_starts(700, 384, 256) == [0, 256, 316]  # last window flush with the border
     assert window_starts(300, 384, 256) == [0]
     model = ColourMatcher()
-    predict(model_forward(model, colour_prompts()), [scene(80, 100)[0]], Protocol("slide", class_chunk=4))
+    Inference(model, colour_prompts(), EvalConfig(protocol="slide", class_chunk=4)).predict([scene(80, 100)[0]])
     assert model.calls == [(5, 3, 768, 768)]  # 4 windows + 1 global view, each at input_size
 
 
@@ -98,7 +101,7 @@ def test_slide_fuses_window_average_with_global_view():
         logits[:, 1] = -20.0
         return {"pass1": logits}
 
-    (out,) = predict(forward, [torch.zeros(3, 70, 90, dtype=torch.uint8)], small("slide"))
+    (out,) = predict(forward, [torch.zeros(3, 70, 90, dtype=torch.uint8)], small("slide"), 2)
     expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
     assert torch.allclose(out["pass1"].scores, expected.expand(70, 90), atol=1e-5)
     assert (out["pass1"].labels == 0).all()
@@ -112,13 +115,13 @@ def test_chunked_argmax_equals_global_argmax_with_ties():
         val, idx = full.max(0)
         assert torch.equal(pred.scores, val)
         first = (full == val).float().argmax(0)  # lowest index among the maxima
-        assert torch.equal(pred.labels, first)
+        assert torch.equal(pred.labels.long(), first)
 
 
 def test_full_resolution_maps_are_built_in_bounded_chunks(monkeypatch):
     spans = []
-    monkeypatch.setattr(inference, "MAX_CHUNK_ELEMS", 3 * 40 * 50)
-    real = inference.chunked_argmax
+    monkeypatch.setattr(protocols, "MAX_CHUNK_ELEMS", 3 * 40 * 50)
+    real = protocols.chunked_argmax
 
     def spy(scores_for, k, hw, chunk, device):
         def wrapped(a, b):
@@ -128,42 +131,85 @@ def test_full_resolution_maps_are_built_in_bounded_chunks(monkeypatch):
 
         return real(wrapped, k, hw, chunk, device)
 
-    monkeypatch.setattr(inference, "chunked_argmax", spy)
+    monkeypatch.setattr(protocols, "chunked_argmax", spy)
     k = 40
     prompts = PromptSet([f"c{i}" for i in range(k)], torch.rand(k, 1, 3))
     for name in ("whole", "slide"):
         spans.clear()
-        predict(model_forward(ColourMatcher(), prompts), [scene(40, 50)[0]], small(name, class_chunk=16))
+        Inference(ColourMatcher(), prompts, small(name, class_chunk=16)).predict([scene(40, 50)[0]])
         assert sum(s[0] for s in spans) == k and max(s[0] for s in spans) == 3 and all(s[1:] == (40, 50) for s in spans)
 
 
-def test_two_pass_keys_and_chunk_are_forwarded():
+class VisualColourMatcher(ColourMatcher):
+    needs_visual_prompts = True
+
+
+def visual_colour_prompts(k=4):
+    colours = COLOURS[:k, None, :].clone()  # (K, M=1, 3)
+    return PromptSet([f"c{i}" for i in range(k)], colours, colours.clone(), [colours.clone() for _ in range(3)])
+
+
+def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch):
     seen = {}
 
-    def fake_refine(model, images, prompts, policy, class_chunk=None):
-        seen["chunk"] = class_chunk
+    def fake_refine(model, images, prompts, policy, class_chunk=None, early_rejection_topk=0):
+        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk)
         first = model(images, prompts)["logits"]
         return {"logits_pass1": first, "logits": -first}
 
-    fwd = model_forward(ColourMatcher(), colour_prompts(), two_pass=True, class_chunk=7, refine_fn=fake_refine)
+    monkeypatch.setattr(inference, "two_pass", fake_refine)
+    settings = small("whole", class_chunk=7, two_pass=True, refine_min_area=0.25, early_rejection_topk=3)
+    run = Inference(VisualColourMatcher(), visual_colour_prompts(), settings)
+    assert run.passes == ("pass1", "pass2") and run.final == "pass2"
     image, label = scene(64, 64)
-    (out,) = predict(fwd, [image], small("whole"))
-    assert seen["chunk"] == 7 and set(out) == {"pass1", "pass2"}
+    (out,) = run.predict([image])
+    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["policy"].min_area == 0.25
+    assert set(out) == {"pass1", "pass2"}
     assert (out["pass1"].labels == label).float().mean() > 0.9 > (out["pass2"].labels == label).float().mean()
 
 
-def test_protocol_and_input_errors():
+def test_the_two_pass_rule():
+    """Refinement runs where the model reads visual prompts and the prompts have them: eval.two_pass decides there,
+    it is off elsewhere, and asking for it elsewhere is an error."""
+    on, off = small("whole", two_pass=True), small("whole", two_pass=False)
+    assert Inference(VisualColourMatcher(), visual_colour_prompts(), on).two_pass
+    assert not Inference(VisualColourMatcher(), visual_colour_prompts(), off).two_pass
+    assert Inference(VisualColourMatcher(), visual_colour_prompts(), off, two_pass=True).two_pass
+    assert not Inference(VisualColourMatcher(), colour_prompts(), on).two_pass  # text-only prompts
+    assert not Inference(ColourMatcher(), visual_colour_prompts(), on).two_pass  # a text-only model
+    with pytest.raises(InputError, match="these prompts do not have"):
+        Inference(VisualColourMatcher(), colour_prompts(), off, two_pass=True)
+    with pytest.raises(InputError, match="this model does not use.*--no-refine"):
+        Inference(ColourMatcher(), visual_colour_prompts(), off, two_pass=True)
+
+
+def test_describe_keys_what_shapes_the_predictions():
+    one = Inference(ColourMatcher(), colour_prompts(), small("whole")).describe()
+    assert one["two_pass"] is False and one["protocol"] == "whole" and one["precision"] == "fp32"
+    assert not any(k.startswith(("refine_", "slide_")) for k in one)
+    assert not set(one) & set(inference.NOT_PREDICTION_KEYS)
+    two = Inference(VisualColourMatcher(), visual_colour_prompts(), small("slide", two_pass=True)).describe()
+    assert two["refine_crop_weight"] == EvalConfig().refine_crop_weight and two["slide_window"] == 32
+
+
+def test_settings_and_input_errors():
     with pytest.raises(ConfigError, match="multiple of 32"):
-        Protocol("whole", input_size=100)
-    with pytest.raises(ConfigError, match="'whole' or 'slide'"):
-        Protocol("tiles")
+        Inference(ColourMatcher(), colour_prompts(), EvalConfig(input_size=100))
+    with pytest.raises(ConfigError, match="eval.protocol"):
+        Inference(ColourMatcher(), colour_prompts(), EvalConfig(protocol="tiles"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="slide_overlap"):
-        Protocol("slide", overlap=1.0)
-    fwd = model_forward(ColourMatcher(), colour_prompts())
+        Inference(ColourMatcher(), colour_prompts(), EvalConfig(protocol="slide", slide_overlap=1.0))
+    with pytest.raises(ConfigError, match="eval.refine_scope"):
+        Inference(ColourMatcher(), colour_prompts(), EvalConfig(refine_scope="some"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="refine_crop_weight"):
+        Inference(ColourMatcher(), colour_prompts(), EvalConfig(refine_crop_weight=0))
+    run = Inference(ColourMatcher(), colour_prompts(), small("whole"))
     with pytest.raises(InputError, match="uint8 tensors"):
-        predict(fwd, [torch.rand(3, 10, 10)], small("whole"))
+        run.predict([torch.rand(3, 10, 10)])
+    with pytest.raises(InputError, match="tile must be a multiple of 32"):
+        run.predict([scene(32, 32)[0]], tile=40)
     with pytest.raises(InputError, match=r"expected \(1, K=7"):
-        predict(fwd, [scene(32, 32)[0]], small("whole"), num_classes=7)
+        predict(run.forward, [scene(32, 32)[0]], small("whole"), 7)
 
 
 def write_scenes(root, n, classes=("red", "blue", "green", "yellow")):
@@ -192,14 +238,16 @@ def test_evaluate_on_custom_folder(tmp_path, protocol):
         num_workers=0,
         batch_size=2,
     )
-    res = evaluate(ColourMatcher(), colour_prompts(), ds, cfg, progress=False)
+    res = evaluate(Inference(ColourMatcher(), colour_prompts(), cfg), ds, progress=False)
     assert res["num_images"] == 4 and set(res) >= {"pass1", "seconds", "protocol"} and "pass2" not in res
     assert res["pass1"]["mIoU"] > 90 and res["pass1"]["classes_present"] == 4
     wrong = PromptSet(["c0", "c1", "c2", "c3"], COLOURS[[1, 0, 3, 2], None, :].clone())  # classes swapped
-    assert evaluate(ColourMatcher(), wrong, ds, cfg, progress=False)["pass1"]["mIoU"] < 10
-    assert evaluate(ColourMatcher(), colour_prompts(), ds, cfg, progress=False, max_images=1)["num_images"] == 1
+    assert evaluate(Inference(ColourMatcher(), wrong, cfg), ds, progress=False)["pass1"]["mIoU"] < 10
+    assert (
+        evaluate(Inference(ColourMatcher(), colour_prompts(), cfg), ds, progress=False, max_images=1)["num_images"] == 1
+    )
     with pytest.raises(InputError, match="prompts hold 3 classes but dataset 'ds:val' is prompted with 4"):
-        evaluate(ColourMatcher(), colour_prompts(3), ds, cfg, progress=False)
+        evaluate(Inference(ColourMatcher(), colour_prompts(3), cfg), ds, progress=False)
 
 
 def test_evaluate_tiny_dpseg_both_passes(tmp_path, tiny_cfg):
@@ -211,7 +259,7 @@ def test_evaluate_tiny_dpseg_both_passes(tmp_path, tiny_cfg):
     ds = build_dataset(tmp_path / "ds")
     prompts = random_prompts(model, 4, names=ds.vocabulary)
     ecfg = dataclasses.replace(cfg.eval, num_workers=0, two_pass=True)
-    res = evaluate(model, prompts, ds, ecfg, progress=False)
+    res = evaluate(Inference(model, prompts, ecfg), ds, progress=False)
     assert set(res) >= {"pass1", "pass2"}
     for key in ("pass1", "pass2"):
         assert res[key]["pixels"] == int((ds[0]["label"] >= 0).sum())

@@ -9,10 +9,12 @@ import torch
 from helpers import random_prompts, tiny_model
 
 import dpseg.model.aggregation as aggregation
+from dpseg.config import EvalConfig
+from dpseg.evaluation.inference import refine_policy
 from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.early_rejection import REJECTED_LOGIT
-from dpseg.model.refine import RefinePolicy, refine_prompts, two_pass, unique_images
+from dpseg.model.refine import refine_prompts, two_pass, unique_images
 
 SED_SWITCHES = [
     "model.prompt_type=text",
@@ -107,8 +109,10 @@ def test_elu_plus_one():
     assert torch.allclose(elu_plus_one(t), torch.nn.functional.elu(t) + 1, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.aux_heads=true"]])
-def test_two_pass_reuse_equals_decoding_pass_two_from_scratch(overrides):
+@pytest.mark.parametrize(
+    "overrides, replace", [([], "both"), (["model.aux_heads=true"], "both"), ([], "global"), ([], "stages")]
+)
+def test_two_pass_reuse_equals_decoding_pass_two_from_scratch(overrides, replace):
     """Pass 2 of scope 'all' reuses pass 1's stage-0 maps of the unchanged (image, class) pairs and the projected
     encoder stages; its logits equal a decode of the refined prompts from scratch."""
     model, _ = tiny_model(*overrides)
@@ -116,7 +120,8 @@ def test_two_pass_reuse_equals_decoding_pass_two_from_scratch(overrides):
     prompts = random_prompts(model, 9)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        out = two_pass(model, x, prompts, RefinePolicy(min_score=0.0, max_classes=3))
+        policy = refine_policy(EvalConfig(refine_min_score=0.0, refine_max_classes=3, refine_replace=replace))
+        out = two_pass(model, x, prompts, policy)
         assert out["detected"].any() and not out["detected"].all()
         scratch = model.decode(model.encode_image(x), out["prompts"])
     assert torch.allclose(out["logits"], scratch["logits"], atol=1e-5)
@@ -153,9 +158,12 @@ def test_identical_crops_are_encoded_once(monkeypatch):
     encoded = []
     original = model.encode_visual_prompts
     monkeypatch.setattr(model, "encode_visual_prompts", lambda im: encoded.append(len(im)) or original(im))
-    refined, detected = refine_prompts(model, x, logits, prompts, RefinePolicy())
+    context = refine_policy(EvalConfig(refine_framing="context"))  # the crop depends on the region's box only
+    refined, detected = refine_prompts(model, x, logits, prompts, context)
     assert detected[0].tolist() == [True, True, False, False] and encoded == [1]
     assert torch.equal(refined.visual[0, 0], refined.visual[0, 1])
+    refine_prompts(model, x, logits, prompts, refine_policy(EvalConfig(refine_framing="masked")))
+    assert encoded == [1, 2]  # masked crops show each class's own pixels: two different crops
 
 
 def test_dpseg_early_rejection_keeps_the_survivors_and_equals_the_full_decode_when_none_is_rejected():

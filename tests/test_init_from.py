@@ -67,7 +67,7 @@ def test_sed_trains_with_its_auxiliary_losses(tmp_path, data, monkeypatch):
 def test_dpseg_starts_from_sed(tmp_path, data, sed_checkpoint, capsys, monkeypatch):
     """The run starts from SED's weights where name and shape match, from the fresh initialisation elsewhere, and
     with the frozen towers from model.clip_pretrained (so the prompt bank built from it stays valid)."""
-    import dpseg.engine.train as engine
+    import dpseg.engine.setup as engine
 
     start, init = {}, engine.init_from_checkpoint
 

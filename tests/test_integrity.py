@@ -180,7 +180,7 @@ def test_check_reports_checkpoint_folders_runs_and_files(tiny, ckpt, tmp_path, c
     steps = [save_checkpoint(run, s, model, train_state(s), cfg) for s in (1, 2)]
     shutil.copytree(ckpt, run / "final")
     assert main(["check", str(run)]) == 0
-    assert "training run): 6 file(s), 6 ok" in capsys.readouterr().out  # 2 x (trainable, state) + final's 2
+    assert "training run): 8 file(s), 8 ok" in capsys.readouterr().out  # 2 x (trainable, state, config) + final's 2
     flip_tensor_bit(steps[1] / "trainable.safetensors")
     assert main(["check", str(run)]) == 2
     captured = capsys.readouterr()

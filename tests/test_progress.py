@@ -103,6 +103,8 @@ def test_dataset_preparation_prints_lines(capsys, tmp_path, monkeypatch):
 
 
 def test_evaluation_prints_lines(capsys, monkeypatch):
+    from helpers import stub_inference
+
     from dpseg.config import EvalConfig
     from dpseg.evaluation.evaluator import evaluate
 
@@ -110,7 +112,7 @@ def test_evaluation_prints_lines(capsys, monkeypatch):
     items = [{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "label": torch.zeros(8, 8, dtype=torch.long)}] * 2
     dataset = type("Tiny", (list,), {"class_names": ["a", "b"], "name": "tiny"})(items)
     cfg = EvalConfig(input_size=32, short_side=8, num_workers=0, two_pass=False)
-    evaluate(None, None, dataset, cfg, forward=lambda x: {"pass1": torch.zeros(x.shape[0], 2, 8, 8)})
+    evaluate(stub_inference(lambda x: torch.zeros(x.shape[0], 2, 8, 8), cfg, 2), dataset)
     err = capsys.readouterr().err
     assert "tiny: 1/2 img (50%)" in err and "tiny: 2/2 img (100%)" in err
 

@@ -1,10 +1,11 @@
 import pytest
 import torch
-from helpers import random_prompts, tiny_model
+from helpers import policy, random_prompts, tiny_model
 
-from dpseg.errors import InputError
+from dpseg.errors import ConfigError, InputError
+from dpseg.image_io import CLIP_MEAN
 from dpseg.model.prompt_image import prepare_prompt_image
-from dpseg.model.refine import RefinePolicy, detected_classes, refine_prompts, two_pass
+from dpseg.model.refine import detected_classes, refine_prompts, two_pass
 
 
 def test_detected_classes_threshold():
@@ -28,7 +29,7 @@ def test_refinement_changes_only_detected_classes():
     logits[0, 1, :, :8] = 4  # image 0: classes 1 and 3 present
     logits[0, 3, :, 8:] = 4
     logits[1, 2] = 4  # image 1: only class 2
-    refined, detected = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01))
+    refined, detected = refine_prompts(model, x, logits, prompts, policy(min_area=0.01))
     assert detected.tolist() == [[False, True, False, True, False], [False, False, True, False, False]]
     assert refined.visual.shape == (2, 5, model.num_templates, prompts.visual.shape[-1])
     for b in range(2):
@@ -54,7 +55,7 @@ def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch
     original = model.image_encoder.forward
     monkeypatch.setattr(model.image_encoder, "forward", lambda im: calls.append(1) or original(im))
     with torch.no_grad():
-        out = two_pass(model, x, prompts)
+        out = two_pass(model, x, prompts, policy())
     assert len(calls) == 1  # pass 2 re-uses the image features
     assert out["logits"].shape == out["logits_pass1"].shape == (1, 4, 16, 16)
     assert out["detected"].any()
@@ -67,7 +68,7 @@ def test_two_pass_reuses_features_and_is_identity_without_detections(monkeypatch
         lambda logits, area, cap=0, score=0.0: torch.zeros(logits.shape[:2], dtype=torch.bool),
     )
     with torch.no_grad():
-        none = two_pass(model, x, prompts)  # nothing detected: every prompt is kept, pass 2 == pass 1
+        none = two_pass(model, x, prompts, policy())  # nothing detected: every prompt is kept, pass 2 == pass 1
     assert torch.allclose(none["logits"], none["logits_pass1"], atol=1e-6)
 
 
@@ -75,7 +76,7 @@ def test_refinement_needs_visual_prompts():
     model, _ = tiny_model()
     prompts = random_prompts(model, 2).text_only()
     with pytest.raises(InputError, match="text-only"):
-        refine_prompts(model, torch.rand(1, 3, 64, 64), torch.zeros(1, 2, 16, 16), prompts)
+        refine_prompts(model, torch.rand(1, 3, 64, 64), torch.zeros(1, 2, 16, 16), prompts, policy())
 
 
 def test_present_scope_redecodes_only_present_classes():
@@ -84,7 +85,7 @@ def test_present_scope_redecodes_only_present_classes():
     prompts = random_prompts(model, 6)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        fast = two_pass(model, x, prompts, RefinePolicy(scope="present"))
+        fast = two_pass(model, x, prompts, policy(scope="present"))
     first = fast["logits_pass1"]
     present = torch.zeros(6, dtype=torch.bool)
     present[first.argmax(dim=1).unique()] = True
@@ -94,8 +95,8 @@ def test_present_scope_redecodes_only_present_classes():
             "logits"
         ]
     assert torch.allclose(fast["logits"][:, present], expected, atol=1e-6)
-    with pytest.raises(InputError, match="scope"):
-        RefinePolicy(scope="some")
+    with pytest.raises(ConfigError, match="eval.refine_scope"):
+        policy(scope="some")
 
 
 def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
@@ -104,7 +105,7 @@ def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
     prompts = random_prompts(model, 3)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        full = two_pass(model, x, prompts, RefinePolicy(scope="all"))
+        full = two_pass(model, x, prompts, policy(scope="all"))
         first = full["logits_pass1"]
     # make every class win somewhere in pass 1 by patching decode's first call to return a striped map
     stripes = torch.full_like(first, -5.0)
@@ -119,9 +120,9 @@ def test_present_scope_equals_all_when_every_class_is_present(monkeypatch):
 
     monkeypatch.setattr(model, "decode", decode)
     with torch.no_grad():
-        fast = two_pass(model, x, prompts, RefinePolicy(scope="present"))
+        fast = two_pass(model, x, prompts, policy(scope="present"))
         calls.clear()
-        full = two_pass(model, x, prompts, RefinePolicy(scope="all"))
+        full = two_pass(model, x, prompts, policy(scope="all"))
     assert torch.allclose(fast["logits"], full["logits"], atol=1e-6)
 
 
@@ -132,13 +133,46 @@ def test_a_crop_weight_below_one_blends_the_crop_into_each_templates_prompt():
     x = torch.rand(1, 3, 64, 64)
     logits = torch.full((1, 3, 16, 16), -4.0)
     logits[0, 1] = 4  # only class 1 is detected
-    replaced, _ = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01))
-    blended, _ = refine_prompts(model, x, logits, prompts, RefinePolicy(min_area=0.01, crop_weight=0.25))
+    replaced, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01))
+    blended, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01, crop_weight=0.25))
     crop = replaced.visual[0, 1, 0]
     assert torch.allclose(blended.visual[0, 1], 0.25 * crop + 0.75 * prompts.visual[1], atol=1e-6)
     for r, b, p in zip(replaced.visual_stages, blended.visual_stages, prompts.visual_stages):
         assert torch.allclose(b[0, 1], 0.25 * r[0, 1] + 0.75 * p[1], atol=1e-6)
     assert torch.equal(blended.visual[0, 0], prompts.visual[0])  # undetected classes are untouched
     for bad in (0.0, 1.5):
-        with pytest.raises(InputError, match="crop_weight must be in"):
-            RefinePolicy(crop_weight=bad)
+        with pytest.raises(ConfigError, match="refine_crop_weight' must be a finite number in"):
+            policy(crop_weight=bad)
+
+
+def test_crop_framing_and_which_prompts_a_crop_replaces():
+    """eval.refine_framing decides what the prompt encoder sees of a detected class; eval.refine_replace which of its
+    visual prompts (V, v_j) the crop's embedding replaces."""
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 3)
+    x = torch.rand(1, 3, 64, 64)
+    logits = torch.full((1, 3, 16, 16), -4.0)
+    logits[0, 1, 4:8, 4:12] = 4  # class 1 holds a 16 x 32 block of the input; the rest votes for nothing
+    seen = []
+    original = model.encode_visual_prompts
+    model.encode_visual_prompts = lambda crops: seen.append(crops) or original(crops)
+    for framing in ("context", "tight", "masked"):
+        refine_prompts(model, x, logits, prompts, policy(min_area=0.01, framing=framing))
+    context, tight, masked = (c[0] for c in seen)
+    size = model.prompt_image_size
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    assert torch.allclose(masked[:, : size // 4], mean.expand(3, size // 4, size))  # above the block: masked out
+    assert not torch.allclose(context[:, : size // 4], mean.expand(3, size // 4, size))  # context keeps it
+    block = torch.nn.functional.interpolate(x[:, :, 16:32, 16:48], size=(size // 2, size))[0]  # the block, framed
+    assert torch.allclose(tight[:, size // 4 : 3 * size // 4], block, atol=0.15)  # tight: the block spans the frame
+    both, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01))
+    only_v, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01, replace="global"))
+    only_stages, _ = refine_prompts(model, x, logits, prompts, policy(min_area=0.01, replace="stages"))
+    assert torch.equal(only_v.visual, both.visual) and torch.equal(only_stages.visual[0], prompts.visual)
+    for b, v, s, p in zip(both.visual_stages, only_v.visual_stages, only_stages.visual_stages, prompts.visual_stages):
+        assert torch.equal(v[0], p) and torch.equal(s, b) and not torch.equal(b[0, 1], p[1])
+    with pytest.raises(ConfigError, match="eval.refine_framing"):
+        policy(framing="loose")
+    with pytest.raises(ConfigError, match="eval.refine_replace"):
+        policy(replace="text")

@@ -4,6 +4,7 @@ tests/fixtures/sed/ holds a tiny random SED in SED's checkpoint layout and the t
 from it (README there: how, and with which SED commit). The converted checkpoint must reproduce them in fp32.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.convert import convert_sed, sed_key
 from dpseg.errors import CheckpointError, ConfigError, InputError
-from dpseg.evaluation.inference import Protocol, model_forward, predict_whole
+from dpseg.evaluation.inference import Inference
+from dpseg.evaluation.protocols import predict_whole
 from dpseg.model.dpseg import REJECTED_LOGIT
 from dpseg.model.dual_prompt import PromptSet
 from dpseg.prompts.templates import model_templates
@@ -72,15 +74,17 @@ def test_logits_and_aux_outputs_equal_seds_through_the_whole_protocol(fixture, c
     assert cfg.eval.protocol == "whole" and (cfg.eval.short_side, cfg.eval.input_size) == (96, 160)
     seen = {}
 
-    def spy(images, prompts, class_chunk=0):
-        seen["input"] = images
-        seen["out"] = model(images, prompts, class_chunk)
-        return seen["out"]
+    class Spy(torch.nn.Module):
+        needs_visual_prompts = False
 
-    forward = model_forward(spy, sed_prompts(model, cfg, names), class_chunk=cfg.eval.class_chunk)
-    protocol = Protocol("whole", cfg.eval.short_side, cfg.eval.max_side, cfg.eval.input_size)
+        def forward(self, images, prompts, class_chunk=0):
+            seen["input"] = images
+            seen["out"] = model(images, prompts, class_chunk)
+            return seen["out"]
+
+    inference = Inference(Spy(), sed_prompts(model, cfg, names), cfg.eval, precision="fp32")
     with torch.no_grad():
-        pred = predict_whole(forward, [io["input.image_uint8"]], protocol)[0]["pass1"]
+        pred = inference.predict([io["input.image_uint8"]])[0]["pass1"]
         normalised = (seen["input"] - model.image_encoder.mean) / model.image_encoder.std
         feats = model.encode_image(seen["input"])
     assert (normalised - io["input.clip_images"]).abs().max() < TOL  # what SED's CLIP saw
@@ -100,9 +104,10 @@ def test_sed_postprocessing_equals_the_protocols(fixture, converted):
     """SED.forward's own output (sigmoid, resized to the original 75x100) is what the protocol makes of the logits."""
     model, cfg, _ = converted
     io = fixture["io"]
-    protocol = Protocol("whole", 75, 2560, 160)
+    settings = dataclasses.replace(cfg.eval, short_side=75, input_size=160)
+    logits = io["out.logits"]
     pred = predict_whole(
-        lambda images: {"pass1": io["out.logits"]}, [torch.zeros(3, 75, 100, dtype=torch.uint8)], protocol
+        lambda images: {"pass1": logits}, [torch.zeros(3, 75, 100, dtype=torch.uint8)], settings, logits.shape[1]
     )[0]["pass1"]
     best, labels = io["out.sem_seg"].max(dim=0)
     assert (pred.scores - best).abs().max() < TOL and torch.equal(pred.labels, labels)
@@ -146,17 +151,18 @@ def test_early_rejection_equals_sed_fast(fixture, converted, k):
     with torch.no_grad():  # a batch keeps the classes any of its images keeps: two copies keep the same ones
         twice = model(x.repeat(2, 1, 1, 1), prompts, early_rejection_topk=k)["logits"]
     assert torch.allclose(twice, out["logits"].repeat(2, 1, 1, 1), atol=1e-5)
-    protocol = Protocol("whole", 96, 2560, 160, class_chunk=3)
-    forward = model_forward(model, prompts, early_rejection_topk=k)
+    settings = dataclasses.replace(cfg.eval, short_side=96, input_size=160, class_chunk=3, early_rejection_topk=k)
     with torch.no_grad():
-        pred = predict_whole(forward, [io["input.image_uint8"]], protocol)[0]["pass1"]
-    assert alive[-1][pred.labels.unique()].all() and torch.isfinite(pred.scores).all()  # rejected classes never win
+        pred = Inference(model, prompts, settings, precision="fp32").predict([io["input.image_uint8"]])[0]["pass1"]
+    assert (
+        alive[-1][pred.labels.long().unique()].all() and torch.isfinite(pred.scores).all()
+    )  # rejected classes never win
 
 
 def test_early_rejection_needs_auxiliary_heads(converted):
     with pytest.raises(ConfigError, match="early_rejection_topk.*aux_heads"):
         build_config("dpseg-tiny", overrides=["eval.early_rejection_topk=8"])
-    with pytest.raises(ConfigError, match="early_rejection_topk' must be >= 0"):
+    with pytest.raises(ConfigError, match="early_rejection_topk' must be an integer in \\[0, "):
         build_config("sed-b", overrides=["eval.early_rejection_topk=-1"])
     from helpers import random_prompts, tiny_model
 
@@ -222,8 +228,11 @@ def test_converter_names_every_problem(fixture, tmp_path):
     with pytest.raises(CheckpointError, match=r"weights_only=True.*never runs pickled code"):
         convert_sed(tmp_path / "unsafe.pth", tmp_path / "out")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read SED checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         convert_sed(tmp_path / "text.pth", tmp_path / "out")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "unsafe.pth").read_bytes()[:300])  # a download cut short
+    with pytest.raises(CheckpointError, match="cannot read SED checkpoint .*; download it again$"):
+        convert_sed(tmp_path / "cut.pth", tmp_path / "out")
     with pytest.raises(CheckpointError, match="does not exist"):
         convert_sed(tmp_path / "nope.pth", tmp_path / "out")
     convert(state, config_file=cfg_file)

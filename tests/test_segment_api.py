@@ -11,7 +11,7 @@ from PIL import Image
 from segment_helpers import artifacts, scene
 
 from dpseg.errors import BankError, CheckpointError, DataError, InputError
-from dpseg.evaluation.inference import model_forward, predict
+from dpseg.evaluation.inference import Inference
 from dpseg.segmenter import SegmentationResult, Segmenter
 from dpseg.vocab import parse_class_list
 
@@ -45,8 +45,8 @@ def test_result_has_labels_scores_and_class_stats(seg):
 def test_same_maps_as_the_evaluation_inference_path(seg):
     img = scene(seed=3)
     r = seg.segment(img, refine=True)
-    forward = model_forward(seg.model, seg.prompts, two_pass=True, class_chunk=seg.protocol.class_chunk)
-    ref = predict(forward, [torch.from_numpy(img).permute(2, 0, 1).contiguous()], seg.protocol, "cpu")[0]
+    inference = Inference(seg.model, seg.prompts, seg.cfg.eval, two_pass=True)  # as evaluate() is given it
+    ref = inference.predict([torch.from_numpy(img).permute(2, 0, 1).contiguous()])[0]
     assert np.array_equal(r.labels, ref["pass2"].labels.numpy()) and np.array_equal(
         r.labels_pass1, ref["pass1"].labels.numpy()
     )
@@ -202,7 +202,7 @@ def test_large_images_are_predicted_downscaled_then_enlarged(seg, monkeypatch):
     img = scene(120, 160, seed=6)
     seg.max_full_pixels = 60 * 80
     seen = []
-    import dpseg.segmenter as module
+    import dpseg.evaluation.inference as module
 
     real = module.predict
     monkeypatch.setattr(

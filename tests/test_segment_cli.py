@@ -363,27 +363,27 @@ def test_options_are_checked_before_the_model_loads(capsys, tmp_path, monkeypatc
     assert not (tmp_path / "o").exists()
 
 
-def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(capsys, tmp_path):
+def test_the_synthetic_worlds_toy_model_says_so_once_and_refuses_foreign_classes(capsys, tmp_path):
     toy = shutil.copytree(artifacts().ckpt, tmp_path / "toy")
     config = json.loads((toy / "config.json").read_text())
     (toy / "config.json").write_text(json.dumps({**config, "preset": "synthetic"}))  # as `dpseg quickstart` exports
     Image.fromarray(scene()).save(tmp_path / "x.png")
-    rc, err = segment(
-        capsys,
-        tmp_path / "x.png",
-        "--classes",
-        "cat; red striped star; blue dotted sofa",
-        "--text-only",
-        "--no-refine",
-        "--out",
-        tmp_path / "o",
-        checkpoint=toy,
-    )
-    assert rc == 0, err
-    assert err.count("note: this is the toy model of `dpseg quickstart`") == 1
-    warning = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1
-    assert "2 of 3 classes are not in the toy model's world: 'cat', 'blue dotted sofa'" in warning[0]
+    for flags in ([], ["--text-only"]):  # no prompt source teaches the toy names outside its world
+        rc, err = segment(
+            capsys,
+            tmp_path / "x.png",
+            "--classes",
+            "cat; red striped star; blue dotted sofa",
+            *flags,
+            "--no-refine",
+            "--out",
+            tmp_path / "o",
+            checkpoint=toy,
+        )
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err
+        assert lines[0].startswith("error: 'cat', 'blue dotted sofa' are not in the toy model's world")
+        assert "--text-only" not in lines[0] and "prompts build" not in lines[0] and not (tmp_path / "o").exists()
     rc, err = segment(
         capsys,
         tmp_path / "x.png",
@@ -395,6 +395,6 @@ def test_the_synthetic_worlds_toy_model_says_so_once_and_names_foreign_classes(c
         tmp_path / "o",
         checkpoint=toy,
     )
-    assert rc == 0 and "note: this is the toy" in err and "warning:" not in err
+    assert rc == 0 and err.count("note: this is the toy") == 1 and "not in the toy" not in err
     rc, err = segment(capsys, tmp_path / "x.png", "--classes", "cat", "--no-refine", "--out", tmp_path / "o")
-    assert rc == 0 and "toy model" not in err and "warning:" not in err  # a real model: nothing to say
+    assert rc == 0 and "toy model" not in err  # a real model: nothing to say

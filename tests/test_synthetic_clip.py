@@ -85,6 +85,31 @@ def test_pretraining_sees_scene_resolution_mosaics_and_gap_captions(tmp_path, mo
     assert captions and not any(VOCABULARY_PATTERN.search(c) for c in captions)
 
 
+def test_the_pool_holds_no_generator_images_unless_asked(monkeypatch):
+    """World v3: the pretraining pool is scenes and crops of their objects (scene style) only; generator_images puts
+    world v2's generator images back (drawn faithfully, in the prompt style with the style gap on)."""
+    from dpseg.data.synthetic.generator import SyntheticGenerator
+    from dpseg.quickstart.clip_data import render_pool
+
+    made = []
+    original = SyntheticGenerator.generate_with_masks
+
+    def spy(self, texts, seeds):
+        made.append((self.style, self.failures, len(texts)))
+        return original(self, texts, seeds)
+
+    monkeypatch.setattr(SyntheticGenerator, "generate_with_masks", spy)
+    templates = get_templates("imagenet80")
+    pool = render_pool(3, 20, 0.3, templates, 0, True, True, stride=16)
+    assert made == [] and len(pool.tiles) == 20 and len(pool.scenes) == 3
+    assert PretrainSettings().generator_images is False
+    v2 = render_pool(3, 20, 0.3, templates, 0, True, True, stride=16, generator_images=True)
+    assert len(v2.tiles) == 20 and len(made) == 20 - int(20 * 0.3)
+    assert {(style, failures) for style, failures, _ in made} == {("prompt", 0.0)}
+    # crops are the same scene crops either way: the first tiles of both pools are identical
+    assert torch.equal(pool.tiles[:6], v2.tiles[:6])
+
+
 def test_multi_positive_loss_prefers_true_pairs():
     img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     pos = torch.eye(4, dtype=torch.bool)
@@ -109,9 +134,16 @@ def test_save_load_round_trip_is_bit_identical_and_keyed(tmp_path):
     assert not torch.equal(fresh.visual.head.proj.weight, state["visual.head.proj.weight"])  # loading did something
     stamp = path.stat().st_mtime_ns
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_mtime_ns == stamp
-    for switch in ({"text_gap": False}, {"style_gap": False}, {"attribute_weight": 1.0}):  # part of the cache key
+    switches = ({"text_gap": False}, {"generator_images": True}, {"attribute_weight": 1.0})
+    for switch in switches:  # part of the cache key
         other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
         assert clip_pretrain.settings_key(cfg, other) != clip_pretrain.settings_key(cfg, settings)
+    # the style gap and the crop share only shape a pool with generator images: one CLIP for both styles without them
+    for switch in ({"style_gap": False}, {"crop_fraction": 0.5}):
+        other = PretrainSettings(steps=2, batch_size=8, pool_size=16, warmup=1, **switch)
+        assert clip_pretrain.settings_key(cfg, other) == clip_pretrain.settings_key(cfg, settings)
+        with_generator = [PretrainSettings(steps=2, generator_images=True, **s) for s in ({}, switch)]
+        assert len({clip_pretrain.settings_key(cfg, s) for s in with_generator}) == 2
     path.write_bytes(b"broken")  # a damaged cache file is retrained, not trusted
     assert pretrained_clip(cfg, tmp_path, settings, log=lambda m: None) == path and path.stat().st_size > 1000
     with pytest.raises(InputError, match="steps >= 1"):
@@ -155,6 +187,54 @@ def test_zero_shot_runs_at_the_scene_resolution(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="words must be one of"):
         evaluate_zero_shot(cfg, words="synonyms")
     assert zeroshot.KINDS[0] == "scene-objects"
+
+
+def test_zero_shot_prompt_and_crop_kinds(tmp_path, monkeypatch):
+    """The visual kinds: prompt images (with the generator's failures, encoded as the bank encodes them), ground-truth
+    crops framed as pass 2 frames a region, dual prototypes; the hard/other split of the generator's classes."""
+    from dpseg.data.synthetic.generator import SyntheticGenerator
+
+    path = pretrained_clip(
+        build_config("synthetic"),
+        tmp_path,
+        PretrainSettings(steps=1, batch_size=8, pool_size=16, warmup=1),
+        log=lambda m: None,
+    )
+    cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
+    made, sizes = [], []
+    generate, encode = SyntheticGenerator.generate_with_masks, zeroshot.encode_prompt_images
+    monkeypatch.setattr(
+        SyntheticGenerator,
+        "generate_with_masks",
+        lambda self, texts, seeds: made.append((self.failures, *texts)) or generate(self, texts, seeds),
+    )
+    monkeypatch.setattr(
+        zeroshot,
+        "encode_prompt_images",
+        lambda tower, images, size, **kw: sizes.append(size) or encode(tower, images, size, **kw),
+    )
+    kinds = (
+        "prompt-images",
+        "scene-objects-by-prompts",
+        "scene-objects-by-crops",
+        "crops-by-prompts",
+        "scene-objects-by-dual",
+    )
+    report = evaluate_zero_shot(cfg, per_class=2, vocabs=("unseen",), kinds=kinds, failures=0.5)
+    templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
+    assert {m[0] for m in made} == {0.5} and set(sizes) == {cfg.model.prompt_image_size}
+    assert {t for m in made for t in m[1:]} >= {
+        templates[0].format("red striped circle"),
+        templates[1].format("red striped circle"),
+    }
+    for kind in kinds:
+        entry = report[f"unseen/{kind}"]
+        assert entry["classes"] == 16 and 0 <= entry["accuracy"] <= 1
+        assert 0 <= entry["hard_classes_accuracy"] <= 1 and 0 <= entry["other_classes_accuracy"] <= 1
+    assert report["unseen/crops-by-prompts"]["images"] == report["unseen/scene-objects-by-dual"]["images"] == 32
+    assert "| unseen/scene-objects-by-crops | 16 |" in format_report(report) and "failures x0.5" in format_report(
+        report
+    )
 
 
 def test_short_pretraining_beats_chance_at_the_scene_resolution(tmp_path):

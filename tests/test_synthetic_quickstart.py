@@ -21,10 +21,8 @@ from dpseg.quickstart import default_artifacts
 
 
 @pytest.fixture(scope="module")
-def fast_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quickstart")
-    rc = main(["quickstart", "--fast", "--out", str(root / "out"), "--cache", str(root / "cache")])
-    return root, rc
+def fast_run(quickstart_fast):
+    return quickstart_fast  # one --fast run per test session (conftest.py)
 
 
 @pytest.mark.slow
@@ -125,6 +123,49 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "quickstart runs the 'synthetic' preset" in capsys.readouterr().err
     assert main(["quickstart", "--fast", "--cache", str(tmp_path), "--set", "prompts.generator=/some/sd15"]) == 2
     assert "synthetic world's generator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, generator, text_gap, generator_images",
+    [
+        ([], None, True, False),
+        (["--no-style-gap"], "synthetic:style=scene", True, False),
+        (["--no-generator-failures"], "synthetic:failures=off", True, False),
+        (
+            ["--no-style-gap", "--no-generator-failures", "--no-text-gap"],
+            "synthetic:style=scene,failures=off",
+            False,
+            False,
+        ),
+        (["--clip-sees-generator-images"], None, True, True),
+    ],
+)
+def test_every_world_switch_reaches_the_experiment(flags, generator, text_gap, generator_images, tmp_path, monkeypatch):
+    """The world's switches (its README): the generator's style and failures through prompts.generator, the CLIP's
+    text gap and pretraining pool through the experiment's arguments."""
+    import dpseg.commands.quickstart as command
+    from dpseg.config import build_config
+    from dpseg.prompts.generate import get_generator
+    from dpseg.quickstart.run import BUDGETS, clip_settings
+
+    seen = {}
+
+    def fake(budget, cache, out, config_file, overrides, workers, **kw):
+        seen.update(overrides=overrides, **kw)
+        return {"markdown": ""}
+
+    monkeypatch.setattr(command, "quickstart", fake)
+    monkeypatch.setattr(command, "next_commands", lambda out, cache: "")  # no trained model to point at
+    assert main(["quickstart", "--cache", str(tmp_path), *flags]) == 0
+    specs = [o.split("=", 1)[1] for o in seen["overrides"] if o.startswith("prompts.generator=")]
+    assert specs == ([generator] if generator else [])
+    assert seen["text_gap"] is text_gap and seen["clip_generator_images"] is generator_images
+    cfg = build_config("synthetic", overrides=seen["overrides"])
+    gen = get_generator(cfg.prompts.generator, cfg.prompts)
+    assert gen.style == ("scene" if "--no-style-gap" in flags else "prompt")
+    assert gen.failures == (0.0 if "--no-generator-failures" in flags else 1.0)
+    settings = clip_settings(BUDGETS["default"], cfg, seen["text_gap"], gen.style, seen["clip_generator_images"])
+    assert settings.generator_images is generator_images and settings.text_gap is text_gap
 
 
 def readme_next_commands() -> list[str]:

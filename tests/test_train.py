@@ -301,6 +301,27 @@ def test_step_class_sampling_keeps_every_present_class():
     assert remap_labels(torch.tensor([[[5]]]), torch.tensor([3, 7]), 10).item() == -1  # not in the subset: ignore
 
 
+def test_similar_negatives_are_the_confusable_classes():
+    """train.negatives=similar draws absent classes by their prompt's similarity to the present ones: with a low
+    temperature the most similar class is nearly always a negative, with uniform sampling 1 time in 8."""
+    from dpseg.engine.class_sampling import prompt_similarity, sample_step_classes
+    from dpseg.model.dual_prompt import PromptSet
+
+    text = torch.nn.functional.normalize(torch.randn(10, 2, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    text[5] = text[3] + 0.05 * text[5]  # class 5 is a near copy of class 3: its confusable neighbour
+    similarity = prompt_similarity(PromptSet([f"c{k}" for k in range(10)], text), "text")
+    assert similarity.shape == (10, 10) and similarity[3, 5] > 0.99 and similarity.diagonal().allclose(torch.ones(10))
+    labels = torch.tensor([[[3, 7]]])  # classes 3 and 7 present, 8 absent
+    similar = [5 in sample_step_classes(labels, 10, 3, s, similarity, 0.05).tolist() for s in range(200)]
+    uniform = [5 in sample_step_classes(labels, 10, 3, s).tolist() for s in range(200)]
+    assert sum(similar) > 190 and 10 < sum(uniform) < 45
+    picked = sample_step_classes(labels, 10, 6, 1, similarity, 0.05)
+    assert {3, 7} <= set(picked.tolist()) and len(picked) == 6  # present kept, no class drawn twice
+    assert torch.equal(picked, sample_step_classes(labels, 10, 6, 1, similarity, 0.05))  # seeded: resume-exact
+    with pytest.raises(Exception, match="train.negatives_temperature"):
+        build_config("dpseg-tiny", overrides=["train.negatives_temperature=0"])
+
+
 def test_classes_per_step_is_wired_into_the_training_step(tmp_path, monkeypatch):
     import dpseg.engine.train as engine
     from dpseg.model.loss import SegmentationLoss
@@ -316,7 +337,7 @@ def test_classes_per_step_is_wired_into_the_training_step(tmp_path, monkeypatch)
         )[1],
     )
     monkeypatch.setattr(
-        engine, "sample_step_classes", lambda labels, k, limit, seed: torch.tensor([0, 2]) if limit else None
+        engine, "sample_step_classes", lambda labels, k, limit, seed, *a: torch.tensor([0, 2]) if limit else None
     )
     data = make_dataset(tmp_path / "data", n_train=2, size=(64, 64))
     train(

@@ -1,7 +1,9 @@
 """The ``dpseg`` command line.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; the
-module is imported only when its command runs, so ``dpseg --help`` is instant. User errors
+module is imported only when its command runs, so ``dpseg --help`` is instant, and a command module imports its
+heavy machinery (torch, open_clip, gradio, numpy) inside the functions that use it, so that ``dpseg COMMAND --help``
+is instant too (``tests/test_cli_help.py``). User errors
 (:class:`~dpseg.errors.DPSegError`) print as one ``error:`` line and exit with status 2.
 """
 
@@ -15,7 +17,6 @@ import threading
 from typing import Optional, Sequence
 
 from dpseg import __version__
-from dpseg.config import build_config
 from dpseg.errors import DPSegError
 
 # name -> (module, one-line help)
@@ -44,13 +45,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_positional: bool = False) -> None:
-    """The shared config flags: a YAML delta file, a preset, and --set overrides."""
+PRESET_HELP = "base preset: dpseg-b (default), dpseg-l, sed-b, sed-l, dpseg-tiny, synthetic"
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_positional: bool = False, preset_help: str = PRESET_HELP
+) -> None:
+    """The shared config flags: a YAML delta file, a preset (``preset_help`` says what this command accepts), and
+    --set overrides."""
     if config_positional:
         parser.add_argument("config", nargs="?", help="YAML file with deltas from the preset defaults")
     else:
         parser.add_argument("--config", help="YAML file with deltas from the preset defaults")
-    parser.add_argument("--preset", help="base preset: dpseg-b (default), dpseg-l, sed-b, sed-l, dpseg-tiny, synthetic")
+    parser.add_argument("--preset", help=preset_help)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -62,6 +69,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_positional: boo
 
 
 def config_from_args(args: argparse.Namespace):
+    from dpseg.config import build_config
+
     return build_config(preset=args.preset, file=getattr(args, "config", None), overrides=args.overrides)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 
 from dpseg.errors import InputError
-from dpseg.evaluation.calibrate import calibrate_checkpoint
 
 CHOICES = {"auto": None, "yes": True, "no": False}
 
@@ -58,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg.evaluation.calibrate import calibrate_checkpoint
+
     if args.max_images < 0:
         raise InputError(f"--max-images must be >= 0 (0 = all images), got {args.max_images}")
     result = calibrate_checkpoint(

@@ -15,7 +15,6 @@ import argparse
 import sys
 
 from dpseg.commands import add_config_arguments
-from dpseg.convert import convert_sed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["sed"], help="what the checkpoint is: sed (SED's model_final.pth)")
     parser.add_argument("checkpoint", help="the checkpoint file to convert")
     parser.add_argument("out", help="output folder (config.json + model.safetensors)")
-    add_config_arguments(parser)
+    add_config_arguments(
+        parser,
+        preset_help="sed-b or sed-l (default: read from the checkpoint's tensor shapes; only needed for another SED)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite a checkpoint already in the output folder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg.convert import convert_sed
+
     done = convert_sed(
         args.checkpoint,
         args.out,

@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from dpseg.checkpoint import load_model
-from dpseg.config import build_config
-from dpseg.data.catalog import build_dataset
 from dpseg.errors import DataError, InputError
-from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
-from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
-from dpseg.prompts.resolve import resolve_prompts
-from dpseg.prompts.templates import model_templates
 from dpseg.quickstart import default_artifacts
-from dpseg.weights import state_fingerprint
+
+# torch and the evaluation machinery are imported where they are used: `dpseg eval --help` stays instant
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,20 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _distributed(device_arg: str) -> tuple[int, torch.device]:
-    """Initialise torch.distributed under torchrun; returns (rank, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
-    device = resolve_device(device_arg, local, what="--device", error=InputError)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, device
+    """Start torch.distributed under torchrun; returns (rank, device)."""
+    from dpseg import distributed
+    from dpseg.evaluation.runtime import resolve_device
+
+    _, world, local = distributed.launched()
+    device = resolve_device(device_arg, local if world > 1 else 0, what="--device", error=InputError)
+    distributed.start(device)
+    return distributed.rank_world()[0], device
 
 
 def _eval_config(cfg, args):
+    from dpseg.config import build_config
+
     for text in args.overrides:
         if not text.strip().startswith("eval."):
             raise InputError(
@@ -106,6 +98,8 @@ def _eval_config(cfg, args):
 
 
 def _build_datasets(names: list[str], root: str) -> dict:
+    from dpseg.data.catalog import build_dataset
+
     out, errors = {}, []
     for name in names:
         try:
@@ -122,6 +116,8 @@ class _Prompts:
     """Prompts per vocabulary through the one resolver; evaluation never runs a visual-prompt model degraded."""
 
     def __init__(self, model, cfg, bank_dir: str, text_only: bool):
+        from dpseg.prompts.templates import model_templates
+
         self.model, self.templates = model, model_templates(cfg)
         self.bank = None if text_only or not bank_dir else bank_dir
         if text_only and model.needs_visual_prompts:
@@ -132,12 +128,16 @@ class _Prompts:
         self.source = f"bank {Path(self.bank).resolve()}" if self.bank else "text-only"
 
     def __call__(self, vocabulary: list[str], device):
+        from dpseg.prompts.resolve import resolve_prompts
+
         return resolve_prompts(
             self.model, self.templates, vocabulary, bank=self.bank, device=device, what="the evaluation vocabulary"
         ).prompts
 
 
 def _fingerprint(prompts) -> str:
+    from dpseg.weights import state_fingerprint
+
     tensors = {"text": prompts.text}
     if prompts.visual is not None:
         tensors["visual"] = prompts.visual
@@ -147,6 +147,13 @@ def _fingerprint(prompts) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg import distributed
+    from dpseg.checkpoint import load_model
+    from dpseg.evaluation.evaluator import evaluate
+    from dpseg.evaluation.inference import Inference
+    from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
+    from dpseg.weights import state_fingerprint
+
     rank, device = _distributed(args.device)
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as `dpseg segment` and the demo do
@@ -162,44 +169,29 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no datasets to evaluate: pass --datasets a150,pc59,...")
     datasets = _build_datasets(names, args.root if args.root is not None else cfg.data.root)
     prompts_for = _Prompts(model, cfg, bank if bank is not None else cfg.prompts.bank, args.text_only)
-    if prompts_for.bank is None and ecfg.two_pass:
-        if args.two_pass:
-            raise InputError("--two-pass refines visual prompts, which text-only evaluation does not have")
-        ecfg = dataclasses.replace(ecfg, two_pass=False)
     ckpt_dir = Path(checkpoint)
     hub_dir = Path(f"eval-{str(checkpoint).replace('/', '-')}")
     out_dir = Path(args.output) if args.output else (ckpt_dir / "eval" if ckpt_dir.is_dir() else hub_dir)
     results = load_results(out_dir / "results.json", str(checkpoint))
     results["checkpoint"] = str(checkpoint)  # another model is caught by the weight fingerprint in the settings
     model_fp = state_fingerprint(model)
-    precision = resolve_precision(ecfg.precision, device, what="config key 'eval.precision'")
     for name, ds in datasets.items():
         prompts = prompts_for(ds.vocabulary, device)
+        # --two-pass asks for refinement (an error where it cannot run); the default refines where it can
+        inference = Inference(model, prompts, ecfg, two_pass=args.two_pass or None, device=device)
         settings = {
             "model": model_fp,
             "prompts": _fingerprint(prompts),
             "prompt_source": prompts_for.source,
-            "protocol": ecfg.protocol,
-            "short_side": ecfg.short_side,
-            "max_side": ecfg.max_side,
-            "input_size": ecfg.input_size,
-            "two_pass": ecfg.two_pass,
+            **inference.describe(),
             "max_images": ecfg.max_images,
-            "precision": precision,
             "images_in_dataset": len(ds),
-            **({"early_rejection_topk": ecfg.early_rejection_topk} if ecfg.early_rejection_topk else {}),
-            **(
-                {"slide_window": ecfg.slide_window, "slide_overlap": ecfg.slide_overlap}
-                if ecfg.protocol == "slide"
-                else {}
-            ),
         }
         if is_finished(results, name, settings, args.force, out_dir / "results.json"):
             if rank == 0:
                 print(f"{name}: already in {out_dir / 'results.json'}, skipped (--force to redo)")
             continue
-        with autocast(precision, device):
-            res = evaluate(model, prompts, ds, ecfg, device=device, progress=not args.no_progress and rank == 0)
+        res = evaluate(inference, ds, progress=not args.no_progress and rank == 0)
         results["datasets"][name] = {"settings": settings, "title": getattr(ds, "name", name), **res}
         if rank == 0:
             passes = ", ".join(
@@ -211,6 +203,5 @@ def run(args: argparse.Namespace) -> int:
         json_path, md_path = save_results(results, out_dir)
         print("\n" + markdown_table(results))
         print(f"results: {json_path} and {md_path}")
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    distributed.barrier()
     return 0

@@ -15,8 +15,6 @@ import argparse
 import os
 from pathlib import Path
 
-from dpseg.data.catalog import default_root, get_entry, list_datasets
-from dpseg.data.prepare.verify import verify_entry
 from dpseg.errors import InputError
 
 # dataset -> (module, function, raw folder inside the root, catalog entries it produces)
@@ -68,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(root: Path) -> int:
+    from dpseg.data.catalog import list_datasets  # here, as below: `dpseg prepare --help` is instant
+
     print(f"datasets root: {root}")
     for row in list_datasets(root):
         print(f"  {row['name']:<22} {row['classes']:>4} classes  {row['status']:<14} {row['title']}")
@@ -75,6 +75,9 @@ def _list(root: Path) -> int:
 
 
 def _verify(key: str, root: Path, workers: int, progress: bool) -> int:
+    from dpseg.data.catalog import get_entry
+    from dpseg.data.prepare.verify import verify_entry
+
     failed = 0
     for name in CONVERTERS[key][3]:
         entry = get_entry(name)
@@ -91,6 +94,8 @@ def _verify(key: str, root: Path, workers: int, progress: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg.data.catalog import default_root
+
     root = default_root(args.root)
     if args.list:
         return _list(root)

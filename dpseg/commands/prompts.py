@@ -11,23 +11,16 @@ A build can be interrupted at any time and resumed by running the same command a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
-from dpseg.checkpoint import load_model
-from dpseg.clip_loading import build_towers
 from dpseg.commands import add_config_arguments, config_from_args, main
-from dpseg.config import build_config
 from dpseg.errors import ConfigError, InputError
-from dpseg.prompts.bank import MANIFEST, PromptBank, make_key, short_list
-from dpseg.prompts.builder import add_exemplars, build_bank
-from dpseg.prompts.exemplars import find_exemplars
-from dpseg.prompts.generate import get_generator
-from dpseg.prompts.templates import get_templates
 from dpseg.vocab import read_class_list
+
+# the models, banks, generators and torch.distributed are imported where they are used: `dpseg prompts --help` stays
+# instant
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,23 +65,24 @@ def _model_arguments(p: argparse.ArgumentParser, add_config_arguments) -> None:
     add_config_arguments(p)
 
 
-def _dist() -> tuple[int, int, int]:
-    def env(key: str, default: int) -> int:  # set by torchrun
-        return int(os.environ.get(key, default))
-
-    return env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
-
-
 def _device(args) -> str:
     import torch
 
-    if args.device:
-        return args.device
-    return f"cuda:{_dist()[2]}" if torch.cuda.is_available() else "cpu"
+    from dpseg.distributed import launched
+
+    if args.device:  # checked like every --device: a CUDA request without CUDA is one line, not a driver traceback
+        from dpseg.evaluation.runtime import resolve_device
+
+        return str(resolve_device(args.device, what="--device", error=InputError))
+    return f"cuda:{launched()[2]}" if torch.cuda.is_available() else "cpu"
 
 
 def load_encoders(args, device: str):
     """(config, visual-prompt encoder, text tower) from --checkpoint or the config's CLIP, on ``device``."""
+    from dpseg.checkpoint import load_model
+    from dpseg.clip_loading import build_towers
+    from dpseg.config import build_config
+
     if args.checkpoint:
         model, ckpt_cfg = load_model(args.checkpoint)
         if model.prompt_encoder is None:
@@ -112,7 +106,14 @@ def load_encoders(args, device: str):
 
 
 def _build(args) -> int:
-    rank, world, _ = _dist()
+    import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
+    from dpseg.distributed import launched
+    from dpseg.prompts.bank import PromptBank, make_key, short_list
+    from dpseg.prompts.builder import build_bank
+    from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.templates import get_templates
+
+    rank, world, _ = launched()
     names = read_class_list(args.vocab)
     if args.images_per_class is not None and args.images_per_class < 0:
         raise InputError(f"--images-per-class must be >= 0, got {args.images_per_class}")
@@ -173,6 +174,11 @@ def _build(args) -> int:
 
 
 def _add_exemplars(args) -> int:
+    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
+    from dpseg.prompts.builder import add_exemplars
+    from dpseg.prompts.exemplars import find_exemplars
+    from dpseg.prompts.templates import get_templates
+
     found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
     cfg, prompt_encoder, text_tower = load_encoders(args, _device(args))
     if os.path.exists(os.path.join(os.path.expanduser(args.bank), MANIFEST)):
@@ -189,13 +195,17 @@ def _add_exemplars(args) -> int:
 
 
 def _info(args) -> int:
+    from dpseg.prompts.bank import PromptBank, short_list
+
     bank = PromptBank.open(args.bank)
     info = bank.info()
     if args.vocab:
         names = read_class_list(args.vocab)
         info["vocab"], info["missing"] = args.vocab, bank.missing(names)
     if args.json:
-        print(json.dumps(info, indent=2))
+        from dpseg.atomic import json_text
+
+        print(json_text(info))
         return 0
     rows = [
         ("bank", info["path"]),
@@ -236,13 +246,15 @@ def _info(args) -> int:
 def _integrity_line(integrity: dict, bank) -> str:
     ok, old, bad = len(integrity["ok"]), len(integrity["unverified"]), integrity["damaged"]
     parts = [f"{ok} class file(s) verified (SHA-256)"]
+    if integrity["manifest"][0] != "ok":
+        parts.append(f"manifest.json {integrity['manifest'][0]}: {integrity['manifest'][1]}")
     if old:
         parts.append(f"{old} without a content hash (written by an older dpseg; cannot be checked)")
     if bad:
         why = bad[0][1]
         parts.append(
             f"{len(bad)} DAMAGED ({', '.join(f for f, _ in bad[:5])}; first: {why}) - rebuild them with "
-            f"'dpseg prompts build --out {bank.root} ...', which rebuilds damaged files"
+            f"'{bank.build_command()}', which rebuilds damaged files"
         )
     return "; ".join(parts)
 

@@ -10,12 +10,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from dpseg.commands import add_config_arguments
 from dpseg.errors import InputError
 from dpseg.quickstart import default_artifacts, default_cache
-from dpseg.quickstart.run import BUDGETS, quickstart
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,10 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrain the tiny CLIP here (minutes) even where dpseg ships one pretrained with the same settings",
     )
     parser.add_argument(
-        "--num-val", type=int, help="test scenes per vocabulary (seen, unseen, unseen-all; default 30; --fast: 8)"
+        "--num-val",
+        type=int,
+        help="scenes per evaluation split: seen/val (calibration) and the seen, unseen and unseen-all test splits "
+        "(default 30; --fast: 8)",
     )
-    # The world's two gaps (dpseg/data/synthetic/README.md), on by default: they are what lets the world test the
-    # claim that visual prompts bridge a gap between text and image.
+    # The world's properties (dpseg/data/synthetic/README.md), each on by default with a switch: they are what lets
+    # the world test the claim that visual prompts bridge a gap between text and image without deciding it.
     parser.add_argument(
         "--no-text-gap",
         action="store_true",
@@ -53,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-style-gap",
         action="store_true",
         help="prompt images drawn in the scenes' style (prompts.generator=synthetic:style=scene)",
+    )
+    parser.add_argument(
+        "--no-generator-failures",
+        action="store_true",
+        help="the generator draws every class faithfully (prompts.generator=synthetic:failures=off)",
+    )
+    parser.add_argument(
+        "--clip-sees-generator-images",
+        action="store_true",
+        help="the tiny CLIP's pretraining pool also holds generator images, as in world v2 (pretrains it here)",
     )
     # The single-process stages (tiny CLIP pretraining) use every core; the DPSeg runs go one thread per process
     # instead (--jobs), which beats threads on these small tensors. On a busy machine --threads 1 avoids threads
@@ -66,10 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="DPSeg runs trained in parallel, one thread each (default: min(2, CPU cores))",
     )
-    add_config_arguments(parser)
+    add_config_arguments(
+        parser, preset_help="synthetic (the default and the only preset the quickstart runs; --set changes it)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, as the experiment: `dpseg quickstart --help` is instant
+
+    from dpseg.quickstart.run import BUDGETS, quickstart
+
     budget = BUDGETS["fast" if args.fast else "default"]  # changed below only through replace()
     if args.seeds is not None:
         if args.seeds < 1:
@@ -97,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
         )
     workers = args.jobs if args.jobs else min(2, os.cpu_count() or 1)
     cache = Path(args.cache) if args.cache else default_cache()
-    overrides = [*args.overrides, *(["prompts.generator=synthetic:style=scene"] if args.no_style_gap else [])]
+    generator = [
+        *(["style=scene"] if args.no_style_gap else []),
+        *(["failures=off"] if args.no_generator_failures else []),
+    ]
+    overrides = [*args.overrides, *([f"prompts.generator=synthetic:{','.join(generator)}"] if generator else [])]
     results = quickstart(
         budget,
         cache,
@@ -107,10 +127,35 @@ def run(args: argparse.Namespace) -> int:
         workers,
         text_gap=not args.no_text_gap,
         retrain_clip=args.retrain_clip,
+        clip_generator_images=args.clip_sees_generator_images,
     )
-    print(results["markdown"])
+    print(brief(results, Path(args.out)))
     print(next_commands(Path(args.out), cache))
     return 0
+
+
+def brief(results: dict, out: Path) -> str:
+    """What the console shows at the end: the mIoU table, the example check and where the whole report is (the
+    verdicts, the tiny CLIP's checks and the times are in results.md)."""
+    from dpseg.quickstart.experiment import VARIANTS
+    from dpseg.quickstart.report import markdown_table
+
+    titles = {k: v.title for k, v in VARIANTS.items()}
+    table = markdown_table(results["summary"], titles, results["chance"], results["clip_dense"])
+    check = results.get("example_check")
+    return "\n".join(
+        [
+            "",
+            "mIoU % on the test scenes (mean ± std over seeds; background not scored):",
+            "",
+            table,
+            "",
+            *([check["summary"], ""] if check else []),
+            f"The whole report (verdicts on the method's claims, the tiny CLIP's checks, times): {out / 'results.md'};",
+            f"data: {out / 'results.json'}; figure: {results['figure']}.",
+            "",
+        ]
+    )
 
 
 def next_commands(out: Path, cache: Path) -> str:
@@ -125,7 +170,7 @@ def next_commands(out: Path, cache: Path) -> str:
         [
             "Next (the quickstart's DPSeg model, a toy of the synthetic world):",
             f"  dpseg segment {example}/images/val --classes-file {example}/classes.txt --out runs/segment{model}",
-            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, click the example scene and press Segment",
+            f"  dpseg demo{model}    # then open http://127.0.0.1:7860, press 'Use the example', then 'Segment'",
             f"  dpseg eval{evaluated} --datasets {example} --output runs/eval",
         ]
     )

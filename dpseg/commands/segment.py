@@ -25,27 +25,30 @@ run (bad class list, checkpoint, bank or options).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import glob
-import json
+import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from dpseg.atomic import atomic_write_text
-from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
-from dpseg.errors import DPSegError, InputError
-from dpseg.evaluation.runtime import resolve_device
-from dpseg.image_io import is_image_file, label_image, mask_image, save_atomic, score_image
+from dpseg.atomic import atomic_write_json
+from dpseg.config import check_number
+from dpseg.config_schema import NumberRule
+from dpseg.errors import DPSegError, InputError, printable
 from dpseg.progress import progress as progress_bar
 from dpseg.quickstart import default_artifacts
-from dpseg.segmenter import Segmenter
-from dpseg.visualize import overlay
+from dpseg.quickstart.toy import TOY_NOTE, is_toy, toy_refusal
 from dpseg.vocab import parse_class_list, read_class_list
+
+# torch, PIL, the model and the image writers are imported where they are used: `dpseg segment --help` stays instant
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         help="image files, folders (their images, not sub-folders) and globs (quote them; '**' matches sub-folders)",
     )
-    classes = parser.add_mutually_exclusive_group(required=True)
+    classes = parser.add_mutually_exclusive_group()  # required, checked with --out: one message names both
     classes.add_argument("--classes", help='class names, e.g. "cat, sofa, lamp" or "sofa, couch; cat" (see below)')
     classes.add_argument("--classes-file", help="class list file (one per line, or JSON) or a vocabulary name")
     parser.add_argument(
@@ -64,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint folder (config.json + model.safetensors) or hub id "
         "(default: the model of the last `dpseg quickstart`, a toy)",
     )
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--out", help="output folder (created; required)")
     parser.add_argument("--bank", help="prompt bank folder (default: the checkpoint's prompts.bank if it exists)")
     parser.add_argument(
         "--exemplars",
@@ -112,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand_inputs(specs: list[str], out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders and globs -> (image paths in order without duplicates, [(input, error)])."""
+    from dpseg.image_io import is_image_file
+
     files, errors, seen = [], [], set()
     out_dir = out_dir.resolve()
     for spec in specs:
@@ -158,24 +163,35 @@ def mask_file_name(index: int, name: str, num_classes: int) -> str:
     return f"{index:0{len(str(num_classes - 1))}d}_{slug}.png"
 
 
+def _mask(labels, index: int) -> Image.Image:
+    from dpseg.image_io import mask_image
+
+    return mask_image(labels == index)
+
+
 def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra: dict) -> dict:
+    """Write one image's outputs; the label map and the overlay are drawn before any file is written, and a failure
+    part-way removes this image's files again (no partial outputs)."""
+    from dpseg.image_io import label_image, save_atomic, score_image
+    from dpseg.visualize import class_palette, overlay
+
     K = len(result.class_names)
-    save_atomic(label_image(result.labels, K), out / f"{name}.png")
     rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-    save_atomic(
-        overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha),
-        out / f"{name}_overlay.jpg",
-        quality=90,
-    )
+    label_png = label_image(result.labels, K, class_palette(result.class_names))
+    overlay_jpg = overlay(rgb, result.labels, result.class_names, result.pixels, args.alpha)
+    writes: list[tuple[Path, Callable[[], Image.Image], dict]] = [
+        (out / f"{name}.png", lambda: label_png, {}),
+        (out / f"{name}_overlay.jpg", lambda: overlay_jpg, {"quality": 90}),
+    ]
     files: dict = {}
-    if args.save_masks:
+    if args.save_masks:  # drawn one at a time while writing: a mask per class of a huge image is large
         files["masks"] = {}
         for c in result.present:
             rel = f"{name}_masks/{mask_file_name(c.index, c.name, K)}"
-            save_atomic(mask_image(result.labels == c.index), out / rel)
+            writes.append((out / rel, functools.partial(_mask, result.labels, c.index), {}))
             files["masks"][c.name] = rel
     if args.save_scores:
-        save_atomic(score_image(result.scores), out / f"{name}_scores.png")
+        writes.append((out / f"{name}_scores.png", lambda: score_image(result.scores), {}))
         files.update(scores_png=f"{name}_scores.png", scores_scale=65535)
     info = {
         "image": str(path),
@@ -187,7 +203,18 @@ def _write_outputs(result, image, path: Path, name: str, out: Path, args, extra:
         **extra,
         **result.to_dict(),
     }
-    atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2))
+    written: list[Path] = []
+    try:
+        for target, draw, kwargs in writes:
+            save_atomic(draw(), target, **kwargs)
+            written.append(target)
+        atomic_write_json(out / f"{name}.json", info)
+    except BaseException:
+        for target in written:
+            target.unlink(missing_ok=True)
+        if args.save_masks and (out / f"{name}_masks").is_dir() and not any((out / f"{name}_masks").iterdir()):
+            (out / f"{name}_masks").rmdir()
+        raise
     return info
 
 
@@ -206,19 +233,51 @@ def check_out_dir(out: Path) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every option checked before the model loads, so a typo costs nothing (exit status 2)."""
+    missing = [
+        what
+        for what, given in (
+            (
+                'the classes to find (--classes "cat, sofa" or --classes-file FILE)',
+                args.classes is not None or args.classes_file is not None,
+            ),
+            ("an output folder (--out DIR)", args.out is not None),
+        )
+        if not given
+    ]
+    if missing:
+        raise InputError(f"give {' and '.join(missing)}")
     if args.text_only and (args.bank or args.exemplars):
         raise InputError("--text-only cannot be combined with --bank or --exemplars")
-    if args.min_score is not None and not 0 <= args.min_score < 1:
-        raise InputError(f"--min-score must be in [0, 1), got {args.min_score}")
-    if not 0 <= args.alpha <= 1:
-        raise InputError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.min_score is not None:  # the numeric rule of the config keys (dpseg.config.check_number)
+        check_number("--min-score", args.min_score, NumberRule(ge=0, lt=1), InputError)
+    check_number("--alpha", args.alpha, NumberRule(ge=0, le=1), InputError)
     if args.tile and (args.tile < 32 or args.tile % 32):
         raise InputError(f"--tile must be 0 (off) or a multiple of 32 (>= 32), e.g. 1024; got {args.tile}")
     if args.max_pixels < 0:
         raise InputError(f"--max-pixels must be positive (0 = the default 179 MP), got {args.max_pixels}")
     if args.device is not None:
+        from dpseg.evaluation.runtime import resolve_device
+
         resolve_device(args.device, what="--device", error=InputError)  # the resolver eval and the demo use too
     check_out_dir(Path(args.out).expanduser())
+
+
+def retry_command(args: argparse.Namespace) -> list[str]:
+    """The user's command, reduced to its inputs, classes and output folder (for messages that suggest it again)."""
+    classes = ["--classes", args.classes] if args.classes is not None else ["--classes-file", args.classes_file]
+    return ["dpseg", "segment", *args.images, *classes, "--out", args.out]
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Hold back a logger's warnings (the command prints the same information itself)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -233,10 +292,11 @@ def run(args: argparse.Namespace) -> int:
         names = read_class_list(args.classes_file)
     out = Path(args.out).expanduser()
     files, failures = expand_inputs(args.images, out)
+    if not files:  # one line, naming each input and why it gave no image
+        named = "; ".join(f"{printable(spec, 300)}: {err}" for spec, err in failures)
+        raise InputError(named or f"no images to segment in {' '.join(printable(s, 300) for s in args.images)}")
     for spec, err in failures:
-        print(f"error: {spec}: {err}", file=sys.stderr)
-    if not files:
-        raise InputError(f"no images to segment in {' '.join(args.images)}")
+        print(f"error: {printable(spec, 300)}: {err}", file=sys.stderr)
 
     checkpoint, bank = args.checkpoint, args.bank
     if checkpoint is None:  # the quickstart's model, as the demo does
@@ -244,17 +304,20 @@ def run(args: argparse.Namespace) -> int:
         if bank is None and not args.text_only and not args.exemplars and quickstart_bank is not None:
             bank = str(quickstart_bank)
         print(f"no --checkpoint: using the quickstart model {checkpoint}", file=sys.stderr)
+    from dpseg.segmenter import Segmenter
+
     seg = Segmenter.from_pretrained(checkpoint, device=args.device)
-    if is_toy(seg.cfg):  # said once, before any work
+    if is_toy(seg.cfg):  # said once, before any work; names outside its world: one message with the real route
+        refusal = toy_refusal(names, retry=retry_command(args))
+        if refusal:
+            raise InputError(refusal)
         print(f"note: {TOY_NOTE}", file=sys.stderr)
-        warning = outside_world_warning(names)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
     if args.protocol:
-        seg.protocol = dataclasses.replace(seg.protocol, name=args.protocol)
+        seg.settings = dataclasses.replace(seg.settings, protocol=args.protocol)
     if args.max_pixels:
         seg.max_pixels = args.max_pixels
-    seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
+    with _quiet("dpseg.segmenter"):  # the prompt source is printed below, once
+        seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
     min_score = seg.min_score if args.min_score is None else args.min_score
     why = "--min-score" if args.min_score is not None else "the checkpoint's eval.min_score"
     print(
@@ -273,14 +336,19 @@ def run(args: argparse.Namespace) -> int:
             done.append(_write_outputs(result, image, path, name, out, args, extra))
         except DPSegError as e:
             failures.append((str(path), str(e)))
-            bar.write(f"error: {path}: {e}", file=sys.stderr)
+            bar.write(f"error: {printable(str(path), 300)}: {e}", file=sys.stderr)
         except (RuntimeError, MemoryError) as e:
             if not _is_oom(e):
                 raise
+            import torch
+
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             failures.append((str(path), "out of memory"))
-            bar.write(f"error: {path}: out of memory; try --tile 1024 (or smaller) or --device cpu", file=sys.stderr)
+            bar.write(
+                f"error: {printable(str(path), 300)}: out of memory; try --tile 1024 (or smaller) or --device cpu",
+                file=sys.stderr,
+            )
         bar.update(1)
     bar.close()
 
@@ -293,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         "images": done,
         "failed": [{"input": s, "error": e} for s, e in failures],
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     print(
         f"segmented {len(done)} image(s) into {out}" + (f"; {len(failures)} input(s) failed" if failures else ""),
         file=sys.stderr,

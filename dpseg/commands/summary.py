@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from dpseg.build import build_model, component_counts, format_counts
 from dpseg.commands import add_config_arguments, config_from_args
 
 
@@ -16,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg.build import build_model, component_counts, format_counts
+
     cfg = config_from_args(args)
     model = build_model(cfg, load_clip_weights=False)
     print(

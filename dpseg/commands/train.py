@@ -8,9 +8,6 @@ from __future__ import annotations
 import argparse
 
 from dpseg.commands import add_config_arguments, config_from_args
-from dpseg.config import build_config, load_config
-from dpseg.engine.resume import CONFIG, resume_target
-from dpseg.engine.train import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpseg.config import build_config, load_config
+    from dpseg.engine.resume import CONFIG, resume_target
+    from dpseg.engine.train import train
+
     if args.resume not in (None, "auto") and not (args.config or args.preset):
         ckpt = resume_target(None, args.resume)  # the newest intact checkpoint; train() reports what it skipped
         assert ckpt is not None  # only resume=None gives None

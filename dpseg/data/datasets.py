@@ -18,6 +18,7 @@ from PIL import Image
 from dpseg import image_io
 from dpseg.errors import DataError
 from dpseg.image_io import IMAGE_SUFFIXES
+from dpseg.safe_load import open_regular
 from dpseg.vocab import IGNORE_INDEX, read_class_list
 
 
@@ -30,14 +31,18 @@ def read_image(path: os.PathLike) -> torch.Tensor:
 def read_label_array(path: os.PathLike) -> np.ndarray:
     """The raw stored label values as an integer array (H, W): uint8/palette PNG, 16-bit PNG or TIFF."""
     try:
-        with Image.open(path) as img:
+        with open_regular(path, "label file", DataError) as f, Image.open(f) as img:
             if img.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I", "1"):
                 raise DataError(
                     f"label file {path} has image mode {img.mode}; expected a single-channel 8- or 16-bit map"
                 )
             arr = np.array(img)
-    except OSError as e:
-        raise DataError(f"cannot read label file {path}: {e}") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # not an image, bomb, truncated
+        raise DataError(
+            f"cannot read label file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if arr.ndim != 2:
         raise DataError(f"label file {path} has shape {arr.shape}; expected a single-channel map")
     return arr
@@ -58,7 +63,8 @@ def to_train_ids(raw: np.ndarray, num_classes: int, ignore_values, path: os.Path
         vals = np.unique(label[bad])[:8].tolist()
         raise DataError(
             f"label file {path} holds values {vals} that are neither classes 0..{num_classes - 1} nor ignore "
-            f"{list(ignore_values)}; re-run 'dpseg prepare' or check the class list"
+            f"{list(ignore_values)}; prepare it again ('dpseg prepare DATASET --force --root ROOT') or check the "
+            "class list"
         )
     label[ignore] = IGNORE_INDEX
     return torch.from_numpy(label)
@@ -137,7 +143,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if tuple(image.shape[1:]) != tuple(label.shape):
             raise DataError(
                 f"image {image_path} is {image.shape[2]}x{image.shape[1]} but its label {label_path} is "
-                f"{label.shape[1]}x{label.shape[0]}; re-run 'dpseg prepare' for this dataset"
+                f"{label.shape[1]}x{label.shape[0]}; prepare it again ('dpseg prepare DATASET --force --root ROOT')"
             )
         return {"image": image, "label": label, "name": Path(label_path).stem}
 

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from dpseg.errors import ConfigError
 from dpseg.vocab import IGNORE_INDEX
@@ -32,11 +33,13 @@ def _randint(lo: int, hi: int, g: Optional[torch.Generator]) -> int:
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, h, w), bilinear with antialiasing (as PIL's bilinear in detectron2)."""
+    """uint8 (3, H, W) -> uint8 (3, h, w) with PIL's bilinear filter on the uint8 image: exactly detectron2's
+    ``ResizeTransform`` (``Image.resize((w, h), BILINEAR)``), the resize SED and CAT-Seg train and evaluate with."""
     if tuple(image.shape[1:]) == tuple(size):
         return image
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out[0].round_().clamp_(0, 255).to(torch.uint8)
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())  # (3, H, W) -> (H, W, 3)
+    out = np.asarray(pil.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
+    return torch.from_numpy(out.copy()).permute(2, 0, 1)  # (h, w, 3) -> (3, h, w)
 
 
 def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -50,11 +53,14 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge arithmetic: scale the short side to ``short``, cap the long side."""
-    scale = short / min(h, w)
-    nh, nw = h * scale, w * scale
+    """The output size of detectron2's ``ResizeShortestEdge`` (its ``get_output_shape``, the same float arithmetic
+    and rounding): the short side becomes exactly ``short``, the long side is scaled and capped at ``max_size``
+    (0 = no cap), each rounded half up."""
+    size = float(short)
+    scale = size / min(h, w)
+    nh, nw = (size, scale * w) if h < w else (scale * h, size)
     if max_size > 0 and max(nh, nw) > max_size:
-        s = max_size / max(nh, nw)
+        s = max_size * 1.0 / max(nh, nw)
         nh, nw = nh * s, nw * s
     return int(nh + 0.5), int(nw + 0.5)
 

@@ -1,18 +1,41 @@
-"""The classes a training step scores (``train.classes_per_step``) and labels in their index space.
+"""The classes a training step scores (``train.classes_per_step``, ``train.negatives``) and labels in their index
+space.
 
 The prompts of a vocabulary come from :func:`dpseg.prompts.resolve.vocabulary_prompts`.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
+
+from dpseg.model.dual_prompt import PromptSet, dual_prompt
 
 
-def sample_step_classes(labels: torch.Tensor, num_classes: int, limit: int, seed: int) -> torch.Tensor | None:
+def prompt_similarity(prompts: PromptSet, prompt_type: str) -> torch.Tensor:
+    """(K, K) cosine similarity of the classes' prompts R as the model builds them (averaged over the templates):
+    how confusable two classes look to the cost volume."""
+    r = dual_prompt(prompts.text, prompts.visual, prompt_type).float().mean(dim=1)  # (K, M, d) -> (K, d)
+    r = F.normalize(r, dim=-1)
+    return (r @ r.T).cpu()  # (K, d) @ (d, K) -> (K, K)
+
+
+def sample_step_classes(
+    labels: torch.Tensor,
+    num_classes: int,
+    limit: int,
+    seed: int,
+    similarity: Optional[torch.Tensor] = None,
+    temperature: float = 0.05,
+) -> torch.Tensor | None:
     """Class indices (sorted) scored at one training step, or None for all of them (``train.classes_per_step``).
 
-    Every class present in ``labels`` (B, H, W; -1 = ignore) is kept, so no labelled pixel loses its class; random
-    absent classes, drawn with ``seed``, fill up to ``limit`` as negatives. ``limit`` 0 or >= ``num_classes``: None.
+    Every class present in ``labels`` (B, H, W; -1 = ignore) is kept, so no labelled pixel loses its class; absent
+    classes, drawn with ``seed``, fill up to ``limit`` as negatives: uniformly at random, or - given ``similarity``
+    (K, K), ``train.negatives=similar`` - without replacement with weights exp(s_a / temperature), s_a the similarity
+    of class a to its closest present class (Gumbel top-k). ``limit`` 0 or >= ``num_classes``: None.
     """
     if limit <= 0 or limit >= num_classes or (labels.numel() and int(labels.max()) >= num_classes):
         return None  # all classes (out-of-range labels are left to the loss, which names them)
@@ -20,7 +43,13 @@ def sample_step_classes(labels: torch.Tensor, num_classes: int, limit: int, seed
     present[labels[labels >= 0].unique().cpu()] = True
     absent = (~present).nonzero().flatten()
     fill = max(0, limit - int(present.sum()))
-    order = torch.randperm(len(absent), generator=torch.Generator().manual_seed(seed))[:fill]
+    generator = torch.Generator().manual_seed(seed)
+    if similarity is None or not present.any():
+        order = torch.randperm(len(absent), generator=generator)[:fill]
+    else:
+        closest = similarity[absent][:, present].max(dim=1).values  # (A, P) -> (A,)
+        gumbel = -torch.log(-torch.log(torch.rand(len(absent), generator=generator).clamp_min(1e-12)))
+        order = (closest / temperature + gumbel).argsort(descending=True)[:fill]  # Gumbel top-k: weighted, no repeats
     present[absent[order]] = True
     return present.nonzero().flatten()
 

@@ -1,4 +1,4 @@
-"""torchrun / DistributedDataParallel plumbing and the deterministic sharded sampler.
+"""The training job's place in torchrun (on :mod:`dpseg.distributed`) and the deterministic sharded sampler.
 
 ``torchrun --nproc_per_node=G -m dpseg train CONFIG`` sets RANK / WORLD_SIZE / LOCAL_RANK; :func:`init_distributed`
 reads them and starts the process group (NCCL on GPUs, gloo on CPU). Without them everything runs in one process.
@@ -11,15 +11,14 @@ one-process run with the same global batch, and resuming at step ``s`` is starti
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from dpseg import distributed
+from dpseg.distributed import launched
 from dpseg.errors import ConfigError
 from dpseg.evaluation.runtime import resolve_device
 
@@ -48,57 +47,20 @@ def pick_device(request: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_request: str = "auto", timeout_min: float = 30.0) -> DistContext:
     """The process's place in the job; starts the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if dist.is_available() and dist.is_initialized():  # started by the caller (tests, notebooks)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", rank))
+    rank, world, local = launched()
+    if distributed.initialized():  # started by the caller (tests, notebooks)
+        rank, world = distributed.rank_world()
         return DistContext(rank, world, local, pick_device(device_request, local), owns_group=False)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=pick_device(device_request, 0))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_request, local)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_min))
-    return DistContext(rank, world, local, device, owns_group=True)
+    owns = distributed.start(device, timeout_min)
+    return DistContext(rank, world, local, device, owns_group=owns)
 
 
 def shutdown(ctx: DistContext) -> None:
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
-def all_reduce_sum(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place on a copy); identity in one process."""
-    if not ctx.distributed:
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
-def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank."""
-    if not ctx.distributed:
-        return [obj]
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(ctx: DistContext, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    if ctx.owns_group:
+        distributed.stop()
 
 
 def local_batch_size(global_batch: int, world_size: int) -> int:

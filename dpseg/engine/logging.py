@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dpseg.atomic import json_text
 from dpseg.build import component_counts
 from dpseg.config import atomic_write_text
+from dpseg.errors import DPSegError
 from dpseg.progress import progress as progress_bar
+from dpseg.safe_load import MAX_JSON_BYTES, loads_json, read_text
 
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s")
 
@@ -31,11 +33,12 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "training log", MAX_JSON_BYTES * 16).split("\n"):
         try:
-            if json.loads(line).get("step", 0) <= last_step:
+            step = loads_json(line, "a log line", dict).get("step", 0)
+            if isinstance(step, (int, float)) and step <= last_step:
                 kept.append(line)
-        except ValueError:
+        except DPSegError:
             continue  # a line cut by a crash
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
@@ -118,7 +121,7 @@ class TrainLogger:
             "elapsed_s": round(elapsed, 2),
             **(extra or {}),
         }
-        self._append(self.jsonl, json.dumps(record) + "\n")
+        self._append(self.jsonl, json_text(record, indent=None) + "\n")
         self._append(self.csv, ",".join("" if record[k] is None else f"{record[k]}" for k in CSV_FIELDS) + "\n")
         if self.tb is not None:
             for key in ("loss", "lr", "grad_norm", "it_per_s"):
@@ -153,7 +156,7 @@ class TrainLogger:
             "per_class_IoU": results["pass1"]["per_class_IoU"],
             "best": best,
         }
-        self._append(self.jsonl, json.dumps(record) + "\n")
+        self._append(self.jsonl, json_text(record, indent=None) + "\n")
         if self.tb is not None:
             for key, value in summary.items():
                 if value is not None:

@@ -7,14 +7,15 @@ Layout of a run's ``OUTPUT/checkpoints/step-00005000/``:
 * ``state.pt`` — optimizer, loss scaler, step, data position, schedule, every rank's RNG states (python, numpy,
   torch, CUDA), best evaluation so far, the resolved config; plain tensors and containers only, read back with
   ``torch.load(weights_only=True)``;
-* ``config.yaml`` — the resolved config, readable without torch.
+* ``config.yaml`` — the resolved config, readable without torch (``dpseg train --resume RUN`` reads it).
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a crash at any moment leaves
 either no checkpoint or a complete one; only complete ones are ever listed. ``trainable.safetensors`` is written
-last and carries the content hashes: its own (see :mod:`dpseg.weights`) and the SHA-256 of ``state.pt``, so a
-flipped bit in either is found before anything is restored. Resuming from a run directory skips damaged
-checkpoints and continues from the newest intact one, saying which it skipped and why. Checkpoints written before
-hashes existed are checked as far as possible (``state.pt``'s zip CRCs) and load with a note.
+last and carries the content hashes: its own (see :mod:`dpseg.weights`) and the SHA-256 of ``state.pt`` and of
+``config.yaml``, so a flipped bit in any of them (or non-finite weights) is found before anything is restored.
+Resuming from a run directory skips damaged checkpoints and continues from the newest intact one, saying which it
+skipped and why. Checkpoints written before hashes existed are checked as far as possible (``state.pt``'s zip
+CRCs) and load with a note; those written before ``config.yaml`` was hashed report it as unverified.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from torch import nn
 from dpseg.config import Config, save_config
 from dpseg.engine.distributed import mix_seed
 from dpseg.engine.rng import restore_rng, seed_all
-from dpseg.errors import CheckpointError, ConfigError
+from dpseg.errors import CheckpointError, ConfigError, quote
 from dpseg.model.dpseg import is_frozen_tower
 from dpseg.weights import (
     file_sha256,
     note_unverified,
     read_state_dict,
-    safetensors_integrity,
+    safetensors_check,
     safetensors_metadata,
     save_safetensors,
 )
@@ -47,6 +48,7 @@ from dpseg.weights import (
 TRAINABLE, STATE, CONFIG = "trainable.safetensors", "state.pt", "config.yaml"
 FORMAT, VERSION = "dpseg-train-state", 1
 STATE_HASH = "state_sha256"  # in trainable.safetensors' metadata
+CONFIG_HASH = "config_sha256"  # in trainable.safetensors' metadata (checkpoints written before it: unverified)
 FIX = (
     "resume from the run directory (dpseg train --resume RUN_DIR continues from the newest intact checkpoint) "
     "or delete this checkpoint directory"
@@ -76,15 +78,6 @@ def _step_of(path: Path) -> int:
     match = _NAME.match(path.name)
     assert match is not None, path
     return int(match.group(1))
-
-
-def find_checkpoint(path: Union[str, os.PathLike]) -> Optional[Path]:
-    """``path`` itself if it is a checkpoint, else the newest checkpoint of the run directory ``path`` (or None)."""
-    path = Path(path).expanduser()
-    if is_checkpoint(path):
-        return path
-    found = list_checkpoints(path)
-    return found[-1] if found else None
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,7 +129,8 @@ def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: C
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is as readable as the run directory
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp / STATE)
         save_config(cfg, tmp / CONFIG)
-        meta = {"step": step, STATE_HASH: file_sha256(tmp / STATE)}  # trainable last: it holds the hashes
+        # trainable last: it holds the hashes
+        meta = {"step": step, STATE_HASH: file_sha256(tmp / STATE), CONFIG_HASH: file_sha256(tmp / CONFIG)}
         save_safetensors(trainable_state(model), tmp / TRAINABLE, metadata=meta)
         for name in (TRAINABLE, STATE, CONFIG):
             _fsync(tmp / name)
@@ -157,23 +151,18 @@ def save_checkpoint(output_dir, step: int, model: nn.Module, state: dict, cfg: C
 def checkpoint_integrity(path: Path) -> list[tuple[str, str, str]]:
     """[(file, ok|unverified|damaged, detail)] for the weights and the training state of a checkpoint directory."""
     path = Path(path)
-    status, detail = safetensors_integrity(path / TRAINABLE)
+    status, detail = safetensors_check(path / TRAINABLE)
     rows = [(str(path / TRAINABLE), status, detail)]
-    stored = safetensors_metadata(path / TRAINABLE).get(STATE_HASH) if status == "ok" else None
+    meta = safetensors_metadata(path / TRAINABLE) if status == "ok" else {}
+    stored = meta.get(STATE_HASH)
+    rows.append(_config_row(path / CONFIG, meta.get(CONFIG_HASH) if status == "ok" else None))
     try:
         if stored is not None:
             actual = file_sha256(path / STATE)
             rows.append(
                 (str(path / STATE), "ok", actual)
                 if actual == stored
-                else (
-                    str(path / STATE),
-                    "damaged",
-                    (
-                        f"its content does not match the SHA-256 stored when it was written (stored {stored[:12]}…, "
-                        f"now {actual[:12]}…): the file was corrupted or modified"
-                    ),
-                )
+                else (str(path / STATE), "damaged", _mismatch(stored, actual))
             )
         else:  # older checkpoint (or weights already damaged): the zip CRCs still catch flipped bits and truncation
             with zipfile.ZipFile(path / STATE) as z:
@@ -183,10 +172,28 @@ def checkpoint_integrity(path: Path) -> list[tuple[str, str, str]]:
                 if bad
                 else (str(path / STATE), "unverified", "no content hash (written by an older dpseg); zip CRCs pass")
             )
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
         rows.append((str(path / STATE), "damaged", f"truncated or unreadable ({reason})"))
     return rows
+
+
+def _mismatch(stored: str, actual: str) -> str:
+    return (
+        f"its content does not match the SHA-256 stored when it was written (stored {quote(str(stored)[:12])}…, "
+        f"now {actual[:12]}…): the file was corrupted or modified"
+    )
+
+
+def _config_row(path: Path, stored: Optional[str]) -> tuple[str, str, str]:
+    """config.yaml against the hash stored in trainable.safetensors (None: an older checkpoint, or damaged weights)."""
+    if stored is None:
+        return str(path), "unverified", "no content hash (written by an older dpseg, or its weights are damaged)"
+    try:
+        actual = file_sha256(path)
+    except (OSError, ValueError) as e:
+        return str(path), "damaged", f"missing or unreadable ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+    return (str(path), "ok", actual) if actual == stored else (str(path), "damaged", _mismatch(stored, actual))
 
 
 def checkpoint_problem(path: Path) -> Optional[str]:

@@ -27,23 +27,24 @@ at the end of training when a validation set exists (:mod:`dpseg.engine.train`),
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from dpseg.atomic import atomic_write_text
+from dpseg.atomic import atomic_write_json
 from dpseg.checkpoint import CONFIG_NAME, load_model
 from dpseg.data.catalog import build_dataset
-from dpseg.errors import CheckpointError, DataError, InputError
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config, refine_policy
+from dpseg.distributed import all_reduce_sum, rank_world
+from dpseg.errors import CheckpointError, DataError, DPSegError, InputError
+from dpseg.evaluation.inference import Inference
 from dpseg.evaluation.metrics import metrics_from_confusion
-from dpseg.evaluation.runtime import autocast, resolve_device, resolve_precision
+from dpseg.evaluation.runtime import resolve_device
 from dpseg.progress import progress as progress_bar
 from dpseg.prompts.resolve import resolve_prompts
 from dpseg.prompts.templates import model_templates
+from dpseg.safe_load import read_json
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0, 0.05, ..., 0.95
 COVERED_IGNORE_FRACTION = 0.01
@@ -89,37 +90,19 @@ class Calibration:
         return "\n".join(rows)
 
 
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
-        torch.distributed.all_reduce(t)
-    return t.cpu()
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def calibrate(
-    model,
-    prompts,
+    inference: Inference,
     dataset,
-    eval_cfg,
-    device="cpu",
     background_class: Optional[bool] = None,
-    two_pass: bool = False,
     max_images: int = 0,
     progress: bool = True,
-    forward=None,
     thresholds=THRESHOLDS,
 ) -> Calibration:
-    """Choose ``eval.min_score`` on ``dataset`` (items ``{"image", "label"}``, ``class_names``; optional
-    ``vocabulary`` and ``merge_predictions_from`` as the evaluator reads them) by the criterion of the module doc.
-    ``forward`` replaces the model call (tests); ``two_pass`` thresholds the refined map. Distributed: every rank
-    takes every world_size-th image and the counts are summed."""
+    """Choose ``eval.min_score`` for the map ``inference`` makes (its last pass: pass 2 when it refines) on ``dataset``
+    (items ``{"image", "label"}``, ``class_names``; optional ``vocabulary`` and ``merge_predictions_from`` as the
+    evaluator reads them) by the criterion of the module doc. Distributed: every rank takes every world_size-th
+    image and the counts are summed."""
     name = getattr(dataset, "name", type(dataset).__name__)
     merge = getattr(dataset, "merge_predictions_from", None)
     if background_class is None and merge is not None:
@@ -129,24 +112,18 @@ def calibrate(
     thresholds = sorted(float(t) for t in thresholds)
     if not thresholds or thresholds[0] != 0 or thresholds[-1] >= 1:
         raise InputError(f"thresholds must start at 0 and stay below 1, got {thresholds}")
-    if forward is None:
-        forward = model_forward(
-            model, prompts, two_pass=two_pass, class_chunk=eval_cfg.class_chunk, refine=refine_policy(eval_cfg)
-        )
-    protocol = protocol_from_config(eval_cfg)
     K = len(dataset.class_names)
-    vocab_size = len(getattr(dataset, "vocabulary", dataset.class_names))
     n = len(dataset) if not max_images else min(max_images, len(dataset))
-    rank, world = _rank_world()
+    rank, world = rank_world()
     indices = list(range(rank, n, world))
     # conf[t, g, p]: pixels of ground truth g (K = ignore, i.e. "unlabelled") predicted p (K = below threshold t)
     conf = torch.zeros(len(thresholds), K + 1, K + 1, dtype=torch.int64)
-    key = "pass2" if two_pass else "pass1"
+    key = inference.final
     bar = progress_bar(len(indices), f"calibrate on {name}", unit="img", enabled=progress and rank == 0)
     for i in indices:
         item = dataset[i]
-        pred = predict(forward, [item["image"]], protocol, device, num_classes=vocab_size)[0][key]
-        labels, scores = pred.labels.reshape(-1).cpu(), pred.scores.reshape(-1).float().cpu()
+        pred = inference.predict([item["image"]])[0][key]
+        labels, scores = pred.labels.reshape(-1).long(), pred.scores.reshape(-1).float()
         if merge is not None:
             labels = labels.clamp(max=merge)
         gt = item["label"].reshape(-1).long()
@@ -160,7 +137,7 @@ def calibrate(
             conf[j] += torch.bincount(gt * (K + 1) + p, minlength=(K + 1) ** 2).reshape(K + 1, K + 1)  # (g, p)
         bar.update()
     bar.close()
-    conf = _all_reduce(conf)
+    conf = all_reduce_sum(conf)
     total = int(conf[0].sum())
     if total == 0:
         raise DataError(f"{name}: no pixels to calibrate the score threshold on ({n} images)")
@@ -182,15 +159,6 @@ def calibrate(
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def with_calibration(cfg, calibration: Calibration):
-    """A copy of ``cfg`` holding the calibrated ``eval.min_score`` and ``eval.background_class``."""
-    import copy
-
-    out = copy.deepcopy(cfg)
-    out.eval.min_score, out.eval.background_class = calibration.min_score, calibration.background_class
-    return out
-
-
 def write_calibration(directory: Union[str, Path], calibration: Calibration) -> Path:
     """Put the calibration into a checkpoint folder: ``eval.min_score`` and ``eval.background_class`` of its
     ``config.json`` (everything else kept byte for byte in meaning; written atomically) and ``calibration.json``.
@@ -199,7 +167,7 @@ def write_calibration(directory: Union[str, Path], calibration: Calibration) -> 
     update_eval_config(
         directory, {"min_score": calibration.min_score, "background_class": calibration.background_class}
     )
-    atomic_write_text(directory / CALIBRATION_NAME, json.dumps(calibration.to_dict(), indent=2))  # last: marks it done
+    atomic_write_json(directory / CALIBRATION_NAME, calibration.to_dict())  # last: marks it done
     return directory / CONFIG_NAME
 
 
@@ -209,15 +177,15 @@ def update_eval_config(directory: Union[str, Path], values: dict) -> bool:
     directory = Path(directory)
     path = directory / CONFIG_NAME
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}); is {directory} a dpseg checkpoint folder?") from None
+        data = read_json(path, "checkpoint config", dict, CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; is {directory} a dpseg checkpoint folder?") from None
     if not isinstance(data.get("eval"), dict):
         raise CheckpointError(f"{path} has no eval section; is {directory} a dpseg checkpoint folder?")
     if all(k in data["eval"] and data["eval"][k] == v for k, v in values.items()):
         return False
     data["eval"].update(values)
-    atomic_write_text(path, json.dumps(data, indent=2))
+    atomic_write_json(path, data)
     return True
 
 
@@ -225,9 +193,11 @@ def read_calibration(directory: Union[str, Path]) -> Optional[dict]:
     """The ``calibration.json`` of a checkpoint folder when its ``config.json`` still holds that choice, else None
     (never calibrated, or exported again since)."""
     try:
-        done = json.loads((Path(directory) / CALIBRATION_NAME).read_text())
-        ev = json.loads((Path(directory) / CONFIG_NAME).read_text())["eval"]
-    except (OSError, ValueError, KeyError, TypeError):
+        done = read_json(Path(directory) / CALIBRATION_NAME, "calibration", dict)
+        ev = read_json(Path(directory) / CONFIG_NAME, "checkpoint config", dict)["eval"]
+        if not isinstance(ev, dict):
+            return None
+    except (DPSegError, KeyError):
         return None
     same = ev.get("min_score") == done.get("min_score") and ev.get("background_class") == done.get("background_class")
     return done if same else None
@@ -265,11 +235,8 @@ def calibrate_checkpoint(
     prompts = resolve_prompts(
         model, model_templates(cfg), vocab, bank=bank, device=device, what=f"the vocabulary of {data.name}"
     ).prompts
-    refines = model.needs_visual_prompts and prompts.has_visual
-    two = (cfg.eval.two_pass and refines) if two_pass is None else (two_pass and refines)
-    precision = resolve_precision(cfg.eval.precision, device, what="config key 'eval.precision'")
-    with autocast(precision, device):
-        result = calibrate(model, prompts, data, cfg.eval, device, background_class, two, max_images, progress)
+    inference = Inference(model, prompts, cfg.eval, two_pass=two_pass, device=device)
+    result = calibrate(inference, data, background_class, max_images, progress)
     result.dataset = str(dataset)
     write_calibration(folder, result)
     return result

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from dpseg.distributed import all_reduce_sum
 from dpseg.errors import InputError
 
 
@@ -52,13 +53,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> torch.Tensor:
         """The matrix summed over all ranks when torch.distributed is initialised (a copy; self is unchanged)."""
-        mat = self.mat.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            backend = torch.distributed.get_backend()
-            if backend == "nccl" and mat.device.type != "cuda":
-                mat = mat.cuda()
-            torch.distributed.all_reduce(mat, op=torch.distributed.ReduceOp.SUM)
-        return mat.cpu()
+        return all_reduce_sum(self.mat).cpu()
 
 
 def _pct(x: float) -> Optional[float]:

@@ -12,12 +12,13 @@ mixes numbers computed in different ways.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text
 from dpseg.errors import InputError
+from dpseg.safe_load import read_json
 
 FORMAT, VERSION = "dpseg-eval", 1
 # the paper's column order, then the rest
@@ -42,10 +43,10 @@ def load_results(path: Path, checkpoint: str) -> dict:
     if not path.is_file():
         return empty_results(checkpoint)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"results file {path} is unreadable ({e}); delete it or pass another --output") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("datasets"), dict):
+        data = read_json(path, "results file", dict, InputError)
+    except InputError as e:
+        raise InputError(f"{e}; delete it or pass another --output") from None
+    if data.get("format") != FORMAT or not isinstance(data.get("datasets"), dict):
         raise InputError(f"{path} is not a dpseg eval results file; pass another --output")
     return data
 
@@ -104,6 +105,6 @@ def markdown_table(results: dict) -> str:
 def save_results(results: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    atomic_write_text(json_path, json.dumps(results, indent=1))
+    atomic_write_json(json_path, results, indent=1)
     atomic_write_text(md_path, markdown_table(results))
     return json_path, md_path

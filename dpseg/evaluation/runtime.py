@@ -37,6 +37,8 @@ def resolve_device(
         if not torch.cuda.is_available():
             raise error(f"{what} asks for CUDA ({request}) but no CUDA GPU is available here; use cpu")
         device = torch.device("cuda", local_rank if device.index is None else device.index)
+        if device.index >= torch.cuda.device_count():
+            raise error(f"{what} asks for {device} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     elif device.type != "cpu":
         raise error(f"{what}={str(request)!r} is not supported; use auto, cpu or cuda")
     return device

@@ -93,12 +93,18 @@ def prompt_frame(region: tuple[int, int, int, int], hw: tuple[int, int], fill: f
 
 
 def prepare_prompt_image(
-    image: ImageLike, size: int, mask: Optional[ImageLike] = None, fill: float = OBJECT_FILL
+    image: ImageLike,
+    size: int,
+    mask: Optional[ImageLike] = None,
+    fill: float = OBJECT_FILL,
+    mask_outside: bool = False,
 ) -> Tensor:
     """A visual-prompt image as float (3, size, size) in [0, 1] on the input's device (rule in the module doc).
 
     ``image``: PIL image (an alpha channel marks the object and its transparent pixels), uint8 or float [0, 1]
     tensor (3, H, W), or an (H, W, 3) uint8 array. ``mask``: (H, W) bool / 0-1 / 0-255, True = the region.
+    ``mask_outside``: pixels outside the mask take the CLIP mean colour too (the region alone, no surroundings:
+    refinement's ``masked`` framing).
     """
     if size < 1:
         raise InputError(f"prompt image size must be >= 1, got {size}")
@@ -114,6 +120,8 @@ def prepare_prompt_image(
     if mask is not None:
         m = _to_mask(mask, (H, W)).to(x.device)
         region_mask = m if region_mask is None else region_mask & m
+        if mask_outside:
+            x = torch.where(m, x, mean)
     if region_mask is None:
         region, fill = (0, H, 0, W), 1.0
     else:

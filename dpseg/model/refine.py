@@ -24,26 +24,26 @@ from torch.profiler import record_function
 from dpseg.errors import InputError
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.dual_prompt import PromptSet
-from dpseg.model.prompt_image import prepare_prompt_image
+from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image
 
 
 @dataclass(frozen=True)
 class RefinePolicy:
-    """Which pass-1 classes get refined, and how much is re-decoded (``eval.refine_*``; see the module doc)."""
+    """Which pass-1 classes get refined, and how much is re-decoded: ``eval.refine_X`` is field ``X`` (defaults,
+    ranges and meanings in :class:`dpseg.config_schema.EvalConfig`; built by
+    :func:`dpseg.evaluation.inference.refine_policy`)."""
 
-    min_score: float = 0.3  # a pixel votes for its best class only if that class's probability is >= this
-    min_area: float = 0.001  # a class is detected if its votes cover at least this fraction of the map
-    max_classes: int = 0  # at most this many detected classes per image, largest first (0 = all)
-    scope: str = "all"  # "all" re-decodes every class (the paper), "present" only the detected ones
-    crop_weight: float = 1.0  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
+    min_score: float  # a pixel votes for its best class only if that class's probability is >= this
+    min_area: float  # a class is detected if its votes cover at least this fraction of the map
+    max_classes: int  # at most this many detected classes per image, largest first (0 = all)
+    scope: str  # "all" re-decodes every class (the paper), "present" only the detected ones
+    crop_weight: float  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
+    framing: str  # "context" | "tight" | "masked": how the crop is framed (CROP_FRAMING)
+    replace: str  # "both" | "global" | "stages": which visual prompts the crop replaces
 
-    def __post_init__(self):
-        if self.scope not in ("all", "present"):
-            raise InputError(f"refinement scope must be 'all' or 'present', got {self.scope!r}")
-        if not (0 <= self.min_score < 1 and 0 <= self.min_area < 1 and self.max_classes >= 0):
-            raise InputError("refinement needs 0 <= min_score < 1, 0 <= min_area < 1 and max_classes >= 0")
-        if not 0 < self.crop_weight <= 1:
-            raise InputError(f"refinement crop_weight must be in (0, 1] (1 = replace), got {self.crop_weight}")
+
+# framing -> (share of the frame's side the class's pixels span, pixels outside them at the CLIP mean colour)
+CROP_FRAMING = {"context": (OBJECT_FILL, False), "tight": (1.0, False), "masked": (OBJECT_FILL, True)}
 
 
 def voting_labels(logits: Tensor, min_score: float) -> Tensor:
@@ -69,7 +69,7 @@ def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0, min_
 
 @torch.no_grad()
 def refine_prompts(
-    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy = RefinePolicy()
+    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy
 ) -> tuple[PromptSet, Tensor]:
     """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
     if prompts.visual is None or prompts.visual_stages is None:  # not prompts.has_visual
@@ -89,18 +89,25 @@ def refine_prompts(
     pairs = detected.nonzero().tolist()
     if pairs:
         with record_function("dpseg.refine_crops"):
-            size = model.prompt_image_size
-            crops = torch.stack([prepare_prompt_image(images[b], size, mask=labels[b] == k) for b, k in pairs])
+            size, (fill, outside) = model.prompt_image_size, CROP_FRAMING[policy.framing]
+            crops = torch.stack(
+                [
+                    prepare_prompt_image(images[b], size, mask=labels[b] == k, fill=fill, mask_outside=outside)
+                    for b, k in pairs
+                ]
+            )
             unique, inverse = unique_images(crops)  # classes framed alike share one crop: encode it once
             v_unique, stages_unique = model.encode_visual_prompts(unique)  # (U, d), [(U, D_j)]
             v_crop, stage_crops = v_unique[inverse], [s[inverse] for s in stages_unique]  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
         w = policy.crop_weight
-        # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
-        visual[idx_b, idx_k] = w * v_crop[:, None].to(visual.dtype) + (1 - w) * visual[idx_b, idx_k]
-        for t, s in zip(stages, stage_crops):
-            t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
+        if policy.replace in ("both", "global"):
+            # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
+            visual[idx_b, idx_k] = w * v_crop[:, None].to(visual.dtype) + (1 - w) * visual[idx_b, idx_k]
+        if policy.replace in ("both", "stages"):
+            for t, s in zip(stages, stage_crops):
+                t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
     refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
     return refined, detected
 
@@ -132,7 +139,7 @@ def two_pass(
     model,
     images: Tensor,
     prompts: PromptSet,
-    policy: RefinePolicy = RefinePolicy(),
+    policy: RefinePolicy,
     class_chunk: int = 0,
     early_rejection_topk: int = 0,
 ) -> dict:
@@ -150,8 +157,8 @@ def two_pass(
     first = model.decode(feats, prompts, class_chunk, **extra, **state)["logits"]
     refined, detected = refine_prompts(model, images, first, prompts, policy)
     if policy.scope == "all":
-        if state:
-            state["state"].changed = detected
+        if state:  # stage 0 reads the dual prompts R = f(T, V): only pairs whose global V changed are new there
+            state["state"].changed = detected if policy.replace in ("both", "global") else torch.zeros_like(detected)
         second = model.decode(feats, refined, class_chunk, **extra, **state)["logits"]
     else:
         idx = detected.any(dim=0).nonzero().flatten()

@@ -15,12 +15,18 @@ Class names are matched after whitespace normalisation of their synonyms ("bed "
 "red  square" == "red square"); a class list naming one class twice, also in another case, is refused
 (:func:`dpseg.vocab.class_key`). Every class file carries a content hash (:mod:`dpseg.weights`), checked when it is
 loaded and by :meth:`PromptBank.verify` (``dpseg prompts info``, ``dpseg check``); a build rebuilds damaged files.
+
+Every file of a bank is covered: the manifest carries ``manifest_sha256``, the SHA-256 of its other fields as
+canonical JSON, checked whenever the bank is opened (a hand-edited seed or encoder fingerprint is "damaged", not
+silently used; manifests written before the hash load with a note). The manifest is read by the bounded reader
+(:mod:`dpseg.safe_load`) and its fields are type-checked. A class file's tensors must have the shapes the manifest
+names (M templates x embed_dim / stage_dims) and finite values, checked at load and by ``dpseg check``. Kept images
+under ``images/`` are never read back by dpseg (a record for people), so they need no hash.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -30,17 +36,31 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from dpseg.config import atomic_write_text
-from dpseg.errors import BankError, InputError
+from dpseg.errors import BankError, InputError, quote
 from dpseg.model.dual_prompt import PromptSet
+from dpseg.prompts.manifest import (
+    MANIFEST,
+    MANIFEST_HASH,
+    check_manifest,
+    manifest_status,
+    read_manifest,
+    write_manifest,
+)
 from dpseg.prompts.templates import templates_id
 from dpseg.vocab import canonical_name, check_class_list
-from dpseg.weights import safetensors_integrity, save_safetensors, state_fingerprint
+from dpseg.weights import (
+    nonfinite_problem,
+    safetensors_integrity,
+    safetensors_nonfinite,
+    save_safetensors,
+    state_fingerprint,
+)
 
 FORMAT, VERSION = "dpseg-prompt-bank", 1
 log = logging.getLogger("dpseg")
 _NOTED: set = set()  # banks already noted as unhashed (once per process)
-MANIFEST, CLASS_DIR, IMAGE_DIR = "manifest.json", "classes", "images"
+_NOTED_MANIFEST: set = set()  # banks whose manifest was noted as unhashed
+CLASS_DIR, IMAGE_DIR = "classes", "images"
 ENCODER_FIELDS = {"prompt_encoder": "visual-prompt encoder", "text_tower": "text tower"}
 SHAPE_FIELDS = ("templates_id", "prompt_image_size", "embed_dim", "stage_dims")
 GENERATION_FIELDS = ("generator", "seed", "images_per_class")
@@ -98,7 +118,7 @@ class PromptBank:
                     bank.check_generation(generator, seed, images_per_class)
                 else:  # a bank so far made of exemplars only adopts the first generator used with it
                     bank.manifest.update(gen)
-                    atomic_write_text(root / MANIFEST, json.dumps(bank.manifest, indent=2))
+                    write_manifest(root, bank.manifest)
             return bank
         if root.exists() and not root.is_dir():
             raise BankError(f"prompt bank path {root} is a file; pass a directory")
@@ -108,9 +128,7 @@ class PromptBank:
             )
         root.mkdir(parents=True, exist_ok=True)
         manifest = {"format": FORMAT, "version": VERSION, **key, **gen, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_text(
-            root / MANIFEST, json.dumps(manifest, indent=2)
-        )  # first: a kill leaves an empty dir or a bank
+        write_manifest(root, manifest)  # first: a kill leaves an empty dir or a bank
         (root / CLASS_DIR).mkdir(exist_ok=True)
         return cls(root, manifest)
 
@@ -119,23 +137,29 @@ class PromptBank:
         """Read a bank's manifest; ``wait`` seconds for it to appear (other ranks wait for rank 0)."""
         root = Path(root).expanduser()
         path, deadline = root / MANIFEST, time.monotonic() + wait
-        while not path.is_file() and time.monotonic() < deadline:
+        while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
-        if not path.is_file():
+        if not path.exists():  # a FIFO or a device is refused by the reader below, naming what it is
             raise BankError(
-                f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --out {root}'"
+                f"{root} is not a prompt bank (no {MANIFEST}); build one with 'dpseg prompts build --checkpoint CKPT "
+                f"--vocab CLASS_LIST --generator GENERATOR --out {root}'"
             )
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise BankError(f"cannot read {path}: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        manifest = read_manifest(path)
+        if manifest.get("format") != FORMAT:
             raise BankError(f"{path} is not a dpseg prompt-bank manifest")
         if manifest.get("version") != VERSION:
             raise BankError(
-                f"prompt bank {root} has format version {manifest.get('version')}; this dpseg reads version {VERSION}"
+                f"prompt bank {root} has format version {quote(manifest.get('version'))}; this dpseg reads "
+                f"version {VERSION}"
             )
-        return cls(root, manifest)
+        status, detail = manifest_status(root)
+        if status == "damaged":
+            raise BankError(f"prompt bank {root}: {MANIFEST} is damaged: {detail}; rebuild the bank with another --out")
+        if status == "unverified" and str(root) not in _NOTED_MANIFEST:
+            _NOTED_MANIFEST.add(str(root))
+            log.warning("note: prompt bank %s: %s has %s", root, MANIFEST, detail)
+        check_manifest(path, manifest)
+        return cls(root, {k: v for k, v in manifest.items() if k != MANIFEST_HASH})
 
     # ------------------------------------------------------------------------------------------- checks
     @property
@@ -260,11 +284,19 @@ class PromptBank:
             )
         return detail if status == "damaged" else None
 
-    def repair_hint(self) -> str:
+    def build_command(self) -> str:
+        """The command that adds or rebuilds classes of this bank (CKPT: the model it was built for, CLASS_LIST: the
+        classes; the generator is the bank's own when it has one)."""
         gen = self.manifest.get("generator_spec") or "GENERATOR"
+        return f"dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST --generator {gen} --out {self.root}"
+
+    def exemplars_command(self) -> str:
+        return f"dpseg prompts add-exemplars --checkpoint CKPT --bank {self.root} --folder EXEMPLARS"
+
+    def repair_hint(self) -> str:
         return (
-            f"rebuild it with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST --generator {gen}' "
-            "(it rebuilds damaged class files), or for an exemplar class 'dpseg prompts add-exemplars'"
+            f"rebuild it with '{self.build_command()}' (it rebuilds damaged class files), or for an exemplar class "
+            f"'{self.exemplars_command()}'"
         )
 
     def load_class(self, name: str) -> dict:
@@ -276,7 +308,7 @@ class PromptBank:
         if not self._belongs(meta, name):
             raise BankError(
                 f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); "
-                "run 'dpseg prompts build' again to (re)make it"
+                f"run '{self.build_command()}' again to (re)make it"
             )
         problem = self.damaged(name)
         if problem:
@@ -285,6 +317,12 @@ class PromptBank:
                 f"damaged: {problem}; {self.repair_hint()}"
             )
         t = {k: v.clone() for k, v in load_file(str(path)).items()}  # detach from the file's memory map
+        problem = self.tensor_problem({k: tuple(v.shape) for k, v in t.items()}) or nonfinite_problem(t)
+        if problem:
+            raise BankError(
+                f"prompt bank {self.root}: the file of class {name!r} ({CLASS_DIR}/{path.name}) {problem}; "
+                f"{self.repair_hint()}"
+            )
         return {
             "text": t["text"],
             "visual": t["visual"],
@@ -292,6 +330,39 @@ class PromptBank:
             "seeds": t["seeds"],
             "meta": meta,
         }
+
+    def tensor_problem(self, shapes: dict) -> str:
+        """'' if a class file's tensor shapes are those the manifest names, else what is wrong: text and visual
+        (M, embed_dim), visual_stage{2,3,4} (M, stage_dims[j]), seeds (N,)."""
+        m, d = len(self.manifest["templates"]), self.manifest["embed_dim"]
+        expected = {
+            "text": (m, d),
+            "visual": (m, d),
+            **{k: (m, s) for k, s in zip(STAGE_KEYS, self.manifest["stage_dims"])},
+        }
+        for key, shape in expected.items():
+            if key not in shapes:
+                return f"lacks the tensor '{key}'"
+            if tuple(shapes[key]) != shape:
+                return (
+                    f"holds tensor '{key}' of shape {tuple(shapes[key])}, but the bank's manifest says {shape} "
+                    "(M templates x width)"
+                )
+        if "seeds" not in shapes or len(shapes["seeds"]) != 1:
+            return "lacks a 1-D tensor 'seeds'"
+        return ""
+
+    def file_problem(self, path: Path) -> str:
+        """'' if a class file's tensors have the manifest's shapes and finite values, else what is wrong (the
+        header gives the shapes; the values are read one tensor at a time)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return self.tensor_problem(shapes) or safetensors_nonfinite(path)
+        except Exception as e:  # noqa: BLE001 - a file the hash passed that still does not parse
+            return f"is not a valid safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
 
     def clean_temp_files(self, older_than: float = 60.0) -> int:
         """Remove hidden temp files left by killed writers (only old ones: a live writer's file is young)."""
@@ -342,9 +413,8 @@ class PromptBank:
         if missing:
             raise BankError(
                 f"prompt bank {self.root} lacks {len(missing)} of the {len(names)} classes ({short_list(missing)}); "
-                f"add them with 'dpseg prompts build --out {self.root} --vocab YOUR_CLASS_LIST "
-                f"--generator {self.manifest.get('generator_spec') or 'GENERATOR'}' "
-                "(classes already in the bank are skipped) or 'dpseg prompts add-exemplars'"
+                f"add them with '{self.build_command()}' (classes already in the bank are skipped) or "
+                f"'{self.exemplars_command()}'"
             )
         entries = [self.load_class(n) for n in names]
         if device is None:
@@ -355,10 +425,15 @@ class PromptBank:
         return PromptSet(list(class_names), stack("text"), stack("visual"), stages)
 
     def verify(self) -> dict:
-        """Content-hash check of every class file: {"ok": [files], "unverified": [files], "damaged": [(file, why)]}."""
-        out: dict = {"ok": [], "unverified": [], "damaged": []}
+        """Every file of the bank: {"manifest": (status, detail), "ok": [class files], "unverified": [class files],
+        "damaged": [(class file, why)]}: the manifest's hash; each class file's hash, tensor shapes (against the
+        manifest) and finite values. Class files are named by their file name in ``classes/``."""
+        out: dict = {"manifest": manifest_status(self.root), "ok": [], "unverified": [], "damaged": []}
         for path in sorted((self.root / CLASS_DIR).glob("[!.]*.safetensors")):
             status, detail = safetensors_integrity(path)
+            if status != "damaged":
+                problem = self.file_problem(path)
+                status, detail = ("damaged", problem) if problem else (status, detail)
             out[status].append((path.name, detail) if status == "damaged" else path.name)
         return out
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import re
 import threading
 import warnings
@@ -24,9 +23,10 @@ import torch
 from PIL import Image
 
 from dpseg.config import PromptsConfig
-from dpseg.errors import BankError, ConfigError, WeightsUnavailableError
+from dpseg.errors import BankError, ConfigError, DPSegError, WeightsUnavailableError
 from dpseg.hub import hub_reachable
 from dpseg.init_patch import INIT_PATCH_LOCK
+from dpseg.safe_load import read_json
 from dpseg.vocab import split_synonyms
 
 
@@ -135,8 +135,8 @@ def directory_fingerprint(path: Path, sample: int = 1 << 20) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path, "pipeline config", dict)
+    except DPSegError:
         return {}
 
 

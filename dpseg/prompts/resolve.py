@@ -117,9 +117,10 @@ def resolve_prompts(
         if not text_only:
             raise BankError(
                 f"{what}: this model needs visual prompts (prompt_type={model.prompt_type}"
-                f"{', visual cost volumes' if model.visual_scales else ''}); give a prompt bank ('dpseg prompts build "
-                "--vocab ... --out BANK', then bank=BANK / --bank BANK / --set prompts.bank=BANK), exemplar images "
-                "(DIR/<class>/*.jpg), or accept the degraded text-only mode (text_only=True / --text-only)"
+                f"{', visual cost volumes' if model.visual_scales else ''}); give a prompt bank ('dpseg prompts "
+                "build --checkpoint CKPT --vocab CLASS_LIST --generator GENERATOR --out BANK', then bank=BANK / "
+                "--bank BANK / --set prompts.bank=BANK), exemplar images (DIR/<class>/*.jpg), or accept the degraded "
+                "text-only mode (text_only=True / --text-only)"
             )
         zeros = [torch.zeros(len(names), M, d, device=device) for d in model.image_encoder.stage_dims[:3]]
         source = (
@@ -148,7 +149,8 @@ def resolve_prompts(
             raise BankError(
                 f"prompt bank {bank} was built with another template set ({len(opened.templates)} templates) than the "
                 f"model's ({M} templates); "
-                "rebuild it with the model's templates ('dpseg prompts build --checkpoint CKPT')"
+                "build one with the model's templates ('dpseg prompts build --checkpoint CKPT --vocab CLASS_LIST "
+                "--generator GENERATOR --out NEW_BANK')"
             )
         try:
             ps = opened.prompt_set(rest, model=model, device=device)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from dpseg.errors import ConfigError
+from dpseg.errors import ConfigError, char_name, quote, unsafe_char
+from dpseg.safe_load import read_text
 
 TEMPLATE_SETS: dict[str, list[str]] = {
     "imagenet80": [t("{}") for t in OPENAI_IMAGENET_TEMPLATES],
@@ -27,17 +28,26 @@ def get_templates(name_or_file: str, num: int = 0) -> list[str]:
         templates = list(TEMPLATE_SETS[name_or_file])
     else:
         path = Path(name_or_file)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():  # a FIFO or device is refused by the reader, naming what it is
             raise ConfigError(
                 f"config key 'prompts.templates': '{name_or_file}' is neither a template set "
                 f"({', '.join(TEMPLATE_SETS)}) nor a file"
             )
-        templates = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        text = read_text(path, "template file", 1 << 20, ConfigError, encoding="utf-8-sig")
+        # "\n" alone ends a line (as in class lists): a form feed or U+2028 must not split a template in two
+        templates = [line.strip() for line in text.split("\n") if line.strip()]
         if not templates:
             raise ConfigError(f"template file {path} holds no templates")
+        for t in templates:
+            unsafe = unsafe_char(t, allow="\t")
+            if unsafe is not None:
+                raise ConfigError(
+                    f"template {quote(t, 80)} in {path} holds the control character {char_name(unsafe[1])}; "
+                    "templates must be printable text"
+                )
     bad = [t for t in templates if t.count("{}") != 1]
     if bad:
-        raise ConfigError(f"template {bad[0]!r} must contain '{{}}' exactly once (where the class name goes)")
+        raise ConfigError(f"template {quote(bad[0], 80)} must contain '{{}}' exactly once (where the class name goes)")
     if num < 0 or num > len(templates):
         raise ConfigError(f"config key 'prompts.num_templates' is {num} but the set has {len(templates)} templates")
     return templates[:num] if num else templates

@@ -8,7 +8,6 @@ written here (letters and a few symbols, no merges), so nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import string
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Union
 
 import torch
 
+from dpseg.atomic import json_text
 from dpseg.prompts.generate import _quiet_diffusers
 
 
@@ -33,7 +33,7 @@ def make_tiny_pipeline(out_dir: Union[str, Path], seed: int = 0, width: int = 16
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "vocab.json").write_text(json_text(vocab, indent=None))
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
         tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
     torch.manual_seed(seed)

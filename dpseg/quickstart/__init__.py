@@ -7,17 +7,18 @@
 * :mod:`~dpseg.quickstart.report` - mean ± spread, the table, verdicts and the figure.
 
 This module itself only knows where the last finished run left its model (:func:`default_artifacts`), which is
-what ``dpseg segment`` and ``dpseg demo`` use when no checkpoint is given; it stays cheap to import.
+what ``dpseg segment`` and ``dpseg demo`` use when no checkpoint is given, and the demo's example scene with what
+the quickstart measured on it (:func:`demo_example`); it stays cheap to import.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 from dpseg.errors import CheckpointError
+from dpseg.safe_load import read_json
 
 
 def default_cache() -> Path:
@@ -42,10 +43,30 @@ def default_artifacts(cache: Optional[Path] = None) -> tuple[Path, Optional[Path
             "(or set DPSEG_CACHE to where it ran), or pass --checkpoint"
         )
     try:
-        info = json.loads(pointer.read_text())
+        info = read_json(pointer, "quickstart pointer", dict, CheckpointError)
         model, bank = Path(info["model"]), info.get("bank")
-    except (ValueError, KeyError, TypeError) as e:
+    except (CheckpointError, KeyError, TypeError) as e:
         raise CheckpointError(f"{pointer} is unreadable ({e}); rerun `dpseg quickstart`") from None
     if not (model / "config.json").is_file():
         raise CheckpointError(f"the quickstart model {model} named in {pointer} is gone; rerun `dpseg quickstart`")
     return model, (Path(bank) if bank else None)
+
+
+def demo_example(cache: Optional[Path] = None) -> Optional[dict]:
+    """The demo's example of the last finished quickstart in ``cache`` (written by
+    :func:`dpseg.quickstart.example.check_example`): ``{"image": path, "classes": "a; b; ...", "objects": [{"class",
+    "verdict", "predicted", ...}]}``, or None when there is none (a quickstart before the check, or its example
+    folder deleted)."""
+    cache = Path(cache) if cache is not None else default_cache()
+    try:
+        info = read_json(cache / "example.json", "quickstart example pointer", dict, CheckpointError)
+        image, classes = Path(info["image"]), str(info["classes"])
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    try:  # made with the model the demo shows (the pointers are written at different moments of a run)
+        same = Path(info.get("model", "")).resolve() == default_artifacts(cache)[0].resolve()
+    except CheckpointError:
+        return None
+    if not same or not image.is_file():
+        return None
+    return {**info, "image": str(image), "classes": classes}

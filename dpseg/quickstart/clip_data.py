@@ -9,10 +9,17 @@ weighted by the share of it that the object's visible pixels fill - the embeddin
 :mod:`~dpseg.quickstart.zeroshot` tests.
 
 **Tiles in mosaics.** 64-px images of seen-class objects: square crops around the pool scenes' objects (scene
-style, neighbours in view - what the second inference pass crops) and images of the world's generator from a random
-ImageNet template (prompt style when the style gap is on: the pool holds both kinds, as real CLIP saw both photos
-and renderings). Four tiles make one 128-px 2x2 mosaic and a tile's embedding is the mean of E over its 2x2 cells,
-so the generator's images too are learnt at the scene resolution, for as many pixels as 64-px images would cost.
+style, neighbours in view - what the second inference pass crops). Four tiles make one 128-px 2x2 mosaic and a
+tile's embedding is the mean of E over its 2x2 cells, so tiles are learnt at the scene resolution, for as many pixels
+as 64-px images would cost.
+
+**No generator images (world v3).** The pool holds only scene-style images - scenes and crops of their objects -
+so the generator's prompt style is one the CLIP never saw, as a real CLIP was trained on photos long before the
+diffusion model that draws its prompts existed: generated visual prompts carry a real style gap that crops of the
+scene itself (the second inference pass) can close (world README). ``generator_images=True`` puts them back as
+world v2 had them: ``1 - crop_fraction`` of the tiles are images of the world's generator from a random ImageNet
+template, in the prompt style when the style gap is on, drawn faithfully (generator failures off: a caption is
+true of its image).
 
 Only seen classes are ever rendered. A CLIP trained on 64-px images alone (a 2x2 grid) is near chance on 128-px
 scenes (a 4x4 grid) even with its global embedding; with objects at random positions in scenes, mosaics alone
@@ -108,13 +115,15 @@ def render_pool(
     text_gap: bool,
     style_gap: bool,
     stride: int = STRIDE,
+    generator_images: bool = False,
 ) -> Pool:
-    """Render the seen-class pool: ``scenes`` scenes, and ``tiles`` tiles of which ``crop_fraction`` scene crops;
+    """Render the seen-class pool: ``scenes`` scenes, and ``tiles`` tiles, all of them scene crops unless
+    ``generator_images`` (then ``crop_fraction`` of them; the rest generator images, prompt style if ``style_gap``);
     scene covers on the dense grid of a tower with output stride ``stride``."""
     rng = np.random.default_rng([seed, 7, WORLD_VERSION])
     classes = seen_classes()
-    gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene")
-    n_crops = int(tiles * crop_fraction)
+    gen = SyntheticGenerator(size=TILE, style="prompt" if style_gap else "scene", failures=0.0)
+    n_crops = int(tiles * crop_fraction) if generator_images else tiles
     scene_images: list[np.ndarray] = []
     covers: list[np.ndarray] = []
     scene_attrs: list[np.ndarray] = []

@@ -4,12 +4,13 @@ The model is the open_clip ``CLIP`` of the ``synthetic`` preset (``model.clip_mo
 :func:`dpseg.clip_loading.create_clip`; the result is saved in OpenCLIP layout as safetensors and loaded back
 through ``model.clip_pretrained=/path/file.safetensors``, the path real OpenCLIP weights take.
 
-Data (:mod:`~dpseg.quickstart.clip_data`): 64-px tiles of seen-class objects (scene crops and generator
-images) assembled into 128-px 2x2 mosaics, so the CLIP is trained at the resolution the segmenter uses it at;
-each tile is embedded by the mean of the dense joint-space head over its cells. Captions name all or some
-attributes; partial captions make the text tower learn one direction per attribute word, which is what lets an
-*unseen* triple of known words land near its images. Half the captions are the bare phrase ("red stripy star",
-"a red star."): in a long template the few attribute words are a small part of what the text tower sees.
+Data (:mod:`~dpseg.quickstart.clip_data`): 128-px scenes of seen-class objects and 64-px tiles (crops of scene
+objects; no generator images since world v3 unless ``generator_images``) assembled into 128-px 2x2 mosaics, so the
+CLIP is trained at the resolution the segmenter uses it at; each tile is embedded by the mean of the dense
+joint-space head over its cells. Captions name all or some attributes; partial captions make the text tower learn
+one direction per attribute word, which is what lets an *unseen* triple of known words land near its images. Half
+the captions are the bare phrase ("red stripy star", "a red star."): in a long template the few attribute words are
+a small part of what the text tower sees.
 
 Every step also embeds the whole *caption universe* (every distinct seen caption: full phrases and every subset of
 their attributes, each in a random template) as extra text candidates for the image -> text loss, so each tile
@@ -20,8 +21,9 @@ is a positive for it (a "red shape" caption is true of every red object in the b
 over the positives. Plain InfoNCE would push such true pairs apart.
 
 The world's gaps (README): ``text_gap`` - captions name patterns by their caption-only synonyms, never by the
-vocabulary's words; ``style_gap`` - the generator images of the pool are in the prompt style. Both are part of
-the cache key.
+vocabulary's words; ``generator_images`` (off by default, world v3) - the pool also holds generator images, in the
+prompt style when ``style_gap``. They are part of the cache key; ``style_gap`` and ``crop_fraction`` only where
+they change the pool (with generator images), so the same CLIP serves the quickstart with and without the style gap.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from dpseg.atomic import json_text
 from dpseg.clip_loading import clip_model_config, create_clip, make_tokenizer
 from dpseg.config import Config
 from dpseg.data.synthetic.world import COLOURS, PATTERNS, SHAPES, WORLD_VERSION
@@ -73,6 +76,8 @@ SHIPPED_DIR = Path(__file__).parent / "weights"
 # settings added after recipe v4, with the value that gives v4's training: left out of the cache key at that value,
 # so that weights trained before a setting existed stay valid
 ADDED_LATER = {"attribute_weight": 0.0}
+# settings that change nothing without generator images in the pool (generator_images=False): left out of the key
+GENERATOR_POOL_ONLY = ("style_gap", "crop_fraction")
 
 
 @dataclass
@@ -89,11 +94,14 @@ class PretrainSettings:
     weight_decay: float = 0.05
     warmup: int = 40
     pool_size: int = 4000  # rendered 64-px tiles the mosaics are drawn from (all images augmented by flips)
-    crop_fraction: float = 0.3  # share of the tiles that are object crops from scenes (the rest: generator images)
+    # the pool also holds images of the world's generator (world v2's pool); off = only scenes and their crops, so the
+    # generator's prompt style is one the CLIP never saw (world v3, README)
+    generator_images: bool = False
+    crop_fraction: float = 0.3  # with generator_images: share of the tiles that are scene crops (rest: generator)
     full_caption_prob: float = 0.5  # else a caption naming a random non-empty subset of the attributes
     bare_caption_prob: float = 0.5  # captions that are the bare phrase ("{}", "a {}.") rather than a template
     text_gap: bool = True  # captions never use the vocabulary's pattern words (world README)
-    style_gap: bool = True  # the pool's generator images are in the prompt style (world README)
+    style_gap: bool = True  # with generator_images: the pool's generator images are in the prompt style
     seed: int = 0
     # weight of an image-side auxiliary loss: linear heads (discarded after pretraining) name each object
     # embedding's colour, pattern and shape (cross-entropy, seen-class objects only; no text, so the text gap stays).
@@ -160,6 +168,7 @@ def pretrain(
         settings.text_gap,
         settings.style_gap,
         stride=tower.dense_stride,
+        generator_images=settings.generator_images,
     )
     render_seconds = time.time() - t0
     log(f"rendered {len(pool.scenes)} seen-class scenes and {len(pool.tiles)} tiles in {render_seconds:.1f}s")
@@ -254,19 +263,23 @@ def ship(path: str | Path, report: Optional[dict] = None, out_dir: str | Path = 
     meta = safetensors_metadata(path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if report is not None:
-        meta["zero_shot"] = json.dumps(report, sort_keys=True)
+        meta["zero_shot"] = json_text(report, indent=None, sort_keys=True)
     return save_safetensors(half, Path(out_dir or SHIPPED_DIR) / path.name, metadata=meta)
 
 
 def settings_key(cfg: Config, settings: PretrainSettings) -> str:
+    """The cache key of the weights: world, recipe, CLIP config and the settings that shape the training."""
     import hashlib
 
+    shaping = {k: v for k, v in asdict(settings).items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+    if not settings.generator_images:
+        shaping = {k: v for k, v in shaping.items() if k not in GENERATOR_POOL_ONLY}
     blob = json.dumps(
         {
             "world": WORLD_VERSION,
             "recipe": PRETRAIN_VERSION,
             "clip": clip_model_config(cfg.model),
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ADDED_LATER or v != ADDED_LATER[k]},
+            "settings": shaping,
         },
         sort_keys=True,
     )

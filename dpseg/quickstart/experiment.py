@@ -23,18 +23,19 @@ from dpseg.clip_loading import build_towers
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
-from dpseg.data.synthetic.datasets import WorldDatasets
+from dpseg.data.synthetic.folders import WorldDatasets
 from dpseg.engine.train import train
-from dpseg.errors import DataError
+from dpseg.errors import DataError, DPSegError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
-from dpseg.evaluation.inference import model_forward, predict, protocol_from_config
+from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
 from dpseg.prompts.bank import PromptBank, make_key
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.prompts.templates import get_templates
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,27 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("text", "text", "upsampled", "text prompts, no visual cost volumes (SED-like baseline)"),
-        Variant("visual", "visual", "visual", "visual prompts + visual cost volumes"),
-        Variant("dual", "dual", "visual", "dual prompts + visual cost volumes (DPSeg)"),
-        Variant(
-            "dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v (no visual cost volumes)"
-        ),
+        # the paper's factors: the prompts of F_c = cos(E, R) (Table 2a) x the decoder's guidance (Table 3)
+        Variant("text", "text", "upsampled", "text prompts, upsampled F_c (SED-like baseline)"),
+        Variant("text-fv", "text", "visual", "text prompts, visual cost volumes F_v"),
+        Variant("text-both", "text", "both", "text prompts, F_v beside the upsampled F_c"),
+        Variant("visual-fc", "visual", "upsampled", "visual prompts, upsampled F_c"),
+        Variant("visual", "visual", "visual", "visual prompts, visual cost volumes F_v"),
+        Variant("visual-both", "visual", "both", "visual prompts, F_v beside the upsampled F_c"),
+        Variant("dual-upsampled", "dual", "upsampled", "dual prompts, upsampled F_c instead of F_v"),
+        Variant("dual", "dual", "visual", "dual prompts, visual cost volumes F_v (DPSeg)"),
         Variant("dual-both", "dual", "both", "dual prompts, F_v beside the upsampled F_c"),
     )
 }
+# single-factor comparisons: (claim, A, B) - A and B differ in one factor only
+CLAIMS = (
+    ("dual prompts >= text prompts (guidance F_v)", "dual", "text-fv"),
+    ("dual prompts >= visual prompts (guidance F_v)", "dual", "visual"),
+    ("visual prompts >= text prompts (guidance F_v)", "visual", "text-fv"),
+    ("dual prompts >= text prompts (guidance upsampled F_c)", "dual-upsampled", "text"),
+    ("F_v in place of the upsampled F_c (dual prompts)", "dual", "dual-upsampled"),
+    ("F_v beside the upsampled F_c >= the upsampled F_c alone (dual prompts)", "dual-both", "dual-upsampled"),
+)
 
 
 def run_config(
@@ -93,21 +106,12 @@ def is_trained(cfg: Config) -> bool:
     final = Path(cfg.train.output_dir) / "final"
     if not ((final / "model.safetensors").is_file() and (final / "config.json").is_file()):
         return False
-    saved = json.loads((final / "config.json").read_text())
+    try:
+        saved = read_json(final / "config.json", "checkpoint config", dict)
+    except DPSegError:  # unreadable: trained again
+        return False
     saved.pop("dpseg", None)  # save_model's metadata
     return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
-
-
-# The inference settings a model folder carries for `dpseg segment` and the demo that are not part of its run's key
-# (is_trained ignores the eval section): a run trained before a preset changed them still holds the old values.
-REFINEMENT_KEYS = (
-    "two_pass",
-    "refine_min_score",
-    "refine_min_area",
-    "refine_max_classes",
-    "refine_scope",
-    "refine_crop_weight",
-)
 
 
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
@@ -150,8 +154,9 @@ def evaluate_model(
     variant: Variant,
     max_images: int = 0,
     eval_cfg: Optional[EvalConfig] = None,
+    split: str = "val",
 ) -> dict:
-    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator.
+    """{split name: {"pass1": metrics[, "pass2": metrics]}} with the real evaluator, on split ``split`` of each folder.
 
     Each split is scored with its own vocabulary. ``eval_cfg`` (the experiment's inference settings) replaces the
     checkpoint's own ``eval`` section: a trained run is reused across changes of inference settings (its key leaves
@@ -164,30 +169,22 @@ def evaluate_model(
         cfg.eval = eval_cfg
     out = {}
     for name, folder in splits.items():
-        dataset = build_dataset(str(folder), split="val")
+        dataset = build_dataset(str(folder), split=split)
         prompts = _prompts(cfg, model, list(dataset.class_names))
-        res = evaluate(
-            model,
-            prompts,
-            dataset,
-            cfg.eval,
-            device="cpu",
-            two_pass=variant.two_pass,
-            max_images=max_images or None,
-            progress=False,
-        )
+        inference = Inference(model, prompts, cfg.eval, two_pass=variant.two_pass, device="cpu")
+        res = evaluate(inference, dataset, max_images=max_images or None, progress=False)
         out[name] = {k: res[k] for k in ("pass1", "pass2") if k in res}
     return out
 
 
-def chance_miou(folder: Path, max_images: int = 0) -> float:
+def chance_miou(folder: Path, max_images: int = 0, split: str = "val") -> float:
     """Expected mIoU (%) of a predictor that labels every pixel with a uniformly random class of the vocabulary.
 
     With n_c ground-truth pixels of class c, N in all and K classes, its expected confusion row is n_c / K for
     every class, so IoU_c = (n_c / K) / (n_c + N / K - n_c / K); the mean runs over classes present in the GT,
     as the evaluator's does.
     """
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     k = len(dataset.class_names)
     counts = np.zeros(k)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
@@ -221,7 +218,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
 
 
 @torch.no_grad()
-def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
+def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0, split: str = "val") -> float:
     """mIoU (%) of the CLIP alone.
 
     Argmax over classes of cos(E, T) at the dense stride, upsampled (no decoder, no training).
@@ -230,7 +227,7 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
 
     image_tower, _, text_tower = build_towers(cfg.model)
     image_tower.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     templates = get_templates(cfg.prompts.templates, cfg.prompts.num_templates)
     text = F.normalize(text_tower.encode(list(dataset.class_names), templates).mean(1), dim=-1)  # (K, M, d) -> (K, d)
     conf = ConfusionMatrix(len(dataset.class_names))
@@ -244,24 +241,17 @@ def clip_dense_miou(cfg: Config, folder: Path, max_images: int = 0) -> float:
     return float(metrics_from_confusion(conf.mat)["mIoU"])
 
 
-def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool) -> dict:
+def predict_examples(model_dir: Path, folder: Path, indices: list[int], two_pass: bool, split: str = "val") -> dict:
     """Label maps of a few validation images through the evaluator's inference path.
 
     Returns {"images", "labels", pass: [...]}.
     """
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
-    dataset = build_dataset(str(folder), split="val")
+    dataset = build_dataset(str(folder), split=split)
     prompts = _prompts(cfg, model, list(dataset.class_names))
     items = [dataset[i] for i in indices]
-    forward = model_forward(model, prompts, two_pass=two_pass)
-    preds = predict(
-        forward,
-        [it["image"] for it in items],
-        protocol_from_config(cfg.eval),
-        "cpu",
-        num_classes=len(dataset.class_names),
-    )
+    preds = Inference(model, prompts, cfg.eval, two_pass=two_pass, device="cpu").predict([it["image"] for it in items])
     out = {
         "images": [it["image"].permute(1, 2, 0).numpy() for it in items],  # (3, H, W) -> (H, W, 3)
         "labels": [it["label"].numpy() for it in items],

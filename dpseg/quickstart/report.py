@@ -1,19 +1,24 @@
 """The quickstart's outputs: mean ± spread over seeds, a Markdown table, verdicts on the method's claims, a figure.
 
-Spread = the sample standard deviation over seeds. A comparison "A vs B" of two variants is called a difference only
-when the gap between the means exceeds the larger of the two spreads; otherwise it is reported as no difference.
-Pass 2 against pass 1 compares each model with itself, so it is paired: the per-seed differences (pass 2 − pass 1)
-are a difference only when their mean exceeds their own spread.
+Spread = the sample standard deviation over seeds. Every claim compares two variants that differ in one factor
+(:data:`~dpseg.quickstart.experiment.CLAIMS`), or pass 2 with pass 1 of the same models, paired by seed
+(:mod:`dpseg.quickstart.paired`: per-seed differences, sign count, paired t-test, Holm's correction over the
+claims reported together).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from dpseg.visualize import colorize, palette
+from dpseg.data.synthetic.world import unseen_classes
+from dpseg.quickstart.experiment import CLAIMS, VARIANTS
+from dpseg.quickstart.paired import Paired, judge
+from dpseg.quickstart.zeroshot import format_report
+from dpseg.visualize import class_palette, colorize
 
 PASSES = ("pass1", "pass2")
 
@@ -67,76 +72,45 @@ def markdown_table(summary: dict, titles: dict, chance: dict, clip_dense: dict) 
     return "\n".join(lines)
 
 
-def compare(summary: dict, a: tuple[str, str, str], b: tuple[str, str, str], what: str) -> Optional[str]:
-    """One verdict line for ``a`` (variant, split, pass) against ``b``; None if either is missing."""
-    try:
-        ea, eb = summary[a[0]][a[1]][a[2]], summary[b[0]][b[1]][b[2]]
-    except KeyError:
-        return None
-    gap, spread = ea["mean"] - eb["mean"], max(ea["std"], eb["std"])
-    verdict = _verdict(gap, spread, min(ea["seeds"], eb["seeds"]))
-    return f"- {what}: {ea['mean']:.1f} vs {eb['mean']:.1f} (gap {gap:+.1f}, spread {spread:.1f}) -> {verdict}"
+def paired_claims(runs: dict, splits: Sequence[str]) -> list[Paired]:
+    """Every claim of :data:`CLAIMS` (pass 1) and pass 2 >= pass 1 of DPSeg, on each split, for the variants that
+    ran, paired by seed and judged together (Holm's correction over all of them)."""
+    claims = []
 
+    def miou(variant: str, seed, split: str, key: str) -> float:
+        return runs[variant][seed][split][key]["mIoU"]
 
-def _verdict(gap: float, spread: float, seeds: int) -> str:
-    """The module doc's rule: a gap counts only outside the spread, and needs two seeds to have one."""
-    if seeds < 2:
-        return "single seed: no spread, no verdict"
-    if abs(gap) <= spread:
-        return "no difference (inside the spread)"
-    return "holds" if gap > 0 else "does NOT hold (reversed)"
-
-
-def compare_passes(runs: dict, variant: str, split: str, what: str) -> Optional[str]:
-    """Pass 2 against pass 1 of the same models, paired by seed: one verdict line; None without two passes."""
-    pairs = [
-        (r[split]["pass1"]["mIoU"], r[split]["pass2"]["mIoU"])
-        for r in runs.get(variant, {}).values()
-        if split in r and "pass2" in r[split]
-    ]
-    if not pairs:
-        return None
-    p1, p2 = (mean_std(x)[0] for x in zip(*pairs))
-    gap, spread = mean_std([b - a for a, b in pairs])
-    higher = sum(b > a for a, b in pairs)
-    return (
-        f"- {what}: {p2:.1f} vs {p1:.1f} (pass 2 - pass 1 per seed {gap:+.1f} ± {spread:.1f}, higher for "
-        f"{higher}/{len(pairs)} seeds) -> {_verdict(gap, spread, len(pairs))}"
-    )
+    for split in splits:
+        for what, a, b in CLAIMS:
+            seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})), key=str)
+            seeds = [s for s in seeds if split in runs[a][s] and split in runs[b][s]]
+            if seeds:
+                claims.append(
+                    Paired(
+                        f"{split}: {what}",
+                        [miou(a, s, split, "pass1") for s in seeds],
+                        [miou(b, s, split, "pass1") for s in seeds],
+                    )
+                )
+        seeds = sorted((s for s, r in runs.get("dual", {}).items() if "pass2" in r.get(split, {})), key=str)
+        if seeds:
+            claims.append(
+                Paired(
+                    f"{split}: pass 2 >= pass 1 (DPSeg)",
+                    [miou("dual", s, split, "pass2") for s in seeds],
+                    [miou("dual", s, split, "pass1") for s in seeds],
+                )
+            )
+    return judge(claims)
 
 
 def verdicts(runs: dict, chance: dict) -> list[str]:
-    """The method's claims on each split of ``chance``, from the per-seed results ``runs`` (see :func:`summarize`);
-    pass 2 vs pass 1 is judged paired, model by model (:func:`compare_passes`)."""
+    """The method's claims on each split of ``chance``, from the per-seed results ``runs`` (see :func:`summarize`),
+    one line each, and DPSeg against chance."""
+    splits = [s for s in ("unseen", "unseen-all", "seen") if s in chance]
+    lines = [c.line() for c in paired_claims(runs, splits)]
     summary = summarize(runs)
-    lines = []
-    for split in [s for s in ("unseen", "unseen-all", "seen") if s in chance]:
-        for what, a, b in (
-            ("dual prompts >= text prompts", ("dual", split, "pass1"), ("text", split, "pass1")),
-            ("dual prompts >= visual prompts", ("dual", split, "pass1"), ("visual", split, "pass1")),
-            ("visual prompts >= text prompts", ("visual", split, "pass1"), ("text", split, "pass1")),
-            (
-                "F_v in place of the upsampled F_c helps (dual)",
-                ("dual", split, "pass1"),
-                ("dual-upsampled", split, "pass1"),
-            ),
-            (
-                "F_v beside the upsampled F_c >= the upsampled F_c alone (dual)",
-                ("dual-both", split, "pass1"),
-                ("dual-upsampled", split, "pass1"),
-            ),
-            (
-                "F_v beside the upsampled F_c >= F_v alone (dual)",
-                ("dual-both", split, "pass1"),
-                ("dual", split, "pass1"),
-            ),
-        ):
-            line = compare(summary, a, b, f"{split}: {what}")
-            if line:
-                lines.append(line)
-        line = compare_passes(runs, "dual", split, f"{split}: pass 2 >= pass 1 (dual)")
-        if line:
-            lines.append(line)
+    for split in splits:
         best = summary.get("dual", {}).get(split, {}).get("pass1")
         if best:
             lines.append(
@@ -150,6 +124,25 @@ def verdicts(runs: dict, chance: dict) -> list[str]:
     return lines
 
 
+# What each prediction column of the figure is (keys: "<variant> pass N", as the quickstart names them)
+COLUMN_TITLES = {
+    "dual pass 1": "DPSeg: dual prompts,\npass 1",
+    "dual pass 2": "DPSeg: dual prompts,\npass 2 (refined)",
+    "visual pass 1": "visual prompts only,\npass 1",
+    "visual pass 2": "visual prompts only,\npass 2 (refined)",
+    "text pass 1": "text prompts only\n(SED-like baseline)",
+}
+
+
+def column_title(key: str) -> str:
+    return COLUMN_TITLES.get(key, key)
+
+
+def _drawn(labels: np.ndarray, truth: np.ndarray, num_classes: int) -> list[int]:
+    """The classes a panel's legend lists: those on its scored pixels (not background in the ground truth)."""
+    return [k for k in np.unique(labels[truth >= 0]).tolist() if 0 <= k < num_classes]
+
+
 def figure(
     path: Path,
     images: Sequence[np.ndarray],
@@ -158,9 +151,10 @@ def figure(
     class_names: Sequence[str],
     title: str,
 ) -> Path:
-    """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions``.
-
-    Pixels that are background in the ground truth (not scored) are dimmed in the prediction columns.
+    """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions`` (titled by
+    :data:`COLUMN_TITLES`). Every panel but the image has its own legend: each class drawn in it, in the colours of
+    :func:`dpseg.visualize.class_palette` (a class's colour word, shades within one colour). Pixels that are
+    background in the ground truth (not scored) are dimmed in the prediction columns.
     """
     import matplotlib
 
@@ -168,29 +162,126 @@ def figure(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colours = palette(len(class_names))
-    cols = ["image", "ground truth"] + list(predictions)
-    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.9 * len(images) + 0.6), squeeze=False)
+    colours = class_palette(class_names)
+    cols = ["image", "ground truth"] + [column_title(k) for k in predictions]
+    grid = []  # per row: [(panel, classes in its legend or None)]
     for r, (img, lab) in enumerate(zip(images, labels)):
-        panels = [img, colorize(lab, colours)]
+        panels = [(img, None), (colorize(lab, colours), _drawn(lab, lab, len(class_names)))]
         for preds in predictions.values():
             shown = colorize(preds[r], colours).astype(float)
             shown[lab < 0] *= 0.3
-            panels.append(shown.astype(np.uint8))
-        for c, panel in enumerate(panels):
+            panels.append((shown.astype(np.uint8), _drawn(preds[r], lab, len(class_names))))
+        grid.append(panels)
+    legend_rows = max([len(drawn or ()) for panels in grid for _, drawn in panels] or [1])
+    fig, axes = plt.subplots(
+        max(len(grid), 1), len(cols), figsize=(2.4 * len(cols), (2.45 + 0.13 * legend_rows) * len(grid) + 0.9)
+    )
+    axes = np.asarray(axes).reshape(max(len(grid), 1), len(cols))
+    for r, panels in enumerate(grid):
+        for c, (panel, drawn) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=8)
-        present = sorted(set(np.unique(lab).tolist()) - {-1})
-        handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in present]
-        axes[r][1].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=6, frameon=False)
+            if drawn is not None:
+                handles = [Patch(facecolor=colours[k] / 255, edgecolor="black", label=class_names[k]) for k in drawn]
+                ax.legend(
+                    handles=handles,
+                    loc="upper center",
+                    bbox_to_anchor=(0.5, 0.0),
+                    fontsize=5.5,
+                    frameon=False,
+                    handlelength=1.0,
+                    borderaxespad=0.2,
+                )
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.text(
+        0.5,
+        0.005,
+        "Colours follow each class's colour word; classes of one colour differ in shade (see each panel's legend). "
+        "Prediction columns: every pixel gets its most probable class (no threshold); background is dimmed.",
+        ha="center",
+        va="bottom",
+        fontsize=6.5,
+    )
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# ------------------------------------------------------------------------------------------ results files
+
+
+def results(budget, runs, chance, clip_dense, zero_shot, timings, clip, bank, datasets, figure) -> dict:
+    """results.json's content, its Markdown rendering included."""
+    summary = summarize(runs)
+    titles = {k: v.title for k, v in VARIANTS.items()}
+    table = markdown_table(summary, titles, chance, clip_dense)
+    lines = verdicts(runs, chance)
+    markdown = results_markdown(budget, table, lines, zero_shot, chance, timings, [k.name for k in unseen_classes()])
+    return {
+        "budget": asdict(budget),
+        "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
+        "summary": summary,
+        "chance": chance,
+        "clip_dense": clip_dense,
+        "tiny_clip_zero_shot": zero_shot,
+        "verdicts": lines,
+        "timings_s": timings,
+        "clip_weights": str(clip),
+        "prompt_bank": str(bank),
+        "datasets": str(datasets),
+        "figure": str(figure),
+        "markdown": markdown,
+    }
+
+
+def add_example_check(results: dict, check: Optional[dict]) -> None:
+    """The example scenes' check (:func:`dpseg.quickstart.example.check_example`) into results.json's content and
+    its one line at the end of the Markdown."""
+    results["example_check"] = check
+    if check:
+        results["markdown"] += f"\n## The example scenes\n\n{check['summary']}\n"
+
+
+def results_markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
+    return "\n".join(
+        [
+            "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
+            "",
+            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class test scenes "
+            f"and on test scenes of the {len(unseen)} **unseen** "
+            f"classes ({', '.join(unseen)}), each with its own vocabulary. "
+            "mIoU in %, mean ± sample standard deviation over "
+            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
+            f"{budget.num_val} test images per "
+            "vocabulary. Background pixels are not a class (ignore label) and are not scored.",
+            "",
+            table,
+            "",
+            "Chance = expected mIoU of a uniformly random class per pixel "
+            "(from the test labels' class frequencies). Every claim compares two variants that differ in one factor "
+            "(or pass 2 with pass 1 of the same models), paired by seed: the per-seed differences, how many seeds "
+            "favour A, a paired t-test and Holm's correction over the claims listed (no test below 3 seeds). "
+            "Columns are not comparable with each other: the "
+            f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
+            "",
+            "## The method's claims in this world",
+            "",
+            *lines,
+            "",
+            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, the dense embedding E)",
+            "",
+            format_report(zero_shot),
+            "",
+            "## Time (seconds)",
+            "",
+            " | ".join(f"{k} {v}" for k, v in timings.items()),
+            "",
+        ]
+    )

@@ -1,12 +1,13 @@
 """dpseg quickstart [--fast]: the whole method, end to end, on the built-in synthetic world (CPU, minutes).
 
-1. render the world's datasets (custom-dataset folders: seen classes for training, seen/unseen for evaluation);
+1. render the world's datasets (custom-dataset folders: seen/train for training, seen/val for calibration,
+   seen/test and unseen/test for evaluation);
 2. pretrain a tiny CLIP on rendered objects of the seen classes, save it as OpenCLIP safetensors and load it back
    through ``model.clip_pretrained`` (the path real OpenCLIP weights take); report its zero-shot accuracy;
 3. build a prompt bank for all 75 classes with the world's text-to-image generator (Stable Diffusion's role);
 4. train DPSeg variants (text / visual / dual prompts, with and without visual cost volumes) on the seen classes
    with the real training engine, over several seeds;
-5. evaluate every run with the real evaluator on the seen and the **unseen** vocabularies, pass 1 and pass 2,
+5. evaluate every run with the real evaluator on the seen and the **unseen** test splits, pass 1 and pass 2,
    next to two references: chance and the CLIP's own dense cost volume with no decoder;
 6. write ``results.md`` (table, verdicts on the method's claims, spread over seeds), ``results.json`` and
    ``figure.png`` (unseen test images, ground truth, predictions) to ``--out``.
@@ -17,28 +18,26 @@ Every intermediate artefact is cached under ``--cache``, keyed by what produced 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
-from dpseg.data.synthetic.datasets import build_datasets
+from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
-from dpseg.data.synthetic.world import all_classes, unseen_classes
-from dpseg.errors import ConfigError
+from dpseg.data.synthetic.world import all_classes
+from dpseg.errors import ConfigError, DPSegError
 from dpseg.prompts.generate import get_generator
-from dpseg.quickstart import (
-    default_cache,  # noqa: F401 - part of the runner's interface
-    report,
-)
 from dpseg.quickstart import experiment as ex
+from dpseg.quickstart import report
 from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
-from dpseg.quickstart.example import write_example
-from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
+from dpseg.quickstart.example import check_example, write_example
+from dpseg.quickstart.zeroshot import evaluate_zero_shot
+from dpseg.safe_load import read_json
 
 
 @dataclass(frozen=True)  # BUDGETS' values are shared: change a copy (dataclasses.replace)
@@ -68,7 +67,7 @@ BUDGETS: dict[str, Budget] = {
         clip_scenes=4000,
         iterations=260,
         seeds=2,
-        variants=("text", "visual", "dual", "dual-upsampled", "dual-both"),
+        variants=("text", "text-fv", "visual", "dual", "dual-upsampled"),
         zero_shot_per_class=10,
         examples=4,
     ),
@@ -89,13 +88,6 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
-def _log(t0: float):
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
-
-    return log
-
-
 def quickstart(
     budget: Budget,
     cache: Path,
@@ -105,16 +97,92 @@ def quickstart(
     workers: int = 1,
     text_gap: bool = True,
     retrain_clip: bool = False,
+    clip_generator_images: bool = False,
 ) -> dict:
     """Run every stage (module docstring); returns the results dict that is also written to ``out``.
 
-    ``text_gap`` is the tiny CLIP's text gap; the style gap follows ``prompts.generator`` (``synthetic:style=scene``
-    switches it off) and is passed on to the CLIP's pretraining pool. ``retrain_clip``: pretrain the tiny CLIP here
-    even when dpseg ships one for these settings.
+    ``text_gap`` is the tiny CLIP's text gap; the style gap and the generator's failures follow ``prompts.generator``
+    (``synthetic:style=scene`` / ``synthetic:failures=off`` switch them off); ``clip_generator_images`` puts
+    generator images back into the CLIP's pretraining pool (world v2's pool, in the generator's style).
+    ``retrain_clip``: pretrain the tiny CLIP here even when dpseg ships one for these settings.
     """
-    t0 = time.time()
-    log = _log(t0)
-    timings: dict = {}
+    clock = _Clock()
+    log = clock.log
+    clip_cfg, style = _clip_config(config_file, overrides)
+    with clock.stage("datasets"):
+        log("1/6 rendering the synthetic world's datasets")
+        ds = build_datasets(
+            cache,
+            seed=0,
+            size=128,
+            num_train=budget.num_train,
+            num_val=budget.num_val,
+            num_test=budget.num_val,
+            log=log,
+        )
+    with clock.stage("tiny_clip"):
+        log(f"2/6 tiny CLIP, pretrained contrastively on seen-class objects ({budget.clip_steps} steps)")
+        settings = clip_settings(budget, clip_cfg, text_gap, style, clip_generator_images)
+        clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
+        base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
+        base.train.iterations = budget.iterations
+        zero_shot = evaluate_zero_shot(
+            base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"), style=style
+        )
+    with clock.stage("prompt_bank"):
+        log("3/6 prompt bank for all 75 classes from the synthetic text-to-image generator")
+        bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
+    splits = {"seen": ds.seen, "unseen": ds.unseen, "unseen-all": ds.unseen_all}
+    with clock.stage("train_and_evaluate"):
+        runs, dirs = _train_and_evaluate(budget, base, ds, bank, cache, splits, workers, log)
+    demo_run = next((v for v in ("dual", *budget.variants) if (v, 0) in dirs), None)
+    if demo_run is not None:  # the model `dpseg segment` / `dpseg demo` use by default: its score threshold
+        with clock.stage("calibration"):  # chosen on the seen-class validation scenes
+            ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
+    demo_bank = bank if demo_run is not None and ex.VARIANTS[demo_run].uses_bank else None
+    with clock.stage("example_check"):  # the README's example scenes, segmented as `dpseg segment` and the demo do
+        example = write_example(out, ds.unseen, TEST_SPLIT)  # unseen-class scenes for the README's next commands
+        example_check = check_example(example, dirs[(demo_run, 0)], demo_bank, cache, log) if demo_run else None
+    with clock.stage("references"):
+        log("5/6 references: chance and the CLIP's dense cost volume alone")
+        chance = {k: ex.chance_miou(f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
+        clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val, split=TEST_SPLIT) for k, f in splits.items()}
+    log("6/6 report")
+    figure = _figure(out, dirs, ds.unseen, budget.examples)
+    clock.timings["total"] = round(clock.elapsed(), 1)
+    results = report.results(budget, runs, chance, clip_dense, zero_shot, clock.timings, clip, bank, ds.root, figure)
+    report.add_example_check(results, example_check)
+    atomic_write_json(out / "results.json", results, default=str)
+    if demo_run is not None:  # the model `dpseg demo` shows by default
+        _point_demo_at(cache, dirs[(demo_run, 0)], demo_bank, demo_run)
+    atomic_write_text(out / "results.md", results["markdown"])
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
+    return results
+
+
+class _Clock:
+    """Elapsed-time log lines and the seconds each stage took."""
+
+    def __init__(self):
+        self.t0 = time.time()
+        self.timings: dict = {}
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.elapsed():6.0f}s] {msg}", flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.time()
+        yield
+        self.timings[name] = round(time.time() - start, 1)
+
+
+def _clip_config(config_file, overrides) -> tuple:
+    """The synthetic preset with the user's file and overrides, before the tiny CLIP exists, and the generator's
+    style (the world's style gap)."""
     clip_cfg = build_config("synthetic", file=config_file, overrides=list(overrides))
     spec = clip_cfg.prompts.generator or "synthetic"
     if spec.split(":")[0] != "synthetic":
@@ -123,35 +191,21 @@ def quickstart(
             f"prompts.generator={spec} (synthetic:style=scene switches the style gap off)"
         )
     style = cast(SyntheticGenerator, get_generator(spec, clip_cfg.prompts)).style  # a synthetic spec (checked above)
+    return clip_cfg, style
 
-    def stage(name: str, start: float) -> None:
-        timings[name] = round(time.time() - start, 1)
 
-    s = time.time()
-    log("1/6 rendering the synthetic world's datasets")
-    ds = build_datasets(cache, seed=0, size=128, num_train=budget.num_train, num_val=budget.num_val, log=log)
-    stage("datasets", s)
-
-    s = time.time()
-    log(f"2/6 tiny CLIP, pretrained contrastively on seen-class objects ({budget.clip_steps} steps)")
-    settings = clip_settings(budget, clip_cfg, text_gap, style)
-    clip = pretrained_clip(clip_cfg, cache, settings, log=log, use_shipped=not retrain_clip)
-    base = build_config("synthetic", file=config_file, overrides=[f"model.clip_pretrained={clip}", *overrides])
-    base.train.iterations = budget.iterations
-    zero_shot = evaluate_zero_shot(
-        base, per_class=budget.zero_shot_per_class, kinds=("scene-objects", "dense"), style=style
-    )
-    stage("tiny_clip", s)
-
-    s = time.time()
-    log("3/6 prompt bank for all 75 classes from the synthetic text-to-image generator")
-    bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
-    stage("prompt_bank", s)
-
-    s = time.time()
-    splits = {"seen": ds.seen, "unseen": ds.unseen, "unseen-all": ds.unseen_all}
+def _train_and_evaluate(budget: Budget, base, ds, bank: Path, cache: Path, splits: dict, workers: int, log):
+    """Every (variant, seed) run trained (or reused) and evaluated on every split: ({variant: {seed: result}},
+    {(variant, seed): model folder})."""
     jobs = [
-        (ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"), v, seed, splits, budget.num_val)
+        (
+            ex.run_config(base, ex.VARIANTS[v], seed, ds, bank, cache / "runs"),
+            v,
+            seed,
+            splits,
+            budget.num_val,
+            TEST_SPLIT,
+        )
         for v in budget.variants
         for seed in range(budget.seeds)
     ]
@@ -161,87 +215,57 @@ def quickstart(
     )
     runs: dict = {}
     dirs: dict = {}
-    for v_name, seed, model_dir, result, seconds, reused in _run_all(jobs, workers):
+    start = time.time()
+    for done, (v_name, seed, model_dir, result, seconds, reused) in enumerate(_run_all(jobs, workers), 1):
         dirs[(v_name, seed)] = model_dir
         runs.setdefault(v_name, {})[seed] = result
         brief = ", ".join(
             f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
         )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
-        log(f"    {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
-    stage("train_and_evaluate", s)
-    demo_run = next((v for v in ("dual", *budget.variants) if (v, 0) in dirs), None)
-    if demo_run is not None:  # the model `dpseg segment` / `dpseg demo` use by default: its score threshold
-        s = time.time()  # chosen on the seen-class validation scenes
-        ex.calibrate_run(dirs[(demo_run, 0)], ds.seen, budget.num_val, inference=base.eval)
-        stage("calibration", s)
+        per_run = (time.time() - start) / done * min(workers, done)  # runs take about as long as each other
+        left = per_run * (len(jobs) - done) / max(1, workers)  # ... and `workers` of them run at a time
+        eta = f", about {left / 60:.1f} min left" if done < len(jobs) else ""
+        log(f"    run {done}/{len(jobs)}{eta}: {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
+    return runs, dirs
 
-    s = time.time()
-    log("5/6 references: chance and the CLIP's dense cost volume alone")
-    chance = {k: ex.chance_miou(f, budget.num_val) for k, f in splits.items()}
-    clip_dense = {k: ex.clip_dense_miou(base, f, budget.num_val) for k, f in splits.items()}
-    stage("references", s)
 
-    log("6/6 report")
-    summary = report.summarize(runs)
-    titles = {k: v.title for k, v in ex.VARIANTS.items()}
-    table = report.markdown_table(summary, titles, chance, clip_dense)
-    lines = report.verdicts(runs, chance)
-    fig_runs = {name: dirs[(name, 0)] for name in ("dual", "text") if (name, 0) in dirs}
-    predictions, examples = {}, None
-    for name, model_dir in fig_runs.items():
+def _figure(out: Path, dirs: dict, unseen: Path, examples: int) -> Path:
+    """Unseen test scenes, their ground truth and the seed-0 DPSeg (both passes) and text-only predictions."""
+    predictions, shown = {}, None
+    for name in ("dual", "text"):
+        if (name, 0) not in dirs:
+            continue
         variant = ex.VARIANTS[name]
-        examples = ex.predict_examples(model_dir, ds.unseen, list(range(budget.examples)), variant.two_pass)
+        shown = ex.predict_examples(dirs[(name, 0)], unseen, list(range(examples)), variant.two_pass, split=TEST_SPLIT)
         for key in ("pass1", "pass2"):
-            if key in examples:
-                predictions[f"{name} {key.replace('pass', 'pass ')}"] = examples[key]
-    assert examples is not None, "every budget trains the text and dual variants"
+            if key in shown:
+                predictions[f"{name} {key.replace('pass', 'pass ')}"] = shown[key]
+    assert shown is not None, "every budget trains the text and dual variants"
     out.mkdir(parents=True, exist_ok=True)
-    figure = report.figure(
+    return report.figure(
         out / "figure.png",
-        examples["images"],
-        examples["labels"],
+        shown["images"],
+        shown["labels"],
         predictions,
-        examples["class_names"],
+        shown["class_names"],
         "unseen classes (never seen in training): seed-0 models; dimmed = background (not scored)",
     )
-    timings["total"] = round(time.time() - t0, 1)
-    markdown = _markdown(budget, table, lines, zero_shot, chance, timings, [k.name for k in unseen_classes()])
-    results = {
-        "budget": asdict(budget),
-        "runs": {v: {str(s_): r for s_, r in by.items()} for v, by in runs.items()},
-        "summary": summary,
-        "chance": chance,
-        "clip_dense": clip_dense,
-        "tiny_clip_zero_shot": zero_shot,
-        "verdicts": lines,
-        "timings_s": timings,
-        "clip_weights": str(clip),
-        "prompt_bank": str(bank),
-        "datasets": str(ds.root),
-        "figure": str(figure),
-        "markdown": markdown,
+
+
+def _point_demo_at(cache: Path, model_dir: Path, bank, variant: str) -> None:
+    """``latest.json``: the model (and bank) `dpseg demo`, `segment` and `eval` use when given none."""
+    pointer = {
+        "model": str(model_dir.resolve()),
+        "variant": variant,
+        "bank": str(Path(bank).resolve()) if bank else None,
     }
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
-    if demo_run is not None:  # the model `dpseg demo` shows by default
-        uses_bank = ex.VARIANTS[demo_run].uses_bank
-        atomic_write_text(
-            cache / "latest.json",
-            json.dumps(
-                {
-                    "model": str(dirs[(demo_run, 0)].resolve()),
-                    "variant": demo_run,
-                    "bank": str(Path(bank).resolve()) if uses_bank else None,
-                }
-            ),
-        )
-    atomic_write_text(out / "results.md", markdown)
-    example = write_example(out, ds.unseen)  # unseen-class scenes for the README's next commands (segment, eval)
-    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
-    return results
+    atomic_write_json(cache / "latest.json", pointer, indent=None)
 
 
-def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> PretrainSettings:
+def clip_settings(
+    budget: Budget, clip_cfg, text_gap: bool, style: str, generator_images: bool = False
+) -> PretrainSettings:
     """The tiny CLIP's pretraining settings of ``budget`` (part of its cache key)."""
     return PretrainSettings(
         steps=budget.clip_steps,
@@ -250,13 +274,15 @@ def clip_settings(budget: Budget, clip_cfg, text_gap: bool, style: str) -> Pretr
         scenes=budget.clip_scenes,
         text_gap=text_gap,
         style_gap=style == "prompt",
+        generator_images=generator_images,
         prompt_size=clip_cfg.model.prompt_image_size,
     )
 
 
 def _run_one(job) -> tuple:
-    """Train (or reuse) and evaluate (or reuse) one run; its training log goes to the run's quickstart.log."""
-    cfg, v_name, seed, splits, max_images = job
+    """Train (or reuse) and evaluate (or reuse) one run on split ``split`` of each dataset folder of ``splits`` (the
+    quickstart: the test scenes; choices: ``CHOICE_SPLIT``); its training log goes to the run's quickstart.log."""
+    cfg, v_name, seed, splits, max_images, split = job
     start = time.time()
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -265,18 +291,22 @@ def _run_one(job) -> tuple:
         model_dir = ex.trained_model_dir(cfg)
         # the inference settings are part of the key: a trained run is reused when only they change
         key = {
-            "splits": {k: str(v) for k, v in splits.items()},
+            "splits": {k: f"{v}:{split}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
         }
         path = run_dir / "quickstart_eval.json"
-        cached = json.loads(path.read_text()) if path.is_file() else {}
+        try:
+            cached = read_json(path, "evaluation cache", dict) if path.is_file() else {}
+        except DPSegError:  # unreadable: evaluated again
+            cached = {}
         if cached.get("key") == key:
             result = cached["result"]
         else:
-            result = ex.evaluate_model(model_dir, splits, ex.VARIANTS[v_name], max_images, eval_cfg=cfg.eval)
-            atomic_write_text(path, json.dumps({"key": key, "result": result}))
+            variant = ex.VARIANTS[v_name]
+            result = ex.evaluate_model(model_dir, splits, variant, max_images, eval_cfg=cfg.eval, split=split)
+            atomic_write_json(path, {"key": key, "result": result}, indent=None)
     return v_name, seed, model_dir, result, time.time() - start, reused
 
 
@@ -306,41 +336,3 @@ def _run_all(jobs: list, workers: int):
                 os.kill(pid, signal.SIGTERM)
         raise
     pool.shutdown()
-
-
-def _markdown(budget, table, lines, zero_shot, chance, timings, unseen) -> str:
-    return "\n".join(
-        [
-            "# dpseg quickstart: DPSeg on the synthetic open-vocabulary world",
-            "",
-            f"Trained on the {75 - len(unseen)} seen classes; evaluated on held-out seen-class scenes "
-            f"and on scenes of the {len(unseen)} **unseen** "
-            f"classes ({', '.join(unseen)}), each with its own vocabulary. "
-            "mIoU in %, mean ± sample standard deviation over "
-            f"{budget.seeds} training seed(s); {budget.iterations} training steps per run, "
-            f"{budget.num_val} test images per "
-            "vocabulary. Background pixels are not a class (ignore label) and are not scored.",
-            "",
-            table,
-            "",
-            "Chance = expected mIoU of a uniformly random class per pixel "
-            "(from the test labels' class frequencies). A gap "
-            "inside the spread over seeds is reported as no difference; pass 2 is compared with pass 1 of the same "
-            "models, seed by seed (the spread of the per-seed differences). "
-            "Columns are not comparable with each other: the "
-            f"seen vocabulary has {75 - len(unseen)} names, the unseen one {len(unseen)}.",
-            "",
-            "## The method's claims in this world",
-            "",
-            *lines,
-            "",
-            "## Tiny CLIP: zero-shot checks at the scene resolution (128-px scenes, the dense embedding E)",
-            "",
-            format_report(zero_shot),
-            "",
-            "## Time (seconds)",
-            "",
-            " | ".join(f"{k} {v}" for k, v in timings.items()),
-            "",
-        ]
-    )

@@ -16,7 +16,6 @@ written (as the peers), so the two sets may differ.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from dpseg.data.prepare.common import (
     save_array,
 )
 from dpseg.errors import DataError
+from dpseg.safe_load import read_json
 
 
 def pc59_lut(size: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def prepare_pc59(src: Path, root: Path, workers: int = 1, force: bool = False, p
         )
     print(f"reading {json_path} ...")
     try:
-        data = json.loads(json_path.read_text())
+        data = read_json(json_path, "PASCAL-Context annotations", dict, DataError, max_bytes=8 << 30)
         images = {d["image_id"]: d for d in data["images"] if d["phase"] == "val"}
         annos: dict = {k: [] for k in images}
         for ann in data["annos_segmentation"]:

@@ -40,7 +40,9 @@ from dpseg.errors import InputError
 
 # Bump when rendering, attributes or the split change: it keys every cached dataset, CLIP and prompt bank.
 # v2: the cube split, caption-only pattern synonyms (text gap), prompt-style generator images (style gap).
-WORLD_VERSION = 2
+# v3: the generator's own per-class failures (generator.py), no generator images in the tiny CLIP's pretraining pool,
+#     three dataset splits (seen/val for choices, seen/test and unseen/test reported) (README).
+WORLD_VERSION = 3
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),

@@ -1,27 +1,27 @@
 """The synthetic world on disk, as custom-dataset folders (no code needed to train or evaluate on them).
 
-``build_datasets(cache_dir, seed, size, num_train, num_val)`` writes (or reuses) one folder per evaluation
+``build_datasets(cache_dir, seed, size, num_train, num_val, num_test)`` writes (or reuses) one folder per evaluation
 vocabulary under ``cache_dir/synthetic-<key>/``::
 
-    world.json                         the key, the class lists and the counts (written last: marks completion)
-    seen/classes.txt                       the 59 seen classes; line i = label value i
-    seen/{images,labels}/train/*.png       training scenes: seen classes only
-    seen/{images,labels}/val/*.png         held-out scenes of seen classes             -> "seen" mIoU
-    unseen/classes.txt                     the 16 unseen classes
-    unseen/{images,labels}/val/*.png       scenes of unseen classes only               -> zero-shot "unseen" mIoU
-    unseen-all/classes.txt                 seen then unseen (75)
-    unseen-all/{images,labels}/val/*.png   the unseen/val scenes, labels indexed into all 75 names
-                                                                                       -> generalised zero-shot
-    all/classes.txt                        seen then unseen (75)
-    all/{images,labels}/val/*.png          scenes mixing both, scored with all 75 names
+    world.json                              the key, the class lists and the counts (written last: marks completion)
+    seen/classes.txt                        the 59 seen classes; line i = label value i
+    seen/{images,labels}/train/*.png        training scenes: seen classes only
+    seen/{images,labels}/val/*.png          held-out seen-class scenes: choices and calibration, never reported
+    seen/{images,labels}/test/*.png         held-out seen-class scenes                  -> reported "seen" mIoU
+    unseen/classes.txt                      the 16 unseen classes
+    unseen/{images,labels}/test/*.png       scenes of unseen classes only               -> zero-shot "unseen" mIoU
+    unseen-all/classes.txt                  seen then unseen (75)
+    unseen-all/{images,labels}/test/*.png   the unseen/test scenes, labels indexed into all 75 names
+                                                                                        -> generalised zero-shot
 
 Labels are uint8 PNGs, 255 = ignore (the background, see :mod:`~dpseg.data.synthetic.world`). Training must use
-``seen/`` only: its vocabulary never names an unseen class. ``unseen-all/`` holds exactly the images of
-``unseen/val`` (same files): scored with all 75 names, an unseen object can be mistaken for a seen class. Every
-image is rendered from its own seed
-(seed, split, index), so a folder's content does not depend on how many images the others hold. The folder is
-written under a temporary name and renamed into place; ``key`` (world version, seed, sizes, counts) names the
-folder, so a changed world or setting never reuses a stale cache.
+``seen/`` (train) only: its vocabulary never names an unseen class; anything chosen (defaults, thresholds) is chosen
+on ``seen/val``; ``seen/test`` and ``unseen/test`` are only reported. ``unseen-all/`` holds exactly the images of
+``unseen/test`` (same files): scored with all 75 names, an unseen object can be mistaken for a seen class. Every
+image is rendered from its own seed (seed, split id, index; a split id per folder and split, so no scene repeats
+across splits), so a folder's content does not depend on how many images the others hold. The folder is written
+under a temporary name and renamed into place; ``key`` (world version, seed, sizes, counts) names the folder, so a
+changed world or setting never reuses a stale cache.
 """
 
 from __future__ import annotations
@@ -38,22 +38,28 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from dpseg.atomic import json_text
 from dpseg.data.synthetic.render import IGNORE, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
-from dpseg.errors import DataError, InputError
+from dpseg.errors import DataError, DPSegError, InputError
+from dpseg.safe_load import read_json
 from dpseg.vocab import read_class_list
 
 IGNORE_ON_DISK = 255
-# (vocabulary folder, split, split id used in the per-image seed, vocabulary the scenes draw objects from)
+# (vocabulary folder, split, split id used in the per-image seed); the folder's scenes draw objects from its
+# vocabulary. World v3: seen/val for choices and calibration, seen/test and unseen/test reported (README).
 SPLITS: tuple[tuple[str, str, int], ...] = (
     ("seen", "train", 0),
     ("seen", "val", 1),
-    ("unseen", "val", 2),
-    ("all", "val", 3),
+    ("seen", "test", 2),
+    ("unseen", "test", 3),
 )
 # Folders that hold another folder's scenes with labels indexed into a larger vocabulary: (folder, source, split).
-RELABELLED: tuple[tuple[str, str, str], ...] = (("unseen-all", "unseen", "val"),)
-FOLDER_VOCABULARY = {"seen": "seen", "unseen": "unseen", "all": "all", "unseen-all": "all"}
+RELABELLED: tuple[tuple[str, str, str], ...] = (("unseen-all", "unseen", "test"),)
+FOLDER_VOCABULARY = {"seen": "seen", "unseen": "unseen", "unseen-all": "all"}
+# The split every evaluation reports (the quickstart's tables), and the one choices and calibration use.
+TEST_SPLIT = "test"
+CHOICE_SPLIT = "val"
 
 
 @dataclass(frozen=True)
@@ -72,18 +78,21 @@ class WorldDatasets:
         return self.root / "unseen"
 
     @property
-    def all(self) -> Path:
-        return self.root / "all"
-
-    @property
     def unseen_all(self) -> Path:
-        """The unseen/val scenes scored against all 75 names (generalised zero-shot)."""
+        """The unseen/test scenes scored against all 75 names (generalised zero-shot)."""
         return self.root / "unseen-all"
 
 
-def dataset_key(seed: int, size: int, num_train: int, num_val: int) -> dict:
+def dataset_key(seed: int, size: int, num_train: int, num_val: int, num_test: int) -> dict:
     """Everything the pixels depend on."""
-    return {"world_version": WORLD_VERSION, "seed": seed, "size": size, "num_train": num_train, "num_val": num_val}
+    return {
+        "world_version": WORLD_VERSION,
+        "seed": seed,
+        "size": size,
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+    }
 
 
 def key_hash(key: dict) -> str:
@@ -123,7 +132,7 @@ def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
         (tmp / folder).mkdir(parents=True)
         (tmp / folder / "classes.txt").write_text("".join(k.name + "\n" for k in vocabulary(vocab)))
     for folder, split, split_id in SPLITS:
-        count = key["num_train"] if split == "train" else key["num_val"]
+        count = key[f"num_{split}"]
         log(f"rendering {count} {folder}/{split} scenes at {key['size']}px")
         copies = [
             (target, _relabel_table(folder, target))
@@ -150,14 +159,14 @@ def _write_all(tmp: Path, key: dict, log: Callable[[str], None]) -> None:
         "seen_classes": [k.name for k in vocabulary("seen")],
         "unseen_classes": [k.name for k in vocabulary("unseen")],
     }
-    (tmp / "world.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "world.json").write_text(json_text(meta))  # the folder is renamed into place: atomic as a whole
 
 
 def _is_complete(root: Path, key: dict) -> bool:
     try:
-        meta = json.loads((root / "world.json").read_text())
-    except (OSError, ValueError):
-        return False
+        meta = read_json(root / "world.json", "synthetic world index")
+    except DPSegError:
+        return False  # missing or damaged: rebuilt
     if meta.get("key") != key:
         return False
     for name, count in meta.get("counts", {}).items():
@@ -175,15 +184,20 @@ def build_datasets(
     size: int = 128,
     num_train: int = 2000,
     num_val: int = 200,
+    num_test: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> WorldDatasets:
-    """Render the world's datasets into ``cache_dir`` (or reuse a complete copy with the same key)."""
+    """Render the world's datasets into ``cache_dir`` (or reuse a complete copy with the same key); ``num_test``
+    scenes per test split (default: ``num_val``)."""
+    num_test = num_val if num_test is None else num_test
     if size < 32 or size % 32:
         raise InputError(f"synthetic image size must be a multiple of 32 (the encoder stride), got {size}")
-    if num_train < 1 or num_val < 1:
-        raise InputError(f"synthetic dataset sizes must be >= 1, got num_train={num_train}, num_val={num_val}")
+    if num_train < 1 or num_val < 1 or num_test < 1:
+        raise InputError(
+            f"synthetic dataset sizes must be >= 1, got num_train={num_train}, num_val={num_val}, num_test={num_test}"
+        )
     log = log or (lambda msg: None)
-    key = dataset_key(seed, size, num_train, num_val)
+    key = dataset_key(seed, size, num_train, num_val, num_test)
     cache_dir = Path(cache_dir)
     root = cache_dir / f"synthetic-{key_hash(key)}"
     if _is_complete(root, key):

@@ -1,4 +1,5 @@
-"""The synthetic world written as custom-dataset folders: layout, label values, the split, caching."""
+"""The synthetic world written as custom-dataset folders: layout, the three splits, label values, the class split,
+caching."""
 
 import json
 
@@ -6,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpseg.data.synthetic.datasets import build_datasets, read_classes
+from dpseg.data.synthetic.folders import build_datasets, read_classes
 from dpseg.data.synthetic.world import seen_classes, unseen_classes
 from dpseg.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return build_datasets(tmp_path_factory.mktemp("cache"), seed=1, size=64, num_train=6, num_val=3)
+    return build_datasets(tmp_path_factory.mktemp("cache"), seed=1, size=64, num_train=6, num_val=3, num_test=4)
 
 
 def _labels(folder, split):
@@ -23,15 +24,18 @@ def _labels(folder, split):
 def test_layout_and_class_files(world):
     assert read_classes(world.seen) == [k.name for k in seen_classes()]
     assert read_classes(world.unseen) == [k.name for k in unseen_classes()]
-    assert read_classes(world.all) == [k.name for k in seen_classes() + unseen_classes()]
-    assert read_classes(world.unseen_all) == read_classes(world.all)
-    for folder, split, n in (
-        (world.seen, "train", 6),
-        (world.seen, "val", 3),
-        (world.unseen, "val", 3),
-        (world.all, "val", 3),
-        (world.unseen_all, "val", 3),
-    ):
+    assert read_classes(world.unseen_all) == [k.name for k in seen_classes() + unseen_classes()]
+    layout = {
+        (world.seen, "train"): 6,
+        (world.seen, "val"): 3,
+        (world.seen, "test"): 4,
+        (world.unseen, "test"): 4,
+        (world.unseen_all, "test"): 4,
+    }
+    assert sorted(p.name for p in world.root.iterdir()) == ["seen", "unseen", "unseen-all", "world.json"]
+    for folder in (world.seen, world.unseen, world.unseen_all):  # no other split is written
+        assert {(folder, p.name) for p in (folder / "images").iterdir()} == {k for k in layout if k[0] == folder}
+    for (folder, split), n in layout.items():
         images = sorted(p.name for p in (folder / "images" / split).glob("*.png"))
         labels = sorted(p.name for p in (folder / "labels" / split).glob("*.png"))
         assert images == labels and len(images) == n
@@ -48,21 +52,31 @@ def test_label_values_and_no_unseen_class_in_training(world):
     assert 255 in values and values - {255} and max(values - {255}) < 59  # seen vocabulary indices only
     unseen_names = {k.name for k in unseen_classes()}
     assert not unseen_names & set(read_classes(world.seen))
-    for lab in _labels(world.unseen, "val").values():
+    for split in ("val", "test"):
+        for lab in _labels(world.seen, split).values():
+            assert set(np.unique(lab).tolist()) - {255} <= set(range(59))
+    for lab in _labels(world.unseen, "test").values():
         assert set(np.unique(lab).tolist()) - {255} <= set(range(16))
-    mixed = np.concatenate([v.ravel() for v in _labels(world.all, "val").values()])
-    assert mixed[mixed != 255].max() < 75
+
+
+def test_no_scene_repeats_across_splits(world):
+    """Every split renders from its own seeds: no image (or label map) occurs in two splits."""
+    seen = []
+    for folder, split in ((world.seen, "train"), (world.seen, "val"), (world.seen, "test"), (world.unseen, "test")):
+        for p in sorted((folder / "images" / split).glob("*.png")):
+            seen.append(np.asarray(Image.open(p)).tobytes())
+    assert len(set(seen)) == len(seen) == 6 + 3 + 4 + 4
 
 
 def test_unseen_all_relabels_the_unseen_scenes(world):
-    """unseen-all = the unseen/val images, each unseen label value k moved to 59 + k (seen names come first)."""
+    """unseen-all = the unseen/test images, each unseen label value k moved to 59 + k (seen names come first)."""
     names_all, names_unseen = read_classes(world.unseen_all), read_classes(world.unseen)
     assert len(names_all) == 75 and names_all[59:] == names_unseen
-    unseen, relabelled = _labels(world.unseen, "val"), _labels(world.unseen_all, "val")
+    unseen, relabelled = _labels(world.unseen, "test"), _labels(world.unseen_all, "test")
     assert unseen.keys() == relabelled.keys()
     for stem, lab in unseen.items():
-        img_u = np.asarray(Image.open(world.unseen / "images" / "val" / f"{stem}.png"))
-        assert np.array_equal(img_u, np.asarray(Image.open(world.unseen_all / "images" / "val" / f"{stem}.png")))
+        img_u = np.asarray(Image.open(world.unseen / "images" / "test" / f"{stem}.png"))
+        assert np.array_equal(img_u, np.asarray(Image.open(world.unseen_all / "images" / "test" / f"{stem}.png")))
         got = relabelled[stem]
         assert np.array_equal(got == 255, lab == 255) and (lab != 255).any()
         for k in set(np.unique(lab).tolist()) - {255}:
@@ -73,7 +87,7 @@ def test_unseen_all_relabels_the_unseen_scenes(world):
 def test_cache_is_reused_and_keyed(world, tmp_path_factory):
     cache = world.root.parent
     stamp = (world.root / "world.json").stat().st_mtime_ns
-    again = build_datasets(cache, seed=1, size=64, num_train=6, num_val=3)
+    again = build_datasets(cache, seed=1, size=64, num_train=6, num_val=3, num_test=4)
     assert again == world and (world.root / "world.json").stat().st_mtime_ns == stamp
     other = build_datasets(cache, seed=2, size=64, num_train=6, num_val=3)
     assert other.root != world.root  # another key: never mixed with the first
@@ -87,8 +101,9 @@ def test_cache_is_reused_and_keyed(world, tmp_path_factory):
     assert np.array_equal(np.asarray(Image.open(rebuilt.seen / "labels" / "train" / victim.name)), before)
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folders left behind
     # the same seed renders the same first images whatever the split sizes
-    bigger = build_datasets(tmp_path_factory.mktemp("cache2"), seed=1, size=64, num_train=8, num_val=3)
+    bigger = build_datasets(tmp_path_factory.mktemp("cache2"), seed=1, size=64, num_train=8, num_val=2)
     assert np.array_equal(_labels(bigger.seen, "train")["00000"], a["00000"])
+    assert np.array_equal(_labels(bigger.seen, "test")["00000"], _labels(world.seen, "test")["00000"])
 
 
 def test_bad_settings(tmp_path):
@@ -96,6 +111,8 @@ def test_bad_settings(tmp_path):
         build_datasets(tmp_path, size=100)
     with pytest.raises(InputError, match="must be >= 1"):
         build_datasets(tmp_path, num_train=0)
+    with pytest.raises(InputError, match="must be >= 1"):
+        build_datasets(tmp_path, num_test=0)
 
 
 def test_folders_load_as_custom_datasets(world):
@@ -107,5 +124,5 @@ def test_folders_load_as_custom_datasets(world):
     item = train[0]
     on_disk = np.asarray(Image.open(world.seen / "labels" / "train" / f"{item['name']}.png")).astype(np.int64)
     assert np.array_equal(item["label"].numpy(), np.where(on_disk == 255, -1, on_disk))
-    unseen = build_dataset(str(world.unseen), split="val")
-    assert list(unseen.class_names) == [k.name for k in unseen_classes()] and len(unseen) == 3
+    unseen = build_dataset(f"{world.unseen}:test")
+    assert list(unseen.class_names) == [k.name for k in unseen_classes()] and len(unseen) == 4
