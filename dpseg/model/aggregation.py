@@ -184,11 +184,18 @@ class ClassAggregation(nn.Module):
         heads = torch.block_diag(*[x.new_ones(e, e)] * self.heads)  # (C, C): 1 where two channels share a head
         w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # (3C, C): one product for q, k, v
         b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        rows = max(1, block // w)  # when x is not channels-last: whole rows, so that only a block is reordered
         for b in range(B):
-            tokens = source[b].reshape(K, h * w, C)  # (K, h, w, C) -> (K, h*w, C): a view for channels-last maps
             written = target[b].view(K, h * w, C)  # always a view: dest is channels-last per class
-            for p in range(0, h * w, block):
-                written[:, p : p + block] = self._attend_block(tokens[:, p : p + block], w_qkv, b_qkv, heads)
+            if is_channels_last_per_class(x):
+                tokens = source[b].view(K, h * w, C)  # (K, h, w, C) -> (K, h*w, C), a view
+                for p in range(0, h * w, block):
+                    written[:, p : p + block] = self._attend_block(tokens[:, p : p + block], w_qkv, b_qkv, heads)
+            else:
+                for r in range(0, h, rows):
+                    tokens = source[b, :, r : r + rows].reshape(K, -1, C)  # (K, rows, w, C) -> (K, rows*w, C): a copy
+                    n = tokens.shape[1]
+                    written[:, r * w : r * w + n] = self._attend_block(tokens, w_qkv, b_qkv, heads)
         return result if result is dest else result.copy_(dest)
 
     def _attend_block(self, tokens: Tensor, w_qkv: Tensor, b_qkv: Tensor, heads: Tensor) -> Tensor:
