@@ -9,25 +9,24 @@ Modes, on random-weight models (speed does not depend on weight values), M templ
 * ``sed``      - SED itself: preset ``sed-b`` (``sed-l`` for ``--preset dpseg-l``; for other presets the same
   switches: text prompts, upsampled-F_c guidance, ConvNeXt spatial block, SED's class attention, auxiliary heads),
   the architecture whose released checkpoints ``dpseg convert sed`` imports;
-* ``sed_fast`` - the same with SED's category early rejection at top-8 (``eval.early_rejection_topk=8``; which
-  classes survive depends on the weights, so with random weights this only shows the mechanism's cost);
+* ``sed_fast`` - the same with SED's category early rejection at top-8 (``eval.early_rejection_topk=8``); with
+  random weights almost every class would survive, so at most ``--survivors`` do (``bench_common.limit_survivors``);
 * ``text_upsampled`` - DPSeg's own SED-like ablation: text-only prompts, upsampled-F_c guidance, DPSeg's decoder
   blocks (the ``sed`` mode of earlier versions of this script);
 * ``pass1``    - DPSeg Inference I: dual prompts, visual cost volumes at stages 2-4;
+* ``pass1_fast`` - the same with auxiliary heads and early rejection at top-8, at most ``--survivors`` kept;
 * ``two_pass`` - DPSeg Inference I + refinement crops + Inference II (re-using the image features), the paper's
   re-decoding of every class (``eval.refine_scope=all``);
 * ``two_pass_present`` - the same, re-decoding only the classes present in the pass-1 map
   (``eval.refine_scope=present``).
 
-Prompts are precomputed (a cached bank), so prompt encoding is not timed. Random weights give a pass-1 label map
-in which almost every class wins a few pixels, unlike a trained model (an ADE20K image holds about 8-10 classes),
-so for ``two_pass`` the real pass-1 logits are computed and then given a realistic layout: ``--detected`` classes
-each win one horizontal band of the image (a large bias added to their logits there). Refinement then crops and
-encodes those classes, and ``eval.refine_scope=present`` re-decodes only them. Each (mode, K) runs in a fresh
-subprocess: latency is the median of ``--repeat`` timed calls after one warm-up call; peak memory is the process
-peak RSS on CPU (weights included) or ``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes
-from one extra profiled call (labels ``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of
-latency/memory against K.
+Prompts are precomputed (a cached bank), so prompt encoding is not timed. The two-pass modes give the pass-1 map
+``--detected`` classes in a realistic layout (``benchmarks/bench_common.py``). ``--reference`` switches the decoder's
+exact speed-ups off (``DPSeg.set_fast_paths(False)``). Each (mode, K) runs in a fresh subprocess: latency is the
+median of ``--repeat`` timed calls after ``--warmup`` calls (also their CPU time); peak memory is the process peak
+RSS on CPU (weights included; ``before_call_gib`` is the peak before the first call: weights, prompts, runtime) or
+``torch.cuda.max_memory_allocated`` on CUDA; the per-stage breakdown comes from one extra profiled call (labels
+``dpseg.*`` in the model code). Prints a table, writes JSON and a PNG plot of latency/memory against K.
 """
 
 from __future__ import annotations
@@ -43,123 +42,79 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import MODES, build, limit_survivors, make_call, random_prompts  # noqa: E402
+
 STAGES = [
     "dpseg.image_encoder",
     "dpseg.cost_volume",
+    "dpseg.cost_embedding",
     "dpseg.visual_cost_volume",
+    "dpseg.visual_statistics",
     "dpseg.upsampled_cost",
     "dpseg.decode",
     "dpseg.refine_crops",
 ]
 
 
-SED_PRESETS = {"dpseg-b": "sed-b", "dpseg-l": "sed-l"}
-SED_SWITCHES = [
-    "model.prompt_type=text",
-    "model.guidance=upsampled",
-    "model.spatial_aggregation=convnext",
-    "model.class_aggregation=sed",
-    "model.aux_heads=true",
-]
-
-
-def _preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
-    if mode in ("sed", "sed_fast"):
-        return (SED_PRESETS[preset], []) if preset in SED_PRESETS else (preset, list(SED_SWITCHES))
-    if mode == "text_upsampled":
-        return preset, ["model.prompt_type=text", "model.guidance=upsampled"]
-    return preset, []
-
-
 def child(args) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    from dpseg.build import build_model
-    from dpseg.config import EvalConfig, build_config
-    from dpseg.evaluation.inference import refine_policy
-    from dpseg.model.dual_prompt import PromptSet
-    from dpseg.model.refine import two_pass
 
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    preset, overrides = _preset_and_overrides(args.preset, args.mode)
-    cfg = build_config(preset, overrides=["model.clip_pretrained="] + overrides + args.set)
-    model = build_model(cfg, load_clip_weights=False).eval().to(device)
+    model, cfg = build(args.preset, args.mode, [] if args.mode.startswith("sed") else args.set, device)
+    if args.reference:
+        model.set_fast_paths(False)
+    if args.survivors:
+        limit_survivors(args.survivors)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    K, M = args.classes, model.num_templates
-    d, D = model.text_encoder.embed_dim, model.image_encoder.stage_dims
-    g = torch.Generator().manual_seed(0)
-    prompts = PromptSet(
-        [f"c{i}" for i in range(K)],
-        torch.randn(K, M, d, generator=g),
-        torch.randn(K, M, d, generator=g),
-        [torch.randn(K, M, D[j], generator=g) for j in range(3)],
-    ).to(device)
-    if args.mode in ("sed", "sed_fast", "text_upsampled"):
-        prompts = prompts.text_only()
-    reject = 8 if args.mode == "sed_fast" else 0
-    x = torch.rand(1, 3, args.size, args.size, generator=g).to(device)
-    chunk = args.chunk
-    if args.mode.startswith("two_pass"):
-        decode = model.decode
-
-        def realistic_first_pass(feats, p, class_chunk=0):
-            logits = decode(feats, p, class_chunk)["logits"]  # the real work is done and timed
-            if realistic_first_pass.first:
-                realistic_first_pass.first = False
-                n, h = min(args.detected, K), logits.shape[-2]
-                for i in range(n):  # class i wins band i of n
-                    logits[:, i, i * h // n : (i + 1) * h // n] += 1e4
-            return {"logits": logits}
-
-        model.decode = realistic_first_pass
+    K = args.classes
+    prompts = random_prompts(model, K, device, text_only=args.mode in ("sed", "sed_fast", "text_upsampled"))
+    x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
+    run = make_call(model, args.mode, x, prompts, args.chunk, args.detected)
 
     def call():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            if args.mode == "encoder":
-                return model.encode_image(x).dense
-            if args.mode.startswith("two_pass"):
-                model.decode.first = True
-                scope = "present" if args.mode == "two_pass_present" else "all"
-                out = two_pass(model, x, prompts, refine_policy(EvalConfig(refine_scope=scope)), class_chunk=chunk)
-                call.detected = int(out["detected"].sum())
-                return out["logits"]
-            return model(x, prompts, class_chunk=chunk, early_rejection_topk=reject)["logits"]
+            return run()
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # weights, prompts, runtime
     for _ in range(args.warmup):
         call()
         sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         call()
         sync()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     out = {
-        "mode": args.mode,
-        "preset": preset,
+        "mode": args.mode + (":ref" if args.reference else ""),
+        "preset": cfg.preset,
         "classes": K,
-        "templates": M,
+        "templates": model.num_templates,
         "size": args.size,
-        "chunk": chunk,
+        "chunk": args.chunk,
         "latency_s": statistics.median(times),
         "latencies_s": times,
+        "cpu_s": statistics.median(cpu),
     }
     if args.mode.startswith("two_pass"):
-        out["refined_classes"] = call.detected
+        out["refined_classes"] = run.refined
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:
         out["peak_mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        out["before_call_gib"] = rss_before
     if args.profile:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
@@ -168,13 +123,12 @@ def child(args) -> dict:
         key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
         totals = {e.key: getattr(e, key) / 1e6 for e in prof.key_averages() if e.key in STAGES}
         decode = totals.get("dpseg.decode", 0.0)
-        inner = sum(
-            totals.get(k, 0.0) for k in ("dpseg.cost_volume", "dpseg.visual_cost_volume", "dpseg.upsampled_cost")
-        )
+        inner = sum(totals.get(k, 0.0) for k in STAGES[1:6])
         out["breakdown_s"] = {
             "encoder": totals.get("dpseg.image_encoder", 0.0),
-            "cost_volume": totals.get("dpseg.cost_volume", 0.0),
-            "visual_cost_volumes": totals.get("dpseg.visual_cost_volume", 0.0),
+            "cost_volume": totals.get("dpseg.cost_volume", 0.0) + totals.get("dpseg.cost_embedding", 0.0),
+            "visual_cost_volumes": totals.get("dpseg.visual_cost_volume", 0.0)
+            + totals.get("dpseg.visual_statistics", 0.0),
             "upsampled_cost_guidance": totals.get("dpseg.upsampled_cost", 0.0),
             "decoder": max(0.0, decode - inner),
             "refinement_crops": totals.get("dpseg.refine_crops", 0.0),
@@ -209,7 +163,9 @@ def run_child(args, mode: str, k: int) -> dict:
         str(args.threads),
         "--detected",
         str(args.detected),
-    ]
+        "--survivors",
+        str(args.survivors),
+    ] + (["--reference"] if args.reference else [])
     profile = args.profile and (not args.profile_classes or k in args.profile_classes)
     cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if profile else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -275,7 +231,7 @@ def main() -> None:
         "--modes",
         nargs="+",
         default=["encoder", "sed", "pass1", "two_pass", "two_pass_present"],
-        choices=["encoder", "sed", "sed_fast", "text_upsampled", "pass1", "two_pass", "two_pass_present"],
+        choices=list(MODES),
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -290,6 +246,10 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--detected", type=int, default=10, help="classes present in the pass-1 map (two_pass)")
+    p.add_argument("--survivors", type=int, default=24, help="classes early rejection keeps at most (fast modes)")
+    p.add_argument(
+        "--reference", action="store_true", help="the decoder's exact speed-ups off (DPSeg.set_fast_paths(False))"
+    )
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--profile", action="store_true", help="add a per-stage breakdown (one extra call)")
     p.add_argument("--profile-classes", type=int, nargs="*", default=[], help="profile only these K (default: every K)")

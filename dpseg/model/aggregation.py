@@ -12,6 +12,12 @@
   unchunked one up to float summation order (tested).
 * :class:`SEDClassAggregation` - SED's class-attention layer (``model.class_aggregation=sed``), the same linear
   attention with SED's own details, kept exactly so that SED's released weights give SED's outputs.
+
+At test time (no pooling, no gradient) the class attention runs by *pixel blocks* instead of class chunks: every
+position attends only across the classes at that position, so a block of positions holds all K classes at once in
+one pass - no second sweep, no layout copies of the whole stage, and each block's intermediates stay in the CPU's
+cache. Same result as the class-chunked sweeps up to float summation order (tested); the class maps may be in any
+layout, and are read and written fastest when each class map is channels-last (``DPSeg.decode`` keeps them so).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpseg.model.class_maps import class_maps, is_channels_last_per_class
+
 
 def group_count(channels: int, per_group: int = 16) -> int:
     """Largest divisor of ``channels`` not above channels // per_group (at least 1)."""
@@ -31,9 +39,15 @@ def group_count(channels: int, per_group: int = 16) -> int:
     return g
 
 
+# Elements (classes x positions x channels) of one pixel block of the test-time class attention: ~2 MB of fp32 keeps
+# a block's intermediates in a CPU core's cache (measured best on the 2-core reference machine: 3x the class-chunked
+# sweeps at stage 2, K = 150); a GPU wants few large blocks.
+PIXEL_BLOCK = {"cpu": 2**19, "cuda": 2**25}
+
+
 def class_chunks(num_classes: int, chunk: int):
-    """Slices covering range(K) in pieces of ``chunk`` (0 = one piece)."""
-    step = num_classes if chunk <= 0 else chunk
+    """Slices covering range(K) in pieces of ``chunk`` (0 = one piece; none for K = 0)."""
+    step = max(1, num_classes if chunk <= 0 else chunk)
     return [slice(s, min(s + step, num_classes)) for s in range(0, num_classes, step)]
 
 
@@ -93,6 +107,7 @@ class ClassAggregation(nn.Module):
         self.out = self._output_projection(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), self._activation(), nn.Linear(dim * mlp_ratio, dim))
+        self.pixel_blocks = True  # test time: attend by pixel blocks (exact; False = the class-chunked sweeps)
 
     def _output_projection(self, dim: int) -> nn.Module:
         return nn.Linear(dim, dim)
@@ -146,8 +161,66 @@ class ClassAggregation(nn.Module):
         y = tokens + attended
         return y + self.mlp(self.norm2(y))
 
-    def forward(self, x: Tensor, chunk: int = 0) -> Tensor:
-        """(B, K, C, h, w) -> (B, K, C, h, w); ``chunk`` classes at a time (0 = all), same result."""
+    def forward(self, x: Tensor, chunk: int = 0, out: Optional[Tensor] = None) -> Tensor:
+        """(B, K, C, h, w) -> (B, K, C, h, w); ``chunk`` classes at a time (0 = all), same result. ``out``: where
+        the result goes (may be ``x`` itself: at test time the pixel blocks overwrite their input in place)."""
+        if self.pixel_blocks and self.pool == 1 and not torch.is_grad_enabled():
+            return self._forward_pixel_blocks(x, out)
+        y = self._forward_class_chunks(x, chunk)
+        return y if out is None else out.copy_(y)
+
+    def _forward_pixel_blocks(self, x: Tensor, out: Optional[Tensor]) -> Tensor:
+        """The test-time path (module doc): every block of positions, all K classes at once."""
+        B, K, C, h, w = x.shape
+        if out is None or not is_channels_last_per_class(out):
+            dest = class_maps(B, K, C, h, w, x)
+            result = dest if out is None else out
+        else:
+            dest = result = out
+        source = x.permute(0, 1, 3, 4, 2)  # (B, K, h, w, C): each class map with its channels last
+        target = dest.permute(0, 1, 3, 4, 2)  # (B, K, h, w, C), a view of the channels-last result
+        block = max(1, PIXEL_BLOCK.get(x.device.type, PIXEL_BLOCK["cuda"]) // (K * C))  # positions per block
+        e = C // self.heads
+        heads = torch.block_diag(*[x.new_ones(e, e)] * self.heads)  # (C, C): 1 where two channels share a head
+        w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # (3C, C): one product for q, k, v
+        b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        rows = max(1, block // w)  # when x is not channels-last: whole rows, so that only a block is reordered
+        for b in range(B):
+            written = target[b].view(K, h * w, C)  # always a view: dest is channels-last per class
+            if is_channels_last_per_class(x):
+                tokens = source[b].view(K, h * w, C)  # (K, h, w, C) -> (K, h*w, C), a view
+                for p in range(0, h * w, block):
+                    written[:, p : p + block] = self._attend_block(tokens[:, p : p + block], w_qkv, b_qkv, heads)
+            else:
+                for r in range(0, h, rows):
+                    tokens = source[b, :, r : r + rows].reshape(K, -1, C)  # (K, rows, w, C) -> (K, rows*w, C): a copy
+                    n = tokens.shape[1]
+                    written[:, r * w : r * w + n] = self._attend_block(tokens, w_qkv, b_qkv, heads)
+        return result if result is dest else result.copy_(dest)
+
+    def _attend_block(self, tokens: Tensor, w_qkv: Tensor, b_qkv: Tensor, heads: Tensor) -> Tensor:
+        """Attention + MLP of the tokens of n positions, (K, n, C) -> the block's output (K, n, C). The per-head
+        sums are taken as full C x C products masked to the heads' diagonal blocks: two batched matrix products
+        over the positions, without reordering the tokens."""
+        C = tokens.shape[-1]
+        t = self.norm1(tokens)
+        qkv = F.linear(t, w_qkv, b_qkv)  # (K, n, 3C)
+        qk = elu_plus_one(qkv[..., : 2 * C])  # φ(q), φ(k): (K, n, 2C)
+        query, key = qk[..., :C].transpose(0, 1), qk[..., C:].transpose(0, 1)  # (n, K, C)
+        value = qkv[..., 2 * C :].transpose(0, 1)  # (n, K, C)
+        kv = torch.bmm(key.transpose(1, 2), value).mul_(heads)  # Σ_k φ(k) vᵀ per position: (n, C, C)
+        z = key.sum(dim=1).unsqueeze(-1) * heads  # Σ_k φ(k), spread over its head: (n, C, C)
+        num_den = torch.bmm(query, torch.cat([kv, z], dim=2))  # (n, K, C) · (n, C, 2C) -> (n, K, 2C)
+        attended = self.out((num_den[..., :C] / (num_den[..., C:] + 1e-6)).transpose(0, 1))  # (n, K, C) -> (K, n, C)
+        y = tokens + attended
+        return self._block_output(tokens, y + self.mlp(self.norm2(y)))
+
+    def _block_output(self, tokens: Tensor, y: Tensor) -> Tensor:
+        """What a block writes: the tokens after attention and MLP (the residual is inside)."""
+        return y
+
+    def _forward_class_chunks(self, x: Tensor, chunk: int) -> Tensor:
+        """The two sweeps over class chunks (training, pooling): the reference."""
         B, K, C, h, w = x.shape
         pieces = class_chunks(K, chunk)
         kv: Optional[Tensor] = None
@@ -196,3 +269,12 @@ class SEDClassAggregation(ClassAggregation):
 
     def _update(self, tokens: Tensor, kv: Tensor, z: Tensor) -> Tensor:
         return self._attend(tokens, kv, z)  # not minus the tokens: the caller adds the input once more (class doc)
+
+    def _block_output(self, tokens: Tensor, y: Tensor) -> Tensor:
+        return tokens + y  # the input added once more (class doc)
+
+
+def elu_plus_one(t: Tensor) -> Tensor:
+    """φ(t) = elu(t) + 1 = t + 1 above 0 and exp(t) below (equal up to rounding; torch's CPU elu is ~10x slower
+    than exp)."""
+    return torch.exp(t.clamp(max=0)).add_(t.clamp(min=0))

@@ -17,9 +17,10 @@ parts run - and the class chunking that bounds memory - reads top-down in :meth:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dpseg.model.aggregation import group_count
@@ -63,23 +64,74 @@ class DecoderStage(nn.Module):
         self.spatial = spatial
         self.classes = classes
         self.up = step_up(cin, cin - encoder_guidance, upsample)
+        self.up_channels, self.out_channels = cin - encoder_guidance, cout
         self.encoder_proj = nn.Sequential(nn.Conv2d(encoder_dim, encoder_guidance, 3, padding=1), nn.ReLU())
         self.cost_guidance = cost_guidance
         self.fuse = DoubleConv(cin + cost_guidance, cout)
+        self.shared_encoder_term = True  # upsample_fuse: the E_j share of the fusion once per image (exact)
 
-    def upsample_fuse(self, x: Tensor, encoder_guidance: Tensor, cost_guidance: Optional[Tensor]) -> Tensor:
+    def encoder_term(self, encoder_guidance: Tensor) -> Tensor:
+        """The first fusion convolution's share of the projected E_j, the same for every class (the convolution is
+        linear and has no bias, so conv(cat[up, E, g]) = conv_up,g(cat[up, g]) + conv_E(E)): (B, g_e, 2h, 2w) ->
+        (B, C_out, 2h, 2w). Computing it once per image instead of once per class is exact up to rounding."""
+        conv = cast(nn.Conv2d, self.fuse[0])
+        start, stop = self.up_channels, self.up_channels + encoder_guidance.shape[1]
+        return F.conv2d(encoder_guidance, conv.weight[:, start:stop], padding=conv.padding)
+
+    def upsample_fuse(
+        self,
+        x: Tensor,
+        encoder_guidance: Tensor,
+        cost_guidance: Optional[Tensor],
+        encoder_term: Optional[Tensor] = None,
+    ) -> Tensor:
         """(B, k, C_in, h, w) -> (B, k, C_out, 2h, 2w) (h, w without upsampling); encoder_guidance is the projected
-        E_j (B, g_e, 2h, 2w)."""
-        B, k, C, h, w = x.shape
-        up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
-        parts = [up, encoder_guidance.repeat_interleave(k, dim=0)]  # (B, g_e, 2h, 2w) -> (B*k, g_e, 2h, 2w)
+        E_j (B, g_e, 2h, 2w); ``encoder_term`` its :meth:`encoder_term` when already computed. The output has the
+        memory layout of ``x`` (channels-last class maps stay so)."""
         if self.cost_guidance:
             if cost_guidance is None or cost_guidance.shape[2] != self.cost_guidance:
                 got = None if cost_guidance is None else cost_guidance.shape[2]
                 raise ValueError(f"this decoder stage was built for {self.cost_guidance} guidance channels, got {got}")
+        if not self.shared_encoder_term:
+            return self.upsample_fuse_reference(x, encoder_guidance, cost_guidance)
+        B, k, C, h, w = x.shape
+        up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
+        conv = cast(nn.Conv2d, self.fuse[0])
+        start, stop = up.shape[1], up.shape[1] + encoder_guidance.shape[1]
+        if self.cost_guidance:
+            assert cost_guidance is not None
+            layout = torch.channels_last if _channels_last(up) else torch.contiguous_format
+            guidance = cost_guidance.reshape(B * k, *cost_guidance.shape[2:]).contiguous(memory_format=layout)
+            y = F.conv2d(  # the fusion conv without its E_j channels: (B*k, C_out, 2h, 2w)
+                torch.cat([up, guidance], dim=1),
+                torch.cat([conv.weight[:, :start], conv.weight[:, stop:]], dim=1),
+                padding=conv.padding,
+            )
+        else:
+            y = F.conv2d(up, conv.weight[:, :start], padding=conv.padding)
+        term = self.encoder_term(encoder_guidance) if encoder_term is None else encoder_term  # (B, C_out, 2h, 2w)
+        y = y.view(B, k, *y.shape[1:]).add_(term.unsqueeze(1))  # + the E_j share, broadcast over the classes
+        y = y.view(B * k, *y.shape[2:])
+        for layer in list(self.fuse)[1:]:  # the fusion's norm, activation and second convolution
+            y = layer(y)
+        return y.view(B, k, *y.shape[1:])  # (B*k, C_out, 2h, 2w) -> (B, k, C_out, 2h, 2w)
+
+    def upsample_fuse_reference(self, x: Tensor, encoder_guidance: Tensor, cost_guidance: Optional[Tensor]) -> Tensor:
+        """:meth:`upsample_fuse` as written in the paper's terms: the projected E_j repeated for every class and
+        concatenated with the upsampled maps and the guidance before the fusion convolutions (tests compare)."""
+        B, k, C, h, w = x.shape
+        up = self.up(x.reshape(B * k, C, h, w))  # classes folded into the batch: (B*k, C_in - g_e, 2h, 2w)
+        parts = [up, encoder_guidance.repeat_interleave(k, dim=0)]  # (B, g_e, 2h, 2w) -> (B*k, g_e, 2h, 2w)
+        if self.cost_guidance:
+            assert cost_guidance is not None
             parts.append(cost_guidance.reshape(B * k, *cost_guidance.shape[2:]))  # (B, k, g, 2h, 2w) -> (B*k, …)
         y = self.fuse(torch.cat(parts, dim=1))
         return y.view(B, k, *y.shape[1:])  # (B*k, C_out, 2h, 2w) -> (B, k, C_out, 2h, 2w)
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether a 4-D tensor is channels-last (and not also plainly contiguous, as 1-channel or 1x1 maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class ClassHead(nn.Conv2d):

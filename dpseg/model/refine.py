@@ -13,6 +13,7 @@ image features of pass 1 are reused. Inference only; no training is involved.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
+from dpseg.model.decode_state import DecodeState
 from dpseg.model.dual_prompt import PromptSet
 from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image
 
@@ -94,7 +96,9 @@ def refine_prompts(
                     for b, k in pairs
                 ]
             )
-            v_crop, stage_crops = model.encode_visual_prompts(crops)  # (N, d), [(N, D_j)]
+            unique, inverse = unique_images(crops)  # classes framed alike share one crop: encode it once
+            v_unique, stages_unique = model.encode_visual_prompts(unique)  # (U, d), [(U, D_j)]
+            v_crop, stage_crops = v_unique[inverse], [s[inverse] for s in stages_unique]  # (N, d), [(N, D_j)]
         idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
         idx_k = torch.tensor([k for _, k in pairs], device=images.device)
         w = policy.crop_weight
@@ -106,6 +110,29 @@ def refine_prompts(
                 t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
     refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
     return refined, detected
+
+
+def unique_images(images: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, 3, S, S) -> the distinct images (U, 3, S, S) and, for each input, the index of its copy among them (N,).
+    Classes whose pass-1 regions get the same frame (e.g. several stuff classes spanning the image's width) have
+    identical crops; the encoder then sees each once (exact: the same input gives the same embedding)."""
+    kept: list[int] = []
+    inverse = []
+    for i in range(len(images)):
+        same = next((u for u, j in enumerate(kept) if torch.equal(images[j], images[i])), None)
+        if same is None:
+            kept.append(i)
+            same = len(kept) - 1
+        inverse.append(same)
+    return images[kept], torch.tensor(inverse, device=images.device)
+
+
+def _accepts_state(decode) -> bool:
+    """Whether ``decode`` takes a DecodeState (a stand-in with the plain signature does not)."""
+    try:
+        return "state" in inspect.signature(decode).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def two_pass(
@@ -124,11 +151,15 @@ def two_pass(
     a decoder pass. ``early_rejection_topk`` (SED's category early rejection) applies to both passes.
     """
     extra = {"early_rejection_topk": early_rejection_topk} if early_rejection_topk else {}
+    # pass 2 of scope "all" reuses what pass 1 computed that the new prompts do not change (decode_state.py)
+    state = {"state": DecodeState()} if policy.scope == "all" and _accepts_state(model.decode) else {}
     feats = model.encode_image(images)
-    first = model.decode(feats, prompts, class_chunk, **extra)["logits"]
+    first = model.decode(feats, prompts, class_chunk, **extra, **state)["logits"]
     refined, detected = refine_prompts(model, images, first, prompts, policy)
     if policy.scope == "all":
-        second = model.decode(feats, refined, class_chunk, **extra)["logits"]
+        if state:  # stage 0 reads the dual prompts R = f(T, V): only pairs whose global V changed are new there
+            state["state"].changed = detected if policy.replace in ("both", "global") else torch.zeros_like(detected)
+        second = model.decode(feats, refined, class_chunk, **extra, **state)["logits"]
     else:
         idx = detected.any(dim=0).nonzero().flatten()
         second = first.clone()

@@ -1,0 +1,180 @@
+"""The decoder's exact speed-ups give the reference computation's outputs (and gradients), up to float rounding.
+
+``DPSeg.set_fast_paths(False)`` switches all of them off: channels-last class maps, the class attention by pixel
+blocks, the fusion's E_j share computed once per image. The speed they buy is measured in benchmarks/, not here.
+"""
+
+import pytest
+import torch
+from helpers import random_prompts, tiny_model
+
+import dpseg.model.aggregation as aggregation
+from dpseg.config import EvalConfig
+from dpseg.evaluation.inference import refine_policy
+from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
+from dpseg.model.decode_state import DecodeState
+from dpseg.model.early_rejection import REJECTED_LOGIT
+from dpseg.model.refine import refine_prompts, two_pass, unique_images
+
+SED_SWITCHES = [
+    "model.prompt_type=text",
+    "model.guidance=upsampled",
+    "model.spatial_aggregation=convnext",
+    "model.class_aggregation=sed",
+    "model.aux_heads=true",
+]
+VARIANTS = [
+    [],
+    ["model.guidance=both"],
+    ["model.visual_cost_norm=none", "model.prompt_type=visual"],
+    ["model.guidance=none"],
+    ["model.aux_heads=true"],  # DPSeg with early rejection
+    SED_SWITCHES,
+]
+
+
+def outputs(model, x, prompts, **kwargs):
+    with torch.no_grad():
+        out = model(x, prompts, **kwargs)
+    return [out["logits"]] + list(out.get("aux", []))
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_fast_paths_equal_the_reference(overrides, monkeypatch):
+    monkeypatch.setitem(aggregation.PIXEL_BLOCK, "cpu", 1000)  # several pixel blocks per stage
+    model, _ = tiny_model(*overrides)
+    model.eval()
+    prompts = random_prompts(model, 11)
+    x = torch.rand(2, 3, 64, 96)
+    reject = {"early_rejection_topk": 3} if "model.aux_heads=true" in overrides else {}
+    reference = outputs(model.set_fast_paths(False), x, prompts, class_chunk=4, **reject)
+    model.set_fast_paths(True)
+    for chunk in (0, 4):
+        fast = outputs(model, x, prompts, class_chunk=chunk, **reject)
+        for a, b in zip(fast, reference):
+            assert torch.allclose(a, b, atol=1e-5), (chunk, (a - b).abs().max())
+
+
+def test_fast_paths_give_the_reference_gradients():
+    """Training (pooled class attention, gradients) runs the shared E_j term and channels-last maps too."""
+    model, _ = tiny_model()
+    model.train()
+    prompts = random_prompts(model, 5)
+    x = torch.rand(2, 3, 64, 64)
+    grads = []
+    for fast in (False, True):
+        model.set_fast_paths(fast).zero_grad()
+        model(x, prompts, class_chunk=2)["logits"].square().mean().backward()
+        grads.append([p.grad.clone() for p in model.decoder.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [ClassAggregation, SEDClassAggregation])
+def test_pixel_blocks_equal_the_class_chunked_sweeps(layer, monkeypatch):
+    torch.manual_seed(0)
+    attention = layer(16, 4, 4, 2, 1).eval()
+    x = torch.randn(2, 9, 16, 5, 7)
+    with torch.no_grad():
+        attention.pixel_blocks = False
+        reference = attention(x, 4)
+        attention.pixel_blocks = True
+        for block in (16 * 9, 16 * 9 * 6, 2**19):  # one position, 6 positions, all at once
+            monkeypatch.setitem(aggregation.PIXEL_BLOCK, "cpu", block)
+            assert torch.allclose(attention(x), reference, atol=1e-5)
+            maps = class_maps(2, 9, 16, 5, 7, x).copy_(x)  # channels-last class maps, overwritten in place
+            out = attention(maps, out=maps)
+            assert out.data_ptr() == maps.data_ptr() and torch.allclose(out, reference, atol=1e-5)
+            plain = x.clone()  # a plain layout given as ``out`` gets the result too
+            assert torch.allclose(attention(plain, out=plain), reference, atol=1e-5)
+            assert torch.allclose(plain, reference, atol=1e-5)
+
+
+def test_class_maps_stay_channels_last_through_the_decoder_on_a_cpu():
+    model, _ = tiny_model()
+    model.eval()
+    seen = []
+    for stage in model.decoder.stages:
+        stage.classes.register_forward_pre_hook(lambda m, args: seen.append(args[0].permute(0, 1, 3, 4, 2)))
+    outputs(model, torch.rand(1, 3, 64, 64), random_prompts(model, 3))
+    assert len(seen) == 3 and all(t.is_contiguous() for t in seen)
+    seen.clear()
+    model.channels_last = False
+    outputs(model, torch.rand(1, 3, 64, 64), random_prompts(model, 3))
+    assert not any(t.is_contiguous() for t in seen)
+
+
+def test_elu_plus_one():
+    t = torch.linspace(-30, 30, 10001)
+    assert torch.allclose(elu_plus_one(t), torch.nn.functional.elu(t) + 1, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "overrides, replace", [([], "both"), (["model.aux_heads=true"], "both"), ([], "global"), ([], "stages")]
+)
+def test_two_pass_reuse_equals_decoding_pass_two_from_scratch(overrides, replace):
+    """Pass 2 of scope 'all' reuses pass 1's stage-0 maps of the unchanged (image, class) pairs and the projected
+    encoder stages; its logits equal a decode of the refined prompts from scratch."""
+    model, _ = tiny_model(*overrides)
+    model.eval()
+    prompts = random_prompts(model, 9)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        policy = refine_policy(EvalConfig(refine_min_score=0.0, refine_max_classes=3, refine_replace=replace))
+        out = two_pass(model, x, prompts, policy)
+        assert out["detected"].any() and not out["detected"].all()
+        scratch = model.decode(model.encode_image(x), out["prompts"])
+    assert torch.allclose(out["logits"], scratch["logits"], atol=1e-5)
+
+
+def test_decode_state_fills_and_is_reused_only_for_the_same_features():
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 5)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.encode_image(x)
+        state = DecodeState()
+        first = model.decode(feats, prompts, state=state)["logits"]
+        assert state.stage0 is not None and state.stage0.shape[:2] == (1, 5) and state.matches(feats, 1, 5) is False
+        state.changed = torch.zeros(1, 5, dtype=torch.bool)  # nothing changed: pass 2 == pass 1
+        assert state.matches(feats, 1, 5) and not state.matches(model.encode_image(x), 1, 5)
+        assert torch.allclose(model.decode(feats, prompts, state=state)["logits"], first, atol=1e-6)
+        assert state.stage0 is None  # handed over to pass 2, not kept
+
+
+def test_identical_crops_are_encoded_once(monkeypatch):
+    images = torch.rand(3, 3, 8, 8)
+    crops = torch.stack([images[0], images[1], images[0], images[2], images[1]])
+    unique, inverse = unique_images(crops)
+    assert len(unique) == 3 and torch.equal(unique[inverse], crops)
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 4)
+    x = torch.rand(1, 3, 64, 64)
+    logits = torch.full((1, 4, 16, 16), -5.0)
+    logits[0, 0, :8] = 5  # classes 0 and 1 span the width: the same full-width frame, one crop
+    logits[0, 1, 8:] = 5
+    encoded = []
+    original = model.encode_visual_prompts
+    monkeypatch.setattr(model, "encode_visual_prompts", lambda im: encoded.append(len(im)) or original(im))
+    context = refine_policy(EvalConfig(refine_framing="context"))  # the crop depends on the region's box only
+    refined, detected = refine_prompts(model, x, logits, prompts, context)
+    assert detected[0].tolist() == [True, True, False, False] and encoded == [1]
+    assert torch.equal(refined.visual[0, 0], refined.visual[0, 1])
+    refine_prompts(model, x, logits, prompts, refine_policy(EvalConfig(refine_framing="masked")))
+    assert encoded == [1, 2]  # masked crops show each class's own pixels: two different crops
+
+
+def test_dpseg_early_rejection_keeps_the_survivors_and_equals_the_full_decode_when_none_is_rejected():
+    """DPSeg with auxiliary heads: early rejection standardises F_v over the classes still decoded; with k >= K
+    nothing is rejected and the logits are those of the plain decode."""
+    model, _ = tiny_model("model.aux_heads=true", "model.visual_cost_norm=class")
+    model.eval()
+    prompts = random_prompts(model, 9)
+    x = torch.rand(1, 3, 64, 64)
+    full = outputs(model, x, prompts)[0]
+    assert torch.allclose(outputs(model, x, prompts, early_rejection_topk=9)[0], full, atol=1e-5)
+    fast = outputs(model, x, prompts, early_rejection_topk=1)[0]
+    rejected = (fast == REJECTED_LOGIT).flatten(2).all(-1)[0]  # (K,)
+    assert rejected.any() and not rejected.all()
