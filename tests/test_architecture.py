@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dpseg.evaluation",),
     ("dpseg.engine",),
     ("dpseg.segmenter",),
+    ("dpseg.labelling",),
     ("dpseg.quickstart",),
     ("dpseg.commands", "dpseg.__main__"),
 ]
