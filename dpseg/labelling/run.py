@@ -129,8 +129,8 @@ def job_key(seg: Segmenter, opts: LabelOptions, min_score: float, key_batch: int
         "batch_size": key_batch,
         "outputs": {
             "overlays": opts.overlays,
-            "alpha": opts.alpha if opts.overlays else None,
             "scores": opts.save_scores,
+            **({"alpha": opts.alpha} if opts.overlays else {}),  # another opacity matters only where overlays are made
         },
         "inputs": {
             "paths": [os.path.abspath(os.path.expanduser(p)) for p in opts.inputs],
