@@ -15,7 +15,6 @@ import torch
 
 from dpseg.errors import DPSegError
 from dpseg.image_io import to_image_tensor
-from dpseg.labelling.manifest import Entry
 
 
 @dataclass
@@ -27,21 +26,21 @@ class Loaded:
 
 
 class ImageReader(torch.utils.data.Dataset):
-    def __init__(self, entries: list[Entry], max_pixels: int):
-        self.entries, self.max_pixels = entries, max_pixels
+    def __init__(self, paths: dict[int, str], max_pixels: int):
+        self.paths, self.max_pixels = paths, max_pixels  # manifest index -> image file (this rank's images only)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.paths)
 
     def __getitem__(self, index: int) -> Loaded:
         start = time.perf_counter()
         try:
-            image: Optional[torch.Tensor] = to_image_tensor(self.entries[index].image, self.max_pixels)
+            image: Optional[torch.Tensor] = to_image_tensor(self.paths[index], self.max_pixels)
             error = None
         except DPSegError as e:
             image, error = None, str(e)
         except Exception as e:  # noqa: BLE001 - whatever a file does to a decoder is that file's failure
-            image, error = None, f"cannot read image {self.entries[index].image}: {type(e).__name__}: {e}"
+            image, error = None, f"cannot read image {self.paths[index]}: {type(e).__name__}: {e}"
         return Loaded(index, image, error, time.perf_counter() - start)
 
 
@@ -49,11 +48,11 @@ def _as_list(items: list[Loaded]) -> list[Loaded]:
     return items
 
 
-def batch_loader(entries: list[Entry], batches: list[list[int]], max_pixels: int, workers: int):
+def batch_loader(paths: dict[int, str], batches: list[list[int]], max_pixels: int, workers: int):
     """An iterator over ``batches`` (lists of manifest indices) -> lists of :class:`Loaded`, decoded by ``workers``
     processes ahead of the model (0 = in this process)."""
     return torch.utils.data.DataLoader(
-        ImageReader(entries, max_pixels),
+        ImageReader(paths, max_pixels),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_as_list,

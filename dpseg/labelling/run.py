@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import uuid
@@ -36,19 +35,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from dpseg import __version__, distributed
 from dpseg.atomic import atomic_write_text
 from dpseg.errors import DPSegError, InputError
-from dpseg.image_io import DEFAULT_MAX_PIXELS, label_image, save_atomic, score_image
-from dpseg.labelling.coco import ShardWriter, image_record, merge
+from dpseg.image_io import DEFAULT_MAX_PIXELS
+from dpseg.labelling.coco import ShardWriter, merge
 from dpseg.labelling.job import FORMAT, Layout, normalised, open_job, remove_temporaries
-from dpseg.labelling.loader import Loaded, batch_loader
-from dpseg.labelling.manifest import Entry, batches, build_entries, expand, rank_batches, read_manifest, write_manifest
+from dpseg.labelling.loader import batch_loader
+from dpseg.labelling.manifest import batches, build_entries, expand, rank_batches, read_manifest, write_manifest
 from dpseg.labelling.progress import JobProgress, RankProgress
-from dpseg.segmenter import SegmentationResult, Segmenter
-from dpseg.visualize import overlay
+from dpseg.labelling.writer import ImageWriter, predict_batch
+from dpseg.segmenter import Segmenter
 from dpseg.weights import state_fingerprint
 
 KILL_HOOK = "DPSEG_LABEL_TEST_KILL"  # "RANK:N": that rank kills itself (SIGKILL) after the label map of its N-th image
@@ -153,16 +150,11 @@ def _prepare(seg: Segmenter, opts: LabelOptions, layout: Layout, key: dict, load
         write_manifest(layout.manifest, entries)
         info = {"root": root, "images": len(entries), "checkpoint": seg.checkpoint, "prompt_source": seg.prompt_source}
         atomic_write_text(layout.job, json.dumps({**normalised(key), **info, "dpseg": __version__}, indent=1) + "\n")
-    done = sum(layout.marker(e.name).exists() for e in entries) if resumed else 0
-    fixed = batches(len(entries), load_batch)
-    todo = [j for j, b in enumerate(fixed) if not resumed or not _all_done(layout, entries, b)]
+    done = [resumed and layout.marker(e.name).exists() for e in entries]
+    todo = [j for j, b in enumerate(batches(len(entries), load_batch)) if not all(done[i] for i in b)]
     token = uuid.uuid4().hex
     atomic_write_text(layout.run, json.dumps({"token": token, "world": world}))
-    return {"token": token, "images": len(entries), "done": done, "todo": todo, "root": root, "removed": removed}
-
-
-def _all_done(layout: Layout, entries: list[Entry], batch: list[int]) -> bool:
-    return all(layout.marker(entries[i].name).exists() for i in batch)
+    return {"token": token, "images": len(entries), "done": sum(done), "todo": todo, "root": root, "removed": removed}
 
 
 def _check_shared(layout: Layout, token: str, rank: int) -> None:
@@ -178,79 +170,6 @@ def _check_shared(layout: Layout, token: str, rank: int) -> None:
         f"rank {rank} does not see rank 0's files in {layout.root}: with several nodes, --out must be on a filesystem "
         "all of them share"
     )
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
-
-
-def _predict(seg: Segmenter, items: list[Loaded], opts: LabelOptions, min_score: float) -> list:
-    """[(item, SegmentationResult or None, error or None)]; a batch that fails is retried one image at a time."""
-    try:
-        results = seg.segment(
-            [it.image for it in items if it.image is not None],
-            refine=opts.refine,
-            tile=opts.tile,
-            batch_size=len(items),
-            min_score=min_score,
-        )
-        return [(it, r, None) for it, r in zip(items, results)]
-    except (DPSegError, RuntimeError, MemoryError) as e:
-        if not isinstance(e, DPSegError) and not _is_oom(e):
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(items) > 1:
-            return [out for it in items for out in _predict(seg, [it], opts, min_score)]
-        why = "out of memory; try --tile 1024 or --batch-size 1" if _is_oom(e) else str(e)
-        return [(items[0], None, why)]
-
-
-def _round(x: Optional[float]) -> Optional[float]:
-    return None if x is None else round(x, 6)
-
-
-class _Writer:
-    """One image's outputs, its JSON last (the mark that it is done)."""
-
-    def __init__(self, layout: Layout, opts: LabelOptions, shard: ShardWriter, rank: int):
-        self.layout, self.opts, self.shard = layout, opts, shard
-        hook = os.environ.get(KILL_HOOK, "")
-        self.kill_after = int(hook.split(":")[1]) if hook and int(hook.split(":")[0]) == rank else 0
-        self.written = 0
-
-    def __call__(self, entry: Entry, image: torch.Tensor, result: SegmentationResult) -> None:
-        layout, K = self.layout, len(result.class_names)
-        save_atomic(label_image(result.labels, K), layout.label_png(entry.name))
-        self.written += 1
-        if self.written == self.kill_after:  # the kill -9 drill of the tests: the worst moment, the map without JSON
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.opts.overlays:
-            rgb = image.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-            picture = overlay(rgb, result.labels, result.class_names, result.pixels.tolist(), self.opts.alpha)
-            save_atomic(picture, layout.overlay(entry.name), quality=90)
-        if self.opts.save_scores:
-            save_atomic(score_image(result.scores), layout.score_png(entry.name))
-        present = [c for c in result.classes if c.pixels]  # vocabulary order
-        self.shard.append(image_record(entry, result.labels, [(c.index, _round(c.mean_score)) for c in present]))
-        info = {
-            "image": entry.image,
-            "file_name": entry.file_name,
-            "size": list(result.size),
-            "refined": result.refined,
-            "unlabelled_pixels": result.unlabelled_pixels,
-            "classes": [
-                {
-                    "index": c.index,
-                    "name": c.name,
-                    "pixels": c.pixels,
-                    "area": _round(c.area),
-                    "mean_score": _round(c.mean_score),
-                }
-                for c in present
-            ],
-        }
-        atomic_write_text(layout.marker(entry.name), json.dumps(info, indent=1, allow_nan=False) + "\n")
 
 
 def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
@@ -277,37 +196,61 @@ def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
     entries = read_manifest(layout.manifest)
     all_batches = batches(len(entries), load_batch)
     mine = rank_batches([all_batches[j] for j in setup["todo"]], rank, world)
-    my_todo = sum(not layout.marker(entries[i].name).exists() for b in mine for i in b)
-    total_todo = sum(distributed.gather_objects(my_todo))
+    share = {i: entries[i] for b in mine for i in b}  # only this rank's part is kept while labelling
+    del entries
+    todo = sum(not layout.marker(e.name).exists() for e in share.values())
+    total_todo = sum(distributed.gather_objects(todo))
     if rank == 0:
-        say = f"label: {len(entries)} images under {setup['root']} into {layout.root}"
+        say = f"label: {setup['images']} images under {setup['root']} into {layout.root}"
         say += f"; {setup['done']} done before" if setup["done"] else ""
         say += f"; {total_todo} to label over {world} process(es), batches of {load_batch}"
         print(say + (f" (the model sees one image at a time: {one_by_one})" if one_by_one else ""), file=sys.stderr)
+    job = JobProgress(layout, world, setup["token"], setup["images"], total_todo, show=rank == 0 and opts.progress)
+    mine_progress = RankProgress(layout, rank, setup["token"], todo)
+    failures = _label_share(seg, opts, layout, share, mine, min_score, mine_progress, job)
+    ranks = job.wait_for_all(mine_progress.stats)  # on files, not in a collective (dpseg.labelling.progress)
+    failures = sorted((f for part in distributed.gather_objects(failures) for f in part), key=lambda f: f["index"])
+    # every image without its JSON was tried by this run, so its failures are the job's (the same on every rank)
+    report = LabelReport(
+        images=setup["images"],
+        labelled=setup["images"] - len(failures),
+        new=sum(r["done"] for r in ranks),
+        failed=len(failures),
+        batch_size=load_batch,
+        world=world,
+        seconds=max(r["elapsed_s"] for r in ranks),
+        stats={k: round(sum(r[k] for r in ranks), 3) for k in ("decode_s", "wait_s", "model_s", "write_s")},
+        failures=failures,
+    )
+    if rank == 0:
+        _finish(layout, seg, setup["root"], report)
+    return report
 
-    shard = ShardWriter(layout.shard(rank, world))
-    mine_progress = RankProgress(layout, rank, setup["token"], my_todo)
-    stats = mine_progress.stats
-    job = JobProgress(layout, world, setup["token"], len(entries), total_todo, show=rank == 0 and opts.progress)
-    write = _Writer(layout, opts, shard, rank)
+
+def _label_share(seg, opts, layout, share: dict, mine: list, min_score: float, mine_progress, job) -> list[dict]:
+    """This rank's batches: decoded ahead by the loader, predicted, written. Its failures."""
+    rank, stats = mine_progress.stats.rank, mine_progress.stats
+    shard = ShardWriter(layout.shard(rank, distributed.rank_world()[1]))
+    write = ImageWriter(layout, shard, rank, opts.overlays, opts.save_scores, opts.alpha)
     failures: list[dict] = []
     mine_progress.save(force=True)
-    loader = batch_loader(entries, mine, opts.max_pixels or DEFAULT_MAX_PIXELS, opts.workers)
+    paths = {i: e.image for i, e in share.items()}
+    loader = batch_loader(paths, mine, opts.max_pixels or DEFAULT_MAX_PIXELS, opts.workers)
     start = asked = time.perf_counter()
     for items in loader:
         got = time.perf_counter()
         stats.wait_s += got - asked
         stats.decode_s += sum(it.seconds for it in items)
-        pending = {it.index for it in items if not layout.marker(entries[it.index].name).exists()}
+        pending = {it.index for it in items if not layout.marker(share[it.index].name).exists()}
         good = [it for it in items if it.image is not None]
         outcomes = [(it, None, it.error) for it in items if it.image is None]
-        outcomes += _predict(seg, good, opts, min_score) if good else []
+        outcomes += predict_batch(seg, good, opts.refine, opts.tile, min_score) if good else []
         stats.model_s += time.perf_counter() - got
         t_write = time.perf_counter()
         for it, result, error in sorted(outcomes, key=lambda o: o[0].index):
             if it.index not in pending:
                 continue  # done by an earlier run; predicted only to keep its batch the same
-            entry = entries[it.index]
+            entry = share[it.index]
             if error is not None:
                 failures.append({"index": it.index, "image": entry.image, "error": error})
                 stats.failed += 1
@@ -324,39 +267,21 @@ def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
     shard.close()
     stats.elapsed_s = time.perf_counter() - start
     mine_progress.finish()
-    ranks = job.wait_for_all(stats)  # on files, not in a collective (dpseg.labelling.progress)
-    failures = sorted((f for part in distributed.gather_objects(failures) for f in part), key=lambda f: f["index"])
-    report = LabelReport(
-        images=len(entries),
-        labelled=0,
-        new=sum(r["done"] for r in ranks),
-        failed=0,
-        batch_size=load_batch,
-        world=world,
-        seconds=max(r["elapsed_s"] for r in ranks),
-        stats={k: round(sum(r[k] for r in ranks), 3) for k in ("decode_s", "wait_s", "model_s", "write_s")},
-        failures=failures,
-    )
-    counts = None
-    if rank == 0:
-        counts = _finish(layout, entries, seg, setup["root"], failures, report)
-    report.labelled, report.failed = distributed.broadcast_object(counts)
-    return report
+    return failures
 
 
-def _finish(layout: Layout, entries: list[Entry], seg: Segmenter, root: str, failures: list, report) -> tuple:
+def _finish(layout: Layout, seg: Segmenter, root: str, report: LabelReport) -> None:
     """Rank 0, all ranks done: failures file, COCO merge, summary, run statistics."""
     assert seg.class_names is not None
-    reason = {f["index"]: f["error"] for f in failures}
-    missing = [e for e in entries if not layout.marker(e.name).exists()]
-    lines = [
-        json.dumps({"index": e.index, "image": e.image, "error": reason.get(e.index, "not labelled")}, allow_nan=False)
-        for e in missing
-    ]
-    atomic_write_text(layout.failures, "".join(line + "\n" for line in lines))
-    summary = merge(layout, entries, list(seg.class_names), root, failed=len(missing))
-    report.labelled, report.failed = summary["images"], len(missing)
+    entries = read_manifest(layout.manifest)
+    lines = [json.dumps(f, allow_nan=False) + "\n" for f in report.failures]
+    atomic_write_text(layout.failures, "".join(lines))
+    summary = merge(layout, entries, list(seg.class_names), root, failed=report.failed)
+    if summary["images"] != report.labelled:  # an image neither labelled nor failed: outputs removed meanwhile?
+        raise InputError(
+            f"{report.images - summary['images'] - report.failed} image(s) of {layout.manifest} have no outputs "
+            "although this run did not fail them; run the same command again"
+        )
     rate = report.new / report.seconds if report.seconds > 0 else 0.0
-    run = {**asdict(report), "images_per_s": round(rate, 3), "failures": len(missing)}
+    run = {**asdict(report), "images_per_s": round(rate, 3), "failures": report.failed}
     atomic_write_text(layout.progress / "stats.json", json.dumps(run, indent=1, allow_nan=False) + "\n")
-    return report.labelled, report.failed
