@@ -203,6 +203,7 @@ def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
     if rank == 0:
         say = f"label: {setup['images']} images under {setup['root']} into {layout.root}"
         say += f"; {setup['done']} done before" if setup["done"] else ""
+        say += f" ({setup['removed']} temporary files of the interrupted run removed)" if setup["removed"] else ""
         say += f"; {total_todo} to label over {world} process(es), batches of {load_batch}"
         print(say + (f" (the model sees one image at a time: {one_by_one})" if one_by_one else ""), file=sys.stderr)
     job = JobProgress(layout, world, setup["token"], setup["images"], total_todo, show=rank == 0 and opts.progress)
