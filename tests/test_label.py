@@ -151,7 +151,8 @@ def test_rerun_skips_done_images_and_another_key_is_refused(capsys, tmp_path):
     (out / "labels" / ".img00.png.abc123.tmp").write_bytes(b"left by a kill -9")
     (out / "labels" / "img02.json").unlink()  # half-written: the map is there, its JSON not
     rc, err = label(capsys, src, "--batch-size", "2", out=out)
-    assert rc == 0 and "3 done before; 1 to label" in err and "(1 by this run)" in err
+    assert rc == 0 and "3 done before (1 temporary file(s) of an interrupted run removed); 1 to label" in err
+    assert "(1 by this run)" in err
     assert tree(out) == first  # redone to the same bytes, the temporary file gone
 
     for args, classes, change in [

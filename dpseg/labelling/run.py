@@ -31,6 +31,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -203,7 +204,7 @@ def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
     if rank == 0:
         say = f"label: {setup['images']} images under {setup['root']} into {layout.root}"
         say += f"; {setup['done']} done before" if setup["done"] else ""
-        say += f" ({setup['removed']} temporary files of the interrupted run removed)" if setup["removed"] else ""
+        say += f" ({setup['removed']} temporary file(s) of an interrupted run removed)" if setup["removed"] else ""
         say += f"; {total_todo} to label over {world} process(es), batches of {load_batch}"
         print(say + (f" (the model sees one image at a time: {one_by_one})" if one_by_one else ""), file=sys.stderr)
     job = JobProgress(layout, world, setup["token"], setup["images"], total_todo, show=rank == 0 and opts.progress)
@@ -229,24 +230,14 @@ def label_collection(seg: Segmenter, opts: LabelOptions) -> LabelReport:
 
 
 def _label_share(seg, opts, layout, share: dict, mine: list, min_score: float, mine_progress, job) -> list[dict]:
-    """This rank's batches: decoded ahead by the loader, predicted, written. Its failures."""
+    """This rank's batches: decoded ahead by the loader workers, predicted here, written by a writer thread while
+    the next batch is predicted (PNG compression releases the GIL). Its failures."""
     rank, stats = mine_progress.stats.rank, mine_progress.stats
     shard = ShardWriter(layout.shard(rank, distributed.rank_world()[1]))
     write = ImageWriter(layout, shard, rank, opts.overlays, opts.save_scores, opts.alpha)
     failures: list[dict] = []
-    mine_progress.save(force=True)
-    paths = {i: e.image for i, e in share.items()}
-    loader = batch_loader(paths, mine, opts.max_pixels or DEFAULT_MAX_PIXELS, opts.workers)
-    start = asked = time.perf_counter()
-    for items in loader:
-        got = time.perf_counter()
-        stats.wait_s += got - asked
-        stats.decode_s += sum(it.seconds for it in items)
-        pending = {it.index for it in items if not layout.marker(share[it.index].name).exists()}
-        good = [it for it in items if it.image is not None]
-        outcomes = [(it, None, it.error) for it in items if it.image is None]
-        outcomes += predict_batch(seg, good, opts.refine, opts.tile, min_score) if good else []
-        stats.model_s += time.perf_counter() - got
+
+    def write_batch(outcomes: list, pending: set) -> None:
         t_write = time.perf_counter()
         for it, result, error in sorted(outcomes, key=lambda o: o[0].index):
             if it.index not in pending:
@@ -261,11 +252,34 @@ def _label_share(seg, opts, layout, share: dict, mine: list, min_score: float, m
                 write(entry, it.image, result)
                 stats.done += 1
         stats.write_s += time.perf_counter() - t_write
-        mine_progress.save()
-        if rank == 0:
-            job.refresh(stats)
-        asked = time.perf_counter()
-    shard.close()
+
+    mine_progress.save(force=True)
+    paths = {i: e.image for i, e in share.items()}
+    loader = batch_loader(paths, mine, opts.max_pixels or DEFAULT_MAX_PIXELS, opts.workers)
+    writer, writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpseg-label-write"), None
+    start = asked = time.perf_counter()
+    try:
+        for items in loader:
+            got = time.perf_counter()
+            stats.wait_s += got - asked
+            stats.decode_s += sum(it.seconds for it in items)
+            pending = {it.index for it in items if not layout.marker(share[it.index].name).exists()}
+            good = [it for it in items if it.image is not None]
+            outcomes = [(it, None, it.error) for it in items if it.image is None]
+            outcomes += predict_batch(seg, good, opts.refine, opts.tile, min_score) if good else []
+            stats.model_s += time.perf_counter() - got
+            if writing is not None:
+                writing.result()  # the previous batch is written (its errors raised here); at most one in flight
+            writing = writer.submit(write_batch, outcomes, pending)
+            mine_progress.save()
+            if rank == 0:
+                job.refresh(stats)
+            asked = time.perf_counter()
+        if writing is not None:
+            writing.result()
+    finally:
+        writer.shutdown(wait=True)  # an interrupted run still finishes the image it is writing
+        shard.close()
     stats.elapsed_s = time.perf_counter() - start
     mine_progress.finish()
     return failures
