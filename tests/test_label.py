@@ -251,3 +251,42 @@ def test_killed_rank_then_rerun_gives_the_uninterrupted_outputs(capsys, tmp_path
     coco = json.loads((out / "annotations.json").read_text())
     assert [i["id"] for i in coco["images"]] == sorted({i["id"] for i in coco["images"]})  # each image once
     assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no images given"),
+        (["IN", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["IN", "--workers", "-1"], "--workers must be >= 0"),
+        (["IN", "--text-only", "--bank", "B"], "--text-only cannot be combined"),
+        (["IN", "--min-score", "1"], "--min-score must be in [0, 1)"),
+        (["IN", "--alpha", "2"], "--alpha must be between 0 and 1"),
+        (["IN", "--tile", "100"], "--tile must be 0 (off) or a multiple of 32"),
+        (["IN", "--max-pixels", "-1"], "--max-pixels must be positive"),
+        (["IN", "--out", "FILE"], "is an existing file"),
+    ],
+)
+def test_bad_options_are_refused_before_the_model_loads(capsys, tmp_path, monkeypatch, args, message):
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", never)
+    (tmp_path / "FILE").write_text("")
+    argv = [str(tmp_path / a) if a in ("IN", "FILE") else a for a in args]
+    argv += [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    rc = main(["label", *argv, "--classes", "cat, dog"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_bad_lists_and_inputs_are_named(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.png\n")
+    with pytest.raises(Exception, match=r"list.txt names .*a.png, which is not a file"):
+        expand([], [str(listing)], tmp_path / "out")
+    with pytest.raises(Exception, match="cannot read the image list"):
+        expand([], [str(tmp_path / "missing.txt")], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="empty: folder holds no image files"):
+        expand([str(tmp_path / "empty")], [], tmp_path / "out")
