@@ -3,7 +3,8 @@ layer to the same or a lower layer, and module-level imports form no loop. A new
 with the offending edge named. ``python tests/test_architecture.py`` prints the graph's numbers.
 
 Layers, bottom up (docs/architecture.md): errors/atomic/progress -> config -> weights / image I/O / vocabulary /
-visualize -> model -> prompts -> build / convert -> data -> evaluation -> engine -> segmenter -> quickstart -> commands.
+visualize -> model -> prompts -> build / convert -> data -> evaluation -> engine -> segmenter -> labelling ->
+quickstart -> commands.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dpseg.evaluation",),
     ("dpseg.engine",),
     ("dpseg.segmenter",),
+    ("dpseg.labelling",),
     ("dpseg.quickstart",),
     ("dpseg.demo_app",),
     ("dpseg.commands", "dpseg.__main__"),

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dpseg.commands.train", "train DPSeg (torchrun for several GPUs)"),
     "eval": ("dpseg.commands.evaluate", "evaluate a checkpoint on the zero-shot benchmarks (mIoU tables)"),
     "segment": ("dpseg.commands.segment", "segment your own images into free-text classes"),
+    "label": ("dpseg.commands.label", "label a whole image collection (torchrun, resumable, COCO output)"),
     "demo": ("dpseg.commands.demo", "browser demo (gradio) on 127.0.0.1"),
     "calibrate": ("dpseg.commands.calibrate", "choose a checkpoint's default score threshold on a labelled dataset"),
     "check": ("dpseg.commands.check", "verify the content hashes of checkpoints, training runs and prompt banks"),
