@@ -399,3 +399,18 @@ def test_the_demo_parser_and_its_help_need_no_model():
     parser = __import__("argparse").ArgumentParser()
     demo.add_arguments(parser)
     assert parser.parse_args([]).max_upload_mb == 20
+
+
+def test_label_with_the_toy_refuses_photo_classes_as_segment_does(tmp_path, monkeypatch, capsys):
+    """`dpseg label` on the quickstart's toy: the same one message before any work, its retry a label command."""
+    toy = toy_checkpoint(tmp_path / "toy")
+    as_quickstart(tmp_path, monkeypatch, toy, artifacts().bank)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(scene(seed=4)).save(tmp_path / "photos" / "beach.png")
+    rc = main(["label", "photos/", "--classes", "person, sky", "--out", "labels", "--device", "cpu", "--workers", "0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and lines[-1].startswith("error: 'person', 'sky' are not in the toy model's world"), lines
+    again = re.findall(r"`(dpseg [^`]+)`", lines[-1])[-1]
+    assert again == 'dpseg label photos/ --classes "person, sky" --out labels --checkpoint checkpoints/sed-b'
+    assert not (tmp_path / "labels").exists()  # refused before any output

@@ -86,15 +86,22 @@ def check_options(args: argparse.Namespace) -> None:
         raise InputError(f"--out {out} is an existing file; give a folder (it is created if missing)")
 
 
+def retry_command(args: argparse.Namespace) -> list[str]:
+    """The user's command, reduced to its inputs, classes and output folder (for the toy model's refusal)."""
+    classes = ["--classes", args.classes] if args.classes is not None else ["--classes-file", args.classes_file]
+    lists = [a for f in args.list for a in ("--list", f)]
+    return ["dpseg", "label", *args.images, *lists, *classes, "--out", args.out]
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from dpseg import distributed
-    from dpseg.commands.toy import TOY_NOTE, is_toy, outside_world_warning
     from dpseg.errors import InputError
     from dpseg.evaluation.runtime import resolve_device
     from dpseg.labelling.run import LabelOptions, RankFailed, label_collection
     from dpseg.quickstart import default_artifacts
+    from dpseg.quickstart.toy import TOY_NOTE, is_toy, toy_refusal
     from dpseg.segmenter import Segmenter
     from dpseg.vocab import parse_class_list, read_class_list
 
@@ -113,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
                 bank = str(quickstart_bank)
             say(f"no --checkpoint: using the quickstart model {checkpoint}")
         seg = Segmenter.from_pretrained(checkpoint, device=device)
-        if is_toy(seg.cfg):
+        if is_toy(seg.cfg):  # as segment: names outside its world are refused, with the commands for photos
+            refusal = toy_refusal(names, retry=retry_command(args))
+            if refusal:
+                raise InputError(refusal)
             say(f"note: {TOY_NOTE}")
-            warning = outside_world_warning(names)
-            if warning:
-                say(f"warning: {warning}")
         if args.protocol:
             seg.settings = dataclasses.replace(seg.settings, protocol=args.protocol)
         if args.max_pixels:
