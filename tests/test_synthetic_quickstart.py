@@ -158,6 +158,7 @@ def test_every_world_switch_reaches_the_experiment(flags, generator, text_gap, g
 
     monkeypatch.setattr(experiment_run, "quickstart", fake)  # the command imports it when it runs
     monkeypatch.setattr(command, "next_commands", lambda out, cache: "")  # no trained model to point at
+    monkeypatch.setattr(command, "brief", lambda results, out: "")  # no results to show
     assert main(["quickstart", "--cache", str(tmp_path), *flags]) == 0
     specs = [o.split("=", 1)[1] for o in seen["overrides"] if o.startswith("prompts.generator=")]
     assert specs == ([generator] if generator else [])
