@@ -44,6 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--only-seed", type=int, help="train and score just this one seed (to schedule runs; the table needs all seeds)"
+    )
     ap.add_argument("--num-val", type=int, default=100, help="seen-class validation scenes")
     ap.add_argument("--train", action="append", default=None, help="one training option (repeatable)")
     ap.add_argument("--eval", action="append", default=None, help="one inference option (repeatable)")
@@ -74,7 +77,7 @@ def main() -> None:
         )
         for i, e in enumerate(eval_options):
             inference = build_config("synthetic", overrides=[*_overrides(t), *_overrides(e)]).eval
-            for seed in range(args.seeds):
+            for seed in range(args.seeds) if args.only_seed is None else [args.only_seed]:
                 cfg = ex.run_config(cfg_t, variant, seed, ds, bank, cache / "runs")
                 cfg.eval = inference  # not part of the run's key: the later batches reuse the trained runs
                 jobs[i].append(((t or "(preset)", e or "(preset)"), cfg, seed))

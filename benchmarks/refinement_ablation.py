@@ -2,7 +2,7 @@
 how well pass 1 detects the classes it refines.
 
     python benchmarks/refinement_ablation.py --models RUN/final [RUN/final ...] --data WORLD/seen --split val \\
-        [--max-images 100] [--json out.json]
+        [--max-images 100] [--set eval.refine_min_area=0.01] [--json out.json]
 
 For every model (one per seed) and every setting, pass 2 is computed on the same pass-1 features through the model's
 own refinement code (:func:`dpseg.model.refine.refine_prompts`): with *predicted* masks the crops are cut around the
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dpseg.checkpoint import load_model
+from dpseg.config import parse_override, validate_eval
 from dpseg.data.catalog import build_dataset
 from dpseg.evaluation.inference import refine_policy
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
@@ -76,9 +77,18 @@ class _OneImage:
 
 
 @torch.no_grad()
-def score_model(model_dir: Path, data: str, split: str, max_images: int, settings: list[tuple[str, str, str]]) -> dict:
+def score_model(
+    model_dir: Path, data: str, split: str, max_images: int, settings: list[tuple[str, str, str]], sets: list[str]
+) -> dict:
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
+    for text in sets:  # the detection thresholds, e.g. eval.refine_min_area=0.01
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        if section != "eval" or not hasattr(cfg.eval, name):
+            raise SystemExit(f"--set takes eval.* keys, not {key!r}")
+        setattr(cfg.eval, name, type(getattr(cfg.eval, name))(value))
+    validate_eval(cfg.eval)
     dataset = build_dataset(data, split=split)
     prompts = vocabulary_prompts(cfg, model, list(dataset.class_names), torch.device("cpu"), "the ablation")
     K = len(dataset.class_names)
@@ -123,6 +133,7 @@ def main() -> None:
     ap.add_argument("--framing", nargs="+", default=list(FRAMINGS), choices=FRAMINGS)
     ap.add_argument("--replace", nargs="+", default=list(REPLACES), choices=REPLACES)
     ap.add_argument("--masks", nargs="+", default=list(MASKS), choices=MASKS)
+    ap.add_argument("--set", action="append", default=[], help="an eval.* override for pass 1's detection (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -130,7 +141,7 @@ def main() -> None:
     settings = list(itertools.product(args.framing, args.replace, args.masks))
     per_model = {}
     for m in args.models:
-        per_model[m] = score_model(Path(m), args.data, args.split, args.max_images, settings)
+        per_model[m] = score_model(Path(m), args.data, args.split, args.max_images, settings, args.set)
         print(f"{m}: pass 1 {per_model[m]['pass1']:.1f}, detection {per_model[m]['detection']}", flush=True)
     p1 = [r["pass1"] for r in per_model.values()]
     print(f"\n{args.data}:{args.split}, {len(per_model)} models; pass 1 mIoU {_spread(p1)}")
@@ -146,7 +157,9 @@ def main() -> None:
     for k in det[0]:
         print(f"detection, {k}: {_spread([d[k] for d in det])}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": args.data, "split": args.split, "models": per_model}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"data": args.data, "split": args.split, "set": args.set, "models": per_model}, indent=2)
+        )
 
 
 if __name__ == "__main__":
