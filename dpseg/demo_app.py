@@ -93,6 +93,15 @@ def _temporary_folder() -> Path:
     return folder
 
 
+def own_gradio_folder() -> None:
+    """Point gradio's cache of served and uploaded files (``$GRADIO_TEMP_DIR``, else ``$TMPDIR/gradio``) into a
+    folder of the demo's, removed when the process ends, unless the user set ``GRADIO_TEMP_DIR``: gradio would leave
+    ``$TMPDIR/gradio`` behind (copies of the example and the uploads, empty folders, its edit history), also after
+    a failed start. Call it before gradio is imported (some of its modules read the variable at import)."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        os.environ["GRADIO_TEMP_DIR"] = str(_temporary_folder() / "gradio")
+
+
 def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Optional[Path] = None):
     """The demo's function: (image file, classes text, refine, min score, opacity, text only) -> (overlay, legend
     HTML, info, [label map PNG, JSON summary], state for re-colouring). ``min_score=None``: the checkpoint's."""
