@@ -136,6 +136,9 @@ def _chromium():
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def _start_demo(cwd: Path, env: dict, *args: str):
     """`dpseg demo ARGS` on a free port in a subprocess, in ``cwd``, without $DPSEG_CACHE; (process, url, its output
     lines so far)."""
@@ -146,7 +149,12 @@ def _start_demo(cwd: Path, env: dict, *args: str):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**{k: v for k, v in os.environ.items() if k != "DPSEG_CACHE"}, "GRADIO_ANALYTICS_ENABLED": "False", **env},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "DPSEG_CACHE"},
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "PYTHONPATH": str(CHECKOUT),  # run from another folder, `python -m dpseg` is still this checkout's
+            **env,
+        },
     )
     lines: list = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
