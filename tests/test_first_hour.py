@@ -397,6 +397,30 @@ def test_colour_words_colour_their_classes_in_distinguishable_shades():
     assert np.array_equal(class_palette(["sky", "tree", "person"]), palette(3))
 
 
+def test_the_figures_legends_name_the_classes_on_the_objects_and_its_note_says_so(tmp_path, monkeypatch):
+    """A prediction panel's legend lists the classes on the scored pixels; one painted only on the (dimmed)
+    background is left out, and the figure says that in its note, so no colour in a legend goes unexplained."""
+    import matplotlib.figure
+
+    from dpseg.quickstart import report
+
+    truth = np.full((8, 8), -1)
+    truth[:4] = 0  # one object of class 0; the rest is background (not scored)
+    pred = np.zeros((8, 8), int)
+    pred[:2] = 1
+    pred[6:] = 2  # class 2 only on the background
+    assert report._drawn(pred, truth, 3) == [0, 1]
+    notes: list = []
+    text = matplotlib.figure.Figure.text
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "text", lambda self, x, y, s, *a, **k: notes.append(s) or text(self, x, y, s, *a, **k)
+    )
+    image = np.zeros((8, 8, 3), np.uint8)
+    report.figure(tmp_path / "f.png", [image], [truth], {"dual pass 1": [pred]}, ["a", "b", "c"], "t")
+    assert (tmp_path / "f.png").is_file()
+    assert any("left out of the legends" in n for n in notes), notes
+
+
 def test_the_label_maps_palette_is_the_class_colours(tmp_path, capsys):
     toy = toy_checkpoint(tmp_path / "toy")
     Image.fromarray(scene()).save(tmp_path / "x.png")
