@@ -338,6 +338,18 @@ def test_a_photo_is_not_an_sed_checkpoint(tmp_path, capsys):
     )
 
 
+def test_a_truncated_checkpoint_is_one_line_without_pytorchs_plea(tmp_path, capsys):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "sed_b.pth", "w") as z:  # a zip that torch.save did not finish
+        z.writestr("archive/data.pkl", b"x")
+    assert main(["convert", "sed", str(tmp_path / "sed_b.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot read SED checkpoint {tmp_path / 'sed_b.pth'}: not a complete PyTorch file (")
+    assert err.endswith("); download it again") and "\n" not in err
+    assert "Could this error message be improved" not in err and "report an enhancement" not in err
+
+
 # --------------------------------------------------------------------------------- one clear line per mistake
 def test_segment_names_everything_missing_at_once(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "x.png")]) == 2
