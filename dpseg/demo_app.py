@@ -11,6 +11,7 @@ import atexit
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -97,8 +98,9 @@ def own_gradio_folder() -> None:
     """Point gradio's cache of served and uploaded files (``$GRADIO_TEMP_DIR``, else ``$TMPDIR/gradio``) into a
     folder of the demo's, removed when the process ends, unless the user set ``GRADIO_TEMP_DIR``: gradio would leave
     ``$TMPDIR/gradio`` behind (copies of the example and the uploads, empty folders, its edit history), also after
-    a failed start. Call it before gradio is imported (some of its modules read the variable at import)."""
-    if not os.environ.get("GRADIO_TEMP_DIR"):
+    a failed start. Only before gradio is imported: some of its modules read the variable at import, and a folder
+    changed after that would split its cache in two (uploads refused as "not uploaded by a user")."""
+    if not os.environ.get("GRADIO_TEMP_DIR") and "gradio" not in sys.modules:
         os.environ["GRADIO_TEMP_DIR"] = str(_temporary_folder() / "gradio")
 
 
