@@ -156,7 +156,11 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
         info = (
             f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
             f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
-            f"pixels (best class probability below {result.min_score:g})."
+            + (
+                "pixels (threshold 0: every pixel gets its most probable class)."
+                if result.min_score == 0
+                else f"pixels (best class probability below {result.min_score:g})."
+            )
         )
         files = _write_downloads(results_dir, next(counter), Path(image_path).stem, result, names)
         state = {"image": rgb, "labels": result.labels, "names": names, "pixels": result.pixels}
