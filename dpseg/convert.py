@@ -136,9 +136,13 @@ def _file_kind(path: Path) -> Optional[str]:
     return "its first bytes are neither a zip archive nor a pickle, the two formats torch.save writes"
 
 
+_TORCH_PLEA = re.compile(r"\s*\(Could this error message be improved\?.*?\)")
+
+
 def _first_sentence(text: str, limit: int = 200) -> str:
     """The first line of an error message, cut at a sentence end when it is long (never mid-word)."""
     line = (text.strip().splitlines() or [""])[0]
+    line = _TORCH_PLEA.sub("", line).strip()  # PyTorch asks its own users to report its message: not ours to say
     if len(line) <= limit:
         return line
     cut = max(line.rfind(". ", 0, limit), line.rfind("; ", 0, limit))

@@ -11,6 +11,7 @@ import atexit
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -93,6 +94,16 @@ def _temporary_folder() -> Path:
     return folder
 
 
+def own_gradio_folder() -> None:
+    """Point gradio's cache of served and uploaded files (``$GRADIO_TEMP_DIR``, else ``$TMPDIR/gradio``) into a
+    folder of the demo's, removed when the process ends, unless the user set ``GRADIO_TEMP_DIR``: gradio would leave
+    ``$TMPDIR/gradio`` behind (copies of the example and the uploads, empty folders, its edit history), also after
+    a failed start. Only before gradio is imported: some of its modules read the variable at import, and a folder
+    changed after that would split its cache in two (uploads refused as "not uploaded by a user")."""
+    if not os.environ.get("GRADIO_TEMP_DIR") and "gradio" not in sys.modules:
+        os.environ["GRADIO_TEMP_DIR"] = str(_temporary_folder() / "gradio")
+
+
 def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Optional[Path] = None):
     """The demo's function: (image file, classes text, refine, min score, opacity, text only) -> (overlay, legend
     HTML, info, [label map PNG, JSON summary], state for re-colouring). ``min_score=None``: the checkpoint's."""
@@ -145,7 +156,11 @@ def make_handler(seg, limits: Limits, text_only: bool = False, results_dir: Opti
         info = (
             f"{w}x{h} px, {len(names)} classes, {'two passes' if result.refined else 'one pass'}, "
             f"{seconds:.2f} s on {seg.device}. Prompts: {source}. Unlabelled: {100 * unlabelled:.1f}% of the "
-            f"pixels (best class probability below {result.min_score:g})."
+            + (
+                "pixels (threshold 0: every pixel gets its most probable class)."
+                if result.min_score == 0
+                else f"pixels (best class probability below {result.min_score:g})."
+            )
         )
         files = _write_downloads(results_dir, next(counter), Path(image_path).stem, result, names)
         state = {"image": rgb, "labels": result.labels, "names": names, "pixels": result.pixels}

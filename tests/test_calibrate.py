@@ -121,7 +121,7 @@ def test_segment_says_which_threshold_it_uses(capsys, tmp_path):
     assert "pixels below probability 0.5 stay unlabelled (the checkpoint's eval.min_score)" in capsys.readouterr().err
     assert json.loads((tmp_path / "a" / "x.json").read_text())["min_score"] == 0.5
     assert main([*base, "--min-score", "0", "--out", str(tmp_path / "b")]) == 0
-    assert "below probability 0 stay unlabelled (--min-score)" in capsys.readouterr().err
+    assert "every pixel gets its most probable class (threshold 0: --min-score)" in capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "x.json").read_text())["unlabelled_pixels"] == 0
 
 

@@ -261,7 +261,8 @@ def test_opacity_text_only_switch_threshold_default_and_toy_warnings(tmp_path):
     assert not np.array_equal(np.asarray(strong), np.asarray(faint))
     assert np.array_equal(np.asarray(demo.recolour(state, 1.0)), np.asarray(strong))  # no new inference needed
     assert demo.recolour(None, 0.3) is None
-    assert "below 0)" in info and all(Path(f).is_file() for f in files)  # the checkpoint's threshold: 0 here
+    assert "(threshold 0: every pixel gets its most probable class)" in info  # the checkpoint's threshold: 0 here
+    assert all(Path(f).is_file() for f in files)
     seg.min_score = 0.5  # as a calibrated checkpoint: its threshold is the default
     assert "(best class probability below 0.5)" in handler(str(tmp_path / "x.png"), "cat; lamp", False)[2]
     assert "Prompts: bank" in info

@@ -225,7 +225,8 @@ def test_the_readme_next_commands_run_as_pasted(fast_run, tmp_path, monkeypatch,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+        # PYTHONPATH: run from tmp_path, `python -m dpseg` is still this checkout's, not the venv's installed one
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     lines: list = []  # the demo's output, read as it comes: its "open http://..." line follows the server's start
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)

@@ -13,14 +13,15 @@ segmented and scored, with what it measured there) and answers class names outsi
 toy can do and the commands that segment photos instead (SED's released model).
 
 The page shows the overlay (its opacity has a slider), the legend with area shares and the unlabelled share, and
-offers the label map (palette PNG, as `dpseg segment` writes it) and a JSON summary for download. Pixels below the
+offers the label map (palette PNG, as 'dpseg segment' writes it) and a JSON summary for download. Pixels below the
 threshold slider stay unlabelled; it starts at the checkpoint's eval.min_score, chosen on its validation split
 (dpseg calibrate). "Text prompts only" runs without visual prompts (degraded for models trained with them). A
-request that fails clears the previous result, so nothing stale stays on screen.
+request that fails clears the previous result, so nothing stale stays on screen. The demo's temporary files (the
+downloads, gradio's copies of the example and the uploads) are removed when it stops (Ctrl+C, kill).
 
-Every request passes dpseg.http_guard.RequestGuard first (guard_options): requests from another origin (a web page
-driving the demo from the same browser) and, on loopback, addressed to another host name are refused; every request
-body is capped (uploads at --max-upload-mb, everything else at 1 MB).
+Every request is checked first (dpseg/http_guard.py): requests from another origin (a web page driving the demo
+from the same browser) and, on loopback, addressed to another host name are refused; every request body is capped
+(uploads at --max-upload-mb, everything else at 1 MB).
 
 An upload is taken as a file, not as an image: gradio never decodes it. It goes through the reader of
 dpseg segment (dpseg.image_io.read_image), which checks the size from the header before decoding, so a text file,
@@ -37,7 +38,15 @@ from typing import Optional, Union
 
 from dpseg.config import check_number
 from dpseg.config_schema import NumberRule
-from dpseg.demo_app import QUICKSTART_NOTE, Limits, build_app, guard_options, quickstart_artifacts, quickstart_example
+from dpseg.demo_app import (
+    QUICKSTART_NOTE,
+    Limits,
+    build_app,
+    guard_options,
+    own_gradio_folder,
+    quickstart_artifacts,
+    quickstart_example,
+)
 from dpseg.errors import InputError
 from dpseg.quickstart.toy import TOY_NOTE, is_toy
 
@@ -114,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         ("port", NumberRule(ge=1, le=65535)),
     ):
         check_number(f"--{key.replace('_', '-')}", getattr(args, key), rule, InputError)
+    own_gradio_folder()  # gradio's copies of the example and the uploads go when the demo stops
     host = "0.0.0.0" if args.share_on_lan and args.host == "127.0.0.1" else args.host
     seg, note = load_segmenter(args.checkpoint, args.bank, args.text_only, args.device)
     limits = Limits(args.max_upload_mb, args.max_megapixels, args.max_classes)
@@ -138,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
             **guard_options(limits, host),
         )
     except OSError as e:
-        raise InputError(
-            f"cannot listen on {host}:{args.port} ({str(e).splitlines()[0]}); pick another --port"
-        ) from None
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith("Cannot find empty port"):  # gradio's words, and its advice for launch() callers
+            reason = "the port is in use"
+        raise InputError(f"cannot listen on {host}:{args.port} ({reason}); pick another --port") from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "every machine that can reach it"
     print(

@@ -320,11 +320,12 @@ def run(args: argparse.Namespace) -> int:
         seg.set_vocabulary(names, bank=bank, exemplars=args.exemplars, text_only=args.text_only)
     min_score = seg.min_score if args.min_score is None else args.min_score
     why = "--min-score" if args.min_score is not None else "the checkpoint's eval.min_score"
-    print(
-        f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}; pixels below probability "
-        f"{min_score:g} stay unlabelled ({why})",
-        file=sys.stderr,
+    threshold = (
+        f"every pixel gets its most probable class (threshold 0: {why})"
+        if min_score == 0
+        else f"pixels below probability {min_score:g} stay unlabelled ({why})"
     )
+    print(f"{len(names)} classes; prompts: {seg.prompt_source}; device {seg.device}; {threshold}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     extra = {"checkpoint": str(checkpoint), "tile": args.tile}
     done, start = [], time.perf_counter()

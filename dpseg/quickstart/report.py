@@ -154,8 +154,8 @@ def figure(
     """Rows = test images; columns = image, ground truth, then one column per entry of ``predictions`` (titled by
     :data:`COLUMN_TITLES`). Every panel but the image has its own legend: each class drawn in it, in the colours of
     :func:`dpseg.visualize.class_palette` (a class's colour word, shades within one colour). Pixels that are
-    background in the ground truth (not scored) are dimmed in the prediction columns.
-    """
+    background in the ground truth (not scored) are dimmed in the prediction columns, and a class painted only there
+    is left out of the panel's legend (the figure's note says so)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +200,8 @@ def figure(
         0.5,
         0.005,
         "Colours follow each class's colour word; classes of one colour differ in shade (see each panel's legend). "
-        "Prediction columns: every pixel gets its most probable class (no threshold); background is dimmed.",
+        "Prediction columns: every pixel gets its most probable class (no threshold); the background (not scored) "
+        "is dimmed, and the classes painted only there are left out of the legends.",
         ha="center",
         va="bottom",
         fontsize=6.5,

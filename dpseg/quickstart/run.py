@@ -23,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Optional, cast
 
 from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
@@ -215,7 +215,7 @@ def _train_and_evaluate(budget: Budget, base, ds, bank: Path, cache: Path, split
     )
     runs: dict = {}
     dirs: dict = {}
-    start = time.time()
+    trained: list = []  # seconds of each run trained here (a reused one takes none)
     for done, (v_name, seed, model_dir, result, seconds, reused) in enumerate(_run_all(jobs, workers), 1):
         dirs[(v_name, seed)] = model_dir
         runs.setdefault(v_name, {})[seed] = result
@@ -223,11 +223,21 @@ def _train_and_evaluate(budget: Budget, base, ds, bank: Path, cache: Path, split
             f"{k} {p.replace('pass', 'pass ')} {m['mIoU']:.1f}" for k, r in result.items() for p, m in r.items()
         )
         how = "reusing the trained run" if reused else f"{seconds:.0f}s"
-        per_run = (time.time() - start) / done * min(workers, done)  # runs take about as long as each other
-        left = per_run * (len(jobs) - done) / max(1, workers)  # ... and `workers` of them run at a time
-        eta = f", about {left / 60:.1f} min left" if done < len(jobs) else ""
+        trained += [] if reused else [seconds]
+        left = eta_seconds(trained, len(jobs) - done, workers) if done < len(jobs) else None
+        eta = f", about {left / 60:.1f} min left" if left is not None else ""
         log(f"    run {done}/{len(jobs)}{eta}: {ex.VARIANTS[v_name].title}, seed {seed} ({how}): mIoU {brief}")
     return runs, dirs
+
+
+def eta_seconds(trained: list, left: int, workers: int) -> Optional[float]:
+    """The time the ``left`` runs still take, or None before a run was trained here: runs take about as long as each
+    other (the mean of those trained so far) and ``workers`` of them run at a time. From the runs' own times, not the
+    time since the stage began: runs finish in batches of ``workers``, so a rate since the start jumps up and down
+    between the runs of one batch (27, 24, then 27 min left again)."""
+    if not trained:
+        return None
+    return sum(trained) / len(trained) * left / max(1, workers)
 
 
 def _figure(out: Path, dirs: dict, unseen: Path, examples: int) -> Path:
