@@ -70,7 +70,7 @@ def main() -> int:
 
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.procs}"]
     cmd = [*launch, "-m", "dpseg", *tail, "--out", str(many)]
-    print(f"$ torchrun --nproc-per-node {args.procs} -m dpseg {' '.join(tail[1:])} --out {many}", flush=True)
+    print(f"$ torchrun --nproc-per-node {args.procs} -m dpseg {' '.join(tail)} --out {many}", flush=True)
     job = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     progress, pid = many / "progress" / f"rank-{args.rank:05d}.json", None
     while job.poll() is None:

@@ -11,6 +11,7 @@ SIGKILL in the middle of the job and the same command run again giving the bytes
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,7 +225,8 @@ def test_torn_and_lost_shard_records_merge_to_the_same_file(tmp_path):
 def test_killed_rank_then_rerun_gives_the_uninterrupted_outputs(capsys, tmp_path):
     """torchrun, 2 CPU processes: rank 1 kills itself (SIGKILL) after the label map of its 3rd image, before that
     image's JSON; torchrun stops rank 0. The same command again finishes the job: every file equals a 1-process
-    uninterrupted run's, byte for byte (no image lost, none twice in the COCO file)."""
+    uninterrupted run's, byte for byte (no image lost, none twice in the COCO file), and rank 0's one progress line
+    counts the images of both ranks."""
     a = artifacts()
     src = make_folder(tmp_path / "in", n=14)
     rc, err = label(capsys, src, "--batch-size", "2", out=tmp_path / "one")
@@ -244,9 +246,16 @@ def test_killed_rank_then_rerun_gives_the_uninterrupted_outputs(capsys, tmp_path
     assert half, "the kill left an image with its map but no JSON"
     assert len(list(labels.rglob("*.json"))) < 14
 
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    loud = [c for c in cmd if c != "--quiet"]  # the rerun shows its progress: one line for the job, from rank 0
+    rerun = subprocess.run(loud, env={**env, "DPSEG_PROGRESS": "lines"}, capture_output=True, text=True)
     assert rerun.returncode == 1, rerun.stderr[-3000:]  # the bad images still fail; the others are done
     assert "labelled 14 of 16 images" in rerun.stderr and rerun.stderr.count("labelled 14") == 1  # rank 0 reports
+    finals = [line for line in rerun.stderr.splitlines() if line.startswith("label: 16/16 img (100%)")]
+    assert len(finals) == 1, rerun.stderr[-3000:]  # both ranks' images (and the failed ones) on rank 0's one line
+    # torchrun's failure report: only rank 0 carries exit status 1 (another rank exiting 1 would make torchrun
+    # terminate rank 0 while it merges the COCO file)
+    exits = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", rerun.stderr)
+    assert ("0", "1") in exits and all(rank == "0" for rank, code in exits if code == "1"), exits
     assert tree(out) == reference
     coco = json.loads((out / "annotations.json").read_text())
     assert [i["id"] for i in coco["images"]] == sorted({i["id"] for i in coco["images"]})  # each image once

@@ -19,7 +19,8 @@ Resumable: run the same command again after an interruption (Ctrl-C, a kill, a l
 is missing, with the same result as an uninterrupted run. A folder labelled with another checkpoint, vocabulary,
 prompts, inference setting or output option is refused with what changed (a new --out, or --overwrite).
 Exit status: 0 all images labelled, 1 some images failed (listed in OUT/failures.jsonl; a rerun retries them),
-2 nothing ran (bad class list, checkpoint, options, or a folder of another job).
+2 nothing ran (bad class list, checkpoint, options, or a folder of another job). Under torchrun rank 0 carries the
+status (the other ranks exit 0 when images failed), so the job's merge is never cut short.
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
                 f"waiting for images {s['wait_s']:.1f} s, model {s['model_s']:.1f} s, writing {s['write_s']:.1f} s"
             )
         say(f"COCO annotations: {options.out / 'annotations.json'}; per class: {options.out / 'summary.json'}")
-        return report.exit_code
+        # Only rank 0 exits 1 for failed images: torchrun ends every other process as soon as one exits non-zero,
+        # and the other ranks leave while rank 0 still merges the COCO file and the summary.
+        return report.exit_code if rank == 0 else 0
     finally:
         if started:
             distributed.stop()
