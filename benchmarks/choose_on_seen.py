@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument(
-        "--only-seed", type=int, help="train and score just this one seed (to schedule runs; the table needs all seeds)"
+        "--seed-list", help="comma-separated seeds instead of 0..seeds-1 (e.g. 5 to schedule one run, or 0,1,2,4)"
     )
     ap.add_argument("--num-val", type=int, default=100, help="seen-class validation scenes")
     ap.add_argument("--train", action="append", default=None, help="one training option (repeatable)")
@@ -68,6 +68,7 @@ def main() -> None:
     bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
     variant = ex.VARIANTS[args.variant]
     train_options, eval_options = args.train or [""], args.eval or [""]
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     jobs: list[list] = [[] for _ in eval_options]  # one batch per inference option: the first trains every run
     for t in train_options:
         # the budget's length first, so that a training option may change it (``train.iterations=400``)
@@ -77,7 +78,7 @@ def main() -> None:
         )
         for i, e in enumerate(eval_options):
             inference = build_config("synthetic", overrides=[*_overrides(t), *_overrides(e)]).eval
-            for seed in range(args.seeds) if args.only_seed is None else [args.only_seed]:
+            for seed in seeds:
                 cfg = ex.run_config(cfg_t, variant, seed, ds, bank, cache / "runs")
                 cfg.eval = inference  # not part of the run's key: the later batches reuse the trained runs
                 jobs[i].append(((t or "(preset)", e or "(preset)"), cfg, seed))
@@ -92,7 +93,7 @@ def main() -> None:
                 + ", ".join(f"{p} {v:.1f}" for p, v in passes.items())
                 + (" (trained run reused)" if reused else f" ({seconds:.0f}s)")
             )
-    print(f"\nseen-class mIoU on {budget.num_val} seen/val scenes, {variant.title}, {args.seeds} seeds")
+    print(f"\nseen-class mIoU on {budget.num_val} seen/val scenes, {variant.title}, seeds {', '.join(map(str, seeds))}")
     print("| training option | inference option | per seed (pass 1) | pass 1 | pass 2 | pass 2 - pass 1 |")
     print("|---|---|---|---|---|---|")
     for (t, e), runs in results.items():
