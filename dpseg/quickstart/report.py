@@ -199,14 +199,14 @@ def figure(
     fig.text(
         0.5,
         0.005,
-        "Colours follow each class's colour word; classes of one colour differ in shade (see each panel's legend). "
+        "Colours follow each class's colour word; classes of one colour differ in shade (see each panel's legend).\n"
         "Prediction columns: every pixel gets its most probable class (no threshold); the background (not scored) "
         "is dimmed, and the classes painted only there are left out of the legends.",
         ha="center",
         va="bottom",
         fontsize=6.5,
     )
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # room for the two-line note
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
