@@ -135,23 +135,13 @@ class _Prompts:
         ).prompts
 
 
-def _fingerprint(prompts) -> str:
-    from dpseg.weights import state_fingerprint
-
-    tensors = {"text": prompts.text}
-    if prompts.visual is not None:
-        tensors["visual"] = prompts.visual
-    for j, v in enumerate(prompts.visual_stages or [], start=2):
-        tensors[f"stage{j}"] = v
-    return state_fingerprint(tensors)
-
-
 def run(args: argparse.Namespace) -> int:
     from dpseg import distributed
     from dpseg.checkpoint import load_model
     from dpseg.evaluation.evaluator import evaluate
     from dpseg.evaluation.inference import Inference
     from dpseg.evaluation.results import is_finished, load_results, markdown_table, save_results
+    from dpseg.prompts.resolve import prompt_fingerprint
     from dpseg.weights import state_fingerprint
 
     rank, device = _distributed(args.device)
@@ -181,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         inference = Inference(model, prompts, ecfg, two_pass=args.two_pass or None, device=device)
         settings = {
             "model": model_fp,
-            "prompts": _fingerprint(prompts),
+            "prompts": prompt_fingerprint(prompts),
             "prompt_source": prompts_for.source,
             **inference.describe(),
             "max_images": ecfg.max_images,

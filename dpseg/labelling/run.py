@@ -46,6 +46,7 @@ from dpseg.labelling.loader import batch_loader
 from dpseg.labelling.manifest import batches, build_entries, expand, rank_batches, read_manifest, write_manifest
 from dpseg.labelling.progress import JobProgress, RankProgress
 from dpseg.labelling.writer import ImageWriter, predict_batch
+from dpseg.prompts.resolve import prompt_fingerprint
 from dpseg.segmenter import Segmenter
 from dpseg.weights import state_fingerprint
 
@@ -89,15 +90,6 @@ class LabelReport:
 
 class RankFailed(DPSegError):
     """Another rank (rank 0) refused the job; it reports why, this rank only stops."""
-
-
-def prompt_fingerprint(prompts) -> str:
-    tensors = {"text": prompts.text}
-    if prompts.visual is not None:
-        tensors["visual"] = prompts.visual
-    for j, v in enumerate(prompts.visual_stages or [], start=2):
-        tensors[f"stage{j}"] = v
-    return state_fingerprint(tensors)
 
 
 def batching(seg: Segmenter, opts: LabelOptions) -> tuple[int, int, Optional[str]]:

@@ -29,6 +29,7 @@ from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank, class_stem, shor
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import model_templates, templates_id
 from dpseg.vocab import canonical_name
+from dpseg.weights import state_fingerprint
 
 log = logging.getLogger("dpseg.segmenter")
 
@@ -175,3 +176,14 @@ def vocabulary_prompts(cfg, model, class_names: Sequence[str], device, what: str
     ``prompts.bank`` if set, else the text tower for a text-only model."""
     bank = cfg.prompts.bank or None
     return resolve_prompts(model, model_templates(cfg), class_names, bank=bank, device=device, what=what).prompts
+
+
+def prompt_fingerprint(prompts: PromptSet) -> str:
+    """A digest of a prompt set's tensors (T, V and the stage features v_j): what an output folder or a results
+    cache is keyed by, so that other prompts are detected, not reused."""
+    tensors = {"text": prompts.text}
+    if prompts.visual is not None:
+        tensors["visual"] = prompts.visual
+    for j, v in enumerate(prompts.visual_stages or [], start=2):
+        tensors[f"stage{j}"] = v
+    return state_fingerprint(tensors)
