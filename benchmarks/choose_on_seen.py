@@ -40,6 +40,20 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def quickstart_world(budget, cache: Path, log=print) -> tuple:
+    """(datasets, tiny CLIP weights, base config, prompt bank) of the default world, made or reused from ``cache``
+    exactly as ``dpseg quickstart`` makes them with ``budget``'s sizes."""
+    sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
+    ds = build_datasets(cache, seed=0, size=128, log=log, **sizes)
+    clip_cfg = build_config("synthetic")
+    style = get_generator("synthetic", clip_cfg.prompts).style
+    clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=log)
+    base = build_config("synthetic", overrides=[f"model.clip_pretrained={clip}"])
+    base.train.iterations = budget.iterations
+    bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
+    return ds, clip, base, bank
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
@@ -58,14 +72,7 @@ def main() -> None:
     budget = dataclasses.replace(BUDGETS[args.budget], num_val=args.num_val)
     cache = Path(args.cache)
     log = print
-    sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
-    ds = build_datasets(cache, seed=0, size=128, log=log, **sizes)
-    clip_cfg = build_config("synthetic")
-    style = get_generator("synthetic", clip_cfg.prompts).style
-    clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=log)
-    base = build_config("synthetic", overrides=[f"model.clip_pretrained={clip}"])
-    base.train.iterations = budget.iterations
-    bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
+    ds, clip, base, bank = quickstart_world(budget, cache, log)
     variant = ex.VARIANTS[args.variant]
     train_options, eval_options = args.train or [""], args.eval or [""]
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))

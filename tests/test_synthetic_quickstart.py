@@ -66,6 +66,19 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
 
 
 @pytest.mark.slow
+def test_the_example_check_at_threshold_zero_leaves_nothing_unlabelled_and_the_demo_pointer_alone(fast_run):
+    from dpseg.quickstart.example import EXAMPLE_POINTER, check_example
+
+    root, _ = fast_run
+    model, bank = default_artifacts(root / "cache")
+    pointer = (model / EXAMPLE_POINTER).read_bytes()
+    check = check_example(root / "out" / "example", model, bank, log=lambda _: None, min_score=0.0, point_demo=False)
+    assert check["min_score"] == 0.0 and check["counts"]["unlabelled"] == 0  # every pixel has a class at 0
+    assert check["counts"]["objects"] == check["counts"]["right"] + check["counts"]["wrong"] > 0
+    assert (model / EXAMPLE_POINTER).read_bytes() == pointer  # the demo still shows the quickstart's own example
+
+
+@pytest.mark.slow
 def test_rerun_reuses_every_stage(fast_run, capsys):
     root, _ = fast_run
     stamp = (root / "out" / "results.json").stat().st_mtime_ns

@@ -105,13 +105,22 @@ def describe(objects: list[dict]) -> str:
     )
 
 
-def check_example(example: Path, model_dir: Path, bank: Optional[Path], log=print) -> dict:
+def check_example(
+    example: Path,
+    model_dir: Path,
+    bank: Optional[Path],
+    log=print,
+    min_score: Optional[float] = None,
+    point_demo: bool = True,
+) -> dict:
     """Segment the example scenes (the folder :func:`write_example` wrote) as ``dpseg segment`` and the demo do by
     default - the quickstart's demo model and bank through :class:`~dpseg.segmenter.Segmenter` with the checkpoint's
     own threshold and refinement, every class of ``classes.txt`` - and score every object of the ground truth
     (:func:`score_objects`). The first scene is the demo's example: it is named, with the vocabulary and its
     verdicts, in the model's folder (``quickstart_example.json``; :func:`dpseg.quickstart.demo_example` reads it).
-    Returns the results (``summary`` is the one line for results.md and the console)."""
+    Returns the results (``summary`` is the one line for results.md and the console). ``min_score``: another
+    threshold than the checkpoint's (0 labels every pixel: what the model recognises, whatever its confidence);
+    ``point_demo=False`` leaves the folder's pointer alone (checking a model that is not the demo's)."""
     from dpseg.segmenter import Segmenter
 
     names = read_class_list(example / "classes.txt")
@@ -119,24 +128,25 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], log=prin
     seg.set_vocabulary(names)
     scenes, refined = [], False
     for path in sorted((example / "images" / "val").glob("*.png")):
-        result = seg.segment(path)
+        result = seg.segment(path, min_score=min_score)
         refined = result.refined
         label = np.asarray(Image.open(example / "labels" / "val" / path.name))
         objects = score_objects(label, result.labels, names, result.unlabelled_value)
         scenes.append({"image": path.name, "objects": objects, "unlabelled": result.unlabelled_pixels / label.size})
+    threshold = seg.min_score if min_score is None else min_score
     counts = {v: sum(o["verdict"] == v for s in scenes for o in s["objects"]) for v in VERDICTS}
     total = sum(counts.values())
     demo = scenes[0]
     summary = (
         f"example scenes ({len(scenes)} unseen-class test scenes in {example}, segmented as `dpseg segment` and the "
-        f"demo do, threshold {seg.min_score:g}, {'two passes' if refined else 'one pass'}): "
+        f"demo do, threshold {threshold:g}, {'two passes' if refined else 'one pass'}): "
         f"{counts['right']} of {total} objects right, {counts['wrong']} wrong, {counts['unlabelled']} unlabelled; "
         f"the demo's example ({demo['image']}): {describe(demo['objects'])}"
     )
     results = {
         "model": str(model_dir),
         "bank": None if bank is None else str(bank),
-        "min_score": seg.min_score,
+        "min_score": threshold,
         "refine": refined,
         "classes": names,
         "min_object_pixels": MIN_OBJECT_PIXELS,
@@ -150,6 +160,7 @@ def check_example(example: Path, model_dir: Path, bank: Optional[Path], log=prin
         },
         "summary": summary,
     }
-    atomic_write_json(Path(model_dir) / EXAMPLE_POINTER, results["demo_example"])
+    if point_demo:
+        atomic_write_json(Path(model_dir) / EXAMPLE_POINTER, results["demo_example"])
     log(summary)
     return results
