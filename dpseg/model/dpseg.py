@@ -14,21 +14,21 @@ refinement re-uses the image features this way).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union, cast
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
-from dpseg.model import early_rejection
-from dpseg.model.aggregation import ClassAggregation, class_chunks
-from dpseg.model.class_maps import CPU_CHUNK_ELEMENTS, empty_class_maps, stage_chunk, to_class_layout, use_channels_last
+from dpseg.model.aggregation import ClassAggregation
+from dpseg.model.class_decoding import ClassDecoding
+from dpseg.model.class_maps import CPU_CHUNK_ELEMENTS, to_class_layout, use_channels_last
 from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
-from dpseg.model.dual_prompt import PromptSet, dual_prompt
-from dpseg.model.early_rejection import REJECTED_LOGIT, in_vocabulary, kept_classes
+from dpseg.model.dual_prompt import PromptSet
+from dpseg.model.early_rejection import REJECTED_LOGIT, kept_classes
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
 __all__ = ["DPSeg", "FROZEN_TOWERS", "REJECTED_LOGIT", "is_frozen_tower", "kept_classes"]
@@ -180,17 +180,10 @@ class DPSeg(nn.Module):
         """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
         "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
 
-        Every step except class aggregation is per class, so it runs ``class_chunk`` classes at a time (0 = all):
-        only the class-aggregation input of each stage is held for all K, and the result is the same (class
-        aggregation is exact under chunking, see aggregation.py).
-
-        ``early_rejection_topk`` = k > 0 is SED's category early rejection (inference): after each stage's auxiliary
-        head only the classes among its k best at some pixel (of any image of the batch) are decoded further, and
-        class aggregation then runs over the survivors only, as in SED (and so does the standardisation of the
-        visual cost volumes, ``visual_cost_norm=class``); the others get ``REJECTED_LOGIT``.
-
-        ``state`` (inference, no early rejection): an empty :class:`DecodeState` is filled with what the next decode
-        of the same ``feats`` can reuse; a filled one whose ``changed`` is set is reused (decode_state.py).
+        ``class_chunk``: classes decoded at a time (0 = all; the result is the same). ``early_rejection_topk`` = k > 0:
+        SED's category early rejection (inference; the others get ``REJECTED_LOGIT``). ``state`` (inference, no early
+        rejection): an empty :class:`DecodeState` is filled with what the next decode of the same ``feats`` can
+        reuse; a filled one whose ``changed`` is set is reused. How each works: class_decoding.py.
         """
         self.check_prompts(prompts)
         aux_heads = self.decoder.aux_heads
@@ -199,143 +192,14 @@ class DPSeg(nn.Module):
                 "early rejection ranks classes by the auxiliary heads, which this model lacks; "
                 "set eval.early_rejection_topk=0"
             )
-        dense = feats.dense  # E: (B, d, h5, w5)
-        E = [s.detach() if self.detach_guidance else s for s in feats.stages]  # E_2..E_5
         batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
-        if batches - {dense.shape[0]}:
-            raise InputError(f"per-image prompts are for {max(batches)} images but the batch has {dense.shape[0]}")
+        if batches - {feats.dense.shape[0]}:
+            raise InputError(
+                f"per-image prompts are for {max(batches)} images but the batch has {feats.dense.shape[0]}"
+            )
+        return ClassDecoding(self, feats, prompts, class_chunk, early_rejection_topk, state).run()
 
-        def R(ids: Union[slice, Tensor], image: Optional[int] = None) -> Tensor:
-            """The dual prompts R of classes ``ids`` (of one image's prompts): (…, k, M, d), built per chunk so that
-            the whole vocabulary's R is never held at once."""
-            text, visual = prompts.text, prompts.visual
-            if image is not None:
-                text = text[image : image + 1] if text.ndim == 4 else text
-                visual = visual[image : image + 1] if visual is not None and visual.ndim == 4 else visual
-            pick = (lambda t: t[..., ids, :, :]) if isinstance(ids, slice) else (lambda t: t.index_select(-3, ids))
-            return dual_prompt(pick(text), None if visual is None else pick(visual), self.prompt_type).to(dense.dtype)
-
-        K = prompts.num_classes
-        stages = cast(Sequence[DecoderStage], self.decoder.stages)  # an nn.ModuleList of DecoderStage
-        visual_stages = prompts.visual_stages or []  # present whenever visual_cost is not empty (check_prompts)
-        alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
-        aux: list[Tensor] = []
-        B = dense.shape[0]
-        if early_rejection_topk or torch.is_grad_enabled():
-            state = None  # survivors differ between passes; training keeps no state
-        reuse = state is not None and state.matches(feats, B, K)
-        with record_function("dpseg.decode"):
-            if state is not None and state.feats is feats and state.projected is not None and state.terms is not None:
-                projected, terms = state.projected, state.terms
-            else:
-                with record_function("dpseg.encoder_guidance"):
-                    projected = [
-                        stage.encoder_proj(E[2 - s]) for s, stage in enumerate(stages)
-                    ]  # E_4, E_3, E_2 -> (B, g, h_j, w_j)
-                    terms = [  # their share of each stage's fusion, once per image: (B, C_s+1, h_j, w_j)
-                        stage.encoder_term(p) if stage.shared_encoder_term else None
-                        for stage, p in zip(stages, projected)
-                    ]
-            # classes per chunk at each stage s (3 = the head), for maps of (C_s, h, w) elements per class
-            sizes = [self.cost_embedding.conv.out_channels * dense.shape[-2] * dense.shape[-1]] + [
-                stage.out_channels * p.shape[-2] * p.shape[-1] for stage, p in zip(stages, projected)
-            ]
-            chunk = [stage_chunk(class_chunk, size, dense.device, self.cpu_chunk_elements) for size in sizes]
-            statistics: dict[str, tuple[Tensor, Tensor]] = {}  # F_v^j's class statistics, made when first needed
-
-            def visual_statistics(s: int) -> dict:
-                """The class statistics of F_v^j for decoder stage s (j = 4 - s) over the classes still decoded: all K,
-                or with early rejection its survivors (as the class attention sees them)."""
-                j = str(4 - s)
-                m = cast(Mapping[str, VisualCostEmbedding], self.visual_cost)[j] if j in self.visual_cost else None
-                if m is not None and m.norm == "class" and j not in statistics:
-                    with record_function("dpseg.visual_statistics"):
-                        v = visual_stages[int(j) - 2].to(E[0].dtype)  # (…, K, M, D_j)
-                        v = v if alive is None else v.index_select(-3, alive)
-                        statistics[j] = m.class_statistics(E[int(j) - 2], v, class_chunks(v.shape[-3], chunk[s]))
-                return statistics
-
-            def stage_input(s: int, x: Optional[Tensor], c: slice) -> Tensor:
-                """Class maps entering stage s (3 = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
-                ids = c if alive is None else alive[c]  # vocabulary indices of these rows
-                if s == 0:  # dual-prompt cost volume -> cost embedding
-                    return self._cost_embedding(dense, R(ids))
-                assert x is not None  # the maps stage s - 1 produced
-                R_ids = R(ids) if self.upsampled_cost is not None else None  # SED's guidance reads F_c again
-                guidance = self.stage_guidance(s - 1, ids, feats, E, R_ids, prompts, visual_statistics(s - 1))
-                with record_function(f"dpseg.upsample_fuse.{s - 1}"):
-                    return stages[s - 1].upsample_fuse(
-                        x[:, c], projected[s - 1], guidance, terms[s - 1]
-                    )  # (B, k, C_s, 2h, 2w)
-
-            x: Optional[Tensor] = None  # the class maps of the stage before, all alive classes
-            for s, stage in enumerate(stages):
-                n = K if alive is None else len(alive)
-                maps: Optional[Tensor] = None  # this stage's class-aggregation input (B, n, C_s, h, w), by chunks
-                scores: list[Tensor] = []
-                if s == 0 and reuse:  # pass 2: only the changed (image, class) pairs are new (decode_state.py)
-                    assert state is not None
-                    maps, scores = self._reused_stage0(state, dense, R, chunk[0])
-                for c in class_chunks(n, chunk[s]) if not (s == 0 and reuse) else []:
-                    y = stage_input(s, x, c)
-                    if aux_heads is not None:
-                        with record_function("dpseg.aux_heads"):
-                            scores.append(aux_heads[s](y.detach()))  # (B, k, h, w); detached: learns from its own loss
-                    if not early_rejection_topk:
-                        with record_function(f"dpseg.spatial_aggregation.{s}"):
-                            y = stage.spatial(y)
-                    maps = empty_class_maps(y, n) if maps is None else maps
-                    maps[:, c] = y
-                assert maps is not None  # class_chunks gives at least one chunk
-                x = maps
-                if s == 0 and state is not None and not reuse:  # pass 1: keep what pass 2 can reuse
-                    state.feats, state.projected, state.terms = feats, projected, terms
-                    state.stage0 = maps.clone()
-                    state.stage0_aux = torch.cat(scores, dim=1) if aux_heads is not None else None
-                if aux_heads is not None:
-                    aux.append(in_vocabulary(torch.cat(scores, dim=1), alive, K))
-                if early_rejection_topk:
-                    keep = early_rejection.kept_classes(
-                        torch.cat(scores, dim=1), early_rejection_topk
-                    )  # (K_alive,) bool
-                    alive = (torch.arange(K, device=keep.device) if alive is None else alive)[keep]
-                    x = x.permute(0, 1, 3, 4, 2)[:, keep].permute(0, 1, 4, 2, 3)  # survivors, same layout
-                    with record_function(f"dpseg.spatial_aggregation.{s}"):
-                        for c in class_chunks(len(alive), chunk[s]):
-                            x[:, c] = stage.spatial(x[:, c])
-                with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
-                    x = stage.classes(x, class_chunk, out=None if torch.is_grad_enabled() else x)
-            n = K if alive is None else len(alive)
-            logits: Optional[Tensor] = None
-            for c in class_chunks(n, chunk[3]):
-                y = self._head(stage_input(3, x, c))  # (B, k, H/4, W/4)
-                logits = y.new_empty((y.shape[0], n, *y.shape[2:])) if logits is None else logits
-                logits[:, c] = y
-            assert logits is not None
-        out: dict[str, Union[Tensor, list[Tensor]]] = {"logits": in_vocabulary(logits, alive, K)}
-        if aux_heads is not None:
-            out["aux"] = aux
-        return out
-
-    def _reused_stage0(self, state: DecodeState, dense: Tensor, R, chunk: int) -> tuple[Tensor, list[Tensor]]:
-        """Stage 0's class maps (and first auxiliary logits) in pass 2: pass 1's, with the pairs in
-        ``state.changed`` computed anew from their new dual prompts ``R(ids, image)``."""
-        assert state.stage0 is not None and state.changed is not None
-        maps, state.stage0 = state.stage0, None  # overwritten in place from here on
-        scores = [] if state.stage0_aux is None else [state.stage0_aux]
-        stage = cast(DecoderStage, self.decoder.stages[0])
-        for b, changed in enumerate(state.changed):
-            ids = changed.nonzero().flatten()  # this image's changed classes
-            for c in class_chunks(len(ids), chunk):
-                y = self._cost_embedding(dense[b : b + 1], R(ids[c], image=b))  # (1, k, C_0, h5, w5)
-                if scores and self.decoder.aux_heads is not None:
-                    with record_function("dpseg.aux_heads"):
-                        scores[0][b : b + 1, ids[c]] = self.decoder.aux_heads[0](y)  # (1, k, h5, w5)
-                with record_function("dpseg.spatial_aggregation.0"):
-                    maps[b : b + 1, ids[c]] = stage.spatial(y)
-        return maps, scores
-
-    def _cost_embedding(self, dense: Tensor, R: Tensor) -> Tensor:
+    def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor:
         """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
         with record_function("dpseg.cost_volume"):
             F_c = cosine_cost_volume(dense, R)  # (B, k, M, h5, w5)
@@ -355,7 +219,7 @@ class DPSeg(nn.Module):
                 m.shared_encoder_term = enabled
         return self
 
-    def _head(self, x: Tensor) -> Tensor:
+    def head_logits(self, x: Tensor) -> Tensor:
         with record_function("dpseg.head"):
             return self.decoder.head(x)
 
