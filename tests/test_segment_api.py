@@ -151,7 +151,7 @@ def test_exemplar_folders_alone_or_with_a_bank(seg, tmp_path):
     assert no_bank.prompt_source == f"exemplars {tmp_path} (2 classes)" and not no_bank.degraded
     bank_only = seg.set_vocabulary(["cat", "lamp", "floor"]).prompts
     seg.set_vocabulary(["cat", "lamp", "floor"], exemplars=str(tmp_path))
-    assert seg.prompt_source == f"exemplars {tmp_path} (2 classes) + bank {artifacts().bank} (1 classes)"
+    assert seg.prompt_source == f"exemplars {tmp_path} (2 classes) + bank {artifacts().bank} (1 class)"
     assert not torch.allclose(seg.prompts.visual[0], bank_only.visual[0])
     assert torch.allclose(seg.prompts.visual[2], bank_only.visual[2]) and torch.allclose(
         seg.prompts.text, bank_only.text

@@ -137,7 +137,7 @@ def resolve_prompts(
         text = model.encode_text_prompts(found, list(templates)).to(device)  # (K_e, M, d)
         for i, n in enumerate(found):
             rows[n] = (text[i], from_exemplars[n][0].to(device), [s.to(device) for s in from_exemplars[n][1]])
-        parts.append(f"exemplars {exemplars} ({len(found)} classes)")
+        parts.append(f"exemplars {exemplars} ({_classes(len(found))})")
     rest = [n for n in names if n not in rows]
     if rest and bank is None:
         raise InputError(
@@ -160,7 +160,7 @@ def resolve_prompts(
         assert ps.visual is not None and ps.visual_stages is not None  # a bank always holds visual prompts
         for i, n in enumerate(rest):
             rows[n] = (ps.text[i], ps.visual[i], [s[i] for s in ps.visual_stages])
-        parts.append(f"bank {bank} ({len(rest)} classes)")
+        parts.append(f"bank {bank} ({_classes(len(rest))})")
     text = torch.stack([rows[n][0] for n in names])  # K x (M, d) -> (K, M, d)
     visual = torch.stack([rows[n][1] for n in names])
     stages = [torch.stack([rows[n][2][j] for n in names]) for j in range(3)]  # [(K, M, D_j)]
@@ -187,3 +187,7 @@ def prompt_fingerprint(prompts: PromptSet) -> str:
     for j, v in enumerate(prompts.visual_stages or [], start=2):
         tensors[f"stage{j}"] = v
     return state_fingerprint(tensors)
+
+
+def _classes(n: int) -> str:
+    return f"{n} class" if n == 1 else f"{n} classes"
