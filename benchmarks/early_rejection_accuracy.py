@@ -57,7 +57,9 @@ def main() -> None:
         jobs = []
         for seed in range(args.seeds):
             cfg = ex.run_config(base, variant, seed, ds, bank, cache / "runs")
-            cfg.eval = build_config("synthetic", overrides=[f"eval.early_rejection_topk={k}"]).eval
+            cfg.eval = build_config(
+                "synthetic", overrides=["model.aux_heads=true", f"eval.early_rejection_topk={k}"]
+            ).eval
             jobs.append((cfg, variant.name, seed, splits, budget.num_val, TEST_SPLIT))  # the quickstart's test scenes
         for _, seed, model_dir, result, seconds, _ in _run_all(jobs, args.jobs):
             results[name].append(result)
