@@ -18,7 +18,7 @@ under chunking, see aggregation.py). Two inference options change what is decode
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol, Sequence, Union, cast
+from typing import Callable, Mapping, Optional, Protocol, Sequence, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -50,16 +50,10 @@ class DecodingModel(Protocol):
 
     def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor: ...
 
-    def stage_guidance(
-        self,
-        s: int,
-        c: Union[slice, Tensor],
-        feats: ImageFeatures,
-        E: list[Tensor],
-        R: Optional[Tensor],
-        prompts: PromptSet,
-        statistics: Optional[dict] = None,
-    ) -> Optional[Tensor]: ...
+    @property
+    def stage_guidance(self) -> Callable[..., Optional[Tensor]]:
+        """DPSeg.stage_guidance: (s, classes, feats, E, R, prompts, statistics) -> (B, k, g_s, h_j, w_j) or None."""
+        ...
 
     def head_logits(self, x: Tensor) -> Tensor: ...
 
