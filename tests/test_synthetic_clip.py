@@ -13,10 +13,11 @@ from dpseg.data.synthetic.world import CAPTION_PATTERN_WORDS, PATTERNS, seen_cla
 from dpseg.errors import InputError
 from dpseg.model.towers import ImageTower
 from dpseg.prompts.templates import get_templates
-from dpseg.quickstart import clip_pretrain, zeroshot
+from dpseg.quickstart import clip_pretrain, zeroshot, zeroshot_probes
 from dpseg.quickstart.clip_data import caption_universe, mosaics, phrase_of, tile_embeddings
 from dpseg.quickstart.clip_pretrain import PretrainSettings, batch_captions, multi_positive_loss, pretrained_clip
-from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report, object_embeddings
+from dpseg.quickstart.zeroshot import evaluate_zero_shot, format_report
+from dpseg.quickstart.zeroshot_probes import object_embeddings
 
 VOCABULARY_PATTERN = re.compile(r"\b(" + "|".join(PATTERNS) + r")\b")
 CAPTION_PATTERN = re.compile(r"\b(" + "|".join(CAPTION_PATTERN_WORDS) + r")\b")
@@ -202,14 +203,14 @@ def test_zero_shot_prompt_and_crop_kinds(tmp_path, monkeypatch):
     )
     cfg = build_config("synthetic", overrides=[f"model.clip_pretrained={path}"])
     made, sizes = [], []
-    generate, encode = SyntheticGenerator.generate_with_masks, zeroshot.encode_prompt_images
+    generate, encode = SyntheticGenerator.generate_with_masks, zeroshot_probes.encode_prompt_images
     monkeypatch.setattr(
         SyntheticGenerator,
         "generate_with_masks",
         lambda self, texts, seeds: made.append((self.failures, *texts)) or generate(self, texts, seeds),
     )
     monkeypatch.setattr(
-        zeroshot,
+        zeroshot_probes,
         "encode_prompt_images",
         lambda tower, images, size, **kw: sizes.append(size) or encode(tower, images, size, **kw),
     )
@@ -251,7 +252,7 @@ def test_short_pretraining_beats_chance_at_the_scene_resolution(tmp_path):
 
 
 def test_cell_oracle_loses_objects_that_never_dominate_a_cell():
-    from dpseg.quickstart.zeroshot import cell_oracle_accuracy
+    from dpseg.quickstart.zeroshot_probes import cell_oracle_accuracy
 
     labels = torch.full((1, 64, 64), -1)
     labels[0, :32, :32] = 0  # class 0 fills cell (0, 0)
