@@ -20,6 +20,7 @@ import dataclasses
 import json
 import statistics
 from pathlib import Path
+from typing import Sequence
 
 from dpseg.config import build_config
 from dpseg.data.synthetic.folders import CHOICE_SPLIT, build_datasets
@@ -40,15 +41,15 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def quickstart_world(budget, cache: Path, log=print) -> tuple:
+def quickstart_world(budget, cache: Path, log=print, overrides: Sequence[str] = ()) -> tuple:
     """(datasets, tiny CLIP weights, base config, prompt bank) of the default world, made or reused from ``cache``
-    exactly as ``dpseg quickstart`` makes them with ``budget``'s sizes."""
+    exactly as ``dpseg quickstart`` makes them with ``budget``'s sizes; ``overrides`` go into the base config."""
     sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
     ds = build_datasets(cache, seed=0, size=128, log=log, **sizes)
     clip_cfg = build_config("synthetic")
     style = get_generator("synthetic", clip_cfg.prompts).style
     clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=log)
-    base = build_config("synthetic", overrides=[f"model.clip_pretrained={clip}"])
+    base = build_config("synthetic", overrides=[f"model.clip_pretrained={clip}", *overrides])
     base.train.iterations = budget.iterations
     bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=log)
     return ds, clip, base, bank

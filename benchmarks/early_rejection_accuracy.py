@@ -17,15 +17,16 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from choose_on_seen import quickstart_world  # noqa: E402
+
 from dpseg.config import build_config
-from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
-from dpseg.data.synthetic.world import all_classes
-from dpseg.prompts.generate import get_generator
+from dpseg.data.synthetic.folders import TEST_SPLIT
 from dpseg.quickstart import experiment as ex
-from dpseg.quickstart.clip_pretrain import pretrained_clip
-from dpseg.quickstart.run import BUDGETS, _run_all, clip_settings
+from dpseg.quickstart.run import BUDGETS, _run_all
 
 
 def main() -> None:
@@ -41,14 +42,7 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     budget = dataclasses.replace(budget, num_val=args.num_val or budget.num_val)
     cache = Path(args.cache)
-    sizes = {"num_train": budget.num_train, "num_val": budget.num_val, "num_test": budget.num_val}  # the quickstart's
-    ds = build_datasets(cache, seed=0, size=128, log=print, **sizes)
-    clip_cfg = build_config("synthetic")
-    style = get_generator("synthetic", clip_cfg.prompts).style
-    clip = pretrained_clip(clip_cfg, cache, clip_settings(budget, clip_cfg, True, style), log=print)
-    overrides = [f"train.iterations={budget.iterations}", f"model.clip_pretrained={clip}", "model.aux_heads=true"]
-    base = build_config("synthetic", overrides=overrides)
-    bank = ex.build_prompt_bank(base, cache, [k.name for k in all_classes()], log=print)
+    ds, _, base, bank = quickstart_world(budget, cache, overrides=["model.aux_heads=true"])
     variant = ex.VARIANTS["dual"]
     splits = {"seen": ds.seen, "unseen": ds.unseen, "unseen-all": ds.unseen_all}
     settings = {"off": 0, "on": args.topk}
