@@ -29,9 +29,12 @@ MODES = (
     "pass1_fast",
     "two_pass",
     "two_pass_present",
+    "two_pass_pooled",
+    "two_pass_present_pooled",
 )
 SED_MODES = ("sed", "sed_fast")
-TWO_PASS_MODES = ("two_pass", "two_pass_present")
+# the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
+TWO_PASS_MODES = ("two_pass", "two_pass_present", "two_pass_pooled", "two_pass_present_pooled")
 
 
 def preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
@@ -94,8 +97,8 @@ def use_realistic_layout(detected: int) -> None:
 
     original = getattr(refine.refine_prompts, "original", refine.refine_prompts)
 
-    def refine_prompts(model, images, logits, prompts, policy):
-        return original(model, images, realistic_layout(logits, detected), prompts, policy)
+    def refine_prompts(model, images, logits, prompts, policy, **kwargs):
+        return original(model, images, realistic_layout(logits, detected), prompts, policy, **kwargs)
 
     refine_prompts.original = original
     refine.refine_prompts = refine_prompts
@@ -158,8 +161,10 @@ def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int
     reject = topk if mode in ("sed_fast", "pass1_fast") else 0
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)
-        scope = "present" if mode == "two_pass_present" else "all"
-        refine = refine_policy(EvalConfig(refine_scope=scope, **{f"refine_{k}": v for k, v in policy.items()}))
+        scope = "present" if mode.startswith("two_pass_present") else "all"
+        source = "pooled" if mode.endswith("_pooled") else "crops"
+        settings = {"refine_scope": scope, "refine_source": source, **{f"refine_{k}": v for k, v in policy.items()}}
+        refine = refine_policy(EvalConfig(**settings))
 
     def call():
         if mode == "encoder":

@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--preset", default="dpseg-b", help="the DPSeg preset; sed modes use its SED twin (sed-b)")
     p.add_argument("--size", type=int, default=768)
     p.add_argument("--classes", type=int, nargs="+", default=[150, 847])
-    p.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    p.add_argument("--modes", nargs="+", default=MODES, choices=MODES + ["two_pass_pooled", "two_pass_present_pooled"])
     p.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

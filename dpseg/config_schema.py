@@ -250,6 +250,10 @@ class EvalConfig:
     # which visual prompts the crop replaces: the global V and the pooled stage features v_j ("both", the paper),
     # only V ("global") or only v_j ("stages")
     refine_replace: Literal["both", "global", "stages"] = "both"
+    # where a detected class's new visual prompts come from: "crops" = its framed crop through the frozen prompt
+    # encoder (the paper); "pooled" = its pass-1 image features pooled over its pixels (no encoder run: faster, an
+    # approximation; its accuracy cost is in BENCHMARKS.md). "pooled" ignores refine_framing
+    refine_source: Literal["crops", "pooled"] = "crops"
     class_chunk: int = num(128, ge=0)  # classes decoded at a time (0 = all at once): bounds memory, same result
     # SED's category early rejection (SED-fast: 8): after each auxiliary head only the classes among the top k at
     # some pixel of the batch stay in the decoder; the others get probability 0. 0 = off. Needs model.aux_heads.

@@ -176,3 +176,41 @@ def test_crop_framing_and_which_prompts_a_crop_replaces():
         policy(framing="loose")
     with pytest.raises(ConfigError, match="eval.refine_replace"):
         policy(replace="text")
+
+
+def test_pooled_refinement_pools_pass_one_features_over_each_class_and_runs_no_encoder(monkeypatch):
+    """eval.refine_source=pooled: a detected class's V is the CLIP head on its region's mean E_5 (the global
+    embedding when the region is the whole image), its v_j the region's mean E_j; the prompt encoder never runs."""
+    model, _ = tiny_model()
+    model.eval()
+    prompts = random_prompts(model, 3)
+    x = torch.rand(2, 3, 64, 96)  # non-square
+    logits = torch.full((2, 3, 16, 24), -4.0)
+    logits[0, 0] = 4  # image 0: class 0 everywhere
+    logits[1, 1, :, :12] = 4  # image 1: class 1 on the left half, class 2 on the right
+    logits[1, 2, :, 12:] = 4
+    monkeypatch.setattr(model, "encode_visual_prompts", lambda crops: pytest.fail("the prompt encoder ran"))
+    with torch.no_grad():
+        feats = model.encode_image(x)
+        refined, detected = refine_prompts(model, x, logits, prompts, policy(source="pooled"), feats=feats)
+    assert detected.tolist() == [[True, False, False], [False, True, True]]
+    whole = torch.nn.functional.normalize(model.image_encoder.pooled(feats)[0], dim=-1)
+    assert torch.allclose(refined.visual[0, 0], whole.expand_as(refined.visual[0, 0]), atol=1e-5)
+    for r, e in zip(refined.visual_stages, feats.stages[:3]):  # E_2..E_4, (B, D_j, h_j, w_j)
+        assert torch.allclose(r[0, 0, 0], e[0].mean(dim=(1, 2)), atol=1e-5)
+        w = e.shape[-1]
+        assert torch.allclose(r[1, 1, 0], e[1, :, :, : w // 2].mean(dim=(1, 2)), atol=1e-5)  # left half only
+        assert torch.allclose(r[1, 2, 0], e[1, :, :, w // 2 :].mean(dim=(1, 2)), atol=1e-5)
+    assert torch.equal(refined.visual[0, 1], prompts.visual[1])  # undetected: unchanged
+    # without pass 1's features it encodes the image itself, to the same result
+    with torch.no_grad():
+        again, _ = refine_prompts(model, x, logits, prompts, policy(source="pooled"))
+    assert torch.allclose(again.visual, refined.visual, atol=1e-6)
+    with torch.no_grad():  # two_pass hands pass 1's features over: one encoder run in all
+        calls = []
+        original = model.image_encoder.forward
+        monkeypatch.setattr(model.image_encoder, "forward", lambda im: calls.append(1) or original(im))
+        two_pass(model, x, prompts, policy(source="pooled"))
+    assert len(calls) == 1
+    with pytest.raises(ConfigError, match="eval.refine_source"):
+        policy(source="boxes")

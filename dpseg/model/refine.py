@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from dpseg.errors import InputError
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.dual_prompt import PromptSet
 from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image
+from dpseg.model.towers import ImageFeatures
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RefinePolicy:
     crop_weight: float  # 1 = the crop replaces the class's visual prompts (the paper); < 1 blends it in
     framing: str  # "context" | "tight" | "masked": how the crop is framed (CROP_FRAMING)
     replace: str  # "both" | "global" | "stages": which visual prompts the crop replaces
+    source: str = "crops"  # "crops": framed crops through the prompt encoder (the paper) | "pooled" (region_prompts)
 
 
 # framing -> (share of the frame's side the class's pixels span, pixels outside them at the CLIP mean colour)
@@ -67,17 +70,44 @@ def detected_classes(logits: Tensor, min_area: float, max_classes: int = 0, min_
     return detected
 
 
+def region_prompts(model, feats: ImageFeatures, masks: Tensor, image_index: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``eval.refine_source=pooled``: a detected class's prompts pooled from the pass-1 image features over its
+    voting pixels instead of a crop through the prompt encoder - V from the CLIP head on the region's mean E_5 (as
+    the global embedding is the head on the image's mean), v_j the region's mean E_j. No encoder runs: an
+    approximation (the fine-tuned image encoder instead of the frozen one, the whole image's context in every
+    feature), off by default; its accuracy cost is measured in BENCHMARKS.md.
+
+    masks (N, h, w) bool at any resolution, image_index (N,) -> V (N, d) normalised, [v_2, v_3, v_4] (N, D_j)."""
+    pooled = []
+    for e in feats.stages:  # E_2..E_5, (B, D_j, h_j, w_j)
+        weights = F.adaptive_avg_pool2d(masks[:, None].float(), (e.shape[-2], e.shape[-1]))[:, 0]  # (N, h_j, w_j)
+        weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        means = weights.new_zeros(len(masks), e.shape[1])  # (N, D_j)
+        for b in image_index.unique().tolist():  # one image at a time: E_j is never copied per region
+            rows = image_index == b
+            # (n, h_j, w_j) x (D_j, h_j, w_j) -> (n, D_j): the weighted mean of each region of image b
+            means[rows] = torch.einsum("nhw,dhw->nd", weights[rows], e[b].float())
+        pooled.append(means)
+    e5 = pooled[-1][:, :, None, None]  # (N, D_5) -> (N, D_5, 1, 1)
+    global_ = F.normalize(model.image_encoder.dense_head(e5.to(feats.stages[-1].dtype)).flatten(1).float(), dim=-1)
+    return global_, pooled[:3]
+
+
 @torch.no_grad()
 def refine_prompts(
-    model, images: Tensor, logits: Tensor, prompts: PromptSet, policy: RefinePolicy
+    model,
+    images: Tensor,
+    logits: Tensor,
+    prompts: PromptSet,
+    policy: RefinePolicy,
+    feats: Optional[ImageFeatures] = None,
 ) -> tuple[PromptSet, Tensor]:
-    """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings."""
+    """Per-image prompts (B, K, M, ·) with the visual prompts of detected classes replaced by crop embeddings.
+    ``feats``: pass 1's image features, which ``policy.source == "pooled"`` pools (encoded here when not given)."""
     if prompts.visual is None or prompts.visual_stages is None:  # not prompts.has_visual
         raise InputError("prompt refinement replaces visual prompts, but these prompts have none (text-only)")
-    B, _, H, W = images.shape
+    B = images.shape[0]
     detected = detected_classes(logits, policy.min_area, policy.max_classes, policy.min_score)  # (B, K)
-    labels = voting_labels(logits, policy.min_score).unsqueeze(1).float()  # (B, 1, h, w), -1 = no vote
-    labels = F.interpolate(labels, size=(H, W), mode="nearest")[:, 0].long()  # (B, H, W) at the input size
     K, M = prompts.num_classes, prompts.num_templates
 
     def per_image(t: Tensor) -> Tensor:
@@ -88,19 +118,16 @@ def refine_prompts(
     stages = [per_image(v) for v in prompts.visual_stages]
     pairs = detected.nonzero().tolist()
     if pairs:
-        with record_function("dpseg.refine_crops"):
-            size, (fill, outside) = model.prompt_image_size, CROP_FRAMING[policy.framing]
-            crops = torch.stack(
-                [
-                    prepare_prompt_image(images[b], size, mask=labels[b] == k, fill=fill, mask_outside=outside)
-                    for b, k in pairs
-                ]
-            )
-            unique, inverse = unique_images(crops)  # classes framed alike share one crop: encode it once
-            v_unique, stages_unique = model.encode_visual_prompts(unique)  # (U, d), [(U, D_j)]
-            v_crop, stage_crops = v_unique[inverse], [s[inverse] for s in stages_unique]  # (N, d), [(N, D_j)]
-        idx_b = torch.tensor([b for b, _ in pairs], device=images.device)
-        idx_k = torch.tensor([k for _, k in pairs], device=images.device)
+        idx = torch.tensor(pairs, device=images.device)  # (N, 2): image, class
+        if policy.source == "pooled":
+            with record_function("dpseg.refine_pooled"):
+                feats = feats if feats is not None else model.encode_image(images)
+                masks = voting_labels(logits, policy.min_score)[idx[:, 0]] == idx[:, 1, None, None]  # (N, h, w)
+                v_crop, stage_crops = region_prompts(model, feats, masks, idx[:, 0])
+        else:
+            with record_function("dpseg.refine_crops"):
+                v_crop, stage_crops = crop_prompts(model, images, logits, pairs, policy)
+        idx_b, idx_k = idx[:, 0], idx[:, 1]
         w = policy.crop_weight
         if policy.replace in ("both", "global"):
             # (N, M, d) <- (N, 1, d) broadcast over the M templates; w = 1 is a plain replacement
@@ -110,6 +137,22 @@ def refine_prompts(
                 t[idx_b, idx_k] = w * s[:, None].to(t.dtype) + (1 - w) * t[idx_b, idx_k]  # (N, M, D_j)
     refined = PromptSet(prompts.class_names, prompts.text, visual, stages)
     return refined, detected
+
+
+def crop_prompts(
+    model, images: Tensor, logits: Tensor, pairs: list[list[int]], policy: RefinePolicy
+) -> tuple[Tensor, list[Tensor]]:
+    """Each (image, class) pair's voting pixels framed in the input image by ``policy.framing`` and encoded by the
+    frozen prompt encoder in one batch -> V (N, d) normalised, [v_2, v_3, v_4] (N, D_j)."""
+    labels = voting_labels(logits, policy.min_score).unsqueeze(1).float()  # (B, 1, h, w), -1 = no vote
+    labels = F.interpolate(labels, size=images.shape[-2:], mode="nearest")[:, 0].long()  # (B, H, W): input size
+    size, (fill, outside) = model.prompt_image_size, CROP_FRAMING[policy.framing]
+    crops = torch.stack(
+        [prepare_prompt_image(images[b], size, mask=labels[b] == k, fill=fill, mask_outside=outside) for b, k in pairs]
+    )
+    unique, inverse = unique_images(crops)  # classes framed alike share one crop: encode it once
+    v_unique, stages_unique = model.encode_visual_prompts(unique)  # (U, d), [(U, D_j)]
+    return v_unique[inverse], [s[inverse] for s in stages_unique]  # (N, d), [(N, D_j)]
 
 
 def unique_images(images: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,7 +198,7 @@ def two_pass(
     state = {"state": DecodeState()} if policy.scope == "all" and _accepts_state(model.decode) else {}
     feats = model.encode_image(images)
     first = model.decode(feats, prompts, class_chunk, **extra, **state)["logits"]
-    refined, detected = refine_prompts(model, images, first, prompts, policy)
+    refined, detected = refine_prompts(model, images, first, prompts, policy, feats=feats)
     if policy.scope == "all":
         if state:  # stage 0 reads the dual prompts R = f(T, V): only pairs whose global V changed are new there
             state["state"].changed = detected if policy.replace in ("both", "global") else torch.zeros_like(detected)
