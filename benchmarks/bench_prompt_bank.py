@@ -41,10 +41,11 @@ def run(args) -> dict:
 
     from dpseg.clip_loading import build_towers
     from dpseg.config import build_config
-    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.bank import PromptBank
     from dpseg.prompts.builder import build_bank
     from dpseg.prompts.exemplars import encode_prompt_images
     from dpseg.prompts.generate import generator_prompt, get_generator, image_seed
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import get_templates
     from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 

@@ -80,8 +80,9 @@ def make_checkpoint(preset: str, folder: Path) -> tuple[Path, Path, list[str]]:
     from dpseg.build import build_model
     from dpseg.checkpoint import save_model
     from dpseg.config import build_config
-    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.bank import PromptBank
     from dpseg.prompts.builder import add_exemplars
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import model_templates
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import reprlib
 import unicodedata
-from typing import Any
+from typing import Any, Sequence
 
 MESSAGE_LIMIT = 2000  # characters of one error line (a message quoting a 1 MB value stays one short line)
 QUOTE_LIMIT = 200  # characters of one quoted value
@@ -113,3 +113,9 @@ class BankError(DPSegError):
 
 class InputError(DPSegError, ValueError):
     """A bad argument to a public function (shapes, class lists, options)."""
+
+
+def short_list(items: Sequence[str], n: int = 8) -> str:
+    """The first ``n`` items joined by commas, and how many there are in all when some were left out."""
+    head = ", ".join(items[:n])
+    return head + (f", ... ({len(items)} in all)" if len(items) > n else "")

@@ -14,8 +14,9 @@ from helpers import tiny_model
 from PIL import Image
 
 from dpseg.checkpoint import save_model
-from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.builder import add_exemplars
+from dpseg.prompts.manifest import make_key
 from dpseg.prompts.templates import model_templates
 
 CLASSES = ["cat", "sofa, couch", "lamp", "floor"]

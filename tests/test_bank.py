@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 from dpseg.clip_loading import build_towers
 from dpseg.config import build_config
 from dpseg.errors import BankError, InputError
-from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.exemplars import encode_prompt_images
 from dpseg.prompts.generate import generator_prompt, get_generator, image_seed
+from dpseg.prompts.manifest import make_key
 from dpseg.prompts.templates import get_templates
 from dpseg.prompts.tiny_pipeline import make_tiny_pipeline
 

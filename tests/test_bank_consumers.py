@@ -14,9 +14,10 @@ from PIL import Image
 
 from dpseg.clip_loading import build_towers
 from dpseg.errors import BankError, DataError, InputError
-from dpseg.prompts.bank import PromptBank, make_key, text_only_prompt_set
+from dpseg.prompts.bank import PromptBank, text_only_prompt_set
 from dpseg.prompts.builder import add_exemplars, build_bank
 from dpseg.prompts.exemplars import encode_prompt_images, find_exemplars
+from dpseg.prompts.manifest import make_key
 from dpseg.prompts.templates import get_templates
 
 

@@ -14,7 +14,8 @@ from dpseg.commands import main
 def setup(tmp_path_factory):
     from helpers import random_prompts, tiny_model
 
-    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.bank import PromptBank
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import model_templates
 
     base = tmp_path_factory.mktemp("eval")

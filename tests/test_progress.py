@@ -120,8 +120,9 @@ def test_evaluation_prints_lines(capsys, monkeypatch):
 def test_prompt_bank_builds_print_lines(capsys, tmp_path, monkeypatch):
     from dpseg.clip_loading import build_towers
     from dpseg.config import build_config
-    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.bank import PromptBank
     from dpseg.prompts.builder import build_bank
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import get_templates
 
     class Noise:

@@ -15,7 +15,8 @@ from dpseg.checkpoint import load_model, save_model
 from dpseg.commands import main
 from dpseg.config import build_config
 from dpseg.errors import InputError
-from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.bank import PromptBank
+from dpseg.prompts.manifest import make_key
 from dpseg.prompts.resolve import resolve_prompts
 from dpseg.prompts.templates import model_templates
 

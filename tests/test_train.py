@@ -65,7 +65,8 @@ def text_only(out, data, *overrides):
 
 def make_bank(cfg, root, names):
     """A prompt bank for the model train() builds from ``cfg`` (same seed -> same frozen encoders)."""
-    from dpseg.prompts.bank import PromptBank, make_key
+    from dpseg.prompts.bank import PromptBank
+    from dpseg.prompts.manifest import make_key
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)

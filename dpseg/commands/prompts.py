@@ -108,9 +108,11 @@ def load_encoders(args, device: str):
 def _build(args) -> int:
     import dpseg.data.synthetic  # noqa: F401 - registers the "synthetic" generator (--generator synthetic)
     from dpseg.distributed import launched
-    from dpseg.prompts.bank import PromptBank, make_key, short_list
+    from dpseg.errors import short_list
+    from dpseg.prompts.bank import PromptBank
     from dpseg.prompts.builder import build_bank
     from dpseg.prompts.generate import get_generator
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import get_templates
 
     rank, world, _ = launched()
@@ -174,9 +176,10 @@ def _build(args) -> int:
 
 
 def _add_exemplars(args) -> int:
-    from dpseg.prompts.bank import MANIFEST, PromptBank, make_key
+    from dpseg.prompts.bank import MANIFEST, PromptBank
     from dpseg.prompts.builder import add_exemplars
     from dpseg.prompts.exemplars import find_exemplars
+    from dpseg.prompts.manifest import make_key
     from dpseg.prompts.templates import get_templates
 
     found = find_exemplars(args.folder)  # before loading any weights: bad folders fail at once
@@ -195,7 +198,8 @@ def _add_exemplars(args) -> int:
 
 
 def _info(args) -> int:
-    from dpseg.prompts.bank import PromptBank, short_list
+    from dpseg.errors import short_list
+    from dpseg.prompts.bank import PromptBank
 
     bank = PromptBank.open(args.bank)
     info = bank.info()

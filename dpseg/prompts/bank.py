@@ -26,9 +26,7 @@ under ``images/`` are never read back by dpseg (a record for people), so they ne
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -36,8 +34,16 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from dpseg.errors import BankError, InputError, quote
+from dpseg.errors import BankError, InputError, quote, short_list
 from dpseg.model.dual_prompt import PromptSet
+from dpseg.prompts.class_file import (
+    STAGE_KEYS,
+    class_metadata,
+    class_stem,
+    expected_shapes,
+    tensor_problem,
+    verify_class_files,
+)
 from dpseg.prompts.manifest import (
     MANIFEST,
     MANIFEST_HASH,
@@ -46,12 +52,10 @@ from dpseg.prompts.manifest import (
     read_manifest,
     write_manifest,
 )
-from dpseg.prompts.templates import templates_id
 from dpseg.vocab import canonical_name, check_class_list
 from dpseg.weights import (
     nonfinite_problem,
     safetensors_integrity,
-    safetensors_nonfinite,
     save_safetensors,
     state_fingerprint,
 )
@@ -64,31 +68,6 @@ CLASS_DIR, IMAGE_DIR = "classes", "images"
 ENCODER_FIELDS = {"prompt_encoder": "visual-prompt encoder", "text_tower": "text tower"}
 SHAPE_FIELDS = ("templates_id", "prompt_image_size", "embed_dim", "stage_dims")
 GENERATION_FIELDS = ("generator", "seed", "images_per_class")
-STAGE_KEYS = ("visual_stage2", "visual_stage3", "visual_stage4")
-
-
-def class_stem(name: str) -> str:
-    """File-system-safe, collision-free file stem of a (canonical) class name."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:48] or "class"
-    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
-
-
-def short_list(items: Sequence[str], n: int = 8) -> str:
-    head = ", ".join(items[:n])
-    return head + (f", ... ({len(items)} in all)" if len(items) > n else "")
-
-
-def make_key(prompt_encoder, text_tower, templates: Sequence[str], prompt_image_size: int) -> dict:
-    """The encoder/template part of a bank key, computed from the modules themselves."""
-    return {
-        "prompt_encoder": state_fingerprint(prompt_encoder),
-        "text_tower": state_fingerprint(text_tower),
-        "templates_id": templates_id(list(templates)),
-        "templates": list(templates),
-        "prompt_image_size": int(prompt_image_size),
-        "embed_dim": int(prompt_encoder.embed_dim),
-        "stage_dims": [int(d) for d in prompt_encoder.stage_dims[:3]],
-    }
 
 
 class PromptBank:
@@ -205,15 +184,6 @@ class PromptBank:
     def image_dir(self, name: str) -> Path:
         return self.root / IMAGE_DIR / class_stem(canonical_name(name))
 
-    def _metadata(self, path: Path) -> Optional[dict]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                return f.metadata() or {}
-        except Exception:  # noqa: BLE001 - absent, truncated or foreign file
-            return None
-
     def _belongs(self, meta: Optional[dict], name: str) -> bool:
         if not meta:
             return False
@@ -223,7 +193,7 @@ class PromptBank:
 
     def has(self, name: str) -> bool:
         name = canonical_name(name)
-        return self._belongs(self._metadata(self.class_path(name)), name)
+        return self._belongs(class_metadata(self.class_path(name)), name)
 
     def missing(self, class_names: Sequence[str]) -> list[str]:
         """The classes (canonical names, in order) without a complete, valid class file."""
@@ -233,7 +203,7 @@ class PromptBank:
         """Metadata of every valid class file (class_name, source, ...), sorted by name."""
         out = []
         for path in sorted((self.root / CLASS_DIR).glob("[!.]*.safetensors")):
-            meta = self._metadata(path)
+            meta = class_metadata(path)
             if meta and self._belongs(meta, meta.get("class_name", "")) and path == self.class_path(meta["class_name"]):
                 out.append(meta)
         return sorted(out, key=lambda m: m["class_name"])
@@ -249,13 +219,12 @@ class PromptBank:
         extra: Optional[dict] = None,
     ) -> Path:
         """Atomically write one class's prompts (shapes checked against the manifest)."""
-        name, m = canonical_name(name), len(self.manifest["templates"])
-        dims = [self.manifest["embed_dim"], self.manifest["embed_dim"], *self.manifest["stage_dims"]]
+        name = canonical_name(name)
         tensors = {"text": text, "visual": visual, **dict(zip(STAGE_KEYS, stages))}
-        for (key, t), d in zip(tensors.items(), dims):
-            if tuple(t.shape) != (m, d):
+        for key, shape in expected_shapes(self.manifest).items():
+            if tuple(tensors[key].shape) != shape:
                 raise InputError(
-                    f"prompt tensor '{key}' of class {name!r} has shape {tuple(t.shape)}, expected ({m}, {d})"
+                    f"prompt tensor '{key}' of class {name!r} has shape {tuple(tensors[key].shape)}, expected {shape}"
                 )
         tensors = {k: t.detach().float().cpu() for k, t in tensors.items()}
         tensors["seeds"] = torch.tensor(list(seeds), dtype=torch.int64)  # (N_images,)
@@ -304,7 +273,7 @@ class PromptBank:
         from safetensors.torch import load_file
 
         name, path = canonical_name(name), self.class_path(name)
-        meta = self._metadata(path)
+        meta = class_metadata(path)
         if not self._belongs(meta, name):
             raise BankError(
                 f"prompt bank {self.root} has no valid entry for class {name!r} ({path.name}); "
@@ -317,7 +286,7 @@ class PromptBank:
                 f"damaged: {problem}; {self.repair_hint()}"
             )
         t = {k: v.clone() for k, v in load_file(str(path)).items()}  # detach from the file's memory map
-        problem = self.tensor_problem({k: tuple(v.shape) for k, v in t.items()}) or nonfinite_problem(t)
+        problem = tensor_problem(self.manifest, {k: tuple(v.shape) for k, v in t.items()}) or nonfinite_problem(t)
         if problem:
             raise BankError(
                 f"prompt bank {self.root}: the file of class {name!r} ({CLASS_DIR}/{path.name}) {problem}; "
@@ -330,39 +299,6 @@ class PromptBank:
             "seeds": t["seeds"],
             "meta": meta,
         }
-
-    def tensor_problem(self, shapes: dict) -> str:
-        """'' if a class file's tensor shapes are those the manifest names, else what is wrong: text and visual
-        (M, embed_dim), visual_stage{2,3,4} (M, stage_dims[j]), seeds (N,)."""
-        m, d = len(self.manifest["templates"]), self.manifest["embed_dim"]
-        expected = {
-            "text": (m, d),
-            "visual": (m, d),
-            **{k: (m, s) for k, s in zip(STAGE_KEYS, self.manifest["stage_dims"])},
-        }
-        for key, shape in expected.items():
-            if key not in shapes:
-                return f"lacks the tensor '{key}'"
-            if tuple(shapes[key]) != shape:
-                return (
-                    f"holds tensor '{key}' of shape {tuple(shapes[key])}, but the bank's manifest says {shape} "
-                    "(M templates x width)"
-                )
-        if "seeds" not in shapes or len(shapes["seeds"]) != 1:
-            return "lacks a 1-D tensor 'seeds'"
-        return ""
-
-    def file_problem(self, path: Path) -> str:
-        """'' if a class file's tensors have the manifest's shapes and finite values, else what is wrong (the
-        header gives the shapes; the values are read one tensor at a time)."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            return self.tensor_problem(shapes) or safetensors_nonfinite(path)
-        except Exception as e:  # noqa: BLE001 - a file the hash passed that still does not parse
-            return f"is not a valid safetensors file ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
 
     def clean_temp_files(self, older_than: float = 60.0) -> int:
         """Remove hidden temp files left by killed writers (only old ones: a live writer's file is young)."""
@@ -428,14 +364,7 @@ class PromptBank:
         """Every file of the bank: {"manifest": (status, detail), "ok": [class files], "unverified": [class files],
         "damaged": [(class file, why)]}: the manifest's hash; each class file's hash, tensor shapes (against the
         manifest) and finite values. Class files are named by their file name in ``classes/``."""
-        out: dict = {"manifest": manifest_status(self.root), "ok": [], "unverified": [], "damaged": []}
-        for path in sorted((self.root / CLASS_DIR).glob("[!.]*.safetensors")):
-            status, detail = safetensors_integrity(path)
-            if status != "damaged":
-                problem = self.file_problem(path)
-                status, detail = ("damaged", problem) if problem else (status, detail)
-            out[status].append((path.name, detail) if status == "damaged" else path.name)
-        return out
+        return {"manifest": manifest_status(self.root), **verify_class_files(self.manifest, self.root / CLASS_DIR)}
 
     def info(self) -> dict:
         classes = self.classes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Sequence
 
 from dpseg.atomic import atomic_write_json, finite_json
 from dpseg.config import check_number
@@ -18,6 +19,7 @@ from dpseg.config_schema import NumberRule
 from dpseg.errors import BankError, quote
 from dpseg.prompts.templates import templates_id
 from dpseg.safe_load import read_json
+from dpseg.weights import state_fingerprint
 
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest_sha256"
@@ -95,3 +97,16 @@ def manifest_status(root) -> tuple[str, str]:
 def read_manifest(path: Path) -> dict:
     """The manifest as a dict (BankError if it is not a regular file, too large, too deep or not an object)."""
     return read_json(path, "prompt-bank manifest", dict, BankError, MAX_MANIFEST_BYTES)
+
+
+def make_key(prompt_encoder, text_tower, templates: Sequence[str], prompt_image_size: int) -> dict:
+    """The encoder/template part of a bank key, computed from the modules themselves."""
+    return {
+        "prompt_encoder": state_fingerprint(prompt_encoder),
+        "text_tower": state_fingerprint(text_tower),
+        "templates_id": templates_id(list(templates)),
+        "templates": list(templates),
+        "prompt_image_size": int(prompt_image_size),
+        "embed_dim": int(prompt_encoder.embed_dim),
+        "stage_dims": [int(d) for d in prompt_encoder.stage_dims[:3]],
+    }

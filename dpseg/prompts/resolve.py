@@ -22,10 +22,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from dpseg.errors import BankError, InputError
+from dpseg.errors import BankError, InputError, short_list
 from dpseg.image_io import load_image
 from dpseg.model.dual_prompt import PromptSet
-from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank, class_stem, short_list
+from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
+from dpseg.prompts.class_file import class_stem
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars
 from dpseg.prompts.templates import model_templates, templates_id
 from dpseg.vocab import canonical_name

@@ -30,9 +30,10 @@ from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, u
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
-from dpseg.prompts.bank import PromptBank, make_key
+from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator
+from dpseg.prompts.manifest import make_key
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.prompts.templates import get_templates
 from dpseg.safe_load import read_json
