@@ -13,13 +13,13 @@ option); this prints its table and ``--json`` writes the per-seed mIoU and diffe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_option_accuracy import compare  # noqa: E402
 
+from dpseg.atomic import atomic_write_json
 from dpseg.quickstart.run import BUDGETS
 
 
@@ -44,7 +44,7 @@ def main() -> None:
         budget_name=args.budget,
     )
     if args.json:
-        Path(args.json).write_text(json.dumps({"topk": args.topk, "results": summary}, indent=2))
+        atomic_write_json(Path(args.json), {"topk": args.topk, "results": summary}, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from choose_on_seen import quickstart_world  # noqa: E402
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import build_config
 from dpseg.data.synthetic.folders import TEST_SPLIT
 from dpseg.quickstart import experiment as ex
@@ -108,7 +108,7 @@ def main() -> None:
     )
     if args.json:
         options = {"variant": args.variant, "off": args.off, "on": args.on, "train": args.train}
-        Path(args.json).write_text(json.dumps({**options, "results": summary}, indent=2))
+        atomic_write_json(Path(args.json), {**options, "results": summary}, indent=2)  # its folder made if needed
 
 
 if __name__ == "__main__":
