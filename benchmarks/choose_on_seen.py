@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 from typing import Sequence
 
+from dpseg.atomic import atomic_write_json
 from dpseg.config import build_config
 from dpseg.data.synthetic.folders import CHOICE_SPLIT, build_datasets
 from dpseg.data.synthetic.world import all_classes
@@ -110,7 +110,7 @@ def main() -> None:
         diff = [b - a for a, b in zip(p1, p2)]
         print(f"| {t} | {e} | {' / '.join(f'{v:.1f}' for v in p1)} | {_spread(p1)} | {_spread(p2)} | {_spread(diff)} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({f"{t} | {e}": runs for (t, e), runs in results.items()}, indent=2))
+        atomic_write_json(Path(args.json), {f"{t} | {e}": runs for (t, e), runs in results.items()}, indent=2)
 
 
 if __name__ == "__main__":
