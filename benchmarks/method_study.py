@@ -8,7 +8,8 @@ design and its controls, each world run through the quickstart's own stages and 
 Each world writes ``docs/study/WORLD.json`` (small: per seed, split and pass the mIoU, fwIoU, mAcc and pAcc of every
 variant, the references, the settings) and ``docs/study/WORLD.md`` (the quickstart's table and its verdicts);
 ``python benchmarks/study_report.py`` reads them all. A world is a quickstart run, so a rerun reuses every trained and
-evaluated run in the cache (``--cache``, default the quickstart's) and an interrupted study resumes where it stopped.
+evaluated run in the cache (``--cache``, default the quickstart's) and an interrupted study resumes where it stopped;
+a control world leaves the cache's demo pointer (``latest.json``: the model ``dpseg demo`` shows) where it was.
 The defaults it runs with are the synthetic preset's as committed; nothing here is chosen on the test scenes.
 """
 
@@ -97,8 +98,14 @@ def main() -> None:
     what, variants, seeds, kwargs, overrides = WORLDS[args.world]
     budget = dataclasses.replace(BUDGETS["default"], variants=variants, seeds=args.seeds or seeds, num_val=args.num_val)
     cache = args.cache or default_cache()
-    with tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
-        results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
+    pointer = cache / "latest.json"  # the model `dpseg demo` shows: a control world must not take it over
+    demo_before = pointer.read_text() if pointer.is_file() and args.world != "main" else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
+            results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
+    finally:
+        if demo_before is not None:
+            atomic_write_text(pointer, demo_before)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{args.world}.json", compact(results, args.world, what), indent=1)
     atomic_write_text(args.out / f"{args.world}.md", f"<!-- {what} -->\n" + results["markdown"])
