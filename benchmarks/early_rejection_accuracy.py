@@ -17,32 +17,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_option_accuracy import compare  # noqa: E402
+from inference_option_accuracy import add_world_arguments, compare, world_arguments  # noqa: E402
 
 from dpseg.atomic import atomic_write_json
-from dpseg.quickstart.run import BUDGETS
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--topk", type=int, default=8, help="early rejection's k (SED-fast: 8)")
-    ap.add_argument("--num-val", type=int, default=0, help="test scenes per vocabulary (0: the budget's)")
-    ap.add_argument("--cache", default=".dpseg_cache/quickstart")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--budget", default="default", choices=sorted(BUDGETS))
-    ap.add_argument("--json")
+    add_world_arguments(ap)
     args = ap.parse_args()
-    summary = compare(
-        ["eval.early_rejection_topk=0"],
-        [f"eval.early_rejection_topk={args.topk}"],
-        train=["model.aux_heads=true"],
-        seeds=args.seeds,
-        num_val=args.num_val,
-        cache=Path(args.cache),
-        jobs=args.jobs,
-        budget_name=args.budget,
-    )
+    off, on = ["eval.early_rejection_topk=0"], [f"eval.early_rejection_topk={args.topk}"]
+    summary = compare(off, on, train=["model.aux_heads=true"], **world_arguments(args))
     if args.json:
         atomic_write_json(Path(args.json), {"topk": args.topk, "results": summary}, indent=2)
 

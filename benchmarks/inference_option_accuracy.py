@@ -82,30 +82,36 @@ def compare(
     return summary
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--on", action="append", required=True, help="an inference option of the 'on' arm (repeatable)")
-    ap.add_argument("--off", action="append", default=[], help="an inference option of the 'off' arm (repeatable)")
-    ap.add_argument("--train", action="append", default=[], help="a training option of every run (repeatable)")
-    ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
+def add_world_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every comparison takes: seeds, scenes, cache, processes, budget, where the JSON goes."""
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--num-val", type=int, default=0, help="test scenes per vocabulary (0: the budget's)")
     ap.add_argument("--cache", default=".dpseg_cache/quickstart")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--budget", default="default", choices=sorted(BUDGETS))
     ap.add_argument("--json")
+
+
+def world_arguments(args: argparse.Namespace) -> dict:
+    """:func:`add_world_arguments`' values as :func:`compare`'s keyword arguments."""
+    return {
+        "seeds": args.seeds,
+        "num_val": args.num_val,
+        "cache": Path(args.cache),
+        "jobs": args.jobs,
+        "budget_name": args.budget,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--on", action="append", required=True, help="an inference option of the 'on' arm (repeatable)")
+    ap.add_argument("--off", action="append", default=[], help="an inference option of the 'off' arm (repeatable)")
+    ap.add_argument("--train", action="append", default=[], help="a training option of every run (repeatable)")
+    ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
+    add_world_arguments(ap)
     args = ap.parse_args()
-    summary = compare(
-        args.off,
-        args.on,
-        train=args.train,
-        variant=args.variant,
-        seeds=args.seeds,
-        num_val=args.num_val,
-        cache=Path(args.cache),
-        jobs=args.jobs,
-        budget_name=args.budget,
-    )
+    summary = compare(args.off, args.on, train=args.train, variant=args.variant, **world_arguments(args))
     if args.json:
         options = {"variant": args.variant, "off": args.off, "on": args.on, "train": args.train}
         atomic_write_json(Path(args.json), {**options, "results": summary}, indent=2)  # its folder made if needed
