@@ -13,13 +13,14 @@ eager, the compile call's time and the largest difference of the logits (compile
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from dpseg.atomic import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import build, random_prompts  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
     rows = [measure(mode, args, x) for mode in args.modes]
     if args.json:
         meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads}
-        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+        atomic_write_json(Path(args.json), {**meta, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ Prints a table and writes JSON (--out).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
 from pathlib import Path
+
+from dpseg.atomic import atomic_write_json
 
 
 def _sync(device):
@@ -144,7 +145,7 @@ def main():
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    atomic_write_json(Path(args.out), result, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -16,13 +16,14 @@ min / median of each ratio; one thread by default so that two contending process
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from dpseg.atomic import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import (  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> None:
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "base": base, "modes": summary}, indent=2))
+        atomic_write_json(Path(args.out), {"args": vars(args), "base": base, "modes": summary}, indent=2)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ test: the numbers depend on the machine and its load; compare the rows of one ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -38,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dpseg.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = (
@@ -222,7 +223,7 @@ def main() -> int:
             }
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        Path(args.json).write_text(json.dumps({"preset": args.preset, "repeat": args.repeat, **summary}, indent=2))
+        atomic_write_json(Path(args.json), {"preset": args.preset, "repeat": args.repeat, **summary}, indent=2)
     return 0
 
 

@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dpseg.atomic import atomic_write_json
+
 try:
     from hypothesis import HealthCheck, given, seed, settings
     from hypothesis import strategies as st
@@ -512,7 +514,7 @@ def main() -> int:
     found = sum(len(r["findings"]) for r in results.values())
     print(f"total: {total} inputs, {found} distinct findings")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"seconds_per_target": args.seconds, "targets": results}, indent=2))
+    atomic_write_json(Path(args.json), {"seconds_per_target": args.seconds, "targets": results}, indent=2)
     return 1 if found else 0
 
 

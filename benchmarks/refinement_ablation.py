@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dpseg.atomic import atomic_write_json
 from dpseg.checkpoint import load_model
 from dpseg.config import parse_override, validate_eval
 from dpseg.data.catalog import build_dataset
@@ -157,8 +157,8 @@ def main() -> None:
     for k in det[0]:
         print(f"detection, {k}: {_spread([d[k] for d in det])}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"data": args.data, "split": args.split, "set": args.set, "models": per_model}, indent=2)
+        atomic_write_json(
+            Path(args.json), {"data": args.data, "split": args.split, "set": args.set, "models": per_model}, indent=2
         )
 
 
