@@ -3,10 +3,12 @@
 Pass 1 predicts with the bank's visual prompts. A class is *detected* in an image when its voting pixels - those
 where it is the argmax and its probability is at least ``min_score`` - cover at least ``min_area`` of the pass-1
 map (:class:`RefinePolicy`). Its voting pixels are framed in the *input image* by the one prompt-image rule of
-:func:`dpseg.model.prompt_image.prepare_prompt_image` (a square around them, the region filling 70 % of it, context
-kept - as the objects of generated prompt images are framed), encoded by the frozen visual-prompt encoder in one
-batch, and replace that class's visual prompts: global V for all M templates and the pooled stage features v_j
-(``crop_weight`` < 1 blends them instead: weight·crop + (1 − weight)·generated prompt, per template).
+:func:`dpseg.model.prompt_image.prepare_prompt_image` (a square around them, the region filling 70 % of it, the rest
+of the frame kept or masked by ``framing`` - as the objects of generated prompt images are framed), encoded by the
+frozen visual-prompt encoder in one batch (:func:`crop_prompts`; ``source="pooled"`` instead pools pass 1's image
+features over them, :func:`region_prompts`), and replace that class's visual prompts: global V for all M templates
+and the pooled stage features v_j (``crop_weight`` < 1 blends them instead: weight·crop + (1 − weight)·generated
+prompt, per template).
 Undetected classes and all text prompts are unchanged. Pass 2 re-runs only the cost volumes and the decoder: the
 image features of pass 1 are reused. Inference only; no training is involved.
 """
