@@ -231,3 +231,15 @@ def test_bank_written_before_hashes_loads_with_a_note(bank, towers, caplog, caps
 
     assert main(["prompts", "info", str(bank.root)]) == 0
     assert "3 without a content hash (written by an older dpseg" in capsys.readouterr().out
+
+
+def test_write_class_checks_every_prompt_tensor(bank):
+    """A class file gets T, V and all three v_j with the manifest's shapes, or a one-line InputError."""
+    entry = bank.load_class("cat")
+    good = (entry["text"], entry["visual"], entry["visual_stages"])
+    with pytest.raises(InputError, match=r"needs 3 stage prompt tensors \(v_2, v_3, v_4\), got 2"):
+        bank.write_class("cat", *good[:2], good[2][:2], "test", [0])
+    with pytest.raises(InputError, match=r"prompt tensor 'visual_stage3' of class 'cat' has shape"):
+        bank.write_class("cat", *good[:2], [good[2][0], good[2][1][:, :1], good[2][2]], "test", [0])
+    bank.write_class("cat", *good, "test", [0])
+    assert torch.equal(bank.load_class("cat")["visual_stages"][1], good[2][1])

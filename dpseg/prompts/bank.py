@@ -220,6 +220,10 @@ class PromptBank:
     ) -> Path:
         """Atomically write one class's prompts (shapes checked against the manifest)."""
         name = canonical_name(name)
+        if len(stages) != len(STAGE_KEYS):
+            raise InputError(
+                f"class {name!r} needs {len(STAGE_KEYS)} stage prompt tensors (v_2, v_3, v_4), got {len(stages)}"
+            )
         tensors = {"text": text, "visual": visual, **dict(zip(STAGE_KEYS, stages))}
         for key, shape in expected_shapes(self.manifest).items():
             if tuple(tensors[key].shape) != shape:
