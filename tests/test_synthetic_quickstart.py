@@ -90,6 +90,45 @@ def test_rerun_reuses_every_stage(fast_run, capsys):
 
 
 @pytest.mark.slow
+def test_a_moved_cache_reuses_its_trained_and_evaluated_runs(fast_run, tmp_path, capsys):
+    """Runs are keyed by what identifies their inputs' content (the CLIP's SHA-256, the keyed dataset and bank folder
+    names), not by absolute paths: a cache copied elsewhere (another checkout, another disk) is reused whole."""
+    root, _ = fast_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "cache", moved, symlinks=True)
+    evaluated = {p: p.stat().st_mtime_ns for p in (moved / "runs").glob("*/quickstart_eval.json")}
+    assert len(evaluated) == 2
+    assert main(["quickstart", "--fast", "--out", str(tmp_path / "out"), "--cache", str(moved)]) == 0
+    assert capsys.readouterr().out.count("reusing the trained run") == 2
+    assert {p: p.stat().st_mtime_ns for p in evaluated} == evaluated  # their evaluations reused too
+
+
+def test_a_runs_identity_follows_the_clips_content_not_its_path(tmp_path):
+    from dpseg.quickstart.experiment import run_identity
+
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    a.write_bytes(b"same weights")
+    b.write_bytes(b"same weights")
+    c.write_bytes(b"other weights")
+
+    def config(clip, data="/x/synthetic-abc/seen", bank="/x/bank-123"):
+        return {
+            "model": {"clip_pretrained": str(clip)},
+            "data": {"train_dataset": data},
+            "prompts": {"bank": bank},
+            "train": {"output_dir": "anywhere", "seed": 0},
+            "eval": {"min_score": 0.5},
+        }
+
+    assert run_identity(config(a)) == run_identity(config(b))
+    assert run_identity(config(a)) != run_identity(config(c))
+    assert run_identity(config(a)) == run_identity(config(a, "/elsewhere/synthetic-abc/seen", "/y/bank-123"))
+    assert run_identity(config(a)) != run_identity(config(a, "/x/synthetic-def/seen"))
+    assert run_identity(config(a)) != run_identity(config(a, bank="/x/bank-456"))
+    assert run_identity({"model": "not a section"}) == {"model": "not a section"}  # a damaged config: no crash
+
+
+@pytest.mark.slow
 def test_changed_inference_settings_reevaluate_the_reused_runs(fast_run, tmp_path, capsys):
     """A trained run is reused when only ``eval`` settings change, but it is evaluated again, with the experiment's
     settings rather than those saved in its checkpoint (the demo run's checkpoint also holds a calibrated
@@ -345,7 +384,8 @@ def test_choosing_on_seen_classes_reuses_the_quickstart_runs_and_scores_them_ali
 
     def seen_val(eval_overrides: str) -> dict:
         eval_cfg = build_config("synthetic", overrides=eval_overrides.split()).eval
-        scored = ex.evaluate_model(run_dir / "final", {"seen": Path(folder)}, ex.VARIANTS["dual"], 8, eval_cfg, split)
+        seen = root / "cache" / folder  # the key names the keyed folder, not its path
+        scored = ex.evaluate_model(run_dir / "final", {"seen": seen}, ex.VARIANTS["dual"], 8, eval_cfg, split)
         return {p: m["mIoU"] for p, m in scored["seen"].items()}
 
     assert results["(preset) | (preset)"] == [seen_val("")]

@@ -37,6 +37,7 @@ from dpseg.prompts.manifest import make_key
 from dpseg.prompts.resolve import vocabulary_prompts
 from dpseg.prompts.templates import get_templates
 from dpseg.safe_load import read_json
+from dpseg.weights import file_sha256
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,32 @@ def run_config(
     cfg.train.eval_every = 0
     cfg.train.checkpoint_every = 0  # one checkpoint, at the end
     cfg.train.keep_checkpoints = 1
-    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "eval"}, sort_keys=True)
+    blob = json.dumps(run_identity(cfg.to_dict()), sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:10]
     cfg.train.output_dir = str(out_root / f"{variant.name}-seed{seed}-{key}")
     return cfg
+
+
+def run_identity(config: dict) -> dict:
+    """What makes a run the run it is: its training config without ``eval``, and with its three paths replaced by
+    what identifies their content, so that a run is reused from another checkout or a moved cache. The CLIP weights
+    by their SHA-256; the dataset folder (``synthetic-<key>/<vocabulary>``) and the bank (``bank-<key>``) by their
+    names, which are keys of what produced them."""
+    out = copy.deepcopy({k: v for k, v in config.items() if k != "eval"})
+    sections: list[dict] = [out[k] if isinstance(out.get(k), dict) else {} for k in SECTIONS]
+    model, data, prompts, training = sections
+    clip = model.get("clip_pretrained")
+    if isinstance(clip, str) and clip and Path(clip).is_file():
+        model["clip_pretrained"] = "sha256:" + file_sha256(clip)
+    if isinstance(data.get("train_dataset"), str) and data["train_dataset"]:
+        data["train_dataset"] = "/".join(Path(data["train_dataset"]).parts[-2:])
+    if isinstance(prompts.get("bank"), str) and prompts["bank"]:
+        prompts["bank"] = Path(prompts["bank"]).name
+    training.pop("output_dir", None)  # named after the key itself
+    return out
+
+
+SECTIONS = ("model", "data", "prompts", "train")
 
 
 def is_trained(cfg: Config) -> bool:
@@ -112,7 +135,7 @@ def is_trained(cfg: Config) -> bool:
     except DPSegError:  # unreadable: trained again
         return False
     saved.pop("dpseg", None)  # save_model's metadata
-    return {k: v for k, v in saved.items() if k != "eval"} == {k: v for k, v in cfg.to_dict().items() if k != "eval"}
+    return run_identity(saved) == run_identity(cfg.to_dict())
 
 
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
