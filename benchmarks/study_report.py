@@ -25,7 +25,7 @@ from method_study import STUDY_DIR, WORLDS  # noqa: E402
 from dpseg.atomic import atomic_write_text  # noqa: E402
 from dpseg.quickstart.experiment import VARIANTS  # noqa: E402
 from dpseg.quickstart.paired import Paired, judge  # noqa: E402
-from dpseg.quickstart.report import paired_claims, summarize  # noqa: E402
+from dpseg.quickstart.report import cell, paired_claims, summarize  # noqa: E402
 
 SPLITS = ("unseen", "unseen-all", "seen")  # the claim first, then the generalised test, then seen/test
 # the contrasts the four key variants allow (A, B, what A - B measures), judged in every world
@@ -43,22 +43,44 @@ SWITCHED_OFF = {  # the property each control world switches off (method_study.W
 }
 
 
+ARCHIVED_MAIN = "main-iterations"  # main-iterations260.json: the main world at an earlier training length
+
+
 def load(study_dir: Path) -> dict:
-    """{world: its compact results} for every world of WORLDS whose file exists, in WORLDS' order."""
-    return {w: json.loads((study_dir / f"{w}.json").read_text()) for w in WORLDS if (study_dir / f"{w}.json").is_file()}
+    """{world: its compact results} for every world of WORLDS whose file exists, in WORLDS' order, then the archived
+    main worlds (``main-iterations<N>.json``: the controls run at N training steps are set beside it)."""
+    worlds = {
+        w: json.loads((study_dir / f"{w}.json").read_text()) for w in WORLDS if (study_dir / f"{w}.json").is_file()
+    }
+    for path in sorted(study_dir.glob(f"{ARCHIVED_MAIN}*.json")):
+        worlds[path.stem] = json.loads(path.read_text())
+    return worlds
 
 
-def cell(entry: dict | None) -> str:
-    if not entry or entry.get("mean") is None or np.isnan(entry["mean"]):
-        return "-"
-    return f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+def steps(world: dict) -> int | None:
+    return world.get("budget", {}).get("iterations")
+
+
+def is_main(name: str) -> bool:
+    return name == "main" or name.startswith(ARCHIVED_MAIN)
+
+
+def reference_main(worlds: dict, control: dict) -> tuple[str, dict] | None:
+    """The main world a control is set beside: the one trained as long as the control (the current main first)."""
+    mains = [(n, w) for n, w in worlds.items() if is_main(n)]
+    same = [(n, w) for n, w in mains if steps(w) == steps(control)]
+    return (same or mains or [None])[0]
 
 
 def main_table(world: dict) -> list[str]:
     summary = summarize(world["runs"])
     seeds = max(len(by_seed) for by_seed in world["runs"].values())
     head = "| variant | " + " | ".join(f"{s} pass 1 | {s} pass 2" for s in SPLITS) + " |"
-    lines = [f"mIoU %, mean ± std over {seeds} seeds, {world['budget']['num_val']} test scenes per vocabulary.", ""]
+    trained = f", {steps(world)} training steps" if steps(world) else ""
+    lines = [
+        f"mIoU %, mean ± std over {seeds} seeds, {world['budget']['num_val']} test scenes per vocabulary{trained}.",
+        "",
+    ]
     lines += [head, "|---|" + "---|" * (2 * len(SPLITS))]
     for variant in VARIANTS:
         if variant in summary:
@@ -119,12 +141,17 @@ def control_rows(worlds: dict) -> list[str]:
         "| world | what is switched off | seeds | " + " | ".join(w for _, _, w in KEY_CONTRASTS) + " |",
         "|---|---|---|" + "---|" * len(KEY_CONTRASTS),
     ]
-    main = worlds.get("main")
     for name, world in worlds.items():
-        if name == "main":
+        if is_main(name):
             continue
         seeds = sorted(next(iter(world["runs"].values())), key=int)
-        rows = [(name, world)] + ([("main (same seeds)", main)] if main else [])
+        reference = reference_main(worlds, world)
+        rows = [(name, world)]
+        if reference:
+            ref_name, ref = reference
+            same = "" if steps(ref) == steps(world) else f"; {steps(ref)} steps, the control {steps(world)}"
+            label = "main (same seeds" if ref_name == "main" else f"main at {steps(ref)} steps (same seeds"
+            rows.append((f"{label}{same})", ref))
         for label, w in rows:
             by_what = {c.claim: c for c in contrasts(w, seeds)}
             cells = []
@@ -139,10 +166,15 @@ def control_rows(worlds: dict) -> list[str]:
 def control_tables(worlds: dict) -> list[str]:
     lines = []
     for name, world in worlds.items():
-        if name == "main":
+        if is_main(name):
             continue
         summary = summarize(world["runs"])
-        lines += [f"**{name}** — {world['what']}", "", "| variant | unseen pass 1 | unseen-all pass 1 | seen pass 1 |"]
+        trained = f" ({steps(world)} training steps)" if steps(world) else ""
+        lines += [
+            f"**{name}** — {world['what']}{trained}",
+            "",
+            "| variant | unseen pass 1 | unseen-all pass 1 | seen pass 1 |",
+        ]
         lines.append("|---|---|---|---|")
         for variant in VARIANTS:
             if variant in summary:
@@ -163,7 +195,7 @@ def report(worlds: dict) -> str:
         lines += ["### Paired single-factor claims (one Holm family over all rows)", ""]
         lines += [*claim_rows(paired_claims(main["runs"], SPLITS)), ""]
         lines += ["### Seed spread", "", *spread_rows(main), ""]
-    if len(worlds) > (1 if main else 0):
+    if any(not is_main(n) for n in worlds):
         lines += ["## Control worlds: one property off, the four key variants", ""]
         lines += [
             "Unseen pass 1, A - B per seed (mean ± std, A higher on n of N seeds, verdict within the row's "

@@ -62,6 +62,30 @@ def test_report_pairs_by_seed_and_sets_controls_beside_the_main_world(tmp_path):
     assert "| main (same seeds) | nothing | 3 | +3.3 ± 0.6 (3/3, holds)" in text
 
 
+def test_controls_sit_beside_the_main_world_trained_as_long_as_they_were(tmp_path):
+    """After the training length changes, controls still run at the old length are set beside the archived main world
+    of that length (main-iterations<N>.json), never beside a main world trained longer; without one the row says
+    that the lengths differ."""
+    four = ("text", "visual", "dual", "dual-upsampled")
+    long_main = _world("main", {v: [50, 60, 70] for v in four}) | {"budget": {"num_val": 100, "iterations": 400}}
+    old_main = _world("main-iterations260", {"text": [10, 20, 30], "visual": [10, 20, 30], "dual": [12, 23, 34]})
+    old_main["runs"]["dual-upsampled"] = old_main["runs"]["text"]
+    old_main["budget"]["iterations"] = 260
+    control = _world("no-text-gap", {v: [10, 20, 30] for v in four}) | {"budget": {"num_val": 100, "iterations": 260}}
+    (tmp_path / "main.json").write_text(json.dumps(long_main))
+    (tmp_path / "no-text-gap.json").write_text(json.dumps(control))
+    text = study_report.report(study_report.load(tmp_path))
+    assert "| main (same seeds; 400 steps, the control 260) | nothing | 3 | +0.0 ± 0.0" in text
+    (tmp_path / "main-iterations260.json").write_text(json.dumps(old_main))
+    text = study_report.report(study_report.load(tmp_path))
+    # dual - visual on seeds 0-2 of the 260-step main world: 2, 3, 4
+    assert "| main at 260 steps (same seeds) | nothing | 3 | +3.0 ± 1.0 (3/3" in text
+    assert "400 steps" not in text.split("## Control worlds")[1]
+    assert "mIoU %, mean ± std over 3 seeds, 100 test scenes per vocabulary, 400 training steps." in text
+    assert "**no-text-gap** — no-text-gap: a test world (260 training steps)" in text
+    assert text.count("## Main world") == 1  # the archived main world is a reference, not a second study
+
+
 def test_report_without_world_files_says_what_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["study_report.py", "--study-dir", str(tmp_path)])
     try:

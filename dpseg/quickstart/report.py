@@ -47,8 +47,9 @@ def summarize(runs: dict) -> dict:
     }
 
 
-def _cell(entry: Optional[dict]) -> str:
-    if not entry or np.isnan(entry["mean"]):
+def cell(entry: Optional[dict]) -> str:
+    """A table cell: mean ± std over seeds (the mean alone from one seed), "-" where nothing was measured."""
+    if not entry or entry.get("mean") is None or np.isnan(entry["mean"]):
         return "-"
     return f"{entry['mean']:.1f} ± {entry['std']:.1f}" if entry["seeds"] > 1 else f"{entry['mean']:.1f}"
 
@@ -59,7 +60,7 @@ def markdown_table(summary: dict, titles: dict, chance: dict, clip_dense: dict) 
     head = "| model | " + " | ".join(f"{s} pass 1 | {s} pass 2" for s in splits) + " |"
     lines = [head, "|---|" + "---|" * (2 * len(splits))]
     for variant, by_split in summary.items():
-        cells = [_cell(by_split.get(s, {}).get(p)) for s in splits for p in PASSES]
+        cells = [cell(by_split.get(s, {}).get(p)) for s in splits for p in PASSES]
         lines.append(f"| {titles.get(variant, variant)} | " + " | ".join(cells) + " |")
     lines.append(
         "| CLIP dense cost volume only, no decoder (argmax of cos(E, T)) | "
