@@ -100,6 +100,14 @@ def run_config(
     return cfg
 
 
+SECTIONS = ("model", "data", "prompts", "train")  # the config sections that hold a run's paths
+
+
+def keyed_folder(path: str | Path) -> str:
+    """A dataset folder named by its key and vocabulary (``synthetic-<key>/seen``), wherever the cache lies."""
+    return "/".join(Path(path).parts[-2:])
+
+
 def run_identity(config: dict) -> dict:
     """What makes a run the run it is: its training config without ``eval``, and with its three paths replaced by
     what identifies their content, so that a run is reused from another checkout or a moved cache. The CLIP weights
@@ -112,14 +120,11 @@ def run_identity(config: dict) -> dict:
     if isinstance(clip, str) and clip and Path(clip).is_file():
         model["clip_pretrained"] = "sha256:" + file_sha256(clip)
     if isinstance(data.get("train_dataset"), str) and data["train_dataset"]:
-        data["train_dataset"] = "/".join(Path(data["train_dataset"]).parts[-2:])
+        data["train_dataset"] = keyed_folder(data["train_dataset"])
     if isinstance(prompts.get("bank"), str) and prompts["bank"]:
         prompts["bank"] = Path(prompts["bank"]).name
     training.pop("output_dir", None)  # named after the key itself
     return out
-
-
-SECTIONS = ("model", "data", "prompts", "train")
 
 
 def is_trained(cfg: Config) -> bool:

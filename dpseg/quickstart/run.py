@@ -303,7 +303,7 @@ def _run_one(job) -> tuple:
         model_dir = ex.trained_model_dir(cfg)
         # the inference settings are part of the key: a trained run is reused when only they change
         key = {
-            "splits": {k: "/".join(Path(v).parts[-2:]) + f":{split}" for k, v in splits.items()},  # keyed folders
+            "splits": {k: f"{ex.keyed_folder(v)}:{split}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
