@@ -8,16 +8,19 @@ design and its controls, each world run through the quickstart's own stages and 
 Each world writes ``docs/study/WORLD.json`` (small: per seed, split and pass the mIoU, fwIoU, mAcc and pAcc of every
 variant, the references, the settings) and ``docs/study/WORLD.md`` (the quickstart's table and its verdicts);
 ``python benchmarks/study_report.py`` reads them all. A world is a quickstart run, so a rerun reuses every trained and
-evaluated run in the cache (``--cache``, default the quickstart's) and an interrupted study resumes where it stopped;
-a control world leaves the cache's demo pointer (``latest.json``: the model ``dpseg demo`` shows) where it was.
+evaluated run in the cache (``--cache``, default the quickstart's) and an interrupted study resumes where it stopped.
+No world moves the cache's demo pointer (``latest.json``: the model ``dpseg demo`` shows): a study's example scenes
+live in a temporary folder, so a model it pointed the demo at would come without its example.
 The defaults it runs with are the synthetic preset's as committed; nothing here is chosen on the test scenes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from dpseg.atomic import atomic_write_json, atomic_write_text
@@ -81,6 +84,20 @@ def compact(results: dict, world: str, what: str) -> dict:
     return {"world": world, "what": what, "runs": runs, **{k: results[k] for k in keep}}
 
 
+@contextlib.contextmanager
+def demo_pointer_kept(cache: Path) -> Iterator[None]:
+    """Leave ``cache/latest.json`` as it was (or absent), however the study inside ends."""
+    pointer = cache / "latest.json"
+    before = pointer.read_text() if pointer.is_file() else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            atomic_write_text(pointer, before)
+        else:
+            pointer.unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("world", nargs="?", choices=sorted(WORLDS))
@@ -98,14 +115,8 @@ def main() -> None:
     what, variants, seeds, kwargs, overrides = WORLDS[args.world]
     budget = dataclasses.replace(BUDGETS["default"], variants=variants, seeds=args.seeds or seeds, num_val=args.num_val)
     cache = args.cache or default_cache()
-    pointer = cache / "latest.json"  # the model `dpseg demo` shows: a control world must not take it over
-    demo_before = pointer.read_text() if pointer.is_file() and args.world != "main" else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
-            results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
-    finally:
-        if demo_before is not None:
-            atomic_write_text(pointer, demo_before)
+    with demo_pointer_kept(cache), tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
+        results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{args.world}.json", compact(results, args.world, what), indent=1)
     atomic_write_text(args.out / f"{args.world}.md", f"<!-- {what} -->\n" + results["markdown"])
