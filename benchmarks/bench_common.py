@@ -31,8 +31,9 @@ MODES = (
     "two_pass_present",
     "two_pass_pooled",
     "two_pass_present_pooled",
+    "sed_code",
 )
-SED_MODES = ("sed", "sed_fast")
+SED_MODES = ("sed", "sed_fast", "sed_code")
 # the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
 TWO_PASS_MODES = ("two_pass", "two_pass_present", "two_pass_pooled", "two_pass_present_pooled")
 
@@ -152,6 +153,57 @@ def limit_survivors(survivors: int) -> None:
     dpseg_module.kept_classes = kept
 
 
+# SED-B's decoder as SED's configs/convnextB_768.yaml builds it (text guidance off, 80 templates)
+SED_B_AGGREGATOR = dict(
+    text_guidance_dim=0,
+    text_guidance_proj_dim=0,
+    appearance_guidance_dim=1024,
+    appearance_guidance_proj_dim=128,
+    decoder_dims=[64, 32, 16],
+    decoder_guidance_dims=[512, 256, 128],
+    decoder_guidance_proj_dims=[32, 16, 8],
+    num_layers=2,
+    nheads=4,
+    hidden_dim=128,
+    pooling_size=[2, 2],
+    feature_resolution=[24, 24],
+    window_size=12,
+    attention_type="linear",
+    prompt_channel=80,
+    cnext_type="V1",
+    kernel_size=[9, 9, 9],
+    fast_inference=False,
+    topK=1,
+)
+
+
+def sed_aggregator(sed_repo: str):
+    """SED-B's own decoder (``Aggregator`` of ``sed/modeling/transformer/model.py``), imported from a local checkout
+    of https://github.com/xb534/SED given by the user (never shipped with dpseg); random weights, eval mode."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    folder = Path(sed_repo).expanduser() / "sed" / "modeling" / "transformer"
+    if not (folder / "model.py").is_file():
+        raise SystemExit(f"--sed-repo {sed_repo}: no sed/modeling/transformer/model.py there; give a checkout of SED")
+    try:
+        import einops  # noqa: F401  (SED's code needs it; dpseg does not)
+    except ImportError:
+        raise SystemExit("SED's own code needs einops: pip install einops") from None
+    package = types.ModuleType("sed_own")
+    package.__path__ = [str(folder)]
+    sys.modules["sed_own"] = package
+    for name in ("convnext", "model"):  # model.py imports .convnext
+        spec = importlib.util.spec_from_file_location(f"sed_own.{name}", folder / f"{name}.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"sed_own.{name}"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["sed_own.model"].Aggregator(**SED_B_AGGREGATOR).eval()
+
+
 def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int = 10, topk: int = 8, **policy):
     """A no-argument function running one inference of ``mode`` (returns the logits, or E for ``encoder``)."""
     from dpseg.config import EvalConfig
@@ -174,6 +226,24 @@ def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int
             call.refined = int(out["detected"].sum())
             return out["logits"]
         return model(images, prompts, class_chunk=chunk, early_rejection_topk=reject)["logits"]
+
+    call.refined = 0
+    return call
+
+
+def make_sed_code_call(model, aggregator, images, prompts):
+    """One inference of SED-B as SED's code runs it: the same ConvNeXt-B image encoder (``model``'s), then SED's own
+    ``Aggregator`` on the dense embedding, the text prompts (B, K, M, d) and the stages in SED's order (E_5 first);
+    SED's inference takes the sigmoid and resizes to the image."""
+    import torch.nn.functional as F
+
+    text = prompts.text.unsqueeze(0).expand(images.shape[0], -1, -1, -1)  # (K, M, d) -> (B, K, M, d)
+    logit_scale = torch.tensor(4.6052)
+
+    def call():
+        feats = model.encode_image(images)
+        logits = aggregator(feats.dense, text, list(feats.stages)[::-1], logit_scale)[0]  # (B, K, H/4, W/4)
+        return F.interpolate(logits.sigmoid(), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     call.refined = 0
     return call

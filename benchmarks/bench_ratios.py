@@ -33,7 +33,9 @@ from bench_common import (  # noqa: E402
     build,
     limit_survivors,
     make_call,
+    make_sed_code_call,
     random_prompts,
+    sed_aggregator,
     set_switches,
 )
 
@@ -53,6 +55,7 @@ def main() -> None:
     p.add_argument("--survivors", type=int, default=24, help="classes early rejection keeps at most (fast modes)")
     p.add_argument("--set", action="append", default=[], help="config override for the DPSeg models")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="which time the ratios are taken of")
+    p.add_argument("--sed-repo", default="", help="a local checkout of SED (mode sed_code: SED-B's own decoder)")
     p.add_argument("--out", default="")
     args = p.parse_args()
     torch.set_grad_enabled(False)
@@ -70,8 +73,15 @@ def main() -> None:
         if key not in models:  # two-pass modes wrap decode, so they get their own model
             models[key] = build(args.preset, mode, [] if mode.startswith("sed") else args.set)[0]
         model = models[key]
-        prompts = random_prompts(model, args.classes, text_only=mode in ("sed", "sed_fast", "text_upsampled"))
-        call = make_call(model, mode, x, prompts, args.chunk, args.detected)
+        prompts = random_prompts(
+            model, args.classes, text_only=mode in ("sed", "sed_fast", "sed_code", "text_upsampled")
+        )
+        if mode == "sed_code":
+            if not args.sed_repo:
+                raise SystemExit("mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)")
+            call = make_sed_code_call(model, sed_aggregator(args.sed_repo), x, prompts)
+        else:
+            call = make_call(model, mode, x, prompts, args.chunk, args.detected)
         off = set(SWITCHES) if variant == "ref" else set(variant[1:].split(",")) - {""}
         calls[name] = (model, off, call)
 
