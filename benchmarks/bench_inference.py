@@ -43,7 +43,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import MODES, build, limit_survivors, make_call, random_prompts  # noqa: E402
+from bench_common import (  # noqa: E402
+    MODES,
+    build,
+    limit_survivors,
+    make_call,
+    make_sed_code_call,
+    random_prompts,
+    sed_aggregator,
+)
 
 STAGES = [
     "dpseg.image_encoder",
@@ -72,9 +80,12 @@ def child(args) -> dict:
         limit_survivors(args.survivors)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     K = args.classes
-    prompts = random_prompts(model, K, device, text_only=args.mode in ("sed", "sed_fast", "text_upsampled"))
+    prompts = random_prompts(model, K, device, text_only=args.mode in ("sed", "sed_fast", "sed_code", "text_upsampled"))
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
-    run = make_call(model, args.mode, x, prompts, args.chunk, args.detected)
+    if args.mode == "sed_code":
+        run = make_sed_code_call(model, sed_aggregator(args.sed_repo).to(device), x, prompts)
+    else:
+        run = make_call(model, args.mode, x, prompts, args.chunk, args.detected)
 
     def call():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -137,35 +148,39 @@ def child(args) -> dict:
 
 
 def run_child(args, mode: str, k: int) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--mode",
-        mode,
-        "--classes",
-        str(k),
-        "--preset",
-        args.preset,
-        "--size",
-        str(args.size),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--repeat",
-        str(args.repeat),
-        "--warmup",
-        str(args.warmup if k < args.warmup_below else 0),
-        "--chunk",
-        str(args.chunk),
-        "--threads",
-        str(args.threads),
-        "--detected",
-        str(args.detected),
-        "--survivors",
-        str(args.survivors),
-    ] + (["--reference"] if args.reference else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--mode",
+            mode,
+            "--classes",
+            str(k),
+            "--preset",
+            args.preset,
+            "--size",
+            str(args.size),
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+            "--repeat",
+            str(args.repeat),
+            "--warmup",
+            str(args.warmup if k < args.warmup_below else 0),
+            "--chunk",
+            str(args.chunk),
+            "--threads",
+            str(args.threads),
+            "--detected",
+            str(args.detected),
+            "--survivors",
+            str(args.survivors),
+        ]
+        + (["--reference"] if args.reference else [])
+        + (["--sed-repo", args.sed_repo] if args.sed_repo else [])
+    )
     profile = args.profile and (not args.profile_classes or k in args.profile_classes)
     cmd += sum((["--set", s] for s in args.set), []) + (["--profile"] if profile else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -251,6 +266,7 @@ def main() -> None:
         "--reference", action="store_true", help="the decoder's exact speed-ups off (DPSeg.set_fast_paths(False))"
     )
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--sed-repo", default="", help="a local checkout of SED (mode sed_code: SED-B's own decoder)")
     p.add_argument("--profile", action="store_true", help="add a per-stage breakdown (one extra call)")
     p.add_argument("--profile-classes", type=int, nargs="*", default=[], help="profile only these K (default: every K)")
     p.add_argument("--skip", nargs="*", default=[], metavar="MODE:K", help="settings not to run, e.g. two_pass:847")
@@ -258,6 +274,8 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if "sed_code" in (args.modes if not args.child else [args.mode]) and not args.sed_repo:
+        raise SystemExit("mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)")
     if args.child:
         args.classes = args.classes[0]
         print(json.dumps(child(args)))
