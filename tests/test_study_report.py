@@ -60,6 +60,11 @@ def test_report_pairs_by_seed_and_sets_controls_beside_the_main_world(tmp_path):
         "| no-generator-failures | (b) the generator's failures | 3 | +0.0 ± 0.0 (0/3, no difference detected)" in text
     )
     assert "| main (same seeds) | nothing | 3 | +3.3 ± 0.6 (3/3, holds)" in text
+    # each row ends with DPSeg's refinement gain (pass 2 = pass 1 + 1 here) and its pass-1 mIoU on those seeds
+    control_row = next(line for line in text.splitlines() if line.startswith("| no-generator-failures |"))
+    assert control_row.endswith("| +1.0 ± 0.0 (3/3) | 20.0 ± 10.0 |")
+    main_row = next(line for line in text.splitlines() if line.startswith("| main (same seeds) |"))
+    assert main_row.endswith("| +1.0 ± 0.0 (3/3) | 25.0 ± 10.0 |")
 
 
 def test_controls_sit_beside_the_main_world_trained_as_long_as_they_were(tmp_path):
