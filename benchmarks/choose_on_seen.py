@@ -55,6 +55,19 @@ def quickstart_world(budget, cache: Path, log=print, overrides: Sequence[str] = 
     return ds, clip, base, bank
 
 
+def trained_runs(variant_name: str, seeds: int, num_val: int, cache: Path) -> tuple:
+    """(datasets, base config, prompt bank, run configs of seeds 0..seeds-1) of ``variant_name`` in the default world
+    with ``num_val`` scenes, every run already trained in ``cache`` (nothing is trained: a missing run is an error)."""
+    budget = dataclasses.replace(BUDGETS["default"], num_val=num_val)
+    ds, _, base, bank = quickstart_world(budget, cache)
+    variant = ex.VARIANTS[variant_name]
+    runs = [ex.run_config(base, variant, seed, ds, bank, cache / "runs") for seed in range(seeds)]
+    missing = [cfg.train.seed for cfg in runs if not ex.is_trained(cfg)]
+    if missing:
+        raise SystemExit(f"seeds {missing} of {variant_name} are not trained in {cache}: run method_study.py first")
+    return ds, base, bank, runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))

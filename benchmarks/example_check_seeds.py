@@ -14,19 +14,17 @@ unlabelled object is unrecognised or only below the threshold. The demo's pointe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choose_on_seen import quickstart_world  # noqa: E402
+from choose_on_seen import trained_runs  # noqa: E402
 
 from dpseg.atomic import atomic_write_json  # noqa: E402
 from dpseg.data.synthetic.folders import TEST_SPLIT  # noqa: E402
 from dpseg.quickstart import experiment as ex  # noqa: E402
 from dpseg.quickstart.example import check_example, write_example  # noqa: E402
-from dpseg.quickstart.run import BUDGETS  # noqa: E402
 
 
 def main() -> None:
@@ -37,20 +35,14 @@ def main() -> None:
     ap.add_argument("--cache", default=".dpseg_cache/quickstart")
     ap.add_argument("--json")
     args = ap.parse_args()
-    budget = dataclasses.replace(BUDGETS["default"], num_val=args.num_val)
-    cache = Path(args.cache)
-    ds, _, base, bank = quickstart_world(budget, cache)
+    ds, base, bank, runs = trained_runs(args.variant, args.seeds, args.num_val, Path(args.cache))
     variant = ex.VARIANTS[args.variant]
-    runs = [ex.run_config(base, variant, seed, ds, bank, cache / "runs") for seed in range(args.seeds)]
-    missing = [cfg.train.seed for cfg in runs if not ex.is_trained(cfg)]
-    if missing:
-        raise SystemExit(f"seeds {missing} of {args.variant} are not trained in {cache}: run method_study.py first")
     out: dict = {"variant": args.variant, "seeds": {}}
     with tempfile.TemporaryDirectory(prefix="dpseg-example-") as tmp:
         example = write_example(Path(tmp), ds.unseen, TEST_SPLIT)
         for cfg in runs:
             model_dir = Path(cfg.train.output_dir) / "final"
-            threshold = ex.calibrate_run(model_dir, ds.seen, budget.num_val, inference=base.eval)
+            threshold = ex.calibrate_run(model_dir, ds.seen, args.num_val, inference=base.eval)
             bank_used = bank if variant.uses_bank else None
             checks = {
                 "calibrated": check_example(example, model_dir, bank_used, point_demo=False),

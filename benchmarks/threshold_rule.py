@@ -25,7 +25,6 @@ labelled; the rules are applied to the saved label and score maps.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choose_on_seen import quickstart_world  # noqa: E402
+from choose_on_seen import trained_runs  # noqa: E402
 
 from dpseg.atomic import atomic_write_json  # noqa: E402
 from dpseg.data.synthetic.folders import CHOICE_SPLIT, TEST_SPLIT  # noqa: E402
@@ -43,7 +42,6 @@ from dpseg.evaluation.calibrate import THRESHOLDS  # noqa: E402
 from dpseg.evaluation.metrics import metrics_from_confusion  # noqa: E402
 from dpseg.quickstart import experiment as ex  # noqa: E402
 from dpseg.quickstart.example import IGNORE_ON_DISK, VERDICTS, score_objects  # noqa: E402
-from dpseg.quickstart.run import BUDGETS  # noqa: E402
 from dpseg.safe_load import read_json  # noqa: E402
 from dpseg.segmenter import Segmenter  # noqa: E402
 from dpseg.vocab import read_class_list  # noqa: E402
@@ -100,14 +98,8 @@ def main() -> None:
     if args.from_json:
         _table(read_json(Path(args.from_json), "threshold-rule results", dict))
         return
-    budget = dataclasses.replace(BUDGETS["default"], num_val=args.num_val)
-    cache = Path(args.cache)
-    ds, _, base, bank = quickstart_world(budget, cache)
+    ds, base, bank, runs = trained_runs(args.variant, args.seeds, args.num_val, Path(args.cache))
     variant = ex.VARIANTS[args.variant]
-    runs = [ex.run_config(base, variant, seed, ds, bank, cache / "runs") for seed in range(args.seeds)]
-    missing = [cfg.train.seed for cfg in runs if not ex.is_trained(cfg)]
-    if missing:
-        raise SystemExit(f"seeds {missing} of {args.variant} are not trained in {cache}: run method_study.py first")
     seen_names, unseen_names = (read_class_list(f / "classes.txt") for f in (ds.seen, ds.unseen))
     out: dict = {"variant": args.variant, "grid": list(THRESHOLDS), "seeds": {}}
     for cfg in runs:
