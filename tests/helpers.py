@@ -1,4 +1,8 @@
-"""Shared test helpers: tiny models, random prompts, a minimal training state."""
+"""Shared test helpers: tiny models, random prompts, a minimal training state, benchmark scripts as modules."""
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import torch
 
@@ -105,3 +109,17 @@ def train_state(step):
         "optimizer": {"state": {}, "param_groups": []},
         "scaler": {},
     }
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ on sys.path first: the scripts import their siblings)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,18 +1,12 @@
 """The attribute diagnosis of benchmarks/diagnose_attributes.py (method study section 5) on hand-computed matrices."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import load_benchmark
 
 from dpseg.evaluation.metrics import metrics_from_confusion
 
-_path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_attributes.py"
-_spec = importlib.util.spec_from_file_location("diagnose_attributes", _path)
-assert _spec is not None and _spec.loader is not None
-diag = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(diag)
+diag = load_benchmark("diagnose_attributes")
 
 CONF = np.array([[5, 1, 0], [2, 3, 0], [0, 1, 4]], float)  # rows: ground truth, columns: prediction
 

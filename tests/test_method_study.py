@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import load_benchmark
 
-_path = Path(__file__).resolve().parents[1] / "benchmarks" / "method_study.py"
-sys.path.insert(0, str(_path.parent))
-_spec = importlib.util.spec_from_file_location("method_study", _path)
-assert _spec and _spec.loader
-method_study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(method_study)
+method_study = load_benchmark("method_study")
 
 
 def test_a_study_leaves_the_demo_pointer_as_it_was(tmp_path):

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-_path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_report.py"
-sys.path.insert(0, str(_path.parent))
-_spec = importlib.util.spec_from_file_location("study_report", _path)
-assert _spec and _spec.loader
-study_report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study_report)
+from helpers import load_benchmark
+
+study_report = load_benchmark("study_report")
 
 SPLITS = ("seen", "unseen", "unseen-all")
 
