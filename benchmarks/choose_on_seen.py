@@ -55,6 +55,14 @@ def quickstart_world(budget, cache: Path, log=print, overrides: Sequence[str] = 
     return ds, clip, base, bank
 
 
+def add_trained_runs_arguments(ap: argparse.ArgumentParser, seeds: int = 8) -> None:
+    """--variant, --seeds, --num-val and --cache: which trained study runs :func:`trained_runs` reads."""
+    ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--num-val", type=int, default=100, help="the world's scenes per split (as the runs were made)")
+    ap.add_argument("--cache", default=".dpseg_cache/quickstart")
+
+
 def trained_runs(variant_name: str, seeds: int, num_val: int, cache: Path) -> tuple:
     """(datasets, base config, prompt bank, run configs of seeds 0..seeds-1) of ``variant_name`` in the default world
     with ``num_val`` scenes, every run already trained in ``cache`` (nothing is trained: a missing run is an error)."""

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choose_on_seen import trained_runs  # noqa: E402
+from choose_on_seen import add_trained_runs_arguments, trained_runs  # noqa: E402
 
 from dpseg.atomic import atomic_write_json  # noqa: E402
 from dpseg.data.synthetic.folders import TEST_SPLIT  # noqa: E402
@@ -29,10 +29,7 @@ from dpseg.quickstart.example import check_example, write_example  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--num-val", type=int, default=100, help="the world's scenes per split (as the runs were made)")
-    ap.add_argument("--cache", default=".dpseg_cache/quickstart")
+    add_trained_runs_arguments(ap)
     ap.add_argument("--json")
     args = ap.parse_args()
     ds, base, bank, runs = trained_runs(args.variant, args.seeds, args.num_val, Path(args.cache))

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from choose_on_seen import trained_runs  # noqa: E402
+from choose_on_seen import add_trained_runs_arguments, trained_runs  # noqa: E402
 
 from dpseg.atomic import atomic_write_json  # noqa: E402
 from dpseg.data.synthetic.folders import CHOICE_SPLIT, TEST_SPLIT  # noqa: E402
@@ -88,10 +88,7 @@ def counts(scenes: list[list[dict]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="dual", choices=sorted(ex.VARIANTS))
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--num-val", type=int, default=100, help="the world's scenes per split (as the runs were made)")
-    ap.add_argument("--cache", default=".dpseg_cache/quickstart")
+    add_trained_runs_arguments(ap)
     ap.add_argument("--json")
     ap.add_argument("--from-json", help="print the tables and paired differences of an earlier run's JSON")
     args = ap.parse_args()
