@@ -34,6 +34,8 @@ MODES = (
     "sed_code",
 )
 SED_MODES = ("sed", "sed_fast", "sed_code")
+SED_CODE_NEEDS_REPO = "mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)"
+TEXT_ONLY_MODES = ("sed", "sed_fast", "sed_code", "text_upsampled")  # their prompts have no visual part
 # the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
 TWO_PASS_MODES = ("two_pass", "two_pass_present", "two_pass_pooled", "two_pass_present_pooled")
 
@@ -204,11 +206,20 @@ def sed_aggregator(sed_repo: str):
     return sys.modules["sed_own.model"].Aggregator(**SED_B_AGGREGATOR).eval()
 
 
-def make_call(model, mode: str, images, prompts, chunk: int = 128, detected: int = 10, topk: int = 8, **policy):
-    """A no-argument function running one inference of ``mode`` (returns the logits, or E for ``encoder``)."""
+def make_call(
+    model, mode: str, images, prompts, chunk: int = 128, detected: int = 10, topk: int = 8, sed_repo: str = "", **policy
+):
+    """A no-argument function running one inference of ``mode`` (returns the logits, or E for ``encoder``);
+    ``sed_code`` needs ``sed_repo``, a local checkout of SED (:func:`make_sed_code_call`)."""
     from dpseg.config import EvalConfig
     from dpseg.evaluation.inference import refine_policy
     from dpseg.model.refine import two_pass
+
+    if mode == "sed_code":
+        if not sed_repo:
+            raise SystemExit(SED_CODE_NEEDS_REPO)
+        aggregator = sed_aggregator(sed_repo).to(next(model.parameters()).device)
+        return make_sed_code_call(model, aggregator, images, prompts)
 
     reject = topk if mode in ("sed_fast", "pass1_fast") else 0
     if mode in TWO_PASS_MODES:

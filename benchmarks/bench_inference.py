@@ -45,12 +45,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import (  # noqa: E402
     MODES,
+    SED_CODE_NEEDS_REPO,
+    TEXT_ONLY_MODES,
     build,
     limit_survivors,
     make_call,
-    make_sed_code_call,
     random_prompts,
-    sed_aggregator,
 )
 
 STAGES = [
@@ -80,12 +80,9 @@ def child(args) -> dict:
         limit_survivors(args.survivors)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     K = args.classes
-    prompts = random_prompts(model, K, device, text_only=args.mode in ("sed", "sed_fast", "sed_code", "text_upsampled"))
+    prompts = random_prompts(model, K, device, text_only=args.mode in TEXT_ONLY_MODES)
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
-    if args.mode == "sed_code":
-        run = make_sed_code_call(model, sed_aggregator(args.sed_repo).to(device), x, prompts)
-    else:
-        run = make_call(model, args.mode, x, prompts, args.chunk, args.detected)
+    run = make_call(model, args.mode, x, prompts, args.chunk, args.detected, sed_repo=args.sed_repo)
 
     def call():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -274,12 +271,12 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if "sed_code" in (args.modes if not args.child else [args.mode]) and not args.sed_repo:
-        raise SystemExit("mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)")
     if args.child:
         args.classes = args.classes[0]
         print(json.dumps(child(args)))
         return
+    if "sed_code" in args.modes and not args.sed_repo:
+        raise SystemExit(SED_CODE_NEEDS_REPO)  # before any child runs
     results = []
     for k in args.classes:
         for mode in args.modes:

@@ -29,13 +29,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import (  # noqa: E402
     MODES,
     SWITCHES,
+    TEXT_ONLY_MODES,
     TWO_PASS_MODES,
     build,
     limit_survivors,
     make_call,
-    make_sed_code_call,
     random_prompts,
-    sed_aggregator,
     set_switches,
 )
 
@@ -73,15 +72,8 @@ def main() -> None:
         if key not in models:  # two-pass modes wrap decode, so they get their own model
             models[key] = build(args.preset, mode, [] if mode.startswith("sed") else args.set)[0]
         model = models[key]
-        prompts = random_prompts(
-            model, args.classes, text_only=mode in ("sed", "sed_fast", "sed_code", "text_upsampled")
-        )
-        if mode == "sed_code":
-            if not args.sed_repo:
-                raise SystemExit("mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)")
-            call = make_sed_code_call(model, sed_aggregator(args.sed_repo), x, prompts)
-        else:
-            call = make_call(model, mode, x, prompts, args.chunk, args.detected)
+        prompts = random_prompts(model, args.classes, text_only=mode in TEXT_ONLY_MODES)
+        call = make_call(model, mode, x, prompts, args.chunk, args.detected, sed_repo=args.sed_repo)
         off = set(SWITCHES) if variant == "ref" else set(variant[1:].split(",")) - {""}
         calls[name] = (model, off, call)
 

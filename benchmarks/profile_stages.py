@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import MODES, build, limit_survivors, make_call, random_prompts  # noqa: E402
+from bench_common import MODES, TEXT_ONLY_MODES, build, limit_survivors, make_call, random_prompts  # noqa: E402
 
 # the per-stage labels, in the order of the decoder; the numbered ones are per decoder stage
 ORDER = [
@@ -53,7 +53,7 @@ def child(args) -> dict:
     model, _ = build(args.preset, args.mode, args.set, device)
     if args.survivors:
         limit_survivors(args.survivors)
-    prompts = random_prompts(model, args.classes, device, text_only=args.mode in ("sed", "sed_fast", "text_upsampled"))
+    prompts = random_prompts(model, args.classes, device, text_only=args.mode in TEXT_ONLY_MODES)
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     call = make_call(model, args.mode, x, prompts, args.chunk, args.detected)
     if args.warmup:
