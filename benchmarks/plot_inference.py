@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 LABELS = {
+    "sed_code": "SED-B, SED's own released code",
     "sed": "SED (sed-b)",
     "sed:ref": "SED (sed-b), speed-ups off",
     "sed_fast": "SED-fast (early rejection)",
@@ -43,6 +44,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    unknown = sorted({m for m, _ in rows} - LABELS.keys())
+    if unknown:
+        raise SystemExit(f"no label for mode(s) {', '.join(unknown)}: add them to LABELS in {Path(__file__).name}")
     modes = [m for m in LABELS if any(k[0] == m for k in rows)]
     for mode in modes:
         ks = sorted(k for m, k in rows if m == mode)
