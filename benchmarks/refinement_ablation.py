@@ -76,13 +76,12 @@ class _OneImage:
         return forward
 
 
-@torch.no_grad()
-def score_model(
-    model_dir: Path, data: str, split: str, max_images: int, settings: list[tuple[str, str, str]], sets: list[str]
-) -> dict:
+def load_for_scoring(model_dir: Path, data: str, split: str, sets: list[str], who: str = "the ablation"):
+    """A trained model in eval mode with its config (``sets``: eval.* overrides), a dataset split and the prompts of
+    its vocabulary: (model, cfg, dataset, prompts)."""
     model, cfg = load_model(model_dir, device="cpu")
     model.eval()
-    for text in sets:  # the detection thresholds, e.g. eval.refine_min_area=0.01
+    for text in sets:  # e.g. the detection thresholds, eval.refine_min_area=0.01
         key, value = parse_override(text)
         section, _, name = key.partition(".")
         if section != "eval" or not hasattr(cfg.eval, name):
@@ -90,7 +89,15 @@ def score_model(
         setattr(cfg.eval, name, type(getattr(cfg.eval, name))(value))
     validate_eval(cfg.eval)
     dataset = build_dataset(data, split=split)
-    prompts = vocabulary_prompts(cfg, model, list(dataset.class_names), torch.device("cpu"), "the ablation")
+    prompts = vocabulary_prompts(cfg, model, list(dataset.class_names), torch.device("cpu"), who)
+    return model, cfg, dataset, prompts
+
+
+@torch.no_grad()
+def score_model(
+    model_dir: Path, data: str, split: str, max_images: int, settings: list[tuple[str, str, str]], sets: list[str]
+) -> dict:
+    model, cfg, dataset, prompts = load_for_scoring(model_dir, data, split, sets)
     K = len(dataset.class_names)
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     confs = {"pass1": ConfusionMatrix(K), **{" / ".join(s): ConfusionMatrix(K) for s in settings}}
