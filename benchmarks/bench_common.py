@@ -27,6 +27,8 @@ MODES = (
     "text_upsampled",
     "pass1",
     "pass1_fast",
+    "pass1_fast_from1",
+    "pass1_fast_from2",
     "two_pass",
     "two_pass_present",
     "two_pass_pooled",
@@ -37,6 +39,8 @@ SED_MODES = ("sed", "sed_fast", "sed_code")
 SED_CODE_NEEDS_REPO = "mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)"
 TEXT_ONLY_MODES = ("sed", "sed_fast", "sed_code", "text_upsampled")  # their prompts have no visual part
 # the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
+# DPSeg with SED's category early rejection, from decoder stage 0 (SED's rule), 1 or 2 (eval.early_rejection_from)
+FAST_DPSEG_MODES = {"pass1_fast": 0, "pass1_fast_from1": 1, "pass1_fast_from2": 2}
 TWO_PASS_MODES = ("two_pass", "two_pass_present", "two_pass_pooled", "two_pass_present_pooled")
 
 
@@ -48,7 +52,7 @@ def preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
         return preset, list(SED_SWITCHES)
     if mode == "text_upsampled":
         return preset, ["model.prompt_type=text", "model.guidance=upsampled"]
-    if mode == "pass1_fast":  # DPSeg with SED's category early rejection needs auxiliary heads
+    if mode in FAST_DPSEG_MODES:  # DPSeg with SED's category early rejection needs auxiliary heads
         return preset, ["model.aux_heads=true"]
     return preset, []
 
@@ -221,7 +225,8 @@ def make_call(
         aggregator = sed_aggregator(sed_repo).to(next(model.parameters()).device)
         return make_sed_code_call(model, aggregator, images, prompts)
 
-    reject = topk if mode in ("sed_fast", "pass1_fast") else 0
+    reject = topk if mode == "sed_fast" or mode in FAST_DPSEG_MODES else 0
+    first = {"early_rejection_from": FAST_DPSEG_MODES[mode]} if FAST_DPSEG_MODES.get(mode) else {}
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)
         scope = "present" if mode.startswith("two_pass_present") else "all"
@@ -236,7 +241,7 @@ def make_call(
             out = two_pass(model, images, prompts, refine, class_chunk=chunk)
             call.refined = int(out["detected"].sum())
             return out["logits"]
-        return model(images, prompts, class_chunk=chunk, early_rejection_topk=reject)["logits"]
+        return model(images, prompts, class_chunk=chunk, early_rejection_topk=reject, **first)["logits"]
 
     call.refined = 0
     return call

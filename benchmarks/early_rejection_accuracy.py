@@ -25,12 +25,20 @@ from dpseg.atomic import atomic_write_json
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--topk", type=int, default=8, help="early rejection's k (SED-fast: 8)")
+    ap.add_argument(
+        "--from",
+        dest="first",
+        type=int,
+        default=0,
+        help="the first rejecting stage (eval.early_rejection_from; SED: 0)",
+    )
     add_world_arguments(ap)
     args = ap.parse_args()
-    off, on = ["eval.early_rejection_topk=0"], [f"eval.early_rejection_topk={args.topk}"]
+    off = ["eval.early_rejection_topk=0"]
+    on = [f"eval.early_rejection_topk={args.topk}", f"eval.early_rejection_from={args.first}"]
     summary = compare(off, on, train=["model.aux_heads=true"], **world_arguments(args))
     if args.json:
-        atomic_write_json(Path(args.json), {"topk": args.topk, "results": summary}, indent=2)
+        atomic_write_json(Path(args.json), {"topk": args.topk, "from": args.first, "results": summary}, indent=2)
 
 
 if __name__ == "__main__":

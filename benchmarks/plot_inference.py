@@ -22,6 +22,8 @@ LABELS = {
     "pass1": "DPSeg pass 1",
     "pass1:ref": "DPSeg pass 1, speed-ups off",
     "pass1_fast": "DPSeg + early rejection",
+    "pass1_fast_from1": "DPSeg + early rejection from stage 1",
+    "pass1_fast_from2": "DPSeg + early rejection from stage 2",
     "two_pass": "DPSeg two passes (paper)",
     "two_pass:ref": "DPSeg two passes, speed-ups off",
     "two_pass_present": "DPSeg two passes, present classes",

@@ -326,6 +326,12 @@ def validate_eval(e: EvalConfig) -> None:
     fields in :mod:`dpseg.config_schema`)."""
     check_types(e, "eval")
     check_section_numbers(e, "eval")
+    if e.early_rejection_from and not e.early_rejection_topk:
+        raise ConfigError(
+            f"config key 'eval.early_rejection_from' ({e.early_rejection_from}) chooses where early rejection "
+            "starts, but it is off (eval.early_rejection_topk=0); set eval.early_rejection_topk=k or leave "
+            "eval.early_rejection_from at 0"
+        )
 
 
 # Keys that moved between sections; configs written by older versions are read with them in their new place.

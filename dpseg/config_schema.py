@@ -258,6 +258,9 @@ class EvalConfig:
     # SED's category early rejection (SED-fast: 8): after each auxiliary head only the classes among the top k at
     # some pixel of the batch stay in the decoder; the others get probability 0. 0 = off. Needs model.aux_heads.
     early_rejection_topk: int = num(0, ge=0)
+    # the first decoder stage whose auxiliary head rejects (SED: 0, its head on the raw cost embedding); 1 or 2 keep
+    # every class through the stages before (slower, safer when the first head ranks classes badly: BENCHMARKS.md)
+    early_rejection_from: int = num(0, ge=0, le=2)
     batch_size: int = num(1, ge=1, le=65536)
     max_images: int = num(0, ge=0)  # 0 = all
     num_workers: int = num(2, ge=0, le=1024)  # image-loading processes per rank

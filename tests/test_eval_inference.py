@@ -152,18 +152,20 @@ def visual_colour_prompts(k=4):
 def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch):
     seen = {}
 
-    def fake_refine(model, images, prompts, policy, class_chunk=None, early_rejection_topk=0):
-        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk)
+    def fake_refine(model, images, prompts, policy, class_chunk=None, early_rejection_topk=0, early_rejection_from=0):
+        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk, first=early_rejection_from)
         first = model(images, prompts)["logits"]
         return {"logits_pass1": first, "logits": -first}
 
     monkeypatch.setattr(inference, "two_pass", fake_refine)
-    settings = small("whole", class_chunk=7, two_pass=True, refine_min_area=0.25, early_rejection_topk=3)
+    settings = small(
+        "whole", class_chunk=7, two_pass=True, refine_min_area=0.25, early_rejection_topk=3, early_rejection_from=2
+    )
     run = Inference(VisualColourMatcher(), visual_colour_prompts(), settings)
     assert run.passes == ("pass1", "pass2") and run.final == "pass2"
     image, label = scene(64, 64)
     (out,) = run.predict([image])
-    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["policy"].min_area == 0.25
+    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["first"] == 2 and seen["policy"].min_area == 0.25
     assert set(out) == {"pass1", "pass2"}
     assert (out["pass1"].labels == label).float().mean() > 0.9 > (out["pass2"].labels == label).float().mean()
 

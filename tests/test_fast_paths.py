@@ -10,10 +10,11 @@ from helpers import random_prompts, tiny_model
 
 import dpseg.model.aggregation as aggregation
 from dpseg.config import EvalConfig
+from dpseg.errors import InputError
 from dpseg.evaluation.inference import refine_policy
 from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
 from dpseg.model.decode_state import DecodeState
-from dpseg.model.early_rejection import REJECTED_LOGIT
+from dpseg.model.early_rejection import REJECTED_LOGIT, kept_classes
 from dpseg.model.refine import refine_prompts, two_pass, unique_images
 
 SED_SWITCHES = [
@@ -178,3 +179,33 @@ def test_dpseg_early_rejection_keeps_the_survivors_and_equals_the_full_decode_wh
     fast = outputs(model, x, prompts, early_rejection_topk=1)[0]
     rejected = (fast == REJECTED_LOGIT).flatten(2).all(-1)[0]  # (K,)
     assert rejected.any() and not rejected.all()
+
+
+@pytest.mark.parametrize("first", [1, 2])
+def test_early_rejection_from_a_later_stage_leaves_the_stages_before_it_whole(first):
+    """eval.early_rejection_from = s: the auxiliary heads before stage s see every class (their logits are the plain
+    decode's) and rejection starts at stage s; with k >= K nothing is rejected from any stage."""
+    model, _ = tiny_model("model.aux_heads=true", "model.visual_cost_norm=class")
+    model.eval()
+    prompts = random_prompts(model, 17)  # more classes than stage 2 has pixels at 32²: its top 1 must reject some
+    x = torch.rand(1, 3, 32, 32)
+    full = outputs(model, x, prompts)
+    late = outputs(model, x, prompts, early_rejection_topk=1, early_rejection_from=first)
+    for s in range(first + 1):  # aux[s] is the head of stage s, ranked before stage s rejects
+        assert torch.allclose(late[1 + s], full[1 + s], atol=1e-5), s
+    rejected = (late[0] == REJECTED_LOGIT).flatten(2).all(-1)[0]  # (K,)
+    assert rejected.any() and not rejected.all()
+    # which classes a rule keeps is decided by the first rejecting head alone: stage `first`'s top 1 on all classes
+    kept_first = kept_classes(full[1 + first], 1)
+    assert not (~rejected & ~kept_first).any()  # nothing survives that stage `first` rejected
+    nothing_rejected = outputs(model, x, prompts, early_rejection_topk=17, early_rejection_from=first)[0]
+    assert torch.allclose(nothing_rejected, full[0], atol=1e-5)
+
+
+def test_early_rejection_from_a_stage_the_decoder_lacks_is_refused():
+    model, _ = tiny_model("model.aux_heads=true")
+    model.eval()
+    with pytest.raises(InputError, match="stages 0-2, not 3; set eval.early_rejection_from"):
+        outputs(
+            model, torch.rand(1, 3, 64, 64), random_prompts(model, 3), early_rejection_topk=1, early_rejection_from=3
+        )

@@ -310,3 +310,12 @@ def test_demo_runs_the_converted_checkpoint_without_a_bank(converted, tmp_path):
         str(tmp_path / "photo.png"), "person, sky, tree"
     )
     assert picture.width > 96 and "one pass" in info and "text (this model uses text prompts only)" in info
+
+
+def test_early_rejection_from_needs_early_rejection_on():
+    with pytest.raises(ConfigError, match="early_rejection_from.*early_rejection_topk=0"):
+        build_config("sed-b", overrides=["eval.early_rejection_from=1"])
+    with pytest.raises(ConfigError, match="early_rejection_from"):
+        build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_from=3"])
+    cfg = build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_from=1"])
+    assert cfg.eval.early_rejection_from == 1

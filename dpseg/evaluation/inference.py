@@ -32,6 +32,7 @@ from dpseg.data.transforms import resize_label
 from dpseg.errors import InputError
 from dpseg.evaluation.protocols import Prediction, check_images, label_dtype, predict, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_precision
+from dpseg.model import early_rejection
 from dpseg.model.dual_prompt import PromptSet
 from dpseg.model.refine import RefinePolicy, two_pass
 
@@ -114,7 +115,7 @@ class Inference:
         """(B, 3, H, W) in [0, 1] -> {"pass1": logits (B, K, H/4, W/4)[, "pass2": ...]}; with early rejection,
         rejected classes come back at ``REJECTED_LOGIT`` (probability exactly 0)."""
         s = self.settings
-        extra = {"early_rejection_topk": s.early_rejection_topk} if s.early_rejection_topk else {}
+        extra = early_rejection.decode_options(s.early_rejection_topk, s.early_rejection_from)
         if not self.two_pass:
             return {"pass1": self.model(images, self.prompts, class_chunk=s.class_chunk, **extra)["logits"]}
         out = two_pass(self.model, images, self.prompts, self.refine, class_chunk=s.class_chunk, **extra)

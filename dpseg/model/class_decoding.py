@@ -6,8 +6,10 @@ class-aggregation input of each stage is held for all K, and the result is the s
 under chunking, see aggregation.py). Two inference options change what is decoded, never how:
 
 * **category early rejection** (SED-fast; ``early_rejection_topk`` = k > 0): after each stage's auxiliary head only
-  the classes among its k best at some pixel (of any image of the batch) are decoded further, and class aggregation
-  - and the class statistics of the visual cost volumes, ``visual_cost_norm=class`` - then run over the survivors;
+  the classes among its k best at some pixel (of any image of the batch) are decoded further (from stage
+  ``early_rejection_from`` on: SED starts at 0; a later start skips heads that rank classes badly), and class
+  aggregation - and the class statistics of the visual cost volumes, ``visual_cost_norm=class`` - then run over the
+  survivors;
   the others get ``REJECTED_LOGIT`` (early_rejection.py);
 * **pass-2 reuse** (``state``, decode_state.py): pass 1 keeps what the next decoding of the same image features can
   reuse; pass 2 recomputes stage 0 only for the (image, class) pairs whose prompts changed.
@@ -70,9 +72,11 @@ class ClassDecoding:
         class_chunk: int,
         early_rejection_topk: int,
         state: Optional[DecodeState],
+        early_rejection_from: int = 0,
     ):
         self.model, self.feats, self.prompts = model, feats, prompts
         self.class_chunk, self.topk = class_chunk, early_rejection_topk
+        self.reject_from = early_rejection_from  # the first stage whose auxiliary head rejects classes (SED: 0)
         self.dense = feats.dense  # E: (B, d, h5, w5)
         self.E = [s.detach() if model.detach_guidance else s for s in feats.stages]  # E_2..E_5
         self.K, self.B = prompts.num_classes, self.dense.shape[0]
@@ -158,7 +162,7 @@ class ClassDecoding:
                 x, scores = self._stage(s, stage, x)
                 if scores is not None:  # the model has auxiliary heads
                     aux.append(in_vocabulary(scores, self.alive, self.K))
-                if self.topk:
+                if self._rejects_after(s):
                     x = self._reject(s, stage, x, scores)
                 with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
                     x = stage.classes(x, self.class_chunk, out=None if torch.is_grad_enabled() else x)
@@ -189,7 +193,7 @@ class ClassDecoding:
             if self.aux_heads is not None:
                 with record_function("dpseg.aux_heads"):
                     scores.append(self.aux_heads[s](y.detach()))  # (B, k, h, w); detached: learns from its own loss
-            if not self.topk:
+            if not self._rejects_after(s):  # else _reject runs it on the survivors only
                 with record_function(f"dpseg.spatial_aggregation.{s}"):
                     y = stage.spatial(y)
             maps = empty_class_maps(y, n) if maps is None else maps
@@ -201,6 +205,9 @@ class ClassDecoding:
             self.state.stage0 = maps.clone()
             self.state.stage0_aux = all_scores if self.aux_heads is not None else None
         return maps, all_scores
+
+    def _rejects_after(self, s: int) -> bool:
+        return bool(self.topk) and s >= self.reject_from
 
     def _reject(self, s: int, stage: DecoderStage, x: Tensor, scores: Optional[Tensor]) -> Tensor:
         """Early rejection after stage s: keep the classes among the top k of its auxiliary logits, then run the

@@ -176,12 +176,14 @@ class DPSeg(nn.Module):
         class_chunk: int = 0,
         early_rejection_topk: int = 0,
         state: Optional[DecodeState] = None,
+        early_rejection_from: int = 0,
     ) -> dict:
         """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
         "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
 
         ``class_chunk``: classes decoded at a time (0 = all; the result is the same). ``early_rejection_topk`` = k > 0:
-        SED's category early rejection (inference; the others get ``REJECTED_LOGIT``). ``state`` (inference, no early
+        SED's category early rejection (inference; the others get ``REJECTED_LOGIT``), by the auxiliary heads of the
+        stages ``early_rejection_from`` (SED: 0) and after. ``state`` (inference, no early
         rejection): an empty :class:`DecodeState` is filled with what the next decode of the same ``feats`` can
         reuse; a filled one whose ``changed`` is set is reused. How each works: class_decoding.py.
         """
@@ -192,12 +194,17 @@ class DPSeg(nn.Module):
                 "early rejection ranks classes by the auxiliary heads, which this model lacks; "
                 "set eval.early_rejection_topk=0"
             )
+        if not 0 <= early_rejection_from < len(self.decoder.stages):
+            raise InputError(
+                f"early rejection starts after one of the decoder stages 0-{len(self.decoder.stages) - 1}, "
+                f"not {early_rejection_from}; set eval.early_rejection_from to one of them"
+            )
         batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
         if batches - {feats.dense.shape[0]}:
             raise InputError(
                 f"per-image prompts are for {max(batches)} images but the batch has {feats.dense.shape[0]}"
             )
-        return ClassDecoding(self, feats, prompts, class_chunk, early_rejection_topk, state).run()
+        return ClassDecoding(self, feats, prompts, class_chunk, early_rejection_topk, state, early_rejection_from).run()
 
     def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor:
         """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
@@ -253,8 +260,16 @@ class DPSeg(nn.Module):
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # concatenated on the channel axis
 
-    def forward(self, images: Tensor, prompts: PromptSet, class_chunk: int = 0, early_rejection_topk: int = 0) -> dict:
-        return self.decode(self.encode_image(images), prompts, class_chunk, early_rejection_topk)
+    def forward(
+        self,
+        images: Tensor,
+        prompts: PromptSet,
+        class_chunk: int = 0,
+        early_rejection_topk: int = 0,
+        early_rejection_from: int = 0,
+    ) -> dict:
+        feats = self.encode_image(images)
+        return self.decode(feats, prompts, class_chunk, early_rejection_topk, early_rejection_from=early_rejection_from)
 
     # --------------------------------------------------------------------------------------- parameters
 

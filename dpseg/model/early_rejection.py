@@ -29,3 +29,11 @@ def in_vocabulary(values: Tensor, alive: Optional[Tensor], K: int) -> Tensor:
     out = values.new_full((values.shape[0], K, *values.shape[2:]), REJECTED_LOGIT)
     out[:, alive] = values
     return out
+
+
+def decode_options(topk: int, first_stage: int) -> dict:
+    """The keyword arguments of ``DPSeg.decode`` / ``forward`` for early rejection at ``topk`` (0 = off: none, so
+    models whose ``decode`` predates the option still work) from stage ``first_stage`` on."""
+    if not topk:
+        return {}
+    return {"early_rejection_topk": topk, **({"early_rejection_from": first_stage} if first_stage else {})}
