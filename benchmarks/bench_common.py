@@ -29,6 +29,7 @@ MODES = (
     "pass1_fast",
     "pass1_fast_from1",
     "pass1_fast_from2",
+    "pass1_fast_cost",
     "two_pass",
     "two_pass_present",
     "two_pass_pooled",
@@ -39,8 +40,14 @@ SED_MODES = ("sed", "sed_fast", "sed_code")
 SED_CODE_NEEDS_REPO = "mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)"
 TEXT_ONLY_MODES = ("sed", "sed_fast", "sed_code", "text_upsampled")  # their prompts have no visual part
 # the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
-# DPSeg with SED's category early rejection, from decoder stage 0 (SED's rule), 1 or 2 (eval.early_rejection_from)
-FAST_DPSEG_MODES = {"pass1_fast": 0, "pass1_fast_from1": 1, "pass1_fast_from2": 2}
+# DPSeg with SED's category early rejection: (eval.early_rejection_from, eval.early_rejection_rank) - from decoder
+# stage 0 (SED's rule), 1 or 2; stage 0's classes ranked by its head (SED) or by the cost volume
+FAST_DPSEG_MODES = {
+    "pass1_fast": (0, "heads"),
+    "pass1_fast_from1": (1, "heads"),
+    "pass1_fast_from2": (2, "heads"),
+    "pass1_fast_cost": (0, "cost"),
+}
 TWO_PASS_MODES = ("two_pass", "two_pass_present", "two_pass_pooled", "two_pass_present_pooled")
 
 
@@ -217,6 +224,7 @@ def make_call(
     ``sed_code`` needs ``sed_repo``, a local checkout of SED (:func:`make_sed_code_call`)."""
     from dpseg.config import EvalConfig
     from dpseg.evaluation.inference import refine_policy
+    from dpseg.model import early_rejection
     from dpseg.model.refine import two_pass
 
     if mode == "sed_code":
@@ -226,7 +234,8 @@ def make_call(
         return make_sed_code_call(model, aggregator, images, prompts)
 
     reject = topk if mode == "sed_fast" or mode in FAST_DPSEG_MODES else 0
-    first = {"early_rejection_from": FAST_DPSEG_MODES[mode]} if FAST_DPSEG_MODES.get(mode) else {}
+    first = early_rejection.decode_options(reject, *FAST_DPSEG_MODES[mode]) if mode in FAST_DPSEG_MODES else {}
+    first.pop("early_rejection_topk", None)  # passed by name below
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)
         scope = "present" if mode.startswith("two_pass_present") else "all"

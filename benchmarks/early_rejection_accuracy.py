@@ -36,9 +36,12 @@ def main() -> None:
     args = ap.parse_args()
     off = ["eval.early_rejection_topk=0"]
     on = [f"eval.early_rejection_topk={args.topk}", f"eval.early_rejection_from={args.first}"]
+    on += [f"eval.early_rejection_rank={args.rank}"]
     summary = compare(off, on, train=["model.aux_heads=true"], **world_arguments(args))
     if args.json:
-        atomic_write_json(Path(args.json), {"topk": args.topk, "from": args.first, "results": summary}, indent=2)
+        atomic_write_json(
+            Path(args.json), {"topk": args.topk, "from": args.first, "rank": args.rank, "results": summary}, indent=2
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ LABELS = {
     "pass1_fast": "DPSeg + early rejection",
     "pass1_fast_from1": "DPSeg + early rejection from stage 1",
     "pass1_fast_from2": "DPSeg + early rejection from stage 2",
+    "pass1_fast_cost": "DPSeg + early rejection, stage 0 ranked by the cost volume",
     "two_pass": "DPSeg two passes (paper)",
     "two_pass:ref": "DPSeg two passes, speed-ups off",
     "two_pass_present": "DPSeg two passes, present classes",

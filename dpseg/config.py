@@ -326,6 +326,13 @@ def validate_eval(e: EvalConfig) -> None:
     fields in :mod:`dpseg.config_schema`)."""
     check_types(e, "eval")
     check_section_numbers(e, "eval")
+    if e.early_rejection_rank != "heads" and not (e.early_rejection_topk and e.early_rejection_from == 0):
+        raise ConfigError(
+            f"config key 'eval.early_rejection_rank' ({e.early_rejection_rank!r}) ranks the classes at stage 0, "
+            f"which early rejection does not use here (eval.early_rejection_topk={e.early_rejection_topk}, "
+            f"eval.early_rejection_from={e.early_rejection_from}); set eval.early_rejection_topk=k and "
+            "eval.early_rejection_from=0, or leave eval.early_rejection_rank at 'heads'"
+        )
     if e.early_rejection_from and not e.early_rejection_topk:
         raise ConfigError(
             f"config key 'eval.early_rejection_from' ({e.early_rejection_from}) chooses where early rejection "

@@ -261,6 +261,9 @@ class EvalConfig:
     # the first decoder stage whose auxiliary head rejects (SED: 0, its head on the raw cost embedding); 1 or 2 keep
     # every class through the stages before (slower, safer when the first head ranks classes badly: BENCHMARKS.md)
     early_rejection_from: int = num(0, ge=0, le=2)
+    # what ranks the classes at stage 0: "heads" = its auxiliary head (SED); "cost" = the dual-prompt cost volume's
+    # mean similarity over the templates (comparable across classes; BENCHMARKS.md measures both)
+    early_rejection_rank: Literal["heads", "cost"] = "heads"
     batch_size: int = num(1, ge=1, le=65536)
     max_images: int = num(0, ge=0)  # 0 = all
     num_workers: int = num(2, ge=0, le=1024)  # image-loading processes per rank

@@ -149,23 +149,26 @@ def visual_colour_prompts(k=4):
     return PromptSet([f"c{i}" for i in range(k)], colours, colours.clone(), [colours.clone() for _ in range(3)])
 
 
-def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch):
+@pytest.mark.parametrize("rejection", [{"early_rejection_from": 2}, {"early_rejection_rank": "cost"}])
+def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch, rejection):
     seen = {}
 
-    def fake_refine(model, images, prompts, policy, class_chunk=None, early_rejection_topk=0, early_rejection_from=0):
-        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk, first=early_rejection_from)
+    def fake_refine(
+        model, images, prompts, policy, class_chunk=None, early_rejection_topk=0, early_rejection_from=0, **rank
+    ):
+        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk, first=early_rejection_from, **rank)
         first = model(images, prompts)["logits"]
         return {"logits_pass1": first, "logits": -first}
 
     monkeypatch.setattr(inference, "two_pass", fake_refine)
-    settings = small(
-        "whole", class_chunk=7, two_pass=True, refine_min_area=0.25, early_rejection_topk=3, early_rejection_from=2
-    )
+    settings = small("whole", class_chunk=7, two_pass=True, refine_min_area=0.25, early_rejection_topk=3, **rejection)
     run = Inference(VisualColourMatcher(), visual_colour_prompts(), settings)
     assert run.passes == ("pass1", "pass2") and run.final == "pass2"
     image, label = scene(64, 64)
     (out,) = run.predict([image])
-    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["first"] == 2 and seen["policy"].min_area == 0.25
+    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["policy"].min_area == 0.25
+    assert seen["first"] == rejection.get("early_rejection_from", 0)
+    assert seen.get("early_rejection_rank", "heads") == rejection.get("early_rejection_rank", "heads")
     assert set(out) == {"pass1", "pass2"}
     assert (out["pass1"].labels == label).float().mean() > 0.9 > (out["pass2"].labels == label).float().mean()
 

@@ -13,7 +13,9 @@ from dpseg.config import EvalConfig
 from dpseg.errors import InputError
 from dpseg.evaluation.inference import refine_policy
 from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class_maps, elu_plus_one
+from dpseg.model.cost_volume import cosine_cost_volume
 from dpseg.model.decode_state import DecodeState
+from dpseg.model.dual_prompt import dual_prompt
 from dpseg.model.early_rejection import REJECTED_LOGIT, kept_classes
 from dpseg.model.refine import refine_prompts, two_pass, unique_images
 
@@ -208,4 +210,39 @@ def test_early_rejection_from_a_stage_the_decoder_lacks_is_refused():
     with pytest.raises(InputError, match="stages 0-2, not 3; set eval.early_rejection_from"):
         outputs(
             model, torch.rand(1, 3, 64, 64), random_prompts(model, 3), early_rejection_topk=1, early_rejection_from=3
+        )
+
+
+@pytest.mark.parametrize("rank", ["heads", "cost"])
+def test_stage_0_ranks_by_its_head_or_by_the_cost_volume(rank):
+    """eval.early_rejection_rank: at 32² stage 0 has one position, so top 1 keeps exactly one class there - the
+    argmax of stage 0's auxiliary logits ("heads", SED) or of F_c's mean over the templates ("cost") - and only that
+    class comes out of the decoder; the auxiliary logits returned are the heads' either way."""
+    model, _ = tiny_model("model.aux_heads=true", "model.visual_cost_norm=class")
+    model.eval()
+    prompts = random_prompts(model, 17)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.encode_image(x)
+        full = model.decode(feats, prompts)
+        out = model.decode(feats, prompts, early_rejection_topk=1, early_rejection_rank=rank)
+        R = dual_prompt(prompts.text, prompts.visual, model.prompt_type)  # (K, M, d)
+        similarity = cosine_cost_volume(feats.dense, R).mean(2)  # (1, K, 1, 1)
+    ranking = full["aux"][0] if rank == "heads" else similarity
+    assert ranking.shape[-2:] == (1, 1)
+    survivors = (out["logits"] > REJECTED_LOGIT / 2).flatten(2).any(-1)[0]  # (K,)
+    assert survivors.nonzero().flatten().tolist() == [int(ranking.flatten().argmax())]
+    assert torch.allclose(out["aux"][0], full["aux"][0], atol=1e-5)
+
+
+def test_an_unknown_stage_0_ranking_is_refused():
+    model, _ = tiny_model("model.aux_heads=true")
+    model.eval()
+    with pytest.raises(InputError, match="one of heads, cost, not 'votes'; set eval.early_rejection_rank"):
+        outputs(
+            model,
+            torch.rand(1, 3, 32, 32),
+            random_prompts(model, 3),
+            early_rejection_topk=1,
+            early_rejection_rank="votes",
         )

@@ -319,3 +319,17 @@ def test_early_rejection_from_needs_early_rejection_on():
         build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_from=3"])
     cfg = build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_from=1"])
     assert cfg.eval.early_rejection_from == 1
+
+
+def test_early_rejection_rank_needs_rejection_at_stage_0():
+    with pytest.raises(ConfigError, match="early_rejection_rank.*early_rejection_topk=0"):
+        build_config("sed-b", overrides=["eval.early_rejection_rank=cost"])
+    with pytest.raises(ConfigError, match="early_rejection_rank.*early_rejection_from=1"):
+        build_config(
+            "sed-b",
+            overrides=["eval.early_rejection_topk=8", "eval.early_rejection_from=1", "eval.early_rejection_rank=cost"],
+        )
+    with pytest.raises(ConfigError, match="early_rejection_rank"):
+        build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_rank=votes"])
+    cfg = build_config("sed-b", overrides=["eval.early_rejection_topk=8", "eval.early_rejection_rank=cost"])
+    assert cfg.eval.early_rejection_rank == "cost"

@@ -115,7 +115,7 @@ class Inference:
         """(B, 3, H, W) in [0, 1] -> {"pass1": logits (B, K, H/4, W/4)[, "pass2": ...]}; with early rejection,
         rejected classes come back at ``REJECTED_LOGIT`` (probability exactly 0)."""
         s = self.settings
-        extra = early_rejection.decode_options(s.early_rejection_topk, s.early_rejection_from)
+        extra = early_rejection.decode_options(s.early_rejection_topk, s.early_rejection_from, s.early_rejection_rank)
         if not self.two_pass:
             return {"pass1": self.model(images, self.prompts, class_chunk=s.class_chunk, **extra)["logits"]}
         out = two_pass(self.model, images, self.prompts, self.refine, class_chunk=s.class_chunk, **extra)

@@ -50,7 +50,7 @@ class DecodingModel(Protocol):
     detach_guidance: bool
     cpu_chunk_elements: int
 
-    def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor: ...
+    def embed_cost_volume(self, dense: Tensor, R: Tensor, similarity: Optional[list] = None) -> Tensor: ...
 
     @property
     def stage_guidance(self) -> Callable[..., Optional[Tensor]]:
@@ -73,10 +73,12 @@ class ClassDecoding:
         early_rejection_topk: int,
         state: Optional[DecodeState],
         early_rejection_from: int = 0,
+        early_rejection_rank: str = "heads",
     ):
         self.model, self.feats, self.prompts = model, feats, prompts
         self.class_chunk, self.topk = class_chunk, early_rejection_topk
         self.reject_from = early_rejection_from  # the first stage whose auxiliary head rejects classes (SED: 0)
+        self.rank_by_cost = early_rejection_topk > 0 and early_rejection_from == 0 and early_rejection_rank == "cost"
         self.dense = feats.dense  # E: (B, d, h5, w5)
         self.E = [s.detach() if model.detach_guidance else s for s in feats.stages]  # E_2..E_5
         self.K, self.B = prompts.num_classes, self.dense.shape[0]
@@ -117,11 +119,12 @@ class ClassDecoding:
                 self.statistics[j] = m.class_statistics(self.E[int(j) - 2], v, class_chunks(v.shape[-3], self.chunk[s]))
         return self.statistics
 
-    def stage_input(self, s: int, x: Optional[Tensor], c: slice) -> Tensor:
-        """Class maps entering stage s (HEAD = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
+    def stage_input(self, s: int, x: Optional[Tensor], c: slice, similarity: Optional[list] = None) -> Tensor:
+        """Class maps entering stage s (HEAD = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w);
+        stage 0 appends F_c's template-mean similarity (B, k, h, w) to ``similarity`` when it is given."""
         ids = c if self.alive is None else self.alive[c]  # vocabulary indices of these rows
         if s == 0:  # dual-prompt cost volume -> cost embedding
-            return self.model.embed_cost_volume(self.dense, self.R(ids))
+            return self.model.embed_cost_volume(self.dense, self.R(ids), similarity)
         assert x is not None  # the maps stage s - 1 produced
         R_ids = self.R(ids) if self.model.upsampled_cost is not None else None  # SED's guidance reads F_c again
         guidance = self.model.stage_guidance(
@@ -159,11 +162,11 @@ class ClassDecoding:
             self._prepare()
             x: Optional[Tensor] = None  # the class maps of the stage before, all alive classes
             for s, stage in enumerate(self.stages):
-                x, scores = self._stage(s, stage, x)
+                x, scores, ranking = self._stage(s, stage, x)
                 if scores is not None:  # the model has auxiliary heads
                     aux.append(in_vocabulary(scores, self.alive, self.K))
                 if self._rejects_after(s):
-                    x = self._reject(s, stage, x, scores)
+                    x = self._reject(s, stage, x, ranking)
                 with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
                     x = stage.classes(x, self.class_chunk, out=None if torch.is_grad_enabled() else x)
             n = self.K if self.alive is None else len(self.alive)
@@ -178,18 +181,22 @@ class ClassDecoding:
             out["aux"] = aux
         return out
 
-    def _stage(self, s: int, stage: DecoderStage, x: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    def _stage(
+        self, s: int, stage: DecoderStage, x: Optional[Tensor]
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """Stage s's class-aggregation input (B, n, C_s, h, w) for the n alive classes, chunk by chunk (spatial
-        aggregation included unless early rejection postpones it to the survivors), and its auxiliary logits
-        (B, n, h, w) when the model has auxiliary heads."""
+        aggregation included unless early rejection postpones it to the survivors), its auxiliary logits
+        (B, n, h, w) when the model has auxiliary heads, and what early rejection ranks the classes by: those
+        logits, or at stage 0 with ``early_rejection_rank="cost"`` F_c's mean over the templates (B, n, h, w)."""
         n = self.K if self.alive is None else len(self.alive)
         maps: Optional[Tensor] = None
         scores: list[Tensor] = []
+        similarity: Optional[list[Tensor]] = [] if s == 0 and self.rank_by_cost else None
         reused = s == 0 and self.reuse
         if reused:  # pass 2: only the changed (image, class) pairs are new (decode_state.py)
             maps, scores = self._reused_stage0()
         for c in [] if reused else class_chunks(n, self.chunk[s]):
-            y = self.stage_input(s, x, c)
+            y = self.stage_input(s, x, c, similarity)
             if self.aux_heads is not None:
                 with record_function("dpseg.aux_heads"):
                     scores.append(self.aux_heads[s](y.detach()))  # (B, k, h, w); detached: learns from its own loss
@@ -204,7 +211,8 @@ class ClassDecoding:
             self.state.feats, self.state.projected, self.state.terms = self.feats, self.projected, self.terms
             self.state.stage0 = maps.clone()
             self.state.stage0_aux = all_scores if self.aux_heads is not None else None
-        return maps, all_scores
+        ranking = torch.cat(similarity, dim=1) if similarity else all_scores  # (B, n, h, w)
+        return maps, all_scores, ranking
 
     def _rejects_after(self, s: int) -> bool:
         return bool(self.topk) and s >= self.reject_from

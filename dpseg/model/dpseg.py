@@ -28,7 +28,7 @@ from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, Visual
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet
-from dpseg.model.early_rejection import REJECTED_LOGIT, kept_classes
+from dpseg.model.early_rejection import RANKS, REJECTED_LOGIT, kept_classes
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
 __all__ = ["DPSeg", "FROZEN_TOWERS", "REJECTED_LOGIT", "is_frozen_tower", "kept_classes"]
@@ -177,13 +177,15 @@ class DPSeg(nn.Module):
         early_rejection_topk: int = 0,
         state: Optional[DecodeState] = None,
         early_rejection_from: int = 0,
+        early_rejection_rank: str = "heads",
     ) -> dict:
         """Cost volumes + decoder for one vocabulary: {"logits": (B, K, H/4, W/4)}, and with auxiliary heads also
         "aux": their logits [(B, K, h_s, w_s) for the stages s = 0, 1, 2 at strides 32, 16, 8].
 
         ``class_chunk``: classes decoded at a time (0 = all; the result is the same). ``early_rejection_topk`` = k > 0:
         SED's category early rejection (inference; the others get ``REJECTED_LOGIT``), by the auxiliary heads of the
-        stages ``early_rejection_from`` (SED: 0) and after. ``state`` (inference, no early
+        stages ``early_rejection_from`` (SED: 0) and after; ``early_rejection_rank="cost"`` ranks the classes at stage 0
+        by F_c's mean over the templates instead of stage 0's head. ``state`` (inference, no early
         rejection): an empty :class:`DecodeState` is filled with what the next decode of the same ``feats`` can
         reuse; a filled one whose ``changed`` is set is reused. How each works: class_decoding.py.
         """
@@ -199,17 +201,27 @@ class DPSeg(nn.Module):
                 f"early rejection starts after one of the decoder stages 0-{len(self.decoder.stages) - 1}, "
                 f"not {early_rejection_from}; set eval.early_rejection_from to one of them"
             )
+        if early_rejection_rank not in RANKS:
+            raise InputError(
+                f"early rejection ranks stage 0's classes by one of {', '.join(RANKS)}, not "
+                f"{early_rejection_rank!r}; set eval.early_rejection_rank to one of them"
+            )
         batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
         if batches - {feats.dense.shape[0]}:
             raise InputError(
                 f"per-image prompts are for {max(batches)} images but the batch has {feats.dense.shape[0]}"
             )
-        return ClassDecoding(self, feats, prompts, class_chunk, early_rejection_topk, state, early_rejection_from).run()
+        return ClassDecoding(
+            self, feats, prompts, class_chunk, early_rejection_topk, state, early_rejection_from, early_rejection_rank
+        ).run()
 
-    def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor:
-        """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
+    def embed_cost_volume(self, dense: Tensor, R: Tensor, similarity: Optional[list] = None) -> Tensor:
+        """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5). A list given
+        as ``similarity`` gets F_c's mean over the M templates, (B, k, h5, w5) (early rejection can rank by it)."""
         with record_function("dpseg.cost_volume"):
             F_c = cosine_cost_volume(dense, R)  # (B, k, M, h5, w5)
+        if similarity is not None:
+            similarity.append(F_c.mean(2))  # (B, k, h5, w5)
         with record_function("dpseg.cost_embedding"):
             return to_class_layout(self.cost_embedding(F_c), use_channels_last(self.channels_last, dense.device))
 
@@ -267,9 +279,17 @@ class DPSeg(nn.Module):
         class_chunk: int = 0,
         early_rejection_topk: int = 0,
         early_rejection_from: int = 0,
+        early_rejection_rank: str = "heads",
     ) -> dict:
         feats = self.encode_image(images)
-        return self.decode(feats, prompts, class_chunk, early_rejection_topk, early_rejection_from=early_rejection_from)
+        return self.decode(
+            feats,
+            prompts,
+            class_chunk,
+            early_rejection_topk,
+            early_rejection_from=early_rejection_from,
+            early_rejection_rank=early_rejection_rank,
+        )
 
     # --------------------------------------------------------------------------------------- parameters
 

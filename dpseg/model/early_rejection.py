@@ -11,6 +11,9 @@ from torch import Tensor
 # The logit of a class dropped by early rejection: sigmoid gives exactly 0 in fp32, bf16 and fp16 (as SED's zero
 # probability) while, unlike -inf, bilinear resizing and the BCE stay finite.
 REJECTED_LOGIT = -1e4
+# what ranks the classes at stage 0: its auxiliary head (SED), or the dual-prompt cost volume's mean similarity over
+# the templates ("cost": every class's score is comparable with the others', which a per-class head's need not be)
+RANKS = ("heads", "cost")
 
 
 def kept_classes(scores: Tensor, k: int) -> Tensor:
@@ -31,9 +34,15 @@ def in_vocabulary(values: Tensor, alive: Optional[Tensor], K: int) -> Tensor:
     return out
 
 
-def decode_options(topk: int, first_stage: int) -> dict:
+def decode_options(topk: int, first_stage: int, rank: str = "heads") -> dict:
     """The keyword arguments of ``DPSeg.decode`` / ``forward`` for early rejection at ``topk`` (0 = off: none, so
-    models whose ``decode`` predates the option still work) from stage ``first_stage`` on."""
+    models whose ``decode`` predates the options still work) from stage ``first_stage`` on, stage 0's classes ranked
+    by ``rank`` (:data:`RANKS`)."""
     if not topk:
         return {}
-    return {"early_rejection_topk": topk, **({"early_rejection_from": first_stage} if first_stage else {})}
+    options: dict = {"early_rejection_topk": topk}
+    if first_stage:
+        options["early_rejection_from"] = first_stage
+    if rank != "heads":
+        options["early_rejection_rank"] = rank
+    return options
