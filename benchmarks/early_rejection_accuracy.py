@@ -32,6 +32,9 @@ def main() -> None:
         default=0,
         help="the first rejecting stage (eval.early_rejection_from; SED: 0)",
     )
+    ap.add_argument(
+        "--rank", default="heads", choices=["heads", "cost"], help="what ranks stage 0 (eval.early_rejection_rank)"
+    )
     add_world_arguments(ap)
     args = ap.parse_args()
     off = ["eval.early_rejection_topk=0"]
