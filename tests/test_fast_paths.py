@@ -216,8 +216,8 @@ def test_early_rejection_from_a_stage_the_decoder_lacks_is_refused():
 @pytest.mark.parametrize("rank", ["heads", "cost"])
 def test_stage_0_ranks_by_its_head_or_by_the_cost_volume(rank):
     """eval.early_rejection_rank: at 32² stage 0 has one position, so top 1 keeps exactly one class there - the
-    argmax of stage 0's auxiliary logits ("heads", SED) or of F_c's mean over the templates ("cost") - and only that
-    class comes out of the decoder; the auxiliary logits returned are the heads' either way."""
+    argmax of stage 0's auxiliary logits after stage 0 ("heads", SED) or of F_c's mean over the templates before it
+    ("cost") - and only that class comes out of the decoder, with stage 0's auxiliary logit of the plain decode."""
     model, _ = tiny_model("model.aux_heads=true", "model.visual_cost_norm=class")
     model.eval()
     prompts = random_prompts(model, 17)
@@ -232,7 +232,9 @@ def test_stage_0_ranks_by_its_head_or_by_the_cost_volume(rank):
     assert ranking.shape[-2:] == (1, 1)
     survivors = (out["logits"] > REJECTED_LOGIT / 2).flatten(2).any(-1)[0]  # (K,)
     assert survivors.nonzero().flatten().tolist() == [int(ranking.flatten().argmax())]
-    assert torch.allclose(out["aux"][0], full["aux"][0], atol=1e-5)
+    kept = survivors if rank == "cost" else torch.ones_like(survivors)  # "cost": stage 0 decodes the survivor only
+    assert torch.allclose(out["aux"][0][:, kept], full["aux"][0][:, kept], atol=1e-5)
+    assert (out["aux"][0][:, ~kept] == REJECTED_LOGIT).all()
 
 
 def test_an_unknown_stage_0_ranking_is_refused():

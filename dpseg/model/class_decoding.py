@@ -7,7 +7,8 @@ under chunking, see aggregation.py). Two inference options change what is decode
 
 * **category early rejection** (SED-fast; ``early_rejection_topk`` = k > 0): after each stage's auxiliary head only
   the classes among its k best at some pixel (of any image of the batch) are decoded further (from stage
-  ``early_rejection_from`` on: SED starts at 0; a later start skips heads that rank classes badly), and class
+  ``early_rejection_from`` on: SED starts at 0; a later start skips heads that rank classes badly; with
+  ``early_rejection_rank="cost"`` the first rejection ranks by the cost volume before stage 0), and class
   aggregation - and the class statistics of the visual cost volumes, ``visual_cost_norm=class`` - then run over the
   survivors;
   the others get ``REJECTED_LOGIT`` (early_rejection.py);
@@ -29,7 +30,7 @@ from torch.profiler import record_function
 from dpseg.model import early_rejection
 from dpseg.model.aggregation import class_chunks
 from dpseg.model.class_maps import empty_class_maps, stage_chunk
-from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding
+from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
@@ -50,7 +51,7 @@ class DecodingModel(Protocol):
     detach_guidance: bool
     cpu_chunk_elements: int
 
-    def embed_cost_volume(self, dense: Tensor, R: Tensor, similarity: Optional[list] = None) -> Tensor: ...
+    def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor: ...
 
     @property
     def stage_guidance(self) -> Callable[..., Optional[Tensor]]:
@@ -119,12 +120,11 @@ class ClassDecoding:
                 self.statistics[j] = m.class_statistics(self.E[int(j) - 2], v, class_chunks(v.shape[-3], self.chunk[s]))
         return self.statistics
 
-    def stage_input(self, s: int, x: Optional[Tensor], c: slice, similarity: Optional[list] = None) -> Tensor:
-        """Class maps entering stage s (HEAD = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w);
-        stage 0 appends F_c's template-mean similarity (B, k, h, w) to ``similarity`` when it is given."""
+    def stage_input(self, s: int, x: Optional[Tensor], c: slice) -> Tensor:
+        """Class maps entering stage s (HEAD = the head) for rows ``c`` of the alive classes: (B, k, C_s, h, w)."""
         ids = c if self.alive is None else self.alive[c]  # vocabulary indices of these rows
         if s == 0:  # dual-prompt cost volume -> cost embedding
-            return self.model.embed_cost_volume(self.dense, self.R(ids), similarity)
+            return self.model.embed_cost_volume(self.dense, self.R(ids))
         assert x is not None  # the maps stage s - 1 produced
         R_ids = self.R(ids) if self.model.upsampled_cost is not None else None  # SED's guidance reads F_c again
         guidance = self.model.stage_guidance(
@@ -160,13 +160,15 @@ class ClassDecoding:
         aux: list[Tensor] = []
         with record_function("dpseg.decode"):
             self._prepare()
+            if self.rank_by_cost:
+                self._reject_by_cost()
             x: Optional[Tensor] = None  # the class maps of the stage before, all alive classes
             for s, stage in enumerate(self.stages):
-                x, scores, ranking = self._stage(s, stage, x)
+                x, scores = self._stage(s, stage, x)
                 if scores is not None:  # the model has auxiliary heads
                     aux.append(in_vocabulary(scores, self.alive, self.K))
                 if self._rejects_after(s):
-                    x = self._reject(s, stage, x, ranking)
+                    x = self._reject(s, stage, x, scores)
                 with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
                     x = stage.classes(x, self.class_chunk, out=None if torch.is_grad_enabled() else x)
             n = self.K if self.alive is None else len(self.alive)
@@ -181,22 +183,18 @@ class ClassDecoding:
             out["aux"] = aux
         return out
 
-    def _stage(
-        self, s: int, stage: DecoderStage, x: Optional[Tensor]
-    ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def _stage(self, s: int, stage: DecoderStage, x: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         """Stage s's class-aggregation input (B, n, C_s, h, w) for the n alive classes, chunk by chunk (spatial
-        aggregation included unless early rejection postpones it to the survivors), its auxiliary logits
-        (B, n, h, w) when the model has auxiliary heads, and what early rejection ranks the classes by: those
-        logits, or at stage 0 with ``early_rejection_rank="cost"`` F_c's mean over the templates (B, n, h, w)."""
+        aggregation included unless early rejection postpones it to the survivors), and its auxiliary logits
+        (B, n, h, w) when the model has auxiliary heads."""
         n = self.K if self.alive is None else len(self.alive)
         maps: Optional[Tensor] = None
         scores: list[Tensor] = []
-        similarity: Optional[list[Tensor]] = [] if s == 0 and self.rank_by_cost else None
         reused = s == 0 and self.reuse
         if reused:  # pass 2: only the changed (image, class) pairs are new (decode_state.py)
             maps, scores = self._reused_stage0()
         for c in [] if reused else class_chunks(n, self.chunk[s]):
-            y = self.stage_input(s, x, c, similarity)
+            y = self.stage_input(s, x, c)
             if self.aux_heads is not None:
                 with record_function("dpseg.aux_heads"):
                     scores.append(self.aux_heads[s](y.detach()))  # (B, k, h, w); detached: learns from its own loss
@@ -211,11 +209,21 @@ class ClassDecoding:
             self.state.feats, self.state.projected, self.state.terms = self.feats, self.projected, self.terms
             self.state.stage0 = maps.clone()
             self.state.stage0_aux = all_scores if self.aux_heads is not None else None
-        ranking = torch.cat(similarity, dim=1) if similarity else all_scores  # (B, n, h, w)
-        return maps, all_scores, ranking
+        return maps, all_scores
 
     def _rejects_after(self, s: int) -> bool:
-        return bool(self.topk) and s >= self.reject_from
+        """Whether stage s's auxiliary head rejects classes (a cost-volume ranking rejects before stage 0 instead)."""
+        return bool(self.topk) and s >= self.reject_from and not (s == 0 and self.rank_by_cost)
+
+    def _reject_by_cost(self) -> None:
+        """Early rejection before stage 0 (``early_rejection_rank="cost"``): keep the classes among the top k of the
+        dual-prompt cost volume's mean similarity over the templates at some pixel; stage 0 then decodes only them
+        (the survivors' maps are what stage 0 would make of them after a rejection by its head)."""
+        with record_function("dpseg.rank_by_cost"):
+            similarity = torch.cat(
+                [cosine_cost_volume(self.dense, self.R(c)).mean(2) for c in class_chunks(self.K, self.chunk[0])], dim=1
+            )  # (B, K, M, h5, w5) per chunk -> (B, K, h5, w5)
+            self.alive = early_rejection.kept_classes(similarity, self.topk).nonzero().flatten()
 
     def _reject(self, s: int, stage: DecoderStage, x: Tensor, scores: Optional[Tensor]) -> Tensor:
         """Early rejection after stage s: keep the classes among the top k of its auxiliary logits, then run the

@@ -184,8 +184,8 @@ class DPSeg(nn.Module):
 
         ``class_chunk``: classes decoded at a time (0 = all; the result is the same). ``early_rejection_topk`` = k > 0:
         SED's category early rejection (inference; the others get ``REJECTED_LOGIT``), by the auxiliary heads of the
-        stages ``early_rejection_from`` (SED: 0) and after; ``early_rejection_rank="cost"`` ranks the classes at stage 0
-        by F_c's mean over the templates instead of stage 0's head. ``state`` (inference, no early
+        stages ``early_rejection_from`` (SED: 0) and after; ``early_rejection_rank="cost"`` ranks the classes by F_c's
+        mean over the templates before stage 0 instead of by stage 0's head after it. ``state`` (inference, no early
         rejection): an empty :class:`DecodeState` is filled with what the next decode of the same ``feats`` can
         reuse; a filled one whose ``changed`` is set is reused. How each works: class_decoding.py.
         """
@@ -215,13 +215,10 @@ class DPSeg(nn.Module):
             self, feats, prompts, class_chunk, early_rejection_topk, state, early_rejection_from, early_rejection_rank
         ).run()
 
-    def embed_cost_volume(self, dense: Tensor, R: Tensor, similarity: Optional[list] = None) -> Tensor:
-        """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5). A list given
-        as ``similarity`` gets F_c's mean over the M templates, (B, k, h5, w5) (early rejection can rank by it)."""
+    def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor:
+        """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""
         with record_function("dpseg.cost_volume"):
             F_c = cosine_cost_volume(dense, R)  # (B, k, M, h5, w5)
-        if similarity is not None:
-            similarity.append(F_c.mean(2))  # (B, k, h5, w5)
         with record_function("dpseg.cost_embedding"):
             return to_class_layout(self.cost_embedding(F_c), use_channels_last(self.channels_last, dense.device))
 
