@@ -24,6 +24,7 @@ MODES = (
     "encoder",
     "sed",
     "sed_fast",
+    "sed_fast_cost",
     "text_upsampled",
     "pass1",
     "pass1_fast",
@@ -36,13 +37,21 @@ MODES = (
     "two_pass_present_pooled",
     "sed_code",
 )
-SED_MODES = ("sed", "sed_fast", "sed_code")
+SED_MODES = ("sed", "sed_fast", "sed_fast_cost", "sed_code")
 SED_CODE_NEEDS_REPO = "mode sed_code needs --sed-repo PATH (a local checkout of github.com/xb534/SED)"
-TEXT_ONLY_MODES = ("sed", "sed_fast", "sed_code", "text_upsampled")  # their prompts have no visual part
+TEXT_ONLY_MODES = (
+    "sed",
+    "sed_fast",
+    "sed_fast_cost",
+    "sed_code",
+    "text_upsampled",
+)  # their prompts have no visual part
 # the two passes: the paper's (every class re-decoded), present classes only; "_pooled": eval.refine_source=pooled
-# DPSeg with SED's category early rejection: (eval.early_rejection_from, eval.early_rejection_rank) - from decoder
-# stage 0 (SED's rule), 1 or 2; stage 0's classes ranked by its head (SED) or by the cost volume
-FAST_DPSEG_MODES = {
+# SED's category early rejection: (eval.early_rejection_from, eval.early_rejection_rank) - from decoder stage 0
+# (SED's rule), 1 or 2; the first rejection ranked by stage 0's head (SED) or by the cost volume before stage 0
+FAST_MODES = {
+    "sed_fast": (0, "heads"),
+    "sed_fast_cost": (0, "cost"),
     "pass1_fast": (0, "heads"),
     "pass1_fast_from1": (1, "heads"),
     "pass1_fast_from2": (2, "heads"),
@@ -59,7 +68,7 @@ def preset_and_overrides(preset: str, mode: str) -> tuple[str, list[str]]:
         return preset, list(SED_SWITCHES)
     if mode == "text_upsampled":
         return preset, ["model.prompt_type=text", "model.guidance=upsampled"]
-    if mode in FAST_DPSEG_MODES:  # DPSeg with SED's category early rejection needs auxiliary heads
+    if mode in FAST_MODES:  # DPSeg with SED's category early rejection needs auxiliary heads
         return preset, ["model.aux_heads=true"]
     return preset, []
 
@@ -233,8 +242,8 @@ def make_call(
         aggregator = sed_aggregator(sed_repo).to(next(model.parameters()).device)
         return make_sed_code_call(model, aggregator, images, prompts)
 
-    reject = topk if mode == "sed_fast" or mode in FAST_DPSEG_MODES else 0
-    first = early_rejection.decode_options(reject, *FAST_DPSEG_MODES[mode]) if mode in FAST_DPSEG_MODES else {}
+    reject = topk if mode in FAST_MODES else 0
+    first = early_rejection.decode_options(reject, *FAST_MODES[mode]) if mode in FAST_MODES else {}
     first.pop("early_rejection_topk", None)  # passed by name below
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)

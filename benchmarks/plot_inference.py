@@ -19,6 +19,7 @@ LABELS = {
     "sed": "SED (sed-b)",
     "sed:ref": "SED (sed-b), speed-ups off",
     "sed_fast": "SED-fast (early rejection)",
+    "sed_fast_cost": "SED-fast, stage 0 ranked by the cost volume",
     "pass1": "DPSeg pass 1",
     "pass1:ref": "DPSeg pass 1, speed-ups off",
     "pass1_fast": "DPSeg + early rejection",
