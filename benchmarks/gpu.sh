@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU table for DPSeg and SED (benchmarks/gpu_bench.py): bf16 and fp32 latency and peak memory of sed-b, sed-b
-# with early rejection, dpseg-b pass 1 / two passes / pass 2 over the present classes at K = 150 and 847 (768²),
+# with early rejection, dpseg-b pass 1 / with early rejection (SED's ranking, the cost-volume ranking) / two passes /
+# pass 2 over the present classes at K = 150 and 847 (768²),
 # and one dpseg-b training step at batch 4, 768². About 5-8 minutes on one H100 / H200.
 #
 #   bash benchmarks/gpu.sh                      # from the repository root, on the GPU machine

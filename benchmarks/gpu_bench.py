@@ -8,9 +8,10 @@ precision, and one training step. Run through ``benchmarks/gpu.sh`` (which insta
 Random-weight models (speed does not depend on weight values; ``benchmarks/bench_common.py``), prompts as from a
 cached bank, one image. Modes: ``sed`` (preset sed-b, SED's released architecture), ``sed_fast`` (its early
 rejection at top 8), ``pass1`` (DPSeg Inference I), ``pass1_cl`` (the same with channels-last class maps, the CPU's
-layout, to decide the GPU's default), ``two_pass`` (the paper's Inference II over every class) and
-``two_pass_present`` (pass 2 over the detected classes only); the two-pass modes give the pass-1 map ``--detected``
-classes and early rejection keeps at most ``--survivors`` (bench_common.py says why). Latency: median of
+layout, to decide the GPU's default), ``pass1_fast`` / ``pass1_fast_cost`` (DPSeg with SED's early rejection, the
+first ranking by stage 0's head / by the cost volume before stage 0), ``two_pass`` (the paper's Inference II over
+every class) and ``two_pass_present`` (pass 2 over the detected classes only); the two-pass modes give the pass-1 map
+``--detected`` classes and early rejection keeps at most ``--survivors`` (bench_common.py says why). Latency: median of
 ``--repeat`` synchronised calls after ``--warmup``; memory: ``torch.cuda.max_memory_allocated`` with only the
 measured model on the GPU (its weights included). Training: dpseg-b, batch ``--train-batch`` at
 ``--train-size``², ``--train-classes`` classes, the engine's loss, clipping and AdamW (benchmarks/bench_train.py).
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import build, limit_survivors, make_call, random_prompts  # noqa: E402
 
-MODES = ["sed", "sed_fast", "pass1", "pass1_cl", "two_pass", "two_pass_present"]
+MODES = ["sed", "sed_fast", "pass1", "pass1_cl", "pass1_fast", "pass1_fast_cost", "two_pass", "two_pass_present"]
 
 
 def peak_gib(device: torch.device) -> float:
