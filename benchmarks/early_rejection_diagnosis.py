@@ -23,7 +23,6 @@ evaluation protocol (the quickstart's: the whole image, batch of one, as SED-fas
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refinement_ablation import load_for_scoring  # noqa: E402
+from refinement_ablation import load_for_scoring, spread  # noqa: E402
 
 from dpseg.atomic import atomic_write_json
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
@@ -127,12 +126,6 @@ def score_model(model_dir: Path, data: str, split: str, max_images: int, topk: i
     return out
 
 
-def _spread(values: list[float]) -> str:
-    return (
-        f"{statistics.mean(values):+.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:+.1f}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", required=True, help="model folders with auxiliary heads, one per seed")
@@ -154,8 +147,8 @@ def main() -> None:
     off = [r["mIoU"]["off"] for r in rows]
     print(f"\n{args.data}:{args.split}, {len(rows)} models, k = {args.topk} of {rows[0]['classes']} classes, pass 1")
     print(
-        f"off (no rejection): mIoU {_spread(off).lstrip('+')}; classes present per image "
-        f"{_spread([r['present_per_image'] for r in rows]).lstrip('+')}"
+        f"off (no rejection): mIoU {spread(off)}; classes present per image "
+        f"{spread([r['present_per_image'] for r in rows])}"
     )
     print(
         "| rule | mIoU - off (paired) | classes kept per image | present classes kept (%) | labelled pixels "
@@ -168,7 +161,7 @@ def main() -> None:
             continue
         differences[way] = [r["mIoU"][way] - o for r, o in zip(rows, off)]
         rule = "on" if way == "masked" else way
-        cells = [_spread(differences[way])]
+        cells = [spread(differences[way], signed=True)]
         for key, scale in (
             ("kept_per_image", 1),
             ("present_kept", 100),
@@ -177,7 +170,7 @@ def main() -> None:
             ("true_class_top1", 100),
         ):
             values = [scale * r[rule][key] for r in rows if key in r[rule]]
-            cells.append(_spread(values).lstrip("+") if values else "-")
+            cells.append(spread(values) if values else "-")
         print(f"| {WAY_NAMES.get(way, way)} | " + " | ".join(cells) + " |")
     if args.json:
         atomic_write_json(

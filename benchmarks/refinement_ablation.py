@@ -127,8 +127,12 @@ def score_model(
     return out
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+def spread(values: list[float], signed: bool = False) -> str:
+    """Mean ± sample std of per-model values (the value alone for one model); ``signed``: with its sign."""
+    fmt = "+.1f" if signed else ".1f"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -151,7 +155,7 @@ def main() -> None:
         per_model[m] = score_model(Path(m), args.data, args.split, args.max_images, settings, args.set)
         print(f"{m}: pass 1 {per_model[m]['pass1']:.1f}, detection {per_model[m]['detection']}", flush=True)
     p1 = [r["pass1"] for r in per_model.values()]
-    print(f"\n{args.data}:{args.split}, {len(per_model)} models; pass 1 mIoU {_spread(p1)}")
+    print(f"\n{args.data}:{args.split}, {len(per_model)} models; pass 1 mIoU {spread(p1)}")
     print("| framing | replaces | masks | pass 2 | pass 2 - pass 1 (paired) | higher for |")
     print("|---|---|---|---|---|---|")
     for setting in settings:
@@ -159,10 +163,10 @@ def main() -> None:
         p2 = [r[key] for r in per_model.values()]
         diff = [b - a for a, b in zip(p1, p2)]
         higher = sum(d > 0 for d in diff)
-        print(f"| {' | '.join(setting)} | {_spread(p2)} | {_spread(diff)} | {higher}/{len(diff)} |")
+        print(f"| {' | '.join(setting)} | {spread(p2)} | {spread(diff)} | {higher}/{len(diff)} |")
     det = [r["detection"] for r in per_model.values()]
     for k in det[0]:
-        print(f"detection, {k}: {_spread([d[k] for d in det])}")
+        print(f"detection, {k}: {spread([d[k] for d in det])}")
     if args.json:
         atomic_write_json(
             Path(args.json), {"data": args.data, "split": args.split, "set": args.set, "models": per_model}, indent=2
