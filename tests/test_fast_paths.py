@@ -248,3 +248,18 @@ def test_an_unknown_stage_0_ranking_is_refused():
             early_rejection_topk=1,
             early_rejection_rank="votes",
         )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"early_rejection_from": 1}, "it is off"),
+        ({"early_rejection_rank": "cost"}, "it is off"),
+        ({"early_rejection_topk": 2, "early_rejection_rank": "cost", "early_rejection_from": 1}, "use one of the two"),
+    ],
+)
+def test_early_rejection_options_that_would_do_nothing_are_refused(options, message):
+    model, _ = tiny_model("model.aux_heads=true")
+    model.eval()
+    with pytest.raises(InputError, match=message):
+        outputs(model, torch.rand(1, 3, 32, 32), random_prompts(model, 3), **options)

@@ -206,6 +206,16 @@ class DPSeg(nn.Module):
                 f"early rejection ranks stage 0's classes by one of {', '.join(RANKS)}, not "
                 f"{early_rejection_rank!r}; set eval.early_rejection_rank to one of them"
             )
+        if (early_rejection_from or early_rejection_rank != "heads") and not early_rejection_topk:
+            raise InputError(
+                "early_rejection_from / early_rejection_rank choose how early rejection works, but it is off "
+                "(early_rejection_topk=0); give it a k or leave them at 0 / 'heads'"
+            )
+        if early_rejection_rank == "cost" and early_rejection_from:
+            raise InputError(
+                f"early_rejection_rank='cost' ranks the classes before stage 0, but rejection starts at stage "
+                f"{early_rejection_from}; use one of the two"
+            )
         batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
         if batches - {feats.dense.shape[0]}:
             raise InputError(
