@@ -85,7 +85,7 @@ def main() -> None:
             results[f"fresh head, step {step}"] = quality(head, test_x, test_y, loss_fn)
     K = inputs[0].shape[1]
     print(f"{args.model}, {args.held_out} held-out training scenes, {K} classes")
-    print("| head | BCE | true class's rank at its pixels, median | true class first (%) |")
+    print("| head | BCE | classes above the true class at its pixels, median | true class first (%) |")
     print("|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['loss']:.4f} | {r['rank_median']:.0f} | {100 * r['top1']:.1f} |")

@@ -152,7 +152,7 @@ def main() -> None:
     )
     print(
         "| rule | mIoU - off (paired) | classes kept per image | present classes kept (%) | labelled pixels "
-        "rejected (%) | true class's rank at its pixels, median | true class first (%) |"
+        "rejected (%) | classes above the true class at its pixels, median | true class first (%) |"
     )
     print("|---|---|---|---|---|---|---|")
     differences = {}
