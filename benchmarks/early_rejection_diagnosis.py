@@ -5,19 +5,22 @@ context?
         --split test [--topk 8] [--max-images 100] [--json out.json]
 
 The models must have auxiliary heads (``model.aux_heads=true``; ``benchmarks/early_rejection_accuracy.py`` trains
-them). For every image, pass 1 is decoded three ways from the same image features:
+them). For every image, pass 1 is decoded from the same image features:
 
 * ``off``: every class decoded at every stage (the default);
 * ``on``: early rejection (``eval.early_rejection_topk`` = k): after each auxiliary head only the classes among the
   k best at some pixel stay in the decoder; class attention then runs over the survivors only;
 * ``masked``: ``off``'s logits with the classes that ``on`` rejected set to the rejected logit - the same classes
-  removed, but every survivor decoded with all classes beside it.
+  removed, but every survivor decoded with all classes beside it;
+* ``head s``: ``off``'s logits with the classes that stage s's auxiliary head alone (its top k on ``off``'s run)
+  would reject set to the rejected logit - which head's ranking loses present classes.
 
 ``masked`` - ``off`` is what rejecting those classes costs by itself (present classes lost); ``on`` - ``masked`` is
 what decoding the survivors without the rejected classes beside them costs (the class attention sees another set
-of classes than in training). Also reported: classes kept per image, classes present per image, the share of the
-present classes kept, and the share of labelled pixels whose class was rejected. Scored with the model's own
-evaluation protocol (the quickstart's: the whole image, batch of one, as SED-fast), pass 1 only.
+of classes than in training). Also reported per rule: classes kept per image, the share of the present classes
+kept, the share of labelled pixels whose class was rejected; and per head, at every labelled pixel, how many
+classes score above the true class (median) and how often none does. Scored with the model's own evaluation
+protocol (the quickstart's: the whole image, batch of one, as SED-fast), pass 1 only.
 """
 
 from __future__ import annotations
@@ -99,10 +102,10 @@ def score_model(model_dir: Path, data: str, split: str, max_images: int, topk: i
         pred = predict(decodings(model, prompts, topk, log), [item["image"]], cfg.eval, K)[0]
         for way, p in pred.items():
             confs.setdefault(way, ConfusionMatrix(K)).update(p.labels.long(), label)
-        present = torch.zeros(K, dtype=torch.bool)
-        present[label[label >= 0].unique()] = True
-        present_n += int(present.sum())
         valid = label >= 0
+        present = torch.zeros(K, dtype=torch.bool)
+        present[label[valid].unique()] = True
+        present_n += int(present.sum())
         pixels += int(valid.sum())
         for r in rules:
             kept = log[r][0]  # (K,): one image
