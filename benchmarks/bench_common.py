@@ -233,7 +233,7 @@ def make_call(
     ``sed_code`` needs ``sed_repo``, a local checkout of SED (:func:`make_sed_code_call`)."""
     from dpseg.config import EvalConfig
     from dpseg.evaluation.inference import refine_policy
-    from dpseg.model import early_rejection
+    from dpseg.model.early_rejection import EarlyRejection
     from dpseg.model.refine import two_pass
 
     if mode == "sed_code":
@@ -243,7 +243,7 @@ def make_call(
         return make_sed_code_call(model, aggregator, images, prompts)
 
     reject = topk if mode in FAST_MODES else 0
-    first = early_rejection.decode_options(reject, *FAST_MODES[mode]) if mode in FAST_MODES else {}
+    first = EarlyRejection(reject, *FAST_MODES[mode]).decode_options() if mode in FAST_MODES else {}
     first.pop("early_rejection_topk", None)  # passed by name below
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)

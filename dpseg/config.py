@@ -31,6 +31,7 @@ from dpseg.config_schema import (  # noqa: F401 - re-exported
     INT_LIMIT,
     Config,
     DataConfig,
+    EarlyRejection,
     EvalConfig,
     ModelConfig,
     NumberRule,
@@ -326,19 +327,9 @@ def validate_eval(e: EvalConfig) -> None:
     fields in :mod:`dpseg.config_schema`)."""
     check_types(e, "eval")
     check_section_numbers(e, "eval")
-    if e.early_rejection_rank != "heads" and not (e.early_rejection_topk and e.early_rejection_from == 0):
-        raise ConfigError(
-            f"config key 'eval.early_rejection_rank' ({e.early_rejection_rank!r}) ranks the classes at stage 0, "
-            f"which early rejection does not use here (eval.early_rejection_topk={e.early_rejection_topk}, "
-            f"eval.early_rejection_from={e.early_rejection_from}); set eval.early_rejection_topk=k and "
-            "eval.early_rejection_from=0, or leave eval.early_rejection_rank at 'heads'"
-        )
-    if e.early_rejection_from and not e.early_rejection_topk:
-        raise ConfigError(
-            f"config key 'eval.early_rejection_from' ({e.early_rejection_from}) chooses where early rejection "
-            "starts, but it is off (eval.early_rejection_topk=0); set eval.early_rejection_topk=k or leave "
-            "eval.early_rejection_from at 0"
-        )
+    problem = EarlyRejection.of(e).problem()
+    if problem:
+        raise ConfigError(f"config: {problem}")
 
 
 # Keys that moved between sections; configs written by older versions are read with them in their new place.

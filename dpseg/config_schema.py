@@ -263,7 +263,7 @@ class EvalConfig:
     early_rejection_from: int = num(0, ge=0, le=2)
     # what ranks the classes at stage 0: "heads" = its auxiliary head (SED); "cost" = the dual-prompt cost volume's
     # mean similarity over the templates (comparable across classes; BENCHMARKS.md measures both)
-    early_rejection_rank: Literal["heads", "cost"] = "heads"
+    early_rejection_rank: Literal["heads", "cost"] = "heads"  # RANKS
     batch_size: int = num(1, ge=1, le=65536)
     max_images: int = num(0, ge=0)  # 0 = all
     num_workers: int = num(2, ge=0, le=1024)  # image-loading processes per rank
@@ -275,6 +275,80 @@ class EvalConfig:
     # the vocabulary has a background / "other" class, so every pixel belongs to a class (true: min_score stays 0);
     # false: the labels' ignore pixels are "no class" and should stay unlabelled; null: decided at calibration
     background_class: Optional[bool] = None
+
+
+# what ranks the classes at stage 0: its auxiliary head (SED), or the dual-prompt cost volume's mean similarity over
+# the templates ("cost": every class's score is comparable with the others', which a per-class head's need not be)
+RANKS = ("heads", "cost")
+
+
+@dataclass(frozen=True)
+class EarlyRejection:
+    """``topk`` = k > 0 turns early rejection on: the auxiliary heads of the decoder stages ``first_stage`` (SED: 0)
+    and after reject every class outside their k best at all pixels; ``rank="cost"`` ranks the classes by the
+    dual-prompt cost volume before stage 0 instead of by stage 0's head after it. ``topk`` = 0: off."""
+
+    topk: int = 0
+    first_stage: int = 0
+    rank: str = "heads"
+
+    @classmethod
+    def of(cls, settings: Any) -> EarlyRejection:
+        """The early rejection an ``eval`` config (or inference settings) asks for: its ``early_rejection_*`` keys."""
+        return cls(settings.early_rejection_topk, settings.early_rejection_from, settings.early_rejection_rank)
+
+    @property
+    def ranks_by_cost(self) -> bool:
+        """Whether the first rejection happens before stage 0, by the cost volume."""
+        return self.topk > 0 and self.first_stage == 0 and self.rank == "cost"
+
+    def rejects_after(self, stage: int) -> bool:
+        """Whether the auxiliary head of decoder stage ``stage`` rejects classes (a cost-volume ranking rejects
+        before stage 0 instead)."""
+        return self.topk > 0 and stage >= self.first_stage and not (stage == 0 and self.ranks_by_cost)
+
+    def problem(self, num_stages: int = 3) -> Optional[str]:
+        """Why these settings cannot run on a decoder of ``num_stages`` stages, or would silently do nothing (one
+        line naming the ``eval`` keys and the fix), else None."""
+        if self.topk < 0:
+            return f"eval.early_rejection_topk is the number of classes kept per pixel, not {self.topk}; use k >= 0"
+        if not 0 <= self.first_stage < num_stages:
+            return (
+                f"eval.early_rejection_from starts early rejection after one of the decoder stages "
+                f"0-{num_stages - 1}, not {self.first_stage}; set eval.early_rejection_from to one of them"
+            )
+        if self.rank not in RANKS:
+            return (
+                f"eval.early_rejection_rank ranks stage 0's classes by one of {', '.join(RANKS)}, not "
+                f"{self.rank!r}; set eval.early_rejection_rank to one of them"
+            )
+        unused = [f"eval.early_rejection_from ({self.first_stage})"] if self.first_stage else []
+        unused += [f"eval.early_rejection_rank ({self.rank!r})"] if self.rank != "heads" else []
+        if unused and not self.topk:
+            return (
+                f"{' and '.join(unused)} {'choose' if len(unused) > 1 else 'chooses'} how early rejection works, but "
+                "it is off (eval.early_rejection_topk=0); set eval.early_rejection_topk=k or leave "
+                f"{'them' if len(unused) > 1 else 'it'} at the default (0, 'heads')"
+            )
+        if self.rank == "cost" and self.first_stage:
+            return (
+                f"eval.early_rejection_rank='cost' ranks the classes before stage 0, but "
+                f"eval.early_rejection_from={self.first_stage} starts rejection after stage {self.first_stage}; "
+                "use one of the two"
+            )
+        return None
+
+    def decode_options(self) -> dict:
+        """The keyword arguments of ``DPSeg.decode`` / ``forward`` (none when off, so models whose ``decode``
+        predates the options still work)."""
+        if not self.topk:
+            return {}
+        options: dict = {"early_rejection_topk": self.topk}
+        if self.first_stage:
+            options["early_rejection_from"] = self.first_stage
+        if self.rank != "heads":
+            options["early_rejection_rank"] = self.rank
+        return options
 
 
 @dataclass

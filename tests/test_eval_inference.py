@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dpseg.config import EvalConfig
+from dpseg.config import EarlyRejection, EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.errors import ConfigError, InputError
 from dpseg.evaluation import inference, protocols
@@ -153,10 +153,8 @@ def visual_colour_prompts(k=4):
 def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch, rejection):
     seen = {}
 
-    def fake_refine(
-        model, images, prompts, policy, class_chunk=None, early_rejection_topk=0, early_rejection_from=0, **rank
-    ):
-        seen.update(chunk=class_chunk, policy=policy, topk=early_rejection_topk, first=early_rejection_from, **rank)
+    def fake_refine(model, images, prompts, policy, class_chunk=None, rejection=EarlyRejection()):
+        seen.update(chunk=class_chunk, policy=policy, rejection=rejection)
         first = model(images, prompts)["logits"]
         return {"logits_pass1": first, "logits": -first}
 
@@ -166,9 +164,9 @@ def test_two_pass_policy_chunk_and_early_rejection_are_forwarded(monkeypatch, re
     assert run.passes == ("pass1", "pass2") and run.final == "pass2"
     image, label = scene(64, 64)
     (out,) = run.predict([image])
-    assert seen["chunk"] == 7 and seen["topk"] == 3 and seen["policy"].min_area == 0.25
-    assert seen["first"] == rejection.get("early_rejection_from", 0)
-    assert seen.get("early_rejection_rank", "heads") == rejection.get("early_rejection_rank", "heads")
+    assert seen["chunk"] == 7 and seen["policy"].min_area == 0.25
+    first, rank = rejection.get("early_rejection_from", 0), rejection.get("early_rejection_rank", "heads")
+    assert seen["rejection"] == EarlyRejection(3, first, rank)
     assert set(out) == {"pass1", "pass2"}
     assert (out["pass1"].labels == label).float().mean() > 0.9 > (out["pass2"].labels == label).float().mean()
 

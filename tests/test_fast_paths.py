@@ -16,7 +16,7 @@ from dpseg.model.aggregation import ClassAggregation, SEDClassAggregation, class
 from dpseg.model.cost_volume import cosine_cost_volume
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.dual_prompt import dual_prompt
-from dpseg.model.early_rejection import REJECTED_LOGIT, kept_classes
+from dpseg.model.early_rejection import REJECTED_LOGIT, EarlyRejection, kept_classes
 from dpseg.model.refine import refine_prompts, two_pass, unique_images
 
 SED_SWITCHES = [
@@ -263,3 +263,36 @@ def test_early_rejection_options_that_would_do_nothing_are_refused(options, mess
     model.eval()
     with pytest.raises(InputError, match=message):
         outputs(model, torch.rand(1, 3, 32, 32), random_prompts(model, 3), **options)
+
+
+@pytest.mark.parametrize(
+    "topk, first, rank",
+    [(0, 1, "heads"), (0, 0, "cost"), (0, 2, "cost"), (2, 1, "cost"), (2, 3, "heads"), (2, 0, "votes")],
+)
+def test_the_config_and_decode_refuse_the_same_early_rejection_settings_with_the_same_reason(topk, first, rank):
+    """One rule (EarlyRejection.problem) for both doors: `--set eval.early_rejection_*` and DPSeg.decode's arguments."""
+    from dpseg.config import build_config
+    from dpseg.errors import ConfigError
+
+    reason = EarlyRejection(topk, first, rank).problem()
+    assert reason and "eval.early_rejection_" in reason and "\n" not in reason
+    model, _ = tiny_model("model.aux_heads=true")
+    model.eval()
+    options = {"early_rejection_topk": topk, "early_rejection_from": first, "early_rejection_rank": rank}
+    with pytest.raises(InputError) as decode_error:
+        outputs(model, torch.rand(1, 3, 32, 32), random_prompts(model, 3), **options)
+    assert str(decode_error.value) == reason
+    overrides = [f"eval.early_rejection_topk={topk}", f"eval.early_rejection_from={first}"]
+    with pytest.raises(ConfigError) as config_error:
+        build_config("sed-b", overrides=[*overrides, f"eval.early_rejection_rank={rank}"])
+    if first <= 2 and rank in ("heads", "cost"):  # else the schema's own range / choice check speaks first
+        assert str(config_error.value) == f"config: {reason}"
+
+
+def test_early_rejection_settings_that_run():
+    assert EarlyRejection().problem() is None and EarlyRejection().decode_options() == {}
+    cost = EarlyRejection(8, 0, "cost")
+    assert cost.problem() is None and cost.ranks_by_cost and not cost.rejects_after(0) and cost.rejects_after(1)
+    later = EarlyRejection(8, 2)
+    assert later.decode_options() == {"early_rejection_topk": 8, "early_rejection_from": 2}
+    assert [later.rejects_after(s) for s in range(3)] == [False, False, True] and not later.ranks_by_cost

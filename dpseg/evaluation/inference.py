@@ -32,8 +32,8 @@ from dpseg.data.transforms import resize_label
 from dpseg.errors import InputError
 from dpseg.evaluation.protocols import Prediction, check_images, label_dtype, predict, window_starts
 from dpseg.evaluation.runtime import autocast, resolve_precision
-from dpseg.model import early_rejection
 from dpseg.model.dual_prompt import PromptSet
+from dpseg.model.early_rejection import EarlyRejection
 from dpseg.model.refine import RefinePolicy, two_pass
 
 REFINE_PREFIX = "refine_"
@@ -115,10 +115,11 @@ class Inference:
         """(B, 3, H, W) in [0, 1] -> {"pass1": logits (B, K, H/4, W/4)[, "pass2": ...]}; with early rejection,
         rejected classes come back at ``REJECTED_LOGIT`` (probability exactly 0)."""
         s = self.settings
-        extra = early_rejection.decode_options(s.early_rejection_topk, s.early_rejection_from, s.early_rejection_rank)
+        rejection = EarlyRejection.of(s)
         if not self.two_pass:
-            return {"pass1": self.model(images, self.prompts, class_chunk=s.class_chunk, **extra)["logits"]}
-        out = two_pass(self.model, images, self.prompts, self.refine, class_chunk=s.class_chunk, **extra)
+            options = rejection.decode_options()
+            return {"pass1": self.model(images, self.prompts, class_chunk=s.class_chunk, **options)["logits"]}
+        out = two_pass(self.model, images, self.prompts, self.refine, class_chunk=s.class_chunk, rejection=rejection)
         return {"pass1": out["logits_pass1"], "pass2": out["logits"]}
 
     # ------------------------------------------------------------------------------------------- images

@@ -5,10 +5,10 @@ Every step except class aggregation is per class, so it runs a few classes at a 
 class-aggregation input of each stage is held for all K, and the result is the same (class aggregation is exact
 under chunking, see aggregation.py). Two inference options change what is decoded, never how:
 
-* **category early rejection** (SED-fast; ``early_rejection_topk`` = k > 0): after each stage's auxiliary head only
-  the classes among its k best at some pixel (of any image of the batch) are decoded further (from stage
-  ``early_rejection_from`` on: SED starts at 0; a later start skips heads that rank classes badly; with
-  ``early_rejection_rank="cost"`` the first rejection ranks by the cost volume before stage 0), and class
+* **category early rejection** (SED-fast; :class:`~dpseg.model.early_rejection.EarlyRejection` with k > 0): after
+  each stage's auxiliary head only the classes among its k best at some pixel (of any image of the batch) are
+  decoded further (from its ``first_stage`` on: SED starts at 0; a later start skips heads that rank classes badly;
+  with ``rank="cost"`` the first rejection ranks by the cost volume before stage 0), and class
   aggregation - and the class statistics of the visual cost volumes, ``visual_cost_norm=class`` - then run over the
   survivors;
   the others get ``REJECTED_LOGIT`` (early_rejection.py);
@@ -34,7 +34,7 @@ from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, Visual
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
-from dpseg.model.early_rejection import in_vocabulary
+from dpseg.model.early_rejection import EarlyRejection, in_vocabulary
 from dpseg.model.towers import ImageFeatures
 
 HEAD = 3  # the stage index of the head in the chunk sizes (stages 0-2 are the decoder's)
@@ -71,15 +71,11 @@ class ClassDecoding:
         feats: ImageFeatures,
         prompts: PromptSet,
         class_chunk: int,
-        early_rejection_topk: int,
+        rejection: EarlyRejection,
         state: Optional[DecodeState],
-        early_rejection_from: int = 0,
-        early_rejection_rank: str = "heads",
     ):
         self.model, self.feats, self.prompts = model, feats, prompts
-        self.class_chunk, self.topk = class_chunk, early_rejection_topk
-        self.reject_from = early_rejection_from  # the first stage whose auxiliary head rejects classes (SED: 0)
-        self.rank_by_cost = early_rejection_topk > 0 and early_rejection_from == 0 and early_rejection_rank == "cost"
+        self.class_chunk, self.rejection = class_chunk, rejection
         self.dense = feats.dense  # E: (B, d, h5, w5)
         self.E = [s.detach() if model.detach_guidance else s for s in feats.stages]  # E_2..E_5
         self.K, self.B = prompts.num_classes, self.dense.shape[0]
@@ -87,7 +83,7 @@ class ClassDecoding:
         self.aux_heads = model.decoder.aux_heads
         self.alive: Optional[Tensor] = None  # vocabulary indices of the classes still decoded; None = all K
         self.statistics: dict[str, tuple[Tensor, Tensor]] = {}  # F_v^j's class statistics, made when first needed
-        if early_rejection_topk or torch.is_grad_enabled():
+        if rejection.topk or torch.is_grad_enabled():
             state = None  # survivors differ between passes; training keeps no state
         self.state = state
         self.reuse = state is not None and state.matches(feats, self.B, self.K)
@@ -160,14 +156,14 @@ class ClassDecoding:
         aux: list[Tensor] = []
         with record_function("dpseg.decode"):
             self._prepare()
-            if self.rank_by_cost:
+            if self.rejection.ranks_by_cost:
                 self._reject_by_cost()
             x: Optional[Tensor] = None  # the class maps of the stage before, all alive classes
             for s, stage in enumerate(self.stages):
                 x, scores = self._stage(s, stage, x)
                 if scores is not None:  # the model has auxiliary heads
                     aux.append(in_vocabulary(scores, self.alive, self.K))
-                if self._rejects_after(s):
+                if self.rejection.rejects_after(s):
                     x = self._reject(s, stage, x, scores)
                 with record_function(f"dpseg.class_aggregation.{s}"):  # attention across all (alive) classes
                     x = stage.classes(x, self.class_chunk, out=None if torch.is_grad_enabled() else x)
@@ -198,7 +194,7 @@ class ClassDecoding:
             if self.aux_heads is not None:
                 with record_function("dpseg.aux_heads"):
                     scores.append(self.aux_heads[s](y.detach()))  # (B, k, h, w); detached: learns from its own loss
-            if not self._rejects_after(s):  # else _reject runs it on the survivors only
+            if not self.rejection.rejects_after(s):  # else _reject runs it on the survivors only
                 with record_function(f"dpseg.spatial_aggregation.{s}"):
                     y = stage.spatial(y)
             maps = empty_class_maps(y, n) if maps is None else maps
@@ -211,10 +207,6 @@ class ClassDecoding:
             self.state.stage0_aux = all_scores if self.aux_heads is not None else None
         return maps, all_scores
 
-    def _rejects_after(self, s: int) -> bool:
-        """Whether stage s's auxiliary head rejects classes (a cost-volume ranking rejects before stage 0 instead)."""
-        return bool(self.topk) and s >= self.reject_from and not (s == 0 and self.rank_by_cost)
-
     def _reject_by_cost(self) -> None:
         """Early rejection before stage 0 (``early_rejection_rank="cost"``): keep the classes among the top k of the
         dual-prompt cost volume's mean similarity over the templates at some pixel; stage 0 then decodes only them
@@ -223,13 +215,13 @@ class ClassDecoding:
             similarity = torch.cat(
                 [cosine_cost_volume(self.dense, self.R(c)).mean(2) for c in class_chunks(self.K, self.chunk[0])], dim=1
             )  # (B, K, M, h5, w5) per chunk -> (B, K, h5, w5)
-            self.alive = early_rejection.kept_classes(similarity, self.topk).nonzero().flatten()
+            self.alive = early_rejection.kept_classes(similarity, self.rejection.topk).nonzero().flatten()
 
     def _reject(self, s: int, stage: DecoderStage, x: Tensor, scores: Optional[Tensor]) -> Tensor:
         """Early rejection after stage s: keep the classes among the top k of its auxiliary logits, then run the
         spatial aggregation it postponed on the survivors only. Returns their maps (B, k_alive, C_s, h, w)."""
         assert scores is not None  # DPSeg.decode refuses early rejection without auxiliary heads
-        keep = early_rejection.kept_classes(scores, self.topk)  # (K_alive,) bool
+        keep = early_rejection.kept_classes(scores, self.rejection.topk)  # (K_alive,) bool
         self.alive = (torch.arange(self.K, device=keep.device) if self.alive is None else self.alive)[keep]
         x = x.permute(0, 1, 3, 4, 2)[:, keep].permute(0, 1, 4, 2, 3)  # survivors, same layout
         with record_function(f"dpseg.spatial_aggregation.{s}"):

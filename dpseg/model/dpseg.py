@@ -28,7 +28,7 @@ from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, Visual
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet
-from dpseg.model.early_rejection import RANKS, REJECTED_LOGIT, kept_classes
+from dpseg.model.early_rejection import REJECTED_LOGIT, EarlyRejection, kept_classes
 from dpseg.model.towers import ImageFeatures, ImageTower, TextTower
 
 __all__ = ["DPSeg", "FROZEN_TOWERS", "REJECTED_LOGIT", "is_frozen_tower", "kept_classes"]
@@ -191,39 +191,21 @@ class DPSeg(nn.Module):
         """
         self.check_prompts(prompts)
         aux_heads = self.decoder.aux_heads
-        if early_rejection_topk and aux_heads is None:
+        rejection = EarlyRejection(early_rejection_topk, early_rejection_from, early_rejection_rank)
+        if rejection.topk and aux_heads is None:
             raise InputError(
                 "early rejection ranks classes by the auxiliary heads, which this model lacks; "
                 "set eval.early_rejection_topk=0"
             )
-        if not 0 <= early_rejection_from < len(self.decoder.stages):
-            raise InputError(
-                f"early rejection starts after one of the decoder stages 0-{len(self.decoder.stages) - 1}, "
-                f"not {early_rejection_from}; set eval.early_rejection_from to one of them"
-            )
-        if early_rejection_rank not in RANKS:
-            raise InputError(
-                f"early rejection ranks stage 0's classes by one of {', '.join(RANKS)}, not "
-                f"{early_rejection_rank!r}; set eval.early_rejection_rank to one of them"
-            )
-        if (early_rejection_from or early_rejection_rank != "heads") and not early_rejection_topk:
-            raise InputError(
-                "early_rejection_from / early_rejection_rank choose how early rejection works, but it is off "
-                "(early_rejection_topk=0); give it a k or leave them at 0 / 'heads'"
-            )
-        if early_rejection_rank == "cost" and early_rejection_from:
-            raise InputError(
-                f"early_rejection_rank='cost' ranks the classes before stage 0, but rejection starts at stage "
-                f"{early_rejection_from}; use one of the two"
-            )
+        problem = rejection.problem(len(self.decoder.stages))
+        if problem:
+            raise InputError(problem)
         batches = {t.shape[0] for _, t in prompts._tensors() if t.ndim == 4}  # per-image prompts: (B, K, M, ·)
         if batches - {feats.dense.shape[0]}:
             raise InputError(
                 f"per-image prompts are for {max(batches)} images but the batch has {feats.dense.shape[0]}"
             )
-        return ClassDecoding(
-            self, feats, prompts, class_chunk, early_rejection_topk, state, early_rejection_from, early_rejection_rank
-        ).run()
+        return ClassDecoding(self, feats, prompts, class_chunk, rejection, state).run()
 
     def embed_cost_volume(self, dense: Tensor, R: Tensor) -> Tensor:
         """Stage 0's input: the dual-prompt cost volume F_c and its cost embedding, (B, k, C_0, h5, w5)."""

@@ -1,5 +1,9 @@
 """SED's category early rejection (``eval.early_rejection_topk``, SED-fast): after each decoder stage's auxiliary
-head only the classes among its k best at some pixel stay in the decoder; the others get :data:`REJECTED_LOGIT`."""
+head only the classes among its k best at some pixel stay in the decoder; the others get :data:`REJECTED_LOGIT`.
+
+:class:`EarlyRejection` (defined with the ``eval`` config section, re-exported here) holds the three settings
+together - k, the first rejecting stage, what ranks stage 0 - and is the one place that says which combinations
+make sense: the config and ``DPSeg.decode`` both ask it."""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dpseg.config_schema import RANKS, EarlyRejection  # noqa: F401 - re-exported: the model's callers use them here
+
 # The logit of a class dropped by early rejection: sigmoid gives exactly 0 in fp32, bf16 and fp16 (as SED's zero
 # probability) while, unlike -inf, bilinear resizing and the BCE stay finite.
 REJECTED_LOGIT = -1e4
-# what ranks the classes at stage 0: its auxiliary head (SED), or the dual-prompt cost volume's mean similarity over
-# the templates ("cost": every class's score is comparable with the others', which a per-class head's need not be)
-RANKS = ("heads", "cost")
 
 
 def kept_classes(scores: Tensor, k: int) -> Tensor:
@@ -32,17 +35,3 @@ def in_vocabulary(values: Tensor, alive: Optional[Tensor], K: int) -> Tensor:
     out = values.new_full((values.shape[0], K, *values.shape[2:]), REJECTED_LOGIT)
     out[:, alive] = values
     return out
-
-
-def decode_options(topk: int, first_stage: int, rank: str = "heads") -> dict:
-    """The keyword arguments of ``DPSeg.decode`` / ``forward`` for early rejection at ``topk`` (0 = off: none, so
-    models whose ``decode`` predates the options still work) from stage ``first_stage`` on, stage 0's classes ranked
-    by ``rank`` (:data:`RANKS`)."""
-    if not topk:
-        return {}
-    options: dict = {"early_rejection_topk": topk}
-    if first_stage:
-        options["early_rejection_from"] = first_stage
-    if rank != "heads":
-        options["early_rejection_rank"] = rank
-    return options

@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from dpseg.errors import InputError
-from dpseg.model import early_rejection
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.dual_prompt import PromptSet
+from dpseg.model.early_rejection import EarlyRejection
 from dpseg.model.prompt_image import OBJECT_FILL, prepare_prompt_image
 from dpseg.model.towers import ImageFeatures
 
@@ -187,19 +187,16 @@ def two_pass(
     prompts: PromptSet,
     policy: RefinePolicy,
     class_chunk: int = 0,
-    early_rejection_topk: int = 0,
-    early_rejection_from: int = 0,
-    early_rejection_rank: str = "heads",
+    rejection: EarlyRejection = EarlyRejection(),
 ) -> dict:
     """Inference I, refinement, Inference II. Returns logits of both passes, detected classes, refined prompts.
 
     ``policy.scope``: ``"all"`` re-decodes every class (the paper); ``"present"`` re-decodes only the classes
     detected in some image of the batch and keeps the pass-1 logits of the others. The decoder dominates the cost
     of a pass, so "all" makes pass 2 nearly as expensive as pass 1, while "present" costs about (detected / K) of
-    a decoder pass. ``early_rejection_topk`` (SED's category early rejection, from stage ``early_rejection_from``,
-    stage 0 ranked by ``early_rejection_rank``) applies to both passes.
+    a decoder pass. ``rejection`` (SED's category early rejection; off by default) applies to both passes.
     """
-    extra = early_rejection.decode_options(early_rejection_topk, early_rejection_from, early_rejection_rank)
+    extra = rejection.decode_options()
     # pass 2 of scope "all" reuses what pass 1 computed that the new prompts do not change (decode_state.py)
     state = {"state": DecodeState()} if policy.scope == "all" and _accepts_state(model.decode) else {}
     feats = model.encode_image(images)
