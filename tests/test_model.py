@@ -3,7 +3,12 @@ import torch
 from helpers import random_prompts, tiny_model
 
 from dpseg.errors import InputError
-from dpseg.model.cost_volume import VisualCostEmbedding, cosine_cost_volume, visual_cost_volume
+from dpseg.model.cost_volume import (
+    VisualCostEmbedding,
+    cosine_cost_volume,
+    template_mean_similarity,
+    visual_cost_volume,
+)
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
 from dpseg.model.loss import SegmentationLoss
 
@@ -148,6 +153,16 @@ def test_cost_volume_is_cosine():
     vol = cosine_cost_volume(feats, prompts)
     ref = torch.nn.functional.cosine_similarity(feats[0, :, 1, 2], prompts[1, 0], dim=0)
     assert vol.shape == (1, 2, 3, 2, 3) and torch.isclose(vol[0, 1, 0, 1, 2], ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_the_template_mean_similarity_is_the_cost_volumes_mean_over_templates(per_image):
+    """eval.early_rejection_rank=cost ranks classes by it; it must be the mean of F_c over M, computed without F_c."""
+    feats = torch.randn(2, 16, 5, 7)
+    prompts = torch.randn(2, 17, 6, 16) if per_image else torch.randn(17, 6, 16)  # ([B,] K, M, D), unnormalised
+    similarity = template_mean_similarity(feats, prompts)
+    assert similarity.shape == (2, 17, 5, 7)
+    assert torch.allclose(similarity, cosine_cost_volume(feats, prompts).mean(2), atol=1e-6)
 
 
 def test_exactly_the_right_parameters_train():

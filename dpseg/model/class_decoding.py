@@ -30,7 +30,12 @@ from torch.profiler import record_function
 from dpseg.model import early_rejection
 from dpseg.model.aggregation import class_chunks
 from dpseg.model.class_maps import empty_class_maps, stage_chunk
-from dpseg.model.cost_volume import CostEmbedding, UpsampledCostGuidance, VisualCostEmbedding, cosine_cost_volume
+from dpseg.model.cost_volume import (
+    CostEmbedding,
+    UpsampledCostGuidance,
+    VisualCostEmbedding,
+    template_mean_similarity,
+)
 from dpseg.model.decode_state import DecodeState
 from dpseg.model.decoder import CostVolumeGuidedDecoder, DecoderStage
 from dpseg.model.dual_prompt import PromptSet, dual_prompt
@@ -213,8 +218,8 @@ class ClassDecoding:
         (the survivors' maps are what stage 0 would make of them after a rejection by its head)."""
         with record_function("dpseg.rank_by_cost"):
             similarity = torch.cat(
-                [cosine_cost_volume(self.dense, self.R(c)).mean(2) for c in class_chunks(self.K, self.chunk[0])], dim=1
-            )  # (B, K, M, h5, w5) per chunk -> (B, K, h5, w5)
+                [template_mean_similarity(self.dense, self.R(c)) for c in class_chunks(self.K, self.chunk[0])], dim=1
+            )  # (B, k, h5, w5) per chunk -> (B, K, h5, w5)
             self.alive = early_rejection.kept_classes(similarity, self.rejection.topk).nonzero().flatten()
 
     def _reject(self, s: int, stage: DecoderStage, x: Tensor, scores: Optional[Tensor]) -> Tensor:

@@ -37,6 +37,18 @@ def cosine_cost_volume(features: Tensor, prompts: Tensor) -> Tensor:
     return torch.einsum("bdhw,bkmd->bkmhw", f, p)  # per-image prompts (B, K, M, D) -> (B, K, M, h, w)
 
 
+def template_mean_similarity(features: Tensor, prompts: Tensor) -> Tensor:
+    """The cost volume's mean over the M templates, ``cosine_cost_volume(features, prompts).mean(2)``, without the
+    volume: cos is linear in the normalised prompt, so the mean of the M cosines is the cosine's numerator with the
+    mean of the M normalised prompts - one product per class instead of M. (B, D, h, w) × (K, M, D) or (B, K, M, D)
+    -> (B, K, h, w)."""
+    f = F.normalize(features, dim=1)
+    p = F.normalize(prompts, dim=-1).mean(-2)  # (…, K, M, D) -> (…, K, D)
+    if p.ndim == 2:
+        return torch.einsum("bdhw,kd->bkhw", f, p)  # (B, D, h, w) · (K, D) -> (B, K, h, w)
+    return torch.einsum("bdhw,bkd->bkhw", f, p)  # per-image prompts (B, K, D) -> (B, K, h, w)
+
+
 class CostEmbedding(nn.Module):
     """Per-class conv over the M template similarities: (B, K, M, h, w) -> (B, K, C, h, w)."""
 
