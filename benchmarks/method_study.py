@@ -84,6 +84,21 @@ def compact(results: dict, world: str, what: str) -> dict:
     return {"world": world, "what": what, "runs": runs, **{k: results[k] for k in keep}}
 
 
+def per_class(results: dict, world: str) -> dict:
+    """Every run's per-class IoU: {"runs": {variant: {seed: {split: {pass: {"per_class_IoU": {class: IoU}}}}}}}."""
+    runs = {
+        variant: {
+            seed: {
+                split: {p: {"per_class_IoU": m["per_class_IoU"]} for p, m in passes.items()}
+                for split, passes in r.items()
+            }
+            for seed, r in by_seed.items()
+        }
+        for variant, by_seed in results["runs"].items()
+    }
+    return {"world": world, "runs": runs}
+
+
 @contextlib.contextmanager
 def demo_pointer_kept(cache: Path) -> Iterator[None]:
     """Leave ``cache/latest.json`` as it was (or absent), however the study inside ends."""
@@ -107,12 +122,31 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=STUDY_DIR)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=ALL_VARIANTS,
+        help="run only these of the world's variants (a partial study: needs an --out other than docs/study)",
+    )
+    ap.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also write OUT/WORLD-per-class.json, each run's per-class IoU (benchmarks/unseen_by_failure.py reads it)",
+    )
     args = ap.parse_args()
     if args.list or not args.world:
         for name, (what, variants, seeds, _, _) in WORLDS.items():
             print(f"{name}: {what} ({len(variants)} variants x {seeds} seeds)")
         return
     what, variants, seeds, kwargs, overrides = WORLDS[args.world]
+    if args.variants:
+        if args.out.resolve() == STUDY_DIR.resolve():
+            raise SystemExit(
+                f"--variants runs part of the study; give --out DIR so that {STUDY_DIR} keeps the whole one"
+            )
+        variants = tuple(v for v in variants if v in args.variants)
+        if not variants:
+            raise SystemExit(f"world {args.world} has none of the variants {', '.join(args.variants)}")
     budget = dataclasses.replace(BUDGETS["default"], variants=variants, seeds=args.seeds or seeds, num_val=args.num_val)
     cache = args.cache or default_cache()
     with demo_pointer_kept(cache), tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
@@ -121,6 +155,9 @@ def main() -> None:
     atomic_write_json(args.out / f"{args.world}.json", compact(results, args.world, what), indent=1)
     atomic_write_text(args.out / f"{args.world}.md", f"<!-- {what} -->\n" + results["markdown"])
     print(f"wrote {args.out / args.world}.json and .md")
+    if args.per_class:
+        atomic_write_json(args.out / f"{args.world}-per-class.json", per_class(results, args.world), indent=1)
+        print(f"wrote {args.out / args.world}-per-class.json")
 
 
 if __name__ == "__main__":
