@@ -1,4 +1,4 @@
-"""The early-rejection analysis scripts in benchmarks/ parse the options their docs quote (their runs take minutes
+"""The analysis scripts in benchmarks/ (early rejection, the study's diagnoses) parse the options their docs quote (their runs take minutes
 of trained models; what they compute is tested through the model and evaluator tests)."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ QUOTED = {
     "early_rejection_accuracy.py": ["--topk", "--from", "--rank", "--seeds", "--num-val", "--json"],
     "early_rejection_diagnosis.py": ["--models", "--data", "--split", "--topk", "--max-images", "--json"],
     "aux_head_fit.py": ["--model", "--data", "--steps", "--lr", "--json"],
+    "method_study.py": ["--variants", "--per-class", "--seeds", "--num-val", "--out"],
+    "unseen_by_failure.py": ["--split", "--pass", "--json"],
 }
 
 
@@ -43,3 +45,38 @@ def test_a_rejection_k_below_one_is_refused():
         timeout=120,
     )
     assert out.returncode != 0 and "--topk must be at least 1, got 0" in out.stderr
+
+
+def test_unseen_by_failure_splits_by_the_designed_hard_classes_and_pairs_by_seed(tmp_path):
+    """Two hard unseen classes (failure_profile: green dotted circle, blue solid square) and one other; hand-made IoUs.
+    DPSeg - visual: seed 0 hard (30+10)/2 - (10+0)/2 = 15, other 60 - 50 = 10; seed 1 hard 20 - 10 = 10, other 0."""
+    import json
+
+    def run(hard_a, hard_b, other):
+        iou = {"green dotted circle": hard_a, "blue solid square": hard_b, "yellow dotted square": other}
+        return {"unseen": {"pass1": {"per_class_IoU": {**iou, "red striped star": None}}}}
+
+    results = {
+        "runs": {
+            "dual": {"0": run(30.0, 10.0, 60.0), "1": run(20.0, 20.0, 50.0)},
+            "visual": {"0": run(10.0, 0.0, 50.0), "1": run(10.0, 10.0, 50.0)},
+        }
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "unseen_by_failure.py"),
+            str(tmp_path / "results.json"),
+            "--json",
+            str(tmp_path / "split.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["hard_classes"] == ["blue solid square", "green dotted circle"]
+    assert split["paired"]["visual"] == {"seeds": ["0", "1"], "hard": [15.0, 10.0], "other": [10.0, 0.0]}
+    assert "| visual | +12.5 ± 3.5 | 2/2 | +5.0 ± 7.1 | 1/2 |" in out.stdout
