@@ -1,5 +1,6 @@
-"""The analysis scripts in benchmarks/ (early rejection, the study's diagnoses) parse the options their docs quote (their runs take minutes
-of trained models; what they compute is tested through the model and evaluator tests)."""
+"""The analysis scripts in benchmarks/ (early rejection, the study's diagnoses) parse the options their docs quote
+(their runs take minutes of trained models; what they compute is tested through the model and evaluator tests, and
+unseen_by_failure.py on a hand-made results file below)."""
 
 from __future__ import annotations
 
