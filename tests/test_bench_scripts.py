@@ -16,6 +16,7 @@ QUOTED = {
     "aux_head_fit.py": ["--model", "--data", "--steps", "--lr", "--json"],
     "method_study.py": ["--variants", "--per-class", "--seeds", "--num-val", "--out"],
     "unseen_by_failure.py": ["--split", "--pass", "--json"],
+    "prompt_filter_probe.py": ["--bank", "--splits"],
 }
 
 
