@@ -43,6 +43,7 @@ def build_model(cfg: Config, load_clip_weights: bool = True) -> DPSeg:
                 prompt_type=m.prompt_type,
                 detach_guidance=m.detach_guidance,
                 prompt_image_size=m.prompt_image_size,
+                visual_prompt_keep=m.visual_prompt_keep,
             )
         except ValueError as e:
             raise ConfigError(f"the model section of the config is inconsistent: {e}") from None

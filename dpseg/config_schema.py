@@ -103,6 +103,10 @@ class ModelConfig:
     prompt_image_size: int = num(320, ge=1, le=8192)
     # --- dual-prompt cost volume (§4.3-4.4) ---
     prompt_type: Literal["text", "visual", "dual"] = "dual"
+    # the share of a class's generated prompt images kept: those whose embedding agrees best with the class's text
+    # (cosine with its mean text embedding, a CLIP-score filter); the others' visual prompts are replaced by the mean
+    # of the kept ones. 1 = every image (the paper). Bank images only, never exemplars or refinement crops
+    visual_prompt_keep: float = num(1.0, gt=0, le=1)
     cost_embed_dim: int = num(128, ge=1, le=65536)
     cost_embed_kernel: int = num(7, ge=1, le=255)
     # --- cost-volume-guided decoder (§4.5) ---

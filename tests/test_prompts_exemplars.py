@@ -149,3 +149,32 @@ def test_encode_prompt_images_matches_tower_and_is_batch_independent(tiny_cfg):
     assert torch.allclose(mean_stages[2], stages[2].mean(0))
     with pytest.raises(InputError, match="no images to encode"):
         encode_prompt_images(prompt, [], 32)
+
+
+def test_keep_agreeing_images_replaces_the_images_that_disagree_with_the_text_by_the_kept_ones_mean():
+    """model.visual_prompt_keep: per class, the images whose V agrees least with the mean text are replaced (V and
+    v_j) by the mean of the kept ones; keep = 1 changes nothing; bad shares are refused."""
+    import math
+
+    from dpseg.errors import InputError
+    from dpseg.model.dual_prompt import PromptSet
+    from dpseg.prompts.agreement import keep_agreeing_images
+
+    text = torch.tensor([[1.0, 0.0]] * 4).expand(2, 4, 2).clone()  # (K=2, M=4, d=2): both classes' text is e_0
+    visual = torch.tensor(
+        [[[1.0, 0.1], [0.0, 1.0], [1.0, -0.1], [-1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [-1.0, 1.0]]]
+    )  # class 0 agrees with images 0 and 2; class 1 with images 1 and 2
+    stage = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # (K, M, D_j)
+    prompts = PromptSet(["a", "b"], text, visual, [stage, stage * 2, stage * 3])
+    out = keep_agreeing_images(prompts, 0.5)
+    assert torch.equal(out.text, text)
+    for k, kept, dropped in ((0, [0, 2], [1, 3]), (1, [1, 2], [0, 3])):
+        assert torch.equal(out.visual[k, kept], visual[k, kept])
+        for m in dropped:
+            assert torch.allclose(out.visual[k, m], visual[k, kept].mean(0))
+            assert torch.allclose(out.visual_stages[2][k, m], 3 * stage[k, kept].mean(0))
+    assert keep_agreeing_images(prompts, 1.0) is prompts
+    assert math.isclose(float(keep_agreeing_images(prompts, 0.01).visual[0].std(0).sum()), 0.0, abs_tol=1e-6)  # 1 kept
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(InputError, match="share of a class's prompt images kept, in \\(0, 1\\]"):
+            keep_agreeing_images(prompts, bad)

@@ -59,6 +59,7 @@ class DPSeg(nn.Module):
         prompt_type: str = "dual",
         detach_guidance: bool = True,
         prompt_image_size: int = 320,
+        visual_prompt_keep: float = 1.0,
     ):
         """``visual_cost`` maps encoder stage j (2, 3, 4) to its visual cost embedding; decoder stage s = 4 - j
         gets F_v^j. ``upsampled_cost`` (SED's guidance) feeds every decoder stage. ``prompt_encoder`` is None for a
@@ -78,6 +79,7 @@ class DPSeg(nn.Module):
         self.prompt_type = prompt_type
         self.detach_guidance = detach_guidance
         self.prompt_image_size = prompt_image_size
+        self.visual_prompt_keep = visual_prompt_keep  # read where bank prompts are resolved (dpseg.prompts.agreement)
         self.channels_last: Optional[bool] = None  # class maps channels-last (None: on a CPU; class_maps.py)
         self.cpu_chunk_elements = CPU_CHUNK_ELEMENTS  # class chunks on a CPU (class_maps.py); 0 = class_chunk
 

@@ -25,6 +25,7 @@ import torch
 from dpseg.errors import BankError, InputError, short_list
 from dpseg.image_io import load_image
 from dpseg.model.dual_prompt import PromptSet
+from dpseg.prompts.agreement import keep_agreeing_images
 from dpseg.prompts.bank import CLASS_DIR, MANIFEST, PromptBank
 from dpseg.prompts.class_file import class_stem
 from dpseg.prompts.exemplars import average_prompts, encode_prompt_images, find_exemplars
@@ -158,6 +159,7 @@ def resolve_prompts(
             ps = opened.prompt_set(rest, model=model, device=device)
         except BankError as e:
             raise BankError(f"{what}: {e}") from None
+        ps = keep_agreeing_images(ps, getattr(model, "visual_prompt_keep", 1.0))  # generated images only
         assert ps.visual is not None and ps.visual_stages is not None  # a bank always holds visual prompts
         for i, n in enumerate(rest):
             rows[n] = (ps.text[i], ps.visual[i], [s[i] for s in ps.visual_stages])
