@@ -243,3 +243,27 @@ def test_write_class_checks_every_prompt_tensor(bank):
         bank.write_class("cat", *good[:2], [good[2][0], good[2][1][:, :1], good[2][2]], "test", [0])
     bank.write_class("cat", *good, "test", [0])
     assert torch.equal(bank.load_class("cat")["visual_stages"][1], good[2][1])
+
+
+def test_resolved_bank_prompts_apply_the_models_visual_prompt_keep(bank, towers):
+    """model.visual_prompt_keep reaches every path that resolves bank prompts (training, evaluation, segment)."""
+    from dpseg.prompts.agreement import keep_agreeing_images
+    from dpseg.prompts.resolve import resolve_prompts
+
+    prompt, text, templates, _ = towers
+
+    def resolved(keep):
+        model = SimpleNamespace(
+            prompt_encoder=prompt,
+            text_encoder=text,
+            needs_visual_prompts=True,
+            prompt_type="dual",
+            visual_prompt_keep=keep,
+        )
+        return resolve_prompts(model, templates, ["cat", "dog"], bank=str(bank.root)).prompts
+
+    every, one = resolved(1.0), resolved(0.3)  # 3 templates: keep 1 image per class
+    expected = keep_agreeing_images(every, 0.3)
+    assert torch.equal(one.visual, expected.visual) and torch.equal(one.text, every.text)
+    assert all(torch.equal(a, b) for a, b in zip(one.visual_stages, expected.visual_stages))
+    assert not torch.equal(one.visual, every.visual) and torch.allclose(one.visual[:, 0], one.visual[:, 1])
