@@ -153,7 +153,8 @@ def test_encode_prompt_images_matches_tower_and_is_batch_independent(tiny_cfg):
 
 def test_keep_agreeing_images_replaces_the_images_that_disagree_with_the_text_by_the_kept_ones_mean():
     """model.visual_prompt_keep: per class, the images whose V agrees least with the mean text are replaced (V and
-    v_j) by the mean of the kept ones; keep = 1 changes nothing; bad shares are refused."""
+    v_j) by the mean of the kept ones (V renormalised, as average_prompts averages); keep = 1 changes nothing; bad
+    shares are refused."""
     import math
 
     from dpseg.errors import InputError
@@ -171,10 +172,14 @@ def test_keep_agreeing_images_replaces_the_images_that_disagree_with_the_text_by
     for k, kept, dropped in ((0, [0, 2], [1, 3]), (1, [1, 2], [0, 3])):
         assert torch.equal(out.visual[k, kept], visual[k, kept])
         for m in dropped:
-            assert torch.allclose(out.visual[k, m], visual[k, kept].mean(0))
+            mean_v = torch.nn.functional.normalize(
+                torch.nn.functional.normalize(visual[k, kept], dim=-1).mean(0), dim=-1
+            )
+            assert torch.allclose(out.visual[k, m], mean_v)  # averaged as every prompt image is (average_prompts)
             assert torch.allclose(out.visual_stages[2][k, m], 3 * stage[k, kept].mean(0))
     assert keep_agreeing_images(prompts, 1.0) is prompts
-    assert math.isclose(float(keep_agreeing_images(prompts, 0.01).visual[0].std(0).sum()), 0.0, abs_tol=1e-6)  # 1 kept
+    one = torch.nn.functional.normalize(keep_agreeing_images(prompts, 0.01).visual[0], dim=-1)  # 1 image kept
+    assert math.isclose(float(one.std(0).sum()), 0.0, abs_tol=1e-6)  # every template shows that image
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(InputError, match="share of a class's prompt images kept, in \\(0, 1\\]"):
             keep_agreeing_images(prompts, bad)
