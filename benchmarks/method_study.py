@@ -80,8 +80,8 @@ def compact(results: dict, world: str, what: str) -> dict:
         }
         for variant, by_seed in results["runs"].items()
     }
-    keep = ("budget", "summary", "chance", "clip_dense", "tiny_clip_zero_shot", "verdicts", "timings_s")
-    return {"world": world, "what": what, "runs": runs, **{k: results[k] for k in keep}}
+    keep = ("budget", "settings", "summary", "chance", "clip_dense", "tiny_clip_zero_shot", "verdicts", "timings_s")
+    return {"world": world, "what": what, "runs": runs, **{k: results[k] for k in keep if k in results}}
 
 
 def per_class(results: dict, world: str) -> dict:

@@ -43,17 +43,18 @@ SWITCHED_OFF = {  # the property each control world switches off (method_study.W
 }
 
 
-ARCHIVED_MAIN = "main-iterations"  # main-iterations260.json: the main world at an earlier training length
+ARCHIVED_MAIN = "main-"  # main-iterations260.json, main-keep1.json: the main world under earlier defaults
 
 
 def load(study_dir: Path) -> dict:
     """{world: its compact results} for every world of WORLDS whose file exists, in WORLDS' order, then the archived
-    main worlds (``main-iterations<N>.json``: the controls run at N training steps are set beside it)."""
+    main worlds (``main-<what changed>.json``; controls run under those defaults are set beside them)."""
     worlds = {
         w: json.loads((study_dir / f"{w}.json").read_text()) for w in WORLDS if (study_dir / f"{w}.json").is_file()
     }
     for path in sorted(study_dir.glob(f"{ARCHIVED_MAIN}*.json")):
-        worlds[path.stem] = json.loads(path.read_text())
+        if not path.stem.endswith("-per-class"):
+            worlds[path.stem] = json.loads(path.read_text())
     return worlds
 
 
@@ -61,15 +62,45 @@ def steps(world: dict) -> int | None:
     return world.get("budget", {}).get("iterations")
 
 
+def prompt_keep(world: dict) -> float:
+    """model.visual_prompt_keep of the world's runs (files written before the option existed ran with 1: every
+    generated image)."""
+    return float(world.get("settings", {}).get("model", {}).get("visual_prompt_keep", 1.0))
+
+
 def is_main(name: str) -> bool:
     return name == "main" or name.startswith(ARCHIVED_MAIN)
 
 
+def differences(reference: dict, world: dict) -> list[str]:
+    """How ``reference``'s defaults differ from ``world``'s, in words ('' when they do not)."""
+    out = []
+    if steps(reference) != steps(world):
+        out.append(f"{steps(reference)} steps, the control {steps(world)}")
+    if prompt_keep(reference) != prompt_keep(world):
+        out.append(f"visual_prompt_keep {prompt_keep(reference):g}, the control {prompt_keep(world):g}")
+    return out
+
+
 def reference_main(worlds: dict, control: dict) -> tuple[str, dict] | None:
-    """The main world a control is set beside: the one trained as long as the control (the current main first)."""
+    """The main world a control is set beside: the one run under the control's defaults (training length and prompt
+    filter; the current main first), else the one trained as long, else the current main."""
     mains = [(n, w) for n, w in worlds.items() if is_main(n)]
-    same = [(n, w) for n, w in mains if steps(w) == steps(control)]
-    return (same or mains or [None])[0]
+    same = [(n, w) for n, w in mains if not differences(w, control)]
+    as_long = [(n, w) for n, w in mains if steps(w) == steps(control)]
+    return (same or as_long or mains or [None])[0]
+
+
+def defaults_label(world: dict, current: dict | None) -> str:
+    """'main' or 'main at 260 steps' / 'main with visual_prompt_keep 1': what sets an archived main world apart."""
+    if current is None or world is current:
+        return "main"
+    parts = []
+    if steps(world) != steps(current):
+        parts.append(f"at {steps(world)} steps")
+    if prompt_keep(world) != prompt_keep(current):
+        parts.append(f"with visual_prompt_keep {prompt_keep(world):g}")
+    return " ".join(["main", *parts]) if parts else "main (archived)"
 
 
 def main_table(world: dict) -> list[str]:
@@ -168,10 +199,9 @@ def control_rows(worlds: dict) -> list[str]:
         reference = reference_main(worlds, world)
         rows = [(name, world)]
         if reference:
-            ref_name, ref = reference
-            same = "" if steps(ref) == steps(world) else f"; {steps(ref)} steps, the control {steps(world)}"
-            label = "main (same seeds" if ref_name == "main" else f"main at {steps(ref)} steps (same seeds"
-            rows.append((f"{label}{same})", ref))
+            _, ref = reference
+            differ = "".join(f"; {d}" for d in differences(ref, world))
+            rows.append((f"{defaults_label(ref, worlds.get('main'))} (same seeds{differ})", ref))
         for label, w in rows:
             by_what = {c.claim: c for c in contrasts(w, seeds)}
             cells = []
@@ -208,6 +238,40 @@ def control_tables(worlds: dict) -> list[str]:
     return lines
 
 
+def default_change_rows(current: dict, archived: dict) -> list[str]:
+    """The current main world minus an archived one that differs from it in one default, per variant, split and
+    pass, paired by seed (one Holm family per archived world; variants identical in both give zero differences)."""
+    claims = []
+    for variant, by_seed in current["runs"].items():
+        old = archived["runs"].get(variant, {})
+        seeds = sorted((s for s in by_seed if s in old), key=int)
+        for split in SPLITS:
+            for p in ("pass1", "pass2"):
+                if seeds and all(p in by_seed[s][split] and p in old[s][split] for s in seeds):
+                    claims.append(
+                        Paired(
+                            f"{VARIANTS[variant].title}: {split} {p.replace('pass', 'pass ')}",
+                            [by_seed[s][split][p]["mIoU"] for s in seeds],
+                            [old[s][split][p]["mIoU"] for s in seeds],
+                        )
+                    )
+    return claim_rows(judge(claims)) if claims else []
+
+
+def default_changes(worlds: dict) -> list[str]:
+    """A section per archived main world that differs from the current main in exactly one default."""
+    current = worlds.get("main")
+    lines: list[str] = []
+    for name, world in worlds.items():
+        if current is None or name == "main" or not is_main(name) or len(differences(current, world)) != 1:
+            continue
+        rows = default_change_rows(current, world)
+        if rows:
+            change = differences(current, world)[0].replace("the control", "before:")
+            lines += [f"### What a default change did: main now ({change}) - {name}", "", *rows, ""]
+    return lines
+
+
 def report(worlds: dict) -> str:
     lines = ["# The method study (generated by benchmarks/study_report.py from docs/study/WORLD.json)", ""]
     main = worlds.get("main")
@@ -216,6 +280,7 @@ def report(worlds: dict) -> str:
         lines += ["### Paired single-factor claims (one Holm family over all rows)", ""]
         lines += [*claim_rows(paired_claims(main["runs"], SPLITS)), ""]
         lines += ["### Seed spread", "", *spread_rows(main), ""]
+        lines += default_changes(worlds)
     if any(not is_main(n) for n in worlds):
         lines += ["## Control worlds: one property off, the four key variants", ""]
         lines += [

@@ -94,3 +94,33 @@ def test_report_without_world_files_says_what_to_run(tmp_path, monkeypatch, caps
         assert "run benchmarks/method_study.py first" in str(e)
     else:
         raise AssertionError("no error without world files")
+
+
+def test_a_changed_default_is_reported_paired_and_controls_keep_their_defaults(tmp_path):
+    """After model.visual_prompt_keep changes, the current main world is set against the archived one (main-keep1)
+    variant by variant, paired by seed; controls run with the old filter sit beside main-keep1, not the new main."""
+    four = ("text", "visual", "dual", "dual-upsampled")
+    settings = {"settings": {"model": {"visual_prompt_keep": 0.5}}}
+    new = _world(
+        "main", {"text": [10, 20, 30], "visual": [13, 22, 35], "dual": [15, 26, 33], "dual-upsampled": [1, 2, 3]}
+    )
+    old = _world(
+        "main-keep1", {"text": [10, 20, 30], "visual": [10, 20, 30], "dual": [12, 23, 34], "dual-upsampled": [1, 2, 3]}
+    )
+    control = _world("no-text-gap", {v: [10, 20, 30] for v in four})
+    (tmp_path / "main.json").write_text(json.dumps(new | settings))
+    (tmp_path / "main-keep1.json").write_text(json.dumps(old))  # written before the option: keep 1
+    (tmp_path / "main-keep1-per-class.json").write_text("{}")  # per-class tables are not worlds
+    (tmp_path / "no-text-gap.json").write_text(json.dumps(control))
+    text = study_report.report(study_report.load(tmp_path))
+    section = text.split("### What a default change did: main now (visual_prompt_keep 0.5, before: 1) - main-keep1")[1]
+    # dual: 15 - 12, 26 - 23, 33 - 34 -> +1.7 +- 2.3, higher on 2 of 3; text is untouched by the filter: zero
+    assert (
+        "| dual prompts, visual cost volumes F_v (DPSeg): unseen pass 1 | 24.7 | 23.0 | +1.7 ± 2.3 | 2/3 |" in section
+    )
+    assert (
+        "| text prompts, upsampled F_c (SED-like baseline): seen pass 2 | 21.0 | 21.0 | +0.0 ± 0.0 | 0/3 |" in section
+    )
+    # the control sits beside the main world with its own filter: dual - visual there is 2, 3, 4
+    assert "| main with visual_prompt_keep 1 (same seeds) | nothing | 3 | +3.0 ± 1.0 (3/3" in text
+    assert "| main (same seeds" not in text

@@ -35,6 +35,11 @@ def test_fast_quickstart_finishes_and_beats_chance_on_seen_classes(fast_run):
         "# dpseg quickstart"
     )
     assert set(results["runs"]) == {"text", "dual"}
+    # the settings every run shared, so a results file says which defaults made it (the preset's prompt filter)
+    assert (
+        results["settings"]["model"]["visual_prompt_keep"] == 0.5
+        and "clip_pretrained" not in results["settings"]["model"]
+    )
     dual = results["runs"]["dual"]["0"]
     assert set(dual) == {"seen", "unseen", "unseen-all"}  # unseen-all: unseen scenes scored against all 75 names
     assert all(set(dual[split]) == {"pass1", "pass2"} for split in dual)  # refinement ran

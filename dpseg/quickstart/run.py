@@ -21,12 +21,13 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, cast
 
 from dpseg.atomic import atomic_write_json
 from dpseg.config import atomic_write_text, build_config
+from dpseg.config_schema import Config
 from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes
@@ -154,12 +155,21 @@ def quickstart(
     clock.timings["total"] = round(clock.elapsed(), 1)
     results = report.results(budget, runs, chance, clip_dense, zero_shot, clock.timings, clip, bank, ds.root, figure)
     report.add_example_check(results, example_check)
+    results["settings"] = _shared_settings(base)
     atomic_write_json(out / "results.json", results, default=str)
     if demo_run is not None:  # the model `dpseg demo` shows by default
         _point_demo_at(cache, dirs[(demo_run, 0)], demo_bank, demo_run)
     atomic_write_text(out / "results.md", results["markdown"])
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {figure}, {example}/")
     return results
+
+
+def _shared_settings(base: Config) -> dict:
+    """The model, prompt and evaluation settings every run shares (the preset with --set applied), so a results file
+    says which defaults produced it; the CLIP's weights file is named by content in ``clip_weights``."""
+    settings = {k: asdict(getattr(base, k)) for k in ("model", "prompts", "eval")}
+    settings["model"].pop("clip_pretrained", None)
+    return settings
 
 
 class _Clock:
