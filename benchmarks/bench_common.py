@@ -242,9 +242,7 @@ def make_call(
         aggregator = sed_aggregator(sed_repo).to(next(model.parameters()).device)
         return make_sed_code_call(model, aggregator, images, prompts)
 
-    reject = topk if mode in FAST_MODES else 0
-    first = EarlyRejection(reject, *FAST_MODES[mode]).decode_options() if mode in FAST_MODES else {}
-    first.pop("early_rejection_topk", None)  # passed by name below
+    rejection = EarlyRejection(topk, *FAST_MODES[mode]) if mode in FAST_MODES else EarlyRejection()
     if mode in TWO_PASS_MODES:
         use_realistic_layout(detected)
         scope = "present" if mode.startswith("two_pass_present") else "all"
@@ -259,7 +257,7 @@ def make_call(
             out = two_pass(model, images, prompts, refine, class_chunk=chunk)
             call.refined = int(out["detected"].sum())
             return out["logits"]
-        return model(images, prompts, class_chunk=chunk, early_rejection_topk=reject, **first)["logits"]
+        return model(images, prompts, class_chunk=chunk, **rejection.decode_options())["logits"]
 
     call.refined = 0
     return call
