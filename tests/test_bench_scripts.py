@@ -17,6 +17,7 @@ QUOTED = {
     "method_study.py": ["--variants", "--per-class", "--seeds", "--num-val", "--out"],
     "unseen_by_failure.py": ["--split", "--pass", "--json"],
     "prompt_filter_probe.py": ["--bank", "--splits"],
+    "archive_quickstart.py": ["--json"],
 }
 
 
@@ -82,3 +83,31 @@ def test_unseen_by_failure_splits_by_the_designed_hard_classes_and_pairs_by_seed
     assert split["hard_classes"] == ["blue solid square", "green dotted circle"]
     assert split["paired"]["visual"] == {"seeds": ["0", "1"], "hard": [15.0, 10.0], "other": [10.0, 0.0]}
     assert "| visual | +12.5 ± 3.5 | 2/2 | +5.0 ± 7.1 | 1/2 |" in out.stdout
+
+
+def test_archive_quickstart_keeps_the_numbers_and_the_example_check_not_the_paths(tmp_path):
+    import json
+
+    metrics = {"mIoU": 40.0, "fwIoU": 41.0, "mAcc": 42.0, "pAcc": 43.0, "per_class_IoU": {"red solid circle": 40.0}}
+    results = {
+        "budget": {"variants": ["dual"], "seeds": 1, "iterations": 400, "num_val": 30},
+        "settings": {"model": {"visual_prompt_keep": 0.5}},
+        "runs": {"dual": {"0": {"unseen": {"pass1": metrics}}}},
+        **{k: {} for k in ("summary", "chance", "clip_dense", "tiny_clip_zero_shot", "timings_s")},
+        "verdicts": [],
+        "example_check": {"summary": "5 of 25 objects right"},
+        "prompt_bank": "/somewhere/bank-0123",
+        "markdown": "# dpseg quickstart",
+    }
+    src, dst = tmp_path / "results.json", tmp_path / "kept" / "quickstart.json"
+    src.write_text(json.dumps(results))
+    cmd = [sys.executable, str(BENCHMARKS / "archive_quickstart.py")]
+    out = subprocess.run([*cmd, str(src), "--json", str(dst)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kept = json.loads(dst.read_text())
+    assert kept["runs"]["dual"]["0"]["unseen"]["pass1"] == {"mIoU": 40.0, "fwIoU": 41.0, "mAcc": 42.0, "pAcc": 43.0}
+    assert kept["settings"] == results["settings"] and kept["example_check"] == results["example_check"]
+    assert "prompt_bank" not in kept and "1 key variants x 1 seeds, 400 steps" in kept["what"]
+    assert dst.with_suffix(".md").read_text().endswith("# dpseg quickstart")
+    out = subprocess.run([*cmd, str(tmp_path / "none.json"), "--json", str(dst)], capture_output=True, text=True)
+    assert out.returncode != 0 and "none.json does not exist: give the results.json" in out.stderr
