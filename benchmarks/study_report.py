@@ -72,13 +72,13 @@ def is_main(name: str) -> bool:
     return name == "main" or name.startswith(ARCHIVED_MAIN)
 
 
-def differences(reference: dict, world: dict) -> list[str]:
-    """How ``reference``'s defaults differ from ``world``'s, in words ('' when they do not)."""
+def differences(reference: dict, world: dict, other: str = "the control") -> list[str]:
+    """How ``reference``'s defaults differ from ``world``'s (called ``other``), in words; empty when they do not."""
     out = []
     if steps(reference) != steps(world):
-        out.append(f"{steps(reference)} steps, the control {steps(world)}")
+        out.append(f"{steps(reference)} steps, {other} {steps(world)}")
     if prompt_keep(reference) != prompt_keep(world):
-        out.append(f"visual_prompt_keep {prompt_keep(reference):g}, the control {prompt_keep(world):g}")
+        out.append(f"visual_prompt_keep {prompt_keep(reference):g}, {other} {prompt_keep(world):g}")
     return out
 
 
@@ -263,12 +263,10 @@ def default_changes(worlds: dict) -> list[str]:
     current = worlds.get("main")
     lines: list[str] = []
     for name, world in worlds.items():
-        if current is None or name == "main" or not is_main(name) or len(differences(current, world)) != 1:
-            continue
-        rows = default_change_rows(current, world)
+        changed = differences(current, world, other="before:") if current and name != "main" and is_main(name) else []
+        rows = default_change_rows(current, world) if len(changed) == 1 else []
         if rows:
-            change = differences(current, world)[0].replace("the control", "before:")
-            lines += [f"### What a default change did: main now ({change}) - {name}", "", *rows, ""]
+            lines += [f"### What a default change did: main now ({changed[0]}) - {name}", "", *rows, ""]
     return lines
 
 
