@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_study import compact  # noqa: E402
-
-from dpseg.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from method_study import compact, write_world  # noqa: E402
 
 WHAT = (
     "the default `dpseg quickstart` with an empty cache "
@@ -36,9 +34,7 @@ def main() -> None:
     b = results["budget"]
     what = WHAT.format(len(b["variants"]), b["seeds"], b["iterations"], b["num_val"])
     kept = compact(results, "quickstart-default", what) | {"example_check": results.get("example_check")}
-    atomic_write_json(args.json, kept, indent=1)
-    atomic_write_text(args.json.with_suffix(".md"), f"<!-- {what} -->\n" + results["markdown"])
-    print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
+    write_world(args.json, kept, results["markdown"])
 
 
 if __name__ == "__main__":

@@ -84,6 +84,13 @@ def compact(results: dict, world: str, what: str) -> dict:
     return {"world": world, "what": what, "runs": runs, **{k: results[k] for k in keep if k in results}}
 
 
+def write_world(path: Path, world: dict, markdown: str) -> None:
+    """A world file (``path``, JSON) and its Markdown beside it (``.md``, headed by what the world tests)."""
+    atomic_write_json(path, world, indent=1)
+    atomic_write_text(path.with_suffix(".md"), f"<!-- {world['what']} -->\n" + markdown)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
 def per_class(results: dict, world: str) -> dict:
     """Every run's per-class IoU: {"runs": {variant: {seed: {split: {pass: {"per_class_IoU": {class: IoU}}}}}}}."""
     runs = {
@@ -152,9 +159,7 @@ def main() -> None:
     with demo_pointer_kept(cache), tempfile.TemporaryDirectory(prefix="dpseg-study-") as tmp:
         results = quickstart(budget, cache, Path(tmp), overrides=overrides, workers=args.jobs, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{args.world}.json", compact(results, args.world, what), indent=1)
-    atomic_write_text(args.out / f"{args.world}.md", f"<!-- {what} -->\n" + results["markdown"])
-    print(f"wrote {args.out / args.world}.json and .md")
+    write_world(args.out / f"{args.world}.json", compact(results, args.world, what), results["markdown"])
     if args.per_class:
         atomic_write_json(args.out / f"{args.world}-per-class.json", per_class(results, args.world), indent=1)
         print(f"wrote {args.out / args.world}-per-class.json")
