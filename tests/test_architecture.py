@@ -17,7 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dpseg"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("dpseg.errors", "dpseg.atomic", "dpseg.safe_load", "dpseg.http_guard", "dpseg.progress", "dpseg.distributed"),
+    (
+        "dpseg.errors",
+        "dpseg.atomic",
+        "dpseg.safe_load",
+        "dpseg.http_guard",
+        "dpseg.progress",
+        "dpseg.distributed",
+        "dpseg.fingerprint",
+    ),
     ("dpseg.config_schema", "dpseg.config"),
     ("dpseg.weights", "dpseg.init_patch", "dpseg.hub", "dpseg.image_io", "dpseg.vocab", "dpseg.visualize"),
     ("dpseg.model",),

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dpseg.checkpoint import load_model
 from dpseg.commands import main
@@ -106,6 +108,35 @@ def test_a_moved_cache_reuses_its_trained_and_evaluated_runs(fast_run, tmp_path,
     assert main(["quickstart", "--fast", "--out", str(tmp_path / "out"), "--cache", str(moved)]) == 0
     assert capsys.readouterr().out.count("reusing the trained run") == 2
     assert {p: p.stat().st_mtime_ns for p in evaluated} == evaluated  # their evaluations reused too
+
+
+@pytest.mark.slow
+def test_a_run_that_other_code_trained_is_trained_again_and_evaluated_again(fast_run, tmp_path, capsys):
+    """The run cache is keyed by settings and checked against the code: a run whose model (and checkpoints) other
+    code made is emptied and trained again, then evaluated again; the same code trains it bit for bit."""
+    from dpseg.engine import training_code
+    from dpseg.quickstart.experiment import CODE_STAMP, EVAL_CACHE
+
+    root, _ = fast_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "cache", moved, symlinks=True)
+    (run,) = (moved / "runs").glob("dual-seed0-*")
+    weights = load_file(run / "final" / "model.safetensors")
+    config = json.loads((run / "final" / "config.json").read_text())
+    config["dpseg"]["training_code"] = "0123456789abcdef"  # as if an older dpseg had trained it
+    (run / "final" / "config.json").write_text(json.dumps(config))
+    (run / CODE_STAMP).write_text("0123456789abcdef\n")
+    (run / "checkpoints" / "left-by-the-old-code").write_text("")
+    evaluated = (run / EVAL_CACHE).stat().st_mtime_ns
+    assert main(["quickstart", "--fast", "--out", str(tmp_path / "out"), "--cache", str(moved)]) == 0
+    assert capsys.readouterr().out.count("reusing the trained run") == 1  # the text run; dual seed 0 trained again
+    assert "discarding what" in (run / "quickstart.log").read_text()
+    assert not (run / "checkpoints" / "left-by-the-old-code").exists()
+    assert (run / CODE_STAMP).read_text().strip() == training_code()
+    assert json.loads((run / "final" / "config.json").read_text())["dpseg"]["training_code"] == training_code()
+    again = load_file(run / "final" / "model.safetensors")  # deterministic: the same model again
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
+    assert (run / EVAL_CACHE).stat().st_mtime_ns != evaluated
 
 
 def test_a_runs_identity_follows_the_clips_content_not_its_path(tmp_path):

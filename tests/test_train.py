@@ -13,7 +13,7 @@ from dpseg.build import build_model
 from dpseg.checkpoint import load_model
 from dpseg.commands import main
 from dpseg.config import build_config
-from dpseg.engine import TrainingError
+from dpseg.engine import TrainingError, training_code
 from dpseg.engine.resume import list_checkpoints, load_checkpoint
 from dpseg.engine.train import train
 from dpseg.errors import BankError
@@ -198,6 +198,26 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
     assert [r["loss"] for r in records(tmp_path / "a")] == [r["loss"] for r in records(tmp_path / "b")]
     assert not list((tmp_path / "b" / "checkpoints").glob(".*"))
+
+
+def test_the_code_that_trained_is_recorded_and_a_resume_by_other_code_is_noted(tmp_path, monkeypatch, capsys):
+    """Checkpoints and exported models name the training code (a cache of runs tells a run other code made); a run
+    resumed under other code goes on, but says that its continuation mixes the two."""
+    data = make_dataset(tmp_path / "data", n_train=3)
+    out = tmp_path / "run"
+
+    def config(steps):
+        return text_only(out, data, f"train.iterations={steps}", "train.checkpoint_every=1", "train.eval_every=0")
+
+    train(config(2), progress=False)
+    assert json.loads((out / "final" / "config.json").read_text())["dpseg"]["training_code"] == training_code()
+    assert load_checkpoint(list_checkpoints(out)[-1])[1]["training_code"] == training_code()
+    assert "other code" not in capsys.readouterr().out
+    monkeypatch.setattr("dpseg.engine.setup.training_code", lambda: "0123456789abcdef")
+    train(config(3), resume="auto", progress=False)
+    assert f"resuming a run that other code started (training code {training_code()}, now 0123456789abcdef)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_loss_decreases_on_a_fixed_batch(tmp_path):

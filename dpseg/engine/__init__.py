@@ -9,7 +9,14 @@
 """
 
 from dpseg.errors import DPSegError
+from dpseg.fingerprint import code_fingerprint
 
 
 class TrainingError(DPSegError):
     """Training cannot go on (non-finite loss, out of memory, ...); the message says what to change."""
+
+
+def training_code() -> str:
+    """The fingerprint of the code that trains (:func:`dpseg.fingerprint.code_fingerprint` of this engine's loop):
+    written into every checkpoint and exported model, so a cache of trained runs can tell a run made by other code."""
+    return code_fingerprint("dpseg.engine.train")

@@ -16,6 +16,7 @@ from dpseg.checkpoint import checkpoint_files
 from dpseg.config import Config, save_config
 from dpseg.data.catalog import build_dataset
 from dpseg.distributed import broadcast_object
+from dpseg.engine import training_code
 from dpseg.engine.class_sampling import prompt_similarity
 from dpseg.engine.data import build_train_dataset
 from dpseg.engine.distributed import DistContext, local_batch_size, mix_seed
@@ -101,6 +102,11 @@ def set_up(cfg: Config, ctx: DistContext, resume: Optional[str]) -> Run:
         state, notes = restore_training(ckpt, model, optimizer, run.scaler, frozen, ctx.rank, ctx.world_size)
         run.step, run.consumed, run.best = state["step"], state["consumed_samples"], state["best"]
         run.notes += notes
+        if state.get("training_code", training_code()) != training_code():  # checkpoints before it: not known
+            run.notes.append(
+                f"resuming a run that other code started (training code {state['training_code']}, now "
+                f"{training_code()}): the continuation mixes the two"
+            )
         changed = config_changes(state["config"], cfg.to_dict())
         if changed:
             run.notes.append(

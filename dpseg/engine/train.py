@@ -26,7 +26,7 @@ from dpseg.atomic import atomic_write_json
 from dpseg.checkpoint import save_model
 from dpseg.config import Config
 from dpseg.distributed import all_reduce_sum, barrier, gather_objects
-from dpseg.engine import TrainingError
+from dpseg.engine import TrainingError, training_code
 from dpseg.engine.class_sampling import remap_labels, sample_step_classes
 from dpseg.engine.data import build_train_loader
 from dpseg.engine.distributed import init_distributed, local_batch_size, mix_seed, shutdown
@@ -183,7 +183,7 @@ def _validate(run: Run, logger: TrainLogger) -> None:
     if miou is not None and (run.best["mIoU"] is None or miou > run.best["mIoU"]):
         run.best = {"mIoU": miou, "step": run.step}
         if run.ctx.is_main:
-            save_model(run.model, run.cfg, run.out / "best")
+            save_model(run.model, run.cfg, run.out / "best", metadata={"training_code": training_code()})
             atomic_write_json(run.out / "best" / "best.json", {**run.best, "dataset": run.val_set.name})
     logger.eval(run.step, run.val_set.name, results, run.best)
 
@@ -211,6 +211,7 @@ def _checkpoint(run: Run) -> None:
             "best": dict(run.best),
             "frozen": run.frozen,
             "config": run.cfg.to_dict(),
+            "training_code": training_code(),
         }
         save_checkpoint(run.out, run.step, run.model, state, run.cfg)
         prune_checkpoints(run.out, tc.keep_checkpoints)
@@ -231,7 +232,7 @@ def _export_final(run: Run, logger: TrainLogger, progress: bool) -> None:
         )
         logger.message(calibration.summary())
     if run.ctx.is_main:
-        save_model(run.model, run.cfg, run.out / "final")
+        save_model(run.model, run.cfg, run.out / "final", metadata={"training_code": training_code()})
         if calibration is not None:
             write_calibration(run.out / "final", calibration)
         best = run.best

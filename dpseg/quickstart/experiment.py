@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -18,18 +19,21 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
+from dpseg.atomic import atomic_write_text
 from dpseg.checkpoint import load_model
 from dpseg.clip_loading import build_towers
 from dpseg.config import Config
 from dpseg.config_schema import EvalConfig
 from dpseg.data.catalog import build_dataset
 from dpseg.data.synthetic.folders import WorldDatasets
+from dpseg.engine import training_code
 from dpseg.engine.train import train
 from dpseg.errors import DataError, DPSegError
 from dpseg.evaluation.calibrate import calibrate_checkpoint, read_calibration, update_eval_config
 from dpseg.evaluation.evaluator import evaluate
 from dpseg.evaluation.inference import REFINEMENT_KEYS, Inference
 from dpseg.evaluation.metrics import ConfusionMatrix, metrics_from_confusion
+from dpseg.fingerprint import code_fingerprint
 from dpseg.prompts.bank import PromptBank
 from dpseg.prompts.builder import build_bank
 from dpseg.prompts.generate import get_generator
@@ -100,6 +104,7 @@ def run_config(
     return cfg
 
 
+EVAL_CACHE = "quickstart_eval.json"  # a run folder's evaluation results, keyed (dpseg.quickstart.run)
 SECTIONS = ("model", "data", "prompts", "train")  # the config sections that hold a run's paths
 
 
@@ -128,7 +133,8 @@ def run_identity(config: dict) -> dict:
 
 
 def is_trained(cfg: Config) -> bool:
-    """Whether the run of ``cfg`` has exported its final model with exactly this training config.
+    """Whether the run of ``cfg`` has exported its final model with exactly this training config, trained by this
+    code (the ``training_code`` fingerprint in its metadata: a run that other code trained is trained again).
 
     The ``eval`` section (inference settings, and the threshold calibration writes) is not part of a run: like the
     run's folder key it is left out, and :func:`evaluate_model` takes it from the experiment."""
@@ -139,8 +145,9 @@ def is_trained(cfg: Config) -> bool:
         saved = read_json(final / "config.json", "checkpoint config", dict)
     except DPSegError:  # unreadable: trained again
         return False
-    saved.pop("dpseg", None)  # save_model's metadata
-    return run_identity(saved) == run_identity(cfg.to_dict())
+    meta = saved.pop("dpseg", None)  # save_model's metadata
+    made_here = isinstance(meta, dict) and meta.get("training_code") == training_code()
+    return made_here and run_identity(saved) == run_identity(cfg.to_dict())
 
 
 def adopt_inference_settings(model_dir: Path, inference: EvalConfig) -> bool:
@@ -162,13 +169,26 @@ def calibrate_run(model_dir: Path, folder: Path, max_images: int = 0, inference:
     return calibrate_checkpoint(model_dir, str(folder), device="cpu", max_images=max_images, progress=False).min_score
 
 
-def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
-    """Train (or reuse) the run of ``cfg``; returns its exported model folder."""
-    final = Path(cfg.train.output_dir) / "final"
-    if is_trained(cfg):
-        log(f"reusing {final}")
-        return final
+# a run folder's record of the code that trains in it, and what that code wrote there (discarded when it differs)
+CODE_STAMP = "training_code.txt"
+RUN_PRODUCTS = ("final", "best", "checkpoints", "log.jsonl", "log.csv", "tensorboard", EVAL_CACHE)
 
+
+def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
+    """Train (or reuse) the run of ``cfg``; returns its exported model folder. A run folder that other code began or
+    finished (:data:`CODE_STAMP`) is emptied first: neither its model nor its checkpoints are this code's."""
+    run_dir = Path(cfg.train.output_dir)
+    if is_trained(cfg):
+        log(f"reusing {run_dir / 'final'}")
+        return run_dir / "final"
+    stamp = run_dir / CODE_STAMP
+    made_by = stamp.read_text().strip() if stamp.is_file() else "not recorded"
+    if made_by != training_code() and any((run_dir / name).exists() for name in RUN_PRODUCTS):
+        log(f"discarding what {run_dir} holds: other code made it (training code {made_by}, now {training_code()})")
+        for name in RUN_PRODUCTS:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    atomic_write_text(stamp, training_code() + "\n")  # before training: an interrupted run's checkpoints are its
     result = train(cfg, resume="auto", progress=False)
     return Path(result["final"])
 
@@ -228,6 +248,12 @@ def chance_miou(folder: Path, max_images: int = 0, split: str = "val") -> float:
     return float(100 * iou[present].mean())
 
 
+def _bank_code() -> str:
+    """The code a bank's entries come from: the builder and the world's generator (a bank built by other code is
+    not reused; the bank's own key names the encoders and templates, not the code)."""
+    return code_fingerprint("dpseg.prompts.builder", "dpseg.data.synthetic.generator")
+
+
 def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Callable[[str], None] = print) -> Path:
     """A prompt bank of ``class_names`` made with the world's generator and ``cfg``'s CLIP (reused when complete)."""
     _, prompt_encoder, text_tower = build_towers(cfg.model)
@@ -237,7 +263,7 @@ def build_prompt_bank(cfg: Config, root: Path, class_names: list[str], log: Call
     spec = cfg.prompts.generator if cfg.prompts.generator.startswith("synthetic") else "synthetic"
     generator = get_generator(spec, cfg.prompts)
     tag = hashlib.sha256(
-        json.dumps([key, generator.identity, cfg.prompts.seed], sort_keys=True, default=str).encode()
+        json.dumps([key, generator.identity, cfg.prompts.seed, _bank_code()], sort_keys=True, default=str).encode()
     ).hexdigest()[:10]
     path = root / f"bank-{tag}"
     bank = PromptBank.create(path, key, generator.identity, "synthetic", cfg.prompts.seed, cfg.prompts.images_per_class)

@@ -32,6 +32,7 @@ from dpseg.data.synthetic.folders import TEST_SPLIT, build_datasets
 from dpseg.data.synthetic.generator import SyntheticGenerator
 from dpseg.data.synthetic.world import all_classes
 from dpseg.errors import ConfigError, DPSegError
+from dpseg.fingerprint import code_fingerprint
 from dpseg.prompts.generate import get_generator
 from dpseg.quickstart import experiment as ex
 from dpseg.quickstart import report
@@ -39,6 +40,7 @@ from dpseg.quickstart.clip_pretrain import PretrainSettings, pretrained_clip
 from dpseg.quickstart.example import check_example, write_example
 from dpseg.quickstart.zeroshot import evaluate_zero_shot
 from dpseg.safe_load import read_json
+from dpseg.weights import file_sha256
 
 
 @dataclass(frozen=True)  # BUDGETS' values are shared: change a copy (dataclasses.replace)
@@ -311,14 +313,17 @@ def _run_one(job) -> tuple:
     reused = ex.is_trained(cfg)
     with open(run_dir / "quickstart.log", "a") as f, contextlib.redirect_stdout(f):
         model_dir = ex.trained_model_dir(cfg)
-        # the inference settings are part of the key: a trained run is reused when only they change
+        # the inference settings are part of the key: a trained run is reused when only they change; the model's
+        # weights and the evaluating code are too, so a run trained again or code changed since is evaluated again
         key = {
             "splits": {k: f"{ex.keyed_folder(v)}:{split}" for k, v in splits.items()},
             "max_images": max_images,
             "variant": v_name,
             "eval": cfg.to_dict()["eval"],
+            "model": file_sha256(model_dir / "model.safetensors"),
+            "code": code_fingerprint("dpseg.quickstart.experiment"),
         }
-        path = run_dir / "quickstart_eval.json"
+        path = run_dir / ex.EVAL_CACHE
         try:
             cached = read_json(path, "evaluation cache", dict) if path.is_file() else {}
         except DPSegError:  # unreadable: evaluated again

@@ -42,6 +42,7 @@ from dpseg.atomic import json_text
 from dpseg.data.synthetic.render import IGNORE, random_scene
 from dpseg.data.synthetic.world import WORLD_VERSION, ObjectClass, vocabulary
 from dpseg.errors import DataError, DPSegError, InputError
+from dpseg.fingerprint import code_fingerprint
 from dpseg.safe_load import read_json
 from dpseg.vocab import read_class_list
 
@@ -84,9 +85,11 @@ class WorldDatasets:
 
 
 def dataset_key(seed: int, size: int, num_train: int, num_val: int, num_test: int) -> dict:
-    """Everything the pixels depend on."""
+    """Everything the pixels depend on: the settings, and the code that renders them (a copy rendered by other code
+    is not reused, even under the same world version)."""
     return {
         "world_version": WORLD_VERSION,
+        "code": code_fingerprint("dpseg.data.synthetic.folders"),
         "seed": seed,
         "size": size,
         "num_train": num_train,
