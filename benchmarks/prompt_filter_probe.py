@@ -1,6 +1,6 @@
 """Could a CLIP-score filter catch the generator's misdrawn prompt images? A probe of a prompt bank, no training.
 
-    python benchmarks/prompt_filter_probe.py --bank .dpseg_cache/quickstart/bank-6a3ceda887
+    python benchmarks/prompt_filter_probe.py --bank .dpseg_cache/quickstart/bank-KEY
 
 Keeping only the generated images that agree with their text (CLIP score) is common practice with Stable Diffusion
 data. In the synthetic world the generator's failures are known (``SyntheticGenerator.failure_of`` with the bank's
