@@ -43,19 +43,23 @@ SWITCHED_OFF = {  # the property each control world switches off (method_study.W
 }
 
 
-ARCHIVED_MAIN = "main-"  # main-iterations260.json, main-keep1.json: the main world under earlier defaults
-
-
 def load(study_dir: Path) -> dict:
-    """{world: its compact results} for every world of WORLDS whose file exists, in WORLDS' order, then the archived
-    main worlds (``main-<what changed>.json``; controls run under those defaults are set beside them)."""
-    worlds = {
-        w: json.loads((study_dir / f"{w}.json").read_text()) for w in WORLDS if (study_dir / f"{w}.json").is_file()
-    }
-    for path in sorted(study_dir.glob(f"{ARCHIVED_MAIN}*.json")):
-        if not path.stem.endswith("-per-class"):
-            worlds[path.stem] = json.loads(path.read_text())
+    """{world: its compact results} for every world of WORLDS whose file exists, in WORLDS' order, each followed by
+    its archived copies (``WORLD-<what changed>.json``, e.g. main-iterations260.json, no-style-gap-keep1.json: the
+    world under earlier defaults; controls are set beside the main world run under their defaults)."""
+    worlds = {}
+    for w in WORLDS:
+        paths = [study_dir / f"{w}.json", *sorted(study_dir.glob(f"{w}-*.json"))]
+        for path in paths:
+            if path.is_file() and not path.stem.endswith("-per-class") and base_world(path.stem) == w:
+                worlds[path.stem] = json.loads(path.read_text())
     return worlds
+
+
+def base_world(name: str) -> str:
+    """The world of WORLDS that ``name`` is, or is an archived copy of (``no-style-gap-keep1`` -> ``no-style-gap``)."""
+    bases = [w for w in WORLDS if name == w or name.startswith(w + "-")]
+    return max(bases, key=len) if bases else name
 
 
 def steps(world: dict) -> int | None:
@@ -69,7 +73,7 @@ def prompt_keep(world: dict) -> float:
 
 
 def is_main(name: str) -> bool:
-    return name == "main" or name.startswith(ARCHIVED_MAIN)
+    return base_world(name) == "main"
 
 
 def differences(reference: dict, world: dict, other: str = "the control") -> list[str]:
@@ -209,7 +213,7 @@ def control_rows(worlds: dict) -> list[str]:
                 c = by_what.get(what)
                 cells.append("-" if c is None else f"{c.mean:+.1f} ± {c.std:.1f} ({c.higher}/{c.n}, {c.verdict})")
             cells += dpseg_cells(w, seeds)
-            off = SWITCHED_OFF.get(name, name) if label == name else "nothing"
+            off = SWITCHED_OFF.get(base_world(name), name) if label == name else "nothing"
             lines.append(f"| {label} | {off} | {len(seeds)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -221,6 +225,8 @@ def control_tables(worlds: dict) -> list[str]:
             continue
         summary = summarize(world["runs"])
         trained = f" ({steps(world)} training steps)" if steps(world) else ""
+        if prompt_keep(world) != 1:
+            trained += f" (visual_prompt_keep {prompt_keep(world):g})"
         lines += [
             f"**{name}** — {world['what']}{trained}",
             "",
@@ -239,8 +245,8 @@ def control_tables(worlds: dict) -> list[str]:
 
 
 def default_change_rows(current: dict, archived: dict) -> list[str]:
-    """The current main world minus an archived one that differs from it in one default, per variant, split and
-    pass, paired by seed (one Holm family per archived world; variants identical in both give zero differences)."""
+    """A world now minus an archived copy that differs from it in one default, per variant, split and pass, paired by
+    seed (one Holm family per archived world; variants identical in both give zero differences)."""
     claims = []
     for variant, by_seed in current["runs"].items():
         old = archived["runs"].get(variant, {})
@@ -258,15 +264,16 @@ def default_change_rows(current: dict, archived: dict) -> list[str]:
     return claim_rows(judge(claims)) if claims else []
 
 
-def default_changes(worlds: dict) -> list[str]:
-    """A section per archived main world that differs from the current main in exactly one default."""
-    current = worlds.get("main")
+def default_changes(worlds: dict, base: str = "main") -> list[str]:
+    """A section per archived copy of world ``base`` that differs from the current one in exactly one default."""
+    current = worlds.get(base)
     lines: list[str] = []
     for name, world in worlds.items():
-        changed = differences(current, world, other="before:") if current and name != "main" and is_main(name) else []
+        archived = current is not None and name != base and base_world(name) == base
+        changed = differences(current, world, other="before:") if archived else []
         rows = default_change_rows(current, world) if len(changed) == 1 else []
         if rows:
-            lines += [f"### What a default change did: main now ({changed[0]}) - {name}", "", *rows, ""]
+            lines += [f"### What a default change did: {base} now ({changed[0]}) - {name}", "", *rows, ""]
     return lines
 
 
@@ -289,6 +296,9 @@ def report(worlds: dict) -> str:
             "",
             *control_tables(worlds),
         ]
+        for base in WORLDS:
+            if base != "main":
+                lines += default_changes(worlds, base)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -124,3 +124,42 @@ def test_a_changed_default_is_reported_paired_and_controls_keep_their_defaults(t
     # the control sits beside the main world with its own filter: dual - visual there is 2, 3, 4
     assert "| main with visual_prompt_keep 1 (same seeds) | nothing | 3 | +3.0 ± 1.0 (3/3" in text
     assert "| main (same seeds" not in text
+
+
+def test_a_control_rerun_under_new_defaults_keeps_its_archived_copy_beside_the_old_main(tmp_path):
+    """A control run again after a default changed (no-style-gap.json) and its archived copy (no-style-gap-keep1.json)
+    each sit beside the main world of their own defaults, and the control gets its own default-change section."""
+    four = ("text", "visual", "dual", "dual-upsampled")
+    keep = {"settings": {"model": {"visual_prompt_keep": 0.5}}}
+    new_main = _world(
+        "main", {"text": [10, 20, 30], "visual": [13, 22, 35], "dual": [15, 26, 33], "dual-upsampled": [1, 2, 3]}
+    )
+    old_main = _world(
+        "main-keep1", {"text": [10, 20, 30], "visual": [10, 20, 30], "dual": [12, 23, 34], "dual-upsampled": [1, 2, 3]}
+    )
+    new_control = _world(
+        "no-style-gap",
+        {"text": [10, 20, 30], "visual": [11, 21, 31], "dual": [14, 24, 34], "dual-upsampled": [1, 2, 3]},
+    )
+    old_control = _world("no-style-gap", {v: [10, 20, 30] for v in four})
+    (tmp_path / "main.json").write_text(json.dumps(new_main | keep))
+    (tmp_path / "main-keep1.json").write_text(json.dumps(old_main))
+    (tmp_path / "no-style-gap.json").write_text(json.dumps(new_control | keep))
+    (tmp_path / "no-style-gap-keep1.json").write_text(json.dumps(old_control))
+    (tmp_path / "no-style-gap-keep1-per-class.json").write_text("{}")
+    worlds = study_report.load(tmp_path)
+    assert list(worlds) == ["main", "main-keep1", "no-style-gap", "no-style-gap-keep1"]
+    text = study_report.report(worlds)
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| no-style-gap | (c') the style gap, via the generator | 3 |") for r in rows)
+    assert any(r.startswith("| no-style-gap-keep1 | (c') the style gap, via the generator | 3 |") for r in rows)
+    # dual - visual in the main world of each control's defaults: 2, 4, -2 (keep 0.5) and 2, 3, 4 (keep 1)
+    assert "| main (same seeds) | nothing | 3 | +1.3 ± 3.1 (2/3" in text
+    assert "| main with visual_prompt_keep 1 (same seeds) | nothing | 3 | +3.0 ± 1.0 (3/3" in text
+    assert "**no-style-gap** — no-style-gap: a test world (visual_prompt_keep 0.5)" in text
+    section = text.split(
+        "### What a default change did: no-style-gap now (visual_prompt_keep 0.5, before: 1) - no-style-gap-keep1"
+    )[1]
+    assert (
+        "| dual prompts, visual cost volumes F_v (DPSeg): unseen pass 1 | 24.0 | 20.0 | +4.0 ± 0.0 | 3/3 |" in section
+    )
