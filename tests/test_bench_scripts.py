@@ -18,6 +18,7 @@ QUOTED = {
     "unseen_by_failure.py": ["--split", "--pass", "--json"],
     "prompt_filter_probe.py": ["--bank", "--splits"],
     "archive_quickstart.py": ["--json"],
+    "profile_training.py": ["--variant", "--steps", "--threads", "--cache"],
 }
 
 
@@ -111,3 +112,22 @@ def test_archive_quickstart_keeps_the_numbers_and_the_example_check_not_the_path
     assert dst.with_suffix(".md").read_text().endswith("# dpseg quickstart")
     out = subprocess.run([*cmd, str(tmp_path / "none.json"), "--json", str(dst)], capture_output=True, text=True)
     assert out.returncode != 0 and "none.json does not exist: give the results.json" in out.stderr
+
+
+def test_profile_training_splits_a_real_run_into_its_parts(tmp_path):
+    """Two steps of the quickstart's DPSeg run through the engine (datasets and bank made in an empty cache): every
+    part of a step is found in the profile, and the shares are of the profiled time."""
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "profile_training.py"), "--steps", "2", "--cache", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    shares = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 5 and words[0] in ("forward", "loss", "backward", "optimizer", "data", "other"):
+            shares[words[0]] = float(words[3])
+    assert set(shares) == {"forward", "loss", "backward", "optimizer", "data", "other"}, out.stdout
+    assert all(v > 0 for k, v in shares.items() if k != "other") and abs(sum(shares.values()) - 100) < 0.5
