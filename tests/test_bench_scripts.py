@@ -4,6 +4,7 @@ unseen_by_failure.py on a hand-made results file below)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -124,10 +125,10 @@ def test_profile_training_splits_a_real_run_into_its_parts(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    shares = {}
-    for line in out.stdout.splitlines():
-        words = line.split()
-        if len(words) >= 5 and words[0] in ("forward", "loss", "backward", "optimizer", "data", "other"):
-            shares[words[0]] = float(words[3])
+    rows = (
+        re.match(r"  (forward|loss|backward|optimizer|data|other) +([\d.]+) s +([\d.]+) %", line)
+        for line in out.stdout.splitlines()
+    )
+    shares = {m.group(1): float(m.group(3)) for m in rows if m}
     assert set(shares) == {"forward", "loss", "backward", "optimizer", "data", "other"}, out.stdout
     assert all(v > 0 for k, v in shares.items() if k != "other") and abs(sum(shares.values()) - 100) < 0.5
