@@ -139,6 +139,44 @@ def test_a_run_that_other_code_trained_is_trained_again_and_evaluated_again(fast
     assert (run / EVAL_CACHE).stat().st_mtime_ns != evaluated
 
 
+def test_a_run_folder_is_resumed_only_with_this_codes_checkpoints(tmp_path, monkeypatch):
+    """What trained_model_dir keeps before it trains: checkpoints this code began (to resume), never a final model
+    is_trained refused nor anything other code (or code before the stamp) left."""
+    from dpseg.config import build_config
+    from dpseg.engine import training_code
+    from dpseg.quickstart import experiment as ex
+
+    trained = []
+    monkeypatch.setattr(ex, "train", lambda cfg, **_: trained.append(cfg) or {"final": str(tmp_path / "made")})
+
+    def folder(name, stamp, final=False):
+        run = tmp_path / name
+        (run / "checkpoints" / "step-00000002").mkdir(parents=True)
+        if stamp:
+            (run / ex.CODE_STAMP).write_text(stamp + "\n")
+        if final:
+            (run / "final").mkdir()
+            (run / "final" / "config.json").write_text("{}")
+        cfg = build_config("synthetic")
+        cfg.train.output_dir = str(run)
+        return run, cfg
+
+    cases = {
+        "this code, interrupted": (training_code(), False, True),
+        "other code, interrupted": ("0123456789abcdef", False, False),
+        "before the stamp existed": ("", False, False),
+        "this code, a refused final model": (training_code(), True, False),
+    }
+    for name, (stamp, final, kept) in cases.items():
+        run, cfg = folder(name.replace(" ", "-").replace(",", ""), stamp, final)
+        log: list[str] = []
+        assert ex.trained_model_dir(cfg, log=log.append) == tmp_path / "made"
+        assert (run / "checkpoints").exists() == kept, name
+        assert not (run / "final").exists(), name
+        assert bool(log) != kept and (run / ex.CODE_STAMP).read_text() == training_code() + "\n", name
+    assert len(trained) == len(cases)
+
+
 def test_a_runs_identity_follows_the_clips_content_not_its_path(tmp_path):
     from dpseg.quickstart.experiment import run_identity
 

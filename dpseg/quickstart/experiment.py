@@ -183,11 +183,19 @@ def trained_model_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
         return run_dir / "final"
     stamp = run_dir / CODE_STAMP
     made_by = stamp.read_text().strip() if stamp.is_file() else "not recorded"
-    if made_by != training_code() and any((run_dir / name).exists() for name in RUN_PRODUCTS):
-        log(f"discarding what {run_dir} holds: other code made it (training code {made_by}, now {training_code()})")
-        for name in RUN_PRODUCTS:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    other_code = made_by != training_code() and any((run_dir / name).exists() for name in RUN_PRODUCTS)
+    if other_code or (run_dir / "final").exists():  # a final model that is_trained refused is no model to finish
+        why = (
+            f"other code made it (training code {made_by}, now {training_code()})"
+            if other_code
+            else "its model is not this run's"
+        )
+        log(f"discarding what {run_dir} holds: {why}")
+        for path in (run_dir / name for name in RUN_PRODUCTS):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     atomic_write_text(stamp, training_code() + "\n")  # before training: an interrupted run's checkpoints are its
     result = train(cfg, resume="auto", progress=False)
     return Path(result["final"])
