@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=None, help="the quickstart's cache (default: its default)")
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--budget", default="default", help="the quickstart budget whose datasets are trained on")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -56,7 +57,9 @@ def main() -> None:
     from dpseg.quickstart.run import BUDGETS
 
     torch.set_num_threads(args.threads)
-    budget = BUDGETS["default"]
+    if args.budget not in BUDGETS:
+        raise SystemExit(f"--budget must be one of {', '.join(sorted(BUDGETS))}, got {args.budget!r}")
+    budget = BUDGETS[args.budget]
     cache = args.cache or default_cache()
     shipped = sorted((Path(ex.__file__).parent / "weights").glob("tiny-clip-*.safetensors"))
     if len(shipped) != 1:

@@ -119,7 +119,16 @@ def test_profile_training_splits_a_real_run_into_its_parts(tmp_path):
     """Two steps of the quickstart's DPSeg run through the engine (datasets and bank made in an empty cache): every
     part of a step is found in the profile, and the shares are of the profiled time."""
     out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "profile_training.py"), "--steps", "2", "--cache", str(tmp_path)],
+        [
+            sys.executable,
+            str(BENCHMARKS / "profile_training.py"),
+            "--steps",
+            "2",
+            "--budget",
+            "fast",
+            "--cache",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
