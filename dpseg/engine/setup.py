@@ -102,10 +102,11 @@ def set_up(cfg: Config, ctx: DistContext, resume: Optional[str]) -> Run:
         state, notes = restore_training(ckpt, model, optimizer, run.scaler, frozen, ctx.rank, ctx.world_size)
         run.step, run.consumed, run.best = state["step"], state["consumed_samples"], state["best"]
         run.notes += notes
-        if state.get("training_code", training_code()) != training_code():  # checkpoints before it: not known
+        started_by = state.get("training_code")  # None: a checkpoint written before it was recorded
+        if started_by is not None and started_by != training_code():
             run.notes.append(
-                f"resuming a run that other code started (training code {state['training_code']}, now "
-                f"{training_code()}): the continuation mixes the two"
+                f"resuming a run that other code started (training code {started_by}, now {training_code()}): "
+                "the continuation mixes the two"
             )
         changed = config_changes(state["config"], cfg.to_dict())
         if changed:
